@@ -1,0 +1,60 @@
+# The device's face: one UDP socket joined to the multicast group on one interface,
+# one preallocated receive buffer, sends to the group (and to a gateway address when set).
+import socket
+from device import port
+
+
+class MulticastFace:
+    def __init__(self, iface, group, udp_port, mtu=1500, gateway=None):
+        self.iface = iface
+        self.group = group
+        self.udp_port = udp_port
+        self.buf = bytearray(mtu)
+        self.mv = memoryview(self.buf)
+        self.sock = None
+        self._reader = None
+        self._gateway = gateway  # "host:port" for the unicast fallback, or None
+        self._gw_addr = None
+        self._dest = None
+
+    def open(self):
+        add, ttl, mif, loop = port.mcast_options(socket)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ipproto = getattr(socket, "IPPROTO_IP", 0)
+        try:
+            # Binding the group address filters other groups' traffic on Linux;
+            # lwIP only accepts the wildcard.
+            s.bind(socket.getaddrinfo(self.group, self.udp_port)[0][-1])
+        except OSError:
+            s.bind(socket.getaddrinfo("0.0.0.0", self.udp_port)[0][-1])
+        ifaddr = port.ip4(self.iface)
+        s.setsockopt(ipproto, add, port.ip4(self.group) + ifaddr)
+        s.setsockopt(ipproto, mif, ifaddr)
+        s.setsockopt(ipproto, ttl, 1)
+        s.setsockopt(ipproto, loop, 1)
+        s.setblocking(False)
+        self.sock = s
+        self._reader = port.stream_reader(s)
+        self._dest = socket.getaddrinfo(self.group, self.udp_port)[0][-1]
+        if self._gateway:
+            host, _, p = self._gateway.rpartition(":")
+            self._gw_addr = socket.getaddrinfo(host, int(p))[0][-1]
+
+    async def recv(self):
+        # Length of the next datagram now in self.buf (0 when a spurious wake-up read nothing).
+        return await port.read_datagram(self.sock, self.buf, self._reader)
+
+    def send(self, data):
+        try:
+            self.sock.sendto(data, self._dest)
+            if self._gw_addr is not None:
+                self.sock.sendto(data, self._gw_addr)
+        except OSError:
+            return False  # a full send queue loses a datagram; the sender retries
+        return True
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

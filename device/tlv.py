@@ -1,0 +1,406 @@
+# NDN packet format v0.3 on the board: parse a datagram into offsets of one receive buffer
+# (no copies), and write replies into one preallocated transmit buffer in two passes
+# (sizes first, then bytes). See docs/protocol.md for the layout of every packet.
+from device.port import const
+from device.errors import MalformedError
+
+T_INTEREST = const(0x05)
+T_DATA = const(0x06)
+T_NAME = const(0x07)
+T_GENERIC = const(0x08)
+T_PARAMS_DIGEST = const(0x02)
+_T_NONCE = const(0x0A)
+_T_LIFETIME = const(0x0C)
+_T_MUST_BE_FRESH = const(0x12)
+_T_FWD_HINT = const(0x1E)
+_T_CAN_BE_PREFIX = const(0x21)
+_T_HOP_LIMIT = const(0x22)
+_T_APP_PARAMS = const(0x24)
+_T_ISIG_INFO = const(0x2C)
+_T_ISIG_VALUE = const(0x2E)
+_T_META_INFO = const(0x14)
+_T_CONTENT = const(0x15)
+T_SIG_INFO = const(0x16)
+_T_SIG_VALUE = const(0x17)
+_T_CONTENT_TYPE = const(0x18)
+_T_FRESHNESS = const(0x19)
+T_SIG_TYPE = const(0x1B)
+T_KEY_LOCATOR = const(0x1C)
+_T_KEY_DIGEST = const(0x1D)
+_T_SIG_NONCE = const(0x26)
+_T_SIG_TIME = const(0x28)
+_T_SIG_SEQ = const(0x2A)
+_T_LP_PACKET = const(0x64)
+_T_LP_FRAGMENT = const(0x50)
+_T_LP_FRAG_INDEX = const(0x52)
+_T_LP_FRAG_COUNT = const(0x53)
+_T_LP_PIT_TOKEN = const(0x62)
+_T_LP_SEQUENCE = const(0x51)
+SIG_HMAC_SHA256 = const(4)
+CONTENT_NACK = const(3)
+_DIGEST_LEN = const(32)
+
+
+def size_num(n):
+    return 1 if n < 253 else 3 if n <= 0xFFFF else 5 if n <= 0xFFFFFFFF else 9
+
+
+def size_tl(t, n):
+    # Bytes of a TLV's type and length fields (the value of length n follows).
+    return size_num(t) + size_num(n)
+
+
+def size_nni(n):
+    return 1 if n <= 0xFF else 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
+
+
+def put_num(buf, i, n):
+    if n < 253:
+        buf[i] = n
+        return i + 1
+    w = 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
+    buf[i] = 0xFD if w == 2 else 0xFE if w == 4 else 0xFF
+    return put_be(buf, i + 1, n, w)
+
+
+def put_be(buf, i, n, w):
+    j = i + w
+    while j > i:
+        j -= 1
+        buf[j] = n & 0xFF
+        n >>= 8
+    return i + w
+
+
+def put_tl(buf, i, t, n):
+    return put_num(buf, put_num(buf, i, t), n)
+
+
+def put_nni_tlv(buf, i, t, n):
+    w = size_nni(n)
+    return put_be(buf, put_tl(buf, i, t, w), n, w)
+
+
+def put_bytes(buf, i, data):
+    n = len(data)
+    buf[i:i + n] = data
+    return i + n
+
+
+def size_nni_tlv(t, n):
+    w = size_nni(n)
+    return size_tl(t, w) + w
+
+
+def encode_name(uri):
+    # "/edge/kitchen/th1" -> value bytes of a Name: one GenericNameComponent per segment (setup only).
+    out = bytearray()
+    for part in uri.split("/"):
+        if part:
+            b = part.encode()
+            tmp = bytearray(size_tl(T_GENERIC, len(b)))
+            put_tl(tmp, 0, T_GENERIC, len(b))
+            out += tmp
+            out += b
+    return bytes(out)
+
+
+def tlv(t, value):
+    # One whole TLV as bytes (setup-time helper; the receive path never calls it).
+    out = bytearray(size_tl(t, len(value)) + len(value))
+    put_bytes(out, put_tl(out, 0, t, len(value)), value)
+    return bytes(out)
+
+
+def _critical(t):
+    return t < 32 or t & 1
+
+
+class Packet:
+    # Offsets of one parsed datagram inside the receive buffer. One instance per device, reused:
+    # parsing allocates nothing for names and payloads (they stay memoryview offsets).
+
+    def __init__(self):
+        self.mv = None
+        self.p = 0
+        self.n = 0
+        self.reset()
+
+    def reset(self):
+        self.pit_s = self.pit_n = 0
+        self.name_s = self.name_e = self.last_s = 0
+        self.ncomp = 0
+        self.params_s = self.params_vs = self.params_ve = -1
+        self.sinfo_e = -1
+        self.sig_type = -1
+        self.kl_s = self.kl_e = -1
+        self.seq = -1
+        self.sv_s = self.sv_n = -1
+        self.digest_s = -1
+
+    # -- primitive readers (advance self.p; self.n holds the last TLV length) --
+    def num(self, end):
+        mv = self.mv
+        p = self.p
+        if p >= end:
+            raise MalformedError("tlv: number at %d past end %d" % (p, end))
+        b = mv[p]
+        if b < 253:
+            self.p = p + 1
+            return b
+        w = 2 if b == 0xFD else 4 if b == 0xFE else 8
+        if p + 1 + w > end:
+            raise MalformedError("tlv: %d-byte number at %d past end %d" % (w, p, end))
+        v = 0
+        for k in range(p + 1, p + 1 + w):
+            v = (v << 8) | mv[k]
+        self.p = p + 1 + w
+        return v
+
+    def tl(self, end):
+        t = self.num(end)
+        n = self.num(end)
+        if n > end - self.p:
+            raise MalformedError("tlv: type %d length %d exceeds %d remaining bytes" % (t, n, end - self.p))
+        self.n = n
+        return t
+
+    def nni(self):
+        # NonNegativeInteger value of the current TLV (length self.n), advances past it.
+        n = self.n
+        if n not in (1, 2, 4, 8):
+            raise MalformedError("tlv: integer of length %d" % n)
+        mv = self.mv
+        v = 0
+        for k in range(self.p, self.p + n):
+            v = (v << 8) | mv[k]
+        self.p += n
+        return v
+
+    # -- packets --
+    def parse(self, mv, start, limit):
+        # Parse the packet at mv[start:], which must end by limit; returns the inner packet type
+        # (T_INTEREST, T_DATA) or 0 for an idle LpPacket. The inner packet spans
+        # [self.start, self.end); the next packet in the buffer starts at self.next.
+        # (A stream read on MicroPython may hold several datagrams back to back: TLV frames them.)
+        self.mv = mv
+        self.reset()
+        self.p = start
+        t = self.tl(limit)
+        length = self.p + self.n
+        self.next = length
+        if t != _T_LP_PACKET:
+            self.start = start
+            self.end = length
+            return self._inner(t, length)
+        frag_s = frag_e = -1
+        while self.p < length:
+            t = self.tl(length)
+            if t == _T_LP_FRAGMENT:
+                frag_s = self.p
+                frag_e = self.p + self.n
+                self.p = frag_e
+            elif t == _T_LP_PIT_TOKEN:
+                self.pit_s = self.p
+                self.pit_n = self.n
+                self.p += self.n
+            elif t == _T_LP_FRAG_COUNT:
+                if self.nni() > 1:
+                    raise MalformedError("lp: fragmented packet (FragCount > 1) is not supported")
+            elif t in (_T_LP_SEQUENCE, _T_LP_FRAG_INDEX) or (800 <= t <= 959 and t & 3 == 0):
+                self.p += self.n
+            else:
+                raise MalformedError("lp: unknown header field %d" % t)
+        if frag_s < 0:
+            return 0
+        self.p = frag_s
+        t = self.tl(frag_e)
+        if self.p + self.n != frag_e:
+            raise MalformedError("lp: fragment holds %d bytes after its packet" % (frag_e - self.p - self.n))
+        self.start = frag_s
+        self.end = frag_e
+        return self._inner(t, frag_e)
+
+    def _inner(self, t, end):
+        if t == T_INTEREST:
+            self._interest(end)
+        elif t != T_DATA:
+            raise MalformedError("tlv: packet type %d is neither Interest nor Data" % t)
+        return t
+
+    def _interest(self, end):
+        seen_name = False
+        while self.p < end:
+            s = self.p
+            t = self.tl(end)
+            e = self.p + self.n
+            if t == T_NAME:
+                self._name(e)
+                seen_name = True
+            elif t == _T_APP_PARAMS:
+                self.params_s = s
+                self.params_vs = self.p
+                self.params_ve = e
+            elif t == _T_ISIG_INFO:
+                self._siginfo(e)
+                self.sinfo_e = e
+            elif t == _T_ISIG_VALUE:
+                self.sv_s = self.p
+                self.sv_n = self.n
+            elif t == _T_NONCE:
+                if self.n != 4:
+                    raise MalformedError("interest: Nonce of %d bytes, 4 expected" % self.n)
+            elif t not in (_T_CAN_BE_PREFIX, _T_MUST_BE_FRESH, _T_LIFETIME, _T_HOP_LIMIT, _T_FWD_HINT) \
+                    and _critical(t):
+                raise MalformedError("interest: unknown critical element %d" % t)
+            self.p = e
+        if not seen_name:
+            raise MalformedError("interest: no Name")
+
+    def _name(self, end):
+        self.name_s = self.p
+        self.name_e = end
+        k = 0
+        while self.p < end:
+            s = self.p
+            t = self.tl(end)
+            if t == 0 or t > 0xFFFF:
+                raise MalformedError("name: component type %d" % t)
+            if t == T_PARAMS_DIGEST:
+                if self.n != _DIGEST_LEN:
+                    raise MalformedError("name: digest component of %d bytes, 32 expected" % self.n)
+                self.digest_s = self.p
+            self.last_s = s
+            self.p += self.n
+            k += 1
+        self.ncomp = k
+        if self.digest_s >= 0 and self.digest_s < self.last_s:
+            raise MalformedError("name: ParametersSha256DigestComponent is not the last component")
+
+    def _siginfo(self, end):
+        while self.p < end:
+            t = self.tl(end)
+            e = self.p + self.n
+            if t == T_SIG_TYPE:
+                self.sig_type = self.nni()
+            elif t == T_KEY_LOCATOR:
+                t2 = self.tl(e)
+                if t2 == T_NAME:
+                    self.kl_s = self.p
+                    self.kl_e = self.p + self.n
+                elif t2 != _T_KEY_DIGEST:
+                    raise MalformedError("siginfo: KeyLocator holds type %d" % t2)
+            elif t == _T_SIG_SEQ:
+                self.seq = self.nni()
+            elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and _critical(t):
+                raise MalformedError("siginfo: unknown critical element %d" % t)
+            self.p = e
+
+    def component(self, i):
+        # (start, end) of the value of name component i; a setup-free walk over the name.
+        self.p = self.name_s
+        k = 0
+        while self.p < self.name_e:
+            self.tl(self.name_e)
+            if k == i:
+                return self.p, self.p + self.n
+            self.p += self.n
+            k += 1
+        return -1, -1
+
+
+def interest_signed_size(name_value_len, params_len, sinfo_len):
+    # Size of the Interest value for a signed Interest with a ParametersSha256DigestComponent.
+    name_len = name_value_len + size_tl(T_PARAMS_DIGEST, _DIGEST_LEN) + _DIGEST_LEN
+    return (size_tl(T_NAME, name_len) + name_len + 6 + 4 +
+            size_tl(_T_APP_PARAMS, params_len) + params_len +
+            sinfo_len + size_tl(_T_ISIG_VALUE, _DIGEST_LEN) + _DIGEST_LEN)
+
+
+def encode_signed_interest(buf, name_value, params, sinfo_fields, mac, digest, nonce, lifetime_ms):
+    # Signed Interest per docs/protocol.md into buf; returns its length.
+    # sinfo_fields: the value of InterestSignatureInfo (type, key locator, nonce, seq num).
+    name_len = len(name_value) + 2 + _DIGEST_LEN
+    sinfo_len = size_tl(_T_ISIG_INFO, len(sinfo_fields)) + len(sinfo_fields)
+    total = interest_signed_size(len(name_value), len(params), sinfo_len)
+    i = put_tl(buf, 0, T_INTEREST, total)
+    i = put_tl(buf, i, T_NAME, name_len)
+    comps_s = i
+    i = put_bytes(buf, i, name_value)
+    comps_e = i
+    i = put_tl(buf, i, T_PARAMS_DIGEST, _DIGEST_LEN)
+    digest_s = i
+    i += _DIGEST_LEN
+    i = put_tl(buf, i, _T_NONCE, 4)
+    i = put_bytes(buf, i, nonce)
+    i = put_tl(buf, i, _T_LIFETIME, 2)
+    i = put_be(buf, i, lifetime_ms, 2)
+    params_s = i
+    i = put_tl(buf, i, _T_APP_PARAMS, len(params))
+    i = put_bytes(buf, i, params)
+    i = put_tl(buf, i, _T_ISIG_INFO, len(sinfo_fields))
+    i = put_bytes(buf, i, sinfo_fields)
+    mv = memoryview(buf)
+    h = mac.start()
+    h.update(mv[comps_s:comps_e])
+    h.update(mv[params_s:i])
+    sig = mac.finish(h)
+    i = put_tl(buf, i, _T_ISIG_VALUE, _DIGEST_LEN)
+    i = put_bytes(buf, i, sig)
+    buf[digest_s:digest_s + _DIGEST_LEN] = digest(mv[params_s:i])
+    return i
+
+
+def encode_data(buf, pit, name_value, ctype, fresh_ms, content, sig_info, mac):
+    # Data reply into buf (wrapped in an LpPacket with the PIT token when pit is given).
+    # Returns (start, end) of the Data TLV inside buf, or raises ValueError when it does not fit.
+    name_len = len(name_value)
+    meta_len = (size_nni_tlv(_T_CONTENT_TYPE, ctype) if ctype else 0) + \
+        (size_nni_tlv(_T_FRESHNESS, fresh_ms) if fresh_ms else 0)
+    clen = len(content)
+    body = (size_tl(T_NAME, name_len) + name_len + size_tl(_T_META_INFO, meta_len) + meta_len +
+            size_tl(_T_CONTENT, clen) + clen + len(sig_info) + 2 + _DIGEST_LEN)
+    dsize = size_tl(T_DATA, body) + body
+    total = dsize
+    if pit is not None:
+        lp_body = size_tl(_T_LP_PIT_TOKEN, len(pit)) + len(pit) + size_tl(_T_LP_FRAGMENT, dsize) + dsize
+        total = size_tl(_T_LP_PACKET, lp_body) + lp_body
+    if total > len(buf):
+        raise ValueError("reply of %d bytes exceeds the %d-byte datagram buffer" % (total, len(buf)))
+    i = 0
+    if pit is not None:
+        i = put_tl(buf, i, _T_LP_PACKET, lp_body)
+        i = put_tl(buf, i, _T_LP_PIT_TOKEN, len(pit))
+        i = put_bytes(buf, i, pit)
+        i = put_tl(buf, i, _T_LP_FRAGMENT, dsize)
+    start = i
+    i = put_tl(buf, i, T_DATA, body)
+    signed_s = i
+    i = put_tl(buf, i, T_NAME, name_len)
+    i = put_bytes(buf, i, name_value)
+    i = put_tl(buf, i, _T_META_INFO, meta_len)
+    if ctype:
+        i = put_nni_tlv(buf, i, _T_CONTENT_TYPE, ctype)
+    if fresh_ms:
+        i = put_nni_tlv(buf, i, _T_FRESHNESS, fresh_ms)
+    i = put_tl(buf, i, _T_CONTENT, clen)
+    i = put_bytes(buf, i, content)
+    i = put_bytes(buf, i, sig_info)
+    h = mac.start()
+    h.update(memoryview(buf)[signed_s:i])
+    i = put_tl(buf, i, _T_SIG_VALUE, _DIGEST_LEN)
+    i = put_bytes(buf, i, mac.finish(h))
+    return start, i
+
+
+def wrap_pit(buf, pit, data):
+    # LpPacket{PitToken, Fragment(data)} into buf; returns its length.
+    dlen = len(data)
+    body = size_tl(_T_LP_PIT_TOKEN, len(pit)) + len(pit) + size_tl(_T_LP_FRAGMENT, dlen) + dlen
+    if size_tl(_T_LP_PACKET, body) + body > len(buf):
+        raise ValueError("reply does not fit")
+    i = put_tl(buf, 0, _T_LP_PACKET, body)
+    i = put_tl(buf, i, _T_LP_PIT_TOKEN, len(pit))
+    i = put_bytes(buf, i, pit)
+    i = put_tl(buf, i, _T_LP_FRAGMENT, dlen)
+    return put_bytes(buf, i, data)

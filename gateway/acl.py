@@ -1,0 +1,71 @@
+"""Access-rule patterns: which names a client may call. Deny by default.
+
+A pattern is a name relative to the site, written like a path: `kitchen/*/temperature`, `/kitchen/**`, `**`.
+Components are separated by `/` (a leading `/` is optional); `*` matches exactly one component and `**` matches
+any number of components, zero included (so `kitchen/**` also grants `kitchen` itself). Every other component
+matches only itself, compared as text with the name's components as they are written in URIs. A component that
+mixes `*` with other characters (`temp*`, `***`) is refused rather than guessed at: partial-component globbing
+would make it too easy to grant more than intended.
+
+Matching is the classic two-pointer glob walk with one backtrack point (the last `**` seen), which is O(len(pattern)
+* len(name)) in the worst case and never exponential however many `**` a pattern holds. Rejected: translating
+patterns to regular expressions (backtracking blow-up on many `**`, and escaping pitfalls).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+ONE = "*"
+ANY = "**"
+
+
+def parse_pattern(text: str) -> tuple[str, ...]:
+    """The components of a pattern; ValueError naming the problem for empty or malformed patterns."""
+    if not isinstance(text, str):
+        raise ValueError(f"pattern must be text, not {type(text).__name__}")
+    body = text[1:] if text.startswith("/") else text
+    if body == "":
+        raise ValueError(f"empty pattern {text!r}: write components such as 'kitchen/*/temperature' or '**'")
+    parts = tuple(body.split("/"))
+    for index, part in enumerate(parts, 1):
+        if part == "":
+            raise ValueError(f"pattern {text!r} has an empty component (number {index}); "
+                             "separate components with a single '/'")
+        if "*" in part and part not in (ONE, ANY):
+            raise ValueError(f"pattern {text!r} has component {part!r} mixing '*' with other characters; "
+                             "use '*' for one whole component or '**' for any number")
+    return parts
+
+
+def format_pattern(parts: Sequence[str]) -> str:
+    """The canonical text of a parsed pattern (no leading `/`)."""
+    return "/".join(parts)
+
+
+def matches(pattern: Sequence[str], name: Sequence[str]) -> bool:
+    """True if `name` (components relative to the site) matches `pattern`."""
+    p = n = 0
+    star_p = -1  # index of the last `**` seen in the pattern, -1 for none
+    star_n = 0   # where in the name that `**` currently stops consuming
+    plen, nlen = len(pattern), len(name)
+    while n < nlen:
+        if p < plen and pattern[p] == ANY:
+            star_p, star_n = p, n
+            p += 1
+        elif p < plen and (pattern[p] == ONE or pattern[p] == name[n]):
+            p += 1
+            n += 1
+        elif star_p >= 0:
+            # Let the last `**` swallow one more component and retry what follows it.
+            star_n += 1
+            p, n = star_p + 1, star_n
+        else:
+            return False
+    while p < plen and pattern[p] == ANY:
+        p += 1
+    return p == plen
+
+
+def allowed(rules: Iterable[Sequence[str]], name: Sequence[str]) -> bool:
+    """True if any rule matches `name`; no rules, no access."""
+    return any(matches(rule, name) for rule in rules)

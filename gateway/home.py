@@ -1,0 +1,275 @@
+"""The home folder: where one gateway keeps its store, its address record and the client credentials it issued.
+
+Layout (everything private to the user: folders 0700, files 0600):
+
+    HOME/gateway.db          the SQLite store (gateway/store.py)
+    HOME/gateway.json        address record of the running gateway, written at start-up
+    HOME/clients/NAME.json   client credentials: {"name", "site", "key": 64 hex}
+
+Decisions:
+- Secrets are written through a temporary file opened with `O_CREAT | O_EXCL` and mode 0600, then linked into
+  place; at no moment does a readable-by-others file hold a key, and a concurrent `client add` of the same name
+  cannot overwrite an existing credentials file (the link fails instead).
+- Credentials files more permissive than 0600 are refused when read, as ssh does with private keys.
+- The home remembers how it was found (`source`), so hints can repeat `--home DIR` when the user passed it.
+- The gateway record names the gateway's pid; this module does not decide whether a stale record is an error
+  (a pid from another pid namespace may look dead), it offers `GatewayRecord.pid_alive()` for callers that know.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+ENV_HOME = "NDN_EDGE_HOME"
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_KEY_BYTES = 32
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def validate_client_name(name: str) -> str:
+    """Return `name` if it is a valid client name, else raise ValueError saying what is allowed."""
+    if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name) or name[0] in "_.":
+        raise ValueError(f"invalid client name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-', "
+                         "not starting with '_' or '.'")
+    return name
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """What a client needs to talk to the gateway: its name, the site and its key."""
+
+    name: str
+    site: str
+    key: bytes = field(repr=False)
+    path: Path
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    """Where the running gateway of a home listens."""
+
+    host: str
+    port: int
+    iface: str
+    group: str
+    port_mcast: int
+    site: str
+    pid: int
+
+    def pid_alive(self) -> bool:
+        """True if a process with the recorded pid exists on this host (in this pid namespace)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Home:
+    """The data folder of one gateway and its clients."""
+
+    def __init__(self, path: str | os.PathLike[str], source: str = "argument") -> None:
+        self._path = Path(path).expanduser().absolute()
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Home({str(self._path)!r})"
+
+    @classmethod
+    def resolve(cls, path: str | os.PathLike[str] | None = None) -> Home:
+        """The home: `path`, else $NDN_EDGE_HOME, else $XDG_DATA_HOME/ndn-edge or ~/.local/share/ndn-edge."""
+        if path is not None and str(path) != "":
+            return cls(path, "argument")
+        env = os.environ.get(ENV_HOME)
+        if env:
+            return cls(env, ENV_HOME)
+        xdg = os.environ.get("XDG_DATA_HOME")
+        if xdg and os.path.isabs(xdg):
+            return cls(Path(xdg) / "ndn-edge", "default")
+        try:
+            user_home = Path.home()
+        except RuntimeError as err:
+            raise ConfigError(f"cannot find a data folder ({err}); set ${ENV_HOME} or pass --home DIR") from err
+        return cls(user_home / ".local" / "share" / "ndn-edge", "default")
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def db_path(self) -> Path:
+        return self._path / "gateway.db"
+
+    @property
+    def clients_dir(self) -> Path:
+        return self._path / "clients"
+
+    @property
+    def gateway_file(self) -> Path:
+        return self._path / "gateway.json"
+
+    def hint(self, command: str) -> str:
+        """`command` as the user should type it for this home (adds `--home DIR` when it was given)."""
+        return f"{command} --home {self._path}" if self.source == "argument" else command
+
+    def ensure(self) -> Home:
+        """Create the home and its clients folder (mode 0700) if missing; return self."""
+        for folder in (self._path, self.clients_dir):
+            try:
+                folder.mkdir(mode=_DIR_MODE, parents=True)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise ConfigError(f"{folder} exists and is not a folder; choose another home with --home DIR")
+            else:
+                os.chmod(folder, _DIR_MODE)  # mkdir's mode is filtered by the umask
+        return self
+
+    # -- client credentials
+
+    def client_file(self, name: str) -> Path:
+        """Path of the credentials file for client `name` (validated)."""
+        return self.clients_dir / f"{validate_client_name(name)}.json"
+
+    def write_client(self, name: str, key: bytes, site: str, *, replace: bool = False) -> Path:
+        """Write `clients/NAME.json` mode 0600; an existing file is a ConfigError unless `replace`."""
+        path = self.client_file(name)
+        if len(key) != _KEY_BYTES:
+            raise ValueError(f"client key is {len(key)} bytes, {_KEY_BYTES} expected")
+        self.ensure()
+        data = json.dumps({"name": name, "site": site, "key": key.hex()}, indent=2) + "\n"
+        try:
+            _write_private(path, data.encode(), replace=replace)
+        except FileExistsError:
+            raise ConfigError(f"credentials file {path} already exists; remove the client first with: "
+                              f"{self.hint(f'ndn-edge client remove {name}')}") from None
+        return path
+
+    def read_client(self, name: str) -> ClientCredentials:
+        """The credentials of client `name`; ConfigError saying how to create them when missing or broken."""
+        path = self.client_file(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise ConfigError(f"no client '{name}' in {self.clients_dir}; create it with: "
+                              f"{self.hint(f'ndn-edge client add {name}')}") from None
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777
+            if os.name == "posix" and mode & 0o077:
+                raise ConfigError(f"credentials file {path} is readable by others (mode {mode:04o}); "
+                                  f"fix it with: chmod 600 {path}")
+            raw = f.read()
+        try:
+            obj = json.loads(raw)
+            key = bytes.fromhex(obj["key"])
+            site = obj["site"]
+            if len(key) != _KEY_BYTES or not isinstance(site, str) or obj.get("name") != name:
+                raise ValueError("wrong key length, site or name")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(f"credentials file {path} is damaged ({err}); recreate it with: "
+                              f"{self.hint(f'ndn-edge client remove {name}')} and "
+                              f"{self.hint(f'ndn-edge client add {name}')}") from None
+        return ClientCredentials(name=name, site=site, key=key, path=path)
+
+    def remove_client(self, name: str) -> bool:
+        """Delete the credentials file of `name`; False if there was none."""
+        try:
+            self.client_file(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- gateway address record
+
+    def write_gateway_record(self, host: str, port: int, iface: str, group: str, port_mcast: int, site: str,
+                             pid: int) -> Path:
+        """Record where this home's gateway listens (atomically replaces any previous record)."""
+        self.ensure()
+        record = {"host": host, "port": int(port), "iface": iface, "group": group, "port_mcast": int(port_mcast),
+                  "site": site, "pid": int(pid)}
+        _write_private(self.gateway_file, (json.dumps(record, indent=2) + "\n").encode(), replace=True)
+        return self.gateway_file
+
+    def read_gateway_record(self) -> GatewayRecord:
+        """The running gateway's record; ConfigError saying how to start one when absent."""
+        path = self.gateway_file
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"no gateway running for home {self._path}; start one with: "
+                              f"ndn-edge gateway --home {self._path}") from None
+        try:
+            obj = json.loads(raw)
+            return GatewayRecord(host=str(obj["host"]), port=int(obj["port"]), iface=str(obj["iface"]),
+                                 group=str(obj["group"]), port_mcast=int(obj["port_mcast"]),
+                                 site=str(obj["site"]), pid=int(obj["pid"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"gateway record {path} is damaged ({err}); restart the gateway with: "
+                              f"ndn-edge gateway --home {self._path}") from None
+
+    def remove_gateway_record(self, pid: int | None = None) -> bool:
+        """Delete the gateway record (only if it names `pid`, when given); True if deleted."""
+        if pid is not None:
+            try:
+                if self.read_gateway_record().pid != pid:
+                    return False
+            except ConfigError:
+                return False
+        try:
+            self.gateway_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
+    """Write `data` to `path` mode 0600 via a fresh temp file; FileExistsError if present and not `replace`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), _FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, _FILE_MODE)  # the umask may only have removed bits; make it exactly 0600
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails with FileExistsError instead of overwriting
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system: check, then rename
+                if os.path.lexists(path):
+                    raise FileExistsError(path) from None
+                os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

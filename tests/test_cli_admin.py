@@ -1,0 +1,341 @@
+"""`ndn-edge client ...` and `ndn-edge acl ...`, the home folder, and the CLI's error contract."""
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.home import Home, validate_client_name
+from tools import cli
+from tools.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    """Run `ndn-edge --home tmp_path ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    def run(*args):
+        code = main(["--home", str(tmp_path), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def assert_one_error_line(err, *fragments):
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ndn-edge: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# -- client add / list / remove
+
+
+def test_client_add_writes_private_credentials(run, tmp_path):
+    code, out, err = run("client", "add", "bob")
+    assert (code, err) == (0, "")
+    path = Path(out.strip())
+    assert path == tmp_path / "clients" / "bob.json"
+    assert mode(path) == 0o600
+    assert mode(tmp_path / "clients") == 0o700
+    assert mode(tmp_path / "gateway.db") == 0o600
+    data = json.loads(path.read_text())
+    assert data["name"] == "bob" and data["site"] == "edge"
+    assert re.fullmatch(r"[0-9a-f]{64}", data["key"])
+    creds = Home(tmp_path).read_client("bob")
+    assert creds.key.hex() == data["key"] and creds.site == "edge"
+    assert data["key"] not in repr(creds)
+    assert not [p for p in (tmp_path / "clients").iterdir() if p.name != "bob.json"]  # no temp files left
+
+
+def test_client_add_site_option(run, tmp_path):
+    assert run("client", "add", "carol", "--site", "/farm")[0] == 0
+    assert json.loads((tmp_path / "clients" / "carol.json").read_text())["site"] == "farm"
+
+
+def test_two_clients_get_different_keys(run, tmp_path):
+    run("client", "add", "a")
+    run("client", "add", "b")
+    assert Home(tmp_path).read_client("a").key != Home(tmp_path).read_client("b").key
+
+
+def test_duplicate_client_add_is_one_line_error(run, tmp_path):
+    assert run("client", "add", "bob")[0] == 0
+    before = (tmp_path / "clients" / "bob.json").read_text()
+    code, out, err = run("client", "add", "bob")
+    assert code != 0 and out == ""
+    assert_one_error_line(err, "client add", "'bob' already exists", "ndn-edge client remove bob")
+    assert (tmp_path / "clients" / "bob.json").read_text() == before  # the old key is untouched
+
+
+def test_client_add_refuses_an_orphan_credentials_file(run, tmp_path):
+    Home(tmp_path).write_client("eve", b"\x01" * 32, "edge")
+    code, _, err = run("client", "add", "eve")
+    assert code != 0
+    assert_one_error_line(err, "client add", "eve.json exists")
+    assert run("client", "remove", "eve")[0] == 0  # the suggested fix works
+    assert run("client", "add", "eve")[0] == 0
+
+
+@pytest.mark.parametrize("bad", ["_x", ".x", "a/b", "a b", "x" * 65, ""])
+def test_client_add_bad_name(run, bad):
+    code, out, err = run("client", "add", bad)
+    assert code != 0 and out == ""
+    assert_one_error_line(err, "invalid client name")
+
+
+def test_client_list_text_and_json(run):
+    code, out, err = run("client", "list")
+    assert code == 0 and out == "" and "no clients" in err
+    run("client", "add", "bob")
+    run("client", "add", "alice")
+    run("acl", "grant", "bob", "kitchen/**")
+    code, out, _ = run("client", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "CREATED", "RULES"]
+    assert lines[1].startswith("alice") and lines[2].startswith("bob") and lines[2].endswith("kitchen/**")
+    code, out, _ = run("client", "list", "--json")
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["alice", "bob"]
+    assert rows[1]["rules"] == ["kitchen/**"] and rows[0]["rules"] == []
+    assert rows[1]["credentials"].endswith("bob.json")
+    assert "key" not in rows[0]
+
+
+def test_client_remove(run, tmp_path):
+    run("client", "add", "bob")
+    run("acl", "grant", "bob", "**")
+    assert run("client", "remove", "bob")[0] == 0
+    assert not (tmp_path / "clients" / "bob.json").exists()
+    assert json.loads(run("acl", "list", "--json")[1]) == []
+    assert json.loads(run("client", "list", "--json")[1]) == []
+    code, _, err = run("client", "remove", "bob")
+    assert code == 4
+    assert_one_error_line(err, "client remove", "no client 'bob'")
+
+
+# -- acl
+
+
+def test_acl_grant_list_revoke(run):
+    run("client", "add", "bob")
+    run("client", "add", "alice")
+    assert run("acl", "grant", "bob", "/kitchen/*/temperature")[0] == 0
+    assert run("acl", "grant", "bob", "garage/**") == (0, "", "")
+    assert run("acl", "grant", "alice", "**")[0] == 0
+    code, out, _ = run("acl", "list", "--json")
+    assert code == 0
+    assert json.loads(out) == [{"client": "alice", "pattern": "**"},
+                               {"client": "bob", "pattern": "garage/**"},
+                               {"client": "bob", "pattern": "kitchen/*/temperature"}]
+    code, out, _ = run("acl", "list", "--client", "bob")
+    assert out.splitlines() == ["CLIENT  PATTERN", "bob     garage/**", "bob     kitchen/*/temperature"]
+    assert run("acl", "revoke", "bob", "garage/**")[0] == 0
+    assert json.loads(run("acl", "list", "--client", "bob", "--json")[1]) == \
+        [{"client": "bob", "pattern": "kitchen/*/temperature"}]
+    code, _, err = run("acl", "revoke", "bob", "garage/**")
+    assert code == 4
+    assert_one_error_line(err, "acl revoke", "no rule 'garage/**'")
+
+
+def test_acl_grant_unknown_client(run):
+    code, out, err = run("acl", "grant", "ghost", "**")
+    assert code == 4 and out == ""
+    assert_one_error_line(err, "acl grant", "no client 'ghost'", "ndn-edge client add ghost")
+
+
+def test_acl_list_unknown_client(run):
+    code, _, err = run("acl", "list", "--client", "ghost")
+    assert code == 4
+    assert_one_error_line(err, "acl list", "no client 'ghost'")
+
+
+@pytest.mark.parametrize("pattern, fragment", [("a//b", "empty component"), ("temp*", "mixing '*'"),
+                                               ("/", "empty pattern")])
+def test_acl_bad_pattern(run, pattern, fragment):
+    run("client", "add", "bob")
+    code, out, err = run("acl", "grant", "bob", pattern)
+    assert code != 0 and out == ""
+    assert_one_error_line(err, "acl grant", fragment)
+    assert json.loads(run("acl", "list", "--json")[1]) == []
+
+
+# -- the command table and main's contract
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_works_on_every_command(command, capsys):
+    assert main([*command.split(), "--help"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"usage: ndn-edge {command}") and "--home DIR" in out and err == ""
+
+
+def test_help_on_groups_and_top_level(capsys):
+    for argv in (["--help"], ["client", "--help"], ["acl", "--help"]):
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    for verb in ("gateway", "up", "sim", "devices", "services", "call", "provision", "deploy", "flash"):
+        assert verb in out
+
+
+def test_usage_error_returns_two(capsys):
+    assert main(["client"]) == 2
+    assert "required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["gateway", "up", "sim", "devices", "services", "call", "provision", "deploy",
+                                  "flash"])
+def test_unimplemented_verbs_say_so(run, verb):
+    code, out, err = run(verb)
+    assert code == 1 and out == ""
+    assert err == f"ndn-edge: {verb}: not available yet\n"
+
+
+def test_handler_plugged_in_by_module_path(run, tmp_path, monkeypatch):
+    plugin = tmp_path / "plugin_mod"
+    plugin.mkdir()
+    (plugin / "ndn_edge_test_plugin.py").write_text(
+        "def do_call(state, args):\n"
+        "    print('called', state.home.path)\n"
+        "    return 0\n")
+    monkeypatch.syspath_prepend(str(plugin))
+    monkeypatch.setitem(COMMANDS, "call", ("ndn_edge_test_plugin:do_call", cli._args_none, "call"))
+    code, out, _ = run("call")
+    assert code == 0 and out == f"called {tmp_path}\n"
+
+
+def test_keyboard_interrupt_exits_130_quietly(run, monkeypatch):
+    def do_call(state, args):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(COMMANDS, "call", (do_call, cli._args_none, "call"))
+    assert run("call") == (130, "", "")
+
+
+def test_config_error_exit_code_and_home_from_environment(tmp_path, monkeypatch, capsys):
+    def do_call(state, args):
+        state.home.read_client("zed")
+    monkeypatch.setitem(COMMANDS, "call", (do_call, cli._args_none, "call"))
+    monkeypatch.setenv("NDN_EDGE_HOME", str(tmp_path / "envhome"))
+    assert main(["call"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, f"no client 'zed' in {tmp_path / 'envhome' / 'clients'}",
+                          "create it with: ndn-edge client add zed")
+    assert "--home" not in err  # the environment already names the home
+
+
+def test_home_before_or_after_the_verb(tmp_path, capsys):
+    assert main(["client", "add", "bob", "--home", str(tmp_path / "one")]) == 0
+    assert main(["--home", str(tmp_path / "two"), "client", "add", "bob"]) == 0
+    assert (tmp_path / "one" / "clients" / "bob.json").exists()
+    assert (tmp_path / "two" / "clients" / "bob.json").exists()
+
+
+def test_real_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "tools", "--home", str(tmp_path)]
+    ok = subprocess.run([*base, "client", "add", "bob"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert mode(ok.stdout.strip()) == 0o600
+    dup = subprocess.run([*base, "client", "add", "bob"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert dup.returncode != 0 and dup.stdout == ""
+    assert_one_error_line(dup.stderr, "already exists")
+    listed = subprocess.run([*base, "client", "list", "--json"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert [c["name"] for c in json.loads(listed.stdout)] == ["bob"]
+
+
+def test_cli_import_is_light():
+    code = ("import sys, tools.cli, gateway\n"
+            "heavy = sorted(m for m in sys.modules if m == 'ndn' or m.startswith(('ndn.', 'serial', 'sqlite3', "
+            "'gateway.store', 'cbor2')))\n"
+            "print(heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# -- the home folder
+
+
+def test_home_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("NDN_EDGE_HOME", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Home.resolve(tmp_path / "arg").path == tmp_path / "arg"
+    assert Home.resolve().path == tmp_path / "env"
+    monkeypatch.delenv("NDN_EDGE_HOME")
+    assert Home.resolve().path == tmp_path / "xdg" / "ndn-edge"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    home = Home.resolve()
+    assert home.path == tmp_path / "user" / ".local" / "share" / "ndn-edge"
+    assert (home.db_path.name, home.clients_dir.name, home.gateway_file.name) == \
+        ("gateway.db", "clients", "gateway.json")
+    assert not home.path.exists()  # resolving creates nothing
+    home.ensure()
+    assert mode(home.path) == 0o700 and mode(home.clients_dir) == 0o700
+
+
+@pytest.mark.parametrize("name, ok", [("bob", True), ("a.b-c_d", True), ("x" * 64, True), ("9", True),
+                                      ("", False), ("_a", False), (".a", False), ("x" * 65, False),
+                                      ("a/b", False), ("bé", False), ("a\n", False)])
+def test_client_name_validation(name, ok):
+    if ok:
+        assert validate_client_name(name) == name
+    else:
+        with pytest.raises(ValueError, match="invalid client name"):
+            validate_client_name(name)
+
+
+def test_credentials_file_errors(tmp_path):
+    home = Home(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        home.read_client("bob")
+    assert str(info.value) == (f"no client 'bob' in {tmp_path / 'clients'}; create it with: "
+                               f"ndn-edge client add bob --home {tmp_path}")
+    path = home.write_client("bob", b"\x02" * 32, "edge")
+    with pytest.raises(ConfigError, match="already exists"):
+        home.write_client("bob", b"\x03" * 32, "edge")
+    assert home.read_client("bob").key == b"\x02" * 32
+    home.write_client("bob", b"\x03" * 32, "edge", replace=True)
+    assert home.read_client("bob").key == b"\x03" * 32 and mode(path) == 0o600
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="readable by others .*chmod 600"):
+        home.read_client("bob")
+    os.chmod(path, 0o600)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="damaged"):
+        home.read_client("bob")
+    assert home.remove_client("bob") is True and home.remove_client("bob") is False
+
+
+def test_gateway_record(tmp_path):
+    home = Home(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        home.read_gateway_record()
+    assert str(info.value) == (f"no gateway running for home {tmp_path}; start one with: "
+                               f"ndn-edge gateway --home {tmp_path}")
+    home.write_gateway_record("127.0.0.1", 6363, "127.0.0.1", "224.0.23.170", 56363, "edge", os.getpid())
+    rec = home.read_gateway_record()
+    assert (rec.host, rec.port, rec.iface, rec.group, rec.port_mcast, rec.site, rec.pid) == \
+        ("127.0.0.1", 6363, "127.0.0.1", "224.0.23.170", 56363, "edge", os.getpid())
+    assert rec.pid_alive()
+    assert mode(home.gateway_file) == 0o600
+    assert home.remove_gateway_record(pid=os.getpid() + 1) is False  # another gateway's record stays
+    assert home.remove_gateway_record(pid=os.getpid()) is True
+    with pytest.raises(ConfigError):
+        home.read_gateway_record()

@@ -1,0 +1,193 @@
+"""The board runtime on the real MicroPython unix port, over real multicast on loopback,
+checked by independent code: python-ndn builds the Interests and verifies the Data, cbor2 decodes."""
+import hashlib
+
+import cbor2
+import pytest
+from ndn.encoding import Name, parse_interest
+from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
+
+from gateway import wire
+from tests.support import Board, McastPeer, is_announcement, is_data_for
+
+
+@pytest.fixture
+def peer(mcast_port):
+    p = McastPeer(mcast_port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def board(micropython, peer, tmp_path):
+    b = Board(micropython, peer.port, tmp_path / "flash")
+    b.boot_announcement = b.start(peer)
+    yield b
+    b.stop()
+
+
+def health(board, peer, seq=None):
+    r = board.call(peer, "_health", seq=seq)
+    assert r is not None and r.ok
+    return r.value
+
+
+def test_services_answer_signed_interests_from_python_ndn(board, peer):
+    r = board.call(peer, "temperature")
+    assert (r.ok, r.value, r.freshness_ms) == (True, 21.5, 2000)
+    assert board.call(peer, "echo", {"a": 1, "s": "x", "b": b"\x00\xff", "l": [1.5, None, True]}).value == \
+        {"a": 1, "s": "x", "b": b"\x00\xff", "l": [1.5, None, True]}
+    assert board.call(peer, "add", {"a": 2, "b": 40}).value == 42
+    assert board.call(peer, "slow", {"ms": 30}).value == 30  # coroutine handler
+    assert board.call(peer, "secret", {"x": 7}, private=True).value == {"x": 7, "code": 1234}
+
+
+@pytest.mark.parametrize("service,args,code,fragment", [
+    ("fail", None, "INTERNAL", "boom"),
+    ("nope", None, "NOT_FOUND", "nope"),
+    ("add", {"c": 1}, "INVALID_ARGUMENT", "'c'"),
+    ("add", {"a": 1}, "INVALID_ARGUMENT", ""),
+    ("refuse", None, "PERMISSION_DENIED", "not today"),
+])
+def test_errors_are_nacks_with_codes(board, peer, service, args, code, fragment):
+    r = board.call(peer, service, args)
+    assert r is not None and not r.ok
+    assert r.code == code and fragment in r.message
+    assert board.call(peer, "temperature").value == 21.5  # keeps serving
+
+
+def test_reply_data_is_parsed_and_verified_by_python_ndn(board, peer):
+    w, final = wire.make_call(f"{board.name}/temperature", None, board.key, 1, signer_owner=board.name)
+    peer.send(w)
+    got = peer.recv_until(is_data_for(final))
+    name, meta, content = wire.verify_data(got, board.key)
+    assert name == final and meta.freshness_period == 2000 and cbor2.loads(content) == 21.5
+    tampered = bytearray(got)
+    tampered[-1] ^= 1
+    with pytest.raises(wire.BadPacket):
+        wire.verify_data(bytes(tampered), board.key)
+
+
+def lp_wrap(token: bytes, inner: bytes) -> bytes:
+    def tl(t, v):
+        assert len(v) < 253
+        return bytes([t, len(v)]) + v
+    frag = bytes([0x50, 0xFD]) + len(inner).to_bytes(2, "big") + inner
+    body = tl(0x62, token) + frag
+    return bytes([0x64, 0xFD]) + len(body).to_bytes(2, "big") + body
+
+
+def test_lp_packet_with_pit_token_is_answered_with_the_token(board, peer):
+    token = bytes.fromhex("0102030405060708")
+    w, final = wire.make_call(f"{board.name}/temperature", None, board.key, 1, signer_owner=board.name)
+    peer.send(lp_wrap(token, w))
+    got = peer.recv_until(is_data_for(final))
+    assert got is not None and got[0] == 0x64
+    lp = parse_lp_packet_v2(got, with_tl=True)
+    assert bytes(lp.pit_token) == token
+    assert wire.parse_reply(bytes(lp.fragment), board.key).value == 21.5
+
+
+def test_idle_lp_packet_is_ignored_not_counted(board, peer):
+    peer.send(bytes([0x64, 0x00]))
+    assert board.call(peer, "temperature").value == 21.5
+    assert health(board, peer)["drops"]["malformed"] == 0
+
+
+def test_wrong_key_is_never_executed(board, peer):
+    other = bytes(32)
+    assert board.call(peer, "counter", key=other, timeout_s=0.5) is None
+    # forged: the device's key name, but signed with another key
+    w, final = wire.make_call(f"{board.name}/counter", None, other, 5, signer_owner=board.name)
+    w = w.replace(wire.key_id(other).encode(), wire.key_id(board.key).encode())
+    peer.send(w)
+    assert peer.recv_until(is_data_for(final), 0.5) is None
+    assert board.call(peer, "calls").value == 0
+    drops = health(board, peer)["drops"]
+    assert drops["key"] == 1 and drops["signature"] + drops["digest"] == 1
+
+
+def test_tampered_parameters_are_dropped(board, peer):
+    w, final = wire.make_call(f"{board.name}/echo", {"v": 1}, board.key, 1, signer_owner=board.name)
+    at = w.index(cbor2.dumps({"v": 1}))
+    bad = bytearray(w)
+    bad[at + len(cbor2.dumps({"v": 1})) - 1] = 2  # {"v": 2}
+    peer.send(bytes(bad))
+    assert peer.recv_until(is_data_for(final), 0.5) is None
+    assert health(board, peer)["drops"]["digest"] == 1
+
+
+def test_replayed_seq_with_new_parameters_is_dropped(board, peer):
+    assert board.call(peer, "counter", seq=10).value == 1
+    assert board.call(peer, "echo", {"again": 1}, seq=10, timeout_s=0.5) is None
+    assert board.call(peer, "counter", seq=9, timeout_s=0.5).value == 2  # reordered but unseen: accepted
+    assert board.call(peer, "counter", seq=9, timeout_s=0.5) is None  # new signature, same number
+    assert board.call(peer, "calls", seq=11).value == 2
+    assert health(board, peer)["drops"]["replay"] == 2
+
+
+def test_retransmission_gets_cached_reply_and_runs_once(board, peer):
+    w, final = wire.make_call(f"{board.name}/counter", None, board.key, 3, signer_owner=board.name)
+    replies = []
+    for _ in range(3):
+        peer.send(w)
+        replies.append(peer.recv_until(is_data_for(final)))
+    assert replies[0] is not None and replies[0] == replies[1] == replies[2]
+    assert wire.parse_reply(replies[0], board.key).value == 1
+    assert board.call(peer, "calls", seq=4).value == 1
+
+
+def test_seq_below_leased_mark_after_restart_is_dropped(micropython, peer, tmp_path):
+    b = Board(micropython, peer.port, tmp_path / "flash")
+    b.start(peer)
+    for seq in (1, 2, 3):
+        assert b.call(peer, "counter", seq=seq).value == seq
+    b.stop()
+    ann = b.start(peer)  # same key and flash: a reboot
+    try:
+        _, _, params, _ = parse_interest(ann, with_tl=True)
+        floor = cbor2.loads(bytes(params))["rx_floor"]
+        assert floor > 3 + 1  # the lease moved the mark ahead of what was used
+        assert b.call(peer, "counter", seq=4, timeout_s=0.5) is None  # unused but below the mark
+        assert b.call(peer, "counter", seq=floor - 1, timeout_s=0.5) is None
+        assert b.call(peer, "counter", seq=floor).value == 1  # fresh process, fresh counter
+        assert health(b, peer, seq=floor + 1)["drops"]["replay"] == 2
+    finally:
+        b.stop()
+
+
+def test_announcements_join_query_renew_leave(micropython, peer, tmp_path):
+    b = Board(micropython, peer.port, tmp_path / "flash", lease_ms=600)
+    ann = b.start(peer)
+    try:
+        name, _, params, sig = parse_interest(ann, with_tl=True)
+        assert Name.to_str(name[:3]) == "/edge/_sd/ann"
+        info = cbor2.loads(bytes(params))
+        assert info["state"] == "up" and info["lease_ms"] == 600
+        # signed by the device key (python-ndn's signature pointers, checked with hmac)
+        import hmac
+        mac = hmac.new(b.key, digestmod=hashlib.sha256)
+        for part in sig.signature_covered_part:
+            mac.update(part)
+        assert mac.digest() == bytes(sig.signature_value_buf)
+        desc = b.call(peer, "_desc")
+        content = cbor2.dumps(desc.value)  # device and cbor2 encode maps the same way
+        assert [s["name"] for s in desc.value["services"]] == sorted(s["name"] for s in desc.value["services"])
+        assert info["desc"] == hashlib.sha256(content).digest()[:8].hex()
+        # renewals (lease/3 plus jitter)
+        seqs = [sig.signature_info.signature_seq_num]
+        for _ in range(2):
+            nxt = peer.recv_until(is_announcement(), 2.0)
+            assert nxt is not None
+            seqs.append(parse_interest(nxt, with_tl=True)[3].signature_info.signature_seq_num)
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3
+        # active query
+        from ndn.encoding import InterestParam, make_interest
+        peer.send(bytes(make_interest("/edge/_sd/query", InterestParam(lifetime=1000))))
+        assert peer.recv_until(is_announcement(), 2.0) is not None
+    finally:
+        b.proc.send_signal(2)
+        leave = peer.recv_until(lambda d: is_announcement()(d) and
+                                cbor2.loads(bytes(parse_interest(d, with_tl=True)[2]))["state"] == "leave", 5.0)
+        b.stop()
+    assert leave is not None

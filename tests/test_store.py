@@ -1,0 +1,344 @@
+"""The SQLite store on real files: devices, pagination, presence, clients, rules, sequence leases, reopen."""
+import hashlib
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from gateway.errors import AlreadyExists, GatewayError, StoreError, UnknownClient, UnknownDevice
+from gateway.store import SCHEMA_VERSION, SeqCounter, Store, key_id
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(1, 33))
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "gateway.db"
+
+
+@pytest.fixture
+def store(db_path):
+    with Store(db_path) as s:
+        yield s
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# -- file, schema, reopen
+
+
+def test_file_is_private_and_wal(store, db_path):
+    assert mode(db_path) == 0o600
+    store.add_client("alice", KEY_A)  # a write makes the WAL files appear
+    assert os.path.exists(f"{db_path}-wal")
+    assert mode(f"{db_path}-wal") == 0o600
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.schema_version == SCHEMA_VERSION >= 1
+
+
+def test_file_is_private_even_with_a_permissive_umask(db_path):
+    old = os.umask(0o000)
+    try:
+        Store(db_path).close()
+    finally:
+        os.umask(old)
+    assert mode(db_path) == 0o600
+
+
+def test_reopen_keeps_everything(db_path):
+    with Store(db_path) as s:
+        s.add_device("/edge/kitchen/th1", KEY_A, "edge")
+        s.update_presence("/edge/kitchen/th1", "online", 100.0, 200.0, rx_floor=7)
+        s.set_description("/edge/kitchen/th1", "00112233aabbccdd", {"services": [{"name": "temperature"}]})
+        s.add_client("alice", KEY_B)
+        s.grant("alice", "kitchen/**")
+        s.set_meta("site", "edge")
+        first = s.lease_seq_block("/edge/kitchen/th1/KEY/x", 0, 64)
+    with Store(db_path) as s:
+        dev = s.device("/edge/kitchen/th1")
+        assert (dev.key, dev.state, dev.last_seen, dev.lease_until, dev.rx_floor) == (KEY_A, "online", 100.0, 200.0, 7)
+        assert dev.desc == {"services": [{"name": "temperature"}]}
+        assert dev.desc_hash == "00112233aabbccdd"
+        assert s.client("alice").key == KEY_B
+        assert [tuple(r) for r in s.rules()] == [("alice", "kitchen/**")]
+        assert s.get_meta("site") == "edge"
+        assert s.seq_mark("/edge/kitchen/th1/KEY/x") == first + 63
+        assert s.schema_version == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(db_path):
+    Store(db_path).close()
+    with sqlite3.connect(db_path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this ndn-edge"):
+        Store(db_path)
+
+
+def test_not_a_database_is_a_store_error(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable ndn-edge store"):
+        Store(path)
+
+
+# -- devices
+
+
+def test_add_and_get_device(store):
+    rec = store.add_device("/edge/kitchen/th1", KEY_A, "edge")
+    assert rec.key_id == hashlib.sha256(KEY_A).digest()[:4].hex() == key_id(KEY_A)
+    assert rec.key_name == f"/edge/kitchen/th1/KEY/{rec.key_id}"
+    assert (rec.site, rec.state, rec.last_seen, rec.lease_until, rec.sleep_until, rec.rx_floor) == \
+        ("edge", "unknown", None, None, None, 0)
+    assert store.device("/edge/kitchen/th1") == rec
+    assert store.device("/edge/nope") is None
+    assert KEY_A.hex() not in repr(rec) and repr(KEY_A) not in repr(rec)
+
+
+def test_duplicate_device_and_replace(store):
+    old = store.add_device("/edge/sim/1", KEY_A, "edge")
+    store.update_presence("/edge/sim/1", "online", 1.0, 2.0, rx_floor=50)
+    with pytest.raises(AlreadyExists) as info:
+        store.add_device("/edge/sim/1", KEY_B, "edge")
+    assert isinstance(info.value, GatewayError) and "/edge/sim/1" in str(info.value)
+    assert store.device("/edge/sim/1").key == KEY_A
+    new = store.add_device("/edge/sim/1", KEY_B, "edge", replace=True)
+    assert new.key == KEY_B and new.key_id == key_id(KEY_B) != old.key_id
+    assert new.created_at == old.created_at
+    assert (new.state, new.rx_floor, new.last_seen) == ("unknown", 0, None)
+    assert store.device_by_key_name(old.key_name) is None
+    assert store.device_by_key_name(new.key_name) == new
+
+
+@pytest.mark.parametrize("name, site", [
+    ("edge/sim/1", "edge"), ("/edge", "edge"), ("/edge//1", "edge"), ("/edge/1/", "edge"), ("/home/1", "edge"),
+])
+def test_bad_device_names_are_refused(store, name, site):
+    with pytest.raises(ValueError):
+        store.add_device(name, KEY_A, site)
+
+
+def test_bad_keys_are_refused(store):
+    with pytest.raises(ValueError, match="32 bytes, got 31"):
+        store.add_device("/edge/sim/1", KEY_A[:31], "edge")
+    with pytest.raises(ValueError, match="32 bytes"):
+        store.add_client("bob", "x" * 32)
+
+
+def test_site_may_be_given_with_a_slash(store):
+    assert store.add_device("/edge/sim/1", KEY_A, "/edge").site == "edge"
+
+
+def test_device_by_key_name(store):
+    rec = store.add_device("/edge/a/b", KEY_A, "edge")
+    assert store.device_by_key_name(f"/edge/a/b/KEY/{rec.key_id}") == rec
+    assert store.device_by_key_name("/edge/a/b/KEY/00000000") is None
+    assert store.device_by_key_name(f"/edge/a/KEY/{rec.key_id}") is None
+    assert store.device_by_key_name(f"/edge/a/b/NOTKEY/{rec.key_id}") is None
+    assert store.device_by_key_name("KEY") is None
+    assert store.device_by_key_name(None) is None
+
+
+def test_remove_device(store):
+    store.add_device("/edge/sim/1", KEY_A, "edge")
+    store.remove_device("/edge/sim/1")
+    assert store.device("/edge/sim/1") is None
+    with pytest.raises(UnknownDevice):
+        store.remove_device("/edge/sim/1")
+
+
+def test_presence_updates(store):
+    store.add_device("/edge/sim/1", KEY_A, "edge")
+    store.update_presence("/edge/sim/1", "online", 10.0, 40.0, rx_floor=5)
+    dev = store.device("/edge/sim/1")
+    assert (dev.state, dev.last_seen, dev.lease_until, dev.sleep_until, dev.rx_floor) == ("online", 10.0, 40.0, None, 5)
+    store.update_presence("/edge/sim/1", "asleep", 20.0, 40.0, sleep_until=100.0, rx_floor=3)
+    dev = store.device("/edge/sim/1")
+    assert (dev.state, dev.sleep_until, dev.rx_floor) == ("asleep", 100.0, 5)  # the floor never goes down
+    store.update_presence("/edge/sim/1", "offline", 20.0, None)
+    dev = store.device("/edge/sim/1")
+    assert (dev.state, dev.lease_until, dev.sleep_until, dev.rx_floor) == ("offline", None, None, 5)
+    with pytest.raises(ValueError, match="not one of"):
+        store.update_presence("/edge/sim/1", "dancing", 1.0, None)
+    with pytest.raises(UnknownDevice):
+        store.update_presence("/edge/nope", "online", 1.0, None)
+
+
+def test_description_round_trip(store):
+    store.add_device("/edge/sim/1", KEY_A, "edge")
+    desc = {"name": "/edge/sim/1", "services": [{"name": "t", "args": {"x": "int"}, "cache_ms": None}]}
+    store.set_description("/edge/sim/1", "0123456789abcdef", desc)
+    dev = store.device("/edge/sim/1")
+    assert (dev.desc_hash, dev.desc) == ("0123456789abcdef", desc)
+    with pytest.raises(UnknownDevice):
+        store.set_description("/edge/nope", "x", {})
+
+
+def test_pagination_walks_every_device_once_in_order(store):
+    names = sorted(f"/edge/sim/{i:03d}" for i in range(23))
+    for i, n in enumerate(reversed(names)):
+        store.add_device(n, bytes([i]) * 32, "edge")
+    seen, token, pages = [], None, 0
+    while True:
+        page, token = store.list_devices(page_size=5, page_token=token)
+        pages += 1
+        seen += [d.name for d in page]
+        assert len(page) == (5 if token else 3)
+        if token is None:
+            break
+        assert isinstance(token, str) and "/" not in token
+    assert seen == names and pages == 5
+    assert store.count_devices() == 23
+
+
+def test_pagination_exact_multiple_and_empty(store):
+    assert store.list_devices() == ([], None)
+    for i in range(4):
+        store.add_device(f"/edge/d{i}", bytes([i]) * 32, "edge")
+    page, token = store.list_devices(page_size=2)
+    page2, token2 = store.list_devices(page_size=2, page_token=token)
+    assert [d.name for d in page + page2] == ["/edge/d0", "/edge/d1", "/edge/d2", "/edge/d3"]
+    assert token2 is None
+
+
+def test_pagination_survives_a_removal_between_pages(store):
+    for i in range(6):
+        store.add_device(f"/edge/d{i}", bytes([i]) * 32, "edge")
+    page, token = store.list_devices(page_size=3)
+    store.remove_device("/edge/d2")  # the last device of the first page
+    rest, token = store.list_devices(page_size=3, page_token=token)
+    assert [d.name for d in rest] == ["/edge/d3", "/edge/d4", "/edge/d5"] and token is None
+
+
+@pytest.mark.parametrize("size", [0, 1001, -1, 2.5, True, "10"])
+def test_page_size_is_validated(store, size):
+    with pytest.raises(ValueError, match="page_size"):
+        store.list_devices(page_size=size)
+
+
+@pytest.mark.parametrize("token", ["!!!", "Zm9v", "\u00e9"])
+def test_bad_page_token_is_a_clear_value_error(store, token):
+    with pytest.raises(ValueError, match="invalid page_token"):
+        store.list_devices(page_token=token)
+
+
+# -- clients and rules
+
+
+def test_clients(store):
+    rec = store.add_client("bob", KEY_A)
+    store.add_client("alice", KEY_B)
+    assert store.client("bob") == rec and rec.key == KEY_A
+    assert KEY_A.hex() not in repr(rec)
+    assert [c.name for c in store.list_clients()] == ["alice", "bob"]
+    with pytest.raises(AlreadyExists, match="'bob' already exists"):
+        store.add_client("bob", KEY_B)
+    with pytest.raises(ValueError, match="invalid client name"):
+        store.add_client("_hidden", KEY_A)
+    assert store.client("nobody") is None
+
+
+def test_rules_grant_revoke_and_canonical_form(store):
+    store.add_client("bob", KEY_A)
+    store.add_client("alice", KEY_B)
+    assert store.grant("bob", "/kitchen/**") is True
+    assert store.grant("bob", "kitchen/**") is False  # same rule, canonical form
+    assert store.grant("bob", ("garage", "*")) is True
+    assert store.grant("alice", "**") is True
+    assert store.rules() == [("alice", "**"), ("bob", "garage/*"), ("bob", "kitchen/**")]
+    assert store.rules("bob") == [("bob", "garage/*"), ("bob", "kitchen/**")]
+    assert store.rules("bob")[1].parts == ("kitchen", "**")
+    assert store.revoke("bob", "/garage/*") is True
+    assert store.revoke("bob", "garage/*") is False
+    assert store.rules("bob") == [("bob", "kitchen/**")]
+
+
+def test_rules_for_unknown_clients_and_bad_patterns(store):
+    with pytest.raises(UnknownClient, match="no client 'ghost'"):
+        store.grant("ghost", "**")
+    with pytest.raises(UnknownClient):
+        store.revoke("ghost", "**")
+    with pytest.raises(UnknownClient):
+        store.rules("ghost")
+    store.add_client("bob", KEY_A)
+    with pytest.raises(ValueError, match="empty component"):
+        store.grant("bob", "a//b")
+    assert store.rules() == []
+
+
+def test_client_removal_cascades_to_rules(store, db_path):
+    store.add_client("bob", KEY_A)
+    store.add_client("alice", KEY_B)
+    store.grant("bob", "kitchen/**")
+    store.grant("alice", "garage/**")
+    store.remove_client("bob")
+    assert store.client("bob") is None
+    assert store.rules() == [("alice", "garage/**")]
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM rules WHERE client = 'bob'").fetchone()[0] == 0
+    with pytest.raises(UnknownClient):
+        store.remove_client("bob")
+    store.add_client("bob", KEY_A)  # a new client of the same name starts with no rules
+    assert store.rules("bob") == []
+
+
+# -- sequence leases
+
+
+def test_lease_blocks_are_disjoint_and_increasing(store):
+    a = store.lease_seq_block("k", 0, 64)
+    b = store.lease_seq_block("k", 0, 64)
+    assert (a, b) == (1, 65)
+    assert store.seq_mark("k") == 128
+    assert store.lease_seq_block("other", 0, 10) == 1  # keys are independent
+
+
+def test_lease_respects_floor(store):
+    assert store.lease_seq_block("k", 1000, 64) == 1000
+    assert store.seq_mark("k") == 1063
+    assert store.lease_seq_block("k", 5, 64) == 1064  # a low floor never moves backwards
+
+
+def test_lease_validates(store):
+    with pytest.raises(ValueError, match="positive"):
+        store.lease_seq_block("k", 0, 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        store.lease_seq_block("k", -1, 8)
+    with pytest.raises(StoreError, match="exhausted"):
+        store.lease_seq_block("k", (1 << 63) - 4, 8)
+
+
+def test_seq_counter_is_monotonic_across_restarts(db_path):
+    handed = []
+    with Store(db_path) as s:
+        counter = SeqCounter(s, "/edge/sim/1/KEY/abcd", block=8)
+        handed += [counter.next() for _ in range(5)]
+        assert s.seq_mark("/edge/sim/1/KEY/abcd") == 8  # one lease for five numbers
+    with Store(db_path) as s:  # a restart: the unused rest of the block is skipped, never reused
+        counter = SeqCounter(s, "/edge/sim/1/KEY/abcd", block=8)
+        handed += [counter.next() for _ in range(20)]
+    assert handed[:5] == [1, 2, 3, 4, 5]
+    assert handed[5] == 9
+    assert handed == sorted(set(handed))
+
+
+def test_seq_counter_respects_floor(store):
+    counter = SeqCounter(store, "k", block=8)
+    assert counter.next() == 1
+    assert counter.next(floor=5) == 5  # inside the current block: no new lease
+    assert store.seq_mark("k") == 8
+    assert counter.next(floor=100) == 100  # above the block: a new lease starting at the floor
+    assert store.seq_mark("k") == 107
+    assert counter.next(floor=3) == 101
+    assert counter.next() == 102
+
+
+def test_two_counters_on_one_key_never_share_numbers(db_path):
+    with Store(db_path) as s1, Store(db_path) as s2:
+        c1, c2 = SeqCounter(s1, "k", block=4), SeqCounter(s2, "k", block=4)
+        got = [c.next() for _ in range(10) for c in (c1, c2)]
+    assert len(got) == len(set(got))

@@ -1,0 +1,333 @@
+"""The `ndn-edge` command line: one table of commands, one error handler.
+
+Shape (after mpremote's main.py): `COMMANDS` maps each command ("client add" is a verb with a sub-verb) to
+`(handler, argument builder, help)`. A handler is `do_<verb>(state, args)` returning None or an exit status; it is
+given directly or as "module:function", imported only when that command runs, so `import tools.cli` loads neither
+python-ndn, nor the store, nor pyserial. A handler of None means "not available yet".
+
+To plug in a command implemented elsewhere, replace its entry, e.g.:
+
+    "call": ("tools.cmd_call:do_call", _args_call, "call a device service"),
+
+Errors: handlers raise `CommandError("verb: why")` for what the user can fix; `main` catches it, the gateway's
+`GatewayError`s, `ValueError` (bad user input such as a malformed pattern or name) and `OSError` once, prints one
+line `ndn-edge: ...` to stderr and returns the error's `exit_code` (1 when it has none; 2 for `ConfigError`;
+3..9 for call errors, see gateway/errors.py). Ctrl-C exits 130 without a traceback. `State` owns what commands
+share (the home, a lazily opened store) and is closed in `finally`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+from gateway.errors import GatewayError, UnknownClient
+from gateway.home import Home, validate_client_name
+from tools.errors import CommandError, ToolsError
+
+if TYPE_CHECKING:
+    from gateway.store import Store
+
+PROG = "ndn-edge"
+DEFAULT_SITE = "edge"
+SITE_META_KEY = "site"  # the store's meta entry naming the home's site, if the gateway recorded one
+KEY_BYTES = 32
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[["State", argparse.Namespace], Union[int, None]]
+Builder = Callable[[argparse.ArgumentParser], None]
+HandlerSpec = Union[Handler, str, None]
+
+
+class State:
+    """What every command shares: the home folder and, opened on first use, its store."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The home's store, created (with the home) on first use."""
+        if self._store is None:
+            from gateway.store import Store
+
+            self.home.ensure()
+            self._store = Store(self.home.db_path)
+        return self._store
+
+    def close(self) -> None:
+        """Release what the command opened."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+# -- client commands
+
+
+def do_client_add(state: State, args: argparse.Namespace) -> None:
+    """Issue a client identity: a random key in the store and a 0600 credentials file; print the file's path."""
+    name = validate_client_name(args.name)
+    home, store = state.home, state.store
+    if store.client(name) is not None:
+        raise CommandError(f"client add: client '{name}' already exists; remove it first with: "
+                           f"{home.hint(f'{PROG} client remove {name}')}")
+    path = home.client_file(name)
+    if path.exists():
+        raise CommandError(f"client add: {path} exists but no client '{name}' is in the store; delete it with: "
+                           f"{home.hint(f'{PROG} client remove {name}')}")
+    site = args.site or store.get_meta(SITE_META_KEY) or DEFAULT_SITE
+    key = secrets.token_bytes(KEY_BYTES)
+    store.add_client(name, key)
+    try:
+        path = home.write_client(name, key, site)
+    except BaseException:
+        store.remove_client(name)
+        raise
+    print(path)
+
+
+def do_client_list(state: State, args: argparse.Namespace) -> None:
+    """List client identities with their rules."""
+    store, home = state.store, state.home
+    patterns: dict[str, list[str]] = {}
+    for rule in store.rules():
+        patterns.setdefault(rule.client, []).append(rule.pattern)
+    rows = []
+    for client in store.list_clients():
+        path = home.client_file(client.name)
+        rows.append({"name": client.name, "created_at": client.created_at,
+                     "rules": patterns.get(client.name, []), "credentials": str(path) if path.exists() else None})
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print(f"no clients; add one with: {home.hint(f'{PROG} client add NAME')}", file=sys.stderr)
+    else:
+        _print_table(("NAME", "CREATED", "RULES"),
+                     [(r["name"], _time_text(r["created_at"]), " ".join(r["rules"]) or "-") for r in rows])
+
+
+def do_client_remove(state: State, args: argparse.Namespace) -> None:
+    """Forget a client: its key, its rules and its credentials file."""
+    name = validate_client_name(args.name)
+    try:
+        state.store.remove_client(name)
+        known = True
+    except UnknownClient:
+        known = False
+    removed_file = state.home.remove_client(name)
+    if not known and not removed_file:
+        raise CommandError(f"client remove: no client '{name}'; list clients with: "
+                           f"{state.home.hint(f'{PROG} client list')}", exit_code=UnknownClient.exit_code)
+
+
+# -- access rules
+
+
+def do_acl_grant(state: State, args: argparse.Namespace) -> None:
+    """Let a client call names matching a pattern."""
+    client, pattern = _client_and_pattern(args)
+    try:
+        state.store.grant(client, pattern)
+    except UnknownClient:
+        raise _no_client("acl grant", state, client) from None
+
+
+def do_acl_revoke(state: State, args: argparse.Namespace) -> None:
+    """Remove one rule of a client."""
+    client, pattern = _client_and_pattern(args)
+    try:
+        removed = state.store.revoke(client, pattern)
+    except UnknownClient:
+        raise _no_client("acl revoke", state, client) from None
+    if not removed:
+        raise CommandError(f"acl revoke: client '{client}' has no rule '{pattern}'; see its rules with: "
+                           f"{state.home.hint(f'{PROG} acl list --client {client}')}",
+                           exit_code=UnknownClient.exit_code)
+
+
+def do_acl_list(state: State, args: argparse.Namespace) -> None:
+    """List access rules, of one client or of all."""
+    client = validate_client_name(args.client) if args.client is not None else None
+    try:
+        rules = state.store.rules(client)
+    except UnknownClient:
+        raise _no_client("acl list", state, client or "") from None
+    if args.json:
+        _print_json([{"client": r.client, "pattern": r.pattern} for r in rules])
+    elif not rules:
+        print(f"no rules; add one with: {state.home.hint(f'{PROG} acl grant CLIENT PATTERN')}", file=sys.stderr)
+    else:
+        _print_table(("CLIENT", "PATTERN"), [(r.client, r.pattern) for r in rules])
+
+
+def _client_and_pattern(args: argparse.Namespace) -> tuple[str, str]:
+    from gateway.acl import format_pattern, parse_pattern
+
+    return validate_client_name(args.client), format_pattern(parse_pattern(args.pattern))
+
+
+def _no_client(verb: str, state: State, client: str) -> CommandError:
+    return CommandError(f"{verb}: no client '{client}'; create it with: "
+                        f"{state.home.hint(f'{PROG} client add {client}')}", exit_code=UnknownClient.exit_code)
+
+
+# -- argument builders
+
+
+def _args_none(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _args_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _args_client_add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="client name: letters, digits, '_', '.', '-'")
+    parser.add_argument("--site", type=_site_arg, default=None,
+                        help=f"site the client talks to (default: the gateway's, else {DEFAULT_SITE})")
+
+
+def _args_client_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="client name")
+
+
+def _args_acl_rule(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("client", metavar="CLIENT", help="client name")
+    parser.add_argument("pattern", metavar="PATTERN",
+                        help="name under the site; '*' is one component, '**' any number (e.g. 'kitchen/**')")
+
+
+def _args_acl_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--client", metavar="NAME", default=None, help="only this client's rules")
+    _args_json(parser)
+
+
+def _site_arg(text: str) -> str:
+    site = text.strip("/")
+    if not site or "/" in site:
+        raise argparse.ArgumentTypeError(f"site must be one name component such as '{DEFAULT_SITE}', got {text!r}")
+    return site
+
+
+# -- the table
+
+COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
+    "gateway": (None, _args_none, "run the gateway for a home"),
+    "up": ("tools.cmd_up:do_up", "tools.cmd_up:args_up", "start a board on MicroPython and call it (demo)"),
+    "sim": (None, _args_none, "run simulated devices on this host"),
+    "devices": (None, _args_json, "list the devices the gateway knows"),
+    "services": (None, _args_json, "list the services of devices"),
+    "call": (None, _args_none, "call a device service"),
+    "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
+    "client list": (do_client_list, _args_json, "list client identities"),
+    "client remove": (do_client_remove, _args_client_name, "remove a client, its rules and its credentials"),
+    "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
+    "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
+    "acl list": (do_acl_list, _args_acl_list, "list access rules"),
+    "provision": (None, _args_none, "give a board its name, site and key over USB"),
+    "deploy": (None, _args_none, "copy the runtime and an app to a board"),
+    "flash": (None, _args_none, "write MicroPython firmware to a board"),
+}
+
+GROUPS: dict[str, str] = {
+    "client": "manage client identities (add, list, remove)",
+    "acl": "manage access rules (grant, revoke, list)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command in `COMMANDS`."""
+    home_help = "data folder (default: $NDN_EDGE_HOME, else $XDG_DATA_HOME/ndn-edge or ~/.local/share/ndn-edge)"
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a sub-command's default must not overwrite a --home given before the verb.
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help=home_help)
+    parser = argparse.ArgumentParser(prog=PROG, description="IoT edge services over signed NDN multicast.")
+    parser.add_argument("--home", metavar="DIR", default=None, help=home_help)
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    groups: dict[str, Any] = {}
+    for command, (_, builder, help_text) in COMMANDS.items():
+        words = command.split()
+        if len(words) == 1:
+            sub = verbs.add_parser(command, parents=[common], help=help_text, description=help_text)
+        else:
+            group = groups.get(words[0])
+            if group is None:
+                group_parser = verbs.add_parser(words[0], parents=[common], help=GROUPS[words[0]],
+                                                description=GROUPS[words[0]])
+                group = groups[words[0]] = group_parser.add_subparsers(dest="subverb", metavar="SUBCOMMAND",
+                                                                       required=True)
+            sub = group.add_parser(words[1], parents=[common], help=help_text, description=help_text)
+        (_load(builder) if isinstance(builder, str) else builder)(sub)
+        sub.set_defaults(command=command)
+    return parser
+
+
+def resolve_handler(command: str) -> Handler:
+    """The handler of `command`, importing it if named as "module:function"."""
+    spec = COMMANDS[command][0]
+    if spec is None:
+        raise CommandError(f"{command}: not available yet")
+    return _load(spec) if isinstance(spec, str) else spec
+
+
+def _load(spec: str) -> Any:
+    """The object named "module:attribute" (modules of commands stay light to import)."""
+    module_name, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `ndn-edge` command; return the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse already printed
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    command: str = args.command
+    state: State | None = None
+    try:
+        handler = resolve_handler(command)
+        state = State(Home.resolve(args.home))
+        return handler(state, args) or 0
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except CommandError as err:
+        return _fail(str(err), err.exit_code)
+    except (ToolsError, GatewayError, ValueError) as err:
+        return _fail(f"{command}: {err}", getattr(err, "exit_code", 1))
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        return _fail(f"{command}: {err.strerror or err}{where}", 1)
+    finally:
+        if state is not None:
+            state.close()
+
+
+# -- output
+
+
+def _fail(message: str, exit_code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return exit_code
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for row in (headers, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _time_text(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

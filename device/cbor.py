@@ -122,74 +122,90 @@ def _half(h):
     return -v if h & 0x8000 else v
 
 
+# The decoder is split into small functions: MicroPython heap-allocates the frame of any call
+# whose state exceeds 11 words, and _dec runs once per item.
 def _dec(mv, i, depth):
-    start = i
-    major, ai, n, i = _arg(mv, i)
+    h = _arg(mv, i)
+    major = h[0]
     if major == 0:
-        return n, i
+        return h[2], h[3]
     if major == 1:
-        return -1 - n, i
-    if major == 2 or major == 3:
-        _room(mv, i, n)
-        j = i + n
-        if major == 2:
-            return bytes(mv[i:j]), j
-        try:
-            s = str(mv[i:j], 'utf-8')
-        except UnicodeError:
-            s = None
-        if s is not None and len(s) != n:
-            # Non-ASCII. MicroPython's decoder only checks the byte structure: it lets overlong forms,
-            # surrogates and code points over U+10FFFF through, so recount the shortest encoding.
-            m = 0
-            for c in s:
-                c = ord(c)
-                if 0xD7FF < c < 0xE000 or c > 0x10FFFF:
-                    m = -1
-                    break
-                m += 1 if c < 0x80 else 2 if c < 0x800 else 3 if c < 0x10000 else 4
-            if m != n:
-                s = None
-        if s is None:
-            _bad('invalid UTF-8 in text of length %d at offset %d' % (n, i))
-        return s, j
+        return -1 - h[2], h[3]
+    if major == 2:
+        _room(mv, h[3], h[2])
+        return bytes(mv[h[3]:h[3] + h[2]]), h[3] + h[2]
+    if major == 3:
+        return _text(mv, h[3], h[2])
     if major == 4 or major == 5:
-        depth += 1
-        if depth > _MAX_DEPTH:
-            _bad('nesting deeper than %d at offset %d' % (_MAX_DEPTH, start))
-        # Every item takes at least one byte: bound the count before building anything.
-        _room(mv, i, n if major == 4 else 2 * n)
-        if major == 4:
-            a = []
-            for _ in range(n):
-                x, i = _dec(mv, i, depth)
-                a.append(x)
-            return a, i
-        d = {}
-        for _ in range(n):
-            at = i
-            k, i = _dec(mv, i, depth)
-            v, i = _dec(mv, i, depth)
-            try:
-                d[k] = v
-            except TypeError:
-                _bad('unhashable %s map key at offset %d' % (type(k).__name__, at))
-        return d, i
+        return _items(mv, i, h, depth + 1)
     if major == 7:
-        if ai == 20:
-            return False, i
-        if ai == 21:
-            return True, i
-        if ai == 22:
-            return None, i
-        if ai == 25:
-            return _half(n), i
-        if ai == 26:
-            return struct.unpack_from('>f', mv, i - 4)[0], i
-        if ai == 27:
-            return struct.unpack_from('>d', mv, i - 8)[0], i
-        _bad('simple value %d not supported at offset %d' % (n, start))
-    _bad('tag %d not supported at offset %d' % (n, start))  # major 6
+        return _simple(mv, i, h)
+    _bad('tag %d not supported at offset %d' % (h[2], i))  # major 6
+
+
+def _text(mv, i, n):
+    _room(mv, i, n)
+    j = i + n
+    try:
+        s = str(mv[i:j], 'utf-8')
+    except UnicodeError:
+        s = None
+    if s is not None and len(s) != n:
+        # Non-ASCII. MicroPython's decoder only checks the byte structure: it lets overlong forms,
+        # surrogates and code points over U+10FFFF through, so recount the shortest encoding.
+        m = 0
+        for c in s:
+            c = ord(c)
+            if 0xD7FF < c < 0xE000 or c > 0x10FFFF:
+                m = -1
+                break
+            m += 1 if c < 0x80 else 2 if c < 0x800 else 3 if c < 0x10000 else 4
+        if m != n:
+            s = None
+    if s is None:
+        _bad('invalid UTF-8 in text of length %d at offset %d' % (n, i))
+    return s, j
+
+
+def _items(mv, start, h, depth):
+    major, n, i = h[0], h[2], h[3]
+    if depth > _MAX_DEPTH:
+        _bad('nesting deeper than %d at offset %d' % (_MAX_DEPTH, start))
+    # Every item takes at least one byte: bound the count before building anything.
+    _room(mv, i, n if major == 4 else 2 * n)
+    if major == 4:
+        a = []
+        for _ in range(n):
+            x, i = _dec(mv, i, depth)
+            a.append(x)
+        return a, i
+    d = {}
+    for _ in range(n):
+        at = i
+        k, i = _dec(mv, i, depth)
+        v, i = _dec(mv, i, depth)
+        try:
+            d[k] = v
+        except TypeError:
+            _bad('unhashable %s map key at offset %d' % (type(k).__name__, at))
+    return d, i
+
+
+def _simple(mv, start, h):
+    ai, n, i = h[1], h[2], h[3]
+    if ai == 20:
+        return False, i
+    if ai == 21:
+        return True, i
+    if ai == 22:
+        return None, i
+    if ai == 25:
+        return _half(n), i
+    if ai == 26:
+        return struct.unpack_from('>f', mv, i - 4)[0], i
+    if ai == 27:
+        return struct.unpack_from('>d', mv, i - 8)[0], i
+    _bad('simple value %d not supported at offset %d' % (n, start))
 
 
 def loads(buf):

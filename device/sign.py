@@ -48,10 +48,9 @@ def key_id(key):
 
 def equal(mv, start, ref):
     # Constant-time comparison of mv[start:start+len(ref)] with ref; no early exit.
-    n = len(ref)
-    if start < 0 or start + n > len(mv):
+    if start < 0 or start + len(ref) > len(mv):
         return False
-    diff = 0
-    for i in range(n):
-        diff |= mv[start + i] ^ ref[i]
-    return diff == 0
+    d = 0
+    for i in range(len(ref)):
+        d |= mv[start + i] ^ ref[i]
+    return d == 0

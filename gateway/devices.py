@@ -1,0 +1,125 @@
+"""The gateway's device-facing half in one object: multicast face, directory and invoker, wired together.
+
+Owns the composition and the routing of inbound packets: Interests go to the directory (announcements), Data to
+the invoker (replies). This is the API the client-facing server uses; it knows nothing about clients, access
+rules or HTTP.
+
+    side = DeviceSide(store, site="edge", iface="127.0.0.1", port=56363, on_event=print)
+    await side.start()                       # open the face, start discovery, query the devices
+    result = await side.call("/edge/kitchen/th1", "temperature", None, timeout_s=2.0)
+    page, token = side.devices(page_size=50)
+    await side.stop()
+
+Decisions:
+- The directory never signs anything: it asks the invoker to fetch `_desc` (`directory.fetcher`), so every
+  Interest to a device goes through one signer, one sequence counter per key and one retry policy.
+- Directory events are forwarded to the invoker before the owner's `on_event` sees them: a device that joins
+  again gets its circuit-breaker probe at once.
+- Device names may be given in full (`/edge/kitchen/th1`) or relative to the site (`kitchen/th1`).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.directory import Directory, Event
+from gateway.framing import TlvType
+from gateway.invoker import DEFAULT_TIMEOUT_S, CallResult, Invoker
+from gateway.mcast import MulticastFace
+
+log = logging.getLogger("ndn_edge.devices")
+
+DEFAULT_SITE = "edge"
+DEFAULT_IFACE = "127.0.0.1"
+DEFAULT_GROUP = "224.0.23.170"
+DEFAULT_PORT = 56363
+
+
+class DeviceSide:
+    """Face + directory + invoker for one site: discovery, presence, descriptions and calls to devices."""
+
+    def __init__(self, store: Any, *, site: str = DEFAULT_SITE, iface: str = DEFAULT_IFACE,
+                 group: str = DEFAULT_GROUP, port: int = DEFAULT_PORT,
+                 on_event: Callable[[Event], None] | None = None) -> None:
+        self.store = store
+        self.site = site.strip("/")
+        self.on_event = on_event
+        self.face = MulticastFace(iface, group, port)
+        self.directory = Directory(store, self.face, self.site, on_event=self._event)
+        self.invoker = Invoker(store, self.face, self.directory, site=self.site)
+        self.directory.fetcher = self.invoker.fetch_description
+        self._started = False
+
+    async def start(self) -> None:
+        """Open the face, start the directory and send a discovery query."""
+        if self._started:
+            return
+        self.face.on_packet = self._dispatch
+        await self.face.open()
+        self.invoker.start()
+        try:
+            await self.directory.start()
+            await self.directory.query()
+        except BaseException:
+            await self.directory.stop()
+            self.face.close()
+            raise
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop discovery, fail pending calls with Unavailable and close the face (idempotent)."""
+        if not self._started:
+            return
+        self._started = False
+        await self.invoker.close()
+        await self.directory.stop()
+        self.face.close()
+
+    async def __aenter__(self) -> DeviceSide:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> CallResult:
+        """Call a device service; see Invoker.call."""
+        return await self.invoker.call(device, service, args, timeout_s=timeout_s)
+
+    async def query(self) -> None:
+        """Ask every device on the group to announce itself."""
+        await self.directory.query()
+
+    def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of devices and the next page's token; see Directory.devices."""
+        return self.directory.devices(page_size, page_token)
+
+    def services(self, device: str) -> list[dict[str, Any]]:
+        """The device's service descriptions; NotFound for an unknown device."""
+        return self.directory.services(device)
+
+    def is_online(self, device: str) -> bool:
+        """True if the device's lease holds."""
+        return self.directory.is_online(device)
+
+    def metrics(self) -> dict[str, int]:
+        """Every counter of the device side, prefixed by its layer (`face_`, `directory_`, `invoker_`)."""
+        out = {f"face_{k}": v for k, v in self.face.counters().items()}
+        out.update({f"directory_{k}": v for k, v in self.directory.counters.items()})
+        out.update({f"invoker_{k}": v for k, v in self.invoker.metrics.items()})
+        out["cache_entries"] = len(self.invoker.cache)
+        return out
+
+    def _dispatch(self, packet: bytes) -> None:
+        if packet[0] == TlvType.DATA:
+            self.invoker.on_data(packet)
+        elif packet[0] == TlvType.INTEREST:
+            self.directory.on_interest(packet)
+
+    def _event(self, event: Event) -> None:
+        if event["event"] == "join":
+            self.invoker.device_joined(event["device"])
+        if self.on_event is not None:
+            self.on_event(event)

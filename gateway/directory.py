@@ -1,0 +1,429 @@
+"""The device directory: who is on the network, in what state, until when, and what services each offers.
+
+Owns discovery as docs/protocol.md "Discovery" defines it: signed announcements `/<site>/_sd/ann/<digest>`
+(join, renewal, sleep, leave), the active query `/<site>/_sd/query`, leases, and the service descriptions that
+devices publish under `_desc`. Presence is written to the store so that a gateway restart loses nothing; events
+(`join`, `leave`, `offline`, `sleep`) go to the structured log `ndn_edge.directory` (events `device_join`, ...,
+with the fields in `extra["fields"]`) and to `on_event`.
+
+Decisions:
+- Announcements are verified before anything is believed: the device is found by its `KeyLocator` (the store
+  maps key names to devices), then the parameters digest and the HMAC with that device's key are checked, then
+  the announcement's `SignatureSeqNum` must be above the last accepted one for that key. Each failure is dropped
+  and counted (`unknown_key`, `digest`, `bad_signature`, `replayed`, `malformed`), never answered.
+- The last accepted announcement number is kept per *key name* (a re-provisioned device starts a new sequence)
+  in memory, and persisted lightly in the store's meta table: on a state change, every `SEQ_PERSIST_EVERY`
+  announcements, every `SEQ_FLUSH_INTERVAL_S` for the devices whose number moved, and at `stop()`. A gateway killed between writes accepts at most those few announcements again,
+  which can only restate presence the device already claimed; devices persist their own counter (leased
+  blocks), so their numbers never go back.
+- The face callback only checks the name prefix on raw bytes and queues the packet; one task verifies, writes
+  the store and emits events, so a burst of announcements never runs store writes inside the receive callback.
+- Lease expiry is a heap of (lease_until, device) with lazy deletion and one task that sleeps until the earliest
+  expiry (at least `SWEEP_MIN_WAIT_S`, so a crowd of superseded entries costs a few wake-ups a second, not one
+  each): O(log n) per renewal, no scan of every device (the target is 10,000 devices on a Raspberry Pi).
+- The owner queries at start; the directory repeats the query at `STARTUP_REQUERY_S`, because a device ignores
+  queries for 500 ms after it boots and after each answer, and a datagram may be lost.
+- Wall-clock time (`time.time`) for presence, because it is stored and shown; monotonic time elsewhere.
+- A reboot (an `up` announcement whose `uptime_ms` is well behind the previous one plus the time elapsed since
+  it) is reported as a `join`, so subscribers and the
+  invoker's circuit breaker learn that the device is back even when no lease lapsed in between.
+- A sleeping device holds its lease until it should wake plus one lease period; then it is marked offline.
+Rejected: answering announcements (the protocol expects no reply) and trusting the announced name instead of the
+key (anyone on the LAN could claim any name).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import hmac
+import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import cbor2
+from ndn.encoding import Component, InterestParam, Name, SignatureType, make_interest, parse_interest
+from ndn.encoding.tlv_model import DecodeError
+
+from gateway.errors import GatewayError, NotFound, StoreError
+from gateway.framing import has_name_prefix
+
+log = logging.getLogger("ndn_edge.directory")
+
+QUERY_LIFETIME_MS = 1000
+SEQ_PERSIST_EVERY = 32
+ANN_QUEUE_SIZE = 4096
+SWEEP_MAX_WAIT_S = 5.0
+SWEEP_MIN_WAIT_S = 0.05
+SEQ_FLUSH_INTERVAL_S = 30.0
+STARTUP_REQUERY_S = (1.0, 3.0)
+SEQ_META_PREFIX = "ann_seq:"
+# A device whose announced uptime lags what our clock predicts by more than this rebooted (clock drift aside).
+REBOOT_SLACK_MS = 1000
+REBOOT_SLACK_RATIO = 0.1
+_ANN_STATES = {"up": "online", "sleep": "asleep", "leave": "left"}
+_PARSE_ERRORS = (DecodeError, ValueError, IndexError, TypeError, KeyError, struct.error)
+
+Event = dict[str, Any]
+
+
+class _Presence:
+    """What the directory believes about one device, kept in memory next to the store."""
+
+    __slots__ = ("name", "key_name", "state", "last_seen", "lease_until", "sleep_until", "rx_floor", "desc_hash",
+                 "uptime_ms", "ann_seq", "persisted_seq")
+
+    def __init__(self, name: str, key_name: str, state: str = "unknown", last_seen: float | None = None,
+                 lease_until: float | None = None, sleep_until: float | None = None, rx_floor: int = 0,
+                 desc_hash: str | None = None, ann_seq: int = 0) -> None:
+        self.name = name
+        self.key_name = key_name
+        self.state = state
+        self.last_seen = last_seen
+        self.lease_until = lease_until
+        self.sleep_until = sleep_until
+        self.rx_floor = rx_floor
+        self.desc_hash = desc_hash
+        self.uptime_ms: int | None = None
+        self.ann_seq = ann_seq
+        self.persisted_seq = ann_seq
+
+
+class Directory:
+    """Device presence and descriptions for one site, fed by verified announcements."""
+
+    def __init__(self, store: Any, face: Any, site: str, *, on_event: Callable[[Event], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.site = site.strip("/")
+        self.on_event = on_event
+        # Set by the owner (DeviceSide) to the invoker's fetch_description: the directory never signs Interests.
+        self.fetcher: Callable[[str], Awaitable[Any]] | None = None
+        self._store = store
+        self._face = face
+        self._clock = clock
+        self._ann_prefix = b"".join(bytes(c) for c in Name.from_str(f"/{self.site}/_sd/ann"))
+        self._presence: dict[str, _Presence] = {}
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(ANN_QUEUE_SIZE)
+        self._expiries: list[tuple[float, str]] = []
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()  # devices whose announcement number is not persisted yet
+        self.counters: dict[str, int] = {
+            "announcements": 0, "unknown_key": 0, "digest": 0, "bad_signature": 0, "replayed": 0,
+            "malformed": 0, "queue_full": 0, "queries": 0, "desc_fetches": 0, "desc_failures": 0,
+        }
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Load presence from the store; start the announcement, lease and start-up query tasks."""
+        if self._tasks:
+            return
+        self._load()
+        self._wake = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._announcements(), name="directory-announcements"),
+                       asyncio.create_task(self._sweep(), name="directory-leases"),
+                       asyncio.create_task(self._requery(), name="directory-requery")]
+
+    async def stop(self) -> None:
+        """Stop the tasks and persist the announcement numbers not yet written."""
+        tasks = self._tasks + list(self._fetching.values())
+        self._tasks = []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fetching.clear()
+        self._persist_seqs()
+
+    async def query(self) -> None:
+        """Send the plain Interest `/<site>/_sd/query`; devices answer with an announcement."""
+        param = InterestParam(nonce=int.from_bytes(os.urandom(4), "big"), lifetime=QUERY_LIFETIME_MS)
+        self._face.send(bytes(make_interest(f"/{self.site}/_sd/query", param)))
+        self.counters["queries"] += 1
+
+    async def _requery(self) -> None:
+        started = asyncio.get_running_loop().time()
+        for at in STARTUP_REQUERY_S:
+            await asyncio.sleep(max(0.0, started + at - asyncio.get_running_loop().time()))
+            try:
+                await self.query()
+            except GatewayError as err:
+                log.warning("discovery query not sent: %s", err)
+
+    # -- inbound (face callback: route only)
+
+    def on_interest(self, packet: bytes) -> None:
+        """Queue an announcement for verification; any other Interest (our own, looped back) is ignored."""
+        if not has_name_prefix(packet, self._ann_prefix):
+            return
+        try:
+            self._queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            self.counters["queue_full"] += 1
+
+    # -- queries
+
+    def resolve(self, device: str) -> str:
+        """The full device name: `/edge/lab/b1` as is, `lab/b1` under this site."""
+        text = device.strip()
+        if text.startswith("/"):
+            return text.rstrip("/")
+        return f"/{self.site}/{text.strip('/')}"
+
+    def is_online(self, device: str) -> bool:
+        """True if the device announced `up` and its lease still holds."""
+        p = self._presence.get(self.resolve(device))
+        return p is not None and p.state == "online" and p.lease_until is not None and p.lease_until > self._clock()
+
+    def presence(self, device: str) -> dict[str, Any] | None:
+        """State, last_seen, lease_until and sleep_until as the directory holds them, or None if never seen."""
+        p = self._presence.get(self.resolve(device))
+        if p is None:
+            return None
+        return {"state": self._effective_state(p.state, p.lease_until), "last_seen": p.last_seen,
+                "lease_until": p.lease_until, "sleep_until": p.sleep_until}
+
+    def rx_floor(self, device: str) -> int:
+        """The lowest SignatureSeqNum the device said it accepts (0 if unknown)."""
+        p = self._presence.get(self.resolve(device))
+        return p.rx_floor if p is not None else 0
+
+    def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of devices (name, state, last_seen, lease_until, sleep_until, services) and the next token."""
+        records, token = self._store.list_devices(page_size, page_token)
+        out = []
+        for r in records:
+            services = r.desc.get("services") if isinstance(r.desc, dict) else None
+            out.append({"name": r.name, "state": self._effective_state(r.state, r.lease_until),
+                        "last_seen": r.last_seen, "lease_until": r.lease_until, "sleep_until": r.sleep_until,
+                        "services": len(services) if isinstance(services, list) else 0})
+        return out, token
+
+    def services(self, device: str) -> list[dict[str, Any]]:
+        """The device's service descriptions (empty until fetched); NotFound for a device not in the store."""
+        name = self.resolve(device)
+        record = self._store.device(name)
+        if record is None:
+            raise NotFound(f"no device {name} in the store; `ndn-edge devices` lists the provisioned ones")
+        services = record.desc.get("services") if isinstance(record.desc, dict) else None
+        return [dict(s) for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+
+    def description_stored(self, device: str, desc_hash: str) -> None:
+        """Note that the description with `desc_hash` is now in the store (called by the fetcher)."""
+        p = self._presence.get(self.resolve(device))
+        if p is not None:
+            p.desc_hash = desc_hash
+
+    # -- announcement processing (task)
+
+    async def _announcements(self) -> None:
+        while True:
+            packet = await self._queue.get()
+            try:
+                self._handle(packet)
+            except StoreError as err:
+                log.warning("announcement not recorded: %s", err)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.counters[reason] += 1
+        log.debug("announcement dropped (%s): %s", reason, detail)
+
+    def _handle(self, packet: bytes) -> None:
+        try:
+            name, _, params, sig = parse_interest(packet, with_tl=True)
+        except _PARSE_ERRORS as err:
+            return self._drop("malformed", f"not an Interest: {err}")
+        if len(name) != 4 or Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
+            return self._drop("malformed", f"name {Name.to_str(name)} is not /{self.site}/_sd/ann/<digest>")
+        info = sig.signature_info
+        if (info is None or info.signature_type != SignatureType.HMAC_WITH_SHA256 or info.key_locator is None
+                or not info.key_locator.name):
+            return self._drop("malformed", "not signed with HMAC-SHA256 and a KeyLocator name")
+        key_name = Name.to_str(info.key_locator.name)
+        record = self._store.device_by_key_name(key_name)
+        if record is None or record.site != self.site:
+            return self._drop("unknown_key", f"no device of site {self.site} holds key {key_name}")
+        covered = hashlib.sha256()
+        for part in sig.digest_covered_part or ():
+            covered.update(part)
+        if sig.digest_value_buf is None or not hmac.compare_digest(covered.digest(), bytes(sig.digest_value_buf)):
+            return self._drop("digest", f"parameters digest mismatch from {record.name}")
+        mac = hmac.new(record.key, digestmod=hashlib.sha256)
+        for part in sig.signature_covered_part:
+            mac.update(part)
+        if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf or b"")):
+            return self._drop("bad_signature", f"announcement claiming key {key_name} does not verify")
+        seq = info.signature_seq_num
+        if seq is None:
+            return self._drop("malformed", f"announcement from {record.name} has no SignatureSeqNum")
+        p = self._presence_for(record)
+        if seq <= p.ann_seq:
+            return self._drop("replayed", f"{record.name} announcement {seq} is not above {p.ann_seq}")
+        try:
+            body = cbor2.loads(bytes(params or b""))
+            state = _ANN_STATES[body["state"]]
+            lease_ms = _non_negative(body.get("lease_ms", 0), "lease_ms")
+            sleep_ms = _non_negative(body.get("sleep_ms", 0), "sleep_ms")
+            rx_floor = _non_negative(body.get("rx_floor", 0), "rx_floor")
+            uptime_ms = body.get("uptime_ms")
+            desc = body.get("desc")
+        except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            return self._drop("malformed", f"announcement parameters from {record.name}: {err!r}")
+        p.ann_seq = seq
+        self._dirty.add(p.name)
+        self.counters["announcements"] += 1
+        self._apply(p, state, lease_ms, sleep_ms, rx_floor, uptime_ms if isinstance(uptime_ms, int) else None,
+                    desc if isinstance(desc, str) else None)
+
+    def _apply(self, p: _Presence, state: str, lease_ms: int, sleep_ms: int, rx_floor: int, uptime_ms: int | None,
+               desc: str | None) -> None:
+        now = self._clock()
+        old = self._effective_state(p.state, p.lease_until)
+        rebooted = False
+        if uptime_ms is not None and p.uptime_ms is not None and p.last_seen is not None:
+            # The device's uptime should have advanced with our clock since its last announcement.
+            expected_ms = p.uptime_ms + (now - p.last_seen) * 1000
+            rebooted = uptime_ms + max(REBOOT_SLACK_MS, REBOOT_SLACK_RATIO * (now - p.last_seen) * 1000) < expected_ms
+        if state == "online":
+            lease_until, sleep_until = now + lease_ms / 1000, None
+        elif state == "asleep":
+            sleep_until = now + sleep_ms / 1000
+            lease_until = sleep_until + lease_ms / 1000
+        else:
+            lease_until = sleep_until = None
+        self._store.update_presence(p.name, state, now, lease_until, sleep_until, rx_floor=rx_floor)
+        p.state, p.last_seen, p.lease_until, p.sleep_until = state, now, lease_until, sleep_until
+        p.rx_floor = max(p.rx_floor, rx_floor)
+        p.uptime_ms = uptime_ms
+        if lease_until is not None:
+            self._schedule(lease_until, p.name)
+        self._persist_seq(p, force=state != old)
+        if state == "online" and desc is not None and desc != p.desc_hash:
+            self._fetch(p.name)
+        if state == "online" and (old != "online" or rebooted):
+            self._emit("join", p.name, now, rebooted=rebooted)
+        elif state == "asleep" and old != "asleep":
+            self._emit("sleep", p.name, now, sleep_until=sleep_until)
+        elif state == "left" and old != "left":
+            self._emit("leave", p.name, now)
+
+    def _presence_for(self, record: Any) -> _Presence:
+        p = self._presence.get(record.name)
+        if p is None or p.key_name != record.key_name:
+            seq = int(self._store.get_meta(SEQ_META_PREFIX + record.key_name, "0") or 0)
+            fresh = _Presence(record.name, record.key_name, record.state, record.last_seen, record.lease_until,
+                              record.sleep_until, record.rx_floor, record.desc_hash, seq)
+            if p is not None:  # a new key: same device, new sequence space
+                fresh.state, fresh.last_seen, fresh.lease_until = p.state, p.last_seen, p.lease_until
+            p = self._presence[record.name] = fresh
+        return p
+
+    def _load(self) -> None:
+        token = None
+        while True:
+            records, token = self._store.list_devices(1000, token)
+            for r in records:
+                p = self._presence_for(r)
+                if p.state in ("online", "asleep") and p.lease_until is not None:
+                    heapq.heappush(self._expiries, (p.lease_until, p.name))
+            if token is None:
+                break
+
+    # -- leases (task)
+
+    def _schedule(self, lease_until: float, name: str) -> None:
+        earliest = self._expiries[0][0] if self._expiries else None
+        heapq.heappush(self._expiries, (lease_until, name))
+        if self._wake is not None and (earliest is None or lease_until < earliest):
+            self._wake.set()
+
+    async def _sweep(self) -> None:
+        assert self._wake is not None
+        flushed = self._clock()
+        while True:
+            now = self._clock()
+            while self._expiries and self._expiries[0][0] <= now:
+                until, name = heapq.heappop(self._expiries)
+                p = self._presence.get(name)
+                if p is not None and p.lease_until == until and p.state in ("online", "asleep"):
+                    self._expire(p, now)
+            if now - flushed >= SEQ_FLUSH_INTERVAL_S:
+                self._persist_seqs()
+                flushed = now
+            wait_s = min(self._expiries[0][0] - now, SWEEP_MAX_WAIT_S) if self._expiries else SWEEP_MAX_WAIT_S
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait_s, SWEEP_MIN_WAIT_S))
+            except asyncio.TimeoutError:
+                pass
+
+    def _expire(self, p: _Presence, now: float) -> None:
+        try:
+            self._store.update_presence(p.name, "offline", p.last_seen, p.lease_until, None)
+        except StoreError as err:
+            log.warning("could not mark %s offline: %s", p.name, err)
+        p.state, p.sleep_until = "offline", None
+        self._persist_seq(p, force=True)
+        self._emit("offline", p.name, now, last_seen=p.last_seen)
+
+    # -- helpers
+
+    def _effective_state(self, state: str, lease_until: float | None) -> str:
+        if state in ("online", "asleep") and (lease_until is None or lease_until <= self._clock()):
+            return "offline"
+        return state
+
+    def _persist_seq(self, p: _Presence, *, force: bool) -> None:
+        if p.ann_seq != p.persisted_seq and (force or p.ann_seq - p.persisted_seq >= SEQ_PERSIST_EVERY):
+            self._store.set_meta(SEQ_META_PREFIX + p.key_name, str(p.ann_seq))
+            p.persisted_seq = p.ann_seq
+        if p.ann_seq == p.persisted_seq:
+            self._dirty.discard(p.name)
+
+    def _persist_seqs(self) -> None:
+        for name in list(self._dirty):
+            p = self._presence.get(name)
+            if p is None:
+                self._dirty.discard(name)
+                continue
+            try:
+                self._persist_seq(p, force=True)
+            except StoreError as err:
+                log.warning("announcement number of %s not persisted: %s", p.name, err)
+
+    def _fetch(self, name: str) -> None:
+        if self.fetcher is None or name in self._fetching:
+            return
+        task = asyncio.create_task(self._fetch_one(name), name=f"desc {name}")
+        self._fetching[name] = task
+        task.add_done_callback(lambda _t: self._fetching.pop(name, None))
+
+    async def _fetch_one(self, name: str) -> None:
+        assert self.fetcher is not None
+        self.counters["desc_fetches"] += 1
+        try:
+            await self.fetcher(name)
+        except GatewayError as err:
+            self.counters["desc_failures"] += 1
+            log.warning("service descriptions of %s not fetched: %s; retrying at its next announcement", name, err)
+
+    def _emit(self, event: str, device: str, now: float, **extra: Any) -> None:
+        ev: Event = {"event": event, "device": device, "time": now}
+        ev.update({k: v for k, v in extra.items() if v is not None and v is not False})
+        # The `ndn_edge` log formatters (gateway/logs.py) print the message as the event and `fields` as pairs.
+        log.info("device_%s", event, extra={"fields": {k: v for k, v in ev.items() if k != "event"}})
+        if self.on_event is not None:
+            try:
+                self.on_event(ev)
+            except Exception:  # a subscriber's bug must not stop discovery
+                log.exception("on_event handler failed for %s", ev)
+
+
+def _non_negative(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return value

@@ -1,0 +1,123 @@
+"""Datagram framing for the gateway's device side: NDNLPv2 unwrapping and cheap looks at packet headers.
+
+Owns the rules of docs/protocol.md "Transport" and "NDNLPv2" as they apply to what the gateway receives: one
+NDN packet per datagram, `LpPacket`s unwrapped (idle ones ignored, fragmented ones dropped), and two zero-copy
+peeks used for routing before any full parse: the outer type and the encoded `Name` TLV.
+
+Decisions:
+- The gateway's own Interests come back to it through multicast loopback, and devices' replies to other
+  consumers share the group. Routing on raw bytes (`name_tlv`, `has_name_prefix`) lets the receive path ignore
+  that traffic without building python-ndn objects; only packets someone waits for are parsed and verified.
+- `unwrap` is written here instead of calling `ndn.encoding.ndnlp_v2.parse_lp_packet_v2`: python-ndn rejects
+  any `FragIndex`/`FragCount` (the protocol accepts a count of 1) and ignores every unknown field (the protocol
+  drops unknown fields outside the ignorable 800..959 range). Tests cross-check the two on ordinary packets.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TlvType:
+    """The TLV types this module reads (docs/protocol.md, "TLV" and "NDNLPv2")."""
+
+    INTEREST = 0x05
+    DATA = 0x06
+    NAME = 0x07
+    LP_PACKET = 0x64
+    LP_FRAGMENT = 0x50
+    LP_SEQUENCE = 0x51
+    LP_FRAG_INDEX = 0x52
+    LP_FRAG_COUNT = 0x53
+    LP_PIT_TOKEN = 0x62
+    LP_IGNORABLE_MIN = 800
+    LP_IGNORABLE_MAX = 959
+
+
+_NUM_1 = 253  # below: the number is the byte itself
+_NUM_2, _NUM_4, _NUM_8 = 0xFD, 0xFE, 0xFF
+
+
+class FramingError(ValueError):
+    """A datagram that is not one well-framed NDN packet."""
+
+
+def read_num(buf: Sequence[int], i: int) -> tuple[int, int]:
+    """The NDN variable-size number at `buf[i]` and the offset after it; FramingError if truncated."""
+    if i >= len(buf):
+        raise FramingError(f"number expected at offset {i} but the packet ends at {len(buf)}")
+    first = buf[i]
+    if first < _NUM_1:
+        return first, i + 1
+    width = 2 if first == _NUM_2 else 4 if first == _NUM_4 else 8
+    end = i + 1 + width
+    if end > len(buf):
+        raise FramingError(f"{width}-byte number at offset {i} runs past the packet end {len(buf)}")
+    return int.from_bytes(bytes(buf[i + 1:end]), "big"), end
+
+
+def read_tl(buf: Sequence[int], i: int, end: int | None = None) -> tuple[int, int, int]:
+    """(type, value start, value end) of the TLV at `buf[i]`; FramingError if it overruns `end`."""
+    limit = len(buf) if end is None else end
+    t, j = read_num(buf, i)
+    n, j = read_num(buf, j)
+    if j + n > limit:
+        raise FramingError(f"TLV type {t:#x} at offset {i} has length {n} but only {limit - j} bytes follow")
+    return t, j, j + n
+
+
+def unwrap(datagram: bytes) -> bytes | None:
+    """The NDN packet in a datagram: itself, or an LpPacket's fragment; None for an idle LpPacket.
+
+    FramingError when the datagram is not exactly one Interest, Data or acceptable LpPacket.
+    """
+    t, s, e = read_tl(datagram, 0)
+    if e != len(datagram):
+        raise FramingError(f"datagram of {len(datagram)} bytes holds a TLV of {e} bytes")
+    if t in (TlvType.INTEREST, TlvType.DATA):
+        return datagram
+    if t != TlvType.LP_PACKET:
+        raise FramingError(f"datagram is of type {t:#x} but Interest, Data or LpPacket is expected")
+    fragment = None
+    i = s
+    while i < e:
+        ft, fs, fe = read_tl(datagram, i, e)
+        if ft == TlvType.LP_FRAGMENT:
+            fragment = datagram[fs:fe]
+        elif ft == TlvType.LP_FRAG_COUNT:
+            count = int.from_bytes(datagram[fs:fe], "big")
+            if count > 1:
+                raise FramingError(f"fragmented LpPacket (FragCount {count}) is not supported")
+        elif ft in (TlvType.LP_PIT_TOKEN, TlvType.LP_SEQUENCE, TlvType.LP_FRAG_INDEX):
+            pass
+        elif not (TlvType.LP_IGNORABLE_MIN <= ft <= TlvType.LP_IGNORABLE_MAX and ft & 3 == 0):
+            raise FramingError(f"LpPacket header field of type {ft} is not understood")
+        i = fe
+    if fragment is None:
+        return None
+    inner_t, _, inner_e = read_tl(fragment, 0)
+    if inner_e != len(fragment) or inner_t not in (TlvType.INTEREST, TlvType.DATA):
+        raise FramingError(f"LpFragment holds type {inner_t:#x} of {inner_e} bytes in {len(fragment)}; "
+                           "one Interest or Data is expected")
+    return fragment
+
+
+def name_tlv(packet: bytes) -> bytes | None:
+    """The encoded Name TLV (type and length included) that opens an Interest or Data, or None."""
+    try:
+        _, s, e = read_tl(packet, 0)
+        t, ns, ne = read_tl(packet, s, e)
+    except FramingError:
+        return None
+    if t != TlvType.NAME:
+        return None
+    return packet[s:ne]
+
+
+def has_name_prefix(packet: bytes, prefix_value: bytes) -> bool:
+    """True if the packet's Name starts with the components whose encodings are `prefix_value`."""
+    try:
+        _, s, e = read_tl(packet, 0)
+        t, ns, ne = read_tl(packet, s, e)
+    except FramingError:
+        return False
+    return t == TlvType.NAME and ne - ns >= len(prefix_value) and packet[ns:ns + len(prefix_value)] == prefix_value

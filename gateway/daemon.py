@@ -71,7 +71,9 @@ class Gateway:
             await self.devices.start()
             self.server = ClientServer(self.store, self.devices, site=self.site, listen=self.listen)
             host, port = await self.server.start()
-            self.home.write_gateway_record(host, port, self.iface, self.group, self.port, self.site, os.getpid())
+            # A wildcard bind is reached on this host through loopback; the record is for local clients.
+            reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
             self._record_written = True
         except BaseException:
             await self.stop()

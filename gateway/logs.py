@@ -22,10 +22,10 @@ LOGGER = "ndn_edge"
 _RESERVED = ("ts", "level", "logger", "event")
 
 
-def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log event `name` with `fields` (cheap when the level is disabled)."""
+def event(log: logging.Logger, what: str, level: int = logging.INFO, /, **fields: Any) -> None:
+    """Log event `what` with `fields` (cheap when the level is disabled; any field name is allowed)."""
     if log.isEnabledFor(level):
-        log.log(level, name, extra={"fields": fields})
+        log.log(level, what, extra={"fields": fields})
 
 
 class KeyValueFormatter(logging.Formatter):

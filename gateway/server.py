@@ -9,7 +9,8 @@ Decisions:
 - Unauthenticated traffic gets no answer at all (unknown client, bad digest or signature, stale time, replay),
   only a counter, so the socket tells a scanner nothing. Once the signature checks, every outcome is a signed
   reply, errors included (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...).
-- The datagram callback only records the datagram in a bounded queue; one worker task verifies, and each
+- The datagram callback only records the datagram in a bounded queue; one worker task parses, authenticates
+  and admits it (`_parse`, `_authenticate`, `_admit`: each drops and counts what fails), and each
   accepted request runs in its own task, so slow devices never hold up other clients. A full queue drops and
   counts (`overload`); too many requests in flight answer `RESOURCE_EXHAUSTED`.
 - Client keys and rules are read from the store and kept for `refresh_s` (1 s): `ndn-edge client remove` or
@@ -26,6 +27,9 @@ Decisions:
   cached reply, so a client retrying a non-idempotent call never runs it twice.
 - Listing is filtered by the rules (a client sees the devices and services it could call); `services` of a
   device outside the rules is `PERMISSION_DENIED` whether or not the device exists, so rules do not leak names.
+- Framing (LpPacket unwrapping, idle and fragmented packets) is `gateway.framing`'s, the device side's rules, so
+  both faces accept and drop the same datagrams; the Interest itself is parsed by python-ndn, and replies are
+  encoded by `gateway.clientwire`.
 Rejected: answering unauthenticated requests with an error (turns the gateway into a reflector and an oracle),
 and a per-packet store read (SQLite on the hot path for every call).
 """
@@ -50,6 +54,7 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.encoding.tlv_model import DecodeError
 
 from gateway import clientwire as cw
+from gateway import framing
 from gateway.acl import allowed, matches
 from gateway.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
                             PermissionDenied, ResourceExhausted, StoreError, Unavailable, UnknownDevice)
@@ -67,6 +72,7 @@ _LEASE_BLOCK_US = 1_000_000       # one synced write per second of a client's nu
 _CLEAN_META = "client_rx_clean"   # exact high-water marks written at a clean stop
 _INBOX = 4096
 _RECENT_REPLIES = 256
+_RECENT_REPLY_BYTES = 1 << 20     # per client key
 _SEEN_SEQS = 8192
 _NONCES = 8192
 _NEGATIVE_CACHE = 4096
@@ -75,13 +81,28 @@ _RCVBUF = 1 << 20
 _DEADLINE_SLACK_S = 0.05
 
 
+class _Request:
+    """A parsed request, before authentication."""
+
+    __slots__ = ("name", "name_tlv", "params", "sig", "pit", "signature")
+
+    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None) -> None:
+        self.name = name
+        self.name_tlv = name_tlv
+        self.params = params
+        self.sig = sig
+        self.pit = pit
+        self.signature = bytes(sig.signature_value_buf or b"")
+
+
 class _Exchange:
     """One accepted request: its name, signature, where to answer, and the reply once there is one."""
 
-    __slots__ = ("name", "signature", "addr", "pit", "reply")
+    __slots__ = ("seq", "name", "signature", "addr", "pit", "reply")
 
-    def __init__(self, name: list, signature: bytes, addr: Any, pit: bytes | None) -> None:
-        self.name = name
+    def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None) -> None:
+        self.seq = seq
+        self.name = name  # the request's encoded Name TLV, which the reply repeats
         self.signature = signature
         self.addr = addr
         self.pit = pit
@@ -92,7 +113,7 @@ class _Peer:
     """One client key: its rules, its replay state and its recent exchanges."""
 
     __slots__ = ("name", "key", "key_name", "lease_key", "rules", "loaded_at", "signer", "high", "floor", "mark",
-                 "seen", "nonces", "recent")
+                 "seen", "nonces", "recent", "recent_bytes")
 
     def __init__(self, name: str, key: bytes, key_name: str, rules: tuple, now: float) -> None:
         self.name = name
@@ -101,13 +122,25 @@ class _Peer:
         self.lease_key = f"rx:{key_name}"
         self.rules = rules
         self.loaded_at = now
-        self.signer = cw.FastHmacSigner(key_name, key)
+        self.signer = cw.ReplySigner(key_name, key)
         self.high = 0    # highest number accepted
         self.floor = 0   # nothing at or below this is accepted
         self.mark = 0    # persisted lease: numbers up to here may be accepted without a write
         self.seen: OrderedDict[int, None] = OrderedDict()        # accepted numbers, in arrival order
         self.nonces: OrderedDict[int, float] = OrderedDict()     # nonce -> arrival (monotonic s)
         self.recent: OrderedDict[int, _Exchange] = OrderedDict()  # seq -> exchange, for retransmissions
+        self.recent_bytes = 0  # size of the replies held in `recent`
+
+    def remember(self, seq: int, ex: _Exchange) -> None:
+        """Keep `ex` for retransmissions, within the count and byte budgets (oldest out first)."""
+        self.recent[seq] = ex
+        self.trim()
+
+    def trim(self) -> None:
+        while self.recent and (len(self.recent) > _RECENT_REPLIES or self.recent_bytes > _RECENT_REPLY_BYTES):
+            _, old = self.recent.popitem(last=False)
+            if old.reply is not None:
+                self.recent_bytes -= len(old.reply)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -229,23 +262,46 @@ class ClientServer:
                 log.exception("client_packet_failed", extra={"fields": {"addr": _addr(addr)}})
 
     def _handle(self, data: bytes, addr: Any) -> None:
+        """One datagram: parse, authenticate, admit (replay check), dispatch."""
+        request = self._parse(data, addr)
+        if request is None:
+            return
+        peer = self._authenticate(request, addr)
+        if peer is None:
+            return
+        ex = self._admit(peer, request, addr)
+        if ex is None:
+            return
+        try:
+            if log.isEnabledFor(logging.DEBUG):
+                event(log, "client_request", logging.DEBUG, client=peer.name, addr=_addr(addr), seq=ex.seq,
+                      name="/".join(Component.to_str(c) for c in request.name[2:-1]))
+            self._dispatch(peer, ex, request.name, request.params)
+        except Exception as err:  # accepted, so it must be answered; the bug goes to the log
+            self.stats["internal"] += 1
+            log.exception("request_failed", extra={"fields": {"client": peer.name}})
+            self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
+
+    def _parse(self, data: bytes, addr: Any) -> _Request | None:
+        """The request in a datagram, or None (dropped and counted)."""
+        try:
+            packet = framing.unwrap(data)
+        except framing.FramingError:
+            return self._drop("malformed", addr)
+        if packet is None:
+            self.stats["idle"] += 1
+            return None
         pit = None
-        if data[:1] == bytes([cw.TYPE_LP_PACKET]):
+        if packet is not data:  # it came in an LpPacket: keep the PIT token for the reply
             try:
-                lp = parse_lp_packet_v2(data, with_tl=True)
+                token = parse_lp_packet_v2(data, with_tl=True).pit_token
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
-            if lp.frag_count is not None and lp.frag_count > 1:
-                return self._drop("unsupported", addr, why="fragmented LpPacket")
-            if lp.fragment is None:
-                self.stats["idle"] += 1
-                return None
-            pit = bytes(lp.pit_token) if lp.pit_token is not None else None
-            data = bytes(lp.fragment)
-        if data[:1] != bytes([cw.TYPE_INTEREST]):
-            return self._drop("unsupported" if data[:1] == bytes([cw.TYPE_DATA]) else "malformed", addr)
+            pit = bytes(token) if token is not None else None
+        if packet[:1] != bytes([cw.TYPE_INTEREST]):
+            return self._drop("unsupported", addr, why="not an Interest")
         try:
-            name, _, app_params, sig = parse_interest(data, with_tl=True)
+            name, _, app_params, sig = parse_interest(packet, with_tl=True)
         except _PARSE_ERRORS:
             return self._drop("malformed", addr)
         if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
@@ -255,24 +311,37 @@ class ClientServer:
         if (info is None or info.signature_type != _HMAC_SHA256 or info.key_locator is None
                 or not info.key_locator.name):
             return self._drop("unsupported", addr, why="not signed with HMAC-SHA256 and a key name")
-        seq, sig_time, nonce = info.signature_seq_num, info.signature_time, info.signature_nonce
-        if seq is None or sig_time is None or nonce is None:
+        if info.signature_seq_num is None or info.signature_time is None or info.signature_nonce is None:
             return self._drop("malformed", addr, why="SignatureSeqNum, SignatureTime and SignatureNonce are required")
-        peer = self._peer(info.key_locator.name)
+        name_tlv = framing.name_tlv(packet)
+        if name_tlv is None:  # python-ndn parsed it, so this cannot happen; refuse rather than guess
+            return self._drop("malformed", addr)
+        return _Request(name, name_tlv, app_params, sig, pit)
+
+    def _authenticate(self, request: _Request, addr: Any) -> _Peer | None:
+        """The client whose key signed the request, or None (dropped and counted)."""
+        sig = request.sig
+        peer = self._peer(sig.signature_info.key_locator.name)
         if peer is None:
             return self._drop("unknown_client", addr)
         if sig.digest_value_buf is None or not hmac.compare_digest(
                 _sha256(sig.digest_covered_part), bytes(sig.digest_value_buf)):
             return self._drop("digest", addr, client=peer.name)
-        signature = bytes(sig.signature_value_buf or b"")
         mac = hmac.new(peer.key, digestmod=hashlib.sha256)
         for part in sig.signature_covered_part:
             mac.update(part)
-        if not hmac.compare_digest(mac.digest(), signature):
+        if not hmac.compare_digest(mac.digest(), request.signature):
             return self._drop("signature", addr, client=peer.name)
-        if abs(sig_time - time.time() * 1000) > cw.TIME_WINDOW_MS:
-            return self._drop("stale", addr, client=peer.name, skew_ms=int(sig_time - time.time() * 1000))
-        verdict = self._replay_verdict(peer, seq, nonce, signature)
+        skew_ms = sig.signature_info.signature_time - time.time() * 1000
+        if abs(skew_ms) > cw.TIME_WINDOW_MS:
+            return self._drop("stale", addr, client=peer.name, skew_ms=int(skew_ms))
+        return peer
+
+    def _admit(self, peer: _Peer, request: _Request, addr: Any) -> _Exchange | None:
+        """A new exchange for a fresh request; None for a retransmission (answered here) or a replay (dropped)."""
+        info = request.sig.signature_info
+        seq, nonce = info.signature_seq_num, info.signature_nonce
+        verdict = self._replay_verdict(peer, seq, nonce, request.signature)
         if verdict == "retransmission":
             ex = peer.recent[seq]
             self.stats["retransmissions"] += 1
@@ -282,19 +351,16 @@ class ClientServer:
             return None
         if verdict == "replay":
             return self._drop("replay", addr, client=peer.name, seq=seq)
-        ex = _Exchange(name, signature, addr, pit)
+        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit)
         try:
             self._accept(peer, seq, nonce)
         except StoreError as err:
             log.error("replay_lease_failed", extra={"fields": {"client": peer.name, "error": str(err)}})
-            return self._reply_error(peer, ex, Unavailable("the gateway cannot record sequence numbers now; "
-                                                           "retry later"))
+            self._reply_error(peer, ex, Unavailable("the gateway cannot record sequence numbers now; retry later"))
+            return None
         self.stats["accepted"] += 1
-        peer.recent[seq] = ex
-        if len(peer.recent) > _RECENT_REPLIES:
-            peer.recent.popitem(last=False)
-        self._dispatch(peer, ex, name, app_params)
-        return None
+        peer.remember(seq, ex)
+        return ex
 
     # -- clients and replay state
 
@@ -536,6 +602,9 @@ class ClientServer:
                                     "smaller page_size or a smaller result")
             wire = cw.encode_reply(ex.name, cbor2.dumps(err.to_wire()), peer.signer, nack=True, pit_token=ex.pit)
         ex.reply = wire
+        if peer.recent.get(ex.seq) is ex:
+            peer.recent_bytes += len(wire)
+            peer.trim()
         self.stats["replies"] += 1
         self._send(wire, ex.addr)
 
@@ -544,6 +613,7 @@ class ClientServer:
             self._transport.sendto(wire, addr)
 
     def _drop(self, reason: str, addr: Any, **fields: Any) -> None:
+        """Count (and maybe log) a dropped datagram; returns None so callers can `return self._drop(...)`."""
         self.drops[reason] += 1
         if reason in _SECURITY_REASONS:
             now = time.monotonic()

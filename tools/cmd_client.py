@@ -97,7 +97,13 @@ def do_services(state: State, args: argparse.Namespace) -> None:
     """List the services of one device, or of every device, that this client may call."""
     async def collect(client: Client) -> list[dict[str, Any]]:
         if args.device is not None:
-            return [{"device": args.device, "services": await client.services(args.device)}]
+            from gateway.clientwire import split_target
+
+            try:
+                full = "/" + "/".join((client.site, *split_target(args.device, client.site)))
+            except ValueError:
+                full = args.device  # the client raises InvalidArgument for it below
+            return [{"device": full, "services": await client.services(args.device)}]
         from gateway.errors import NotFound, PermissionDenied
 
         found = []

@@ -13,7 +13,8 @@ Decisions:
   full pipe would block a device.
 - Children get SIGINT to stop (they announce "leave"), SIGKILL after a grace period; on Linux they also die with
   the fleet's process (PR_SET_PDEATHSIG), so a killed `sim` leaves no orphans on the multicast group.
-- MicroPython missing: the devices run on CPython, and the command says so.
+- MicroPython missing: the devices run on CPython, and the command says so (unless
+  $NDN_EDGE_REQUIRE_MICROPYTHON=1, as in CI, which makes it an error).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 SIM_APP = ROOT / "examples" / "sim_device.py"
 KEY_BYTES = 32
+REQUIRE_MICROPYTHON_ENV = "NDN_EDGE_REQUIRE_MICROPYTHON"
 _HEAP = re.compile(r"[1-9][0-9]*[KkMm]?")
 _STOP_GRACE_S = 5.0
 _WATCH_INTERVAL_S = 0.5
@@ -58,6 +60,8 @@ def add_fleet_args(parser: argparse.ArgumentParser) -> None:
                         help="drop each datagram in and out of a device with probability P (default 0)")
     parser.add_argument("--heap", metavar="SIZE", type=_heap, default="96K",
                         help="MicroPython heap per device, like a small board (default 96K)")
+    parser.add_argument("--lease-ms", metavar="MS", type=_lease_ms, default=60000,
+                        help="announcement lease; devices renew every third of it (default 60000)")
 
 
 class SimFleet:
@@ -110,6 +114,8 @@ class SimFleet:
         try:
             micropython = find_micropython("sim")
         except CommandError:
+            if os.environ.get(REQUIRE_MICROPYTHON_ENV) == "1":  # CI: never fall back quietly
+                raise
             micropython = None
         if micropython is not None:
             env = dict(os.environ)
@@ -171,7 +177,8 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
 
     site = resolve_site(state, args.site)
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
-                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap)
+                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
+                     lease_ms=args.lease_ms)
     fleet.provision(state.store)
     state.close()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -250,6 +257,16 @@ def _probability(text: str) -> float:
         value = -1.0
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"loss must be a probability from 0 up to (not including) 1, got {text!r}")
+    return value
+
+
+def _lease_ms(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1000 <= value <= 86_400_000:
+        raise argparse.ArgumentTypeError(f"lease must be 1000 to 86400000 ms, got {text!r}")
     return value
 
 

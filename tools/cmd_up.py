@@ -91,7 +91,8 @@ def do_up(state: State, args: argparse.Namespace) -> int:
     _ensure_client(state, DEMO_CLIENT, site, grant="**")
     _ensure_client(state, GUEST_CLIENT, site, grant=None)
     fleet = SimFleet(home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
-                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap)
+                     group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
+                     lease_ms=args.lease_ms)
     fleet.provision(state.store)
     state.close()
     handler = logs.setup("warning")  # the tour is the output; the gateway only speaks up about problems

@@ -1,0 +1,997 @@
+"""The gateway's client-facing half: the client protocol, `gateway.client`, and `ndn-edge gateway|sim|call|...`.
+
+Two layers:
+- In-process: a `ClientServer` over a real store and real UDP on 127.0.0.1, with a test double for the device
+  side (`FakeDevices`, here only), driven by `gateway.client.Client` or by hand-made packets. Precise checks of
+  the replay policy, retransmissions, ACL filtering, argument errors, LP framing.
+- End to end: `python -m tools gateway` and `python -m tools sim` as real processes (devices on the real
+  MicroPython unix port), clients through `Client.connect` and the CLI.
+Each test has its own home and multicast port; every wait has a deadline; no sleep stands in for a condition.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cbor2
+import pytest
+from ndn.encoding import InterestParam, Name, make_interest
+from ndn.encoding.ndnlp_v2 import LpPacket, LpPacketValue, parse_lp_packet_v2
+
+from gateway import clientwire as cw
+from gateway import wire
+from gateway.client import BlockingClient, CallResult, Client
+from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
+                            ResourceExhausted, Unavailable)
+from gateway.home import ClientCredentials, Home
+from gateway.server import ClientServer
+from gateway.store import Store
+from tests.conftest import wait_until
+from tools.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP = "224.0.23.170"
+SCENARIO_TIMEOUT_S = 30.0
+
+
+# -- harness
+
+
+def run(scenario: Callable[[], Awaitable[Any]], timeout_s: float = SCENARIO_TIMEOUT_S) -> Any:
+    """Run an async scenario in a fresh loop with a deadline; fail if it leaves a task behind."""
+    async def main() -> Any:
+        result = await asyncio.wait_for(scenario(), timeout_s)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        assert not left, f"tasks left behind: {left}"
+        return result
+    return asyncio.run(main())
+
+
+async def until(predicate: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
+    """Await `predicate()` until truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class FakeDevices:
+    """Test double of gateway.devices.DeviceSide: two devices, scripted services, calls recorded."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.count = 0
+        self.release = asyncio.Event()
+        self.names = ["/edge/sim/0", "/edge/sim/1", "/edge/lab/x"]
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def call(self, device: str, service: str, args: Any, *, timeout_s: float = 5.0) -> Any:
+        self.calls.append((device, service, args))
+        if device not in self.names:
+            raise NotFound(f"no device {device}")
+        if service == "echo":
+            return SimpleNamespace(value=args, cached=False, age_ms=0, stale=False)
+        if service == "counter":
+            self.count += 1
+            return SimpleNamespace(value=self.count, cached=False, age_ms=0, stale=False)
+        if service == "temperature":
+            return SimpleNamespace(value=21.5, cached=True, age_ms=120, stale=True)
+        if service == "held":
+            await self.release.wait()
+            return SimpleNamespace(value="released", cached=False, age_ms=0, stale=False)
+        if service == "big":
+            return SimpleNamespace(value=b"x" * 70000, cached=False, age_ms=0, stale=False)
+        raise NotFound(f"{device} has no service {service}")
+
+    def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict], str | None]:
+        start = int(page_token) if page_token else 0
+        page = self.names[start:start + page_size]
+        items = [{"name": n, "state": "online", "last_seen": time.time(), "lease_until": None, "sleep_until": None,
+                  "services": 3} for n in page]
+        more = start + page_size < len(self.names)
+        return items, (str(start + page_size) if more else None)
+
+    def services(self, device: str) -> list[dict]:
+        if device not in self.names:
+            raise NotFound(f"no device {device}")
+        return [{"name": n, "doc": None, "args": None, "result": None, "cache_ms": None, "idempotent": True,
+                 "private": False} for n in ("counter", "echo", "temperature")]
+
+    def metrics(self) -> dict[str, int]:
+        return {"fake_calls": len(self.calls)}
+
+
+class Served(SimpleNamespace):
+    """What `serving()` yields: the server, its store, the home and the fake device side."""
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
+                  store: Store | None = None, devices: FakeDevices | None = None) -> AsyncIterator[Served]:
+    """A ClientServer on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
+    home = Home(tmp_path / "home").ensure()
+    own_store = store is None
+    store = store or Store(home.db_path)
+    for name, patterns in (rules or {}).items():
+        if store.client(name) is None:
+            key = secrets.token_bytes(32)
+            store.add_client(name, key)
+            home.write_client(name, key, "edge", replace=True)
+        for pattern in patterns:
+            store.grant(name, pattern)
+    fake = devices or FakeDevices()
+    server = ClientServer(store, fake, site="edge")
+    host, port = await server.start()
+    try:
+        yield Served(server=server, store=store, home=home, devices=fake, address=f"{host}:{port}",
+                     addr=(host, port))
+    finally:
+        await server.stop()
+        if own_store:
+            store.close()
+
+
+class RawPeer(asyncio.DatagramProtocol):
+    """A bare UDP socket towards the gateway: send anything, collect what comes back."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls, addr: tuple[str, int]) -> RawPeer:
+        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(cls, remote_addr=addr)
+        return peer
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.inbox.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
+
+    async def recv(self, timeout_s: float = 1.0) -> bytes | None:
+        try:
+            return await asyncio.wait_for(self.inbox.get(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _TimedSigner(wire.SeqSigner):
+    """SeqSigner with a chosen SignatureTime and nonce."""
+
+    def __init__(self, key_locator: str, key: bytes, seq: int, time_ms: int, nonce: int) -> None:
+        super().__init__(key_locator, key, seq)
+        self.time_ms = time_ms
+        self.nonce = nonce
+
+    def write_signature_info(self, signature_info: Any) -> None:
+        super().write_signature_info(signature_info)
+        signature_info.signature_time = self.time_ms
+        signature_info.signature_nonce = self.nonce
+
+
+def request(key: bytes, verb: str, target: tuple[str, ...] = (), params: Any = None, *, client: str = "alice",
+            seq: int | None = None, time_ms: int | None = None, nonce: int | None = None,
+            raw_params: bytes | None = None, sign_key: bytes | None = None) -> tuple[bytes, list]:
+    """A signed client request as the protocol describes it (KeyLocator from `key`, HMAC with `sign_key` or
+    `key`); returns (wire, final name)."""
+    name = cw.request_name("edge", verb, target)
+    signer = _TimedSigner(cw.client_key_name("edge", client, key), sign_key or key,
+                          seq if seq is not None else cw.SEQ.next(),
+                          time_ms if time_ms is not None else int(time.time() * 1000),
+                          nonce if nonce is not None else secrets.randbits(63))
+    body = raw_params if raw_params is not None else cbor2.dumps(params if params is not None else {})
+    packet, final = make_interest(name, InterestParam(lifetime=4000), body, signer=signer, need_final_name=True)
+    return bytes(packet), final
+
+
+def decode_reply(data: bytes, key: bytes) -> tuple[bool, Any]:
+    """(ok, content) of a reply Data verified with `key`."""
+    _, meta, content = wire.verify_data(data, key)
+    return meta.content_type != wire.CONTENT_NACK, cbor2.loads(content)
+
+
+def creds(served: Served, name: str) -> bytes:
+    return served.home.read_client(name).key
+
+
+# -- wire
+
+
+@pytest.mark.parametrize("nack", [False, True])
+@pytest.mark.parametrize("size", [0, 2, 252, 253, 70000])
+def test_reply_encoding_is_python_ndn_byte_for_byte(nack, size):
+    from ndn.encoding import MetaInfo, make_data
+    from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
+
+    key = bytes(range(32))
+    key_name = cw.client_key_name("edge", "alice", key)
+    name = Name.from_str("/edge/_gw/call/sim/0/echo") + [b"\x02\x20" + bytes(32)]
+    content = bytes(i % 251 for i in range(size))
+    ours = cw.encode_reply(bytes(Name.to_bytes(name)), content, cw.ReplySigner(key_name, key), nack=nack)
+    theirs = bytes(make_data(name, MetaInfo(content_type=wire.CONTENT_NACK) if nack else None, content,
+                             signer=HmacSha256Signer(key_name, key)))
+    assert ours == theirs
+    wrapped = cw.encode_reply(bytes(Name.to_bytes(name)), content, cw.ReplySigner(key_name, key), nack=nack,
+                              pit_token=b"\x01\x02")
+    lp = parse_lp_packet_v2(wrapped, with_tl=True)
+    assert bytes(lp.pit_token) == b"\x01\x02" and bytes(lp.fragment) == theirs
+
+
+@pytest.mark.parametrize("seq, time_ms, lifetime_ms, params", [
+    (1, 0, 1, b""), (255, 1795960666987, 4000, cbor2.dumps({"args": {"a": 1}})),
+    (1795960666987412, 2 ** 40, 70000, cbor2.dumps({"args": {"blob": b"x" * 300}})), (2 ** 64 - 1, 1, 65535, b"\xa0")])
+def test_request_encoding_is_python_ndn_byte_for_byte(seq, time_ms, lifetime_ms, params):
+    key = bytes(range(32))
+    sig_nonce = 0x8123456789ABCDEF
+    names = cw.request_name("edge", "call", ("sim", "0", "echo"))
+    key_name = cw.client_key_name("edge", "alice", key)
+    ours, digest = cw.encode_request(names, params, key, cw.encoded_name(key_name), seq, time_ms=time_ms,
+                                     signature_nonce=sig_nonce.to_bytes(8, "big"), nonce=b"\x01\x02\x03\x04",
+                                     lifetime_ms=lifetime_ms)
+    signer = _TimedSigner(key_name, key, seq, time_ms, sig_nonce)
+    theirs, final = make_interest(names, InterestParam(must_be_fresh=True, nonce=0x01020304, lifetime=lifetime_ms),
+                                  params, signer=signer, need_final_name=True)
+    assert ours == bytes(theirs) and digest == bytes(final[-1])
+
+
+# -- in-process: the protocol
+
+
+def test_calls_lists_and_errors_through_the_client(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["sim/**"], "root": ["**"]}) as s:
+            async with Client.connect(home=s.home.path, client="alice", gateway=s.address, timeout=2) as c:
+                assert await c.call("sim/0/echo", {"x": [1, b"\x00"]}) == {"x": [1, b"\x00"]}
+                assert await c.call("/edge/sim/1/counter") == 1  # a full name works too
+                r = await c.call_ex("sim/0/temperature")
+                assert r == CallResult(21.5, True, 120, True)
+                page = await c.devices()
+                assert [d["name"] for d in page] == ["/edge/sim/0", "/edge/sim/1"]  # lab/x is not visible
+                assert page.next_page_token is None
+                assert [s_["name"] for s_ in await c.services("sim/0")] == ["counter", "echo", "temperature"]
+                with pytest.raises(PermissionDenied, match="may not call lab/x/echo.*acl grant alice lab/x/echo"):
+                    await c.call("lab/x/echo")
+                with pytest.raises(PermissionDenied):
+                    await c.services("lab/x")
+                with pytest.raises(PermissionDenied, match="_gw/metrics"):
+                    await c.metrics()
+                with pytest.raises(NotFound, match="no service nope"):
+                    await c.call("sim/0/nope")
+                with pytest.raises(NotFound, match="no device /edge/sim/7"):
+                    await c.call("sim/7/echo")
+                with pytest.raises(InvalidArgument, match="DEVICE/SERVICE"):
+                    await c.call("sim")  # caught before sending
+                with pytest.raises(InvalidArgument):
+                    await c.call("sim/0/echo", [1, 2])  # type: ignore[arg-type]
+                with pytest.raises(ResourceExhausted, match="reply is .* bytes"):
+                    await c.call("sim/0/big")
+            async with Client.connect(home=s.home.path, client="root", gateway=s.address, timeout=2) as root:
+                assert [d["name"] async for d in root.iter_devices(page_size=1)] == s.devices.names
+                metrics = await root.metrics()
+                assert metrics["devices"] == {"fake_calls": len(s.devices.calls)}
+                assert metrics["clients"]["denied"] == 3
+            assert s.devices.calls[0] == ("/edge/sim/0", "echo", {"x": [1, b"\x00"]})
+    run(scenario)
+
+
+def test_blocking_client(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["sim/**"]}) as s:
+            def script():
+                with Client.connect_sync(home=s.home.path, client="alice", gateway=s.address, timeout=2) as c:
+                    assert isinstance(c, BlockingClient)
+                    values = [c.call("sim/0/counter") for _ in range(3)]
+                    with pytest.raises(NotFound):
+                        c.call("sim/0/nope")
+                    return values, [d["name"] for d in c.devices()]
+            values, names = await asyncio.to_thread(script)
+            assert values == [1, 2, 3] and names == ["/edge/sim/0", "/edge/sim/1"]
+    run(scenario)
+
+
+def test_many_calls_in_flight(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            async with Client.connect(home=s.home.path, client="alice", gateway=s.address, timeout=5) as c:
+                held = [asyncio.create_task(c.call("sim/0/held")) for _ in range(20)]
+                await until(lambda: _async(len([x for x in s.devices.calls if x[1] == "held"]) == 20), 5,
+                            "20 held calls at the device side")
+                # held calls do not block others
+                assert await asyncio.gather(*(c.call("sim/1/echo", {"i": i}) for i in range(64))) == \
+                    [{"i": i} for i in range(64)]
+                s.devices.release.set()
+                assert await asyncio.gather(*held) == ["released"] * 20
+    run(scenario)
+
+
+def test_retransmission_is_answered_once_and_replay_is_dropped(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            peer = await RawPeer.open(s.addr)
+            try:
+                packet, _ = request(key, "call", ("sim", "0", "counter"), {"args": None})
+                peer.send(packet)
+                first = await peer.recv()
+                peer.send(packet)  # the same signed Interest: a retransmission
+                second = await peer.recv()
+                assert first == second and decode_reply(first, key) == (True, {"value": 1, "cached": False,
+                                                                              "age_ms": 0, "stale": False})
+                assert len(s.devices.calls) == 1
+                assert s.server.stats["retransmissions"] == 1
+                # same number, different signature (new nonce): a replay, dropped
+                seq = cw.SEQ.next()
+                a, _ = request(key, "call", ("sim", "0", "counter"), {}, seq=seq)
+                b, _ = request(key, "call", ("sim", "0", "counter"), {}, seq=seq)
+                peer.send(a)
+                assert await peer.recv() is not None
+                peer.send(b)
+                assert await peer.recv(0.3) is None
+                # far below the high-water mark: a replay
+                old, _ = request(key, "call", ("sim", "0", "counter"), {}, seq=seq - 10 * cw.REORDER_WINDOW_US)
+                peer.send(old)
+                assert await peer.recv(0.3) is None
+                # reordered within the window: both answered
+                later = cw.SEQ.next() + 1000
+                earlier_seq = later - 500
+                p_later, _ = request(key, "call", ("sim", "0", "echo"), {"args": {"n": 2}}, seq=later)
+                p_earlier, _ = request(key, "call", ("sim", "0", "echo"), {"args": {"n": 1}}, seq=earlier_seq)
+                peer.send(p_later)
+                peer.send(p_earlier)
+                got = [decode_reply(await peer.recv(), key)[1]["value"] for _ in range(2)]
+                assert sorted(v["n"] for v in got) == [1, 2]
+                # a reused nonce with a fresh number: a replay
+                n = secrets.randbits(63)
+                c1, _ = request(key, "call", ("sim", "0", "echo"), {}, nonce=n)
+                c2, _ = request(key, "call", ("sim", "0", "echo"), {}, nonce=n)
+                peer.send(c1)
+                assert await peer.recv() is not None
+                peer.send(c2)
+                assert await peer.recv(0.3) is None
+                assert s.server.drops["replay"] == 3
+            finally:
+                peer.close()
+    run(scenario)
+
+
+def test_unauthenticated_requests_get_nothing_and_are_counted(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            peer = await RawPeer.open(s.addr)
+            try:
+                stale, _ = request(key, "devices", time_ms=int(time.time() * 1000) - 61_000)
+                future, _ = request(key, "devices", time_ms=int(time.time() * 1000) + 61_000)
+                forged, _ = request(secrets.token_bytes(32), "devices")  # a key-id alice does not have
+                # alice's key name, HMAC with another key: a signature failure
+                bad_mac, _ = request(key, "devices", sign_key=secrets.token_bytes(32))
+                flipped = bytearray(request(key, "devices")[0])
+                flipped[-1] ^= 1  # the signature value is covered by the digest component
+                ghost, _ = request(secrets.token_bytes(32), "devices", client="ghost")
+                tampered = bytearray(request(key, "call", ("sim", "0", "echo"), {"args": {"a": 1}})[0])
+                at = bytes(tampered).find(cbor2.dumps({"a": 1}))
+                tampered[at + 2] ^= 1  # change the argument after signing: the digest no longer matches
+                for packet in (stale, future, forged, bad_mac, bytes(flipped), ghost, bytes(tampered)):
+                    peer.send(packet)
+                ok, _ = request(key, "devices")
+                peer.send(ok)  # one good request, answered after everything above was handled
+                reply = await peer.recv(2.0)
+                assert reply is not None and decode_reply(reply, key)[0]
+                assert await peer.recv(0.2) is None
+                drops = s.server.drops
+                assert (drops["stale"], drops["unknown_client"], drops["signature"], drops["digest"]) == (2, 2, 1, 2)
+                assert s.devices.calls == []
+            finally:
+                peer.close()
+            # the same through the client library: silence until the deadline
+            Home(s.home.path).write_client("ghost", secrets.token_bytes(32), "edge")
+            async with Client.connect(home=s.home.path, client="ghost", gateway=s.address, timeout=0.6) as c:
+                with pytest.raises(DeadlineExceeded, match="ignores requests it cannot authenticate") as info:
+                    await c.devices()
+                assert isinstance(info.value.__cause__, asyncio.TimeoutError)
+            assert s.server.drops["unknown_client"] >= 3
+    run(scenario)
+
+
+def test_bad_parameters_are_invalid_argument(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            peer = await RawPeer.open(s.addr)
+            try:
+                cases = [
+                    (("call", ("sim", "0", "echo")), {"raw_params": b"\xff\x00"}, "INVALID_ARGUMENT"),
+                    (("call", ("sim", "0", "echo")), {"params": [1, 2]}, "INVALID_ARGUMENT"),
+                    (("call", ("sim", "0", "echo")), {"params": {"args": 5}}, "INVALID_ARGUMENT"),
+                    (("call", ("sim", "0", "echo")), {"params": {"timeout_ms": 0}}, "INVALID_ARGUMENT"),
+                    (("call", ("sim", "0", "echo")), {"params": {"timeout_ms": "5"}}, "INVALID_ARGUMENT"),
+                    (("call", ("sim", "0", "echo")), {"raw_params": cbor2.dumps({"args": cbor2.CBORTag(1, 5)})},
+                     "INVALID_ARGUMENT"),
+                    (("call", ("sim",)), {"params": {}}, "INVALID_ARGUMENT"),
+                    (("devices",), {"params": {"page_size": 0}}, "INVALID_ARGUMENT"),
+                    (("devices",), {"params": {"page_size": cw.MAX_PAGE_SIZE + 1}}, "INVALID_ARGUMENT"),
+                    (("devices",), {"params": {"page_token": 7}}, "INVALID_ARGUMENT"),
+                    (("devices", ("extra",)), {"params": {}}, "INVALID_ARGUMENT"),
+                    (("services",), {"params": {}}, "INVALID_ARGUMENT"),
+                    (("services",), {"params": {"device": "a//b"}}, "INVALID_ARGUMENT"),
+                    (("services",), {"params": {"device": "sim/9"}}, "NOT_FOUND"),
+                    (("launch",), {"params": {}}, "NOT_FOUND"),
+                ]
+                for (verb, *target), kw, code in cases:
+                    packet, _ = request(key, verb, tuple(target[0]) if target else (), **kw)
+                    peer.send(packet)
+                    reply = await peer.recv()
+                    assert reply is not None, (verb, kw)
+                    ok, content = decode_reply(reply, key)
+                    assert not ok and content["code"] == code, (verb, kw, content)
+                    assert content["message"]
+            finally:
+                peer.close()
+            assert s.devices.calls == []
+    run(scenario)
+
+
+def test_lp_wrapped_request_gets_its_pit_token_back(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            peer = await RawPeer.open(s.addr)
+            try:
+                packet, final = request(key, "call", ("sim", "0", "echo"), {"args": {"lp": True}})
+                lp = LpPacket()
+                lp.lp_packet = LpPacketValue()
+                lp.lp_packet.pit_token = b"\xaa\xbb\xcc\xdd"
+                lp.lp_packet.fragment = packet
+                peer.send(bytes(lp.encode()))
+                idle = LpPacket()
+                idle.lp_packet = LpPacketValue()
+                idle.lp_packet.pit_token = b"\x01"
+                peer.send(bytes(idle.encode()))  # no fragment: ignored, not counted as malformed
+                reply = await peer.recv()
+                outer = parse_lp_packet_v2(reply, with_tl=True)
+                assert bytes(outer.pit_token) == b"\xaa\xbb\xcc\xdd"
+                ok, content = decode_reply(bytes(outer.fragment), key)
+                assert ok and content["value"] == {"lp": True}
+                assert s.server.stats["idle"] == 1 and s.server.drops["malformed"] == 0
+            finally:
+                peer.close()
+    run(scenario)
+
+
+def test_acl_changes_apply_within_the_refresh(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["sim/0/echo"]}) as s:
+            s.server._refresh_s = 0.05
+            async with Client.connect(home=s.home.path, client="alice", gateway=s.address, timeout=2) as c:
+                assert [d["name"] for d in await c.devices()] == ["/edge/sim/0"]
+                assert [x["name"] for x in await c.services("sim/0")] == ["echo"]
+                with pytest.raises(PermissionDenied):
+                    await c.call("sim/1/echo")
+                s.store.grant("alice", "sim/*/echo")
+                await until(lambda: _succeeds(c.call("sim/1/echo")), 3, "the new rule to apply")
+                s.store.remove_client("alice")
+                await until(lambda: _times_out(c.call("sim/1/echo", timeout=0.3)), 3, "the removal to apply")
+    run(scenario)
+
+
+def test_restart_keeps_replay_state(tmp_path):
+    """A clean restart accepts the next call at once; an Interest from before the restart stays refused."""
+    async def scenario():
+        home = Home(tmp_path / "home").ensure()
+        store = Store(home.db_path)
+        try:
+            async with serving(tmp_path, rules={"alice": ["**"]}, store=store) as s:
+                key = creds(s, "alice")
+                captured, _ = request(key, "call", ("sim", "0", "counter"), {})
+                peer = await RawPeer.open(s.addr)
+                peer.send(captured)
+                assert await peer.recv() is not None
+                peer.close()
+            for clean in (True, False):
+                async with serving(tmp_path, store=store) as s:
+                    if not clean:
+                        s.server._save_clean_marks = lambda: None  # a crash: only the leased marks survive
+                    async with Client.connect(home=s.home.path, client="alice", gateway=s.address,
+                                              timeout=2) as c:
+                        if clean:
+                            assert await c.call("sim/0/echo", {"after": "restart"}) == {"after": "restart"}
+                    peer = await RawPeer.open(s.addr)
+                    peer.send(captured)
+                    assert await peer.recv(0.3) is None
+                    peer.close()
+                    assert s.server.drops["replay"] == 1
+            # after the simulated crash, numbers below the leased mark are refused, above are served
+            async with serving(tmp_path, store=store) as s:
+                mark = store.seq_mark(f"rx:{cw.client_key_name('edge', 'alice', creds(s, 'alice'))}")
+                below, _ = request(creds(s, "alice"), "devices", seq=mark)
+                above, _ = request(creds(s, "alice"), "devices", seq=mark + 1)
+                peer = await RawPeer.open(s.addr)
+                peer.send(below)
+                peer.send(above)
+                reply = await peer.recv()
+                assert reply is not None and decode_reply(reply, creds(s, "alice"))[0]
+                assert await peer.recv(0.3) is None
+                peer.close()
+        finally:
+            store.close()
+    run(scenario)
+
+
+def test_hostile_input_in_process(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            peer = await RawPeer.open(s.addr)
+            try:
+                for packet in hostile_corpus(key, random.Random(7)):
+                    peer.send(packet)
+                good, final = request(key, "call", ("sim", "0", "echo"), {"args": {"still": "here"}})
+                peer.send(good)
+                while True:  # a bit flip outside the signed part (Nonce, lifetime) leaves a request authentic
+                    reply = await peer.recv(5.0)
+                    assert reply is not None, "no answer to the legitimate request"
+                    if wire.verify_data(reply, key)[0] == final:
+                        break
+                assert decode_reply(reply, key) == (True, {"value": {"still": "here"}, "cached": False,
+                                                           "age_ms": 0, "stale": False})
+                drops = s.server.drops
+                assert drops["malformed"] > 100 and drops["oversized"] >= 2 and drops["unsupported"] >= 2
+                assert s.server.stats["internal"] == 0
+                assert {args["still" if "still" in args else "x"] for _, _, args in s.devices.calls} <= {"here", 1}
+            finally:
+                peer.close()
+    run(scenario)
+
+
+def test_client_configuration_errors(tmp_path, monkeypatch):
+    home = Home(tmp_path / "home")
+    with pytest.raises(ConfigError, match="no client credentials .* ndn-edge client add NAME"):
+        Client.connect(home=home.path)
+    home.write_client("a", b"\x01" * 32, "edge")
+    with pytest.raises(ConfigError, match="no gateway running for home"):
+        Client.connect(home=home.path)
+    home.write_gateway_record("127.0.0.1", 9, "127.0.0.1", GROUP, 56363, "edge", _dead_pid())
+    with pytest.raises(ConfigError, match="not running; start the gateway"):
+        Client.connect(home=home.path)
+    home.write_client("b", b"\x02" * 32, "edge")
+    with pytest.raises(ConfigError, match=r"several clients .*\(a, b\).*--as NAME"):
+        Client.connect(home=home.path, gateway="127.0.0.1:9")
+    monkeypatch.setenv("NDN_EDGE_CLIENT", "b")
+    assert Client.from_home(home.path, gateway="127.0.0.1:9").name == "b"
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        Client.connect(home=home.path, gateway="nowhere")
+
+    async def refused():
+        async with Client.connect(home=home.path, client="a", gateway=f"127.0.0.1:{_closed_udp_port()}",
+                                  timeout=3) as c:
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable, match="not running"):
+                await c.devices()
+            assert time.monotonic() - t0 < 2  # the ICMP refusal, not the deadline
+    run(refused)
+
+
+# -- end to end: real processes
+
+
+class Cluster:
+    """A home with a gateway process and simulated-device processes, on its own multicast port."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.home = tmp_path / "home"
+        self.port = port
+        self.logs = tmp_path
+        self.gateway: subprocess.Popen | None = None
+        self.sim: subprocess.Popen | None = None
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env.pop("NDN_EDGE_CLIENT", None)
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        """`ndn-edge --home HOME ARGS...` in this process; returns (exit code, stdout, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(["--home", str(self.home), *args])
+        return code, out.getvalue(), err.getvalue()
+
+    def cli_process(self, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools", "--home", str(self.home), *args], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=timeout_s)
+
+    def start_gateway(self, *extra: str) -> Home:
+        """Start `ndn-edge gateway` (stdout to gateway.log, structured logs to gateway.err); wait for its record."""
+        with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "wb") as err:
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
+                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=out, stderr=err)
+        home = Home(self.home)
+
+        def ready():
+            if self.gateway.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.gateway.returncode}:\n{self.log('gateway')}"
+                                     f"{self.log('gateway', 'err')}")
+            try:
+                return home.read_gateway_record().pid == self.gateway.pid
+            except ConfigError:
+                return False
+        wait_until(ready, 20, what="the gateway's record")
+        return home
+
+    def start_sim(self, count: int, *extra: str) -> None:
+        log = open(self.logs / "sim.log", "ab")
+        self.sim = subprocess.Popen(
+            [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count),
+             "--group", f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def wait_devices(self, client: BlockingClient, names: list[str], timeout_s: float = 20) -> None:
+        def online():
+            if self.sim is not None and self.sim.poll() is not None:
+                raise AssertionError(f"sim exited with {self.sim.returncode}:\n{self.log('sim')}")
+            seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
+            return set(names) <= seen
+        wait_until(online, timeout_s, interval_s=0.05, what=f"devices {names} online")
+
+    def log(self, which: str, ext: str = "log") -> str:
+        path = self.logs / f"{which}.{ext}"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        return proc.returncode
+
+    def close(self) -> None:
+        self.stop(self.sim)
+        self.stop(self.gateway)
+
+
+@pytest.fixture
+def cluster(tmp_path, mcast_port, micropython):
+    c = Cluster(tmp_path, mcast_port)
+    yield c
+    c.close()
+
+
+def _setup_clients(c: Cluster) -> None:
+    for args in (("client", "add", "alice"), ("acl", "grant", "alice", "sim/**"), ("client", "add", "admin"),
+                 ("acl", "grant", "admin", "**"), ("client", "add", "bob"), ("acl", "grant", "bob", "sim/0/echo")):
+        code, _, err = c.cli(*args)
+        assert code == 0, err
+
+
+def test_e2e_discovery_calls_and_denials(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway()
+    cluster.start_sim(3)
+    names = ["/edge/sim/0", "/edge/sim/1", "/edge/sim/2"]
+    with Client.connect_sync(home=home.path, client="alice") as alice, \
+            Client.connect_sync(home=home.path, client="bob") as bob, \
+            Client.connect_sync(home=home.path, client="admin") as admin:
+        cluster.wait_devices(alice, names)
+        assert [d["name"] for d in alice.devices()] == names
+        assert [d["name"] for d in bob.devices()] == ["/edge/sim/0"]
+        services = alice.services("sim/1")
+        assert {s["name"]: (s["cache_ms"], s["idempotent"]) for s in services} == \
+            {"counter": (None, False), "echo": (None, True), "temperature": (2000, True)}
+        assert [s["name"] for s in bob.services("sim/0")] == ["echo"]
+        first = alice.call_ex("sim/2/temperature")
+        second = alice.call_ex("sim/2/temperature")
+        assert isinstance(first.value, float) and not first.cached
+        assert second.cached and second.value == first.value and 0 <= second.age_ms < 2000
+        assert [alice.call("sim/1/counter") for _ in range(3)] == [1, 2, 3]
+        assert bob.call("sim/0/echo", {"who": "bob"}) == {"who": "bob"}
+        with pytest.raises(PermissionDenied):
+            bob.call("sim/1/echo")
+        with pytest.raises(PermissionDenied):
+            bob.services("sim/2")
+        with pytest.raises(NotFound):
+            alice.call("sim/0/nope")
+        with pytest.raises(InvalidArgument):
+            alice.call("sim/0/counter", {"unexpected": 1})
+        metrics = admin.metrics()
+        assert metrics["clients"]["denied"] == 2 and metrics["clients"]["accepted"] >= 10
+        assert metrics["devices"]  # the device side's counters ride along
+    assert "devices on MicroPython" in cluster.log("sim")
+
+
+def test_e2e_unknown_client_and_forged_signature_get_nothing(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway()
+    Home(home.path).write_client("ghost", secrets.token_bytes(32), "edge")  # credentials the gateway never issued
+    record = home.read_gateway_record()
+    alice = home.read_client("alice")
+    impostor = ClientCredentials(name="alice", site="edge", key=secrets.token_bytes(32), path=alice.path)
+
+    async def attempts():
+        ghost = Client.from_home(home.path, client="ghost", timeout=0.6)
+        mallory = Client(impostor, (record.host, record.port), timeout=0.6)  # alice's name, a key-id she lacks
+        for c in (ghost, mallory):
+            async with c:
+                with pytest.raises(DeadlineExceeded):
+                    await c.devices()
+                with pytest.raises(DeadlineExceeded):
+                    await c.call("sim/0/echo")
+        # alice's real key name, but the HMAC made with another key
+        peer = await RawPeer.open((record.host, record.port))
+        try:
+            forged, _ = request(alice.key, "devices", sign_key=secrets.token_bytes(32))
+            peer.send(forged)
+            assert await peer.recv(0.6) is None
+        finally:
+            peer.close()
+    run(attempts)
+    with Client.connect_sync(home=home.path, client="admin") as admin:
+        drops = admin.metrics()["clients"]["drops"]
+    assert drops["unknown_client"] >= 4 and drops["signature"] == 1  # every retransmission is counted too
+    assert cluster.gateway.poll() is None
+
+
+def test_e2e_cli_json_output_and_exit_codes(cluster):
+    _setup_clients(cluster)
+    cluster.cli("client", "remove", "bob")
+    cluster.cli("client", "remove", "admin")  # alice alone: no --as needed
+    home = cluster.start_gateway()
+    cluster.start_sim(1)
+    with Client.connect_sync(home=home.path, client="alice") as alice:
+        cluster.wait_devices(alice, ["/edge/sim/0"])
+
+    proc = cluster.cli_process("call", "sim/0/echo", "--args", '{"x": [1, "two"]}', "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"value": {"x": [1, "two"]}, "cached": False, "age_ms": 0, "stale": False}
+    assert proc.stderr == ""
+
+    code, out, err = cluster.cli("call", "sim/0/temperature", "--json")
+    code2, out2, _ = cluster.cli("call", "sim/0/temperature", "--json")
+    assert (code, code2, err) == (0, 0, "")
+    assert set(json.loads(out)) == {"value", "cached", "age_ms", "stale"}
+    assert json.loads(out2)["cached"] is True and json.loads(out2)["value"] == json.loads(out)["value"]
+    code, out, _ = cluster.cli("call", "sim/0/counter")
+    assert (code, out) == (0, "1\n")
+
+    code, out, _ = cluster.cli("devices", "--json")
+    listed = json.loads(out)
+    assert code == 0 and [d["name"] for d in listed["items"]] == ["/edge/sim/0"] and listed["next_page_token"] is None
+    code, out, _ = cluster.cli("services", "--json")
+    assert code == 0 and [s["name"] for s in json.loads(out)[0]["services"]] == ["counter", "echo", "temperature"]
+
+    for args, exit_code, fragment in [
+        (("call", "sim/0/nope"), 4, "NOT_FOUND"),
+        (("call", "sim/9/echo"), 4, "NOT_FOUND"),
+        (("call", "lab/x/echo"), 5, "PERMISSION_DENIED"),
+        (("call", "sim/0/counter", "--args", '{"x": 1}'), 3, "INVALID_ARGUMENT"),
+        (("call", "sim/0/echo", "--args", "[1]"), 3, "--args must be a JSON object"),
+        (("call", "sim/0/echo", "--as", "nobody"), 2, "no client 'nobody'"),
+    ]:
+        code, out, err = cluster.cli(*args)
+        assert (code, out) == (exit_code, ""), (args, code, out, err)
+        assert len(err.splitlines()) == 1 and err.startswith("ndn-edge: call: ") and fragment in err, err
+    Home(cluster.home).write_client("ghost", secrets.token_bytes(32), "edge")
+    code, out, err = cluster.cli("call", "sim/0/echo", "--as", "ghost", "--timeout", "0.5")
+    assert code == 7 and "DEADLINE_EXCEEDED" in err
+
+    assert cluster.stop(cluster.gateway) == 130  # Ctrl-C
+    assert not (cluster.home / "gateway.json").exists()
+    code, _, err = cluster.cli("call", "sim/0/echo", "--as", "alice")
+    assert code == 2 and "no gateway running" in err and "ndn-edge gateway --home" in err
+
+
+def test_e2e_gateway_restart_keeps_clients_rules_and_devices(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway()
+    cluster.start_sim(2)
+    alice_key = home.read_client("alice").key
+    with Client.connect_sync(home=home.path, client="alice") as alice:
+        cluster.wait_devices(alice, ["/edge/sim/0", "/edge/sim/1"])
+        assert alice.call("sim/0/counter") == 1
+        record = home.read_gateway_record()
+    captured, _ = request(alice_key, "call", ("sim", "0", "counter"), {})
+
+    async def send_once(addr: tuple[str, int], packet: bytes, timeout_s: float) -> bytes | None:
+        peer = await RawPeer.open(addr)
+        try:
+            peer.send(packet)
+            return await peer.recv(timeout_s)
+        finally:
+            peer.close()
+    assert run(lambda: send_once((record.host, record.port), captured, 5.0)) is not None  # counter -> 2
+
+    assert cluster.stop(cluster.gateway) == 130
+    code, out, _ = cluster.cli("acl", "list", "--json")
+    assert code == 0 and {"client": "bob", "pattern": "sim/0/echo"} in json.loads(out)
+    home = cluster.start_gateway()
+    new_record = home.read_gateway_record()
+    with Client.connect_sync(home=home.path, client="alice") as alice, \
+            Client.connect_sync(home=home.path, client="bob") as bob:
+        assert [d["name"] for d in alice.devices()] == ["/edge/sim/0", "/edge/sim/1"]  # from the store
+        assert alice.call("sim/0/counter", timeout=10) == 3  # the device's count went on; nothing ran twice
+        with pytest.raises(PermissionDenied):
+            bob.call("sim/1/echo")
+        assert bob.call("sim/0/echo", {"r": 1}) == {"r": 1}
+    assert run(lambda: send_once((new_record.host, new_record.port), captured, 0.5)) is None  # replay refused
+    with Client.connect_sync(home=home.path, client="admin") as admin:
+        assert admin.metrics()["clients"]["drops"]["replay"] == 1
+
+
+def test_e2e_hostile_input_while_serving(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway("-v", "--log-format", "json")
+    cluster.start_sim(1)
+    record = home.read_gateway_record()
+    key = home.read_client("alice").key
+    with Client.connect_sync(home=home.path, client="alice") as alice:
+        cluster.wait_devices(alice, ["/edge/sim/0"])
+
+    async def scenario():
+        peer = await RawPeer.open((record.host, record.port))
+        corpus = hostile_corpus(key, random.Random(11))
+        done = asyncio.Event()
+
+        async def attack():
+            for i, packet in enumerate(corpus):
+                peer.send(packet)
+                if i % 20 == 0:
+                    await asyncio.sleep(0)  # let the legitimate client interleave
+            done.set()
+
+        attacker = asyncio.create_task(attack())
+        try:
+            async with Client.connect(home=home.path, client="alice", timeout=5) as c:
+                answers = []
+                while not done.is_set() or len(answers) < 10:
+                    answers.append(await c.call("sim/0/echo", {"i": len(answers)}))
+                assert answers == [{"i": i} for i in range(len(answers))]
+        finally:
+            await attacker
+            peer.close()
+    run(scenario)
+    with Client.connect_sync(home=home.path, client="admin") as admin:
+        metrics = admin.metrics()["clients"]
+    assert metrics["drops"]["malformed"] > 100 and metrics["drops"]["oversized"] >= 2
+    assert metrics["internal"] == 0
+    assert cluster.gateway.poll() is None
+    assert cluster.stop(cluster.gateway) == 130
+    events = [json.loads(line) for line in cluster.log("gateway", "err").splitlines()]
+    assert {"client_request", "client_drop", "gateway_started", "gateway_stopped"} <= {e["event"] for e in events}
+    assert all(e["level"] in ("debug", "info", "warning") for e in events)
+    assert not [e for e in events if "key" in e and isinstance(e["key"], str)]  # no secrets in logs
+
+
+def test_e2e_lossy_devices_run_each_call_once(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway()
+    cluster.start_sim(1, "--loss", "0.2", "--lease-ms", "3000")
+    with Client.connect_sync(home=home.path, client="alice", timeout=10) as alice:
+        cluster.wait_devices(alice, ["/edge/sim/0"], timeout_s=30)
+        assert [alice.call("sim/0/counter") for _ in range(8)] == list(range(1, 9))
+    assert "simulating 2000/10000 datagram loss" in (cluster.home / "sim" / "0" / "device.log").read_text()
+
+
+def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
+    home = tmp_path / "home"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tools", "up", "--home", str(home), "--once", "--devices", "2",
+                           "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "discovery  2 devices online" in out and "on MicroPython" in out
+    assert "[from the device," in out and "[cached, " in out  # temperature twice
+    assert "PERMISSION_DENIED: client 'guest'" in out and "NOT_FOUND" in out
+    assert not (home / "gateway.json").exists()  # the in-process gateway removed its record
+    # a second run reuses the home: same clients, same device keys
+    keys = {p.name: json.loads((p / "ndn_config.json").read_text())["key"] for p in (home / "sim").glob("[0-9]")}
+    again = subprocess.run([sys.executable, "-m", "tools", "up", "--home", str(home), "--once", "--devices", "2",
+                            "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert keys == {p.name: json.loads((p / "ndn_config.json").read_text())["key"]
+                    for p in (home / "sim").glob("[0-9]")}
+    assert oct((home / "sim" / "0" / "ndn_config.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_e2e_second_gateway_on_a_home_is_refused(cluster):
+    _setup_clients(cluster)
+    home = cluster.start_gateway()
+    pid = home.read_gateway_record().pid
+    code, out, err = cluster.cli("gateway", "--group", f"{GROUP}:{cluster.port}")
+    assert code == 2 and f"a gateway (pid {pid}) already serves home" in err
+    assert home.read_gateway_record().pid == pid and cluster.gateway.poll() is None
+
+
+# -- helpers
+
+
+def hostile_corpus(key: bytes, rnd: random.Random) -> list[bytes]:
+    """Random bytes, every truncation of a valid request, bit flips, a huge datagram, odd but valid TLV."""
+    valid, _ = request(key, "call", ("sim", "0", "echo"), {"args": {"x": 1}})
+    corpus = [bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 300))) for _ in range(100)]
+    corpus += [valid[:n] for n in range(1, len(valid))]
+    for _ in range(50):
+        flipped = bytearray(valid)
+        flipped[rnd.randrange(len(flipped))] ^= 1 << rnd.randrange(8)
+        corpus.append(bytes(flipped))
+    corpus += [b"", b"\x05", b"\x05\xff", b"\x64\x00", b"\x64\x02\x50\x00", b"\x06\x00",
+               bytes([0x05, 0xfd, 0xff, 0xff]) + b"\x00" * 10, b"\x05" * 9000, os.urandom(60000)]
+    unsigned = bytes(make_interest(Name.from_str("/edge/_gw/devices"), InterestParam(), b"\xa0"))
+    other = bytes(make_interest(Name.from_str("/elsewhere/x"), InterestParam()))
+    lp_garbage = LpPacket()
+    lp_garbage.lp_packet = LpPacketValue()
+    lp_garbage.lp_packet.fragment = os.urandom(40)
+    corpus += [unsigned, other, bytes(lp_garbage.encode())]
+    return corpus
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def _succeeds(aw: Awaitable[Any]) -> bool:
+    try:
+        await aw
+    except PermissionDenied:
+        return False
+    return True
+
+
+async def _times_out(aw: Awaitable[Any]) -> bool:
+    try:
+        await aw
+    except DeadlineExceeded:
+        return True
+    return False
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _closed_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,5 +1,5 @@
-# The device's face: one UDP socket joined to the multicast group on one interface,
-# one preallocated receive buffer, sends to the group (and to a gateway address when set).
+# The device's face: one non-blocking UDP socket joined to the multicast group on one interface,
+# one preallocated receive buffer; sends to the group (and to a gateway address when set).
 import socket
 from device import port
 
@@ -12,10 +12,10 @@ class MulticastFace:
         self.buf = bytearray(mtu)
         self.mv = memoryview(self.buf)
         self.sock = None
-        self._reader = None
         self._gateway = gateway  # "host:port" for the unicast fallback, or None
         self._gw_addr = None
         self._dest = None
+        self._read = None
 
     def open(self):
         add, ttl, mif, loop = port.mcast_options(socket)
@@ -23,8 +23,7 @@ class MulticastFace:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ipproto = getattr(socket, "IPPROTO_IP", 0)
         try:
-            # Binding the group address filters other groups' traffic on Linux;
-            # lwIP only accepts the wildcard.
+            # Binding the group address filters other groups' traffic on Linux; lwIP wants the wildcard.
             s.bind(socket.getaddrinfo(self.group, self.udp_port)[0][-1])
         except OSError:
             s.bind(socket.getaddrinfo("0.0.0.0", self.udp_port)[0][-1])
@@ -35,15 +34,20 @@ class MulticastFace:
         s.setsockopt(ipproto, loop, 1)
         s.setblocking(False)
         self.sock = s
-        self._reader = port.stream_reader(s)
+        # MicroPython's readinto keeps reading while datagrams are queued, so one read may hold
+        # several packets back to back; the parser walks them by their TLV framing.
+        self._read = getattr(s, "recv_into", None) or s.readinto
         self._dest = socket.getaddrinfo(self.group, self.udp_port)[0][-1]
         if self._gateway:
             host, _, p = self._gateway.rpartition(":")
             self._gw_addr = socket.getaddrinfo(host, int(p))[0][-1]
 
-    async def recv(self):
-        # Length of the next datagram now in self.buf (0 when a spurious wake-up read nothing).
-        return await port.read_datagram(self.sock, self.buf, self._reader)
+    def read(self):
+        # Bytes now in self.buf (0 when nothing was waiting).
+        try:
+            return self._read(self.buf) or 0
+        except OSError:
+            return 0
 
     def send(self, data):
         try:

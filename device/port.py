@@ -1,5 +1,6 @@
 # What differs between MicroPython ports (unix, ESP32, RP2) and CPython, in one place:
-# ticks, free heap, socket option numbers, and waiting for a readable socket inside asyncio.
+# ticks, free heap, socket option numbers, async detection. CPython-only code lives in
+# device/_cpython.py so that its bytecode is never loaded on a board.
 import sys
 import time
 
@@ -11,23 +12,12 @@ except ImportError:  # CPython
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
-_TICKS_PERIOD = const(1 << 30)
-_TICKS_HALF = const(1 << 29)
-
 if hasattr(time, "ticks_ms"):
     ticks_ms = time.ticks_ms
     ticks_add = time.ticks_add
     ticks_diff = time.ticks_diff
 else:
-    # CPython: the same wrap-around arithmetic as MicroPython, so code paths are identical.
-    def ticks_ms():
-        return time.monotonic_ns() // 1000000 & (_TICKS_PERIOD - 1)
-
-    def ticks_add(t, delta):
-        return (t + delta) & (_TICKS_PERIOD - 1)
-
-    def ticks_diff(a, b):
-        return ((a - b + _TICKS_HALF) & (_TICKS_PERIOD - 1)) - _TICKS_HALF
+    from device._cpython import ticks_ms, ticks_add, ticks_diff
 
 
 def mem_free():
@@ -47,19 +37,23 @@ def random_below(n):
     return ((b[0] << 8) | b[1]) % n if n > 0 else 0
 
 
-# IPv4 multicast socket options. CPython and some MicroPython ports export them; the unix port
-# exports only IP_ADD_MEMBERSHIP, and lwIP ports (ESP32, RP2) use their own numbering.
+def is_async(fn):
+    # An `async def` handler: a generator function on MicroPython, CO_COROUTINE on CPython.
+    if MICROPYTHON:
+        return type(fn).__name__ == "generator"
+    return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)
+
+
 def mcast_options(socket):
+    # IPv4 multicast socket options (ADD_MEMBERSHIP, TTL, IF, LOOP). CPython and some ports export
+    # them; the unix port exports only IP_ADD_MEMBERSHIP; lwIP ports (ESP32, RP2) number them their way.
     add = getattr(socket, "IP_ADD_MEMBERSHIP", None)
-    if add == 3:  # lwIP: TTL 5, IF 6, LOOP 7
+    if add == 3:  # lwIP
         return 3, 5, 6, 7
     if add == 12:  # BSD, macOS
         return 12, 10, 9, 11
-    # Linux numbering (the unix port on Linux, CPython on Linux)
-    return (add or 35,
-            getattr(socket, "IP_MULTICAST_TTL", 33),
-            getattr(socket, "IP_MULTICAST_IF", 32),
-            getattr(socket, "IP_MULTICAST_LOOP", 34))
+    return (add or 35, getattr(socket, "IP_MULTICAST_TTL", 33),
+            getattr(socket, "IP_MULTICAST_IF", 32), getattr(socket, "IP_MULTICAST_LOOP", 34))
 
 
 def ip4(text):
@@ -70,30 +64,9 @@ def ip4(text):
     return bytes([int(p) for p in parts])
 
 
-async def read_datagram(sock, buf, reader):
-    # Wait until `sock` is readable, then read one datagram into `buf`; returns its length (0: none).
-    if MICROPYTHON:
-        n = await reader.readinto(buf)
-        return n or 0
-    import asyncio
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return sock.recv_into(buf)
-        except BlockingIOError:
-            pass
-        fut = loop.create_future()
-        fd = sock.fileno()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
-
-
-def stream_reader(sock):
-    # MicroPython's asyncio wraps any pollable object; CPython needs nothing.
-    if MICROPYTHON:
-        import asyncio
-        return asyncio.StreamReader(sock)
-    return None
+def print_exc(e):
+    if hasattr(sys, "print_exception"):
+        sys.print_exception(e)
+    else:
+        from device._cpython import print_exc
+        print_exc(e)

@@ -1,6 +1,7 @@
 # NDN packet format v0.3 on the board: parse a datagram into offsets of one receive buffer
 # (no copies), and write replies into one preallocated transmit buffer in two passes
 # (sizes first, then bytes). See docs/protocol.md for the layout of every packet.
+# Setup-time and announcement encoders live in device/control.py, off the receive path.
 from device.port import const
 from device.errors import MalformedError
 
@@ -90,26 +91,6 @@ def put_bytes(buf, i, data):
 def size_nni_tlv(t, n):
     w = size_nni(n)
     return size_tl(t, w) + w
-
-
-def encode_name(uri):
-    # "/edge/kitchen/th1" -> value bytes of a Name: one GenericNameComponent per segment (setup only).
-    out = bytearray()
-    for part in uri.split("/"):
-        if part:
-            b = part.encode()
-            tmp = bytearray(size_tl(T_GENERIC, len(b)))
-            put_tl(tmp, 0, T_GENERIC, len(b))
-            out += tmp
-            out += b
-    return bytes(out)
-
-
-def tlv(t, value):
-    # One whole TLV as bytes (setup-time helper; the receive path never calls it).
-    out = bytearray(size_tl(t, len(value)) + len(value))
-    put_bytes(out, put_tl(out, 0, t, len(value)), value)
-    return bytes(out)
 
 
 def _critical(t):
@@ -303,58 +284,14 @@ class Packet:
             self.p = e
 
     def component(self, i):
-        # (start, end) of the value of name component i; a setup-free walk over the name.
+        # Sets self.p and self.n to the value of name component i (the name was checked by parse).
         self.p = self.name_s
-        k = 0
-        while self.p < self.name_e:
+        while True:
             self.tl(self.name_e)
-            if k == i:
-                return self.p, self.p + self.n
+            if not i:
+                return
             self.p += self.n
-            k += 1
-        return -1, -1
-
-
-def interest_signed_size(name_value_len, params_len, sinfo_len):
-    # Size of the Interest value for a signed Interest with a ParametersSha256DigestComponent.
-    name_len = name_value_len + size_tl(T_PARAMS_DIGEST, _DIGEST_LEN) + _DIGEST_LEN
-    return (size_tl(T_NAME, name_len) + name_len + 6 + 4 +
-            size_tl(_T_APP_PARAMS, params_len) + params_len +
-            sinfo_len + size_tl(_T_ISIG_VALUE, _DIGEST_LEN) + _DIGEST_LEN)
-
-
-def encode_signed_interest(buf, name_value, params, sinfo_fields, mac, digest, nonce, lifetime_ms):
-    # Signed Interest per docs/protocol.md into buf; returns its length.
-    # sinfo_fields: the value of InterestSignatureInfo (type, key locator, nonce, seq num).
-    name_len = len(name_value) + 2 + _DIGEST_LEN
-    sinfo_len = size_tl(_T_ISIG_INFO, len(sinfo_fields)) + len(sinfo_fields)
-    total = interest_signed_size(len(name_value), len(params), sinfo_len)
-    i = put_tl(buf, 0, T_INTEREST, total)
-    i = put_tl(buf, i, T_NAME, name_len)
-    comps_s = i
-    i = put_bytes(buf, i, name_value)
-    comps_e = i
-    i = put_tl(buf, i, T_PARAMS_DIGEST, _DIGEST_LEN)
-    digest_s = i
-    i += _DIGEST_LEN
-    i = put_tl(buf, i, _T_NONCE, 4)
-    i = put_bytes(buf, i, nonce)
-    i = put_tl(buf, i, _T_LIFETIME, 2)
-    i = put_be(buf, i, lifetime_ms, 2)
-    params_s = i
-    i = put_tl(buf, i, _T_APP_PARAMS, len(params))
-    i = put_bytes(buf, i, params)
-    i = put_tl(buf, i, _T_ISIG_INFO, len(sinfo_fields))
-    i = put_bytes(buf, i, sinfo_fields)
-    mv = memoryview(buf)
-    h = mac.start()
-    h.update(mv[comps_s:comps_e])
-    h.update(mv[params_s:i])
-    sig = mac.finish(h)
-    i = put_tl(buf, i, _T_ISIG_VALUE, _DIGEST_LEN)
-    i = put_bytes(buf, i, sig)
-    buf[digest_s:digest_s + _DIGEST_LEN] = digest(mv[params_s:i])
-    return i
+            i -= 1
 
 
 def encode_data(buf, pit, name_value, ctype, fresh_ms, content, sig_info, mac):

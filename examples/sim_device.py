@@ -4,8 +4,8 @@
 #   micropython sim_device.py [ndn_config.json]
 #
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
-# "lease_ms"}) plus two keys only the simulator reads: "index" (varies the readings between devices) and
-# "loss" (probability 0..1 that a datagram is dropped, in either direction).
+# "lease_ms"}) plus two keys only the simulator reads: "index" (the device number, from 1; varies the readings
+# between devices) and "loss" (probability 0..1 that a datagram is dropped, in either direction).
 import gc
 import sys
 import json
@@ -51,11 +51,11 @@ def counter():
 def _lossy(face, permille):
     # Wrap the runtime's face (device/ is left untouched): drop a datagram with probability
     # permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it left).
-    recv = face.recv
+    read = face.read
     send = face.send
 
-    async def lossy_recv():
-        n = await recv()
+    def lossy_read():
+        n = read()
         if n and random_below(_LOSS_SCALE) < permille:
             return 0
         return n
@@ -65,12 +65,12 @@ def _lossy(face, permille):
             return True
         return send(data)
 
-    face.recv = lossy_recv
+    face.read = lossy_read
     face.send = lossy_send
 
 
 if loss > 0:
-    dev._setup()  # creates dev._face; serve() reuses it
+    dev.setup()  # creates dev._face; run() reuses it
     _lossy(dev._face, loss)
     print("simulating %d/%d datagram loss" % (loss, _LOSS_SCALE))
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from ndn.encoding import Name, parse_data
 
-from device import sign, tlv
+from device import control, sign, tlv
 from device.errors import MalformedError
 from gateway import wire
 
@@ -26,8 +26,8 @@ def test_variable_size_numbers_are_byte_exact():
 
 
 def test_name_encoding_matches_python_ndn():
-    assert tlv.encode_name("/edge/kitchen/th1") == bytes(Name.to_bytes("/edge/kitchen/th1"))[2:]
-    assert tlv.encode_name("/edge") == bytes.fromhex("080465646765")
+    assert control.encode_name("/edge/kitchen/th1") == bytes(Name.to_bytes("/edge/kitchen/th1"))[2:]
+    assert control.encode_name("/edge") == bytes.fromhex("080465646765")
 
 
 def test_key_id_and_key_name():
@@ -53,11 +53,11 @@ def test_interest_from_python_ndn_parses_to_offsets():
     p = parsed(w)
     mv = memoryview(w)
     assert p.ncomp == 5 and p.seq == 77 and p.sig_type == 4
-    assert bytes(mv[p.kl_s:p.kl_e]) == tlv.encode_name(wire.key_name(DEV, KEY))
+    assert bytes(mv[p.kl_s:p.kl_e]) == control.encode_name(wire.key_name(DEV, KEY))
     assert bytes(mv[p.digest_s:p.digest_s + 32]) == bytes(final[-1])[2:]
     assert bytes(mv[p.params_vs:p.params_ve]) == bytes.fromhex("a1616101")
-    s, e = p.component(3)
-    assert bytes(mv[s:e]) == b"echo"
+    p.component(3)
+    assert bytes(mv[p.p:p.p + p.n]) == b"echo"
     # the device's own check of python-ndn's digest and signature
     assert sign.sha256(mv[p.params_s:p.sv_s + p.sv_n]) == bytes(mv[p.digest_s:p.digest_s + 32])
     mac = sign.Hmac(KEY)
@@ -71,8 +71,8 @@ def test_data_reply_is_parsed_and_verified_by_python_ndn():
     w, final = wire.make_call(f"{DEV}/temperature", None, KEY, 1, signer_owner=DEV)
     p = parsed(w)
     mv = memoryview(w)
-    sig_info = tlv.tlv(tlv.T_SIG_INFO, tlv.tlv(tlv.T_SIG_TYPE, b"\x04") + tlv.tlv(
-        tlv.T_KEY_LOCATOR, tlv.tlv(tlv.T_NAME, tlv.encode_name(wire.key_name(DEV, KEY)))))
+    sig_info = control.tlv_bytes(tlv.T_SIG_INFO, control.tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + control.tlv_bytes(
+        tlv.T_KEY_LOCATOR, control.tlv_bytes(tlv.T_NAME, control.encode_name(wire.key_name(DEV, KEY)))))
     buf = bytearray(1500)
     s, e = tlv.encode_data(buf, None, mv[p.name_s:p.name_e], 0, 2000, b"\xf9\x3c\x00", sig_info, sign.Hmac(KEY))
     r = wire.parse_reply(bytes(buf[s:e]), KEY)

@@ -245,3 +245,18 @@ def test_board_app_runs_unchanged_on_cpython(peer, tmp_path):
         assert b.call(peer, "counter", seq=b.seq, timeout_s=0.5) is None  # replay refused on CPython too
     finally:
         b.stop()
+
+
+def test_plain_services_are_served_without_asyncio_in_a_small_heap(micropython, peer, tmp_path):
+    from tests.support import ROOT
+    b = Board(micropython, peer.port, tmp_path / "flash", heap="72K", app=ROOT / "tests" / "apps" / "lean.py")
+    b.start(peer)
+    try:
+        for i in range(1, 201):
+            assert b.call(peer, "counter").value == i
+        loaded = b.call(peer, "modules").value
+        assert "asyncio" not in loaded and "device.control" not in loaded and "device.aio" not in loaded
+        assert b.call(peer, "_health").value["requests"] == 202
+        assert b.alive()
+    finally:
+        b.stop()

@@ -50,7 +50,7 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private):
+    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running):
         self.fn = fn
         self.name = name
         self.cache_ms = cache_ms
@@ -59,6 +59,7 @@ class Service:
         self.result = result
         self.idempotent = idempotent
         self.private = private
+        self.long_running = long_running
         self.is_async = port.is_async(fn)
 
 
@@ -105,6 +106,11 @@ class Device:
         self._face = None
         self._running = False
         self._async = False
+        self._quiet = False  # the current request is a notification: no reply
+        self._outbox = None
+        self._ops = {}
+        self._timers = []  # [due_ticks, period_ms, fn]
+        self._sleep_ms = 0
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -114,16 +120,41 @@ class Device:
         return cls(**kw)
 
     # -- declaring services --
-    def service(self, name, *, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False):
+    def service(self, name, *, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
+                long_running=False):
         if not name or name[0] == "_" or "/" in name:
             raise DeviceError("service name %r: must be one component not starting with '_'" % name)
 
         def register(fn):
-            s = Service(fn, name, cache_ms, doc, args, result, idempotent, private)
+            s = Service(fn, name, cache_ms, doc, args, result, idempotent, private, long_running)
+            if long_running and not s.is_async:
+                raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
             self._svc[name.encode()] = s
             self._async = self._async or s.is_async
             return fn
         return register
+
+    def every(self, period_ms):
+        # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing).
+        def register(fn):
+            self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
+            return fn
+        return register
+
+    def publish(self, topic, value, retain=True):
+        # Send value on topic (relative to the device); delivered at least once to the gateway.
+        self._reports().publish(topic, value, retain)
+
+    def sleep(self, seconds):
+        # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
+        self._sleep_ms = int(seconds * 1000)
+
+    def _reports(self):
+        if self._outbox is None:
+            from device.outbox import Outbox
+            self.setup()
+            self._outbox = Outbox(self)
+        return self._outbox
 
     def describe(self):
         d = control().describe(self)
@@ -188,8 +219,15 @@ class Device:
                 self.receive()
 
     def tick(self):
-        # Run due timers (renewal, a pending query answer); returns ms until the next one.
+        # Run due timers (renewal, a pending query answer, app timers, report resends, a requested
+        # sleep); returns ms until the next one.
         now = ticks_ms()
+        if self._sleep_ms:
+            ms = self._sleep_ms
+            self._sleep_ms = 0
+            control().sleep(self, ms)
+            release()
+            now = ticks_ms()
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
             self._query_at = None
             self._last_query = now
@@ -199,7 +237,23 @@ class Device:
         wait = ticks_diff(self._renew_at, now)
         if self._query_at is not None:
             wait = min(wait, ticks_diff(self._query_at, now))
+        for t in self._timers:
+            if ticks_diff(t[0], now) <= 0:
+                t[0] = ticks_add(now, t[1])
+                self._timer(t[2])
+            wait = min(wait, ticks_diff(t[0], now))
+        if self._outbox is not None:
+            w = self._outbox.tick(now)
+            if w is not None:
+                wait = min(wait, w)
         return max(0, min(wait, _MAX_WAIT_MS))
+
+    def _timer(self, fn):
+        try:
+            fn()
+        except Exception as e:  # an app timer's bug must not stop serving
+            self.errors += 1
+            port.print_exc(e)
 
     def _announce(self, state):
         control().announce(self, state)
@@ -230,6 +284,8 @@ class Device:
             i = p.next
             if t == tlv.T_INTEREST:
                 self._interest(p, mv)
+            elif t == tlv.T_DATA and self._outbox is not None:
+                self._outbox.on_data(p, mv)
 
     def _interest(self, p, mv):
         try:
@@ -250,7 +306,13 @@ class Device:
 
     def _check(self, p, mv):
         # _OK, _RESENT (answered from the reply cache) or the drop reason.
-        if p.ncomp != self._ncomp + 2:
+        extra = p.ncomp - self._ncomp
+        self._quiet = extra == 3
+        if self._quiet:
+            p.component(self._ncomp)  # a notification: <device>/_n/<service>/<digest>
+            if p.n != 2 or mv[p.p] != 95 or mv[p.p + 1] != 110:
+                return _UNSUPPORTED
+        elif extra != 2:
             return _UNSUPPORTED
         if p.sig_type != 4 or p.sv_n != _SIG_LEN or p.seq < 0 or p.params_s < 0 or p.kl_e - p.kl_s != len(
                 self._key_name) or not _prefix(mv, p.kl_s, p.kl_e, self._key_name):
@@ -285,11 +347,11 @@ class Device:
         self._cur_sig = bytes(mv[p.sv_s:p.sv_s + _SIG_LEN])
         self._cur_name = mv[p.name_s:p.name_e]
         self._cur_pit = mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
-        p.component(self._ncomp)
+        p.component(self._ncomp + 1 if self._quiet else self._ncomp)
         key = bytes(mv[p.p:p.p + p.n])
         svc = self._svc.get(key)
         if svc is None:
-            self._framework(key)
+            self._framework(key, mv[p.params_vs:p.params_ve])
             return
         if p.params_ve > p.params_vs:
             try:
@@ -299,6 +361,10 @@ class Device:
                 return
         else:
             args = _NO_ARGS
+        if svc.long_running:
+            from device import ops
+            self._send(0, 0, cbor.dumps({"op": ops.start(self, svc, args)}))
+            return
         try:
             r = svc.fn(**args)
         except Exception as e:
@@ -310,8 +376,13 @@ class Device:
         else:
             self._value(svc, r)
 
-    def _framework(self, key):
-        value = control().framework(self, key) if key[:1] == b"_" else None
+    def _framework(self, key, params):
+        try:
+            args = cbor.loads(params) if len(params) else {}
+        except MalformedError as e:
+            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
+            return
+        value = control().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
         release()
         if value is None:
             self._error("NOT_FOUND", "no service %s" % str(key, "utf-8"))
@@ -335,14 +406,18 @@ class Device:
 
     def _failed(self, e):
         self.errors += 1
+        code, message = self._code(e)
+        self._error(code, message)
+
+    def _code(self, e):
+        # The wire code and message for an exception raised by a handler.
         if isinstance(e, ServiceError):
-            self._error(e.code, e.message)
-        elif isinstance(e, (TypeError, ValueError)):
-            self._error("INVALID_ARGUMENT", str(e))
-        elif isinstance(e, MemoryError):
-            self._error("RESOURCE_EXHAUSTED", "out of memory")
-        else:
-            self._error("INTERNAL", "%s: %s" % (type(e).__name__, e))
+            return e.code, e.message
+        if isinstance(e, (TypeError, ValueError)):
+            return "INVALID_ARGUMENT", str(e)
+        if isinstance(e, MemoryError):
+            return "RESOURCE_EXHAUSTED", "out of memory"
+        return "INTERNAL", "%s: %s" % (type(e).__name__, e)
 
     def _error(self, code, message):
         self._send(tlv.CONTENT_NACK, 0, cbor.dumps({"code": code, "message": message}))
@@ -361,6 +436,8 @@ class Device:
 
     def _send(self, ctype, fresh_ms, content):
         # Reply to the current request (self._cur_*), remember it for retransmissions, send it.
+        if self._quiet:
+            return  # notifications get no reply
         try:
             s, e = tlv.encode_data(self._tx, self._cur_pit, self._cur_name, ctype, fresh_ms, content,
                                    self._sig_info, self._mac)

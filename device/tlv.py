@@ -211,9 +211,28 @@ class Packet:
     def _inner(self, t, end):
         if t == T_INTEREST:
             self._interest(end)
-        elif t != T_DATA:
+        elif t == T_DATA:
+            self._data(end)
+        else:
             raise MalformedError("tlv: packet type %d is neither Interest nor Data" % t)
         return t
+
+    def _data(self, end):
+        # Offsets of a Data's name and signature; its signed portion is [self.signed_s, self.sinfo_e).
+        self.signed_s = self.p
+        while self.p < end:
+            t = self.tl(end)
+            e = self.p + self.n
+            if t == T_NAME:
+                self._name(e)
+            elif t == T_SIG_INFO:
+                self.sinfo_e = e
+            elif t == _T_SIG_VALUE:
+                self.sv_s = self.p
+                self.sv_n = self.n
+            elif t not in (_T_META_INFO, _T_CONTENT) and _critical(t):
+                raise MalformedError("data: unknown critical element %d" % t)
+            self.p = e
 
     def _interest(self, end):
         seen_name = False

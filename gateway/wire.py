@@ -127,3 +127,10 @@ def parse_reply(wire: bytes, key: bytes, *, private: bool = False) -> Reply:
         return Reply(name, True, value=cbor2.loads(content), freshness_ms=fresh)
     except (cbor2.CBORDecodeError, AttributeError, ValueError) as err:
         raise BadPacket(f"reply content is not valid CBOR: {err}") from err
+
+
+def make_ack(name, key: bytes, owner: str) -> bytes:
+    """Acknowledgement of a device's report (operation report, publication): a Data with the report's full
+    name, signed with the device key, content {"ok": true} (docs/protocol.md "Reports")."""
+    signer = HmacSha256Signer(key_name(owner, key), key)
+    return bytes(make_data(name, MetaInfo(), cbor2.dumps({"ok": True}), signer=signer))

@@ -24,7 +24,8 @@ from gateway.store import Store
 from tests.support import Board, McastPeer
 
 SCENARIO_TIMEOUT_S = 30.0
-SERVICES = ["add", "calls", "counter", "echo", "fail", "refuse", "secret", "slow", "temperature"]
+SERVICES = ["add", "calls", "counter", "echo", "fail", "nap", "note", "notes", "refuse", "secret", "slow", "temperature",
+            "ticks", "work"]
 
 
 # -- harness

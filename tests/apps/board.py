@@ -56,4 +56,47 @@ def secret(x=0):
     return {"x": x, "code": 1234}
 
 
+notes = []
+ticking = [False]
+
+
+@dev.service("note", doc="Notification target: remembers its arguments")
+def note(**kw):
+    notes.append(kw)
+
+
+@dev.service("notes")
+def get_notes():
+    return notes
+
+
+@dev.service("work", long_running=True, args={"steps": "int", "step_ms": "int"})
+async def work(op, steps=3, step_ms=20):
+    for i in range(steps):
+        await asyncio.sleep(step_ms / 1000)
+        op.progress((i + 1) / steps)
+    return {"steps": steps}
+
+
+@dev.service("ticks", doc="Start publishing `tick` every 100 ms")
+def ticks(on=True):
+    ticking[0] = on
+    return on
+
+
+@dev.every(100)
+def tick():
+    if ticking[0]:
+        dev.publish("tick", ticks_sent.append(1) or len(ticks_sent))
+
+
+ticks_sent = []
+
+
+@dev.service("nap")
+def nap(ms=300):
+    dev.sleep(ms / 1000)
+    return ms
+
+
 dev.run()

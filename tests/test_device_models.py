@@ -1,0 +1,132 @@
+"""Notifications, long-running operations, publications and sleep on the real MicroPython device,
+with this test playing the gateway: it parses and verifies the device's reports and acknowledges them."""
+import hashlib
+import hmac
+
+import cbor2
+import pytest
+from ndn.encoding import Name, parse_interest
+
+from gateway import wire
+from tests.support import Board, McastPeer, is_announcement
+
+
+@pytest.fixture
+def peer(mcast_port):
+    p = McastPeer(mcast_port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def board(micropython, peer, tmp_path):
+    b = Board(micropython, peer.port, tmp_path / "flash")
+    b.start(peer)
+    yield b
+    b.stop()
+
+
+def report_of(board, kind):
+    """Predicate: a report /edge/<kind> signed by the board's key; returns (name, params, wire)."""
+    def check(data):
+        if not data or data[0] != 0x05:
+            return None
+        try:
+            name, _, params, sig = parse_interest(data, with_tl=True)
+        except Exception:
+            return None
+        if Name.to_str(name[:2]) != f"/edge/{kind}":
+            return None
+        mac = hmac.new(board.key, digestmod=hashlib.sha256)
+        for part in sig.signature_covered_part:
+            mac.update(part)
+        assert mac.digest() == bytes(sig.signature_value_buf), "report with a bad signature"
+        return name, cbor2.loads(bytes(params)), data
+    return check
+
+
+def test_notification_runs_the_handler_and_sends_nothing(board, peer):
+    board.seq += 1
+    w, final = wire.make_call(f"{board.name}/_n/note", {"x": 1}, board.key, board.seq, signer_owner=board.name)
+    peer.send(w)
+    from tests.support import is_data_for
+    assert peer.recv_until(is_data_for(final), 0.5) is None
+    assert board.call(peer, "notes").value == [{"x": 1}]
+    peer.send(w)  # the same notification again is a replay: not run twice
+    assert board.call(peer, "notes").value == [{"x": 1}]
+
+
+def test_long_running_operation_reports_progress_and_result_until_acknowledged(board, peer):
+    r = board.call(peer, "work", {"steps": 3, "step_ms": 30})
+    op = r.value["op"]
+    assert len(op) == 8
+    progress, final = [], None
+    for _ in range(20):
+        got = peer.recv_until(report_of(board, "_op"), 3.0)
+        assert got is not None
+        name, params, _ = got
+        assert params["op"] == op
+        if params["state"] == "running":
+            progress.append(params["progress"])
+        else:
+            final = (name, params)
+            break
+    assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert final[1]["state"] == "done" and final[1]["result"] == {"steps": 3}
+    # not acknowledged yet: the same report comes again
+    again = peer.recv_until(report_of(board, "_op"), 2.0)
+    assert again is not None and again[0] == final[0]
+    peer.send(wire.make_ack(final[0], board.key, board.name))
+    assert board.call(peer, "_op_get", {"op": op}).value == {"op": op, "state": "done", "progress": 1.0,
+                                                             "result": {"steps": 3}}
+    h = board.call(peer, "_health").value
+    assert h["reports_pending"] == 0
+
+
+def test_long_running_operation_can_be_cancelled(board, peer):
+    op = board.call(peer, "work", {"steps": 100, "step_ms": 50}).value["op"]
+    assert board.call(peer, "_op_cancel", {"op": op}).value == {"op": op, "state": "cancelling"}
+    final = peer.recv_until(lambda d: (lambda g: g if g and g[1]["state"] != "running" else None)(
+        report_of(board, "_op")(d)), 3.0)
+    assert final is not None and final[1]["state"] == "cancelled"
+    assert board.call(peer, "_op_cancel", {"op": "00000000"}).code == "NOT_FOUND"
+
+
+def test_publications_are_sequenced_and_resent_until_acknowledged(board, peer):
+    assert board.call(peer, "ticks").value is True
+    seen = {}
+    for _ in range(60):
+        got = peer.recv_until(report_of(board, "_pub"), 3.0)
+        assert got is not None
+        name, params, _ = got
+        assert params["topic"] == "tick" and params["retain"] is True and len(params["boot"]) == 8
+        if params["seq"] in seen:
+            assert seen[params["seq"]] == name  # a resend is the same report
+            break
+        seen[params["seq"]] = name
+    seqs = sorted(seen)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert board.call(peer, "ticks", {"on": False}).value is False
+    for name in seen.values():
+        peer.send(wire.make_ack(name, board.key, board.name))
+    # everything acknowledged (the last few ticks may still be in flight): drain and ack until empty
+    for _ in range(50):
+        pending = board.call(peer, "_health").value["reports_pending"]
+        if pending == 0:
+            break
+        got = peer.recv_until(report_of(board, "_pub"), 1.0)
+        if got:
+            peer.send(wire.make_ack(got[0], board.key, board.name))
+    assert pending == 0
+
+
+def test_sleep_announces_and_wakes(board, peer):
+    assert board.call(peer, "nap", {"ms": 300}).value == 300
+    sleep = peer.recv_until(lambda d: is_announcement()(d) and cbor2.loads(
+        bytes(parse_interest(d, with_tl=True)[2])).get("state") == "sleep" and d, 3.0)
+    assert sleep is not None
+    assert cbor2.loads(bytes(parse_interest(sleep, with_tl=True)[2]))["sleep_ms"] == 300
+    up = peer.recv_until(lambda d: is_announcement()(d) and cbor2.loads(
+        bytes(parse_interest(d, with_tl=True)[2])).get("state") == "up" and d, 3.0)
+    assert up is not None
+    assert board.call(peer, "temperature").value == 21.5

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from ndn.encoding import (Component, InterestParam, Name, SignatureType, make_data, make_interest,
-                          MetaInfo, parse_data, parse_interest)
-from ndn.encoding.ndn_format_0_3 import ContentType
+from ndn.encoding import InterestParam, MetaInfo, Name, SignatureType, make_data, make_interest, parse_data
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from gateway.errors import GatewayError

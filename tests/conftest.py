@@ -96,6 +96,15 @@ def mcast_port():
     return free_udp_port()
 
 
+@pytest.fixture
+def peer(mcast_port):
+    """A multicast endpoint on 127.0.0.1 joined to this test's own port (tests.support.McastPeer)."""
+    from tests.support import McastPeer
+    p = McastPeer(mcast_port)
+    yield p
+    p.close()
+
+
 def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):
     """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
     deadline = time.monotonic() + timeout_s

@@ -8,14 +8,7 @@ import pytest
 from ndn.encoding import Name, parse_interest
 
 from gateway import wire
-from tests.support import Board, McastPeer, is_announcement
-
-
-@pytest.fixture
-def peer(mcast_port):
-    p = McastPeer(mcast_port)
-    yield p
-    p.close()
+from tests.support import Board, is_announcement
 
 
 @pytest.fixture

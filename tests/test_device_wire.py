@@ -8,14 +8,7 @@ from ndn.encoding import Name, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
 from gateway import wire
-from tests.support import Board, McastPeer, is_announcement, is_data_for
-
-
-@pytest.fixture
-def peer(mcast_port):
-    p = McastPeer(mcast_port)
-    yield p
-    p.close()
+from tests.support import Board, is_announcement, is_data_for
 
 
 @pytest.fixture

@@ -91,13 +91,6 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def peer(mcast_port):
-    p = McastPeer(mcast_port)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def make_board(micropython, mcast_port, tmp_path, store):
     """Create a board provisioned into the store (not started); every board is stopped at teardown."""
     made: list[Board] = []

@@ -1,5 +1,4 @@
 """Byte-exact and fuzz tests of the board's TLV layer (device/tlv.py), on CPython and MicroPython."""
-import os
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -187,7 +187,7 @@ def test_help_on_groups_and_top_level(capsys):
     for argv in (["--help"], ["client", "--help"], ["acl", "--help"]):
         assert main(argv) == 0
     out = capsys.readouterr().out
-    for verb in ("gateway", "up", "sim", "devices", "services", "call", "provision", "deploy", "flash"):
+    for verb in ("gateway", "up", "sim", "devices", "services", "call", "provision", "deploy", "flash", "vboard"):
         assert verb in out
 
 
@@ -196,11 +196,18 @@ def test_usage_error_returns_two(capsys):
     assert "required" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("verb", ["provision", "deploy", "flash"])
-def test_unimplemented_verbs_say_so(run, verb):
-    code, out, err = run(verb)
+def test_verb_without_a_handler_says_so(run, monkeypatch):
+    monkeypatch.setitem(COMMANDS, "flash", (None, cli._args_none, "flash"))
+    code, out, err = run("flash")
     assert code == 1 and out == ""
-    assert err == f"ndn-edge: {verb}: not available yet\n"
+    assert err == "ndn-edge: flash: not available yet\n"
+
+
+@pytest.mark.parametrize("verb", ["provision", "deploy", "flash", "vboard"])
+def test_board_verbs_are_plugged_in_by_module_path(verb):
+    handler, builder, _ = COMMANDS[verb]
+    assert isinstance(handler, str) and handler.startswith("tools.") and isinstance(builder, str)
+    assert callable(cli.resolve_handler(verb))
 
 
 def test_handler_plugged_in_by_module_path(run, tmp_path, monkeypatch):

@@ -234,9 +234,13 @@ COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),
-    "provision": (None, _args_none, "give a board its name, site and key over USB"),
-    "deploy": (None, _args_none, "copy the runtime and an app to a board"),
-    "flash": (None, _args_none, "write MicroPython firmware to a board"),
+    "provision": ("tools.cmd_provision:do_provision", "tools.cmd_provision:args_provision",
+                  "give a board its name, key and app over USB, and wait until the gateway sees it"),
+    "deploy": ("tools.cmd_deploy:do_deploy", "tools.cmd_deploy:args_deploy",
+               "copy the runtime and an app to a board (only what changed)"),
+    "flash": ("tools.cmd_flash:do_flash", "tools.cmd_flash:args_flash", "write MicroPython firmware to a board"),
+    "vboard": ("tools.vboard:do_vboard", "tools.vboard:args_vboard",
+               "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
 }
 
 GROUPS: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""`python -m bench device [--calls N] [--json FILE] ...`: run a benchmark, print its JSON report and a table."""
+"""`python -m bench device|gateway [--json FILE] ...`: run a benchmark, print its JSON report and a table."""
 from __future__ import annotations
 
 import argparse
@@ -31,23 +31,72 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="heap for throughput and allocation (default %(default)s)")
     d.add_argument("--budget", type=float, default=defaults.budget_s, metavar="S",
                    help="seconds for all heap searches together (default %(default)s)")
+    g = sub.add_parser("gateway", help="the gateway (cached and uncached calls, discovery, memory) vs aiocoap")
+    gd = _gateway_options()
+    g.add_argument("--json", metavar="FILE", help="also write the JSON report to FILE")
+    g.add_argument("--seconds", type=positive_float, default=gd.seconds,
+                   help="length of each timed run (default %(default)s)")
+    g.add_argument("--rounds", type=positive, default=gd.rounds,
+                   help="timed runs per subject and in-flight level (default %(default)s)")
+    g.add_argument("--discovery-devices", type=positive, default=gd.discovery_devices, metavar="N",
+                   help="simulated MicroPython devices to discover (default %(default)s)")
+    g.add_argument("--memory-devices", type=positive, default=gd.memory_devices, metavar="N",
+                   help="devices provisioned and announced for the memory figure (default %(default)s)")
+    g.add_argument("--heap", default=gd.heap, help="MicroPython heap per simulated device (default %(default)s)")
+    g.add_argument("--parts", default=",".join(gd.parts),
+                   help="which parts, comma-separated: calls, discovery, memory (default all)")
     return p.parse_args(argv)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _gateway_options():
+    from bench.gateway import Options
+
+    return Options()
+
+
+def main_gateway(args: argparse.Namespace) -> dict:
+    from bench import gateway, gateway_report
+
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = set(parts) - set(gateway.PARTS)
+    if unknown:
+        raise SystemExit(f"bench: unknown part(s) {', '.join(sorted(unknown))}; the parts are "
+                         f"{', '.join(gateway.PARTS)}")
+    opts = gateway.Options(seconds=args.seconds, rounds=args.rounds, discovery_devices=args.discovery_devices,
+                           memory_devices=args.memory_devices, heap=args.heap, parts=parts)
+    return gateway_report.add_targets(gateway.run(opts))
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    lo, hi = args.heap_range
-    opts = device.Options(calls=args.calls, min_heap_kib=lo, max_heap_kib=hi,
-                          measure_heap_kib=args.measure_heap, budget_s=args.budget)
     try:
-        result = report.add_targets(device.run(opts))
+        if args.benchmark == "gateway":
+            from bench import gateway_report as table_of
+
+            result = main_gateway(args)
+        else:
+            table_of = report
+            lo, hi = args.heap_range
+            opts = device.Options(calls=args.calls, min_heap_kib=lo, max_heap_kib=hi,
+                                  measure_heap_kib=args.measure_heap, budget_s=args.budget)
+            result = report.add_targets(device.run(opts))
     except (ToolMissing, BuildFailed) as err:
         print(f"bench: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"bench: {err}; install the bench extra (pip install -e '.[bench]')", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
     print(text)
     print()
-    print(report.table(result))
+    print(table_of.table(result))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

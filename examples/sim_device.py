@@ -1,16 +1,21 @@
-# A simulated board for `ndn-edge sim` and `ndn-edge up`: three services and optional packet loss.
+# A simulated board for `ndn-edge sim` and `ndn-edge up`: a service for each communication model
+# (docs/models.md) and optional packet loss and sleep.
 # Runs on the MicroPython unix port (and on CPython when MicroPython is missing).
 #
 #   micropython sim_device.py [ndn_config.json]
 #
+# Services: temperature (cacheable), echo, counter (not idempotent), slow (long-running), note (a
+# notification target) and notes, burst (publishes n messages); topic `tick` every second (a counter).
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
-# "lease_ms"}) plus two keys only the simulator reads: "index" (the device number, from 1; varies the readings
-# between devices) and "loss" (probability 0..1 that a datagram is dropped, in either direction).
+# "lease_ms"}) plus keys only the simulator reads: "index" (the device number, from 1; varies the readings
+# between devices), "loss" (probability 0..1 that a datagram is dropped, in either direction) and "sleepy"
+# (seconds: awake that long, then asleep that long, and so on; 0 never sleeps).
 import gc
 import sys
 import json
+import asyncio
 from device import Device
-from device.port import ticks_ms, random_below
+from device.port import ticks_ms, ticks_add, ticks_diff, random_below
 
 _LOSS_SCALE = 10000
 
@@ -25,7 +30,11 @@ for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway"):
 dev = Device(cfg["name"], cfg["key"], **kw)
 index = int(cfg.get("index", 0))
 loss = int(float(cfg.get("loss", 0)) * _LOSS_SCALE)
+sleepy_ms = int(float(cfg.get("sleepy", 0)) * 1000)
 count = [0]
+notes = []
+ticks = [0]
+burst = [0, 0, 0]  # published, to publish, with a timestamp
 del cfg, kw
 
 
@@ -46,6 +55,69 @@ def echo(**kw):
 def counter():
     count[0] += 1
     return count[0]
+
+
+@dev.service("slow", long_running=True, idempotent=False, args={"seconds": "float"}, result="float",
+             doc="Long-running: waits `seconds` (default 3), reporting progress, then returns them")
+async def slow(op, seconds=3):
+    steps = max(1, int(seconds * 2))  # progress every half second
+    for i in range(steps):
+        await asyncio.sleep(seconds / steps)
+        op.progress((i + 1) / steps)
+    return seconds
+
+
+@dev.service("note", doc="Notification target: remembers its arguments (the last 20; see notes)")
+def note(**kw):
+    notes.append(kw)
+    if len(notes) > 20:
+        notes.pop(0)
+
+
+@dev.service("notes", result="list", doc="The arguments `note` received, oldest first")
+def get_notes():
+    return notes
+
+
+@dev.service("burst", idempotent=False, args={"n": "int", "stamp": "bool"}, result="int",
+             doc="Publishes n messages on topic `burst` (values 1..n, or [i, ms since epoch] with stamp), "
+                 "paced by the outbox")
+def start_burst(n=100, stamp=False):
+    burst[0], burst[1], burst[2] = 0, n, stamp
+    return n
+
+
+@dev.every(1000)
+def tick():
+    ticks[0] += 1
+    dev.publish("tick", ticks[0])
+
+
+@dev.every(10)
+def pace():
+    # At most 12 unacknowledged reports: the outbox holds 16 and drops the oldest when full.
+    # One per tick: a train of sends would come back to the device (multicast loopback) as one read, and
+    # a read that fills the receive buffer loses its tail, acknowledgements included.
+    ob = dev._outbox
+    if burst[0] < burst[1] and (ob is None or len(ob.items) < 12):
+        burst[0] += 1
+        dev.publish("burst", [burst[0], _now_ms()] if burst[2] else burst[0])
+
+
+def _now_ms():
+    import time
+    return time.time_ns() // 1000000
+
+
+if sleepy_ms:
+    wake = [ticks_ms()]
+
+    @dev.every(100)
+    def doze():
+        # Awake sleepy_ms, then asleep as long (the runtime announces both), and so on.
+        if ticks_diff(ticks_ms(), wake[0]) >= sleepy_ms:
+            dev.sleep(sleepy_ms / 1000)
+            wake[0] = ticks_add(ticks_ms(), sleepy_ms)
 
 
 def _lossy(face, permille):

@@ -23,7 +23,9 @@ from gateway.errors import (
 )
 
 _LAZY = {"Client": "gateway.client", "BlockingClient": "gateway.client", "CallResult": "gateway.client",
-         "Gateway": "gateway.daemon"}
+         "Gateway": "gateway.daemon", "Operation": "gateway.client_models", "Subscription": "gateway.client_models",
+         "Message": "gateway.client_models", "Outcome": "gateway.client_models",
+         "OperationCancelled": "gateway.client_models"}
 
 
 def __getattr__(name: str):
@@ -36,7 +38,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlockingClient", "CallResult", "Client", "Gateway",
+    "BlockingClient", "CallResult", "Client", "Gateway", "Message", "Operation", "OperationCancelled", "Outcome",
+    "Subscription",
     "AlreadyExists", "CallError", "ConfigError", "DeadlineExceeded", "GatewayError", "Internal", "InvalidArgument",
     "NotFound", "PermissionDenied", "ResourceExhausted", "StoreError", "Unavailable", "UnknownClient",
     "UnknownDevice",

@@ -8,6 +8,10 @@
     with Client.connect_sync(home=HOME, client="alice") as c:   # scripts: the same methods, blocking
         print(c.call("kitchen/th1/echo", {"x": 1}))
 
+The communication models beyond request/response (`notify`, `start`, `call(..., persist=True)`, `gather`,
+`subscribe`, `ops`) are methods here too; their handles are in `gateway.client_models`, the guarantees in
+docs/models.md.
+
 Decisions:
 - One UDP socket per client, connected to the gateway (`gateway.json` of the home, or an explicit "host:port"),
   so only the gateway's datagrams reach it and an ICMP "port unreachable" surfaces at once as `Unavailable`
@@ -38,6 +42,7 @@ import cbor2
 
 from gateway import clientwire as cw
 from gateway import framing, wire
+from gateway.client_models import Operation, Outcome, Subscription
 from gateway.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from gateway.home import ClientCredentials, Home
 
@@ -191,8 +196,17 @@ class Client:
 
     # -- requests
 
-    async def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """Call service `name` ("DEVICE/SERVICE" under the site) with `args`; returns its value."""
+    async def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+                   persist: bool = False, ttl: float | None = None) -> Any:
+        """Call service `name` ("DEVICE/SERVICE" under the site) with `args`; returns its value.
+
+        With `persist=True` the gateway queues the call durably and delivers it when the device is online
+        (a sleeping device: when it wakes); returns an `Operation` at once, which fails DEADLINE_EXCEEDED if
+        the call is not delivered within `ttl` seconds (default 300).
+        """
+        if persist:
+            return await self._operation_verb(cw.VERB_ENQUEUE, name, args, timeout,
+                                              {"ttl_ms": None if ttl is None else _ttl_ms(ttl)})
         return (await self.call_ex(name, args, timeout=timeout)).value
 
     async def call_ex(self, name: str, args: dict[str, Any] | None = None, *,
@@ -246,6 +260,70 @@ class Client:
         """The gateway's counters (needs a rule granting `_gw/metrics`)."""
         content = await self._request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
         return content if isinstance(content, dict) else {}
+
+    # -- the communication models (docs/models.md; handles in gateway/client_models.py)
+
+    async def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
+        """Invoke `name` ("DEVICE/SERVICE") once, without a reply: at most once; returns once the gateway sent it."""
+        target = self._service_target(name, args)
+        await self._request(cw.VERB_NOTIFY, target, {"args": args}, self._timeout(timeout))
+
+    async def start(self, name: str, args: dict[str, Any] | None = None, *,
+                    timeout: float | None = None) -> Operation:
+        """Start a long-running service; an `Operation` (`await op.result(timeout=...)`, `op.cancel()`)."""
+        return await self._operation_verb(cw.VERB_START, name, args, timeout, {})
+
+    async def operation(self, op_id: str, *, timeout: float | None = None) -> Operation:
+        """The `Operation` with this id, read from the gateway (after a disconnect, from another process...)."""
+        info = await self._request(cw.VERB_OP_GET, (), {"op": op_id}, self._timeout(timeout))
+        return Operation(self, info)
+
+    async def ops(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
+                  timeout: float | None = None) -> Page:
+        """One page of the operations this client may see, newest first (dicts: op, kind, target, state, ...)."""
+        content = await self._request(cw.VERB_OPS, (), {"page_size": page_size, "page_token": page_token},
+                                      self._timeout(timeout))
+        return _page(content)
+
+    async def gather(self, pattern: str, args: dict[str, Any] | None = None, *,
+                     deadline: float = DEFAULT_TIMEOUT_S) -> dict[str, Outcome]:
+        """Call a service on every matching device at once (`"sim/*/temperature"`): each device's `Outcome`
+        (value or error) by `deadline` seconds, in device order; devices that did not answer in time have
+        DEADLINE_EXCEEDED."""
+        if args is not None and not isinstance(args, dict):
+            raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
+        timeout_s = self._timeout(deadline)
+        content = await self._request(cw.VERB_GATHER, (), {"pattern": pattern, "args": args,
+                                                            "timeout_ms": _budget_ms(timeout_s)}, timeout_s)
+        items = content.get("results") if isinstance(content, dict) else None
+        if not isinstance(items, list):
+            raise Internal(f"the gateway's gather reply has no results: {content!r}")
+        return {o.device: o for o in (Outcome.from_wire(i) for i in items if isinstance(i, dict))}
+
+    def subscribe(self, pattern: str, *, durable: str | None = None, batch: int = 100,
+                  wait: float = 20.0) -> Subscription:
+        """Messages on topics matching `pattern` (access-rule syntax: `sim/*/tick`, `_members/**`), retained
+        values first: `async for msg in c.subscribe(...)`. `durable="NAME"` keeps the subscription and its
+        messages on the gateway across disconnects and restarts (at least once, acknowledged)."""
+        return Subscription(self, pattern, durable=durable, batch=batch, wait=wait)
+
+    async def _operation_verb(self, verb: str, name: str, args: dict[str, Any] | None, timeout: float | None,
+                              extra: dict[str, Any]) -> Operation:
+        target = self._service_target(name, args)
+        timeout_s = self._timeout(timeout)
+        params = {"args": args, "timeout_ms": _budget_ms(timeout_s), **{k: v for k, v in extra.items() if v}}
+        return Operation(self, await self._request(verb, target, params, timeout_s))
+
+    def _service_target(self, name: str, args: Any) -> tuple[str, ...]:
+        try:
+            target = cw.split_target(name, self.site)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        if len(target) < 2:
+            raise InvalidArgument(f"name {name!r} is not like DEVICE/SERVICE (e.g. kitchen/th1/temperature)")
+        if args is not None and not isinstance(args, dict):
+            raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
+        return target
 
     def _timeout(self, timeout: float | None) -> float:
         value = self.timeout if timeout is None else float(timeout)
@@ -318,7 +396,7 @@ class Client:
             inner = framing.unwrap(data)
             if inner is None:
                 return None
-            name, meta, content = wire.verify_data(inner, self._key)
+            name, content_type, _, content = wire.verify_reply(inner, self._key)
         except (wire.BadPacket, framing.FramingError):
             return None
         if [bytes(c) for c in name] != final:
@@ -327,7 +405,7 @@ class Client:
             obj = cbor2.loads(content) if content else None
         except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as err:
             raise Internal(f"the gateway's reply is not valid CBOR: {err}") from err
-        if meta is not None and meta.content_type == wire.CONTENT_NACK:
+        if content_type == wire.CONTENT_NACK:
             if not isinstance(obj, dict):
                 raise Internal(f"the gateway's error reply is not a map: {obj!r}")
             raise CallError.from_wire(obj.get("code"), obj.get("message", ""))
@@ -364,9 +442,39 @@ class BlockingClient:
             fut.cancel()
             raise
 
-    def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """See `Client.call`."""
-        return self._run(self._client.call(name, args, timeout=timeout))
+    def call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+             persist: bool = False, ttl: float | None = None) -> Any:
+        """See `Client.call` (with `persist=True` a `BlockingOperation`)."""
+        value = self._run(self._client.call(name, args, timeout=timeout, persist=persist, ttl=ttl))
+        return BlockingOperation(self, value) if persist else value
+
+    def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
+        """See `Client.notify`."""
+        self._run(self._client.notify(name, args, timeout=timeout))
+
+    def start(self, name: str, args: dict[str, Any] | None = None, *,
+              timeout: float | None = None) -> BlockingOperation:
+        """See `Client.start`."""
+        return BlockingOperation(self, self._run(self._client.start(name, args, timeout=timeout)))
+
+    def operation(self, op_id: str, *, timeout: float | None = None) -> BlockingOperation:
+        """See `Client.operation`."""
+        return BlockingOperation(self, self._run(self._client.operation(op_id, timeout=timeout)))
+
+    def ops(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
+            timeout: float | None = None) -> Page:
+        """See `Client.ops`."""
+        return self._run(self._client.ops(page_size, page_token, timeout=timeout))
+
+    def gather(self, pattern: str, args: dict[str, Any] | None = None, *,
+               deadline: float = DEFAULT_TIMEOUT_S) -> dict[str, Outcome]:
+        """See `Client.gather`."""
+        return self._run(self._client.gather(pattern, args, deadline=deadline))
+
+    def subscribe(self, pattern: str, *, durable: str | None = None, batch: int = 100,
+                  wait: float = 20.0) -> BlockingSubscription:
+        """See `Client.subscribe`: `for msg in c.subscribe(...)`; `with` closes it."""
+        return BlockingSubscription(self, self._client.subscribe(pattern, durable=durable, batch=batch, wait=wait))
 
     def call_ex(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> CallResult:
         """See `Client.call_ex`."""
@@ -406,6 +514,74 @@ class BlockingClient:
         self.close()
 
 
+class BlockingOperation:
+    """The blocking form of `Operation` (gateway/client_models.py)."""
+
+    def __init__(self, owner: BlockingClient, op: Operation) -> None:
+        self._owner = owner
+        self.operation = op
+
+    def __repr__(self) -> str:
+        return repr(self.operation)
+
+    def __getattr__(self, attr: str) -> Any:  # id, kind, target, state, done, progress, error, info
+        return getattr(self.operation, attr)
+
+    def refresh(self, *, wait: float = 0.0) -> BlockingOperation:
+        self._owner._run(self.operation.refresh(wait=wait))
+        return self
+
+    def wait(self, timeout: float | None = None) -> BlockingOperation:
+        self._owner._run(self.operation.wait(timeout))
+        return self
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._owner._run(self.operation.result(timeout))
+
+    def cancel(self) -> BlockingOperation:
+        self._owner._run(self.operation.cancel())
+        return self
+
+
+class BlockingSubscription:
+    """The blocking form of `Subscription`: `for msg in sub`, `sub.next(timeout)`, `with sub: ...`."""
+
+    def __init__(self, owner: BlockingClient, sub: Subscription) -> None:
+        self._owner = owner
+        self.subscription = sub
+
+    def __getattr__(self, attr: str) -> Any:  # id, pattern, durable, created, lost
+        return getattr(self.subscription, attr)
+
+    def __iter__(self) -> BlockingSubscription:
+        return self
+
+    def __next__(self) -> Any:
+        return self._owner._run(self.subscription.__anext__())
+
+    def open(self) -> BlockingSubscription:
+        self._owner._run(self.subscription.open())
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        return self._owner._run(self.subscription.next(timeout))
+
+    def ack(self) -> None:
+        self._owner._run(self.subscription.ack())
+
+    def close(self) -> None:
+        self._owner._run(self.subscription.close())
+
+    def unsubscribe(self) -> None:
+        self._owner._run(self.subscription.unsubscribe())
+
+    def __enter__(self) -> BlockingSubscription:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def resolve_client_name(home: Home, client: str | None) -> str:
     """`client`, else $NDN_EDGE_CLIENT, else the home's only client; ConfigError saying how to choose."""
     if client:
@@ -437,6 +613,12 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not 0 < number < 65536:
         raise ConfigError(f"gateway address {text!r} is not HOST:PORT (e.g. 127.0.0.1:6363)")
     return host, number
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise InvalidArgument(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return max(1, int(ttl * 1000))
 
 
 def _budget_ms(timeout_s: float) -> int:

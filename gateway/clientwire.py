@@ -10,24 +10,31 @@ Decisions:
   roughly increasing order (the gateway tolerates a short reordering window), and a gateway that lost its
   in-memory high-water mark still rejects old numbers through the signed time. Rejected: a counter leased in the
   credentials file (the CLI would write a file on every call, and two processes would fight over it).
-- Requests and replies are encoded here (`encode_request`, `encode_reply`), not with python-ndn's generic
-  encoder: each is a handful of fixed TLVs, and python-ndn's `make_interest`/`make_data` (with its PyCryptodome
-  HMAC) cost about 350 us and 220 us per packet against about 15 us here; on a cached call they were most of the
-  time on both sides. Tests pin the bytes to python-ndn's output for the same fields. Packets are still *parsed*
-  with python-ndn, whose parser is the one exercised against hostile input.
+- Requests and replies are encoded by hand (`encode_request`, which is `gateway.wire.encode_signed_interest`,
+  and `encode_reply`), not with python-ndn's generic encoder: each is a handful of fixed TLVs, and python-ndn's
+  `make_interest`/`make_data` (with its PyCryptodome HMAC) cost about 350 us and 220 us per packet against about
+  15 us here; on a cached call they were most of the time on both sides. Tests pin the bytes to python-ndn's
+  output for the same fields. Packets are still *parsed* with python-ndn, whose parser is the one exercised
+  against hostile input.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from ndn.encoding import Component, Name
+from ndn.encoding import Component
 
-from gateway.wire import CONTENT_NACK, key_name
+# The packet types and TLV writers are gateway.wire's; TYPE_INTEREST, TYPE_DATA and TYPE_DIGEST_COMPONENT are also
+# read from here by the server and the client.
+from gateway.wire import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, TYPE_CONTENT, TYPE_CONTENT_TYPE,  # noqa: F401
+                          TYPE_DATA, TYPE_DIGEST_COMPONENT, TYPE_INTEREST, TYPE_KEY_LOCATOR, TYPE_LP_FRAGMENT,
+                          TYPE_LP_PACKET, TYPE_META_INFO, TYPE_PIT_TOKEN, TYPE_SIGNATURE_INFO, TYPE_SIGNATURE_TYPE,
+                          TYPE_SIGNATURE_VALUE, encoded_name, key_name, tlv, tlv_head)
+from gateway.wire import encode_signed_interest as encode_request  # noqa: F401  (the client's requests)
 
 GW = "_gw"
 CLIENT = "_client"
@@ -35,34 +42,22 @@ VERB_CALL = "call"
 VERB_DEVICES = "devices"
 VERB_SERVICES = "services"
 VERB_METRICS = "metrics"
-VERBS = (VERB_CALL, VERB_DEVICES, VERB_SERVICES, VERB_METRICS)
+# the communication models (gateway/models.py, docs/models.md)
+VERB_NOTIFY = "notify"
+VERB_START = "start"
+VERB_ENQUEUE = "enqueue"
+VERB_OP_GET = "op_get"
+VERB_OP_CANCEL = "op_cancel"
+VERB_OPS = "ops"
+VERB_GATHER = "gather"
+VERB_SUBSCRIBE = "subscribe"
+VERB_POLL = "poll"
+VERB_UNSUBSCRIBE = "unsubscribe"
+MODEL_VERBS = (VERB_NOTIFY, VERB_START, VERB_ENQUEUE, VERB_OP_GET, VERB_OP_CANCEL, VERB_OPS, VERB_GATHER,
+               VERB_SUBSCRIBE, VERB_POLL, VERB_UNSUBSCRIBE)
+VERBS = (VERB_CALL, VERB_DEVICES, VERB_SERVICES, VERB_METRICS, *MODEL_VERBS)
 METRICS_TARGET = (GW, VERB_METRICS)  # the ACL name a client needs to read the gateway's metrics
 
-TYPE_INTEREST = 0x05
-TYPE_DATA = 0x06
-TYPE_NAME = 0x07
-TYPE_GENERIC_COMPONENT = 0x08
-TYPE_DIGEST_COMPONENT = 0x02
-TYPE_META_INFO = 0x14
-TYPE_CONTENT = 0x15
-TYPE_SIGNATURE_INFO = 0x16
-TYPE_SIGNATURE_VALUE = 0x17
-TYPE_CONTENT_TYPE = 0x18
-TYPE_SIGNATURE_TYPE = 0x1B
-TYPE_KEY_LOCATOR = 0x1C
-TYPE_MUST_BE_FRESH = 0x12
-TYPE_NONCE = 0x0A
-TYPE_INTEREST_LIFETIME = 0x0C
-TYPE_APPLICATION_PARAMETERS = 0x24
-TYPE_INTEREST_SIGNATURE_INFO = 0x2C
-TYPE_INTEREST_SIGNATURE_VALUE = 0x2E
-TYPE_SIGNATURE_NONCE = 0x26
-TYPE_SIGNATURE_TIME = 0x28
-TYPE_SIGNATURE_SEQ_NUM = 0x2A
-TYPE_LP_PACKET = 0x64
-TYPE_LP_FRAGMENT = 0x50
-TYPE_PIT_TOKEN = 0x62
-SIGNATURE_HMAC_SHA256 = 4
 
 MAX_PACKET_BYTES = 8800          # NDN's customary maximum; bigger client datagrams are dropped unread
 MAX_REPLY_BYTES = 60000          # a reply must fit one UDP datagram
@@ -87,7 +82,13 @@ def client_key_name(site: str, client: str, key: bytes) -> str:
 
 def request_name(site: str, verb: str, target: tuple[str, ...] = ()) -> list[bytes]:
     """`/<site>/_gw/<verb>/<target...>` as components (ValueError for a component that is not legal)."""
-    return [Component.from_str(part) for part in (site, GW, verb, *target)]
+    return list(_components((site, GW, verb, *target)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _components(parts: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Encoded name components, remembered: a client calls the same few names again and again."""
+    return tuple(bytes(Component.from_str(part)) for part in parts)
 
 
 def split_target(text: str, site: str) -> tuple[str, ...]:
@@ -102,8 +103,7 @@ def split_target(text: str, site: str) -> tuple[str, ...]:
     parts = tuple(body.split("/")) if body else ()
     if not parts or "" in parts:
         raise ValueError(f"name {text!r} is not like DEVICE/SERVICE (e.g. kitchen/th1/temperature)")
-    for part in parts:
-        Component.from_str(part)  # raises ValueError naming the bad character
+    _components(parts)  # raises ValueError naming the bad character
     return parts
 
 
@@ -137,32 +137,6 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def encode_request(components: Sequence[bytes], params: bytes, key: bytes, key_name_tlv: bytes, seq: int, *,
-                   time_ms: int, signature_nonce: bytes, nonce: bytes, lifetime_ms: int) -> tuple[bytes, bytes]:
-    """A signed request Interest (docs/protocol.md "Signed Interests"): `components` are the encoded name
-    components before the digest, `params` the CBOR parameters; returns (wire, encoded digest component).
-
-    Byte for byte what python-ndn's `make_interest` writes for the same fields (pinned by a test).
-    """
-    params_tlv = tlv(TYPE_APPLICATION_PARAMETERS, params)
-    info = tlv(TYPE_INTEREST_SIGNATURE_INFO, b"".join((
-        tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])), tlv(TYPE_KEY_LOCATOR, key_name_tlv),
-        tlv(TYPE_SIGNATURE_NONCE, signature_nonce), tlv(TYPE_SIGNATURE_TIME, _nni(time_ms)),
-        tlv(TYPE_SIGNATURE_SEQ_NUM, _nni(seq)))))
-    comps = b"".join(components)
-    mac = hmac.new(key, comps + params_tlv + info, hashlib.sha256).digest()
-    value = tlv(TYPE_INTEREST_SIGNATURE_VALUE, mac)
-    digest = tlv(TYPE_DIGEST_COMPONENT, hashlib.sha256(params_tlv + info + value).digest())
-    body = b"".join((tlv(TYPE_NAME, comps + digest), _MUST_BE_FRESH, tlv(TYPE_NONCE, nonce),
-                     tlv(TYPE_INTEREST_LIFETIME, _nni(lifetime_ms)), params_tlv, info, value))
-    return tlv(TYPE_INTEREST, body), digest
-
-
-def encoded_name(uri: str) -> bytes:
-    """The Name TLV of a URI."""
-    return bytes(Name.to_bytes(Name.from_str(uri)))
-
-
 class ReplySigner:
     """What signing replies for one client key needs: the key and its encoded SignatureInfo (made once)."""
 
@@ -171,7 +145,8 @@ class ReplySigner:
     def __init__(self, key_name: str, key: bytes) -> None:
         self.key = key
         locator = tlv(TYPE_KEY_LOCATOR, encoded_name(key_name))
-        self.signature_info = tlv(TYPE_SIGNATURE_INFO, tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])) + locator)
+        self.signature_info = tlv(TYPE_SIGNATURE_INFO,
+                                  tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])) + locator)
 
 
 def encode_reply(name_tlv: bytes, content: bytes, signer: ReplySigner, *, nack: bool = False,
@@ -192,34 +167,5 @@ def encode_reply(name_tlv: bytes, content: bytes, signer: ReplySigner, *, nack: 
     return tlv(TYPE_LP_PACKET, tlv(TYPE_PIT_TOKEN, pit_token) + tlv(TYPE_LP_FRAGMENT, data))
 
 
-def tlv_head(typ: int, length: int) -> bytes:
-    """TLV-TYPE and TLV-LENGTH as NDN variable-size numbers."""
-    return _var_num(typ) + _var_num(length)
-
-
-def tlv(typ: int, value: bytes) -> bytes:
-    """One TLV element."""
-    return tlv_head(typ, len(value)) + value
-
-
-def _var_num(n: int) -> bytes:
-    if n < 253:
-        return bytes((n,))
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "big")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "big")
-    return b"\xff" + n.to_bytes(8, "big")
-
-
-def _nni(n: int) -> bytes:
-    """A NonNegativeInteger in the fewest of 1, 2, 4 or 8 bytes."""
-    for width in (1, 2, 4, 8):
-        if n < 1 << (8 * width):
-            return n.to_bytes(width, "big")
-    raise OverflowError(f"{n} does not fit a NonNegativeInteger")
-
-
-_MUST_BE_FRESH = tlv(TYPE_MUST_BE_FRESH, b"")
 _NACK_META = tlv(TYPE_META_INFO, tlv(TYPE_CONTENT_TYPE, bytes([CONTENT_NACK])))
 _SIG_VALUE_HEAD = tlv_head(TYPE_SIGNATURE_VALUE, 32)

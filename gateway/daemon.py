@@ -11,8 +11,9 @@ Decisions:
 - The store's meta entry "site" records the gateway's site, so `ndn-edge client add` issues credentials for it.
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
-- Start-up order: store, device side (so discovery starts early), client server, then the record (clients can
-  only find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
+- Start-up order: store, device side (so discovery starts early), the communication models on it
+  (`gateway.models`: report intake, operations, pub/sub), client server, then the record (clients can only find
+  a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
 - `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
   is `gateway.devices.DeviceSide`.
 """
@@ -52,6 +53,7 @@ class Gateway:
         self.store: Any = None
         self.devices: Any = None
         self.server: Any = None
+        self.models: Any = None
         self._record_written = False
 
     async def start(self) -> None:
@@ -69,7 +71,13 @@ class Gateway:
                 from gateway.devices import DeviceSide as factory  # noqa: N813
             self.devices = factory(self.store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
-            self.server = ClientServer(self.store, self.devices, site=self.site, listen=self.listen)
+            if hasattr(self.devices, "listeners"):  # a DeviceSide: add the communication models (gateway/models.py)
+                from gateway.models import Models
+
+                self.models = Models(self.store, self.devices, site=self.site)
+                await self.models.start()
+            self.server = ClientServer(self.store, self.devices, site=self.site, listen=self.listen,
+                                       models=self.models)
             host, port = await self.server.start()
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -95,12 +103,15 @@ class Gateway:
             self.home.remove_gateway_record(pid=os.getpid())
             self._record_written = False
         server, self.server = self.server, None
+        models, self.models = self.models, None
         devices, self.devices = self.devices, None
         try:
             if server is not None:
                 await server.stop()
         finally:
             try:
+                if models is not None:
+                    await models.stop()
                 if devices is not None:
                     await devices.stop()
             finally:

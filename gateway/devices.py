@@ -49,6 +49,9 @@ class DeviceSide:
         self.directory = Directory(store, self.face, self.site, on_event=self._event)
         self.invoker = Invoker(store, self.face, self.directory, site=self.site)
         self.directory.fetcher = self.invoker.fetch_description
+        # Hooks for gateway.models: device reports (/<site>/_op, /<site>/_pub) and more event listeners.
+        self.on_report: Callable[[bytes], None] | None = None
+        self.listeners: list[Callable[[Event], None]] = []
         self._started = False
 
     async def start(self) -> None:
@@ -88,6 +91,10 @@ class DeviceSide:
         """Call a device service; see Invoker.call."""
         return await self.invoker.call(device, service, args, timeout_s=timeout_s)
 
+    def cached(self, device: str, service: str, args: dict[str, Any] | None = None) -> CallResult | None:
+        """A fresh cached answer to the call, at once, or None; see Invoker.cached."""
+        return self.invoker.cached(device, service, args)
+
     async def query(self) -> None:
         """Ask every device on the group to announce itself."""
         await self.directory.query()
@@ -117,9 +124,13 @@ class DeviceSide:
             self.invoker.on_data(packet)
         elif packet[0] == TlvType.INTEREST:
             self.directory.on_interest(packet)
+            if self.on_report is not None:
+                self.on_report(packet)
 
     def _event(self, event: Event) -> None:
         if event["event"] == "join":
             self.invoker.device_joined(event["device"])
+        for listener in list(self.listeners):
+            listener(event)
         if self.on_event is not None:
             self.on_event(event)

@@ -28,6 +28,9 @@ Decisions:
   it) is reported as a `join`, so subscribers and the
   invoker's circuit breaker learn that the device is back even when no lease lapsed in between.
 - A sleeping device holds its lease until it should wake plus one lease period; then it is marked offline.
+- At most `DESC_FETCHES_AT_ONCE` `_desc` fetches run at a time: after a start-up query every device answers
+  within a second, and a fetch (with its retransmissions) for each at once would be the gateway's own
+  implosion on the group.
 Rejected: answering announcements (the protocol expects no reply) and trusting the announced name instead of the
 key (anyone on the LAN could claim any name).
 """
@@ -61,6 +64,7 @@ SWEEP_MIN_WAIT_S = 0.05
 SEQ_FLUSH_INTERVAL_S = 30.0
 STARTUP_REQUERY_S = (1.0, 3.0)
 SEQ_META_PREFIX = "ann_seq:"
+DESC_FETCHES_AT_ONCE = 16
 # A device whose announced uptime lags what our clock predicts by more than this rebooted (clock drift aside).
 REBOOT_SLACK_MS = 1000
 REBOOT_SLACK_RATIO = 0.1
@@ -111,6 +115,7 @@ class Directory:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._fetch_slots: asyncio.Semaphore | None = None  # made in the loop that runs the fetches
         self._dirty: set[str] = set()  # devices whose announcement number is not persisted yet
         self.counters: dict[str, int] = {
             "announcements": 0, "unknown_key": 0, "digest": 0, "bad_signature": 0, "replayed": 0,
@@ -404,9 +409,12 @@ class Directory:
 
     async def _fetch_one(self, name: str) -> None:
         assert self.fetcher is not None
+        if self._fetch_slots is None:
+            self._fetch_slots = asyncio.Semaphore(DESC_FETCHES_AT_ONCE)
         self.counters["desc_fetches"] += 1
         try:
-            await self.fetcher(name)
+            async with self._fetch_slots:
+                await self.fetcher(name)
         except GatewayError as err:
             self.counters["desc_failures"] += 1
             log.warning("service descriptions of %s not fetched: %s; retrying at its next announcement", name, err)

@@ -5,7 +5,7 @@ as SPEC.md "Gateway behaviour" lists it (authentication and authorization of cli
 client-facing server). Layered like aiocoap, each piece a small class with one job:
 
     Invoker.call -> ResultCache (fresh hit?) -> presence check (Directory) -> coalescing (one task per key)
-                 -> CircuitBreaker (per device) -> _Slots (per-device in-flight limit) -> signing (SeqCounter)
+                 -> CircuitBreaker (per device) -> _Window (per-device admission) -> signing (SeqCounter)
                  -> Requester (send, retransmit with Backoff, match the reply by name, verify) -> ResultCache
 
 Decisions:
@@ -22,9 +22,12 @@ Decisions:
   reply cache without running the handler again, so a non-idempotent call runs at most once. Only for an
   idempotent call, when the device announced a receive floor above the request's number (it rebooted), is the
   request signed again with a new number.
-- At most `max_in_flight` (default 4, the reply-cache size the protocol promises) requests per device are on the
-  air at once; a larger burst would let a reply be evicted from the device's cache before its retransmission
-  arrives, turning an at-most-once call into a lost one.
+- Requests to one device are admitted through a window (`_Window`): at most `max_in_flight` (default 4) on the
+  air at once, and while a request waits for its reply, fewer than `reply_cache` (default 8, the reply cache the
+  protocol promises) others may run at the device after it. Otherwise, with datagrams lost, the replies of
+  later requests could evict its reply from the device's cache before its retransmission arrives, and the
+  retransmission would be dropped as a replay: an at-most-once call turned into a lost one. A limit on requests
+  in flight alone does not prevent that: the other slots keep completing calls meanwhile.
 - Replies are matched on the raw Name TLV (the final name, digest included) before any parsing, so traffic for
   other consumers costs a dictionary lookup; a matching Data is verified in the waiting task, and one that fails
   verification is counted in `bad_packets` and does not end the wait.
@@ -32,6 +35,9 @@ Decisions:
   calls fail fast (Unavailable, or a stale value); after a cool-down (2 s, doubling up to 30 s) one probe goes
   through. Any reply, even an error, closes it. A device that announces itself again (a `join`) gets its probe
   at once (`device_joined`).
+- Device records (key, descriptions) are read from the store at most once a second per device
+  (`RECORD_REFRESH_S`), as the client side does for client keys: re-provisioning applies within a second, and a
+  call costs no SQLite read and JSON parse. A fetched description replaces the record at once.
 Rejected: per-transmission timeouts counted by the breaker (a slow service would trip it), and caching under the
 client's identity (access control happens before the cache, so one entry serves every authorized client).
 """
@@ -61,10 +67,14 @@ T = TypeVar("T")
 CacheKey = tuple[str, str, bytes]
 
 NEGATIVE_CODES = frozenset({NotFound.code, InvalidArgument.code})
-FRAMEWORK_SERVICES = frozenset({"_desc", "_health"})
+FRAMEWORK_SERVICES = frozenset({"_desc", "_health", "_op_get", "_op_cancel"})
 DEFAULT_TIMEOUT_S = 5.0
 SEQ_BLOCK = 64
+REPLY_CACHE = 8  # replies a device keeps for retransmissions (docs/protocol.md, "Replay protection")
+RECORD_REFRESH_S = 1.0  # device records (key, descriptions) are read from the store at most this often
+MAX_RECORDS = 20_000
 _SCALARS = (int, float, str, bytes, bool, type(None))
+_EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 
 
 @dataclass
@@ -79,8 +89,9 @@ class CallResult:
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
     """The canonical CBOR of a call's arguments (the cache key part); InvalidArgument if not a text-keyed map."""
-    if args is None:
-        args = {}
+    if not args:
+        if args is None or isinstance(args, dict):
+            return _EMPTY_MAP
     if not isinstance(args, dict):
         raise InvalidArgument(f"arguments must be a map of names to values, got {type(args).__name__}")
     for k in args:
@@ -374,53 +385,92 @@ class _NoSlot(DeadlineExceeded):
     """The deadline passed while waiting for a request slot (the device was busy, not silent)."""
 
 
-class _Slots:
-    """A per-device limit on requests in flight, with deadline-bounded, cancellation-safe waiting."""
+class _Window:
+    """Per device: which requests may be signed now, so that every request in flight stays answerable.
 
-    def __init__(self, size: int) -> None:
+    The device answers a retransmission only from the cache of its last `size` replies (and refuses numbers far
+    below the highest it accepted). A request whose reply was lost therefore stays answerable only while fewer
+    than `size` other requests run at the device after it. Those can only be the requests still open when it
+    was admitted (sent before it, they may still run after it) and the requests admitted after it; requests
+    answered before it was sent ran before it. So each open request keeps a budget, `size - 1` minus the
+    requests open at its admission, and a new request is admitted only while it fits the budget of every open
+    request (and fewer than `max_in_flight` are open). With the defaults (8 and 4) a steady stream of calls
+    is never held back; one request stuck behind lost datagrams holds later ones back (head-of-line blocking)
+    instead of being lost. Waiting is bounded by the caller's deadline and safe under cancellation.
+    """
+
+    def __init__(self, size: int, max_in_flight: int) -> None:
         self.size = size
-        self.free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.max_in_flight = max_in_flight
+        self.admitted = 0  # requests admitted so far: the next ticket
+        self._open: dict[int, list[int]] = {}  # ticket -> [requests admitted since, budget], while open
+        self._waiters: collections.deque[asyncio.Future[int]] = collections.deque()
 
-    async def acquire(self, deadline: float, what: str) -> None:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
+    def _room(self) -> bool:
+        return len(self._open) < self.max_in_flight and all(since < budget for since, budget in self._open.values())
+
+    def _admit(self) -> int:
+        for entry in self._open.values():
+            entry[0] += 1
+        ticket = self.admitted
+        self._open[ticket] = [0, self.size - 1 - len(self._open)]
+        self.admitted += 1
+        return ticket
+
+    async def acquire(self, deadline: float, what: str) -> int:
+        """A ticket (the request's index) once the request may be signed; _NoSlot at `deadline`."""
+        if not self._waiters and self._room():
+            return self._admit()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[int] = loop.create_future()
         self._waiters.append(fut)
         timer = loop.call_at(deadline, lambda: fut.done() or fut.set_exception(
-            _NoSlot(f"{what}: {self.size} requests already in flight until the deadline")))
+            _NoSlot(f"{what}: the device still owes replies to {len(self._open)} requests at the deadline")))
         try:
-            await fut
+            return await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release()  # the slot was handed over just as we gave up
+                self.release(fut.result())  # admitted just as we gave up
             elif fut in self._waiters:
                 self._waiters.remove(fut)
             raise
         finally:
             timer.cancel()
 
-    def release(self) -> None:
-        while self._waiters:
+    def release(self, ticket: int) -> None:
+        """The request got its answer or gave up: admit waiters that now fit, oldest first."""
+        self._open.pop(ticket, None)
+        while self._waiters and self._room():
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(None)  # hand the slot over
-                return
-        self.free += 1
+                fut.set_result(self._admit())
 
 
 class _Link:
-    """What the invoker keeps per device: sequence counter, breaker and request slots."""
+    """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
+    Interests carry (made once, not per call)."""
 
-    __slots__ = ("key_name", "counter", "breaker", "slots")
+    __slots__ = ("key_name", "key_tlv", "counter", "breaker", "window", "_names")
 
-    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, slots: _Slots) -> None:
-        self.key_name = key_name
+    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.counter = counter
         self.breaker = breaker
-        self.slots = slots
+        self.window = window
+        self.rekey(key_name, counter)
+
+    def rekey(self, key_name: str, counter: Any) -> None:
+        """A new key (the device was provisioned again): its own name and sequence space."""
+        self.key_name = key_name
+        self.key_tlv = wire.encoded_name(key_name)
+        self.counter = counter
+        self._names: dict[str, list[bytes]] = {}
+
+    def name(self, device: str, service: str) -> list[bytes]:
+        """The encoded components of `<device>/<service>`."""
+        comps = self._names.get(service)
+        if comps is None:
+            comps = self._names[service] = wire.name_components(f"{device}/{service}")
+        return comps
 
 
 # -- the pipeline
@@ -430,7 +480,7 @@ class Invoker:
     """Calls device services through cache, coalescing, circuit breaker, signing and retries."""
 
     def __init__(self, store: Any, face: Any, directory: Any, *, site: str, cache: ResultCache | None = None,
-                 backoff: Backoff | None = None, max_in_flight: int = 4,
+                 backoff: Backoff | None = None, max_in_flight: int = 4, reply_cache: int = REPLY_CACHE,
                  breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
         self.site = site.strip("/")
         self._store = store
@@ -443,8 +493,10 @@ class Invoker:
         }
         self._requester = Requester(face, self.metrics, backoff)
         self._max_in_flight = max_in_flight
+        self._reply_cache = reply_cache
         self._breaker_factory = breaker_factory
         self._links: dict[str, _Link] = {}
+        self._records: dict[str, tuple[float, Any]] = {}  # name -> (read at, DeviceRecord)
         self._inflight: dict[CacheKey, _Shared[CallResult]] = {}
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
 
@@ -482,17 +534,11 @@ class Invoker:
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> CallResult:
         """Call `service` of `device` with `args`; the value, or the CallError the call ended in."""
-        self.metrics["calls"] += 1
         if not isinstance(timeout_s, (int, float)) or not timeout_s > 0 or math.isinf(timeout_s):
             raise InvalidArgument(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-        if not isinstance(service, str) or not service or "/" in service:
-            raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
-        name = self._directory.resolve(device)
-        key = (name, service, canonical_args(args))
-        entry = self.cache.fresh(key)
-        if entry is not None:
-            self.metrics["negative_hits" if entry.error is not None else "cache_hits"] += 1
-            return entry.result(time.monotonic(), stale=False)
+        name, key, hit = self._lookup(device, service, args)
+        if hit is not None:
+            return hit
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:
             return await self._uncached(name, service, args, key, deadline)
@@ -506,9 +552,31 @@ class Invoker:
                                                        "reason": err.code}})
             return result
 
+    def cached(self, device: str, service: str, args: dict[str, Any] | None = None) -> CallResult | None:
+        """The answer `call` would give at once from the cache (counted as a call), or None when it would have
+        to ask the device: lets a caller skip its own timer and task for a hit."""
+        _, _, hit = self._lookup(device, service, args, count_miss=False)
+        return hit
+
+    def _lookup(self, device: str, service: str, args: dict[str, Any] | None, *,
+                count_miss: bool = True) -> tuple[str, CacheKey, CallResult | None]:
+        """(device name, cache key, the fresh cached answer or None); a cached error is raised."""
+        if not isinstance(service, str) or not service or "/" in service:
+            raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
+        name = self._directory.resolve(device)
+        key = (name, service, canonical_args(args))
+        entry = self.cache.fresh(key)
+        if entry is None:
+            if count_miss:
+                self.metrics["calls"] += 1
+            return name, key, None
+        self.metrics["calls"] += 1
+        self.metrics["negative_hits" if entry.error is not None else "cache_hits"] += 1
+        return name, key, entry.result(time.monotonic(), stale=False)
+
     async def _uncached(self, name: str, service: str, args: dict[str, Any] | None, key: CacheKey,
                         deadline: float) -> CallResult:
-        record = self._store.device(name)
+        record = self._record(name)
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
         if not self._directory.is_online(name):
@@ -574,7 +642,7 @@ class Invoker:
     async def _exchange(self, record: Any, link: _Link, service: str, args: dict[str, Any] | None, private: bool,
                         idempotent: bool, deadline: float, accept: Callable[[bytes], T]) -> T:
         what = f"{record.name}/{service}"
-        await link.slots.acquire(deadline, what)
+        ticket = await link.window.acquire(deadline, what)
         try:
             seq = [0]
 
@@ -585,9 +653,8 @@ class Invoker:
                 except StoreError as err:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
-                packet, _ = wire.make_call(what, args, record.key, seq[0], signer_owner=record.name,
-                                           private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
-                return packet
+                return wire.call_interest(link.name(record.name, service), args, record.key, link.key_tlv, seq[0],
+                                          private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
 
             def resign() -> bytes | None:
                 if idempotent and self._directory.rx_floor(record.name) > seq[0]:
@@ -598,7 +665,7 @@ class Invoker:
             self.metrics["device_requests"] += 1
             return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
         finally:
-            link.slots.release()
+            link.window.release(ticket)
 
     # -- descriptions
 
@@ -633,6 +700,7 @@ class Invoker:
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
             self._store.set_description(name, desc_hash, desc)
+            self._records.pop(name, None)
         except (TypeError, ValueError) as err:
             raise Internal(f"service descriptions of {name} cannot be stored as JSON: {err}") from err
         self._directory.description_stored(name, desc_hash)
@@ -646,11 +714,28 @@ class Invoker:
         link = self._links.get(record.name)
         if link is None:
             link = _Link(record.key_name, self._counter(record.key_name), self._breaker_factory(),
-                         _Slots(self._max_in_flight))
+                         _Window(self._reply_cache, self._max_in_flight))
             self._links[record.name] = link
         elif link.key_name != record.key_name:  # re-provisioned: a new key has its own sequence space
-            link.key_name, link.counter = record.key_name, self._counter(record.key_name)
+            link.rekey(record.key_name, self._counter(record.key_name))
         return link
+
+    def _record(self, name: str) -> Any:
+        """The device's store record, read again at most every RECORD_REFRESH_S: a device re-provisioned with
+        another key is called with it within that time, without a store read (and a JSON parse of its
+        descriptions) on every call."""
+        now = time.monotonic()
+        cached = self._records.get(name)
+        if cached is not None and now - cached[0] < RECORD_REFRESH_S:
+            return cached[1]
+        record = self._store.device(name)
+        if record is None:
+            self._records.pop(name, None)
+        else:
+            if len(self._records) >= MAX_RECORDS:
+                self._records.clear()
+            self._records[name] = (now, record)
+        return record
 
     def _counter(self, key_name: str) -> Any:
         from gateway.store import SeqCounter

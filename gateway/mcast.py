@@ -11,6 +11,9 @@ Decisions:
 - Bound to the group address, not the wildcard: on Linux that keeps other groups' traffic on the same port out.
 - LP unwrapping and framing checks live here, below every consumer, so "malformed: dropped and counted" is
   counted once, in `malformed`; idle LpPackets are counted in `idle`, not as malformed.
+- The receive buffer asks for `RCVBUF_BYTES` (1 MiB; Linux caps it at `net.core.rmem_max`): answers to the
+  start-up query arrive from every device within a second, and a default buffer (about 200 KiB, a few hundred
+  datagrams) overflows while the loop is busy with the first of them.
 - `iface` is an IPv4 address (`127.0.0.1` in tests) or, on Linux, an interface name such as `eth0`, which is
   resolved to its address once at `open()`.
 Rejected: python-ndn's `UdpFace` (unicast only, no group membership or interface pinning) and one socket for
@@ -29,6 +32,7 @@ from gateway.framing import FramingError, unwrap
 log = logging.getLogger("ndn_edge.mcast")
 
 MULTICAST_TTL = 1
+RCVBUF_BYTES = 1 << 20
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 _IFNAMSIZ = 16
 
@@ -92,6 +96,7 @@ class MulticastFace:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
             sock.bind((self.group, self.port))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                             socket.inet_aton(self.group) + socket.inet_aton(address))

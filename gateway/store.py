@@ -82,6 +82,68 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             value TEXT NOT NULL
         )""",
     ),
+    (  # 1 -> 2: the communication models (docs/models.md); the SQL that uses them is in their modules
+        # gateway/operations.py: long-running operations and queued calls
+        """CREATE TABLE operations (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('op', 'call')),
+            client TEXT NOT NULL,
+            device TEXT NOT NULL,
+            service TEXT NOT NULL,
+            args BLOB NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'starting', 'running', 'done', 'failed', 'cancelled')),
+            device_op TEXT,
+            progress REAL,
+            note TEXT,
+            result BLOB,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL
+        )""",
+        "CREATE INDEX operations_device_op ON operations (device, device_op)",
+        "CREATE INDEX operations_state ON operations (state)",
+        # gateway/pubsub.py: retained values, per-publisher positions, durable subscriptions and their queues
+        """CREATE TABLE retained (
+            topic TEXT PRIMARY KEY,
+            message BLOB NOT NULL
+        )""",
+        """CREATE TABLE publishers (
+            device TEXT PRIMARY KEY,
+            boot TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        )""",
+        """CREATE TABLE pub_held (
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            PRIMARY KEY (device, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE subscriptions (
+            id INTEGER PRIMARY KEY,
+            client TEXT NOT NULL,
+            name TEXT NOT NULL,
+            pattern TEXT NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0,
+            lost INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            UNIQUE (client, name)
+        )""",
+        """CREATE TABLE sub_queue (
+            sub INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+            pos INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            PRIMARY KEY (sub, pos)
+        ) WITHOUT ROWID""",
+        # gateway/reports.py: device reports already processed, for exactly-once processing of retransmissions
+        """CREATE TABLE reports_seen (
+            key_name TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            PRIMARY KEY (key_name, seq)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -380,6 +442,19 @@ class Store:
         """The highest number leased so far for `key` (0 if none)."""
         row = self._db.execute("SELECT mark FROM seq_leases WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0
+
+    # -- tables owned by other modules (gateway/operations.py, gateway/pubsub.py, gateway/reports.py)
+
+    def transaction(self) -> Any:
+        """A write transaction (`with store.transaction() as db: db.execute(...)`), committed at the end."""
+        return self._tx()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read statement."""
+        try:
+            return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(f"store {self.path}: {err}") from err
 
     # -- meta
 

@@ -3,24 +3,73 @@
 Owns: key ids and key names, signed Interests with SignatureSeqNum (python-ndn's HMAC signer
 writes no nonce, time or sequence number, so a subclass adds them), and verified parsing of
 device replies and announcements. Everything else in the gateway speaks in these terms.
+
+Decisions:
+- `make_call` and `verify_data` are python-ndn's encoding and parsing, the interoperability reference (tests
+  and tools use them). The gateway's hot path writes and reads the same packets by hand: `call_interest`
+  and `encode_signed_interest` (byte for byte what python-ndn writes, pinned by tests) and `parse_reply`, whose
+  parser takes only the layout devices write, checks the HMAC before reading anything else, and hands any
+  other layout to python-ndn.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 from ndn.encoding import InterestParam, MetaInfo, Name, SignatureType, make_data, make_interest, parse_data
+from ndn.encoding.tlv_model import DecodeError
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from gateway.errors import GatewayError
+from gateway.framing import FramingError, read_tl
 
 ENC_LABEL = b"ndn-edge enc"
 CONTENT_NACK = 3
+
+# TLV types (docs/protocol.md "TLV") for what is encoded and parsed by hand here
+TYPE_INTEREST = 0x05
+TYPE_DATA = 0x06
+TYPE_NAME = 0x07
+TYPE_GENERIC_COMPONENT = 0x08
+TYPE_DIGEST_COMPONENT = 0x02
+TYPE_META_INFO = 0x14
+TYPE_CONTENT = 0x15
+TYPE_SIGNATURE_INFO = 0x16
+TYPE_SIGNATURE_VALUE = 0x17
+TYPE_CONTENT_TYPE = 0x18
+TYPE_SIGNATURE_TYPE = 0x1B
+TYPE_KEY_LOCATOR = 0x1C
+TYPE_MUST_BE_FRESH = 0x12
+TYPE_NONCE = 0x0A
+TYPE_INTEREST_LIFETIME = 0x0C
+TYPE_APPLICATION_PARAMETERS = 0x24
+TYPE_INTEREST_SIGNATURE_INFO = 0x2C
+TYPE_INTEREST_SIGNATURE_VALUE = 0x2E
+TYPE_SIGNATURE_NONCE = 0x26
+TYPE_SIGNATURE_TIME = 0x28
+TYPE_SIGNATURE_SEQ_NUM = 0x2A
+TYPE_FRESHNESS_PERIOD = 0x19
+TYPE_FINAL_BLOCK_ID = 0x1A
+TYPE_LP_PACKET = 0x64
+TYPE_LP_FRAGMENT = 0x50
+TYPE_PIT_TOKEN = 0x62
+SIGNATURE_HMAC_SHA256 = 4
+
+TYPE_CAN_BE_PREFIX = 0x21
+TYPE_HOP_LIMIT = 0x22
+
+_INTEREST_FIELDS = (TYPE_NAME, TYPE_CAN_BE_PREFIX, TYPE_MUST_BE_FRESH, TYPE_NONCE, TYPE_INTEREST_LIFETIME,
+                    TYPE_HOP_LIMIT, TYPE_APPLICATION_PARAMETERS, TYPE_INTEREST_SIGNATURE_INFO,
+                    TYPE_INTEREST_SIGNATURE_VALUE)  # in order
+_DATA_FIELDS = (TYPE_NAME, TYPE_META_INFO, TYPE_CONTENT, TYPE_SIGNATURE_INFO, TYPE_SIGNATURE_VALUE)  # in order
+_DATA_META_FIELDS = (TYPE_CONTENT_TYPE, TYPE_FRESHNESS_PERIOD, TYPE_FINAL_BLOCK_ID)
 
 
 class BadPacket(GatewayError):
@@ -85,6 +134,142 @@ def make_call(name: str, args: dict | None, key: bytes, seq: int, *, signer_owne
     return bytes(wire), final
 
 
+def call_interest(components: Sequence[bytes], args: dict | None, key: bytes, key_name_tlv: bytes, seq: int, *,
+                  lifetime_ms: int = 4000, private: bool = False) -> bytes:
+    """The Interest `make_call` makes (plus a Nonce), encoded by hand: the gateway's hot path.
+
+    `components` are the encoded components of `<device>/<service>`, `key_name_tlv` the encoded key name.
+    """
+    params = cbor2.dumps(args or {})
+    if private:
+        params = seal(key, params)
+    packet, _ = encode_signed_interest(components, params, key, key_name_tlv, seq, time_ms=int(time.time() * 1000),
+                                       signature_nonce=os.urandom(8), nonce=os.urandom(4), lifetime_ms=lifetime_ms)
+    return packet
+
+
+class _KeyLocator:
+    __slots__ = ("name",)
+
+    def __init__(self, name: list) -> None:
+        self.name = name
+
+
+class _InterestSignatureInfo:
+    __slots__ = ("signature_type", "key_locator", "signature_nonce", "signature_time", "signature_seq_num")
+
+
+class SignedInterestPtrs:
+    """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
+
+    __slots__ = ("signature_info", "signature_covered_part", "signature_value_buf", "digest_covered_part",
+                 "digest_value_buf")
+
+
+# InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)
+_ISI_NUMBERS = ((TYPE_SIGNATURE_NONCE, "signature_nonce"), (TYPE_SIGNATURE_TIME, "signature_time"),
+                (TYPE_SIGNATURE_SEQ_NUM, "signature_seq_num"))
+_NNI_WIDTHS = (1, 2, 4, 8)
+
+
+def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtrs] | None:
+    """(name, ApplicationParameters, signature pointers) of a signed Interest laid out as clients write it,
+    shaped like python-ndn's `parse_interest(packet, with_tl=True)` (without the InterestParam); None for any
+    other layout, which the caller hands to python-ndn.
+
+    The hot path of every client request (python-ndn's parser costs about 90 us per request, this about 15 us).
+    Accepted: the elements of a v0.3 signed Interest in order, each at most once, with no ForwardingHint and
+    nothing unknown; a Name ending in its only ParametersSha256DigestComponent; an InterestSignatureInfo of
+    SignatureType, a KeyLocator Name and optionally SignatureNonce, SignatureTime, SignatureSeqNum. Nothing is
+    verified here; the caller checks digest and HMAC before believing anything.
+    """
+    try:
+        t, start, end = read_tl(packet, 0)
+        if t != TYPE_INTEREST or end != len(packet):
+            return None
+        parts: dict[int, tuple[int, int, int]] = {}
+        i, rank = start, 0
+        while i < end:
+            t, vs, ve = read_tl(packet, i, end)
+            try:
+                at = _INTEREST_FIELDS.index(t, rank)
+            except ValueError:  # unknown, repeated or out of order
+                return None
+            rank = at + 1
+            parts[t] = (i, vs, ve)
+            i = ve
+        if any(k not in parts for k in (TYPE_NAME, TYPE_APPLICATION_PARAMETERS, TYPE_INTEREST_SIGNATURE_INFO,
+                                        TYPE_INTEREST_SIGNATURE_VALUE)):
+            return None
+        for k, width in ((TYPE_NONCE, 4), (TYPE_HOP_LIMIT, 1), (TYPE_CAN_BE_PREFIX, 0), (TYPE_MUST_BE_FRESH, 0)):
+            if k in parts and parts[k][2] - parts[k][1] != width:
+                return None
+        if TYPE_INTEREST_LIFETIME in parts and parts[TYPE_INTEREST_LIFETIME][2] - parts[TYPE_INTEREST_LIFETIME][1] \
+                not in _NNI_WIDTHS:
+            return None
+        _, ns, ne = parts[TYPE_NAME]
+        name: list[bytes] = []
+        i = ns
+        while i < ne:
+            t, _, ce = read_tl(packet, i, ne)
+            name.append(packet[i:ce])
+            i = ce
+            if t == TYPE_DIGEST_COMPONENT and i != ne:
+                return None
+        if not name or read_tl(name[-1], 0)[0] != TYPE_DIGEST_COMPONENT or len(name[-1]) != 34:
+            return None
+        info = _InterestSignatureInfo()
+        info.signature_nonce = info.signature_time = info.signature_seq_num = None
+        _, ss, se = parts[TYPE_INTEREST_SIGNATURE_INFO]
+        t, vs, ve = read_tl(packet, ss, se)
+        if t != TYPE_SIGNATURE_TYPE or ve - vs != 1:
+            return None
+        info.signature_type = packet[vs]
+        t, ks, ke = read_tl(packet, ve, se)
+        if t != TYPE_KEY_LOCATOR:
+            return None
+        t, ls, le = read_tl(packet, ks, ke)
+        if t != TYPE_NAME or le != ke:
+            return None
+        locator = []
+        i = ls
+        while i < le:
+            _, _, ce = read_tl(packet, i, le)
+            locator.append(packet[i:ce])
+            i = ce
+        info.key_locator = _KeyLocator(locator)
+        i, rank = ke, 0
+        while i < se:
+            t, vs, ve = read_tl(packet, i, se)
+            at = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
+            if at is None or at < rank or ve - vs not in _NNI_WIDTHS:
+                return None
+            rank = at + 1
+            setattr(info, _ISI_NUMBERS[at][1], int.from_bytes(packet[vs:ve], "big"))
+            i = ve
+        ptrs = SignedInterestPtrs()
+        ptrs.signature_info = info
+        params_at, ps, pe = parts[TYPE_APPLICATION_PARAMETERS]
+        _, vs, ve = parts[TYPE_INTEREST_SIGNATURE_VALUE]
+        ptrs.signature_covered_part = [b"".join(name[:-1]), packet[params_at:se]]
+        ptrs.signature_value_buf = packet[vs:ve]
+        ptrs.digest_covered_part = [packet[params_at:ve]]
+        ptrs.digest_value_buf = name[-1][2:]
+        return name, packet[ps:pe], ptrs
+    except FramingError:
+        return None
+
+
+def name_components(uri: str) -> list[bytes]:
+    """The encoded components of a name URI."""
+    return [bytes(c) for c in Name.from_str(uri)]
+
+
+def encoded_name(uri: str) -> bytes:
+    """The Name TLV of a URI."""
+    return bytes(Name.to_bytes(Name.from_str(uri)))
+
+
 @dataclass
 class Reply:
     """A verified reply: `ok` with `value`, or an error `code` and `message`."""
@@ -100,24 +285,35 @@ def verify_data(wire: bytes, key: bytes) -> tuple[list, Any, bytes]:
     """Parse a Data and check its HMAC; returns (name, meta_info, content)."""
     try:
         name, meta, content, sig = parse_data(wire, with_tl=True)
-    except (ValueError, IndexError, TypeError) as err:
+    except (ValueError, IndexError, TypeError, DecodeError, struct.error) as err:
         raise BadPacket(f"not a Data packet: {err}") from err
     if sig.signature_info is None or sig.signature_info.signature_type != SignatureType.HMAC_WITH_SHA256:
         raise BadPacket("Data is not signed with HMAC-SHA256")
     mac = hmac.new(key, digestmod=hashlib.sha256)
     for part in sig.signature_covered_part:
         mac.update(part)
-    if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf)):
+    if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf or b"")):
         raise BadPacket(f"bad signature on Data {Name.to_str(name)}")
     return name, meta, bytes(content or b"")
 
 
+def verify_reply(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, bytes]:
+    """Parse a Data and check its HMAC, quickly for the usual layout (python-ndn's parser for any other);
+    returns (name, ContentType, FreshnessPeriod, content)."""
+    plain = _plain_data(wire, key)
+    if plain is not None:
+        return plain
+    name, meta, content = verify_data(wire, key)
+    if meta is None:
+        return name, None, None, content
+    return name, meta.content_type, meta.freshness_period, content
+
+
 def parse_reply(wire: bytes, key: bytes, *, private: bool = False) -> Reply:
     """Verify and decode a device's reply Data."""
-    name, meta, content = verify_data(wire, key)
-    fresh = meta.freshness_period if meta else None
+    name, content_type, fresh, content = verify_reply(wire, key)
     try:
-        if meta is not None and meta.content_type == CONTENT_NACK:
+        if content_type == CONTENT_NACK:
             err = cbor2.loads(content)
             return Reply(name, False, code=str(err.get("code")), message=str(err.get("message")))
         if private:
@@ -127,8 +323,129 @@ def parse_reply(wire: bytes, key: bytes, *, private: bool = False) -> Reply:
         raise BadPacket(f"reply content is not valid CBOR: {err}") from err
 
 
+def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, bytes] | None:
+    """(name, ContentType, FreshnessPeriod, content) of a Data laid out as devices write it, its HMAC checked;
+    None for any other layout (the caller falls back to python-ndn). BadPacket when the HMAC does not verify.
+
+    The hot path of every device reply: python-ndn's parser costs about 100 us per reply, this about 10 us.
+    Only bounds-checked reads (`gateway.framing`) happen before the HMAC check; nothing is believed before it.
+    """
+    try:
+        t, start, end = read_tl(wire, 0)
+        if t != TYPE_DATA or end != len(wire):
+            return None
+        parts: dict[int, tuple[int, int, int]] = {}  # type -> (element start, value start, value end)
+        i = start
+        while i < end:
+            t, vs, ve = read_tl(wire, i, end)
+            if t in parts or t not in _DATA_FIELDS:
+                return None
+            parts[t] = (i, vs, ve)
+            i = ve
+        if TYPE_NAME not in parts or TYPE_SIGNATURE_INFO not in parts or TYPE_SIGNATURE_VALUE not in parts:
+            return None
+        order = sorted(parts, key=lambda k: parts[k][0])
+        if order != [k for k in _DATA_FIELDS if k in parts]:
+            return None
+        _, ss, se = parts[TYPE_SIGNATURE_INFO]
+        st, sts, ste = read_tl(wire, ss, se)
+        if st != TYPE_SIGNATURE_TYPE or int.from_bytes(wire[sts:ste], "big") != SIGNATURE_HMAC_SHA256:
+            return None
+        signed_from, signed_to = parts[TYPE_NAME][0], se
+        _, vs, ve = parts[TYPE_SIGNATURE_VALUE]
+        mac = hmac.new(key, wire[signed_from:signed_to], hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, wire[vs:ve]):
+            raise BadPacket("bad signature on a Data packet")
+        content_type = fresh = None
+        if TYPE_META_INFO in parts:
+            _, ms, me = parts[TYPE_META_INFO]
+            i = ms
+            while i < me:
+                t, vs, ve = read_tl(wire, i, me)
+                if t == TYPE_CONTENT_TYPE:
+                    content_type = int.from_bytes(wire[vs:ve], "big")
+                elif t == TYPE_FRESHNESS_PERIOD:
+                    fresh = int.from_bytes(wire[vs:ve], "big")
+                elif t not in _DATA_META_FIELDS:
+                    return None
+                i = ve
+        _, ns, ne = parts[TYPE_NAME]
+        name = []
+        i = ns
+        while i < ne:
+            _, _, ce = read_tl(wire, i, ne)
+            name.append(wire[i:ce])
+            i = ce
+        content = b""
+        if TYPE_CONTENT in parts:
+            _, cs, ce = parts[TYPE_CONTENT]
+            content = wire[cs:ce]
+        return name, content_type, fresh, content
+    except FramingError:
+        return None
+
+
 def make_ack(name, key: bytes, owner: str) -> bytes:
     """Acknowledgement of a device's report (operation report, publication): a Data with the report's full
     name, signed with the device key, content {"ok": true} (docs/protocol.md "Reports")."""
     signer = HmacSha256Signer(key_name(owner, key), key)
     return bytes(make_data(name, MetaInfo(), cbor2.dumps({"ok": True}), signer=signer))
+
+
+# -- encoding by hand (the hot path)
+# python-ndn's generic encoder costs about 350 us per signed Interest; these few fixed TLVs cost about 15 us.
+# Tests pin the bytes to python-ndn's output for the same fields.
+
+
+def encode_signed_interest(components: Sequence[bytes], params: bytes, key: bytes, key_name_tlv: bytes,
+                           seq: int, *, time_ms: int, signature_nonce: bytes, nonce: bytes,
+                           lifetime_ms: int) -> tuple[bytes, bytes]:
+    """A signed Interest (docs/protocol.md "Signed Interests"), HMAC-SHA256 with `key` under the KeyLocator
+    `key_name_tlv` (an encoded Name): `components` are the encoded name components before the digest, `params`
+    the ApplicationParameters value; returns (wire, encoded digest component).
+
+    Byte for byte what python-ndn's `make_interest` writes for the same fields (pinned by a test).
+    """
+    params_tlv = tlv(TYPE_APPLICATION_PARAMETERS, params)
+    info = tlv(TYPE_INTEREST_SIGNATURE_INFO, b"".join((
+        tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])), tlv(TYPE_KEY_LOCATOR, key_name_tlv),
+        tlv(TYPE_SIGNATURE_NONCE, signature_nonce), tlv(TYPE_SIGNATURE_TIME, _nni(time_ms)),
+        tlv(TYPE_SIGNATURE_SEQ_NUM, _nni(seq)))))
+    comps = b"".join(components)
+    mac = hmac.new(key, comps + params_tlv + info, hashlib.sha256).digest()
+    value = tlv(TYPE_INTEREST_SIGNATURE_VALUE, mac)
+    digest = tlv(TYPE_DIGEST_COMPONENT, hashlib.sha256(params_tlv + info + value).digest())
+    body = b"".join((tlv(TYPE_NAME, comps + digest), _MUST_BE_FRESH, tlv(TYPE_NONCE, nonce),
+                     tlv(TYPE_INTEREST_LIFETIME, _nni(lifetime_ms)), params_tlv, info, value))
+    return tlv(TYPE_INTEREST, body), digest
+
+
+def tlv_head(typ: int, length: int) -> bytes:
+    """TLV-TYPE and TLV-LENGTH as NDN variable-size numbers."""
+    return _var_num(typ) + _var_num(length)
+
+
+def tlv(typ: int, value: bytes) -> bytes:
+    """One TLV element."""
+    return tlv_head(typ, len(value)) + value
+
+
+def _var_num(n: int) -> bytes:
+    if n < 253:
+        return bytes((n,))
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "big")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "big")
+    return b"\xff" + n.to_bytes(8, "big")
+
+
+def _nni(n: int) -> bytes:
+    """A NonNegativeInteger in the fewest of 1, 2, 4 or 8 bytes."""
+    for width in (1, 2, 4, 8):
+        if n < 1 << (8 * width):
+            return n.to_bytes(width, "big")
+    raise OverflowError(f"{n} does not fit a NonNegativeInteger")
+
+
+_MUST_BE_FRESH = tlv(TYPE_MUST_BE_FRESH, b"")

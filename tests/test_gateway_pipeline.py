@@ -174,6 +174,57 @@ def test_backoff_doubles_with_jitter_and_caps():
     assert high == pytest.approx([0.125, 0.25, 0.5, 1.0, 1.25, 1.25])
 
 
+# -- request window
+
+
+def test_window_keeps_a_waiting_request_within_the_device_reply_cache():
+    """While request 0 waits for its reply, fewer than `size` others may run after it, however many of them
+    complete; its release lets the next ones in, oldest waiter first."""
+    from gateway.invoker import _NoSlot, _Window
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        far = loop.time() + 5
+        w = _Window(size=4, max_in_flight=2)
+        stuck = await w.acquire(far, "d/s")
+        admitted = []
+        for _ in range(3):  # each completes at once, beside the stuck request
+            ticket = await w.acquire(far, "d/s")
+            admitted.append(ticket)
+            w.release(ticket)
+        with pytest.raises(_NoSlot, match="owes replies to 1 requests"):
+            await w.acquire(loop.time() + 0.05, "d/s")  # a 5th signing could evict request 0's reply
+        first = asyncio.create_task(w.acquire(far, "d/s"))
+        second = asyncio.create_task(w.acquire(far, "d/s"))
+        cancelled = asyncio.create_task(w.acquire(far, "d/s"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        w.release(stuck)  # request 0 answered: a fresh window, two in flight at most
+        assert await first == 4 and await second == 5
+        third = asyncio.create_task(w.acquire(far, "d/s"))
+        await asyncio.sleep(0)
+        assert not third.done()  # max_in_flight
+        w.release(4)
+        assert await third == 6
+        # a request admitted beside an older one has a smaller budget: the older one may still run after it
+        w.release(5)
+        w.release(6)
+        a = await w.acquire(far, "d/s")
+        b = await w.acquire(far, "d/s")
+        w.release(a)
+        for _ in range(2):
+            w.release(await w.acquire(far, "d/s"))
+        with pytest.raises(_NoSlot):
+            await w.acquire(loop.time() + 0.05, "d/s")  # b's budget: 4 - 1 - (a, open then) = 2, both used
+        w.release(b)
+        return admitted, await w.acquire(far, "d/s")
+
+    admitted, last = asyncio.run(scenario())
+    assert admitted == [1, 2, 3] and last == 11
+
+
 # -- requester
 
 

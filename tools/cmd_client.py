@@ -67,12 +67,17 @@ def args_services(parser: argparse.ArgumentParser) -> None:
 
 
 def args_call(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="DEVICE/SERVICE under the site, e.g. kitchen/th1/temperature")
+    parser.add_argument("name", metavar="NAME", help="DEVICE/SERVICE under the site, e.g. kitchen/th1/temperature "
+                                                     "(with --all a pattern: sim/*/temperature)")
     parser.add_argument("--args", metavar="JSON", default=None,
                         help='arguments as a JSON object, e.g. \'{"celsius": 21.5}\'')
+    from tools.cmd_models import add_call_model_args
+
+    add_call_model_args(parser)
     _client_options(parser)
     parser.description = ("call a device service through the gateway; prints the value (--json: "
-                          '{"value", "cached", "age_ms", "stale"})')
+                          '{"value", "cached", "age_ms", "stale"}); --all, --notify, --start and --persist call '
+                          "it the other ways of docs/models.md")
 
 
 # -- handlers
@@ -123,8 +128,14 @@ def do_services(state: State, args: argparse.Namespace) -> None:
         print_services(rows)
 
 
-def do_call(state: State, args: argparse.Namespace) -> None:
+def do_call(state: State, args: argparse.Namespace) -> int | None:
     """Call one service and print its value."""
+    if getattr(args, "all", False) or getattr(args, "notify", False) or getattr(args, "start", False) \
+            or getattr(args, "persist", False) or getattr(args, "ttl", None) is not None \
+            or getattr(args, "wait", None) is not None:
+        from tools.cmd_models import do_call_model
+
+        return do_call_model(state, args)
     call_args = _parse_args_json(args.args)
     result = _with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
@@ -135,6 +146,7 @@ def do_call(state: State, args: argparse.Namespace) -> None:
     if result.stale:
         print(f"ndn-edge: call: warning: stale value, {result.age_ms} ms old (the device did not answer)",
               file=sys.stderr)
+    return None
 
 
 # -- shared with `ndn-edge up`

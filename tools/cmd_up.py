@@ -153,7 +153,7 @@ async def _wait_for_devices(client: Client, fleet: SimFleet) -> float:
         if dead:
             name, code = dead[0]
             raise CommandError(f"up: device {name} exited with code {code}; see "
-                               f"{fleet.folder(fleet.names.index(name)) / 'device.log'}")
+                               f"{fleet.log_path(name)}")
         if time.monotonic() > deadline:
             missing = " ".join(sorted(wanted - online))
             raise CommandError(f"up: devices not discovered within {_DISCOVERY_TIMEOUT_S:.0f} s: {missing}; see the "
@@ -206,7 +206,7 @@ async def _watch(fleet: SimFleet) -> None:
             if name not in reported:
                 reported.add(name)
                 print(f"ndn-edge up: {name} exited with code {code}; see "
-                      f"{fleet.folder(fleet.names.index(name)) / 'device.log'}", file=sys.stderr, flush=True)
+                      f"{fleet.log_path(name)}", file=sys.stderr, flush=True)
 
 
 def _ensure_client(state: State, name: str, site: str, *, grant: str | None) -> None:

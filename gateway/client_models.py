@@ -1,0 +1,290 @@
+"""Client-side handles of the communication models (docs/models.md): what `gateway.client.Client` returns.
+
+    op = await c.start("sim/1/slow", {"seconds": 3})     # Operation: a long-running device operation
+    print(op.id, op.state, op.progress)
+    value = await op.result(timeout=10)                   # waits (long-polling the gateway); raises its error
+    op = await c.call("sim/2/echo", {"x": 1}, persist=True, ttl=300)   # Operation: a queued call
+
+    async with c.subscribe("sim/*/tick", durable="dash") as sub:     # Subscription
+        async for msg in sub:                                       # Message(topic, publisher, value, seq, ...)
+            print(msg.topic, msg.value, msg.gap)
+
+    results = await c.gather("sim/*/temperature", deadline=2)       # {"sim/1": Outcome(...), ...}
+
+Decisions:
+- An `Operation` is only an id and the last state read: the gateway keeps the operation, so a handle can be
+  rebuilt from the id (`c.operation(op_id)`) by another process, after a disconnect or a gateway restart.
+- `result()` long-polls (`op_get` with `wait_ms`, at most `WAIT_S` per request) instead of polling on a timer:
+  one request per change, answered the moment the device reports.
+- A subscription acknowledges a message when the application asks for the next one (the acknowledgement rides
+  on the next poll), so a message is acknowledged only after the code that received it has run: at least once.
+  `close()` (or leaving `async with`) acknowledges the last message, and ends an in-memory subscription; a
+  durable one stays on the gateway, collecting messages, until `unsubscribe()`.
+- Messages are de-duplicated by their position in the subscription: a poll repeated after a lost reply returns
+  the same messages, which the iterator skips.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from gateway import clientwire as cw
+from gateway.errors import CallError, DeadlineExceeded, Internal, InvalidArgument
+
+if TYPE_CHECKING:
+    from gateway.client import Client
+
+FINAL = ("done", "failed", "cancelled")
+WAIT_S = 20.0           # longest single long-poll
+REQUEST_MARGIN_S = 5.0  # a long-poll request's deadline beyond its wait
+
+
+class OperationCancelled(CallError):
+    """The operation was cancelled before it finished."""
+
+    code = "CANCELLED"
+    exit_code = 1
+
+
+class Operation:
+    """A handle on an operation the gateway keeps: a long-running device operation, or a queued call."""
+
+    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+        self._client = client
+        self.info: dict[str, Any] = {}
+        self._update(info)
+
+    def __repr__(self) -> str:
+        return f"Operation({self.id!r}, {self.target}, state={self.state!r}, progress={self.progress!r})"
+
+    @property
+    def id(self) -> str:
+        """The gateway's id for the operation."""
+        return str(self.info.get("op"))
+
+    @property
+    def kind(self) -> str:
+        """"op" (a long-running device operation) or "call" (a queued call)."""
+        return str(self.info.get("kind"))
+
+    @property
+    def target(self) -> str:
+        """DEVICE/SERVICE under the site."""
+        return str(self.info.get("target"))
+
+    @property
+    def state(self) -> str:
+        """queued, starting, running, done, failed or cancelled (as last read)."""
+        return str(self.info.get("state"))
+
+    @property
+    def done(self) -> bool:
+        """True once it finished: done, failed or cancelled (as last read)."""
+        return self.state in FINAL
+
+    @property
+    def progress(self) -> float | None:
+        """The last progress the device reported (0..1), or None."""
+        value = self.info.get("progress")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def error(self) -> CallError | None:
+        """The error it failed with, once failed."""
+        err = self.info.get("error")
+        if self.state == "cancelled":
+            return OperationCancelled(f"operation {self.id} ({self.target}) was cancelled")
+        if isinstance(err, dict):
+            return CallError.from_wire(err.get("code"), err.get("message", ""))
+        return None
+
+    async def refresh(self, *, wait: float = 0.0) -> Operation:
+        """Read its state again; with `wait` seconds, after its next change (progress or end)."""
+        wait_ms = max(0, int(wait * 1000))
+        info = await self._client._request(cw.VERB_OP_GET, (), {"op": self.id, "wait_ms": wait_ms},
+                                           wait_ms / 1000 + REQUEST_MARGIN_S if wait_ms else self._client.timeout)
+        self._update(info)
+        return self
+
+    async def wait(self, timeout: float | None = None) -> Operation:
+        """Wait until it finished (DeadlineExceeded after `timeout` seconds; None waits as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            left = WAIT_S if deadline is None else min(WAIT_S, deadline - time.monotonic())
+            if left <= 0:
+                raise DeadlineExceeded(f"operation {self.id} ({self.target}) is still {self.state} after "
+                                       f"{timeout:g} s")
+            await self.refresh(wait=left)
+        return self
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Its result once done; its error raised if it failed (OperationCancelled if cancelled)."""
+        await self.wait(timeout)
+        if self.state == "done":
+            return self.info.get("result")
+        err = self.error
+        raise err if err is not None else Internal(f"operation {self.id} ended {self.state} without an error")
+
+    async def cancel(self) -> Operation:
+        """Ask for it to be cancelled (a queued call at once; a running operation when the device reports)."""
+        info = await self._client._request(cw.VERB_OP_CANCEL, (), {"op": self.id}, self._client.timeout)
+        self._update(info)
+        return self
+
+    def _update(self, info: Any) -> None:
+        if not isinstance(info, dict) or "op" not in info:
+            raise Internal(f"the gateway's operation reply is not an operation: {info!r}")
+        self.info = info
+
+
+class Message(NamedTuple):
+    """One pub/sub message as a subscriber gets it (see gateway/pubsub.py)."""
+
+    topic: str                 # <device...>/<topic> under the site, e.g. "sim/1/tick"
+    publisher: str             # the device under the site ("sim/1"), or "_gw" for membership events
+    value: Any
+    seq: int                   # the publisher's number, from 1 at each boot
+    boot: str                  # the publisher's boot id
+    time: float                # when the gateway received it (seconds since the epoch)
+    pos: int                   # its position in the subscription
+    retained: bool = False     # a retained value, delivered at subscription
+    gap: int = 0               # messages of this publisher missing right before this one
+    late: bool = False         # it arrived after its successors had been delivered
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Message:
+        return cls(str(m.get("topic")), str(m.get("publisher")), m.get("value"), int(m.get("seq") or 0),
+                   str(m.get("boot")), float(m.get("time") or 0.0), int(m.get("pos") or 0),
+                   bool(m.get("retained")), int(m.get("gap") or 0), bool(m.get("late")))
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class Subscription:
+    """An async iterator of messages on a pattern, read from the gateway by long-polling."""
+
+    def __init__(self, client: Client, pattern: str, *, durable: str | None = None, batch: int = 100,
+                 wait: float = WAIT_S) -> None:
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidArgument(f"pattern must be text such as 'sim/*/tick', got {pattern!r}")
+        if not 1 <= batch <= 1000:
+            raise InvalidArgument(f"batch must be 1 to 1000 messages, got {batch!r}")
+        self._client = client
+        self.pattern = pattern
+        self.durable = durable
+        self.id: str | None = None
+        self.created: bool | None = None
+        self.lost = 0             # messages the gateway dropped from this subscription's full queue
+        self._batch = batch
+        self._wait = max(0.0, min(float(wait), WAIT_S * 5))
+        self._buffer: collections.deque[Message] = collections.deque()
+        self._last = 0            # position of the last message handed to the application
+        self._acked = 0           # position acknowledged to the gateway
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.pattern!r}, durable={self.durable!r}, id={self.id!r})"
+
+    async def open(self) -> Subscription:
+        """Create the subscription on the gateway (or attach to the durable one); idempotent."""
+        if self.id is None:
+            params: dict[str, Any] = {"pattern": self.pattern}
+            if self.durable is not None:
+                params["durable"] = self.durable
+            reply = await self._client._request(cw.VERB_SUBSCRIBE, (), params, self._client.timeout)
+            if not isinstance(reply, dict) or not isinstance(reply.get("sub"), str):
+                raise Internal(f"the gateway's subscribe reply has no subscription id: {reply!r}")
+            self.id, self.created = reply["sub"], bool(reply.get("created"))
+        return self
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        while not self._buffer:
+            await self._poll(self._wait)
+        msg = self._buffer.popleft()
+        self._last = msg.pos
+        return msg
+
+    async def next(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None if none came within `timeout` seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._buffer:
+            left = self._wait if deadline is None else min(self._wait, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            await self._poll(left)
+        return await self.__anext__()
+
+    async def ack(self) -> None:
+        """Acknowledge every message handed out so far (also done by the next poll)."""
+        if self._last > self._acked:
+            await self._poll(0.0)
+
+    async def close(self) -> None:
+        """Acknowledge what was handed out; end an in-memory subscription (a durable one stays)."""
+        if self.id is None:
+            return
+        await self.ack()
+        if self.durable is None:
+            await self._client._request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
+            self.id = None
+
+    async def unsubscribe(self) -> None:
+        """End the subscription on the gateway; a durable one is deleted with the messages it holds."""
+        await self.open()
+        await self._client._request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
+        self.id = None
+        self._buffer.clear()
+
+    async def __aenter__(self) -> Subscription:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _poll(self, wait: float) -> None:
+        await self.open()
+        wait_ms = max(0, int(wait * 1000))
+        ack = self._last
+        reply = await self._client._request(
+            cw.VERB_POLL, (), {"sub": self.id, "ack": ack, "max": self._batch, "wait_ms": wait_ms},
+            wait_ms / 1000 + REQUEST_MARGIN_S)
+        self._acked = max(self._acked, ack)
+        if not isinstance(reply, dict):
+            raise Internal(f"the gateway's poll reply is not a map: {reply!r}")
+        self.lost = int(reply.get("lost") or 0)
+        top = self._buffer[-1].pos if self._buffer else self._last
+        for m in reply.get("messages") or ():
+            msg = Message.from_wire(m)
+            if msg.pos > top:
+                self._buffer.append(msg)
+                top = msg.pos
+        if not reply.get("messages") and wait_ms:
+            await asyncio.sleep(0)  # a poll that ended empty: the gateway's wait ran out
+
+
+class Outcome(NamedTuple):
+    """One device's answer in a gather: its `value` (with where it came from), or its `error`."""
+
+    device: str
+    value: Any = None
+    error: CallError | None = None
+    cached: bool = False
+    age_ms: int = 0
+    stale: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def from_wire(cls, item: dict[str, Any]) -> Outcome:
+        err = item.get("error")
+        if isinstance(err, dict):
+            return cls(str(item.get("device")), error=CallError.from_wire(err.get("code"), err.get("message", "")))
+        return cls(str(item.get("device")), item.get("value"), None, bool(item.get("cached")),
+                   int(item.get("age_ms") or 0), bool(item.get("stale")))

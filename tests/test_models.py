@@ -1,0 +1,385 @@
+"""The communication models end to end (docs/models.md): a real gateway process and simulated devices on the
+MicroPython unix port, on loopback, driven through `gateway.client` and the CLI.
+
+Notification, long-running operations (progress, result, cancel, a gateway restart), pub/sub (retained values
+first, access rules, membership, a durable subscriber that was away, across a gateway restart), scatter/gather
+with a dead device, calls queued for a sleeping device (delivered when it wakes, expired when it does not), and,
+under 30 % datagram loss on the device, exactly-once calls and a thousand publications with none lost and none
+duplicated. Each test has its own home and multicast port; every wait has a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.client import BlockingClient, Client
+from gateway.client_models import OperationCancelled
+from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
+                            Unavailable)
+from gateway.home import Home
+from tests.conftest import wait_until
+from tools.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP = "224.0.23.170"
+
+
+class Fleet:
+    """A home with a gateway process and one `ndn-edge sim` process, on its own multicast port."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.home = tmp_path / "home"
+        self.port = port
+        self.logs = tmp_path
+        self.gateway: subprocess.Popen | None = None
+        self.sim: subprocess.Popen | None = None
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env.pop("NDN_EDGE_CLIENT", None)
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(["--home", str(self.home), *args])
+        return code, out.getvalue(), err.getvalue()
+
+    def clients(self, **rules: str) -> None:
+        for name, pattern in rules.items():
+            assert self.cli("client", "add", name)[0] == 0
+            assert self.cli("acl", "grant", name, pattern)[0] == 0
+
+    def start_gateway(self) -> Home:
+        with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "ab") as err:
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
+                 f"{GROUP}:{self.port}"], cwd=ROOT, env=self.env, stdout=out, stderr=err)
+        home = Home(self.home)
+
+        def ready() -> bool:
+            assert self.gateway.poll() is None, f"gateway exited:\n{self.log('gateway.err')}"
+            try:
+                return home.read_gateway_record().pid == self.gateway.pid
+            except ConfigError:
+                return False
+        wait_until(ready, 20, what="the gateway's record")
+        return home
+
+    def start_sim(self, count: int, *extra: str) -> None:
+        with open(self.logs / "sim.log", "ab") as log:
+            self.sim = subprocess.Popen(
+                [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
+                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def connect(self, client: str, timeout: float = 5.0) -> BlockingClient:
+        return Client.connect_sync(home=self.home, client=client, timeout=timeout)
+
+    def wait_online(self, client: BlockingClient, names: list[str], timeout_s: float = 30) -> None:
+        def online() -> bool:
+            assert self.sim is None or self.sim.poll() is None, f"sim exited:\n{self.log('sim.log')}"
+            seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
+            return set(names) <= seen
+        wait_until(online, timeout_s, interval_s=0.1, what=f"devices {names} online")
+
+    def device_pid(self, number: int) -> int:
+        """The pid of sim device `number` (its process runs in HOME/sim/<number>)."""
+        folder = str((self.home / "sim" / str(number)).resolve())
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry / "cwd") == folder:
+                        return int(entry.name)
+        raise AssertionError(f"no process for sim device {number}")
+
+    def log(self, name: str) -> str:
+        path = self.logs / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def stop(proc: subprocess.Popen | None) -> int | None:
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def close(self) -> None:
+        self.stop(self.sim)
+        self.stop(self.gateway)
+
+
+@pytest.fixture
+def fleet(tmp_path, mcast_port, micropython):
+    f = Fleet(tmp_path, mcast_port)
+    yield f
+    f.close()
+
+
+def run(coro_fn, timeout_s: float = 60.0):
+    async def main():
+        return await asyncio.wait_for(coro_fn(), timeout_s)
+    return asyncio.run(main())
+
+
+# -- notification, long-running operations, scatter/gather, the CLI
+
+
+def test_notify_operations_gather_and_cli(fleet):
+    fleet.clients(alice="sim/**", bob="sim/2/**")
+    home = fleet.start_gateway()
+    fleet.start_sim(3)
+    names = ["/edge/sim/1", "/edge/sim/2", "/edge/sim/3"]
+    with fleet.connect("alice") as alice, fleet.connect("bob") as bob:
+        fleet.wait_online(alice, names)
+
+        # notification: at most once, no reply; the handler ran once
+        alice.notify("sim/1/note", {"n": 1})
+        assert wait_until(lambda: alice.call("sim/1/notes"), 5, what="the note") == [{"n": 1}]
+        with pytest.raises(NotFound):
+            alice.notify("sim/1/nope")
+        with pytest.raises(PermissionDenied):
+            bob.notify("sim/1/note", {"n": 2})
+        assert alice.call("sim/1/notes") == [{"n": 1}]
+
+        # long-running: a handle at once, progress, the result reported by the device
+        op = alice.start("sim/2/slow", {"seconds": 1.5})
+        assert op.state == "running" and not op.done and op.kind == "op" and op.target == "sim/2/slow"
+        op.refresh(wait=5)
+        assert op.progress is not None and 0 < op.progress <= 1
+        assert op.result(timeout=10) == 1.5 and op.done and op.progress == 1.0
+        assert bob.operation(op.id).result(timeout=1) == 1.5  # another client allowed sim/2/slow sees it
+        with pytest.raises(PermissionDenied):
+            bob.start("sim/1/slow")
+        with pytest.raises(InvalidArgument, match="not a long-running service"):
+            alice.start("sim/2/echo")
+        long_op = alice.start("sim/3/slow", {"seconds": 20})
+        long_op.cancel()
+        with pytest.raises(OperationCancelled):
+            long_op.result(timeout=5)
+        assert long_op.state == "cancelled"
+
+        # scatter/gather: every device at once; a dead one is reported by the deadline, the others answer
+        results = alice.gather("sim/*/temperature", deadline=3)
+        assert list(results) == ["sim/1", "sim/2", "sim/3"] and all(r.ok for r in results.values())
+        assert list(bob.gather("sim/*/temperature", deadline=3)) == ["sim/2"]  # rules apply
+        os.kill(fleet.device_pid(3), signal.SIGKILL)  # no leave announcement: its lease still holds
+        t0 = time.monotonic()
+        results = alice.gather("sim/*/echo", {"k": 1}, deadline=1.5)
+        elapsed = time.monotonic() - t0
+        assert results["sim/1"].value == {"k": 1} and results["sim/2"].value == {"k": 1}
+        assert isinstance(results["sim/3"].error, DeadlineExceeded)
+        assert 1.2 < elapsed < 3.0
+
+    # the CLI: call --all / --notify / --start --wait / --persist, ops paginated, sub --count
+    code, out, err = fleet.cli("call", "--all", "sim/*/echo", "--args", '{"a": 2}', "--json", "--as", "alice",
+                               "--timeout", "1.5")
+    got = json.loads(out)
+    assert code == 7 and got["sim/1"]["value"] == {"a": 2} and got["sim/3"]["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert fleet.cli("call", "--notify", "sim/2/note", "--args", '{"cli": 1}', "--as", "alice")[0] == 0
+    code, out, err = fleet.cli("call", "--start", "sim/1/slow", "--args", '{"seconds": 0.5}', "--wait", "10",
+                               "--as", "alice")
+    assert (code, out) == (0, "0.5\n"), err
+    code, out, err = fleet.cli("ops", "--json", "--page-size", "2", "--as", "alice")
+    page = json.loads(out)
+    assert code == 0 and len(page["items"]) == 2 and page["next_page_token"]
+    assert [(i["target"], i["state"]) for i in page["items"]] == [("sim/1/slow", "done"), ("sim/3/slow", "cancelled")]
+    code, out, _ = fleet.cli("ops", "--json", "--page-token", page["next_page_token"], "--as", "alice")
+    assert code == 0 and [i["target"] for i in json.loads(out)["items"]] == ["sim/2/slow"]
+    code, out, _ = fleet.cli("ops", "--as", "bob")
+    assert code == 0 and "sim/2/slow" in out and "sim/1/slow" not in out  # bob sees only what he may call
+    code, out, err = fleet.cli("sub", "sim/1/tick", "--count", "2", "--json", "--as", "alice")
+    ticks = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(ticks) == 2 and ticks[0]["retained"] and ticks[1]["seq"] > ticks[0]["seq"]
+    with fleet.connect("alice") as alice:
+        assert wait_until(lambda: alice.call("sim/2/notes"), 5, what="the CLI's note") == [{"cli": 1}]
+    assert home.read_gateway_record().pid == fleet.gateway.pid
+
+
+def test_long_running_operation_survives_a_gateway_restart(fleet):
+    fleet.clients(alice="sim/**")
+    home = fleet.start_gateway()
+    fleet.start_sim(1)
+    with fleet.connect("alice") as alice:
+        fleet.wait_online(alice, ["/edge/sim/1"])
+        op = alice.start("sim/1/slow", {"seconds": 3})
+        op_id = op.id
+    assert fleet.stop(fleet.gateway) == 130  # the device finishes while no gateway listens
+    home = fleet.start_gateway()
+    with fleet.connect("alice") as alice:  # a new client process could do the same: only the id is needed
+        again = alice.operation(op_id)
+        assert again.target == "sim/1/slow" and again.state in ("running", "done")
+        assert again.result(timeout=30) == 3
+    assert home.read_gateway_record().pid == fleet.gateway.pid
+
+
+# -- publish/subscribe
+
+
+def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_away(fleet):
+    fleet.clients(alice="sim/**", bob="sim/2/**")
+    fleet.start_gateway()
+    fleet.start_sim(2)
+    with fleet.connect("alice") as alice, fleet.connect("bob") as bob:
+        fleet.wait_online(alice, ["/edge/sim/1", "/edge/sim/2"])
+        wait_until(lambda: alice.call("sim/1/echo") == {} and _ticked(alice, 2), 10, what="ticks")
+
+        # retained values first, then live, in order
+        with alice.subscribe("sim/*/tick") as sub:
+            first = [sub.next(5) for _ in range(2)]
+            assert all(m.retained for m in first) and {m.topic for m in first} == {"sim/1/tick", "sim/2/tick"}
+            live = [sub.next(5) for _ in range(4)]
+            assert not any(m.retained for m in live)
+            for topic in ("sim/1/tick", "sim/2/tick"):
+                seqs = [m.seq for m in first + live if m.topic == topic]
+                assert seqs == sorted(set(seqs)) and len(seqs) >= 2  # retained, then the following ones
+                values = [m.value for m in first + live if m.topic == topic]
+                assert values == list(range(values[0], values[0] + len(values)))
+
+        # access rules filter what a subscription sees; membership is a topic
+        with bob.subscribe("**") as sub:
+            seen = [sub.next(5) for _ in range(4)]
+        assert {m.topic for m in seen} <= {"sim/2/tick", "_members/sim/2"} and "_members/sim/2" in {
+            m.topic for m in seen}
+        with alice.subscribe("_members/**") as sub:
+            members = [sub.next(5) for _ in range(2)]
+        assert {(m.value["device"], m.value["event"]) for m in members} == {("sim/1", "join"), ("sim/2", "join")}
+        assert all(m.retained and m.publisher == "_gw" for m in members)
+
+        # a durable subscriber reads, goes away, comes back: what it missed, once each, in order per publisher
+        got = []
+        with alice.subscribe("sim/*/tick", durable="dash") as sub:
+            got += [sub.next(5) for _ in range(4)]
+        away_until = time.monotonic() + 2.5  # ticks keep coming meanwhile
+        wait_until(lambda: time.monotonic() > away_until, 5, what="time away")
+    assert fleet.stop(fleet.gateway) == 130  # and the gateway restarts while the subscriber is away
+    fleet.start_gateway()
+    with fleet.connect("alice") as alice:
+        with alice.subscribe("sim/*/tick", durable="dash") as sub:
+            assert sub.created is False
+            got += [sub.next(10) for _ in range(8)]
+        with pytest.raises(InvalidArgument, match="exists with pattern"):
+            alice.subscribe("sim/**", durable="dash").open()
+    assert not any(m is None for m in got)
+    for topic in ("sim/1/tick", "sim/2/tick"):
+        mine = [m for m in got if m.topic == topic]
+        seqs = [m.seq for m in mine]
+        assert len(seqs) >= 3 and seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # no loss, no repeat
+        assert not any(m.gap or m.late for m in mine[1:])
+    positions = [m.pos for m in got]
+    assert positions == sorted(set(positions))
+
+
+def _ticked(client: BlockingClient, n: int) -> bool:
+    with client.subscribe("sim/*/tick") as sub:
+        return all(sub.next(3) is not None for _ in range(n))
+
+
+# -- sleeping devices
+
+
+def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expire(fleet):
+    fleet.clients(alice="sim/**")
+    fleet.start_gateway()
+    fleet.start_sim(1, "--sleepy", "3")
+    with fleet.connect("alice") as alice:
+        fleet.wait_online(alice, ["/edge/sim/1"])
+
+        def asleep():
+            d = alice.devices()[0]
+            return d if d["state"] == "asleep" else None
+        device = wait_until(asleep, 10, interval_s=0.05, what="the device asleep")
+        assert device["sleep_until"] > time.time() + 1
+        code, out, _ = fleet.cli("devices", "--as", "alice")
+        assert code == 0 and "asleep until" in out
+        with pytest.raises(Unavailable, match="asleep until"):
+            alice.call("sim/1/echo", {"now": 1})
+        kept = alice.call("sim/1/echo", {"queued": 1}, persist=True, ttl=20)
+        counted = alice.call("sim/1/counter", persist=True)
+        expiring = alice.call("sim/1/echo", {"late": 1}, persist=True, ttl=0.5)
+        assert kept.state == "queued" and counted.state == "queued"
+        assert kept.result(timeout=15) == {"queued": 1}
+        assert counted.result(timeout=5) == 1
+        with pytest.raises(DeadlineExceeded, match="expired after its ttl"):
+            expiring.result(timeout=5)
+        assert alice.call("sim/1/counter", persist=True).result(timeout=15) == 2  # queued calls ran once each
+
+
+# -- exactly once under loss
+
+
+def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
+    """`--loss 0.3` on the device: 100 `counter` calls run exactly 100 times, while 1000 messages published in a
+    burst reach a durable subscriber (away for a while in the middle) all, once each, in order."""
+    calls, burst = 100, 1000
+    fleet.clients(alice="sim/**", admin="**")
+    fleet.start_gateway()
+    # A 30 s lease: renewals every 10 s make up for a lost boot announcement. Two lost in a row (p = 0.09) let
+    # the lease lapse for a moment; a call then fails fast with UNAVAILABLE, which means nothing was sent to the
+    # device, so the callers below retry it.
+    fleet.start_sim(1, "--loss", "0.3", "--lease-ms", "30000")
+    with fleet.connect("alice", timeout=20) as alice:
+        fleet.wait_online(alice, ["/edge/sim/1"], timeout_s=40)
+        with alice.subscribe("sim/1/burst", durable="all") as sub:
+            assert sub.next(0.5) is None  # created before the burst: nothing retained yet
+
+    async def scenario() -> tuple[list[list[int]], list, int]:
+        calls_done = asyncio.Event()
+
+        async def call(c: Client, name: str, args: dict | None = None) -> object:
+            for _ in range(100):
+                try:
+                    return await c.call(name, args)
+                except Unavailable:  # failed fast: the device was not called
+                    await asyncio.sleep(0.2)
+            raise AssertionError(f"{name} unavailable for 20 s")
+
+        async def subscriber() -> list:
+            got = []
+            async with Client.connect(home=fleet.home, client="alice", timeout=20) as c:
+                async with c.subscribe("sim/1/burst", durable="all") as sub:
+                    while len(got) < burst // 2:
+                        got.append(await sub.next(30))
+            await calls_done.wait()  # away while the calls run; the gateway keeps its messages
+            async with Client.connect(home=fleet.home, client="alice", timeout=20) as c:
+                async with c.subscribe("sim/1/burst", durable="all") as sub:
+                    while len(got) < burst and got[-1] is not None:
+                        got.append(await sub.next(30))
+                    assert await sub.next(1.0) is None  # nothing more: no duplicate after acknowledgement
+            return got
+
+        async with Client.connect(home=fleet.home, client="alice", timeout=20) as c:
+            assert await call(c, "sim/1/burst", {"n": burst}) == burst
+            reader = asyncio.create_task(subscriber())
+
+            async def worker() -> list[int]:
+                return [await call(c, "sim/1/counter") for _ in range(calls // 4)]
+            try:
+                runs = await asyncio.gather(*(worker() for _ in range(4)))
+            finally:
+                calls_done.set()
+            got = await reader
+            after = await call(c, "sim/1/counter")
+        return runs, got, after
+
+    runs, got, after = run(scenario, timeout_s=100)
+    assert sorted(v for r in runs for v in r) == list(range(1, calls + 1))  # each value once: each call ran once
+    assert after == calls + 1  # the device's counter stood at exactly 100
+    assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late, m.pos) for m in got[:8]]
+    assert not any(m.gap or m.late for m in got[1:])
+    with fleet.connect("admin") as admin:
+        models = admin.metrics()["models"]
+    assert models["reports_duplicates"] > 0  # acknowledgements were lost, and the retransmissions recognised
+    assert "simulating 3000/10000 datagram loss" in (fleet.home / "sim" / "1" / "device.log").read_text()

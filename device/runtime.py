@@ -135,7 +135,8 @@ class Device:
         return register
 
     def every(self, period_ms):
-        # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing).
+        # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
+        # a timer whose fn returns False stops. May be used while serving.
         def register(fn):
             self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
             return fn
@@ -240,7 +241,9 @@ class Device:
         for t in self._timers:
             if ticks_diff(t[0], now) <= 0:
                 t[0] = ticks_add(now, t[1])
-                self._timer(t[2])
+                if self._timer(t[2]) is False:
+                    self._timers.remove(t)
+                    break  # the list changed: the rest run on the next tick
             wait = min(wait, ticks_diff(t[0], now))
         if self._outbox is not None:
             w = self._outbox.tick(now)
@@ -250,7 +253,7 @@ class Device:
 
     def _timer(self, fn):
         try:
-            fn()
+            return fn()
         except Exception as e:  # an app timer's bug must not stop serving
             self.errors += 1
             port.print_exc(e)

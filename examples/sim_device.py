@@ -83,6 +83,8 @@ def get_notes():
              doc="Publishes n messages on topic `burst` (values 1..n, or [i, ms since epoch] with stamp), "
                  "paced by the outbox")
 def start_burst(n=100, stamp=False):
+    if burst[0] >= burst[1]:
+        dev.every(10)(pace)  # paced while the burst lasts; idle devices keep no 10 ms timer
     burst[0], burst[1], burst[2] = 0, n, stamp
     return n
 
@@ -93,13 +95,14 @@ def tick():
     dev.publish("tick", ticks[0])
 
 
-@dev.every(10)
 def pace():
     # At most 12 unacknowledged reports: the outbox holds 16 and drops the oldest when full.
     # One per tick: a train of sends would come back to the device (multicast loopback) as one read, and
     # a read that fills the receive buffer loses its tail, acknowledgements included.
     ob = dev._outbox
-    if burst[0] < burst[1] and (ob is None or len(ob.items) < 12):
+    if burst[0] >= burst[1]:
+        return False  # done: stop the timer
+    if ob is None or len(ob.items) < 12:
         burst[0] += 1
         dev.publish("burst", [burst[0], _now_ms()] if burst[2] else burst[0])
 

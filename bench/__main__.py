@@ -75,6 +75,10 @@ def main_gateway(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["pubsub"]:  # pub/sub fan-out: its own options (bench/pubsub.py)
+        from bench import pubsub
+
+        return pubsub.main(argv[1:])
     args = parse_args(argv)
     try:
         if args.benchmark == "gateway":

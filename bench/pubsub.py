@@ -148,6 +148,7 @@ async def _measure(home: Any, opts: Options) -> dict[str, Any]:
         for c in (*clients, admin):
             await c.close()
     latencies = sorted(lat for g in got for lat in g["latencies_ms"])
+    to_gateway = sorted(lat for g in got for lat in g["to_gateway_ms"])
     last = max((g["last"] for g in got if g["last"]), default=started)
     duration = max(last - started, 1e-6)
     delivered = sum(g["count"] for g in got)
@@ -160,8 +161,10 @@ async def _measure(home: Any, opts: Options) -> dict[str, Any]:
         "messages_per_s": round(total / duration, 1),
         "deliveries_per_s": round(delivered / duration, 1),
         "latency_ms": {"p50": _pct(latencies, 50), "p99": _pct(latencies, 99),
-                       "max": round(latencies[-1], 1) if latencies else None},
-        "per_subscriber": [{k: v for k, v in g.items() if k not in ("latencies_ms", "last")} for g in got],
+                       "max": round(latencies[-1], 1) if latencies else None,
+                       "device_to_gateway_p50": _pct(to_gateway, 50), "device_to_gateway_p99": _pct(to_gateway, 99)},
+        "per_subscriber": [{k: v for k, v in g.items() if k not in ("latencies_ms", "to_gateway_ms", "last")}
+                           for g in got],
         "gateway": {k: models.get(k) for k in ("reports_received", "reports_processed", "reports_duplicates",
                                                "reports_acks", "pubsub_held", "pubsub_gaps", "pubsub_late")},
         "devices": {"oversized_reads": sum(h["drops"].get("oversized", 0) for h in health),
@@ -174,6 +177,7 @@ async def _measure(home: Any, opts: Options) -> dict[str, Any]:
 async def _read(sub: Any, total: int, quiet_s: float) -> dict[str, Any]:
     seen: dict[str, list[int]] = {}
     latencies: list[float] = []
+    to_gateway: list[float] = []
     count = dups = disorder = 0
     last = 0.0
     while count < total:
@@ -185,6 +189,7 @@ async def _read(sub: Any, total: int, quiet_s: float) -> dict[str, Any]:
         last = now
         i, sent_ms = msg.value
         latencies.append(now * 1000 - sent_ms)
+        to_gateway.append(msg.time * 1000 - sent_ms)
         mine = seen.setdefault(msg.publisher, [])
         if i in mine[-50:]:
             dups += 1
@@ -193,7 +198,7 @@ async def _read(sub: Any, total: int, quiet_s: float) -> dict[str, Any]:
         mine.append(i)
     distinct = sum(len(set(v)) for v in seen.values())
     return {"count": count, "missing": total - distinct, "duplicates": dups, "out_of_order": disorder,
-            "lost_by_queue": sub.lost, "latencies_ms": latencies, "last": last}
+            "lost_by_queue": sub.lost, "latencies_ms": latencies, "to_gateway_ms": to_gateway, "last": last}
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -216,6 +221,8 @@ def table(report: dict[str, Any]) -> str:
         ("messages/s published and delivered", f"{report['messages_per_s']:.0f}"),
         ("deliveries/s (messages x subscribers)", f"{report['deliveries_per_s']:.0f}"),
         ("latency p50 / p99 / max, ms", f"{lat['p50']} / {lat['p99']} / {lat['max']}"),
+        ("  of which device to gateway p50 / p99", f"{lat['device_to_gateway_p50']} / "
+                                                  f"{lat['device_to_gateway_p99']}"),
         ("missing / duplicated / out of order", f"{sum(s['missing'] for s in subs)} / "
                                                 f"{sum(s['duplicates'] for s in subs)} / "
                                                 f"{sum(s['out_of_order'] for s in subs)}"),

@@ -34,8 +34,10 @@ Decisions:
   milliseconds apart: the device's resend backoff (300 ms, doubling) makes every lost acknowledgement expensive,
   and its outbox (16 reports) stalls behind them. A clean link gets one copy. Not three: every device reads
   every datagram on the group, and a device's read that fills its buffer loses its tail, so more copies cost
-  the other devices more than they save (measured by `python -m bench pubsub`: 10 devices publishing, 230
-  messages/s with one copy, 356 with up to two, 58 with up to three).
+  the other devices more than they save (measured by `python -m bench pubsub`: 10 devices publishing, 150 to
+  230 messages/s with one copy, 58 with up to three). For the same reason second copies are sent only while the
+  intake keeps up (`COPIES_MAX_BACKLOG`) and at most `EXTRA_COPIES_PER_S` a second: without these limits the
+  copies fed the losses they were meant to repair, and the bench collapsed to 90 messages/s in one run of two.
 - Acknowledgements are encoded with `gateway.clientwire.encode_reply` (a Data without MetaInfo), a fraction of
   python-ndn's cost; the device checks the name and the HMAC only.
 Rejected: a high-water mark alone (reports are retransmitted out of order for up to 44 s, interleaved with newer
@@ -77,6 +79,8 @@ RECORD_TTL_S = 1.0
 ACK_LOSS_LEVELS = (0.03,)  # above each, one more copy of every acknowledgement (see the docstring)
 ACK_LOSS_WEIGHT = 0.05          # of the newest report in the average
 ACK_COPY_SPACING_S = 0.002
+COPIES_MAX_BACKLOG = 4          # no extra copies while more reports than this wait to be processed
+EXTRA_COPIES_PER_S = 100.0      # extra copies sent per second, at most, over all devices
 _FLOOR_META = "report_floor:"
 _PARSE_ERRORS = (DecodeError, ValueError, IndexError, TypeError, KeyError, struct.error)
 
@@ -132,6 +136,8 @@ class ReportIntake:
         self._records: dict[str, tuple[Any, float]] = {}
         self._signers: dict[str, tuple[bytes, cw.ReplySigner]] = {}
         self._after: list[Callable[[], None]] = []
+        self._copy_tokens = EXTRA_COPIES_PER_S
+        self._copy_at = time.monotonic()
         self.counters: dict[str, int] = {
             "received": 0, "processed": 0, "duplicates": 0, "acks": 0, "later": 0, "unknown_key": 0,
             "digest": 0, "bad_signature": 0, "stale": 0, "malformed": 0, "queue_full": 0, "errors": 0,
@@ -182,11 +188,22 @@ class ReportIntake:
         device's acknowledgement loss calls for."""
         packet = cw.encode_reply(report.name_tlv, ACK_CONTENT, self._signer(report.device))
         self._send(packet)
-        copies = self._key(report.key_name).copies()
-        if copies > 1:
+        copies = self._key(report.key_name).copies() if self._queue.qsize() < COPIES_MAX_BACKLOG else 1
+        if copies > 1 and self._extra_copy_allowed():
             loop = asyncio.get_running_loop()
             for i in range(1, copies):
                 loop.call_later(ACK_COPY_SPACING_S * i, self._send, packet)
+
+    def _extra_copy_allowed(self) -> bool:
+        """A token bucket: extra copies repair lossy links, at most `EXTRA_COPIES_PER_S` so they never become
+        the load (on a busy group every device reads every acknowledgement)."""
+        now = time.monotonic()
+        self._copy_tokens = min(EXTRA_COPIES_PER_S, self._copy_tokens + (now - self._copy_at) * EXTRA_COPIES_PER_S)
+        self._copy_at = now
+        if self._copy_tokens < 1:
+            return False
+        self._copy_tokens -= 1
+        return True
 
     def _send(self, packet: bytes) -> None:
         try:

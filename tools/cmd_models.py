@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from tools.cmd_client import _client_options, _parse_args_json, _print_json, _print_table, _with_client, value_text
 from tools.errors import CommandError
 
+EXIT_USAGE = 2
+
 if TYPE_CHECKING:
     from gateway.client import Client
     from tools.cli import State
@@ -77,7 +79,7 @@ def do_ops(state: State, args: argparse.Namespace) -> int | None:
     """List operations, or show, wait for or cancel one."""
     if args.op is None:
         if args.wait is not None or args.cancel:
-            raise CommandError("ops: --wait and --cancel need an operation ID")
+            raise CommandError("ops: --wait and --cancel need an operation ID", exit_code=EXIT_USAGE)
         page = _with_client(state, args, lambda c: c.ops(args.page_size, args.page_token))
         if args.json:
             _print_json({"items": list(page), "next_page_token": page.next_page_token})
@@ -104,10 +106,10 @@ def do_ops(state: State, args: argparse.Namespace) -> int | None:
 def do_sub(state: State, args: argparse.Namespace) -> None:
     """Print messages as they come."""
     if args.count is not None and args.count < 1:
-        raise CommandError("sub: --count must be at least 1")
+        raise CommandError("sub: --count must be at least 1", exit_code=EXIT_USAGE)
     if args.unsubscribe:
         if args.durable is None:
-            raise CommandError("sub: --unsubscribe needs --durable NAME")
+            raise CommandError("sub: --unsubscribe needs --durable NAME", exit_code=EXIT_USAGE)
         _with_client(state, args, lambda c: c.subscribe(args.pattern, durable=args.durable).unsubscribe())
         return
 
@@ -129,9 +131,9 @@ def do_call_model(state: State, args: argparse.Namespace) -> int | None:
     """`call` with --all, --notify, --start or --persist."""
     call_args = _parse_args_json(args.args)
     if args.ttl is not None and not args.persist:
-        raise CommandError("call: --ttl goes with --persist")
+        raise CommandError("call: --ttl goes with --persist", exit_code=EXIT_USAGE)
     if args.wait is not None and not (args.start or args.persist):
-        raise CommandError("call: --wait goes with --start or --persist")
+        raise CommandError("call: --wait goes with --start or --persist", exit_code=EXIT_USAGE)
     if args.all:
         results = _with_client(state, args, lambda c: c.gather(args.name, call_args, deadline=args.timeout))
         return _print_gather(results, args.json)

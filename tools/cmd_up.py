@@ -197,6 +197,9 @@ async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> N
     await show(guest, f"{first}/temperature", note="guest has no rules: denied")
     await show(demo, f"{first}/nope", note="no such service")
 
+    from tools.tour_models import tour_models
+    await tour_models(demo, fleet)
+
 
 async def _watch(fleet: SimFleet) -> None:
     reported: set[str] = set()

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from bench import device, report
 from bench.mpy import BuildFailed, ToolMissing
@@ -97,14 +95,7 @@ def main(argv: list[str]) -> int:
     except ImportError as err:
         print(f"bench: {err}; install the bench extra (pip install -e '.[bench]')", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    print()
-    print(table_of.table(result))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    report.emit(result, table_of.table(result), args.json)
     return 0
 
 

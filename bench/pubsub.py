@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -252,14 +251,8 @@ def main(argv: list[str]) -> int:
     except RuntimeError as err:
         print(f"bench pubsub: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    print()
-    print(table(result))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    from bench.report import emit
+    emit(result, table(result), args.json)
     return 0
 
 

@@ -87,3 +87,17 @@ def notes(report: dict) -> list[str]:
         out.append(f"microdot: compiled size counts the modules the app imports (__init__, microdot); "
                    f"the whole package is {subjects[MICRODOT]['mpy_package_bytes']:,} B.")
     return out
+
+
+def emit(result: dict, table_text: str, json_path: str | None) -> None:
+    """Print the JSON report, then the table; also write the JSON to `json_path` when given."""
+    import json
+    from pathlib import Path
+    text = json.dumps(result, indent=2)
+    print(text)
+    print()
+    print(table_text)
+    if json_path:
+        out = Path(json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

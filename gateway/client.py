@@ -212,14 +212,7 @@ class Client:
     async def call_ex(self, name: str, args: dict[str, Any] | None = None, *,
                       timeout: float | None = None) -> CallResult:
         """Like `call`, returning the value with where it came from (`CallResult`)."""
-        try:
-            target = cw.split_target(name, self.site)
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from None
-        if len(target) < 2:
-            raise InvalidArgument(f"name {name!r} is not like DEVICE/SERVICE (e.g. kitchen/th1/temperature)")
-        if args is not None and not isinstance(args, dict):
-            raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
+        target = self._service_target(name, args)
         timeout_s = self._timeout(timeout)
         params = {"args": args, "timeout_ms": _budget_ms(timeout_s)}
         content = await self._request(cw.VERB_CALL, target, params, timeout_s)

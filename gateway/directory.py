@@ -37,9 +37,7 @@ key (anyone on the LAN could claim any name).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
-import hmac
 import logging
 import os
 import struct
@@ -51,6 +49,7 @@ import cbor2
 from ndn.encoding import Component, InterestParam, Name, SignatureType, make_interest, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
+from gateway import wire
 from gateway.errors import GatewayError, NotFound, StoreError
 from gateway.framing import has_name_prefix
 
@@ -252,15 +251,10 @@ class Directory:
         record = self._store.device_by_key_name(key_name)
         if record is None or record.site != self.site:
             return self._drop("unknown_key", f"no device of site {self.site} holds key {key_name}")
-        covered = hashlib.sha256()
-        for part in sig.digest_covered_part or ():
-            covered.update(part)
-        if sig.digest_value_buf is None or not hmac.compare_digest(covered.digest(), bytes(sig.digest_value_buf)):
+        fault = wire.interest_fault(sig, record.key, sig.digest_value_buf)
+        if fault == "digest":
             return self._drop("digest", f"parameters digest mismatch from {record.name}")
-        mac = hmac.new(record.key, digestmod=hashlib.sha256)
-        for part in sig.signature_covered_part:
-            mac.update(part)
-        if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf or b"")):
+        if fault:
             return self._drop("bad_signature", f"announcement claiming key {key_name} does not verify")
         seq = info.signature_seq_num
         if seq is None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import hmac
 import logging
 import sqlite3
@@ -60,7 +59,7 @@ import cbor2
 from ndn.encoding import Component, Name, SignatureType, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
-from gateway import clientwire as cw
+from gateway import clientwire as cw, wire
 from gateway.errors import GatewayError, StoreError
 from gateway.framing import has_name_prefix, name_tlv
 
@@ -295,15 +294,10 @@ class ReportIntake:
         if record is None:
             return self._drop("unknown_key", f"no device of site {self.site} holds key {key_name}")
         digest = bytes(Component.get_value(name[-1]))
-        covered = hashlib.sha256()
-        for part in sig.digest_covered_part or ():
-            covered.update(part)
-        if not hmac.compare_digest(covered.digest(), digest):
+        fault = wire.interest_fault(sig, record.key, digest)
+        if fault == "digest":
             return self._drop("digest", f"parameters digest mismatch from {record.name}")
-        mac = hmac.new(record.key, digestmod=hashlib.sha256)
-        for part in sig.signature_covered_part:
-            mac.update(part)
-        if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf or b"")):
+        if fault:
             return self._drop("bad_signature", f"report claiming key {key_name} does not verify")
         seq = info.signature_seq_num
         if seq <= self._key(key_name).floor:

@@ -449,3 +449,21 @@ def _nni(n: int) -> bytes:
 
 
 _MUST_BE_FRESH = tlv(TYPE_MUST_BE_FRESH, b"")
+
+
+def interest_fault(sig, key: bytes, digest: bytes | None) -> str | None:
+    """Why a parsed signed Interest fails (`"digest"` or `"bad_signature"`), or None when it verifies.
+
+    `sig` is python-ndn's signature pointers of `parse_interest`; `digest` the ParametersSha256Digest
+    the name carries."""
+    covered = hashlib.sha256()
+    for part in sig.digest_covered_part or ():
+        covered.update(part)
+    if digest is None or not hmac.compare_digest(covered.digest(), bytes(digest)):
+        return "digest"
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in sig.signature_covered_part:
+        mac.update(part)
+    if not hmac.compare_digest(mac.digest(), bytes(sig.signature_value_buf or b"")):
+        return "bad_signature"
+    return None

@@ -56,10 +56,11 @@ def setup(dev):
     dev._mac = Hmac(dev.key)
     dev._enc_key = dev._mac.mac(b"ndn-edge enc")[:16]
     dev._seq = SeqState(dev.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
-    dev._face = MulticastFace(dev.iface, dev.group, dev.port, dev.mtu, dev.gateway)
-    dev._tx = bytearray(dev.mtu)
+    dev._face = MulticastFace(dev.iface, dev.group, dev.port, dev._rx, dev.gateway)
     dev._pkt = tlv.Packet()
-    dev._cache = [None] * dev._cache_n
+    dev._c_seq = [-1] * dev._cache_n  # the reply cache: request seq, signature tag, Data
+    dev._c_tag = [0] * dev._cache_n
+    dev._c_data = [None] * dev._cache_n
     dev._cache_i = 0
     dev._boot = ticks_ms()
     dev._renew_at = dev._boot

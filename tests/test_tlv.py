@@ -3,10 +3,12 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 from ndn.encoding import Name, parse_data
+from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
 from device import control, sign, tlv
 from device.errors import MalformedError
 from gateway import wire
+from tests.support import lp_wrap
 
 DEV = "/edge/lab/b1"
 KEY = bytes(range(32))
@@ -66,22 +68,74 @@ def test_interest_from_python_ndn_parses_to_offsets():
     assert mac.finish(h) == bytes(mv[p.sv_s:p.sv_s + 32])
 
 
-def test_data_reply_is_parsed_and_verified_by_python_ndn():
+class _CapturingFace:
+    """Stands in for the socket: keeps what the device sends (unit test of the reply encoder)."""
+
+    def __init__(self, mtu):
+        self.buf = bytearray(mtu)
+        self.mv = memoryview(self.buf)
+        self.sock = None
+        self.sent = []
+
+    def send(self, data):
+        self.sent.append(bytes(data))
+        return True
+
+
+def _served_device(tmp_path, mtu=1500):
+    from device import Device
+    dev = Device(DEV, KEY, state_dir=str(tmp_path), mtu=mtu)
+    dev.service("temperature", cache_ms=2000)(lambda: 1.0)
+    dev.service("blob")(lambda n: "x" * n)
+    dev.setup()
+    dev._face = _CapturingFace(mtu)
+    return dev
+
+
+def _deliver(dev, packet):
+    dev._face.buf[:len(packet)] = packet
+    dev._datagram(len(packet))
+    return dev._face.sent.pop() if dev._face.sent else None
+
+
+def test_data_reply_is_parsed_and_verified_by_python_ndn(tmp_path):
+    dev = _served_device(tmp_path)
     w, final = wire.make_call(f"{DEV}/temperature", None, KEY, 1, signer_owner=DEV)
-    p = parsed(w)
-    mv = memoryview(w)
-    sig_info = control.tlv_bytes(tlv.T_SIG_INFO, control.tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + control.tlv_bytes(
-        tlv.T_KEY_LOCATOR, control.tlv_bytes(tlv.T_NAME, control.encode_name(wire.key_name(DEV, KEY)))))
-    buf = bytearray(1500)
-    s, e = tlv.encode_data(buf, None, mv[p.name_s:p.name_e], 0, 2000, b"\xf9\x3c\x00", sig_info, sign.Hmac(KEY))
-    r = wire.parse_reply(bytes(buf[s:e]), KEY)
+    r = wire.parse_reply(_deliver(dev, w), KEY)
     assert r.ok and r.value == 1.0 and r.freshness_ms == 2000 and r.name == final
-    s, e = tlv.encode_data(buf, b"\x01\x02", mv[p.name_s:p.name_e], 3, 0, b"\xa0", sig_info, sign.Hmac(KEY))
-    assert buf[:2] == b"\x64\x2b"[:1] + bytes([buf[1]]) and s > 0
-    name, meta, _, _ = parse_data(bytes(buf[s:e]), with_tl=True)
+    # with a PIT token: LpPacket{PitToken, Fragment(Data)}, and the retransmission gets the same Data
+    w2, final2 = wire.make_call(f"{DEV}/temperature", None, KEY, 2, signer_owner=DEV)
+    first = _deliver(dev, lp_wrap(b"\x01\x02\x03", w2))
+    lp = parse_lp_packet_v2(first, with_tl=True)
+    assert bytes(lp.pit_token) == b"\x01\x02\x03" and wire.parse_reply(bytes(lp.fragment), KEY).name == final2
+    again = _deliver(dev, lp_wrap(b"\x09", w2))  # a retransmission: the cached Data under the new token
+    lp2 = parse_lp_packet_v2(again, with_tl=True)
+    assert bytes(lp2.pit_token) == b"\x09" and bytes(lp2.fragment) == bytes(lp.fragment)
+    # an error reply: ContentType NACK, verified
+    w3, _ = wire.make_call(f"{DEV}/nothing", None, KEY, 3, signer_owner=DEV)
+    name, meta, _, _ = parse_data(_deliver(dev, w3), with_tl=True)
     assert meta.content_type == 3
-    with pytest.raises(ValueError):
-        tlv.encode_data(bytearray(64), None, mv[p.name_s:p.name_e], 0, 0, bytes(100), sig_info, sign.Hmac(KEY))
+
+
+def test_a_reply_that_does_not_fit_the_datagram_becomes_resource_exhausted(tmp_path):
+    dev = _served_device(tmp_path, mtu=400)
+    for seq, n in enumerate((10, 300, 1000), 1):
+        w, _ = wire.make_call(f"{DEV}/blob", {"n": n}, KEY, seq, signer_owner=DEV)
+        r = wire.parse_reply(_deliver(dev, w), KEY)
+        assert (r.ok and r.value == "x" * n) if n == 10 else (not r.ok and r.code == "RESOURCE_EXHAUSTED")
+
+
+def test_backward_writers_match_forward_encoding():
+    for t, n in ((7, 0), (7, 252), (21, 253), (21, 1400), (0x64, 0xFFFF)):
+        fwd = bytearray(8)
+        end = tlv.put_tl(fwd, 0, t, n)
+        back = bytearray(8)
+        assert back[tlv.tl_back(back, 8, t, n):] == fwd[:end]
+    for n in (0, 255, 256, 0xFFFF, 0x10000, 2 ** 32, 2 ** 40):
+        fwd = bytearray(12)
+        end = tlv.put_nni_tlv(fwd, 0, 0x19, n)
+        back = bytearray(12)
+        assert back[tlv.nni_back(back, 12, 0x19, n):] == fwd[:end]
 
 
 def test_two_packets_back_to_back_parse_in_order():

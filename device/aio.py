@@ -10,7 +10,13 @@ async def serve(dev):
     try:
         while dev._running:
             await _readable(dev._face.sock)
-            dev.receive()
+            dev._next = 0
+            dev._n = dev._face.read()
+            while dev._next < dev._n:  # after a failed handler, the rest of the read (Device._fault)
+                try:
+                    dev._walk()
+                except Exception as e:
+                    dev._fault(e)
     finally:
         timers.cancel()
         dev.close()

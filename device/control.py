@@ -58,12 +58,14 @@ def setup(dev):
     dev._seq = SeqState(dev.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
     dev._face = MulticastFace(dev.iface, dev.group, dev.port, dev._rx, dev.gateway)
     dev._pkt = tlv.Packet()
+    dev._room = len(dev._tx) - len(dev._sig_info) - 2 - 32  # the most content a reply can carry ends here
     dev._c_seq = [-1] * dev._cache_n  # the reply cache: request seq, signature tag, Data
     dev._c_tag = [0] * dev._cache_n
     dev._c_data = [None] * dev._cache_n
     dev._cache_i = 0
     dev._boot = ticks_ms()
     dev._renew_at = dev._boot
+    dev._due = dev._boot
     dev._query_at = None
     dev._last_query = dev._boot
     dev._desc_hash = sha256(cbor.dumps(describe(dev)))[:8]

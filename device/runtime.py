@@ -13,6 +13,8 @@
 from device import cbor, tlv, port, net, replay  # noqa: F401 (net, replay: loaded before the control plane, see setup)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
+from device.tlv import tl_back, nni_back, put_sig
+from device.cbor import encode, loads
 from device.sign import equal, sha256
 
 _DEFAULT_GROUP = "224.0.23.170"
@@ -36,6 +38,12 @@ _RESENT = const(-2)
 # Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
 # LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
 _REPLY_AT = const(40)
+_T_NAME = const(0x07)
+_T_META_INFO = const(0x14)
+_T_CONTENT = const(0x15)
+_T_CONTENT_TYPE = const(0x18)
+_T_FRESHNESS = const(0x19)
+_T_DATA = const(0x06)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
 
@@ -118,6 +126,10 @@ class Device:
         self._outbox = None
         self._ops = {}
         self._timers = []  # [due_ticks, period_ms, fn]
+        self._due = ticks_ms()  # when tick() next has work (see _run_due)
+        self._next = 0  # offset of the next packet of the last read
+        self._n = 0  # bytes of the last read
+        self._calling = False  # a handler is running
         self._sleep_ms = 0
 
     @classmethod
@@ -147,6 +159,7 @@ class Device:
         # a timer whose fn returns False stops. May be used while serving.
         def register(fn):
             self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
+            self._wake()
             return fn
         return register
 
@@ -157,12 +170,14 @@ class Device:
     def sleep(self, seconds):
         # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
         self._sleep_ms = int(seconds * 1000)
+        self._wake()
 
     def _reports(self):
         if self._outbox is None:
             from device.outbox import Outbox
             self.setup()
             self._outbox = Outbox(self)
+        self._wake()  # the caller is about to queue a report
         return self._outbox
 
     def describe(self):
@@ -224,12 +239,23 @@ class Device:
         poller.register(self._face.sock, select.POLLIN)
         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
         while self._running:
-            for _ in wait(self.tick()):
-                self.receive()
+            try:
+                self._walk()  # the rest of a read that a failed handler interrupted
+                for _ in wait(self.tick()):
+                    self.receive()
+            except Exception as e:
+                self._fault(e)
 
     def tick(self):
-        # Run due timers (renewal, a pending query answer, app timers, report resends, a requested
-        # sleep); returns ms until the next one.
+        # Runs what is due; returns ms until the next due work (at most _MAX_WAIT_MS). Called after
+        # every wake-up of the serving loop, so the common case (nothing due) is one comparison.
+        w = ticks_diff(self._due, ticks_ms())
+        if w <= 0:
+            w = self._run_due()
+        return w if w < _MAX_WAIT_MS else _MAX_WAIT_MS
+
+    def _run_due(self):
+        # Renewal, a pending query answer, app timers, report resends, a requested sleep.
         now = ticks_ms()
         if self._sleep_ms:
             ms = self._sleep_ms
@@ -251,13 +277,20 @@ class Device:
                 t[0] = ticks_add(now, t[1])
                 if self._timer(t[2]) is False:
                     self._timers.remove(t)
-                    break  # the list changed: the rest run on the next tick
+                    wait = 0  # the list changed: the rest run on the next tick
+                    break
             wait = min(wait, ticks_diff(t[0], now))
         if self._outbox is not None:
             w = self._outbox.tick(now)
             if w is not None:
                 wait = min(wait, w)
-        return max(0, min(wait, _MAX_WAIT_MS))
+        wait = max(0, min(wait, _MAX_WAIT_MS))
+        self._due = ticks_add(now, wait)
+        return wait
+
+    def _wake(self):
+        # Something was scheduled (a timer, a query answer, a report, a sleep): tick() looks again now.
+        self._due = ticks_ms()
 
     def _timer(self, fn):
         try:
@@ -274,124 +307,158 @@ class Device:
         now = ticks_ms()
         if self._query_at is None and ticks_diff(now, self._last_query) >= _QUERY_HOLDOFF_MS:
             self._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
+            self._due = now
 
     # -- receive path --
+    # Per packet: receive -> _packet -> _interest -> _check -> _dispatch -> _invoke -> _send.
+    # MicroPython puts a call's frame on the heap when its state (arguments, locals, value stack,
+    # two words per active handler) exceeds 11 words; these are written to stay within that
+    # (bench/frames.py lists every function's frame), so a call allocates little beyond its data.
     def receive(self):
-        n = self._face.read()
-        if n:
-            self._datagram(n)
+        # Handle what one read returns. The serving loop catches what this raises (see _fault).
+        self._next = 0
+        self._n = self._face.read()
+        self._walk()
 
-    def _datagram(self, n):
-        # One read may hold several datagrams back to back; each NDN packet is a complete TLV.
-        p = self._pkt
-        mv = self._face.mv
-        i = 0
-        while i < n:
-            try:
-                t = p.parse(mv, i, n)
-            except MalformedError:
-                self.drops[_OVERSIZED if n >= len(mv) else _MALFORMED] += 1
-                return  # framing is lost for the rest of this read
-            i = p.next
-            if t == tlv.T_INTEREST:
-                self._interest(p, mv)
-            elif t == tlv.T_DATA and self._outbox is not None:
-                self._outbox.on_data(p, mv)
+    def _walk(self):
+        # The packets of the last read from self._next on: one read may hold several datagrams
+        # back to back (each NDN packet is a complete TLV).
+        n = self._n
+        while self._next < n:
+            self._next = self._packet(self._next, n)
 
-    def _interest(self, p, mv):
-        try:
-            if not _prefix(mv, p.name_s, p.name_e, self._name_val):
-                if p.name_e - p.name_s == len(self._query_val) and _prefix(mv, p.name_s, p.name_e, self._query_val):
-                    self._on_query()
-                return
-            r = self._check(p, mv)
-            if r >= 0:
-                self.drops[r] += 1
-            elif r == _OK:
-                self._dispatch(p, mv)
-        except MalformedError:
-            self.drops[_MALFORMED] += 1
-        except Exception as e:  # a runtime bug must not stop the device; count it and go on
+    def _fault(self, e):
+        # What the receive path raised, caught by the serving loop, whose frame lives as long as the
+        # loop: a try in the per-packet path would put a frame on the heap for every packet.
+        # A handler's exception is answered as an error, and the rest of the read is handled next;
+        # malformed input ends the read (framing is lost); anything else is a runtime bug, which
+        # must not stop the device: count it and go on.
+        if self._calling:
+            self._calling = False
+            self._next = self._pkt.next
+            self._failed(e)
+            return
+        self._next = self._n
+        if isinstance(e, MalformedError):
+            self.drops[_OVERSIZED if self._n >= len(self._face.mv) else _MALFORMED] += 1
+        else:
             self.errors += 1
             port.print_exc(e)
 
-    def _check(self, p, mv):
+    def _packet(self, i, n):
+        # The packet at the receive buffer's [i:n]; returns where the next one starts (one read may
+        # hold several datagrams back to back; each NDN packet is a complete TLV).
+        p = self._pkt
+        t = p.parse(self._face.mv, i, n)
+        if t == tlv.T_INTEREST:
+            self._interest(p)
+        elif t == tlv.T_DATA and self._outbox is not None:
+            self._outbox.on_data(p, p.mv)
+        return p.next
+
+    def _interest(self, p):
+        mv = p.mv
+        if not _prefix(mv, p.name_s, p.name_e, self._name_val):
+            if p.name_e - p.name_s == len(self._query_val) and _prefix(mv, p.name_s, p.name_e, self._query_val):
+                self._on_query()
+            return
+        r = self._check(p)
+        if r == _OK:
+            self._dispatch(p)
+        elif r >= 0:
+            self.drops[r] += 1
+
+    def _check(self, p):
         # _OK, _RESENT (answered from the reply cache) or the drop reason.
         extra = p.ncomp - self._ncomp
         self._quiet = extra == 3
         if self._quiet:
             p.component(self._ncomp)  # a notification: <device>/_n/<service>/<digest>
-            if p.n != 2 or mv[p.p] != 95 or mv[p.p + 1] != 110:
+            if p.n != 2 or p.mv[p.p] != 95 or p.mv[p.p + 1] != 110:
                 return _UNSUPPORTED
         elif extra != 2:
             return _UNSUPPORTED
-        if p.sig_type != 4 or p.sv_n != _SIG_LEN or p.seq < 0 or p.params_s < 0 or p.kl_e - p.kl_s != len(
-                self._key_name) or not _prefix(mv, p.kl_s, p.kl_e, self._key_name):
+        if p.sig_type != 4 or p.sv_n != _SIG_LEN or p.seq < 0 or p.params_s < 0:
             return _KEY
-        if p.digest_s < 0 or not equal(mv, p.digest_s, sha256(mv[p.params_s:p.sv_s + p.sv_n])):
+        if p.kl_e - p.kl_s != len(self._key_name) or not _prefix(p.mv, p.kl_s, p.kl_e, self._key_name):
+            return _KEY
+        return self._verify(p)
+
+    def _verify(self, p):
+        mv = p.mv
+        d = sha256(mv[p.params_s:p.sv_s + p.sv_n])
+        if p.digest_s < 0 or not equal(mv, p.digest_s, d):
             return _DIGEST
-        h = self._mac.start()
-        h.update(mv[p.name_s:p.last_s])
-        h.update(mv[p.params_s:p.sinfo_e])
-        if not equal(mv, p.sv_s, self._mac.finish(h)):
+        d = self._mac.start()
+        d.update(mv[p.name_s:p.last_s])
+        d.update(mv[p.params_s:p.sinfo_e])
+        d = self._mac.finish(d)
+        if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return _RESENT if self._resend(p, mv) else _REPLAY
+            return _RESENT if self._resend(p) else _REPLAY
         self._seq.accept(p.seq)
         return _OK
 
-    def _resend(self, p, mv):
+    def _resend(self, p):
         # A retransmission of an executed request: the cached reply, never a second run.
-        tag = _sig_tag(mv, p.sv_s)
+        tag = _sig_tag(p.mv, p.sv_s)
         for k in range(self._cache_n):
             if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
-                data = self._c_data[k]
-                i = _REPLY_AT + p.pit_n
-                self._tx[i:i + len(data)] = data
-                self._emit(i, i + len(data), mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
+                self._resend_slot(p, k)
                 return True
         return False
 
-    def _dispatch(self, p, mv):
+    def _resend_slot(self, p, k):
+        data = self._c_data[k]
+        i = _REPLY_AT + p.pit_n
+        self._tx[i:i + len(data)] = data
+        self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
+
+    def _dispatch(self, p):
         self.requests += 1
+        mv = p.mv
         self._cur_seq = p.seq
         self._cur_sig = _sig_tag(mv, p.sv_s)
         self._cur_name = mv[p.name_s:p.name_e]
         self._cur_pit = mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
         p.component(self._ncomp + 1 if self._quiet else self._ncomp)
-        svc = self._find(mv, p.p, p.n)
+        svc = self._find(mv[p.p:p.p + p.n])
         if svc is None:
             self._framework(bytes(mv[p.p:p.p + p.n]), mv[p.params_vs:p.params_ve])
-            return
-        if p.params_ve > p.params_vs:
-            try:
-                args = self._args(svc, mv[p.params_vs:p.params_ve])
-            except MalformedError as e:
-                self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-                return
+        elif p.params_ve > p.params_vs:
+            self._call(svc, mv[p.params_vs:p.params_ve])
         else:
-            args = _NO_ARGS
-        if svc.long_running:
-            from device import ops
-            self._send(0, 0, {"op": ops.start(self, svc, args)})
-            return
-        try:
-            r = svc.fn(**args)
-        except Exception as e:
-            self._failed(e)
-            return
-        if svc.is_async:
-            from device import aio
-            aio.finish_later(self, svc, r)
-        else:
-            self._value(svc, r)
+            self._call(svc, None)
 
-    def _find(self, mv, s, n):
-        # The service named mv[s:s+n], without building a key.
+    def _find(self, name):
+        # The service called `name` (a memoryview), without building a key.
         for key in self._svc:
-            if len(key) == n and _prefix(mv, s, s + n, key):
+            if key == name:
                 return self._svc[key]
         return None
+
+    def _call(self, svc, params):
+        args = _NO_ARGS
+        if params is not None:
+            args = self._args(svc, params)
+            if args is None:
+                return  # answered INVALID_ARGUMENT
+        if svc.long_running:
+            self._start_op(svc, args)
+            return
+        self._calling = True  # what the handler raises reaches _fault
+        args = svc.fn(**args)
+        self._calling = False
+        if svc.is_async:
+            from device import aio
+            aio.finish_later(self, svc, args)
+        else:
+            self._value(svc, args)
+
+    def _start_op(self, svc, args):
+        from device import ops
+        self._send(0, 0, {"op": ops.start(self, svc, args)})
 
     def _framework(self, key, params):
         try:
@@ -407,19 +474,20 @@ class Device:
             self._send(0, 0, value)
 
     def _args(self, svc, params):
-        if svc.private:
-            from device import seal
-            params = seal.unseal(self._enc_key, params)
-        args = cbor.loads(params)
-        if not isinstance(args, dict):
-            raise MalformedError("not a map")
-        spec = svc.args
-        for k in args:
-            if not isinstance(k, str):
-                raise MalformedError("argument name %r is not text" % (k,))
-            if spec and k not in spec:
-                raise MalformedError("unknown argument %r" % k)
-        return args
+        # The call's keyword arguments, or None after answering INVALID_ARGUMENT.
+        args = None if svc.private else _decode_args(params, svc.args)
+        return self._args_slow(svc, params) if args is None else args
+
+    def _args_slow(self, svc, params):
+        # Private arguments, and the error answer (decoding again to learn what is wrong).
+        try:
+            if svc.private:
+                from device import seal
+                params = seal.unseal(self._enc_key, params)
+            return _arg_map(cbor.loads(params), svc.args)
+        except MalformedError as e:
+            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
+        return None
 
     def _failed(self, e):
         self.errors += 1
@@ -442,83 +510,116 @@ class Device:
         self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
-        raw = None
         if svc.private:
-            try:
-                raw = cbor.dumps(value)
-            except (TypeError, ValueError) as e:
-                self._unencodable(e)
-                return
-            from device import seal
-            raw = seal.seal(self._enc_key, raw)
-        self._send(0, svc.cache_ms or 0, value, raw)
+            self._sealed(svc, value)
+        else:
+            self._send(0, svc.cache_ms or 0, value)
+
+    def _sealed(self, svc, value):
+        try:
+            raw = cbor.dumps(value)
+        except (TypeError, ValueError) as e:
+            self._unencodable(e)
+            return
+        from device import seal
+        self._send(0, svc.cache_ms or 0, None, seal.seal(self._enc_key, raw))
 
     def _unencodable(self, e):
         self.errors += 1
         self._error("INTERNAL", "result not encodable: %s" % e)
 
+    # -- replies --
+    # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers
+    # backwards in front of it and the signature after it: nothing is copied or measured twice.
     def _send(self, ctype, fresh_ms, value, raw=None):
-        # Reply to the current request (self._cur_*): the content is written at a fixed offset of
-        # the transmit buffer and the Data's headers backwards in front of it, so nothing is copied
-        # or measured twice; then it is signed, cached for retransmissions and sent.
+        # Reply to the current request (self._cur_*), remember it for retransmissions, send it.
         if self._quiet:
             return  # notifications get no reply
-        tx = self._tx
-        pit = self._cur_pit
-        i = _REPLY_AT + len(self._cur_name) + (len(pit) if pit is not None else 0)
+        self._ctype = ctype
+        self._fresh = fresh_ms
+        self._at = _REPLY_AT + len(self._cur_name) + (0 if self._cur_pit is None else len(self._cur_pit))
+        e = self._encode(value) if raw is None else self._at + len(raw)
+        if e > self._room:
+            self._too_big()
+        elif e:
+            if raw is not None:
+                self._tx[self._at:e] = raw
+            self._sign(e)
+
+    def _encode(self, value):
+        # The content's end; len(tx) + 1 when it does not fit, 0 after answering an unencodable result.
         try:
-            if raw is None:
-                e = cbor.encode(tx, i, value)
-            elif i + len(raw) <= len(tx):
-                e = i + len(raw)
-                tx[i:e] = raw
-            else:
-                raise ValueError("reply does not fit")
-            if e + len(self._sig_info) + 2 + _SIG_LEN > len(tx):
-                raise ValueError("reply does not fit")
-        except TypeError as err:
-            self._unencodable(err)
-            return
-        except ValueError as err:
-            if ctype == tlv.CONTENT_NACK:
-                raise
+            return encode(self._tx, self._at, value)
+        except Exception:  # one type keeps this frame off the heap
+            return self._encode_failed(value)
+
+    def _encode_failed(self, value):
+        # Encodes again to learn why (an `except ... as` would put _encode's frame on the heap).
+        try:
+            encode(self._tx, self._at, value)
+        except (TypeError, ValueError) as e:
+            if "does not fit" in str(e):
+                return len(self._tx) + 1
+            self._unencodable(e)
+        return 0
+
+    def _too_big(self):
+        if self._ctype != tlv.CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
             self.errors += 1
-            self._error("RESOURCE_EXHAUSTED", "reply exceeds the %d-byte datagram buffer: %s" % (len(tx), err))
-            return
-        # Content, MetaInfo and Name headers backwards in front of the content at tx[i:e]
-        n = tlv.tl_back(tx, i, tlv.T_CONTENT, e - i)
-        i = n
-        if fresh_ms:
-            i = tlv.nni_back(tx, i, tlv.T_FRESHNESS, fresh_ms)
-        if ctype:
-            i = tlv.nni_back(tx, i, tlv.T_CONTENT_TYPE, ctype)
-        i = tlv.tl_back(tx, i, tlv.T_META_INFO, n - i)
-        n = len(self._cur_name)
-        tx[i - n:i] = self._cur_name
-        s = tlv.tl_back(tx, i - n, tlv.T_NAME, n)
-        # SignatureInfo and SignatureValue after it, then the Data header in front
-        n = len(self._sig_info)
-        tx[e:e + n] = self._sig_info
-        e += n
-        h = self._mac.start()
-        h.update(self._txmv[s:e])
-        tx[e] = tlv.T_SIG_VALUE
-        tx[e + 1] = _SIG_LEN
-        tx[e + 2:e + 2 + _SIG_LEN] = self._mac.finish(h)
-        e += 2 + _SIG_LEN
-        s = tlv.tl_back(tx, s, tlv.T_DATA, e - s)
+            self._error("RESOURCE_EXHAUSTED", "reply exceeds the %d-byte datagram buffer" % len(self._tx))
+
+    def _sign(self, e):
+        # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.
+        i = tl_back(self._tx, self._at, _T_CONTENT, e - self._at)
+        s = i
+        if self._fresh:
+            i = nni_back(self._tx, i, _T_FRESHNESS, self._fresh)
+        if self._ctype:
+            i = nni_back(self._tx, i, _T_CONTENT_TYPE, self._ctype)
+        i = tl_back(self._tx, i, _T_META_INFO, s - i)
+        s = i - len(self._cur_name)
+        self._tx[s:i] = self._cur_name
+        s = tl_back(self._tx, s, _T_NAME, i - s)
+        i = len(self._sig_info)
+        self._tx[e:e + i] = self._sig_info
+        e += i
+        i = self._mac.start()
+        i.update(self._txmv[s:e])
+        e = put_sig(self._tx, e, self._mac.finish(i))
+        s = tl_back(self._tx, s, _T_DATA, e - s)
+        self._cache(s, e)
+
+    def _cache(self, s, e):
         k = self._cache_i
         self._c_seq[k] = self._cur_seq
         self._c_tag[k] = self._cur_sig
         self._c_data[k] = bytes(self._txmv[s:e])
         self._cache_i = (k + 1) % self._cache_n
-        self._emit(s, e, pit)
+        self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):
         # Send the Data at tx[s:e], inside an LpPacket carrying the request's PIT token if it had one.
         if pit is not None:
             s = tlv.lp_head(self._tx, s, e - s, pit)
         self._face.send(self._txmv[s:e])
+
+
+def _decode_args(params, spec):
+    # The argument map, or None when anything is wrong (Device._args_slow then says what).
+    try:
+        return _arg_map(loads(params), spec)
+    except Exception:  # one type, no `as`, two arguments: keeps this frame off the heap
+        return None
+
+
+def _arg_map(args, spec):
+    # args must be a map of text names (within spec, when the service declares one).
+    if not isinstance(args, dict):
+        raise MalformedError("not a map")
+    for k in args:
+        if not isinstance(k, str) or (spec and k not in spec):
+            raise MalformedError("argument %r is not text or not declared" % (k,))
+    return args
 
 
 def _sig_tag(mv, i):

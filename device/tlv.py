@@ -175,12 +175,15 @@ class Packet:
         self.reset()
         self.p = start
         t = self.tl(limit)
-        length = self.p + self.n
-        self.next = length
-        if t != _T_LP_PACKET:
-            self.start = start
-            self.end = length
-            return self._inner(t, length)
+        self.next = self.p + self.n
+        if t == _T_LP_PACKET:
+            return self._lp(self.next)
+        self.start = start
+        self.end = self.next
+        return self._inner(t, self.next)
+
+    def _lp(self, length):
+        # NDNLPv2: the PIT token and the one Fragment; other known headers are skipped.
         frag_s = frag_e = -1
         while self.p < length:
             t = self.tl(length)
@@ -331,6 +334,14 @@ def nni_back(buf, e, t, n):
     w = size_nni(n)
     put_be(buf, e - w, n, w)
     return tl_back(buf, e - w, t, w)
+
+
+def put_sig(buf, i, sig):
+    # SignatureValue TLV of a 32-byte signature at buf[i:]; returns its end.
+    buf[i] = T_SIG_VALUE
+    buf[i + 1] = _DIGEST_LEN
+    buf[i + 2:i + 2 + _DIGEST_LEN] = sig
+    return i + 2 + _DIGEST_LEN
 
 
 def lp_head(buf, s, n, pit):

@@ -199,7 +199,9 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
         assert intake.counters["bad_signature"] == 1 and intake.counters["unknown_key"] == 1
         acked = [Name.to_str(parse_data(d, with_tl=True)[0]) for d in face.sent]
         first_name = Name.to_str(parse_interest(first, with_tl=True)[0])
-        assert acked.count(first_name) == 3 and len(set(acked)) == 3  # reports 1, 2, 3 (each name is unique)
+        # each of the three receipts of `first` acknowledged (duplicates raise the device's ack-loss estimate,
+        # so timed extra copies may follow on a slow run); reports 1, 2, 3 (each name is unique)
+        assert acked.count(first_name) >= 3 and len(set(acked)) == 3
         await pubsub.stop()
         await intake.stop()
 

@@ -76,6 +76,10 @@ class _CapturingFace:
         self.mv = memoryview(self.buf)
         self.sock = None
         self.sent = []
+        self.n = 0
+
+    def read(self):
+        return self.n
 
     def send(self, data):
         self.sent.append(bytes(data))
@@ -87,6 +91,12 @@ def _served_device(tmp_path, mtu=1500):
     dev = Device(DEV, KEY, state_dir=str(tmp_path), mtu=mtu)
     dev.service("temperature", cache_ms=2000)(lambda: 1.0)
     dev.service("blob")(lambda n: "x" * n)
+    dev.service("odd")(lambda: object())
+    dev.service("huge")(lambda: 2 ** 70)
+
+    def fail(why):
+        raise ValueError(why)
+    dev.service("fail")(fail)
     dev.setup()
     dev._face = _CapturingFace(mtu)
     return dev
@@ -94,7 +104,8 @@ def _served_device(tmp_path, mtu=1500):
 
 def _deliver(dev, packet):
     dev._face.buf[:len(packet)] = packet
-    dev._datagram(len(packet))
+    dev._face.n = len(packet)
+    dev.receive()
     return dev._face.sent.pop() if dev._face.sent else None
 
 
@@ -123,6 +134,35 @@ def test_a_reply_that_does_not_fit_the_datagram_becomes_resource_exhausted(tmp_p
         w, _ = wire.make_call(f"{DEV}/blob", {"n": n}, KEY, seq, signer_owner=DEV)
         r = wire.parse_reply(_deliver(dev, w), KEY)
         assert (r.ok and r.value == "x" * n) if n == 10 else (not r.ok and r.code == "RESOURCE_EXHAUSTED")
+
+
+def test_unencodable_results_are_internal_errors(tmp_path):
+    dev = _served_device(tmp_path)
+    for seq, service in enumerate(("odd", "huge"), 1):
+        w, _ = wire.make_call(f"{DEV}/{service}", None, KEY, seq, signer_owner=DEV)
+        r = wire.parse_reply(_deliver(dev, w), KEY)
+        assert not r.ok and r.code == "INTERNAL" and "not encodable" in r.message
+    assert dev.errors == 2
+
+
+def test_a_failing_handler_is_answered_and_the_rest_of_the_read_is_served(tmp_path):
+    # The serving loop catches what a handler raises (Device._fault) and goes on with the packets
+    # that came in the same read; this drives those two steps as _poll_loop does.
+    dev = _served_device(tmp_path)
+    calls = [wire.make_call(f"{DEV}/{svc}", args, KEY, seq, signer_owner=DEV)[0]
+             for seq, (svc, args) in enumerate((("blob", {"n": 1}), ("fail", {"why": "no"}), ("blob", {"n": 2})), 1)]
+    packet = b"".join(calls)
+    dev._face.buf[:len(packet)] = packet
+    dev._face.n = len(packet)
+    for step in range(3):
+        try:
+            dev.receive() if step == 0 else dev._walk()
+            break
+        except Exception as e:
+            dev._fault(e)
+    replies = [wire.parse_reply(d, KEY) for d in dev._face.sent]
+    assert [(r.ok, r.value if r.ok else r.code) for r in replies] == [(True, "x"), (False, "INVALID_ARGUMENT"), (True, "xx")]
+    assert "no" in replies[1].message and dev.errors == 1 and not dev._calling
 
 
 def test_backward_writers_match_forward_encoding():

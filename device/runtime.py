@@ -44,6 +44,7 @@ _T_CONTENT = const(0x15)
 _T_CONTENT_TYPE = const(0x18)
 _T_FRESHNESS = const(0x19)
 _T_DATA = const(0x06)
+_T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
 
@@ -103,23 +104,20 @@ class Device:
         self.name = "/" + "/".join(parts)
         self.site = parts[0]
         self.key = bytes(key)
-        self.iface = iface
-        self.group = group
-        self.port = port
         self.state_dir = state_dir
         self.lease_ms = lease_ms
-        self.gateway = gateway
-        self.mtu = mtu
-        # the datagram buffers first, while the heap is still in one piece
-        self._rx = bytearray(mtu)
-        self._tx = bytearray(mtu)
-        self._txmv = memoryview(self._tx)
         self.requests = 0
         self.errors = 0
         self.drops = [0] * 7
+        # Buffers and the face first, while the heap is still in one piece; the face opens its socket later.
+        self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
+        self._tx = bytearray(mtu)
+        self._txmv = memoryview(self._tx)
+        self._c_seq = [-1] * reply_cache  # the reply cache: request seq, signature tag, Data
+        self._c_tag = [0] * reply_cache
+        self._c_data = [None] * reply_cache
+        self._cache_i = 0
         self._svc = {}
-        self._cache_n = reply_cache
-        self._face = None
         self._running = False
         self._async = False
         self._quiet = False  # the current request is a notification: no reply
@@ -131,6 +129,14 @@ class Device:
         self._n = 0  # bytes of the last read
         self._calling = False  # a handler is running
         self._sleep_ms = 0
+        # Set by setup() (device/control.py), and per request. Created here so that this object's
+        # attribute table reaches its final size now, not while the control plane is in the heap.
+        self._mac = self._seq = self._pkt = self._name_val = self._query_val = self._site_val = None
+        self._key_name = self._sig_base = self._sig_info = self._desc_hash = None
+        self._ncomp = self._room = self._boot = self._renew_at = self._last_query = 0
+        self._query_at = None
+        self._cur_seq = self._cur_sig = self._at = self._ctype = self._fresh = 0
+        self._cur_name = self._cur_pit = None
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -207,7 +213,7 @@ class Device:
 
     def setup(self):
         # Derive names and keys and allocate buffers and the face (once); open() calls it.
-        if self._face is None:
+        if self._mac is None:
             control().setup(self)
             release()
 
@@ -217,11 +223,12 @@ class Device:
         self._face.open()
         self._running = True
         self._announce("up")
-        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, self.iface, self.group, self.port))
+        f = self._face
+        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, f.iface, f.group, f.udp_port))
 
     def close(self):
         face = self._face
-        if face is not None and face.sock is not None:
+        if face.sock is not None:
             try:
                 self._announce("leave")
             finally:
@@ -230,7 +237,7 @@ class Device:
 
     def stop(self):
         self._running = False
-        if self._face is not None and self._face.sock is not None:
+        if self._face.sock is not None:
             self._face.send(b"")  # wake the receive loop through multicast loopback
 
     def _poll_loop(self):
@@ -403,17 +410,14 @@ class Device:
     def _resend(self, p):
         # A retransmission of an executed request: the cached reply, never a second run.
         tag = _sig_tag(p.mv, p.sv_s)
-        for k in range(self._cache_n):
+        for k in range(len(self._c_seq)):
             if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
-                self._resend_slot(p, k)
+                data = self._c_data[k]
+                i = _REPLY_AT + p.pit_n
+                self._tx[i:i + len(data)] = data
+                self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
                 return True
         return False
-
-    def _resend_slot(self, p, k):
-        data = self._c_data[k]
-        i = _REPLY_AT + p.pit_n
-        self._tx[i:i + len(data)] = data
-        self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
 
     def _dispatch(self, p):
         self.requests += 1
@@ -483,15 +487,19 @@ class Device:
         try:
             if svc.private:
                 from device import seal
-                params = seal.unseal(self._enc_key, params)
+                params = seal.unseal(seal.key(self._mac), params)
             return _arg_map(cbor.loads(params), svc.args)
         except MalformedError as e:
             self._error("INVALID_ARGUMENT", "arguments: %s" % e)
         return None
 
     def _failed(self, e):
-        self.errors += 1
         code, message = self._code(e)
+        self._fail(code, message)
+
+    def _fail(self, code, message):
+        # An error answer that counts as a device error (a handler, or a reply, that failed).
+        self.errors += 1
         self._error(code, message)
 
     def _code(self, e):
@@ -519,14 +527,10 @@ class Device:
         try:
             raw = cbor.dumps(value)
         except (TypeError, ValueError) as e:
-            self._unencodable(e)
+            self._fail("INTERNAL", "result not encodable: %s" % e)
             return
         from device import seal
-        self._send(0, svc.cache_ms or 0, None, seal.seal(self._enc_key, raw))
-
-    def _unencodable(self, e):
-        self.errors += 1
-        self._error("INTERNAL", "result not encodable: %s" % e)
+        self._send(0, svc.cache_ms or 0, None, seal.seal(seal.key(self._mac), raw))
 
     # -- replies --
     # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers
@@ -540,7 +544,8 @@ class Device:
         self._at = _REPLY_AT + len(self._cur_name) + (0 if self._cur_pit is None else len(self._cur_pit))
         e = self._encode(value) if raw is None else self._at + len(raw)
         if e > self._room:
-            self._too_big()
+            if ctype != tlv.CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
+                self._fail("RESOURCE_EXHAUSTED", "reply exceeds the datagram buffer (mtu)")
         elif e:
             if raw is not None:
                 self._tx[self._at:e] = raw
@@ -560,13 +565,8 @@ class Device:
         except (TypeError, ValueError) as e:
             if "does not fit" in str(e):
                 return len(self._tx) + 1
-            self._unencodable(e)
+            self._fail("INTERNAL", "result not encodable: %s" % e)
         return 0
-
-    def _too_big(self):
-        if self._ctype != tlv.CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
-            self.errors += 1
-            self._error("RESOURCE_EXHAUSTED", "reply exceeds the %d-byte datagram buffer" % len(self._tx))
 
     def _sign(self, e):
         # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.
@@ -585,7 +585,7 @@ class Device:
         e += i
         i = self._mac.start()
         i.update(self._txmv[s:e])
-        e = put_sig(self._tx, e, self._mac.finish(i))
+        e = put_sig(self._tx, e, _T_SIG_VALUE, self._mac.finish(i))
         s = tl_back(self._tx, s, _T_DATA, e - s)
         self._cache(s, e)
 
@@ -594,7 +594,7 @@ class Device:
         self._c_seq[k] = self._cur_seq
         self._c_tag[k] = self._cur_sig
         self._c_data[k] = bytes(self._txmv[s:e])
-        self._cache_i = (k + 1) % self._cache_n
+        self._cache_i = (k + 1) % len(self._c_seq)
         self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):

@@ -16,6 +16,11 @@ def _cipher(key, iv):
         return AES.new(key, AES.MODE_CBC, iv)
 
 
+def key(mac):
+    # The AES key of private services, derived from the device key: HMAC(key, "ndn-edge enc")[:16].
+    return mac.mac(b"ndn-edge enc")[:16]
+
+
 def seal(key, plain):
     iv = urandom(_BLOCK)
     pad = _BLOCK - len(plain) % _BLOCK

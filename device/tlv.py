@@ -42,55 +42,8 @@ CONTENT_NACK = const(3)
 _DIGEST_LEN = const(32)
 
 
-def size_num(n):
-    return 1 if n < 253 else 3 if n <= 0xFFFF else 5 if n <= 0xFFFFFFFF else 9
-
-
-def size_tl(t, n):
-    # Bytes of a TLV's type and length fields (the value of length n follows).
-    return size_num(t) + size_num(n)
-
-
 def size_nni(n):
     return 1 if n <= 0xFF else 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
-
-
-def put_num(buf, i, n):
-    if n < 253:
-        buf[i] = n
-        return i + 1
-    w = 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
-    buf[i] = 0xFD if w == 2 else 0xFE if w == 4 else 0xFF
-    return put_be(buf, i + 1, n, w)
-
-
-def put_be(buf, i, n, w):
-    j = i + w
-    while j > i:
-        j -= 1
-        buf[j] = n & 0xFF
-        n >>= 8
-    return i + w
-
-
-def put_tl(buf, i, t, n):
-    return put_num(buf, put_num(buf, i, t), n)
-
-
-def put_nni_tlv(buf, i, t, n):
-    w = size_nni(n)
-    return put_be(buf, put_tl(buf, i, t, w), n, w)
-
-
-def put_bytes(buf, i, data):
-    n = len(data)
-    buf[i:i + n] = data
-    return i + n
-
-
-def size_nni_tlv(t, n):
-    w = size_nni(n)
-    return size_tl(t, w) + w
 
 
 def _critical(t):
@@ -331,14 +284,19 @@ def tl_back(buf, e, t, n):
 
 
 def nni_back(buf, e, t, n):
+    # NonNegativeInteger TLV of n (shortest of 1, 2, 4 or 8 bytes) written to end at e; returns its start.
     w = size_nni(n)
-    put_be(buf, e - w, n, w)
+    i = e
+    while i > e - w:
+        i -= 1
+        buf[i] = n & 0xFF
+        n >>= 8
     return tl_back(buf, e - w, t, w)
 
 
-def put_sig(buf, i, sig):
-    # SignatureValue TLV of a 32-byte signature at buf[i:]; returns its end.
-    buf[i] = T_SIG_VALUE
+def put_sig(buf, i, t, sig):
+    # A signature value TLV (type t, 32 bytes) at buf[i:]; returns its end.
+    buf[i] = t
     buf[i + 1] = _DIGEST_LEN
     buf[i + 2:i + 2 + _DIGEST_LEN] = sig
     return i + 2 + _DIGEST_LEN

@@ -37,16 +37,10 @@ def find_mpy_cross():
 
 
 def compile_runtime(out_dir: Path):
-    """Compile device/*.py to .mpy under out_dir/device, as a board carries it."""
+    """The runtime compiled to .mpy under out_dir/device, as a board carries it (None without mpy-cross)."""
+    from tools.cmd_up import compile_runtime as compile_for_board
     mpy_cross = find_mpy_cross()
-    if mpy_cross is None:
-        return None
-    pkg = out_dir / "device"
-    pkg.mkdir(parents=True, exist_ok=True)
-    for src in sorted((ROOT / "device").glob("*.py")):
-        subprocess.run([mpy_cross, "-o", str(pkg / (src.stem + ".mpy")), f"device/{src.name}"],
-                       cwd=ROOT, check=True, capture_output=True)
-    return out_dir
+    return None if mpy_cross is None else compile_for_board(out_dir, "tests", mpy_cross)
 
 
 @pytest.fixture(scope="session")

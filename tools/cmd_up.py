@@ -57,13 +57,26 @@ def find_mpy_cross(verb: str = "up") -> str:
     return path
 
 
-def compile_runtime(out: Path, verb: str = "up") -> Path:
+# How the runtime is compiled for boards (deploy, sim, up, the tests and the benchmark): without
+# line-number tables, which cost board heap for every function once loaded (a traceback inside the
+# runtime names the function, not the line; apps keep their line numbers). device/_cpython.py is
+# CPython-only and never goes to a board.
+RUNTIME_MPY_FLAGS = ("-X", "no-source-lines")
+HOST_ONLY = ("_cpython.py",)
+
+
+def runtime_sources() -> list[Path]:
+    """The runtime's modules as a board carries them."""
+    return [p for p in sorted((ROOT / "device").glob("*.py")) if p.name not in HOST_ONLY]
+
+
+def compile_runtime(out: Path, verb: str = "up", mpy_cross: str | None = None) -> Path:
     """device/*.py compiled to out/device/*.mpy, as it is copied to a board."""
-    mpy_cross = find_mpy_cross(verb)
+    mpy_cross = mpy_cross or find_mpy_cross(verb)
     pkg = out / "device"
     pkg.mkdir(parents=True, exist_ok=True)
-    for src in sorted((ROOT / "device").glob("*.py")):
-        subprocess.run([mpy_cross, "-o", str(pkg / f"{src.stem}.mpy"), f"device/{src.name}"],
+    for src in runtime_sources():
+        subprocess.run([mpy_cross, *RUNTIME_MPY_FLAGS, "-o", str(pkg / f"{src.stem}.mpy"), f"device/{src.name}"],
                        cwd=ROOT, check=True, capture_output=True)
     return out
 

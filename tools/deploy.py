@@ -158,7 +158,8 @@ def _emitted_version(mpy_cross: str, flags: list[str]) -> tuple[int, int] | None
 
 
 def _runtime(out: Path, mpy_cross: str | None, flags: list[str] | None, verb: str) -> list[BoardFile]:
-    sources = sorted((ROOT / "device").glob("*.py"))
+    from tools.cmd_up import RUNTIME_MPY_FLAGS, runtime_sources
+    sources = runtime_sources()
     if flags is None:
         return [BoardFile(f"{RUNTIME_DIR}/{src.name}", src.read_bytes(), "runtime") for src in sources]
     if not flags:
@@ -170,7 +171,8 @@ def _runtime(out: Path, mpy_cross: str | None, flags: list[str] | None, verb: st
             raise CommandError(f"{verb}: mpy-cross failed on the runtime: {_first_line(err.stderr)}") from None
         return [BoardFile(f"{RUNTIME_DIR}/{src.stem}.mpy", (out / "device" / f"{src.stem}.mpy").read_bytes(),
                           "runtime") for src in sources]
-    return [_module(src, f"{RUNTIME_DIR}/{src.stem}", mpy_cross, flags, "runtime", verb) for src in sources]
+    return [_module(src, f"{RUNTIME_DIR}/{src.stem}", mpy_cross, [*flags, *RUNTIME_MPY_FLAGS], "runtime", verb)
+            for src in sources]
 
 
 def _module(src: Path, stem: str, mpy_cross: str | None, flags: list[str] | None, what: str,

@@ -7,7 +7,9 @@ For each subject, in one run (see bench/README.md for the method):
 """
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,6 +167,25 @@ def code_sizes(env: Env) -> dict[str, dict]:
     }
 
 
+# What each subject's app imports before serving (the echo anchor's asyncio is frozen into the interpreter).
+IMPORTS = {NdnClient.label: ("ndn", "from device import Device"),
+           HttpClient.label: ("microdot", "from microdot import Microdot"),
+           EchoClient.label: (None, "import asyncio, socket")}
+
+
+def import_heap(env: Env, lib_key: str | None, statement: str) -> int | None:
+    """Bytes of heap still in use after `statement` (with a collection before and after): on the unix port
+    the imported code itself sits in the heap, so this is how much of the smallest heap is code."""
+    code = f"import gc\ngc.collect()\na = gc.mem_alloc()\n{statement}\ngc.collect()\nprint(gc.mem_alloc() - a)"
+    lib = f"{env.libs[lib_key]}:.frozen" if lib_key else ".frozen"
+    done = subprocess.run([env.micropython, "-X", "heapsize=1M", "-c", code], capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, MICROPYPATH=lib), cwd=env.scratch)
+    try:
+        return int(done.stdout.strip())
+    except ValueError:
+        return None
+
+
 def build_env(scratch: Path) -> Env:
     import microdot
     env = Env(scratch)
@@ -179,6 +200,8 @@ def run(opts: Options) -> dict:
     with tempfile.TemporaryDirectory(prefix="ndn-edge-bench-") as scratch:
         env = build_env(Path(scratch))
         subjects = code_sizes(env)
+        for label, (lib_key, statement) in IMPORTS.items():
+            subjects[label]["import_heap_bytes"] = import_heap(env, lib_key, statement)
         for cls in SUBJECTS:
             subjects[cls.label].update(measure(env, cls, opts))
         for i, cls in enumerate(SUBJECTS):

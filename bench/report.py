@@ -17,6 +17,12 @@ METRICS = (
 )
 
 
+# Rows without a target: what explains the figures above.
+INFO = (
+    ("import_heap_bytes", "heap after importing the code, B"),
+)
+
+
 def heap_within(subject: dict, kib: int) -> bool | None:
     """Is the smallest heap at most kib? None when a search cut short leaves it open."""
     value = subject["min_heap_kib"]
@@ -60,6 +66,8 @@ def table(report: dict) -> str:
     for (key, title, target, _), verdict in zip(METRICS, report["targets"]):
         result = {True: "PASS", False: "FAIL", None: "?"}[verdict["pass"]]
         rows.append((title, *(cell(subjects[c], key, report) for c in COLUMNS), target, result))
+    for key, title in INFO:
+        rows.append((title, *(cell(subjects[c], key, report) for c in COLUMNS), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     numeric = range(1, 1 + len(COLUMNS))
     lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))

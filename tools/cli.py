@@ -233,7 +233,7 @@ COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
     "sub": ("tools.cmd_models:do_sub", "tools.cmd_models:args_sub", "print messages published on matching topics"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
-    "client remove": (do_client_remove, _args_client_name, "remove a client, its rules and its credentials"),
+    "client remove": (do_client_remove, _args_client_name, "remove a client, its rules, its durable subscriptions and its credentials"),
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),

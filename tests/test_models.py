@@ -159,26 +159,39 @@ def _publication(key: bytes, seq: int, n: int, *, device: str = "/edge/sim/1", b
     return bytes(make_interest("/edge/_pub", InterestParam(lifetime=1000), params, signer=signer))
 
 
-def test_reports_are_verified_processed_once_and_reordered(tmp_path):
-    from ndn.encoding import Name, parse_data, parse_interest
-
+async def _intake_and_pubsub(store, face=None):
+    """A report intake and pub/sub over `store` (as the gateway wires them), started; face keeps what they send."""
     from gateway import reports
     from gateway.pubsub import PubSub
+
+    intake = reports.ReportIntake(store, face or _Face(), "edge")
+    pubsub = PubSub(store, site="edge", intake=intake)
+    intake.handlers[reports.PUBLICATION] = pubsub.on_report
+    await intake.start()
+    await pubsub.start()
+    return intake, pubsub
+
+
+def _store_with_alice(path, key: bytes):
+    """A store with device /edge/sim/1 (key) and client alice allowed sim/**."""
     from gateway.store import Store
+
+    store = Store(path)
+    store.add_device("/edge/sim/1", key, "edge")
+    store.add_client("alice", os.urandom(32))
+    store.grant("alice", "sim/**")
+    return store
+
+
+def test_reports_are_verified_processed_once_and_reordered(tmp_path):
+    from ndn.encoding import Name, parse_data, parse_interest
 
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = Store(tmp_path / "store.db")
-        store.add_device("/edge/sim/1", key, "edge")
-        store.add_client("alice", os.urandom(32))
-        store.grant("alice", "sim/**")
+        store = _store_with_alice(tmp_path / "store.db", key)
         face = _Face()
-        intake = reports.ReportIntake(store, face, "edge")
-        pubsub = PubSub(store, site="edge", intake=intake)
-        intake.handlers[reports.PUBLICATION] = pubsub.on_report
-        await intake.start()
-        await pubsub.start()
+        intake, pubsub = await _intake_and_pubsub(store, face)
         sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
 
         first = _publication(key, 10, 1)
@@ -207,11 +220,7 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
 
         # a new intake on the same store (a gateway restart): the retransmission is still recognised
         face2 = _Face()
-        intake2 = reports.ReportIntake(store, face2, "edge")
-        pubsub2 = PubSub(store, site="edge", intake=intake2)
-        intake2.handlers[reports.PUBLICATION] = pubsub2.on_report
-        await intake2.start()
-        await pubsub2.start()
+        intake2, pubsub2 = await _intake_and_pubsub(store, face2)
         sub2 = pubsub2.subscribe("alice", "sim/1/*")["sub"]
         retained = (await pubsub2.poll("alice", sub2, wait_ms=0))["messages"]
         assert [(m["value"], m["retained"]) for m in retained] == [(3, True)]
@@ -236,22 +245,13 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
     # `client remove` runs in another process: it deletes the client's durable subscriptions from the store, the
     # running gateway stops queueing for them at once and forgets them, and a new client of the same name
     # starts with nothing of the old one's.
-    from gateway import reports
-    from gateway.pubsub import PubSub
     from gateway.store import Store
 
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = Store(tmp_path / "store.db")
-        store.add_device("/edge/sim/1", key, "edge")
-        store.add_client("alice", os.urandom(32))
-        store.grant("alice", "sim/**")
-        intake = reports.ReportIntake(store, _Face(), "edge")
-        pubsub = PubSub(store, site="edge", intake=intake)
-        intake.handlers[reports.PUBLICATION] = pubsub.on_report
-        await intake.start()
-        await pubsub.start()
+        store = _store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await _intake_and_pubsub(store)
         old = pubsub.subscribe("alice", "sim/1/*", durable="dash")
         intake.on_interest(_publication(key, 10, 1))
         await _drain(intake)

@@ -82,12 +82,15 @@ def control():
 
 
 def release():
-    # Drop the control plane's module so its code can be collected until it is needed again.
+    # Drop the control plane's modules (and report.py, which announcements load) so their code can be
+    # collected until it is needed again; a module still imported elsewhere (outbox.py uses report.py)
+    # stays alive through that reference.
     import sys
     import device
-    sys.modules.pop("device.control", None)
-    if "control" in device.__dict__:
-        del device.control
+    for name in ("control", "report"):
+        sys.modules.pop("device." + name, None)
+        if name in device.__dict__:
+            delattr(device, name)
 
 
 class Device:
@@ -264,6 +267,7 @@ class Device:
     def _run_due(self):
         # Renewal, a pending query answer, app timers, report resends, a requested sleep.
         now = ticks_ms()
+        self._due = ticks_add(now, _MAX_WAIT_MS)  # if what follows raises, the serving loop retries in a second
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0

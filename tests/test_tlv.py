@@ -175,6 +175,18 @@ def test_a_failing_handler_is_answered_and_the_rest_of_the_read_is_served(tmp_pa
     assert "no" in replies[1].message and dev.errors == 1 and not dev._calling
 
 
+def test_a_failing_renewal_is_retried_a_second_later_not_at_once(tmp_path):
+    dev = _served_device(tmp_path)
+    dev._renew_at = dev._due = dev._boot  # the announcement is due
+
+    def broken(state):
+        raise MemoryError("no heap for the control plane")
+    dev._announce = broken
+    with pytest.raises(MemoryError):
+        dev.tick()  # the serving loop catches this (Device._fault) and goes on
+    assert 900 <= dev.tick() <= 1000  # the loop polls for packets in between
+
+
 def test_backward_writers_match_the_spec():
     for t, n in ((7, 0), (7, 252), (21, 253), (21, 1400), (0x64, 0xFFFF)):
         back = bytearray(8)

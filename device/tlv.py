@@ -1,7 +1,8 @@
 # NDN packet format v0.3 on the board: parse a datagram into offsets of one receive buffer
-# (no copies), and write replies into one preallocated transmit buffer in two passes
-# (sizes first, then bytes). See docs/protocol.md for the layout of every packet.
-# Setup-time and announcement encoders live in device/control.py, off the receive path.
+# (no copies), and write packets into one preallocated transmit buffer backwards: the content
+# goes first, at a known offset, and each header is written in front of what it covers, once its
+# length is known, so nothing is measured twice (Device._sign, report.build).
+# See docs/protocol.md for the layout of every packet.
 from device.port import const
 from device.errors import MalformedError
 
@@ -19,12 +20,12 @@ _T_HOP_LIMIT = const(0x22)
 _T_APP_PARAMS = const(0x24)
 _T_ISIG_INFO = const(0x2C)
 _T_ISIG_VALUE = const(0x2E)
-T_META_INFO = const(0x14)
-T_CONTENT = const(0x15)
+_T_META_INFO = const(0x14)
+_T_CONTENT = const(0x15)
 T_SIG_INFO = const(0x16)
-T_SIG_VALUE = const(0x17)
-T_CONTENT_TYPE = const(0x18)
-T_FRESHNESS = const(0x19)
+_T_SIG_VALUE = const(0x17)
+_T_CONTENT_TYPE = const(0x18)
+_T_FRESHNESS = const(0x19)
 T_SIG_TYPE = const(0x1B)
 T_KEY_LOCATOR = const(0x1C)
 _T_KEY_DIGEST = const(0x1D)
@@ -37,7 +38,6 @@ _T_LP_FRAG_INDEX = const(0x52)
 _T_LP_FRAG_COUNT = const(0x53)
 _T_LP_PIT_TOKEN = const(0x62)
 _T_LP_SEQUENCE = const(0x51)
-SIG_HMAC_SHA256 = const(4)
 CONTENT_NACK = const(3)
 _DIGEST_LEN = const(32)
 
@@ -184,10 +184,10 @@ class Packet:
                 self._name(e)
             elif t == T_SIG_INFO:
                 self.sinfo_e = e
-            elif t == T_SIG_VALUE:
+            elif t == _T_SIG_VALUE:
                 self.sv_s = self.p
                 self.sv_n = self.n
-            elif t not in (T_META_INFO, T_CONTENT) and _critical(t):
+            elif t not in (_T_META_INFO, _T_CONTENT) and _critical(t):
                 raise MalformedError("data: unknown critical")
             self.p = e
 

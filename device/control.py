@@ -1,14 +1,13 @@
-# The device's control plane: setup, announcements, service descriptions, health, configuration.
-# None of it is on the per-invocation path, so the runtime imports this module when it needs it
-# and releases it right after (runtime.control()/release()): its code does not sit in the heap
-# between announcements.
+# The device's boot-time control plane: setup, announcements, service descriptions. None of it is on
+# the per-invocation path, so the runtime imports this module when it needs it and releases it right
+# after (runtime.control()/release()): its code does not sit in the heap between announcements.
+# What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py, so
+# that setup, the heap's busiest moment, loads only this.
 from device import cbor, tlv, port
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
-_DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
-_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway")
 
 
 def encode_name(uri):
@@ -26,19 +25,6 @@ def tlv_bytes(t, value):
     out = bytearray(n + 4)
     out[4:] = value
     return bytes(out[tlv.tl_back(out, 4, t, n):])
-
-
-def read_config(path, overrides):
-    # Keyword arguments for Device from the JSON file `ndn-edge provision` writes (docs/operations.md).
-    import json
-    with open(path) as f:
-        cfg = json.load(f)
-    kw = {"name": cfg["name"], "key": cfg["key"]}
-    for k in _CONFIG_KEYS:
-        if k in cfg:
-            kw[k] = cfg[k]
-    kw.update(overrides)
-    return kw
 
 
 def setup(dev):
@@ -84,42 +70,6 @@ def describe(dev):
                     "cache_ms": s.cache_ms, "idempotent": s.idempotent, "private": s.private,
                     "long_running": s.long_running})
     return {"name": dev.name, "services": out}
-
-
-def health(dev):
-    ob = dev._outbox
-    drops = {}
-    for i in range(len(_DROP_NAMES)):
-        drops[_DROP_NAMES[i]] = dev.drops[i]
-    return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
-            "requests": dev.requests, "errors": dev.errors, "drops": drops, "seq_writes": dev._seq.writes,
-            "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0}
-
-
-def framework(dev, name, args):
-    # The value of a framework service, or None when there is no such service (or operation).
-    if name == b"_desc":
-        return describe(dev)
-    if name == b"_health":
-        return health(dev)
-    if name in (b"_op_get", b"_op_cancel") and dev._ops:
-        from device import ops
-        return ops.get(dev, args) if name == b"_op_get" else ops.cancel(dev, args)
-    return None
-
-
-def sleep(dev, ms):
-    # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
-    import time
-    announce(dev, "sleep", ms)
-    dev._face.close()
-    try:
-        import machine
-        machine.lightsleep(ms)
-    except (ImportError, AttributeError):
-        time.sleep(ms / 1000)
-    dev._face.open()
-    announce(dev, "up")
 
 
 def announce(dev, state, sleep_ms=None):

@@ -6,8 +6,8 @@
 # Heap is the user's, so:
 # - dev.run() serves from a select.poll loop and imports asyncio only when a handler is a coroutine
 #   (device/aio.py); `await dev.serve()` always uses asyncio.
-# - The control plane (setup, announcements, _desc, _health, config) is in device/control.py,
-#   imported when needed and released after.
+# - The control plane (setup, announcements) is in device/control.py, and _desc, _health, config
+#   and sleep in device/manage.py, imported when needed and released after.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
 from device import cbor, tlv, port, net, replay  # noqa: F401 (net, replay: loaded before the control plane, see setup)
@@ -24,7 +24,7 @@ _QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
 _MAX_WAIT_MS = const(1000)
 
-# drop reasons, indexes into Device.drops (names in device/control.py)
+# drop reasons, indexes into Device.drops (names in device/manage.py)
 _MALFORMED = const(0)
 _OVERSIZED = const(1)
 _UNSUPPORTED = const(2)
@@ -81,13 +81,18 @@ def control():
     return control
 
 
+def manage():
+    from device import manage
+    return manage
+
+
 def release():
-    # Drop the control plane's modules (and report.py, which announcements load) so their code can be
+    # Drop the control and management planes (and report.py, which announcements load) so their code can be
     # collected until it is needed again; a module still imported elsewhere (outbox.py uses report.py)
     # stays alive through that reference.
     import sys
     import device
-    for name in ("control", "report"):
+    for name in ("control", "manage", "report"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
@@ -144,7 +149,7 @@ class Device:
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
         # The JSON file that `ndn-edge provision` writes; see docs/operations.md.
-        kw = control().read_config(path, overrides)
+        kw = manage().read_config(path, overrides)
         release()
         return cls(**kw)
 
@@ -271,7 +276,7 @@ class Device:
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0
-            control().sleep(self, ms)
+            manage().sleep(self, ms)
             release()
             now = ticks_ms()
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
@@ -474,7 +479,7 @@ class Device:
         except MalformedError as e:
             self._error("INVALID_ARGUMENT", "arguments: %s" % e)
             return
-        value = control().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+        value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
         release()
         if value is None:
             self._error("NOT_FOUND", "no service %s" % str(key, "utf-8"))

@@ -1,0 +1,56 @@
+# The device's management plane: the framework services (_desc, _health, _op_get, _op_cancel), the
+# configuration file and sleep. Imported when needed and released right after, like device/control.py.
+from device import control, port
+from device.port import ticks_ms, ticks_diff
+
+_DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
+_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway")
+
+
+def read_config(path, overrides):
+    # Keyword arguments for Device from the JSON file `ndn-edge provision` writes (docs/operations.md).
+    import json
+    with open(path) as f:
+        cfg = json.load(f)
+    kw = {"name": cfg["name"], "key": cfg["key"]}
+    for k in _CONFIG_KEYS:
+        if k in cfg:
+            kw[k] = cfg[k]
+    kw.update(overrides)
+    return kw
+
+
+def health(dev):
+    ob = dev._outbox
+    drops = {}
+    for i in range(len(_DROP_NAMES)):
+        drops[_DROP_NAMES[i]] = dev.drops[i]
+    return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
+            "requests": dev.requests, "errors": dev.errors, "drops": drops, "seq_writes": dev._seq.writes,
+            "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0}
+
+
+def framework(dev, name, args):
+    # The value of a framework service, or None when there is no such service (or operation).
+    if name == b"_desc":
+        return control.describe(dev)
+    if name == b"_health":
+        return health(dev)
+    if name in (b"_op_get", b"_op_cancel") and dev._ops:
+        from device import ops
+        return ops.get(dev, args) if name == b"_op_get" else ops.cancel(dev, args)
+    return None
+
+
+def sleep(dev, ms):
+    # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
+    import time
+    control.announce(dev, "sleep", ms)
+    dev._face.close()
+    try:
+        import machine
+        machine.lightsleep(ms)
+    except (ImportError, AttributeError):
+        time.sleep(ms / 1000)
+    dev._face.open()
+    control.announce(dev, "up")

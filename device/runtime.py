@@ -326,10 +326,12 @@ class Device:
             self._due = now
 
     # -- receive path --
-    # Per packet: receive -> _packet -> _interest -> _check -> _dispatch -> _invoke -> _send.
-    # MicroPython puts a call's frame on the heap when its state (arguments, locals, value stack,
-    # two words per active handler) exceeds 11 words; these are written to stay within that
-    # (bench/frames.py lists every function's frame), so a call allocates little beyond its data.
+    # Per packet: receive -> _walk -> _packet -> _interest -> _check -> _verify -> _dispatch -> _call
+    # -> _value -> _send -> _encode, _sign -> _cache -> _emit. MicroPython puts a call's frame on the
+    # heap when its state (arguments, locals, value stack, three words per active exception handler)
+    # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
+    # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
+    # also the reused locals, and no try in this path: the serving loop catches (see _fault).
     def receive(self):
         # Handle what one read returns. The serving loop catches what this raises (see _fault).
         self._next = 0
@@ -362,8 +364,7 @@ class Device:
             port.print_exc(e)
 
     def _packet(self, i, n):
-        # The packet at the receive buffer's [i:n]; returns where the next one starts (one read may
-        # hold several datagrams back to back; each NDN packet is a complete TLV).
+        # The packet at the receive buffer's [i:n]; returns where the next one starts.
         p = self._pkt
         t = p.parse(self._face.mv, i, n)
         if t == tlv.T_INTEREST:
@@ -461,13 +462,13 @@ class Device:
             self._start_op(svc, args)
             return
         self._calling = True  # what the handler raises reaches _fault
-        args = svc.fn(**args)
+        value = svc.fn(**args)
         self._calling = False
         if svc.is_async:
             from device import aio
-            aio.finish_later(self, svc, args)
+            aio.finish_later(self, svc, value)  # value: the coroutine
         else:
-            self._value(svc, args)
+            self._value(svc, value)
 
     def _start_op(self, svc, args):
         from device import ops
@@ -482,7 +483,11 @@ class Device:
         value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
         release()
         if value is None:
-            self._error("NOT_FOUND", "no service %s" % str(key, "utf-8"))
+            try:
+                key = str(key, "utf-8")
+            except UnicodeError:  # a name component need not be text
+                pass
+            self._error("NOT_FOUND", "no service %s" % key)
         else:
             self._send(0, 0, value)
 

@@ -132,10 +132,13 @@ def test_data_reply_is_parsed_and_verified_by_python_ndn(tmp_path):
     again = _deliver(dev, lp_wrap(b"\x09", w2))  # a retransmission: the cached Data under the new token
     lp2 = parse_lp_packet_v2(again, with_tl=True)
     assert bytes(lp2.pit_token) == b"\x09" and bytes(lp2.fragment) == bytes(lp.fragment)
-    # an error reply: ContentType NACK, verified
+    # an error reply: ContentType NACK, verified; a service name need not be text
     w3, _ = wire.make_call(f"{DEV}/nothing", None, KEY, 3, signer_owner=DEV)
     name, meta, _, _ = parse_data(_deliver(dev, w3), with_tl=True)
     assert meta.content_type == 3
+    w4, _ = wire.make_call(f"{DEV}/%FF%FE", None, KEY, 4, signer_owner=DEV)
+    r = wire.parse_reply(_deliver(dev, w4), KEY)
+    assert not r.ok and r.code == "NOT_FOUND" and dev.errors == 0
 
 
 def test_a_reply_that_does_not_fit_the_datagram_becomes_resource_exhausted(tmp_path):

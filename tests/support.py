@@ -1,6 +1,8 @@
 """Test-side peers: a multicast endpoint on loopback and board processes on the real interpreters."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import signal
@@ -188,3 +190,114 @@ def lp_wrap(token: bytes, inner: bytes) -> bytes:
     frag = bytes([0x50, 0xFD]) + len(inner).to_bytes(2, "big") + inner
     body = tl(0x62, token) + frag
     return bytes([0x64, 0xFD]) + len(body).to_bytes(2, "big") + body
+
+
+def stop_process(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
+    """Ctrl-C, then kill after `timeout_s`; the exit code (None for no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+    return proc.returncode
+
+
+class Cluster:
+    """A home with a gateway process and one `ndn-edge sim` process (simulated devices on MicroPython), on its
+    own multicast port; the CLI in this process or as a child."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.home = tmp_path / "home"
+        self.port = port
+        self.logs = tmp_path
+        self.gateway: subprocess.Popen | None = None
+        self.sim: subprocess.Popen | None = None
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env.pop("NDN_EDGE_CLIENT", None)
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        """`ndn-edge --home HOME ARGS...` in this process; returns (exit code, stdout, stderr)."""
+        from tools.cli import main as cli_main
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(["--home", str(self.home), *args])
+        return code, out.getvalue(), err.getvalue()
+
+    def cli_process(self, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools", "--home", str(self.home), *args], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=timeout_s)
+
+    def clients(self, **rules: str) -> None:
+        """Add each client and grant it its pattern: clients(alice="sim/**")."""
+        for name, pattern in rules.items():
+            assert self.cli("client", "add", name)[0] == 0
+            assert self.cli("acl", "grant", name, pattern)[0] == 0
+
+    def start_gateway(self, *extra: str):
+        """Start `ndn-edge gateway` (stdout to gateway.log, structured logs to gateway.err); wait for its record."""
+        from gateway.errors import ConfigError
+        from gateway.home import Home
+        from tests.conftest import wait_until
+        with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "ab") as err:
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
+                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=out, stderr=err)
+        home = Home(self.home)
+
+        def ready() -> bool:
+            if self.gateway.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.gateway.returncode}:\n{self.log('gateway')}"
+                                     f"{self.log('gateway', 'err')}")
+            try:
+                return home.read_gateway_record().pid == self.gateway.pid
+            except ConfigError:
+                return False
+        wait_until(ready, 20, what="the gateway's record")
+        return home
+
+    def start_sim(self, count: int, *extra: str) -> None:
+        with open(self.logs / "sim.log", "ab") as log:
+            self.sim = subprocess.Popen(
+                [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
+                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def connect(self, client: str, timeout: float = 5.0):
+        from gateway.client import Client
+        return Client.connect_sync(home=self.home, client=client, timeout=timeout)
+
+    def wait_online(self, client, names: list[str], timeout_s: float = 30) -> None:
+        """Until `client` lists every device in `names` online and described."""
+        from tests.conftest import wait_until
+
+        def online() -> bool:
+            if self.sim is not None and self.sim.poll() is not None:
+                raise AssertionError(f"sim exited with {self.sim.returncode}:\n{self.log('sim')}")
+            seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
+            return set(names) <= seen
+        wait_until(online, timeout_s, interval_s=0.05, what=f"devices {names} online")
+
+    def device_pid(self, number: int) -> int:
+        """The pid of sim device `number` (its process runs in HOME/sim/<number>)."""
+        folder = str((self.home / "sim" / str(number)).resolve())
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry / "cwd") == folder:
+                        return int(entry.name)
+        raise AssertionError(f"no process for sim device {number}")
+
+    def log(self, which: str, ext: str = "log") -> str:
+        path = self.logs / f"{which}.{ext}"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
+        return stop_process(proc, timeout_s)
+
+    def close(self) -> None:
+        self.stop(self.sim)
+        self.stop(self.gateway)

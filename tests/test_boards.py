@@ -29,6 +29,7 @@ from gateway.errors import ConfigError
 from gateway.home import Home
 from gateway.store import Store
 from tests.conftest import wait_until
+from tests.support import stop_process
 from tools import cmd_flash
 from tools.cli import main as cli_main
 from tools.cmd_provision import device_name
@@ -70,17 +71,6 @@ def one_error_line(err: str, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-def stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout_s)
-
-
 class VBoard:
     """`ndn-edge vboard --dir FOLDER` as a process; `port` is its stable link."""
 
@@ -112,7 +102,7 @@ class VBoard:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        stop(self.proc)
+        stop_process(self.proc)
 
 
 @pytest.fixture
@@ -163,7 +153,7 @@ class Gateway:
 def gateway(tmp_path, mcast_port, env):
     gw = Gateway(tmp_path / "home", mcast_port, env, tmp_path / "gateway.log")
     yield gw
-    stop(gw.proc)
+    stop_process(gw.proc)
 
 
 def serial_port(path: str):

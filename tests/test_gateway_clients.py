@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -39,8 +37,7 @@ from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotF
 from gateway.home import ClientCredentials, Home
 from gateway.server import ClientServer
 from gateway.store import Store
-from tests.conftest import wait_until
-from tools.cli import main as cli_main
+from tests.support import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -608,85 +605,6 @@ def test_client_configuration_errors(tmp_path, monkeypatch):
 # -- end to end: real processes
 
 
-class Cluster:
-    """A home with a gateway process and simulated-device processes, on its own multicast port."""
-
-    def __init__(self, tmp_path: Path, port: int) -> None:
-        self.home = tmp_path / "home"
-        self.port = port
-        self.logs = tmp_path
-        self.gateway: subprocess.Popen | None = None
-        self.sim: subprocess.Popen | None = None
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.env.pop("NDN_EDGE_CLIENT", None)
-
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        """`ndn-edge --home HOME ARGS...` in this process; returns (exit code, stdout, stderr)."""
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(["--home", str(self.home), *args])
-        return code, out.getvalue(), err.getvalue()
-
-    def cli_process(self, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tools", "--home", str(self.home), *args], cwd=ROOT,
-                              env=self.env, capture_output=True, text=True, timeout=timeout_s)
-
-    def start_gateway(self, *extra: str) -> Home:
-        """Start `ndn-edge gateway` (stdout to gateway.log, structured logs to gateway.err); wait for its record."""
-        with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "wb") as err:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
-                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=out, stderr=err)
-        home = Home(self.home)
-
-        def ready():
-            if self.gateway.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.gateway.returncode}:\n{self.log('gateway')}"
-                                     f"{self.log('gateway', 'err')}")
-            try:
-                return home.read_gateway_record().pid == self.gateway.pid
-            except ConfigError:
-                return False
-        wait_until(ready, 20, what="the gateway's record")
-        return home
-
-    def start_sim(self, count: int, *extra: str) -> None:
-        log = open(self.logs / "sim.log", "ab")
-        self.sim = subprocess.Popen(
-            [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count),
-             "--group", f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    def wait_devices(self, client: BlockingClient, names: list[str], timeout_s: float = 20) -> None:
-        def online():
-            if self.sim is not None and self.sim.poll() is not None:
-                raise AssertionError(f"sim exited with {self.sim.returncode}:\n{self.log('sim')}")
-            seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
-            return set(names) <= seen
-        wait_until(online, timeout_s, interval_s=0.05, what=f"devices {names} online")
-
-    def log(self, which: str, ext: str = "log") -> str:
-        path = self.logs / f"{which}.{ext}"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    @staticmethod
-    def stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout_s)
-        return proc.returncode
-
-    def close(self) -> None:
-        self.stop(self.sim)
-        self.stop(self.gateway)
-
-
 @pytest.fixture
 def cluster(tmp_path, mcast_port, micropython):
     c = Cluster(tmp_path, mcast_port)
@@ -709,7 +627,7 @@ def test_e2e_discovery_calls_and_denials(cluster):
     with Client.connect_sync(home=home.path, client="alice") as alice, \
             Client.connect_sync(home=home.path, client="bob") as bob, \
             Client.connect_sync(home=home.path, client="admin") as admin:
-        cluster.wait_devices(alice, names)
+        cluster.wait_online(alice, names)
         assert [d["name"] for d in alice.devices()] == names
         assert [d["name"] for d in bob.devices()] == ["/edge/sim/1"]
         services = alice.services("sim/2")
@@ -777,7 +695,7 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
     home = cluster.start_gateway()
     cluster.start_sim(1)
     with Client.connect_sync(home=home.path, client="alice") as alice:
-        cluster.wait_devices(alice, ["/edge/sim/1"])
+        cluster.wait_online(alice, ["/edge/sim/1"])
 
     proc = cluster.cli_process("call", "sim/1/echo", "--args", '{"x": [1, "two"]}', "--json")
     assert proc.returncode == 0, proc.stderr
@@ -825,7 +743,7 @@ def test_e2e_gateway_restart_keeps_clients_rules_and_devices(cluster):
     cluster.start_sim(2)
     alice_key = home.read_client("alice").key
     with Client.connect_sync(home=home.path, client="alice") as alice:
-        cluster.wait_devices(alice, ["/edge/sim/1", "/edge/sim/2"])
+        cluster.wait_online(alice, ["/edge/sim/1", "/edge/sim/2"])
         assert alice.call("sim/1/counter") == 1
         record = home.read_gateway_record()
     captured, _ = request(alice_key, "call", ("sim", "1", "counter"), {})
@@ -863,7 +781,7 @@ def test_e2e_hostile_input_while_serving(cluster):
     record = home.read_gateway_record()
     key = home.read_client("alice").key
     with Client.connect_sync(home=home.path, client="alice") as alice:
-        cluster.wait_devices(alice, ["/edge/sim/1"])
+        cluster.wait_online(alice, ["/edge/sim/1"])
 
     async def scenario():
         peer = await RawPeer.open((record.host, record.port))
@@ -914,7 +832,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
     # three renewals in a row are lost (p = 0.008), not during the calls. A 3 s lease would flap offline.
     cluster.start_sim(1, "--loss", "0.2", "--lease-ms", "15000")
     with Client.connect_sync(home=home.path, client="alice") as alice:
-        cluster.wait_devices(alice, ["/edge/sim/1"], timeout_s=30)
+        cluster.wait_online(alice, ["/edge/sim/1"], timeout_s=30)
 
     async def scenario() -> list[list[int]]:
         async with Client.connect(home=home.path, client="alice", timeout=20) as c:

@@ -10,120 +10,24 @@ duplicated. Each test has its own home and multicast port; every wait has a dead
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from gateway.client import BlockingClient, Client
 from gateway.client_models import OperationCancelled
-from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
+from gateway.errors import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
                             Unavailable)
-from gateway.home import Home
 from tests.conftest import wait_until
-from tools.cli import main as cli_main
-
-ROOT = Path(__file__).resolve().parent.parent
-GROUP = "224.0.23.170"
-
-
-class Fleet:
-    """A home with a gateway process and one `ndn-edge sim` process, on its own multicast port."""
-
-    def __init__(self, tmp_path: Path, port: int) -> None:
-        self.home = tmp_path / "home"
-        self.port = port
-        self.logs = tmp_path
-        self.gateway: subprocess.Popen | None = None
-        self.sim: subprocess.Popen | None = None
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.env.pop("NDN_EDGE_CLIENT", None)
-
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(["--home", str(self.home), *args])
-        return code, out.getvalue(), err.getvalue()
-
-    def clients(self, **rules: str) -> None:
-        for name, pattern in rules.items():
-            assert self.cli("client", "add", name)[0] == 0
-            assert self.cli("acl", "grant", name, pattern)[0] == 0
-
-    def start_gateway(self) -> Home:
-        with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "ab") as err:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
-                 f"{GROUP}:{self.port}"], cwd=ROOT, env=self.env, stdout=out, stderr=err)
-        home = Home(self.home)
-
-        def ready() -> bool:
-            assert self.gateway.poll() is None, f"gateway exited:\n{self.log('gateway.err')}"
-            try:
-                return home.read_gateway_record().pid == self.gateway.pid
-            except ConfigError:
-                return False
-        wait_until(ready, 20, what="the gateway's record")
-        return home
-
-    def start_sim(self, count: int, *extra: str) -> None:
-        with open(self.logs / "sim.log", "ab") as log:
-            self.sim = subprocess.Popen(
-                [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
-                 f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def connect(self, client: str, timeout: float = 5.0) -> BlockingClient:
-        return Client.connect_sync(home=self.home, client=client, timeout=timeout)
-
-    def wait_online(self, client: BlockingClient, names: list[str], timeout_s: float = 30) -> None:
-        def online() -> bool:
-            assert self.sim is None or self.sim.poll() is None, f"sim exited:\n{self.log('sim.log')}"
-            seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
-            return set(names) <= seen
-        wait_until(online, timeout_s, interval_s=0.1, what=f"devices {names} online")
-
-    def device_pid(self, number: int) -> int:
-        """The pid of sim device `number` (its process runs in HOME/sim/<number>)."""
-        folder = str((self.home / "sim" / str(number)).resolve())
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.readlink(entry / "cwd") == folder:
-                        return int(entry.name)
-        raise AssertionError(f"no process for sim device {number}")
-
-    def log(self, name: str) -> str:
-        path = self.logs / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    @staticmethod
-    def stop(proc: subprocess.Popen | None) -> int | None:
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
-
-    def close(self) -> None:
-        self.stop(self.sim)
-        self.stop(self.gateway)
+from tests.support import Cluster
 
 
 @pytest.fixture
 def fleet(tmp_path, mcast_port, micropython):
-    f = Fleet(tmp_path, mcast_port)
+    f = Cluster(tmp_path, mcast_port)
     yield f
     f.close()
 

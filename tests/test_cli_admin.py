@@ -345,3 +345,22 @@ def test_gateway_record(tmp_path):
     assert home.remove_gateway_record(pid=os.getpid()) is True
     with pytest.raises(ConfigError):
         home.read_gateway_record()
+
+
+def test_bounded_number_arguments():
+    import argparse
+
+    from tools.argtypes import bounded
+    loss = bounded(float, 0.0, 1.0, "loss must be from 0 up to 1", high_open=True)
+    assert loss("0") == 0.0 and loss("0.5") == 0.5
+    count = bounded(int, 1, 10, "count must be 1 to 10")
+    assert count("10") == 10
+    for parse, text in ((loss, "1"), (loss, "nan"), (loss, "-0.1"), (loss, "x"), (count, "0"), (count, "2.5"),
+                        (count, "11")):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
+            parse(text)
+    timeout = bounded(float, 0, 3600, "timeout", low_open=True)
+    assert timeout("3600") == 3600.0
+    for text in ("0", "inf", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            timeout(text)

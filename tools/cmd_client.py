@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tools.argtypes import bounded
 from tools.errors import CommandError
 
 if TYPE_CHECKING:
@@ -220,14 +221,7 @@ def _parse_args_json(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"timeout must be seconds between 0 and 3600, got {text!r}")
-    return value
+_seconds = bounded(float, 0, 3600, "timeout must be seconds between 0 and 3600", low_open=True)
 
 
 def _schema(value: Any) -> str:

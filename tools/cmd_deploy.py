@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from tools.argtypes import bounded
+
 if TYPE_CHECKING:
     from tools.cli import State
     from tools.repl import Board, BoardInfo
@@ -76,11 +78,4 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"timeout must be seconds from 0 to 3600, got {text!r}")
-    return value
+_seconds = bounded(float, 0, 3600, "timeout must be seconds from 0 to 3600", low_open=True)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools.argtypes import bounded
 from tools.errors import CommandError
 from tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, add_network_args
 
@@ -249,44 +250,17 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"device count must be 1 to 1000, got {text!r}")
-    return value
+_count = bounded(int, 1, 1000, "device count must be 1 to 1000")
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"loss must be a probability from 0 up to (not including) 1, got {text!r}")
-    return value
+_probability = bounded(float, 0.0, 1.0, "loss must be a probability from 0 up to (not including) 1",
+                      high_open=True)
 
 
-def _lease_ms(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1000 <= value <= 86_400_000:
-        raise argparse.ArgumentTypeError(f"lease must be 1000 to 86400000 ms, got {text!r}")
-    return value
+_lease_ms = bounded(int, 1000, 86_400_000, "lease must be 1000 to 86400000 ms")
 
 
-def _sleepy(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 86400.0:
-        raise argparse.ArgumentTypeError(f"sleepy must be seconds from 0 to 86400, got {text!r}")
-    return value
+_sleepy = bounded(float, 0.0, 86400.0, "sleepy must be seconds from 0 to 86400")
 
 
 def _heap(text: str) -> str:

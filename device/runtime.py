@@ -10,7 +10,8 @@
 #   and sleep in device/manage.py, imported when needed and released after.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
-from device import cbor, tlv, port, net, replay  # noqa: F401 (net, replay: loaded before the control plane, see setup)
+from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
+#                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.tlv import tl_back, nni_back, put_sig

@@ -2,7 +2,7 @@
 
 Owns: the framework names (`/<site>/_gw/<verb>/...`, `/<site>/_client/<name>/KEY/<key-id>`), the limits both
 sides agree on, the time-based sequence numbers clients sign with, the check that decoded CBOR holds only plain
-values, and reply encoding. Packet parsing and signing ride on python-ndn and `gateway.wire`.
+values (and that an integer parameter is in range), and reply encoding. Packet parsing and signing ride on python-ndn and `gateway.wire`.
 
 Decisions:
 - A client's `SignatureSeqNum` is microseconds since the epoch, bumped to stay strictly increasing within a
@@ -27,6 +27,8 @@ import time
 from typing import Any
 
 from ndn.encoding import Component
+
+from gateway.errors import InvalidArgument
 
 # The packet types and TLV writers are gateway.wire's; TYPE_INTEREST, TYPE_DATA and TYPE_DIGEST_COMPONENT are also
 # read from here by the server and the client.
@@ -169,3 +171,13 @@ def encode_reply(name_tlv: bytes, content: bytes, signer: ReplySigner, *, nack: 
 
 _NACK_META = tlv(TYPE_META_INFO, tlv(TYPE_CONTENT_TYPE, bytes([CONTENT_NACK])))
 _SIG_VALUE_HEAD = tlv_head(TYPE_SIGNATURE_VALUE, 32)
+
+
+def int_param(params: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """params[key] (`default` when absent or null) as an integer from `low` to `high`; InvalidArgument otherwise."""
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return value

@@ -590,7 +590,7 @@ class Invoker:
         desc = record.desc
         if desc is None and service not in FRAMEWORK_SERVICES:
             desc = await self._description(name, deadline)
-        svc = _find_service(desc, service)
+        svc = find_service(desc, service)
         if svc is None and service not in FRAMEWORK_SERVICES and desc is not None:
             offered = ", ".join(s.get("name", "?") for s in desc.get("services", []))
             err = NotFound(f"device {name} has no service {service!r} (it offers: {offered or 'nothing'})")
@@ -756,7 +756,8 @@ class Invoker:
         return f"device {name} is {p['state']} ({seen}); retry when it announces itself again"
 
 
-def _find_service(desc: Any, service: str) -> dict[str, Any] | None:
+def find_service(desc: Any, service: str) -> dict[str, Any] | None:
+    """The entry of `service` in a device description (`_desc`), or None."""
     if not isinstance(desc, dict):
         return None
     for s in desc.get("services") or ():

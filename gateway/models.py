@@ -96,9 +96,9 @@ class Models:
             if verb == cw.VERB_NOTIFY:
                 return notify(self.devices, device, service, args)
             if verb == cw.VERB_START:
-                timeout_ms = _int(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
+                timeout_ms = cw.int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
                 return self.operations.start_op(client, device, service, args, timeout_s=timeout_ms / 1000)
-            ttl_ms = _int(params, "ttl_ms", int(DEFAULT_TTL_S * 1000), 1, 7 * 86400 * 1000)
+            ttl_ms = cw.int_param(params, "ttl_ms", int(DEFAULT_TTL_S * 1000), 1, 7 * 86400 * 1000)
             return _value(self.operations.enqueue(client, device, service, args, ttl_s=ttl_ms / 1000))
         if target:
             raise InvalidArgument(f"{verb} takes no name components after it, got {'/'.join(target)}")
@@ -107,12 +107,12 @@ class Models:
             device, service = self.operations.target(op_id)
             self._check(client, rules, (*self._relative(device), service), f"see operation {op_id} of")
             if verb == cw.VERB_OP_GET:
-                wait_ms = _int(params, "wait_ms", 0, 0, cw.MAX_TIMEOUT_MS)
+                wait_ms = cw.int_param(params, "wait_ms", 0, 0, cw.MAX_TIMEOUT_MS)
                 return self.operations.get(op_id, wait_ms=wait_ms)
-            timeout_ms = _int(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
+            timeout_ms = cw.int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
             return self.operations.cancel(op_id, timeout_s=timeout_ms / 1000)
         if verb == cw.VERB_OPS:
-            page_size = _int(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
+            page_size = cw.int_param(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
             items, token = self.operations.list(
                 page_size, params.get("page_token"),
                 lambda device, service: allowed(rules, (*self._relative(device), service)))
@@ -122,7 +122,7 @@ class Models:
             args = params.get("args")
             if args is not None and not isinstance(args, dict):
                 raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
-            timeout_ms = _int(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
+            timeout_ms = cw.int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
             return _results(gather(self.devices, site=self.site, pattern=pattern, service=service, args=args,
                                    timeout_s=timeout_ms / 1000, allowed=lambda name: allowed(rules, name)))
         if verb == cw.VERB_SUBSCRIBE:
@@ -131,9 +131,9 @@ class Models:
                 raise InvalidArgument(f"subscribe needs a pattern (text), got {pattern!r}")
             return _value(self.pubsub.subscribe(client, pattern, params.get("durable")))
         if verb == cw.VERB_POLL:
-            return self.pubsub.poll(client, params.get("sub"), ack=_int(params, "ack", 0, 0, 1 << 62),
-                                    max_messages=_int(params, "max", DEFAULT_POLL_MAX, 1, MAX_POLL_MAX),
-                                    wait_ms=_int(params, "wait_ms", DEFAULT_WAIT_MS, 0, cw.MAX_TIMEOUT_MS))
+            return self.pubsub.poll(client, params.get("sub"), ack=cw.int_param(params, "ack", 0, 0, 1 << 62),
+                                    max_messages=cw.int_param(params, "max", DEFAULT_POLL_MAX, 1, MAX_POLL_MAX),
+                                    wait_ms=cw.int_param(params, "wait_ms", DEFAULT_WAIT_MS, 0, cw.MAX_TIMEOUT_MS))
         if verb == cw.VERB_UNSUBSCRIBE:
             return _value(self.pubsub.unsubscribe(client, params.get("sub")))
         raise InvalidArgument(f"not a communication-model verb: {verb!r}")
@@ -160,12 +160,3 @@ async def _value(value: Any) -> Any:
 
 async def _results(items: Any) -> dict[str, Any]:
     return {"results": await items}
-
-
-def _int(params: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"{key} must be an integer from {low} to {high}, got {value!r}")
-    return value

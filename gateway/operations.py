@@ -51,6 +51,7 @@ import cbor2
 
 from gateway.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
                             Unavailable)
+from gateway.invoker import find_service
 from gateway.reports import ACK, DROP, LATER, SILENT, Report
 
 log = logging.getLogger("ndn_edge.operations")
@@ -151,7 +152,7 @@ class Operations:
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
         desc = record.desc if isinstance(record.desc, dict) else None
-        if desc is not None and _find(desc, service) is None:
+        if desc is not None and find_service(desc, service) is None:
             raise NotFound(f"device {name} has no service {service!r}")
         op_id = self._insert("call", client, name, service, args, "queued", expires_at=self._clock() + ttl_s)
         self.counters["queued"] += 1
@@ -455,14 +456,14 @@ class Operations:
             if not self._devices.is_online(name):
                 raise Unavailable(f"device {name} is not online and its services are not known yet")
             desc = await self._devices.invoker.fetch_description(name, timeout_s=timeout_s)
-        svc = _find(desc, service)
+        svc = find_service(desc, service)
         if svc is None:
             raise NotFound(f"device {name} has no service {service!r}")
         return svc
 
     def _idempotent(self, device: str, service: str) -> bool:
         record = self._store.device(device)
-        svc = _find(record.desc, service) if record is not None else None
+        svc = find_service(record.desc, service) if record is not None else None
         return bool(svc and svc.get("idempotent"))
 
     def _rows(self, where: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -508,12 +509,3 @@ class _Row:
         if self.expires_at is not None and self.state == "queued":
             out["expires"] = self.expires_at
         return out
-
-
-def _find(desc: Any, service: str) -> dict[str, Any] | None:
-    if not isinstance(desc, dict):
-        return None
-    for s in desc.get("services") or ():
-        if isinstance(s, dict) and s.get("name") == service:
-            return s
-    return None

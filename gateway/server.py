@@ -504,7 +504,7 @@ class ClientServer:
         args = params.get("args")
         if args is not None and not isinstance(args, dict):
             raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
-        timeout_ms = _int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
+        timeout_ms = cw.int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
         if not allowed(peer.rules, target):
             self.stats["denied"] += 1
             raise PermissionDenied(f"client '{peer.name}' may not call {'/'.join(target)}; the operator can "
@@ -526,7 +526,7 @@ class ClientServer:
                 "stale": bool(result.stale)}
 
     async def _verb_devices(self, peer: _Peer, params: dict) -> dict[str, Any]:
-        page_size = _int_param(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
+        page_size = cw.int_param(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
         token = params.get("page_token")
         if token is not None and not isinstance(token, str):
             raise InvalidArgument(f"page_token must be text, got {type(token).__name__}")
@@ -686,15 +686,6 @@ def _decode_params(raw: Any) -> dict[str, Any]:
         raise InvalidArgument("ApplicationParameters may hold only plain CBOR values (no tags), "
                               f"nested at most {cw.MAX_CBOR_DEPTH} deep")
     return params
-
-
-def _int_param(params: dict, key: str, default: int, low: int, high: int) -> int:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"{key} must be an integer from {low} to {high}, got {value!r}")
-    return value
 
 
 async def _within(aw: Any, timeout_s: float) -> Any:

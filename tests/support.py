@@ -192,6 +192,34 @@ def lp_wrap(token: bytes, inner: bytes) -> bytes:
     return bytes([0x64, 0xFD]) + len(body).to_bytes(2, "big") + body
 
 
+def run_scenario(scenario, timeout_s: float = 30.0):
+    """Run an async scenario in a fresh loop with a deadline; fail if it leaves a task behind."""
+    import asyncio
+
+    async def main():
+        result = await asyncio.wait_for(scenario(), timeout_s)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        assert not left, f"tasks left behind: {left}"
+        return result
+    return asyncio.run(main())
+
+
+async def until(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
+    """Poll `predicate()` (plain or async) on the running loop until it is truthy; fail after `timeout_s`."""
+    import asyncio
+    import inspect
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
 def stop_process(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
     """Ctrl-C, then kill after `timeout_s`; the exit code (None for no process)."""
     if proc is None:

@@ -19,7 +19,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,36 +37,14 @@ from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotF
 from gateway.home import ClientCredentials, Home
 from gateway.server import ClientServer
 from gateway.store import Store
-from tests.support import Cluster
+from tests.support import Cluster, until
+from tests.support import run_scenario as run
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
-SCENARIO_TIMEOUT_S = 30.0
 
 
 # -- harness
-
-
-def run(scenario: Callable[[], Awaitable[Any]], timeout_s: float = SCENARIO_TIMEOUT_S) -> Any:
-    """Run an async scenario in a fresh loop with a deadline; fail if it leaves a task behind."""
-    async def main() -> Any:
-        result = await asyncio.wait_for(scenario(), timeout_s)
-        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
-        assert not left, f"tasks left behind: {left}"
-        return result
-    return asyncio.run(main())
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    """Await `predicate()` until truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class FakeDevices:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cbor2
@@ -21,36 +20,14 @@ from gateway import wire
 from gateway.devices import DeviceSide
 from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from gateway.store import Store
-from tests.support import Board, McastPeer
+from tests.support import Board, McastPeer, until
+from tests.support import run_scenario as run
 
-SCENARIO_TIMEOUT_S = 30.0
 SERVICES = ["add", "calls", "counter", "echo", "fail", "nap", "note", "notes", "refuse", "secret", "slow", "temperature",
             "ticks", "work"]
 
 
 # -- harness
-
-
-def run(scenario: Callable[[], Awaitable[Any]], timeout_s: float = SCENARIO_TIMEOUT_S) -> Any:
-    """Run an async scenario in a fresh loop with a deadline; fail if it leaves a task behind."""
-    async def main() -> Any:
-        result = await asyncio.wait_for(scenario(), timeout_s)
-        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
-        assert not left, f"tasks left behind: {left}"
-        return result
-    return asyncio.run(main())
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll `predicate` on the loop until truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Events:

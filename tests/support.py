@@ -82,21 +82,27 @@ def is_data_for(final_name):
     return check
 
 
+def parsed_interest(data: bytes):
+    """(name, params, signature) of an Interest, or None for anything else on the group."""
+    from ndn.encoding import parse_interest
+
+    if not data or data[0] != 0x05:
+        return None
+    try:
+        name, _, params, sig = parse_interest(data, with_tl=True)
+    except Exception:
+        return None
+    return name, params, sig
+
+
 def is_announcement(site: str = "edge"):
-    from ndn.encoding import Name, parse_interest
+    from ndn.encoding import Name
 
     prefix = Name.from_str(f"/{site}/_sd/ann")
 
     def check(data: bytes):
-        if not data or data[0] != 0x05:
-            return None
-        try:
-            name, _, params, sig = parse_interest(data, with_tl=True)
-        except Exception:
-            return None
-        if name[:3] == prefix:
-            return data
-        return None
+        got = parsed_interest(data)
+        return data if got is not None and got[0][:3] == prefix else None
     return check
 
 

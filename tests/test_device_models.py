@@ -8,7 +8,7 @@ import pytest
 from ndn.encoding import Name, parse_interest
 
 from gateway import wire
-from tests.support import Board, is_announcement
+from tests.support import Board, is_announcement, parsed_interest
 
 
 @pytest.fixture
@@ -22,14 +22,10 @@ def board(micropython, peer, tmp_path):
 def report_of(board, kind):
     """Predicate: a report /edge/<kind> signed by the board's key; returns (name, params, wire)."""
     def check(data):
-        if not data or data[0] != 0x05:
+        got = parsed_interest(data)
+        if got is None or Name.to_str(got[0][:2]) != f"/edge/{kind}":
             return None
-        try:
-            name, _, params, sig = parse_interest(data, with_tl=True)
-        except Exception:
-            return None
-        if Name.to_str(name[:2]) != f"/edge/{kind}":
-            return None
+        name, params, sig = got
         mac = hmac.new(board.key, digestmod=hashlib.sha256)
         for part in sig.signature_covered_part:
             mac.update(part)

@@ -14,7 +14,7 @@ from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
-from device.tlv import tl_back, nni_back, put_sig
+from device.tlv import tl_back, nni_back, put_sig, starts
 from device.cbor import encode, loads
 from device.sign import equal, sha256
 
@@ -142,8 +142,8 @@ class Device:
         # attribute table reaches its final size now, not while the control plane is in the heap.
         self._mac = self._seq = self._pkt = self._name_val = self._query_val = self._site_val = None
         self._key_name = self._sig_base = self._sig_info = self._desc_hash = None
-        self._ncomp = self._room = self._boot = self._renew_at = self._last_query = 0
-        self._query_at = None
+        self._ncomp = self._room = self._boot = self._renew_at = 0
+        self._query_at = self._last_query = None  # when a query was last answered
         self._cur_seq = self._cur_sig = self._at = self._ctype = self._fresh = 0
         self._cur_name = self._cur_pit = None
 
@@ -280,6 +280,8 @@ class Device:
             manage().sleep(self, ms)
             release()
             now = ticks_ms()
+        if self._last_query is not None and not 0 <= ticks_diff(now, self._last_query) < _QUERY_HOLDOFF_MS:
+            self._last_query = None  # forgotten while recent: a ticks difference is only meaningful for days
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
             self._query_at = None
             self._last_query = now
@@ -322,7 +324,10 @@ class Device:
 
     def _on_query(self):
         now = ticks_ms()
-        if self._query_at is None and ticks_diff(now, self._last_query) >= _QUERY_HOLDOFF_MS:
+        # At most one answer per _QUERY_HOLDOFF_MS; a device that just booted answers too (its boot
+        # announcement may have gone out before the gateway listened).
+        if self._query_at is None and (self._last_query is None
+                                       or ticks_diff(now, self._last_query) >= _QUERY_HOLDOFF_MS):
             self._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
             self._due = now
 
@@ -375,9 +380,9 @@ class Device:
         return p.next
 
     def _interest(self, p):
-        mv = p.mv
-        if not _prefix(mv, p.name_s, p.name_e, self._name_val):
-            if p.name_e - p.name_s == len(self._query_val) and _prefix(mv, p.name_s, p.name_e, self._query_val):
+        # The parser matched the name against (device name, query name); see control.setup.
+        if p.match:
+            if p.match == 1 and p.name_e - p.name_s == len(self._query_val):
                 self._on_query()
             return
         r = self._check(p)
@@ -398,7 +403,7 @@ class Device:
             return _UNSUPPORTED
         if p.sig_type != 4 or p.sv_n != _SIG_LEN or p.seq < 0 or p.params_s < 0:
             return _KEY
-        if p.kl_e - p.kl_s != len(self._key_name) or not _prefix(p.mv, p.kl_s, p.kl_e, self._key_name):
+        if p.kl_e - p.kl_s != len(self._key_name) or not starts(p.mv, p.kl_s, p.kl_e, self._key_name):
             return _KEY
         return self._verify(p)
 
@@ -644,12 +649,3 @@ def _sig_tag(mv, i):
         v = (v << 8) | mv[k]
     return v
 
-
-def _prefix(mv, s, e, ref):
-    # mv[s:e] starts with ref.
-    if e - s < len(ref):
-        return False
-    for i in range(len(ref)):
-        if mv[s + i] != ref[i]:
-            return False
-    return True

@@ -53,11 +53,15 @@ def _critical(t):
 class Packet:
     # Offsets of one parsed datagram inside the receive buffer. One instance per device, reused:
     # parsing allocates nothing for names and payloads (they stay memoryview offsets).
+    # With `prefixes` (name TLV values), an Interest whose name starts with none of them is another
+    # node's: its parse stops after the name with match -1, since on a shared multicast group most
+    # traffic is other nodes' and the device only has to tell it is not its own.
 
-    def __init__(self):
+    def __init__(self, prefixes=None):
         self.mv = None
         self.p = 0
         self.n = 0
+        self.prefixes = prefixes
         self.reset()
 
     def reset(self):
@@ -71,6 +75,7 @@ class Packet:
         self.seq = -1
         self.sv_s = self.sv_n = -1
         self.digest_s = -1
+        self.match = -1  # index into self.prefixes of the Interest's name prefix
 
     # -- primitive readers (advance self.p; self.n holds the last TLV length) --
     # Error texts are short: a malformed packet is only counted, and every string costs board heap.
@@ -200,6 +205,9 @@ class Packet:
             if t == T_NAME:
                 self._name(e)
                 seen_name = True
+                if self.prefixes is not None and self._match() < 0:
+                    self.p = end  # another node's Interest: the rest is not ours to check
+                    return
             elif t == _T_APP_PARAMS:
                 self.params_s = s
                 self.params_vs = self.p
@@ -240,6 +248,14 @@ class Packet:
         if self.digest_s >= 0 and self.digest_s < self.last_s:
             raise MalformedError("name: digest not last")
 
+    def _match(self):
+        # Sets and returns self.match: the first of self.prefixes the name starts with, or -1.
+        for i in range(len(self.prefixes)):
+            if starts(self.mv, self.name_s, self.name_e, self.prefixes[i]):
+                self.match = i
+                return i
+        return -1
+
     def _siginfo(self, end):
         while self.p < end:
             t = self.tl(end)
@@ -268,6 +284,16 @@ class Packet:
                 return
             self.p += self.n
             i -= 1
+
+
+def starts(mv, s, e, ref):
+    # mv[s:e] starts with ref, compared in place.
+    if e - s < len(ref):
+        return False
+    for i in range(len(ref)):
+        if mv[s + i] != ref[i]:
+            return False
+    return True
 
 
 def tl_back(buf, e, t, n):

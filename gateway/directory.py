@@ -22,7 +22,7 @@ Decisions:
   expiry (at least `SWEEP_MIN_WAIT_S`, so a crowd of superseded entries costs a few wake-ups a second, not one
   each): O(log n) per renewal, no scan of every device (the target is 10,000 devices on a Raspberry Pi).
 - The owner queries at start; the directory repeats the query at `STARTUP_REQUERY_S`, because a device ignores
-  queries for 500 ms after it boots and after each answer, and a datagram may be lost.
+  queries for 500 ms after each answer, and a datagram may be lost.
 - Wall-clock time (`time.time`) for presence, because it is stored and shown; monotonic time elsewhere.
 - A reboot (an `up` announcement whose `uptime_ms` is well behind the previous one plus the time elapsed since
   it) is reported as a `join`, so subscribers and the

@@ -78,6 +78,44 @@ def test_interest_from_python_ndn_parses_to_offsets():
     assert mac.finish(h) == bytes(mv[p.sv_s:p.sv_s + 32])
 
 
+
+def _with_broken_tail(w: bytes) -> bytes:
+    """The Interest w with an unknown critical element (type 0x0F) appended: malformed after its name."""
+    inner = w[2:] + b"\x0f\x00"  # make_call's Interests are short: one-byte outer length
+    assert w[0] == tlv.T_INTEREST and len(inner) < 253
+    return bytes([tlv.T_INTEREST, len(inner)]) + inner
+
+
+def test_with_prefixes_another_nodes_interest_stops_after_its_name():
+    mine = control.encode_name(DEV)
+    query = control.encode_name("/edge/_sd/query")
+    other, _ = wire.make_call("/edge/bench/b10/echo", {"a": 1}, KEY, 5, signer_owner="/edge/bench/b10")
+    own, _ = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 5, signer_owner=DEV)
+    p = tlv.Packet((mine, query))
+    for w, match, seq in ((other, -1, -1), (own, 0, 5)):
+        assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST
+        assert (p.match, p.seq, p.next) == (match, seq, len(w))
+    # another node's Interest is not checked past its name; ours is, and so is any without prefixes
+    broken = _with_broken_tail(other)
+    assert p.parse(memoryview(broken), 0, len(broken)) == tlv.T_INTEREST and p.match == -1
+    for packet, w in ((p, _with_broken_tail(own)), (tlv.Packet(), broken)):
+        with pytest.raises(MalformedError):
+            packet.parse(memoryview(w), 0, len(w))
+
+
+def test_the_device_ignores_other_nodes_interests_without_counting_them(tmp_path):
+    dev = _served_device(tmp_path)
+    other, _ = wire.make_call("/edge/bench/b10/temperature", None, KEY, 1, signer_owner="/edge/bench/b10")
+    for w in (other, _with_broken_tail(other), lp_wrap(b"\x01\x02", _with_broken_tail(other))):
+        assert _deliver(dev, w) is None
+    assert dev.drops == [0] * 7 and dev.requests == 0 and dev.errors == 0
+    with pytest.raises(MalformedError) as raised:  # our own malformed Interest: dropped and counted
+        _deliver(dev, _with_broken_tail(wire.make_call(f"{DEV}/temperature", None, KEY, 1, signer_owner=DEV)[0]))
+    dev._fault(raised.value)  # as the serving loop does
+    assert dev.drops[0] == 1 and not dev._face.sent
+    r = wire.parse_reply(_deliver(dev, wire.make_call(f"{DEV}/temperature", None, KEY, 2, signer_owner=DEV)[0]), KEY)
+    assert r.value == 1.0
+
 class _CapturingFace:
     """Stands in for the socket: keeps what the device sends (unit test of the reply encoder)."""
 
@@ -190,6 +228,31 @@ def test_a_failing_renewal_is_retried_a_second_later_not_at_once(tmp_path):
     assert 900 <= dev.tick() <= 1000  # the loop polls for packets in between
 
 
+
+def test_a_query_is_answered_right_after_boot_and_at_most_once_per_half_second(tmp_path):
+    from ndn.encoding import InterestParam, make_interest
+
+    from device.port import ticks_add, ticks_ms
+    dev = _served_device(tmp_path)
+    query = bytes(make_interest("/edge/_sd/query", InterestParam(lifetime=1000)))
+
+    def answered() -> bool:
+        dev._query_at = ticks_ms()  # the random delay has passed
+        dev.tick()
+        sent = [d for d in dev._face.sent if b"\x08\x03_sd\x08\x03ann" in d[:40]]
+        dev._face.sent.clear()
+        return len(sent) == 1
+
+    assert _deliver(dev, query) is None and dev._query_at is not None  # just booted: answered (after a delay)
+    assert answered()
+    assert _deliver(dev, query) is None and dev._query_at is None  # within 500 ms of the answer: ignored
+    dev._last_query = ticks_add(ticks_ms(), -500)
+    assert _deliver(dev, query) is None and dev._query_at is not None and answered()
+    dev._last_query = ticks_add(ticks_ms(), 1000)  # a ticks difference gone negative (e.g. after days asleep)
+    dev._due = ticks_ms()
+    dev.tick()
+    assert dev._last_query is None  # forgotten by the next tick, so queries are answered again
+
 def test_backward_writers_match_the_spec():
     for t, n in ((7, 0), (7, 252), (21, 253), (21, 1400), (0x64, 0xFFFF)):
         back = bytearray(8)
@@ -284,5 +347,9 @@ for cut in range(len(w)):
     except MalformedError:
         bad += 1
 print(bad == len(w))
+p = tlv.Packet((bytes.fromhex("{control.encode_name('/edge/other').hex()}"), mv[p.name_s:p.name_e]))
+print(p.parse(mv, 0, len(w)), p.match, p.seq)
+p.prefixes = p.prefixes[:1]
+print(p.parse(mv, 0, len(w)), p.match, p.seq)
 """, heap="128K")
-    assert out.split() == ["5", "77", "5", "True", "630dcd29", "True"]
+    assert out.split() == ["5", "77", "5", "True", "630dcd29", "True", "5", "1", "77", "5", "-1", "-1"]

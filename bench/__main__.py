@@ -38,12 +38,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="timed runs per subject and in-flight level (default %(default)s)")
     g.add_argument("--discovery-devices", type=positive, default=gd.discovery_devices, metavar="N",
                    help="simulated MicroPython devices to discover (default %(default)s)")
+    g.add_argument("--discovery-tick", type=nonnegative_float, default=gd.discovery_tick_s, metavar="S",
+                   help="in the discovery part, each device publishes topic `tick` every S seconds; 0 never "
+                        "(default %(default)s: every device hears every other's traffic, N*N receptions)")
     g.add_argument("--memory-devices", type=positive, default=gd.memory_devices, metavar="N",
                    help="devices provisioned and announced for the memory figure (default %(default)s)")
     g.add_argument("--heap", default=gd.heap, help="MicroPython heap per simulated device (default %(default)s)")
     g.add_argument("--parts", default=",".join(gd.parts),
                    help="which parts, comma-separated: calls, discovery, memory (default all)")
     return p.parse_args(argv)
+
+
+def nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -68,6 +78,7 @@ def main_gateway(args: argparse.Namespace) -> dict:
         raise SystemExit(f"bench: unknown part(s) {', '.join(sorted(unknown))}; the parts are "
                          f"{', '.join(gateway.PARTS)}")
     opts = gateway.Options(seconds=args.seconds, rounds=args.rounds, discovery_devices=args.discovery_devices,
+                           discovery_tick_s=args.discovery_tick,
                            memory_devices=args.memory_devices, heap=args.heap, parts=parts)
     return gateway_report.add_targets(gateway.run(opts))
 

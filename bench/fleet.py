@@ -42,13 +42,14 @@ def make_home(path: Path, client: str = CLIENT) -> Path:
 class Proc:
     """A `python -m tools ...` child with its output in a log file; SIGINT to stop, SIGKILL after a grace."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, niceness: int = 0) -> None:
         self.log = log
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("NDN_EDGE_CLIENT", None)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
 
     @property
     def pid(self) -> int:
@@ -98,11 +99,13 @@ class GatewayProcess(Proc):
 
 
 class SimProcess(Proc):
-    """`ndn-edge --home HOME sim --devices N --group 224.0.23.170:PORT --heap HEAP`: devices on MicroPython."""
+    """`ndn-edge --home HOME sim --devices N --group 224.0.23.170:PORT --heap HEAP --tick S`: devices on
+    MicroPython, each publishing topic `tick` every S seconds (0: never)."""
 
-    def __init__(self, home: Path, port: int, devices: int, heap: str, log: Path) -> None:
+    def __init__(self, home: Path, port: int, devices: int, heap: str, log: Path, tick_s: float = 1.0,
+                 niceness: int = 0) -> None:
         super().__init__(["--home", str(home), "sim", "--devices", str(devices), "--group", f"{GROUP}:{port}",
-                          "--heap", heap], log)
+                          "--heap", heap, "--tick", f"{tick_s:g}"], log, niceness)
 
     def child_pid(self) -> int:
         """The first device process (Linux)."""

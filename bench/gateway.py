@@ -8,7 +8,8 @@ Three parts (see bench/README.md for the method):
    - `ndn-edge uncached`: `sim/1/echo` with a unique argument, through the gateway to a simulated device on
      MicroPython (`python -m tools sim`) and back.
    The rounds interleave the subjects, so that other load on the machine falls on all of them alike.
-2. `discovery`: `ndn-edge sim --devices 200` first; once every device has announced itself, the gateway is
+2. `discovery`: `ndn-edge sim --devices 200 --tick 0` first, at nice 19 (on a site each device is its own board:
+   here they must not take the gateway's cores); once every device has announced itself, the gateway is
    started; seconds until a client lists all of them online (and with their services described).
 3. `memory`: gateway RSS with no devices, then with N devices provisioned (with their descriptions) and present
    (signed announcements sent from here, as the devices would send them), per device and at 10,000 devices.
@@ -38,6 +39,7 @@ COAP, CACHED, UNCACHED = "aiocoap", "ndn-edge cached", "ndn-edge uncached"
 SUBJECTS = (COAP, CACHED, UNCACHED)
 PARTS = ("calls", "discovery", "memory")
 DEVICE = "sim/1"
+DEVICE_NICENESS = 19  # discovery: the simulated devices yield the host's cores to the gateway
 PI_DEVICES = 10_000
 
 
@@ -50,6 +52,7 @@ class Options:
     timeout_s: float = 5.0  # per call
     heap: str = "96K"  # MicroPython heap of each simulated device
     discovery_devices: int = 200
+    discovery_tick_s: float = 0.0  # the devices' `tick` publications in the discovery part (0: none)
     boot_s: float = 120.0  # for the simulated devices to announce themselves
     listed_s: float = 30.0  # for the gateway to list them
     memory_devices: int = 10_000
@@ -230,7 +233,8 @@ def measure_discovery(opts: Options, scratch: Path) -> dict:
     procs: list[Any] = []
     try:
         began = time.monotonic()
-        sim = fleet.SimProcess(home, port, n, opts.heap, scratch / "discovery-sim.log")
+        sim = fleet.SimProcess(home, port, n, opts.heap, scratch / "discovery-sim.log", opts.discovery_tick_s,
+                               niceness=DEVICE_NICENESS)
         procs.append(sim)
         heard: set[str] = set()
         listener.settimeout(0.2)
@@ -253,11 +257,14 @@ def measure_discovery(opts: Options, scratch: Path) -> dict:
         procs.append(gateway)
         ready_s = gateway.wait_ready()
         times = asyncio.run(_time_listing(home, names, started, opts.listed_s))
-        return {"devices": n, "heap": opts.heap, "devices_booted_s": round(boot_s, 1),
-                "gateway_ready_s": round(ready_s, 3), **times,
-                "how": "sim started first; once every device's boot announcement was heard on the group, the "
-                       "gateway process was started; times from its start (Popen) until one client listing "
-                       "(page_size 200, polled every 50 ms) showed every device online, then also described"}
+        return {"devices": n, "heap": opts.heap, "tick_s": opts.discovery_tick_s,
+                "device_niceness": DEVICE_NICENESS, "cpus": os.cpu_count(),
+                "devices_booted_s": round(boot_s, 1), "gateway_ready_s": round(ready_s, 3), **times,
+                "how": "sim started first, at nice device_niceness (each device publishing topic `tick` every "
+                       "tick_s seconds, 0: never); "
+                       "once every device's boot announcement was heard on the group, the gateway process was "
+                       "started; times from its start (Popen) until one client listing (page_size 200, polled "
+                       "every 50 ms) showed every device online, then also described"}
     finally:
         listener.close()
         for p in reversed(procs):

@@ -5,11 +5,13 @@
 #   micropython sim_device.py [ndn_config.json]
 #
 # Services: temperature (cacheable), echo, counter (not idempotent), slow (long-running), note (a
-# notification target) and notes, burst (publishes n messages); topic `tick` every second (a counter).
+# notification target) and notes, burst (publishes n messages); topic `tick` (a counter) every second, or every
+# "tick" seconds of the config.
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
 # "lease_ms"}) plus keys only the simulator reads: "index" (the device number, from 1; varies the readings
-# between devices), "loss" (probability 0..1 that a datagram is dropped, in either direction) and "sleepy"
-# (seconds: awake that long, then asleep that long, and so on; 0 never sleeps).
+# between devices), "tick" (seconds between publications on topic `tick`; 0 never), "loss" (probability 0..1
+# that a datagram is dropped, in either direction) and "sleepy" (seconds: awake that long, then asleep that
+# long, and so on; 0 never sleeps).
 import gc
 import sys
 import json
@@ -31,6 +33,7 @@ dev = Device(cfg["name"], cfg["key"], **kw)
 index = int(cfg.get("index", 0))
 loss = int(float(cfg.get("loss", 0)) * _LOSS_SCALE)
 sleepy_ms = int(float(cfg.get("sleepy", 0)) * 1000)
+tick_ms = int(float(cfg.get("tick", 1)) * 1000)
 count = [0]
 notes = []
 ticks = [0]
@@ -89,10 +92,13 @@ def start_burst(n=100, stamp=False):
     return n
 
 
-@dev.every(1000)
 def tick():
     ticks[0] += 1
     dev.publish("tick", ticks[0])
+
+
+if tick_ms > 0:
+    dev.every(tick_ms)(tick)
 
 
 def pace():

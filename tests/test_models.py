@@ -355,6 +355,26 @@ def _ticked(client: BlockingClient, n: int) -> bool:
 # -- sleeping devices
 
 
+
+@pytest.mark.parametrize("tick, reports", [("0", 0), ("0.25", 4)])
+def test_sim_tick_sets_how_often_the_devices_publish(fleet, peer, tick, reports):
+    """`ndn-edge sim --tick S`: a publication every S seconds (no gateway runs, so none is acknowledged and each
+    one is sent again: count distinct ones); `--tick 0` publishes nothing, announcements still go out."""
+    fleet.start_sim(1, "--tick", tick)
+
+    def announcement(d: bytes) -> bool:
+        return d[:1] == b"\x05" and b"\x08\x03_sd\x08\x03ann" in d[:40]
+    assert peer.recv_until(announcement, 20.0), fleet.log("sim")
+    seen: set[bytes] = set()
+
+    def report(d: bytes) -> bool:
+        if d[:1] == b"\x05" and b"\x08\x04_pub" in d[:40]:
+            seen.add(d[:60])  # the name, with its parameters digest
+        return len(seen) >= max(reports, 1)
+    # At the 1 s default, 4 distinct publications take more than 3 s; at 0.25 s they take about 1 s.
+    peer.recv_until(report, 3.0 if reports else 2.0)
+    assert len(seen) >= reports if reports else not seen
+
 def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expire(fleet):
     fleet.clients(alice="sim/**")
     fleet.start_gateway()

@@ -53,6 +53,9 @@ def args_sim(parser: argparse.ArgumentParser) -> None:
     add_fleet_args(parser)
     parser.add_argument("--sleepy", metavar="S", type=_sleepy, default=0.0,
                         help="devices sleep: awake S seconds, then asleep S seconds, and so on (default: never)")
+    parser.add_argument("--tick", metavar="S", type=_tick, default=1.0,
+                        help="devices publish topic `tick` every S seconds; 0 never (default 1). Every device "
+                             "hears all traffic on the group, so a big fleet on one host wants a slower tick")
     add_network_args(parser)
 
 
@@ -73,7 +76,8 @@ class SimFleet:
 
     def __init__(self, home: Home, *, count: int, prefix: str = "sim", site: str = "edge",
                  iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_MCAST_PORT,
-                 loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000, sleepy: float = 0.0) -> None:
+                 loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000, sleepy: float = 0.0,
+                 tick: float = 1.0) -> None:
         self.home = home
         self.count = count
         self.prefix = prefix
@@ -85,6 +89,7 @@ class SimFleet:
         self.heap = heap
         self.lease_ms = lease_ms
         self.sleepy = sleepy
+        self.tick = tick
         self.numbers = range(1, count + 1)  # device i is /<site>/<prefix>/<i>, i from 1
         self.names = [f"/{site}/{prefix}/{i}" for i in self.numbers]
         self.interpreter = ""
@@ -114,7 +119,7 @@ class SimFleet:
                 store.add_device(name, key, self.site, replace=True)
             config = {"name": name, "key": key.hex(), "iface": self.iface, "group": self.group, "port": self.port,
                       "state_dir": ".", "lease_ms": self.lease_ms, "index": number, "loss": self.loss,
-                      "sleepy": self.sleepy}
+                      "sleepy": self.sleepy, "tick": self.tick}
             _write_private(config_path, (json.dumps(config, indent=2) + "\n").encode())
         return list(self.names)
 
@@ -189,7 +194,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     site = resolve_site(state, args.site)
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
-                     lease_ms=args.lease_ms, sleepy=args.sleepy)
+                     lease_ms=args.lease_ms, sleepy=args.sleepy, tick=args.tick)
     fleet.provision(state.store)
     state.close()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -261,6 +266,9 @@ _lease_ms = bounded(int, 1000, 86_400_000, "lease must be 1000 to 86400000 ms")
 
 
 _sleepy = bounded(float, 0.0, 86400.0, "sleepy must be seconds from 0 to 86400")
+
+
+_tick = bounded(float, 0.0, 86400.0, "tick must be seconds from 0 to 86400")
 
 
 def _heap(text: str) -> str:

@@ -191,9 +191,19 @@ def test_help_on_groups_and_top_level(capsys):
         assert verb in out
 
 
+
+@pytest.mark.parametrize("args, fragment", [(("--tick", "-1"), "tick must be seconds from 0 to 86400"),
+                                            (("--loss", "1"), "loss must be a probability"),
+                                            (("--devices", "0"), "device count must be 1 to 1000"),
+                                            (("--heap", "lots"), "heap must be a size")])
+def test_usage_errors_are_one_line(run, args, fragment):
+    code, out, err = run("sim", *args)
+    assert code == 2 and out == ""
+    assert_one_error_line(err, "ndn-edge: sim: argument ", fragment, "(see ndn-edge sim --help)")
+
 def test_usage_error_returns_two(capsys):
     assert main(["client"]) == 2
-    assert "required" in capsys.readouterr().err
+    assert_one_error_line(capsys.readouterr().err, "ndn-edge: client: ", "required")
 
 
 def test_verb_without_a_handler_says_so(run, monkeypatch):

@@ -24,7 +24,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Union
 
 from gateway.errors import GatewayError, UnknownClient
 from gateway.home import Home, validate_client_name
@@ -252,13 +252,21 @@ GROUPS: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (and exit status 2), like every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG):].strip()
+        self.exit(2, f"{PROG}: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command in `COMMANDS`."""
     home_help = "data folder (default: $NDN_EDGE_HOME, else $XDG_DATA_HOME/ndn-edge or ~/.local/share/ndn-edge)"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a sub-command's default must not overwrite a --home given before the verb.
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help=home_help)
-    parser = argparse.ArgumentParser(prog=PROG, description="IoT edge services over signed NDN multicast.")
+    parser = _Parser(prog=PROG, description="IoT edge services over signed NDN multicast.")
     parser.add_argument("--home", metavar="DIR", default=None, help=home_help)
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     groups: dict[str, Any] = {}

@@ -16,13 +16,16 @@ Decisions:
   a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
 - `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
   is `gateway.devices.DeviceSide`.
+- `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
+  asyncio API, with sockets and callbacks in C, about 15 % less gateway CPU per call
+  (`python -m bench gateway --parts calls`). Elsewhere it is plain asyncio; the gateway uses nothing else.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.errors import ConfigError
@@ -35,6 +38,15 @@ SITE_META_KEY = "site"
 DEFAULT_GROUP = "224.0.23.170"
 DEFAULT_MCAST_PORT = 56363
 DEFAULT_IFACE = "127.0.0.1"
+
+
+def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
+    """`asyncio.run(main)`, on uvloop's event loop when uvloop is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class Gateway:

@@ -38,7 +38,7 @@ def resolve_site(state: State, site: str | None) -> str:
 def do_gateway(state: State, args: argparse.Namespace) -> int:
     """Run the gateway in the foreground."""
     from gateway import logs
-    from gateway.daemon import Gateway
+    from gateway.daemon import Gateway, run_loop
 
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store
@@ -46,7 +46,7 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
     gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
                       site=site)
     try:
-        asyncio.run(_serve(gateway))
+        run_loop(_serve(gateway))
     except asyncio.CancelledError:  # SIGTERM
         return 0
     finally:

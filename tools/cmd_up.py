@@ -96,6 +96,7 @@ def args_up(parser: argparse.ArgumentParser) -> None:
 def do_up(state: State, args: argparse.Namespace) -> int:
     """Start the gateway and simulated devices, show a tour, keep running (or exit with --once)."""
     from gateway import logs
+    from gateway.daemon import run_loop
     from tools.cmd_gateway import resolve_site
     from tools.cmd_sim import SimFleet
 
@@ -110,7 +111,7 @@ def do_up(state: State, args: argparse.Namespace) -> int:
     state.close()
     handler = logs.setup("warning")  # the tour is the output; the gateway only speaks up about problems
     try:
-        asyncio.run(_up(state, args, fleet, site))
+        run_loop(_up(state, args, fleet, site))
     finally:
         logs.teardown(handler)
     return 0

@@ -9,6 +9,7 @@ to the command it would run and the file checks before it.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -33,7 +34,7 @@ from tests.support import stop_process
 from tools import cmd_flash
 from tools.cli import main as cli_main
 from tools.cmd_provision import device_name
-from tools.repl import RAW_PROMPT, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
+from tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -502,6 +503,17 @@ def test_board_info_decodes_the_bytecode_version():
     assert BoardInfo("micropython", "1.29.0", 2822, "linux", False, 1, "", 1, 2, ".frozen/device/__init__.py") \
         .runtime_frozen
 
+
+
+def test_the_board_tells_a_frozen_runtime_from_a_copied_one(run_mp):
+    # On the real unix port: its asyncio is frozen in; `device` comes from the checkout, as from a board's lib/.
+    out = run_mp(SOURCE_OF_SNIPPET + "print(repr((_src('asyncio'), _src('device'), _src('nowhere'))))\n"
+                 "import sys\nprint(sorted(k for k in sys.modules if k.startswith('device')))")
+    first, second = out.strip().splitlines()
+    frozen, copied, missing = ast.literal_eval(first)
+    assert frozen == ".frozen/asyncio" and missing == ""
+    assert "/device/__init__." in copied and not copied.startswith(".frozen")
+    assert second == "[]"  # unloaded again
 
 def test_device_names_are_checked():
     assert device_name("kitchen/th1", "edge") == "/edge/kitchen/th1"

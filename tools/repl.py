@@ -144,19 +144,41 @@ class BoardInfo:
 _ARCHES = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
            "xtensawin", "rv32imc", "rv64imc")
 
-_INFO_SNIPPET = """\
-import sys,os,gc
+# Where module n is imported from: ".frozen/n" when the firmware carries it frozen in (found with sys.path
+# holding only ".frozen": a frozen module's __file__ is its source name, like a copy's in lib/), else its
+# __file__, else "" when it does not import. Unloads it again either way.
+SOURCE_OF_SNIPPET = """\
+import sys
+def _src(n):
+ def _drop():
+  for k in [k for k in sys.modules if k==n or k.startswith(n+'.')]:
+   del sys.modules[k]
+ p=sys.path[:]
+ sys.path[:]=['.frozen']
+ try:
+  __import__(n)
+  f='.frozen/'+n
+ except Exception:
+  f=''
+ sys.path[:]=p
+ _drop()
+ if not f:
+  try:
+   f=getattr(__import__(n),'__file__','?')
+  except Exception:
+   f=''
+  _drop()
+ return f
+"""
+
+_INFO_SNIPPET = SOURCE_OF_SNIPPET + """\
+import os,gc
 try:
  import network
  _n=True
 except ImportError:
  _n=False
-try:
- _f=getattr(__import__('device'),'__file__','?')
-except Exception:
- _f=''
-for _k in [k for k in sys.modules if k=='device' or k.startswith('device.')]:
- del sys.modules[_k]
+_f=_src('device')
 _i=sys.implementation
 _s=os.statvfs(os.getcwd())
 gc.collect()

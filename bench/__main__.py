@@ -27,6 +27,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"heap search range in KiB (default {defaults.min_heap_kib} {defaults.max_heap_kib})")
     d.add_argument("--measure-heap", type=positive, default=defaults.measure_heap_kib, metavar="KIB",
                    help="heap for throughput and allocation (default %(default)s)")
+    d.add_argument("--frozen", action="store_true",
+                   help="the interpreter ($MICROPYTHON) carries the ndn-edge runtime frozen in "
+                        "(firmware/unix/manifest.py): import it from there")
     d.add_argument("--budget", type=float, default=defaults.budget_s, metavar="S",
                    help="seconds for all heap searches together (default %(default)s)")
     g = sub.add_parser("gateway", help="the gateway (cached and uncached calls, discovery, memory) vs aiocoap")
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> int:
             table_of = report
             lo, hi = args.heap_range
             opts = device.Options(calls=args.calls, min_heap_kib=lo, max_heap_kib=hi,
-                                  measure_heap_kib=args.measure_heap, budget_s=args.budget)
+                                  measure_heap_kib=args.measure_heap, budget_s=args.budget, frozen=args.frozen)
             result = report.add_targets(device.run(opts))
     except (ToolMissing, BuildFailed) as err:
         print(f"bench: {err}", file=sys.stderr)

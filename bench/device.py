@@ -38,6 +38,7 @@ class Options:
     call_timeout_s: float = 1.0  # per call
     run_s: float = 20.0  # per run of N calls
     budget_s: float = 240.0  # all heap searches together
+    frozen: bool = False  # the interpreter carries the ndn-edge runtime frozen in (firmware/unix/manifest.py)
 
 
 @dataclass
@@ -177,20 +178,21 @@ def import_heap(env: Env, lib_key: str | None, statement: str) -> int | None:
     """Bytes of heap still in use after `statement` (with a collection before and after): on the unix port
     the imported code itself sits in the heap, so this is how much of the smallest heap is code."""
     code = f"import gc\ngc.collect()\na = gc.mem_alloc()\n{statement}\ngc.collect()\nprint(gc.mem_alloc() - a)"
-    lib = f"{env.libs[lib_key]}:.frozen" if lib_key else ".frozen"
     done = subprocess.run([env.micropython, "-X", "heapsize=1M", "-c", code], capture_output=True, text=True,
-                          timeout=30, env=dict(os.environ, MICROPYPATH=lib), cwd=env.scratch)
+                          timeout=30, env=dict(os.environ, MICROPYPATH=env.path(lib_key)), cwd=env.scratch)
     try:
         return int(done.stdout.strip())
     except ValueError:
         return None
 
 
-def build_env(scratch: Path) -> Env:
+def build_env(scratch: Path, frozen: bool = False) -> Env:
     import microdot
     env = Env(scratch)
     env.add_lib("ndn", ROOT / "device")
     env.add_lib("microdot", Path(microdot.__file__).resolve().parent)
+    if frozen:
+        env.use_frozen("ndn", "device")
     return env
 
 
@@ -198,7 +200,7 @@ def run(opts: Options) -> dict:
     """The whole benchmark; returns the report (see bench.report for targets and the table)."""
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ndn-edge-bench-") as scratch:
-        env = build_env(Path(scratch))
+        env = build_env(Path(scratch), opts.frozen)
         subjects = code_sizes(env)
         for label, (lib_key, statement) in IMPORTS.items():
             subjects[label]["import_heap_bytes"] = import_heap(env, lib_key, statement)
@@ -209,6 +211,7 @@ def run(opts: Options) -> dict:
             deadline = time.monotonic() + left / (len(SUBJECTS) - i)
             subjects[cls.label].update(search_heap(env, cls, opts, deadline))
         return {"benchmark": "device", "micropython": env.version, "calls": opts.calls,
+                "ndn_runtime": "frozen into the interpreter" if opts.frozen else "imported from .mpy files",
                 "measure_heap_kib": opts.measure_heap_kib,
                 "heap_search_kib": [opts.min_heap_kib, opts.max_heap_kib],
                 "seconds": round(time.monotonic() - began, 1), "subjects": subjects}

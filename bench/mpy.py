@@ -71,10 +71,9 @@ def version(micropython: str) -> str:
 class App:
     """One benchmark app on MicroPython with a given heap; stdout and stderr go to files in its workdir."""
 
-    def __init__(self, micropython: str, script: str, args: list[str], heap_kib: int, lib: Path | None,
+    def __init__(self, micropython: str, script: str, args: list[str], heap_kib: int, path: str,
                  workdir: Path):
         self.workdir = workdir
-        path = f"{lib}:.frozen" if lib else ".frozen"
         env = dict(os.environ, MICROPYPATH=path)
         self._out = open(workdir / "stdout.txt", "w+")
         self._err = open(workdir / "stderr.txt", "w+")
@@ -119,6 +118,27 @@ class Env:
         self.version = version(self.micropython)
         self.libs: dict[str, Path] = {}
         self.sizes: dict[str, dict[str, int]] = {}
+        self.frozen: set[str] = set()  # libraries the interpreter carries frozen in: apps import those from there
+
+    def use_frozen(self, key: str, package: str) -> None:
+        """Apps of library `key` import `package` frozen into the interpreter (compiled sizes still count);
+        ToolMissing if the interpreter does not carry it."""
+        from tools.repl import SOURCE_OF_SNIPPET
+        code = SOURCE_OF_SNIPPET + f"print(_src({package!r}))"
+        done = subprocess.run([self.micropython, "-c", code], capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, MICROPYPATH=".frozen"), cwd=self.scratch)
+        where = done.stdout.strip()
+        if not where.startswith(".frozen"):
+            raise ToolMissing(f"{self.micropython} does not carry `{package}` frozen in (it imports "
+                              f"{where or 'nothing'}); build the unix port with "
+                              "FROZEN_MANIFEST=firmware/unix/manifest.py (firmware/README.md)")
+        self.frozen.add(key)
+
+    def path(self, lib_key: str | None) -> str:
+        """MICROPYPATH for an app of library `lib_key` (None: the interpreter's frozen modules only)."""
+        if lib_key is None or lib_key in self.frozen:
+            return ".frozen"
+        return f"{self.libs[lib_key]}:.frozen"
 
     def add_lib(self, key: str, package_dir: Path) -> None:
         """Compile `package_dir` into the library `key` (MICROPYPATH entry of the apps that use it)."""
@@ -128,5 +148,4 @@ class Env:
 
     def launch(self, script: str, args: list[str], heap_kib: int, lib_key: str | None = None) -> App:
         workdir = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}-{heap_kib}k-", dir=self.scratch))
-        lib = self.libs[lib_key] if lib_key else None
-        return App(self.micropython, script, args, heap_kib, lib, workdir)
+        return App(self.micropython, script, args, heap_kib, self.path(lib_key), workdir)

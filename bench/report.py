@@ -79,7 +79,8 @@ def table(report: dict) -> str:
 def notes(report: dict) -> list[str]:
     subjects = report["subjects"]
     out = ["", f"{report['micropython']}; {report['calls']} calls per run; throughput and allocation measured "
-               f"with a {report['measure_heap_kib']} KiB heap; whole run {report['seconds']} s."]
+               f"with a {report['measure_heap_kib']} KiB heap; whole run {report['seconds']} s.",
+           f"ndn-edge runtime {report.get('ndn_runtime', 'imported from .mpy files')}."]
     for name in COLUMNS:
         s = subjects[name]
         if s.get("transport"):

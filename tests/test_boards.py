@@ -605,11 +605,16 @@ def test_flash_copies_a_uf2_to_the_boot_drive(tmp_path):
 
 
 def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
-    """Each board's manifest, run with the manifest API's path rules, freezes every runtime module."""
+    """Each board's manifest (and the unix port's, for `bench device --frozen`), run with the manifest API's
+    path rules, freezes every runtime module after the port's own manifest."""
     monkeypatch.chdir(ROOT)
     for board in cmd_flash.BOARDS:
         profile = cmd_flash.load_profile(board)
         assert profile.board == board and profile.firmware_url.startswith("https://micropython.org/")
+    manifests = [(ROOT / "firmware" / "boards" / board / "manifest.py",
+                  ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")) for board in cmd_flash.BOARDS]
+    manifests.append((ROOT / "firmware" / "unix" / "manifest.py", ("$(PORT_DIR)/variants/standard/manifest.py",)))
+    for manifest, port_manifests in manifests:
         frozen: list[str] = []
         included: list[str] = []
 
@@ -630,8 +635,8 @@ def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
             finally:
                 os.chdir(previous)
 
-        run(ROOT / "firmware" / "boards" / board / "manifest.py")
-        assert included and included[0] in ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")
+        run(manifest)
+        assert included and included[0] in port_manifests
         assert sorted(frozen) == sorted([f"device/{p.name}" for p in (ROOT / "device").glob("*.py")]
                                         + ["ndn_boot.py"])
 

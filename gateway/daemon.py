@@ -17,8 +17,8 @@ Decisions:
 - `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
   is `gateway.devices.DeviceSide`.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
-  asyncio API, with sockets and callbacks in C, about 15 % less gateway CPU per call
-  (`python -m bench gateway --parts calls`). Elsewhere it is plain asyncio; the gateway uses nothing else.
+  asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
+  Elsewhere it is plain asyncio; the gateway uses nothing else.
 """
 from __future__ import annotations
 

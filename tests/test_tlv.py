@@ -322,10 +322,26 @@ def test_fuzz_mutated_interests_only_raise_malformed(data):
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(w) - 1))
         w[i] = data.draw(st.integers(0, 255))
+    mv = memoryview(bytes(w))
+    full = tlv.Packet()
     try:
-        tlv.Packet().parse(memoryview(bytes(w)), 0, len(w))
+        full.parse(mv, 0, len(w))
     except MalformedError:
-        pass
+        full = None
+    # With prefixes (as a device parses), the same bytes only raise MalformedError too, and a packet that
+    # parses fully gets the same offsets when its name is ours, or stops after the name when it is not.
+    for prefixes in ((control.encode_name(DEV),), (control.encode_name("/edge/other"),)):
+        p = tlv.Packet(prefixes)
+        try:
+            p.parse(mv, 0, len(w))
+        except MalformedError:
+            assert full is None  # stopping early never finds a fault the full parse does not
+            continue
+        assert full is not None or p.match == -1  # only another node's packet may skip its faults
+        if full is not None:
+            assert (p.name_s, p.name_e, p.next) == (full.name_s, full.name_e, full.next)
+            if p.match == 0:
+                assert (p.seq, p.sv_s, p.params_s, p.digest_s) == (full.seq, full.sv_s, full.params_s, full.digest_s)
 
 
 def test_tlv_and_hmac_on_micropython(run_mp):

@@ -281,7 +281,7 @@ class Device:
             release()
             now = ticks_ms()
         if self._last_query is not None and not 0 <= ticks_diff(now, self._last_query) < _QUERY_HOLDOFF_MS:
-            self._last_query = None  # forgotten while recent: a ticks difference is only meaningful for days
+            self._last_query = None  # forgotten once the holdoff is over: never compared across a ticks wrap
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
             self._query_at = None
             self._last_query = now

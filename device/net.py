@@ -29,9 +29,9 @@ class MulticastFace:
             s.bind(socket.getaddrinfo("0.0.0.0", self.udp_port)[0][-1])
         ifaddr = port.ip4(self.iface)
         s.setsockopt(ipproto, add, port.ip4(self.group) + ifaddr)
-        s.setsockopt(ipproto, mif, ifaddr)
-        s.setsockopt(ipproto, ttl, 1)
-        s.setsockopt(ipproto, loop, 1)
+        for opt, value in ((mif, ifaddr), (ttl, 1), (loop, 1)):
+            if opt is not None:  # None: the port's sockets cannot set it (see port.mcast_options)
+                s.setsockopt(ipproto, opt, value)
         s.setblocking(False)
         self.sock = s
         # MicroPython's readinto keeps reading while datagrams are queued, so one read may hold

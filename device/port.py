@@ -46,10 +46,13 @@ def is_async(fn):
 
 def mcast_options(socket):
     # IPv4 multicast socket options (ADD_MEMBERSHIP, TTL, IF, LOOP). CPython and some ports export
-    # them; the unix port exports only IP_ADD_MEMBERSHIP; lwIP ports (ESP32, RP2) number them their way.
+    # them; the unix port exports only IP_ADD_MEMBERSHIP. MicroPython's lwIP sockets (ESP32, RP2)
+    # implement only ADD_MEMBERSHIP (3) and print a warning for the others, so those are None (not set)
+    # unless the port exports them.
     add = getattr(socket, "IP_ADD_MEMBERSHIP", None)
     if add == 3:  # lwIP
-        return 3, 5, 6, 7
+        return (3, getattr(socket, "IP_MULTICAST_TTL", None), getattr(socket, "IP_MULTICAST_IF", None),
+                getattr(socket, "IP_MULTICAST_LOOP", None))
     if add == 12:  # BSD, macOS
         return 12, 10, 9, 11
     return (add or 35, getattr(socket, "IP_MULTICAST_TTL", 33),

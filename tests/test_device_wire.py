@@ -244,3 +244,55 @@ def test_plain_services_are_served_without_asyncio_in_a_small_heap(micropython, 
         assert b.alive()
     finally:
         b.stop()
+
+
+class _FakeSocketModule:
+    """A port's `socket` module as device/net.py sees it: records every setsockopt; like MicroPython's lwIP
+    sockets (ESP32, RP2) it knows only SO_REUSEADDR and IP_ADD_MEMBERSHIP unless given more constants."""
+
+    AF_INET, SOCK_DGRAM, SOL_SOCKET, IPPROTO_IP = 2, 2, 1, 0
+
+    def __init__(self, reuse: int, **constants: int) -> None:
+        self.SO_REUSEADDR = reuse
+        self.calls: list[tuple] = []
+        for name, value in constants.items():
+            setattr(self, name, value)
+
+    def getaddrinfo(self, host, port):
+        return [(2, 2, 0, "", (host, port))]
+
+    def socket(self, af, kind):
+        module = self
+
+        class Sock:
+            def setsockopt(self, level, opt, value):
+                module.calls.append((level, opt, value))
+
+            def bind(self, addr):
+                pass
+
+            def setblocking(self, flag):
+                pass
+
+            def readinto(self, buf):
+                return 0
+        return Sock()
+
+
+@pytest.mark.parametrize("constants, expected", [
+    # lwIP as MicroPython ships it: only the membership is set (the others would print a warning and do nothing)
+    ({"IP_ADD_MEMBERSHIP": 3}, [(3, "join")]),
+    # an lwIP port that exports the multicast options gets them set
+    ({"IP_ADD_MEMBERSHIP": 3, "IP_MULTICAST_TTL": 5, "IP_MULTICAST_IF": 6, "IP_MULTICAST_LOOP": 7},
+     [(3, "join"), (6, "iface"), (5, 1), (7, 1)]),
+    # the unix port exports only IP_ADD_MEMBERSHIP: Linux numbers for the rest
+    ({"IP_ADD_MEMBERSHIP": 35}, [(35, "join"), (32, "iface"), (33, 1), (34, 1)]),
+])
+def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch, constants, expected):
+    from device import net
+    fake = _FakeSocketModule(4, **constants)
+    monkeypatch.setattr(net, "socket", fake)
+    face = net.MulticastFace("192.168.1.20", "224.0.23.170", 56363, bytearray(1500))
+    face.open()
+    values = {"join": bytes([224, 0, 23, 170, 192, 168, 1, 20]), "iface": bytes([192, 168, 1, 20])}
+    assert fake.calls == [(1, 4, 1)] + [(0, opt, values.get(v, v)) for opt, v in expected]

@@ -292,7 +292,7 @@ def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch,
     from device import net
     fake = _FakeSocketModule(4, **constants)
     monkeypatch.setattr(net, "socket", fake)
-    face = net.MulticastFace("192.168.1.20", "224.0.23.170", 56363, bytearray(1500))
-    face.open()
-    values = {"join": bytes([224, 0, 23, 170, 192, 168, 1, 20]), "iface": bytes([192, 168, 1, 20])}
+    face = net.MulticastFace("127.0.0.1", "224.0.23.170", 56363, bytearray(1500))
+    face.open()  # on the fake module: nothing is sent or bound
+    values = {"join": bytes([224, 0, 23, 170, 127, 0, 0, 1]), "iface": bytes([127, 0, 0, 1])}
     assert fake.calls == [(1, 4, 1)] + [(0, opt, values.get(v, v)) for opt, v in expected]

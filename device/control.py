@@ -42,7 +42,7 @@ def setup(dev):
     dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, dev._sig_base)
     dev._mac = Hmac(dev.key)
     dev._seq = SeqState(dev.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
-    dev._pkt = tlv.Packet((dev._name_val, dev._query_val))
+    dev._pkt.prefixes = (dev._name_val, dev._query_val)
     dev._room = len(dev._tx) - len(dev._sig_info) - 2 - 32  # the most content a reply can carry ends here
     dev._boot = ticks_ms()
     dev._renew_at = dev._boot

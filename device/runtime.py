@@ -140,7 +140,8 @@ class Device:
         self._sleep_ms = 0
         # Set by setup() (device/control.py), and per request. Created here so that this object's
         # attribute table reaches its final size now, not while the control plane is in the heap.
-        self._mac = self._seq = self._pkt = self._name_val = self._query_val = self._site_val = None
+        self._mac = self._seq = self._name_val = self._query_val = self._site_val = None
+        self._pkt = tlv.Packet()  # its prefixes are set by setup()
         self._key_name = self._sig_base = self._sig_info = self._desc_hash = None
         self._ncomp = self._room = self._boot = self._renew_at = 0
         self._query_at = self._last_query = None  # when a query was last answered

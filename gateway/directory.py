@@ -51,7 +51,8 @@ from ndn.encoding.tlv_model import DecodeError
 
 from gateway import wire
 from gateway.errors import GatewayError, NotFound, StoreError
-from gateway.framing import has_name_prefix
+from gateway.framing import components_ok, has_name_prefix
+from gateway.logs import Throttle
 
 log = logging.getLogger("ndn_edge.directory")
 
@@ -118,8 +119,9 @@ class Directory:
         self._dirty: set[str] = set()  # devices whose announcement number is not persisted yet
         self.counters: dict[str, int] = {
             "announcements": 0, "unknown_key": 0, "digest": 0, "bad_signature": 0, "replayed": 0,
-            "malformed": 0, "queue_full": 0, "queries": 0, "desc_fetches": 0, "desc_failures": 0,
+            "malformed": 0, "queue_full": 0, "queries": 0, "desc_fetches": 0, "desc_failures": 0, "faults": 0,
         }
+        self._throttle = Throttle(log)
 
     # -- lifecycle
 
@@ -225,12 +227,17 @@ class Directory:
     # -- announcement processing (task)
 
     async def _announcements(self) -> None:
+        # Survives anything one packet causes: counted, logged once per interval, and the next one is read.
         while True:
             packet = await self._queue.get()
             try:
                 self._handle(packet)
             except StoreError as err:
-                log.warning("announcement not recorded: %s", err)
+                self.counters["faults"] += 1
+                self._throttle.event("store", "announcement_not_recorded", error=str(err))
+            except Exception as err:
+                self.counters["faults"] += 1
+                self._throttle.fault("directory-announcement", err, size=len(packet))
 
     def _drop(self, reason: str, detail: str) -> None:
         self.counters[reason] += 1
@@ -241,12 +248,13 @@ class Directory:
             name, _, params, sig = parse_interest(packet, with_tl=True)
         except _PARSE_ERRORS as err:
             return self._drop("malformed", f"not an Interest: {err}")
-        if len(name) != 4 or Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
-            return self._drop("malformed", f"name {Name.to_str(name)} is not /{self.site}/_sd/ann/<digest>")
+        if not components_ok(name) or len(name) != 4 or \
+                Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
+            return self._drop("malformed", f"name is not /{self.site}/_sd/ann/<digest>")
         info = sig.signature_info
         if (info is None or info.signature_type != SignatureType.HMAC_WITH_SHA256 or info.key_locator is None
-                or not info.key_locator.name):
-            return self._drop("malformed", "not signed with HMAC-SHA256 and a KeyLocator name")
+                or not info.key_locator.name or not components_ok(info.key_locator.name)):
+            return self._drop("malformed", "not signed with HMAC-SHA256 and a well-formed KeyLocator name")
         key_name = Name.to_str(info.key_locator.name)
         record = self._store.device_by_key_name(key_name)
         if record is None or record.site != self.site:

@@ -101,6 +101,19 @@ def unwrap(datagram: bytes) -> bytes | None:
     return fragment
 
 
+def components_ok(components: Sequence[Sequence[int]]) -> bool:
+    """True if each item is exactly one TLV whose length matches its size (python-ndn's parser splits a Name
+    into components without checking each one's length; printing a lying one raises later)."""
+    try:
+        for c in components:
+            t, _, e = read_tl(c, 0)
+            if e != len(c) or t == 0:
+                return False
+    except FramingError:
+        return False
+    return True
+
+
 def name_tlv(packet: bytes) -> bytes | None:
     """The encoded Name TLV (type and length included) that opens an Interest or Data, or None."""
     try:

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 LOGGER = "ndn_edge"
@@ -63,6 +64,52 @@ def setup(level: str = "info", fmt: str = "kv", stream: TextIO | None = None) ->
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.propagate = False
     return handler
+
+
+class Throttle:
+    """At most one log line per key every `interval_s`, saying how many were folded into it.
+
+    For what the network can cause at any rate (drops, a worker's fault on one packet): every occurrence is
+    counted by its caller, but the log gets one line per interval per key, so no input can fill it.
+    """
+
+    def __init__(self, log: logging.Logger, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = log
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._folded: dict[str, int] = {}
+
+    def due(self, key: str) -> int | None:
+        """None if `key` was logged within the interval (counted as folded); else how many were folded since."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._folded[key] = self._folded.get(key, 0) + 1
+            return None
+        if len(self._last) > 1024:  # keys come from a fixed vocabulary; this only bounds a caller's mistake
+            self._last.clear()
+        self._last[key] = now
+        return self._folded.pop(key, 0)
+
+    def event(self, key: str, what: str, level: int = logging.WARNING, /, **fields: Any) -> bool:
+        """Log event `what` unless `key` was logged within the interval; True if it was logged."""
+        folded = self.due(key)
+        if folded is None:
+            return False
+        event(self._log, what, level, folded=folded, **fields)
+        return True
+
+    def fault(self, where: str, err: BaseException, **fields: Any) -> None:
+        """A worker survived `err` while handling one input at `where`: one ERROR line (with the traceback)
+        per interval per place; the caller counts every occurrence."""
+        folded = self.due(where)
+        if folded is None:
+            return
+        self._log.error("worker_fault", exc_info=(type(err), err, err.__traceback__),
+                        extra={"fields": {"where": where, "error": f"{type(err).__name__}: {err}",
+                                          "folded": folded, **fields}})
 
 
 def teardown(handler: logging.Handler) -> None:

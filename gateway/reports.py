@@ -61,7 +61,8 @@ from ndn.encoding.tlv_model import DecodeError
 
 from gateway import clientwire as cw, wire
 from gateway.errors import GatewayError, StoreError
-from gateway.framing import has_name_prefix, name_tlv
+from gateway.framing import components_ok, has_name_prefix, name_tlv
+from gateway.logs import Throttle
 
 log = logging.getLogger("ndn_edge.reports")
 
@@ -140,7 +141,9 @@ class ReportIntake:
         self.counters: dict[str, int] = {
             "received": 0, "processed": 0, "duplicates": 0, "acks": 0, "later": 0, "unknown_key": 0,
             "digest": 0, "bad_signature": 0, "stale": 0, "malformed": 0, "queue_full": 0, "errors": 0,
+            "faults": 0,
         }
+        self._throttle = Throttle(log)
 
     # -- lifecycle
 
@@ -225,7 +228,11 @@ class ReportIntake:
                 self._process(batch)
             except (StoreError, sqlite3.Error) as err:
                 self.counters["errors"] += 1
-                log.warning("reports not recorded (their devices send them again): %s", err)
+                self._throttle.event("store", "reports_not_recorded", error=str(err),
+                                     note="their devices send them again")
+            except Exception as err:  # a bug: the batch is rolled back, its devices send it again
+                self.counters["faults"] += 1
+                self._throttle.fault("report-batch", err, reports=len(batch))
             await asyncio.sleep(0)  # let the receive path and clients run between batches
 
     def _process(self, batch: list[bytes]) -> None:
@@ -234,7 +241,12 @@ class ReportIntake:
         seen_now: dict[tuple[str, int], bytes] = {}
         with self._store.transaction() as db:
             for packet in batch:
-                report = self._verify(packet)
+                try:
+                    report = self._verify(packet)
+                except Exception as err:  # one packet's fault never costs the batch
+                    self.counters["faults"] += 1
+                    self._throttle.fault("report-verify", err, size=len(packet))
+                    continue
                 if report is None:
                     continue
                 mark = (report.key_name, report.seq)
@@ -282,12 +294,14 @@ class ReportIntake:
             name, _, params, sig = parse_interest(packet, with_tl=True)
         except _PARSE_ERRORS as err:
             return self._drop("malformed", f"not an Interest: {err}")
-        if len(name) != 3 or Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
-            return self._drop("malformed", f"name {Name.to_str(name)} is not /{self.site}/<kind>/<digest>")
+        if not components_ok(name) or len(name) != 3 or \
+                Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
+            return self._drop("malformed", f"name is not /{self.site}/<kind>/<digest>")
         kind = Component.to_str(name[1])
         info = sig.signature_info
         if (info is None or info.signature_type != SignatureType.HMAC_WITH_SHA256 or info.key_locator is None
-                or not info.key_locator.name or info.signature_seq_num is None):
+                or not info.key_locator.name or not components_ok(info.key_locator.name)
+                or info.signature_seq_num is None):
             return self._drop("malformed", "not signed with HMAC-SHA256, a KeyLocator name and a SignatureSeqNum")
         key_name = Name.to_str(info.key_locator.name)
         record = self._record(key_name)

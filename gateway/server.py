@@ -61,7 +61,7 @@ from gateway import framing
 from gateway.acl import allowed, matches
 from gateway.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
                             PermissionDenied, ResourceExhausted, StoreError, Unavailable, UnknownDevice)
-from gateway.logs import event
+from gateway.logs import Throttle, event
 from gateway.store import Store, key_id
 from gateway.wire import parse_signed_interest
 
@@ -182,8 +182,7 @@ class ClientServer:
         self._inbox: asyncio.Queue[tuple[bytes, Any]] | None = None
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._last_warn: dict[str, float] = {}
-        self._warned_count: dict[str, int] = {}
+        self._throttle = Throttle(log, _WARN_EVERY_S)
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
         self.drops: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
@@ -262,9 +261,9 @@ class ClientServer:
             data, addr = await inbox.get()
             try:
                 self._handle(data, addr)
-            except Exception:  # a bug in one packet's handling must not stop the face; it is logged loudly
+            except Exception as err:  # a bug in one packet's handling must not stop the face
                 self.stats["internal"] += 1
-                log.exception("client_packet_failed", extra={"fields": {"addr": _addr(addr)}})
+                self._throttle.fault("client-packet", err, addr=_addr(addr))
 
     def _handle(self, data: bytes, addr: Any) -> None:
         """One datagram: parse, authenticate, admit (replay check), dispatch."""
@@ -284,7 +283,7 @@ class ClientServer:
             self._dispatch(peer, ex, request.name, request.params)
         except Exception as err:  # accepted, so it must be answered; the bug goes to the log
             self.stats["internal"] += 1
-            log.exception("request_failed", extra={"fields": {"client": peer.name}})
+            self._throttle.fault("client-dispatch", err, client=peer.name)
             self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
 
     def _parse(self, data: bytes, addr: Any) -> _Request | None:
@@ -313,6 +312,8 @@ class ClientServer:
                 name, _, app_params, sig = parse_interest(packet, with_tl=True)
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
+        if not framing.components_ok(name):
+            return self._drop("malformed", addr, why="a name component's length is wrong")
         if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
                 or Component.get_type(name[-1]) != cw.TYPE_DIGEST_COMPONENT):
             return self._drop("unsupported", addr, why="not a gateway request")
@@ -320,6 +321,8 @@ class ClientServer:
         if (info is None or info.signature_type != _HMAC_SHA256 or info.key_locator is None
                 or not info.key_locator.name):
             return self._drop("unsupported", addr, why="not signed with HMAC-SHA256 and a key name")
+        if not framing.components_ok(info.key_locator.name):
+            return self._drop("malformed", addr, why="a key name component's length is wrong")
         if info.signature_seq_num is None or info.signature_time is None or info.signature_nonce is None:
             return self._drop("malformed", addr, why="SignatureSeqNum, SignatureTime and SignatureNonce are required")
         name_tlv = framing.name_tlv(packet)
@@ -610,7 +613,7 @@ class ClientServer:
             raise
         except Exception as err:  # the client must get an answer; the bug goes to the log with its traceback
             self.stats["internal"] += 1
-            log.exception("request_failed", extra={"fields": {"client": peer.name}})
+            self._throttle.fault("client-request", err, client=peer.name)
             self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
             return
         try:
@@ -644,14 +647,9 @@ class ClientServer:
     def _drop(self, reason: str, addr: Any, **fields: Any) -> None:
         """Count (and maybe log) a dropped datagram; returns None so callers can `return self._drop(...)`."""
         self.drops[reason] += 1
-        if reason in _SECURITY_REASONS:
-            now = time.monotonic()
-            self._warned_count[reason] = self._warned_count.get(reason, 0) + 1
-            if now - self._last_warn.get(reason, -_WARN_EVERY_S) >= _WARN_EVERY_S:
-                self._last_warn[reason] = now
-                event(log, "client_drop", logging.WARNING, reason=reason, addr=_addr(addr),
-                      since_last=self._warned_count.pop(reason), **fields)
-                return
+        if reason in _SECURITY_REASONS and self._throttle.event(reason, "client_drop", logging.WARNING,
+                                                                reason=reason, addr=_addr(addr), **fields):
+            return
         event(log, "client_drop", logging.DEBUG, reason=reason, addr=_addr(addr), **fields)
 
 

@@ -109,3 +109,28 @@ def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real SQLite store in the test's folder."""
+    from gateway.store import Store
+    s = Store(tmp_path / "gateway.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make_board(micropython, mcast_port, tmp_path, store):
+    """Create a board provisioned into the store (not started); every board is stopped at teardown."""
+    from tests.support import Board
+    made = []
+
+    def make(name="/edge/lab/b1", **kw):
+        board = Board(micropython, mcast_port, tmp_path / name.strip("/").replace("/", "_"), name=name, **kw)
+        store.add_device(board.name, board.key, "edge")
+        made.append(board)
+        return board
+    yield make
+    for board in made:
+        board.stop()

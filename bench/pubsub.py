@@ -58,9 +58,9 @@ def log(text: str) -> None:
 
 def run(opts: Options) -> dict[str, Any]:
     """Run the benchmark; the report (JSON-able)."""
-    from gateway.home import Home
-    from gateway.store import Store
-    from tools.cmd_sim import SimFleet
+    from ndn_edge.state.home import Home
+    from ndn_edge.state.store import Store
+    from ndn_edge.tools.cmd_sim import SimFleet
 
     with tempfile.TemporaryDirectory(prefix="ndn-edge-bench-pubsub-") as tmp:
         home = Home(Path(tmp) / "home").ensure()
@@ -77,7 +77,7 @@ def run(opts: Options) -> dict[str, Any]:
         store.close()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(Path(tmp) / "gateway.err", "wb") as err:
-            gateway = subprocess.Popen([sys.executable, "-m", "tools", "--home", str(home.path), "gateway",
+            gateway = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home.path), "gateway",
                                         "--group", f"{GROUP}:{port}"], cwd=ROOT, env=env,
                                        stdout=subprocess.DEVNULL, stderr=err)
         try:
@@ -98,7 +98,7 @@ def run(opts: Options) -> dict[str, Any]:
 
 
 def _wait_record(home: Any, gateway: subprocess.Popen) -> None:
-    from gateway.errors import ConfigError
+    from ndn_edge.errors import ConfigError
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -114,7 +114,7 @@ def _wait_record(home: Any, gateway: subprocess.Popen) -> None:
 
 
 async def _measure(home: Any, opts: Options) -> dict[str, Any]:
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     clients = [Client.from_home(home, client=f"sub{i}", timeout=10) for i in range(opts.subscribers)]
     admin = Client.from_home(home, client="admin", timeout=10)

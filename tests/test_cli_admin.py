@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.home import Home, validate_client_name
-from tools import cli
-from tools.cli import COMMANDS, main
+from ndn_edge.errors import ConfigError
+from ndn_edge.state.home import Home, validate_client_name
+from ndn_edge.tools import cli
+from ndn_edge.tools.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,7 +216,7 @@ def test_verb_without_a_handler_says_so(run, monkeypatch):
 @pytest.mark.parametrize("verb", ["provision", "deploy", "flash", "vboard"])
 def test_board_verbs_are_plugged_in_by_module_path(verb):
     handler, builder, _ = COMMANDS[verb]
-    assert isinstance(handler, str) and handler.startswith("tools.") and isinstance(builder, str)
+    assert isinstance(handler, str) and handler.startswith("ndn_edge.tools.") and isinstance(builder, str)
     assert callable(cli.resolve_handler(verb))
 
 
@@ -261,7 +261,7 @@ def test_home_before_or_after_the_verb(tmp_path, capsys):
 
 def test_real_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "tools", "--home", str(tmp_path)]
+    base = [sys.executable, "-m", "ndn_edge.tools", "--home", str(tmp_path)]
     ok = subprocess.run([*base, "client", "add", "bob"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -278,7 +278,7 @@ def test_real_process(tmp_path):
 def test_cli_import_is_light():
     code = ("import sys, tools.cli, gateway\n"
             "heavy = sorted(m for m in sys.modules if m == 'ndn' or m.startswith(('ndn.', 'serial', 'sqlite3', "
-            "'gateway.store', 'cbor2')))\n"
+            "'ndn_edge.state.store', 'cbor2')))\n"
             "print(heavy)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -360,7 +360,7 @@ def test_gateway_record(tmp_path):
 def test_bounded_number_arguments():
     import argparse
 
-    from tools.argtypes import bounded
+    from ndn_edge.tools.argtypes import bounded
     loss = bounded(float, 0.0, 1.0, "loss must be from 0 up to 1", high_open=True)
     assert loss("0") == 0.0 and loss("0.5") == 0.5
     count = bounded(int, 1, 10, "count must be 1 to 10")

@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from bench.frames import compile_frames
-from gateway import wire
-from tests.conftest import ROOT, find_mpy_cross
+from ndn_edge.wire import packets as wire
+from tests.support import ROOT, find_mpy_cross
 
 DEV = "/edge/bench/b1"
 KEY = bytes(range(32))

@@ -7,7 +7,7 @@ import cbor2
 import pytest
 from ndn.encoding import Name, parse_interest
 
-from gateway import wire
+from ndn_edge.wire import packets as wire
 from tests.support import Board, is_announcement, parsed_interest
 
 

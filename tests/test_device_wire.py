@@ -7,7 +7,7 @@ import pytest
 from ndn.encoding import Name, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
-from gateway import wire
+from ndn_edge.wire import packets as wire
 from tests.support import Board, is_announcement, is_data_for, lp_wrap
 
 

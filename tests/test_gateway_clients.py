@@ -1,8 +1,8 @@
-"""The gateway's client-facing half: the client protocol, `gateway.client`, and `ndn-edge gateway|sim|call|...`.
+"""The gateway's client-facing half: the client protocol, `ndn_edge.client.api`, and `ndn-edge gateway|sim|call|...`.
 
 Two layers:
 - In-process: a `ClientServer` over a real store and real UDP on 127.0.0.1, with a test double for the device
-  side (`FakeDevices`, here only), driven by `gateway.client.Client` or by hand-made packets. Precise checks of
+  side (`FakeDevices`, here only), driven by `ndn_edge.client.api.Client` or by hand-made packets. Precise checks of
   the replay policy, retransmissions, ACL filtering, argument errors, LP framing.
 - End to end: `python -m tools gateway` and `python -m tools sim` as real processes (devices on the real
   MicroPython unix port), clients through `Client.connect` and the CLI.
@@ -29,14 +29,14 @@ import pytest
 from ndn.encoding import InterestParam, Name, make_interest
 from ndn.encoding.ndnlp_v2 import LpPacket, LpPacketValue, parse_lp_packet_v2
 
-from gateway import clientwire as cw
-from gateway import wire
-from gateway.client import BlockingClient, CallResult, Client
-from gateway.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import packets as wire
+from ndn_edge.client.api import BlockingClient, CallResult, Client
+from ndn_edge.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
                             ResourceExhausted, Unavailable)
-from gateway.home import ClientCredentials, Home
-from gateway.server import ClientServer
-from gateway.store import Store
+from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.clients.face import ClientServer
+from ndn_edge.state.store import Store
 from tests.support import Cluster, until
 from tests.support import run_scenario as run
 
@@ -48,7 +48,7 @@ GROUP = "224.0.23.170"
 
 
 class FakeDevices:
-    """Test double of gateway.devices.DeviceSide: two devices, scripted services, calls recorded."""
+    """Test double of ndn_edge.devices.side.DeviceSide: two devices, scripted services, calls recorded."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.calls: list[tuple[str, str, Any]] = []
@@ -833,7 +833,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
 def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     home = tmp_path / "home"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "tools", "up", "--home", str(home), "--once", "--devices", "2",
+    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
                            "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -844,7 +844,7 @@ def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     assert not (home / "gateway.json").exists()  # the in-process gateway removed its record
     # a second run reuses the home: same clients, same device keys
     keys = {p.name: json.loads((p / "ndn_config.json").read_text())["key"] for p in (home / "sim").glob("[0-9]")}
-    again = subprocess.run([sys.executable, "-m", "tools", "up", "--home", str(home), "--once", "--devices", "2",
+    again = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
                             "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -16,10 +16,10 @@ import pytest
 from ndn.encoding import InterestParam, Name, make_data, make_interest, parse_interest, MetaInfo
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from gateway import wire
-from gateway.devices import DeviceSide
-from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from gateway.store import Store
+from ndn_edge.wire import packets as wire
+from ndn_edge.devices.side import DeviceSide
+from ndn_edge.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from ndn_edge.state.store import Store
 from tests.support import health, online_with_services, start_board, until
 from tests.support import run_scenario as run
 

@@ -15,12 +15,12 @@ from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from gateway import wire
-from gateway.directory import Directory
-from gateway.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from gateway.framing import FramingError, has_name_prefix, name_tlv, unwrap
-from gateway.invoker import Backoff, CircuitBreaker, Requester, ResultCache, canonical_args
-from gateway.store import Store
+from ndn_edge.wire import packets as wire
+from ndn_edge.devices.directory import Directory
+from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
+from ndn_edge.devices.invoker import Backoff, CircuitBreaker, Requester, ResultCache, canonical_args
+from ndn_edge.state.store import Store
 
 
 class FakeClock:
@@ -180,7 +180,7 @@ def test_backoff_doubles_with_jitter_and_caps():
 def test_window_keeps_a_waiting_request_within_the_device_reply_cache():
     """While request 0 waits for its reply, fewer than `size` others may run after it, however many of them
     complete; its release lets the next ones in, oldest waiter first."""
-    from gateway.invoker import _NoSlot, _Window
+    from ndn_edge.devices.invoker import _NoSlot, _Window
 
     async def scenario():
         loop = asyncio.get_running_loop()

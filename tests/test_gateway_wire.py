@@ -1,4 +1,4 @@
-"""The gateway's hand-written packet code (gateway.wire) against python-ndn, the reference.
+"""The gateway's hand-written packet code (ndn_edge.wire.packets) against python-ndn, the reference.
 
 `call_interest`, `parse_signed_interest` and `parse_reply`/`verify_reply` replace python-ndn on the hot path. For
 the layouts they accept they must agree with python-ndn field for field; anything else they must hand back
@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest, parse_data, parse_interest
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from gateway import clientwire as cw
-from gateway import wire
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import packets as wire
 
 KEY = bytes(range(32))
 DEVICE = "/edge/sim/1"

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import os
 
-from gateway.devices import DeviceSide
-from gateway.models import Models
+from ndn_edge.devices.side import DeviceSide
+from ndn_edge.patterns.hub import Models
 from tests import hostile
 from tests.support import online_with_services, start_board, until
 from tests.support import run_scenario as run
@@ -56,8 +56,8 @@ def test_a_lying_key_locator_does_not_stop_discovery_or_the_report_intake(make_b
 def test_keyless_requests_with_lying_names_are_counted_and_logged_once(tmp_path, caplog):
     """Issue 11 item 5: a keyless request whose key-id component lies used to log a full traceback per
     datagram (about 1 KB each, no limit) and was not counted as a drop."""
-    from gateway.server import ClientServer
-    from gateway.store import Store
+    from ndn_edge.clients.face import ClientServer
+    from ndn_edge.state.store import Store
 
     store = Store(tmp_path / "gw.db")
     store.add_client("alice", os.urandom(32))

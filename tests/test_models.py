@@ -1,5 +1,5 @@
 """The communication models end to end (docs/models.md): a real gateway process and simulated devices on the
-MicroPython unix port, on loopback, driven through `gateway.client` and the CLI.
+MicroPython unix port, on loopback, driven through `ndn_edge.client.api` and the CLI.
 
 Notification, long-running operations (progress, result, cancel, a gateway restart), pub/sub (retained values
 first, access rules, membership, a durable subscriber that was away, across a gateway restart), scatter/gather
@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from gateway.client import BlockingClient, Client
-from gateway.client_models import OperationCancelled
-from gateway.errors import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
+from ndn_edge.client.api import BlockingClient, Client
+from ndn_edge.client.handles import OperationCancelled
+from ndn_edge.errors import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
                             Unavailable)
-from tests.conftest import wait_until
+from tests.support import wait_until
 from tests.support import Cluster
 
 
@@ -56,7 +56,7 @@ def _publication(key: bytes, seq: int, n: int, *, device: str = "/edge/sim/1", b
     import cbor2
     from ndn.encoding import InterestParam, make_interest
 
-    from gateway import wire
+    from ndn_edge.wire import packets as wire
 
     params = cbor2.dumps({"topic": "t", "boot": boot, "seq": n, "value": n, "retain": True})
     signer = wire.SeqSigner(wire.key_name(device, key), sign_key or key, seq)  # the key's name, maybe not its key
@@ -65,8 +65,8 @@ def _publication(key: bytes, seq: int, n: int, *, device: str = "/edge/sim/1", b
 
 async def _intake_and_pubsub(store, face=None):
     """A report intake and pub/sub over `store` (as the gateway wires them), started; face keeps what they send."""
-    from gateway import reports
-    from gateway.pubsub import PubSub
+    from ndn_edge.devices import reports
+    from ndn_edge.patterns.pubsub import PubSub
 
     intake = reports.ReportIntake(store, face or _Face(), "edge")
     pubsub = PubSub(store, site="edge", intake=intake)
@@ -78,7 +78,7 @@ async def _intake_and_pubsub(store, face=None):
 
 def _store_with_alice(path, key: bytes):
     """A store with device /edge/sim/1 (key) and client alice allowed sim/**."""
-    from gateway.store import Store
+    from ndn_edge.state.store import Store
 
     store = Store(path)
     store.add_device("/edge/sim/1", key, "edge")
@@ -149,7 +149,7 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
     # `client remove` runs in another process: it deletes the client's durable subscriptions from the store, the
     # running gateway stops queueing for them at once and forgets them, and a new client of the same name
     # starts with nothing of the old one's.
-    from gateway.store import Store
+    from ndn_edge.state.store import Store
 
     key = os.urandom(32)
 

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from gateway.errors import AlreadyExists, GatewayError, StoreError, UnknownClient, UnknownDevice
-from gateway.store import SCHEMA_VERSION, SeqCounter, Store, key_id
+from ndn_edge.errors import AlreadyExists, GatewayError, StoreError, UnknownClient, UnknownDevice
+from ndn_edge.state.store import SCHEMA_VERSION, SeqCounter, Store, key_id
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))

@@ -7,7 +7,7 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
 from device import control, sign, tlv
 from device.errors import MalformedError
-from gateway import wire
+from ndn_edge.wire import packets as wire
 from tests.support import lp_wrap
 
 DEV = "/edge/lab/b1"

@@ -1,6 +1,6 @@
 """`python -m tools`: the same as the `ndn-edge` console script."""
 import sys
 
-from tools.cli import main
+from ndn_edge.tools.cli import main
 
 sys.exit(main())

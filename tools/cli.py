@@ -7,7 +7,7 @@ python-ndn, nor the store, nor pyserial. A handler of None means "not available 
 
 To plug in a command implemented elsewhere, replace its entry, e.g.:
 
-    "call": ("tools.cmd_call:do_call", _args_call, "call a device service"),
+    "call": ("ndn_edge.tools.cmd_call:do_call", _args_call, "call a device service"),
 
 Errors: handlers raise `CommandError("verb: why")` for what the user can fix; `main` catches it, the gateway's
 `GatewayError`s, `ValueError` (bad user input such as a malformed pattern or name) and `OSError` once, prints one
@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Union
 
-from gateway.errors import GatewayError, UnknownClient
-from gateway.home import Home, validate_client_name
-from tools.errors import CommandError, ToolsError
+from ndn_edge.errors import GatewayError, UnknownClient
+from ndn_edge.state.home import Home, validate_client_name
+from ndn_edge.tools.errors import CommandError, ToolsError
 
 if TYPE_CHECKING:
-    from gateway.store import Store
+    from ndn_edge.state.store import Store
 
 PROG = "ndn-edge"
 DEFAULT_SITE = "edge"
@@ -55,7 +55,7 @@ class State:
     def store(self) -> Store:
         """The home's store, created (with the home) on first use."""
         if self._store is None:
-            from gateway.store import Store
+            from ndn_edge.state.store import Store
 
             self.home.ensure()
             self._store = Store(self.home.db_path)
@@ -168,7 +168,7 @@ def do_acl_list(state: State, args: argparse.Namespace) -> None:
 
 
 def _client_and_pattern(args: argparse.Namespace) -> tuple[str, str]:
-    from gateway.acl import format_pattern, parse_pattern
+    from ndn_edge.names import format_pattern, parse_pattern
 
     return validate_client_name(args.client), format_pattern(parse_pattern(args.pattern))
 
@@ -220,29 +220,29 @@ def _site_arg(text: str) -> str:
 # -- the table
 
 COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
-    "gateway": ("tools.cmd_gateway:do_gateway", "tools.cmd_gateway:args_gateway",
+    "gateway": ("ndn_edge.tools.cmd_gateway:do_gateway", "ndn_edge.tools.cmd_gateway:args_gateway",
                 "run the gateway for a home (foreground, until Ctrl-C)"),
-    "up": ("tools.cmd_up:do_up", "tools.cmd_up:args_up",
+    "up": ("ndn_edge.tools.cmd_up:do_up", "ndn_edge.tools.cmd_up:args_up",
            "run a gateway and simulated devices, and tour them with real calls (demo)"),
-    "sim": ("tools.cmd_sim:do_sim", "tools.cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
-    "devices": ("tools.cmd_client:do_devices", "tools.cmd_client:args_devices", "list the devices the gateway knows"),
-    "services": ("tools.cmd_client:do_services", "tools.cmd_client:args_services", "list the services of devices"),
-    "call": ("tools.cmd_client:do_call", "tools.cmd_client:args_call", "call a device service"),
-    "ops": ("tools.cmd_models:do_ops", "tools.cmd_models:args_ops",
+    "sim": ("ndn_edge.tools.cmd_sim:do_sim", "ndn_edge.tools.cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
+    "devices": ("ndn_edge.tools.cmd_client:do_devices", "ndn_edge.tools.cmd_client:args_devices", "list the devices the gateway knows"),
+    "services": ("ndn_edge.tools.cmd_client:do_services", "ndn_edge.tools.cmd_client:args_services", "list the services of devices"),
+    "call": ("ndn_edge.tools.cmd_client:do_call", "ndn_edge.tools.cmd_client:args_call", "call a device service"),
+    "ops": ("ndn_edge.tools.cmd_models:do_ops", "ndn_edge.tools.cmd_models:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
-    "sub": ("tools.cmd_models:do_sub", "tools.cmd_models:args_sub", "print messages published on matching topics"),
+    "sub": ("ndn_edge.tools.cmd_models:do_sub", "ndn_edge.tools.cmd_models:args_sub", "print messages published on matching topics"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name, "remove a client, its rules, its durable subscriptions and its credentials"),
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),
-    "provision": ("tools.cmd_provision:do_provision", "tools.cmd_provision:args_provision",
+    "provision": ("ndn_edge.tools.cmd_provision:do_provision", "ndn_edge.tools.cmd_provision:args_provision",
                   "give a board its name, key and app over USB, and wait until the gateway sees it"),
-    "deploy": ("tools.cmd_deploy:do_deploy", "tools.cmd_deploy:args_deploy",
+    "deploy": ("ndn_edge.tools.cmd_deploy:do_deploy", "ndn_edge.tools.cmd_deploy:args_deploy",
                "copy the runtime and an app to a board (only what changed)"),
-    "flash": ("tools.cmd_flash:do_flash", "tools.cmd_flash:args_flash", "write MicroPython firmware to a board"),
-    "vboard": ("tools.vboard:do_vboard", "tools.vboard:args_vboard",
+    "flash": ("ndn_edge.tools.cmd_flash:do_flash", "ndn_edge.tools.cmd_flash:args_flash", "write MicroPython firmware to a board"),
+    "vboard": ("ndn_edge.tools.vboard:do_vboard", "ndn_edge.tools.vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
 }
 

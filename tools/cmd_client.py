@@ -1,4 +1,4 @@
-"""`ndn-edge devices`, `services` and `call`: the client library (`gateway.client`) on the command line.
+"""`ndn-edge devices`, `services` and `call`: the client library (`ndn_edge.client.api`) on the command line.
 
 Each command signs as one client (`--as NAME`, else $NDN_EDGE_CLIENT, else the home's only client) and talks to
 the home's running gateway (`HOME/gateway.json`, or `--gateway HOST:PORT`). `--json` prints what scripts need;
@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tools.argtypes import bounded
-from tools.errors import CommandError
+from ndn_edge.tools.argtypes import bounded
+from ndn_edge.tools.errors import CommandError
 
 if TYPE_CHECKING:
-    from gateway.client import Client
-    from tools.cli import State
+    from ndn_edge.client.api import Client
+    from ndn_edge.tools.cli import State
 
 T = TypeVar("T")
 EXIT_INVALID_ARGUMENT = 3  # gateway.errors.InvalidArgument.exit_code, without importing it at start-up
@@ -72,7 +72,7 @@ def args_call(parser: argparse.ArgumentParser) -> None:
                                                      "(with --all a pattern: sim/*/temperature)")
     parser.add_argument("--args", metavar="JSON", default=None,
                         help='arguments as a JSON object, e.g. \'{"celsius": 21.5}\'')
-    from tools.cmd_models import add_call_model_args
+    from ndn_edge.tools.cmd_models import add_call_model_args
 
     add_call_model_args(parser)
     _client_options(parser)
@@ -103,14 +103,14 @@ def do_services(state: State, args: argparse.Namespace) -> None:
     """List the services of one device, or of every device, that this client may call."""
     async def collect(client: Client) -> list[dict[str, Any]]:
         if args.device is not None:
-            from gateway.clientwire import split_target
+            from ndn_edge.wire.client_protocol import split_target
 
             try:
                 full = "/" + "/".join((client.site, *split_target(args.device, client.site)))
             except ValueError:
                 full = args.device  # the client raises InvalidArgument for it below
             return [{"device": full, "services": await client.services(args.device)}]
-        from gateway.errors import NotFound, PermissionDenied
+        from ndn_edge.errors import NotFound, PermissionDenied
 
         found = []
         async for device in client.iter_devices():
@@ -134,7 +134,7 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
     if getattr(args, "all", False) or getattr(args, "notify", False) or getattr(args, "start", False) \
             or getattr(args, "persist", False) or getattr(args, "ttl", None) is not None \
             or getattr(args, "wait", None) is not None:
-        from tools.cmd_models import do_call_model
+        from ndn_edge.tools.cmd_models import do_call_model
 
         return do_call_model(state, args)
     call_args = _parse_args_json(args.args)
@@ -196,7 +196,7 @@ def print_services(rows: list[dict[str, Any]]) -> None:
 
 
 def _with_client(state: State, args: argparse.Namespace, work: Callable[[Client], Awaitable[T]]) -> T:
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
     client = Client.from_home(state.home, client=args.as_client, timeout=args.timeout, gateway=args.gateway)
 

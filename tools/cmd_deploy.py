@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from tools.argtypes import bounded
+from ndn_edge.tools.argtypes import bounded
 
 if TYPE_CHECKING:
-    from tools.cli import State
-    from tools.repl import Board, BoardInfo
+    from ndn_edge.tools.cli import State
+    from ndn_edge.tools.repl import Board, BoardInfo
 
 
 def add_port_args(parser: argparse.ArgumentParser) -> None:
     """--port, --baud and --connect-timeout, for commands that talk to a board."""
-    from tools.repl import CONNECT_TIMEOUT_S, DEFAULT_BAUD
+    from ndn_edge.tools.repl import CONNECT_TIMEOUT_S, DEFAULT_BAUD
 
     parser.add_argument("--port", metavar="PORT", required=True,
                         help="the board's serial port, e.g. /dev/ttyUSB0, /dev/ttyACM0 or a vboard's DIR/port")
@@ -32,8 +32,8 @@ def add_port_args(parser: argparse.ArgumentParser) -> None:
 
 def connect(args: argparse.Namespace, verb: str) -> tuple[Board, BoardInfo]:
     """Connect to the board named by the port options; returns it (in its raw REPL) and what it is."""
-    from tools.deploy import board_line, check_micropython
-    from tools.repl import Board
+    from ndn_edge.tools.deploy import board_line, check_micropython
+    from ndn_edge.tools.repl import Board
 
     print(f"{verb}: connecting to {args.port}", flush=True)
     board = Board.connect(args.port, baudrate=args.baud, connect_timeout_s=args.connect_timeout)
@@ -57,7 +57,7 @@ def args_deploy(parser: argparse.ArgumentParser) -> None:
 
 def do_deploy(state: State, args: argparse.Namespace) -> int:
     """Deploy the runtime and the app; reset the board."""
-    from tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
+    from ndn_edge.tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
 
     state.close()
     app = resolve_app(args.app, "deploy")

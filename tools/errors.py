@@ -1,7 +1,7 @@
 """Exceptions of the host tools and the `ndn-edge` CLI, under one root, `ToolsError`.
 
-`CommandError("verb: why")` is what a command handler raises for anything the user can fix; `tools.cli.main`
-catches it once and prints it as one line. Errors from the gateway package (`gateway.errors.GatewayError`) are not
+`CommandError("verb: why")` is what a command handler raises for anything the user can fix; `ndn_edge.tools.cli.main`
+catches it once and prints it as one line. Errors from the gateway package (`ndn_edge.errors.GatewayError`) are not
 wrapped: main catches them too and prefixes the verb, so their classes stay catchable for library callers.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
     --group ADDR:PORT     multicast group and UDP port of the devices (default 224.0.23.170:56363)
     --site NAME           the first name component of every device and of the gateway (default edge)
 
-Light to import (argparse only): `tools.cli` loads argument builders for every command at start-up.
+Light to import (argparse only): `ndn_edge.tools.cli` loads argument builders for every command at start-up.
 """
 from __future__ import annotations
 

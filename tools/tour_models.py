@@ -3,7 +3,7 @@ each through the client library, printed as the equivalent `ndn-edge` command an
 
     await tour_models(demo, fleet)     # after cmd_up's request/response tour; `demo` may call everything
 
-Kept apart from `tools.cmd_up` so the tour of each model sits next to nothing else; `cmd_up._tour` calls it.
+Kept apart from `ndn_edge.tools.cmd_up` so the tour of each model sits next to nothing else; `cmd_up._tour` calls it.
 """
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.client import Client
-    from tools.cmd_sim import SimFleet
+    from ndn_edge.client.api import Client
+    from ndn_edge.tools.cmd_sim import SimFleet
 
 
 async def tour_models(demo: Client, fleet: SimFleet) -> None:
     """Notification, long-running operation, operations list, pub/sub, membership, scatter/gather, queued call."""
-    from gateway.errors import CallError
-    from tools.cmd_client import value_text
-    from tools.cmd_models import print_gather, print_message, print_ops
+    from ndn_edge.errors import CallError
+    from ndn_edge.tools.cmd_client import value_text
+    from ndn_edge.tools.cmd_models import print_gather, print_message, print_ops
 
     site = fleet.site
     first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))

@@ -49,12 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import CommandError
+from ndn_edge import resources
+from ndn_edge.tools.errors import CommandError
 
 if TYPE_CHECKING:
-    from tools.cli import State
+    from ndn_edge.tools.cli import State
 
-AGENT = Path(__file__).resolve().parent / "onboard" / "vboard_agent.py"
+AGENT = "vboard_agent.py"  # in the shipped onboard snippets (ndn_edge.resources)
 FLASH_DIR = "flash"
 PORT_LINK = "port"
 LOCK_FILE = ".vboard.lock"
@@ -637,7 +638,8 @@ class VirtualBoard:
         env = dict(os.environ, MICROPYPATH=".frozen:lib")
         try:
             proc = subprocess.Popen(
-                [self.micropython, "-X", f"heapsize={self.heap}", str(AGENT), str(cmd_r), str(ctl_w)],
+                [self.micropython, "-X", f"heapsize={self.heap}", str(resources.file("onboard", AGENT)), str(cmd_r),
+                 str(ctl_w)],
                 cwd=self.flash, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 pass_fds=(cmd_r, ctl_w), start_new_session=True,  # only this process decides on SIGINT
                 preexec_fn=_child_setup)
@@ -828,9 +830,9 @@ def args_vboard(parser: argparse.ArgumentParser) -> None:
 
 def do_vboard(state: State, args: argparse.Namespace) -> int:
     """Run a virtual board until Ctrl-C."""
-    from tools.cmd_up import find_micropython
+    from ndn_edge.tools import micropython as mp
 
-    micropython = find_micropython("vboard")
+    micropython = mp.require("micropython", "vboard")
     folder = Path(args.dir).expanduser() if args.dir else state.home.path / "vboard"
     state.close()
     board = VirtualBoard(folder, micropython=micropython, heap=args.heap, baud=args.baud,

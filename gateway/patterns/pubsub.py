@@ -1,7 +1,7 @@
 """Publish/subscribe: device publications to subscribers, with order per publisher, gaps, retained values and
 durable subscriptions; plus membership events as a topic.
 
-Owns what happens to a publication once the report intake (`gateway.reports`) has verified it: putting each
+Owns what happens to a publication once the report intake (`ndn_edge.devices.reports`) has verified it: putting each
 publisher's messages back in order, detecting the ones lost, keeping the last value of each topic (`retained`),
 and queueing messages for subscriptions, in memory or durably in the store. Clients read a subscription by
 long-polling (`poll`), acknowledging what they have processed (docs/gateway-protocol.md, docs/models.md).
@@ -65,9 +65,9 @@ from typing import Any
 
 import cbor2
 
-from gateway import acl
-from gateway.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
-from gateway.reports import ACK, DROP, Report
+from ndn_edge import names as acl
+from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
+from ndn_edge.devices.reports import ACK, DROP, Report
 
 log = logging.getLogger("ndn_edge.pubsub")
 

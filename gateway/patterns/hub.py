@@ -1,7 +1,7 @@
 """The communication models beyond request/response, composed on one device side and served to clients.
 
-Owns the wiring -- device reports (`gateway.reports`) to operations (`gateway.operations`) and pub/sub
-(`gateway.pubsub`), directory events to both -- and the client verbs of docs/gateway-protocol.md that use them:
+Owns the wiring -- device reports (`ndn_edge.devices.reports`) to operations (`ndn_edge.patterns.operations`) and pub/sub
+(`ndn_edge.patterns.pubsub`), directory events to both -- and the client verbs of docs/gateway-protocol.md that use them:
 `notify`, `start`, `enqueue`, `op_get`, `op_cancel`, `ops`, `gather`, `subscribe`, `poll`, `unsubscribe`. The
 client server authenticates a request and hands the verb here with the client's name and rules.
 
@@ -13,21 +13,21 @@ client server authenticates a request and hands the verb here with the client's 
 Access rules, as for `call`: a verb aimed at a service (`notify`, `start`, `enqueue`) needs a rule matching
 `<device...>/<service>`; an operation (`op_get`, `op_cancel`, and what `ops` lists) is visible to the clients
 allowed to call its service; `gather` calls only the devices whose service the rules allow; a subscription
-sees only the topics the rules allow (`gateway.pubsub`).
+sees only the topics the rules allow (`ndn_edge.patterns.pubsub`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from gateway import clientwire as cw
-from gateway.acl import allowed
-from gateway.errors import InvalidArgument, PermissionDenied
-from gateway.gather import gather, split_pattern
-from gateway.notify import notify
-from gateway.operations import DEFAULT_TTL_S, Operations
-from gateway.pubsub import PubSub
-from gateway.reports import OPERATION, PUBLICATION, ReportIntake
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.names import allowed
+from ndn_edge.errors import InvalidArgument, PermissionDenied
+from ndn_edge.patterns.gather import gather, split_pattern
+from ndn_edge.patterns.notify import notify
+from ndn_edge.patterns.operations import DEFAULT_TTL_S, Operations
+from ndn_edge.patterns.pubsub import PubSub
+from ndn_edge.devices.reports import OPERATION, PUBLICATION, ReportIntake
 
 DEFAULT_POLL_MAX = 100
 MAX_POLL_MAX = 1000

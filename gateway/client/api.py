@@ -9,7 +9,7 @@
         print(c.call("kitchen/th1/echo", {"x": 1}))
 
 The communication models beyond request/response (`notify`, `start`, `call(..., persist=True)`, `gather`,
-`subscribe`, `ops`) are methods here too; their handles are in `gateway.client_models`, the guarantees in
+`subscribe`, `ops`) are methods here too; their handles are in `ndn_edge.client.handles`, the guarantees in
 docs/models.md.
 
 Decisions:
@@ -22,7 +22,7 @@ Decisions:
   its DEADLINE_EXCEEDED (or a slow device's answer) normally arrives before the caller gives up.
 - Replies are routed by their ParametersSha256Digest component (unique per request) and then verified (HMAC with
   the client key, full name); a reply that does not verify is ignored and the wait goes on.
-- Errors are the classes of `gateway.errors`: a NACK becomes `CallError.from_wire(code, message)`; silence until
+- Errors are the classes of `ndn_edge.errors`: a NACK becomes `CallError.from_wire(code, message)`; silence until
   the deadline is `DeadlineExceeded`, chained from the timeout; local mistakes are `InvalidArgument` before
   anything is sent; a missing home, credentials or gateway record is a `ConfigError` saying what to run.
 - The blocking client runs a private event loop in a daemon thread and forwards each call to it, so it also works
@@ -40,11 +40,12 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
-from gateway import clientwire as cw
-from gateway import framing, wire
-from gateway.client_models import Operation, Outcome, Subscription
-from gateway.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
-from gateway.home import ClientCredentials, Home
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
+from ndn_edge.wire import packets as wire
+from ndn_edge.client.handles import Operation, Outcome, Subscription
+from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
+from ndn_edge.state.home import ClientCredentials, Home
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"
 DEFAULT_TIMEOUT_S = 5.0

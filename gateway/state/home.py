@@ -24,7 +24,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from ndn_edge.errors import ConfigError
 
 ENV_HOME = "NDN_EDGE_HOME"
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

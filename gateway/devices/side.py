@@ -23,10 +23,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.directory import Directory, Event
-from gateway.framing import TlvType
-from gateway.invoker import DEFAULT_TIMEOUT_S, CallResult, Invoker
-from gateway.mcast import MulticastFace
+from ndn_edge.devices.directory import Directory, Event
+from ndn_edge.wire.framing import TlvType
+from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, CallResult, Invoker
+from ndn_edge.devices.face import MulticastFace
 
 log = logging.getLogger("ndn_edge.devices")
 
@@ -49,7 +49,7 @@ class DeviceSide:
         self.directory = Directory(store, self.face, self.site, on_event=self._event)
         self.invoker = Invoker(store, self.face, self.directory, site=self.site)
         self.directory.fetcher = self.invoker.fetch_description
-        # Hooks for gateway.models: device reports (/<site>/_op, /<site>/_pub) and more event listeners.
+        # Hooks for ndn_edge.patterns.hub: device reports (/<site>/_op, /<site>/_pub) and more event listeners.
         self.on_report: Callable[[bytes], None] | None = None
         self.listeners: list[Callable[[Event], None]] = []
         self._started = False

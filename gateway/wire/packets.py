@@ -27,8 +27,8 @@ from ndn.encoding import InterestParam, MetaInfo, Name, SignatureType, make_data
 from ndn.encoding.tlv_model import DecodeError
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from gateway.errors import GatewayError
-from gateway.framing import FramingError, read_tl
+from ndn_edge.errors import GatewayError
+from ndn_edge.wire.framing import FramingError, read_tl
 
 ENC_LABEL = b"ndn-edge enc"
 CONTENT_NACK = 3
@@ -328,7 +328,7 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
     None for any other layout (the caller falls back to python-ndn). BadPacket when the HMAC does not verify.
 
     The hot path of every device reply: python-ndn's parser costs about 100 us per reply, this about 10 us.
-    Only bounds-checked reads (`gateway.framing`) happen before the HMAC check; nothing is believed before it.
+    Only bounds-checked reads (`ndn_edge.wire.framing`) happen before the HMAC check; nothing is believed before it.
     """
     try:
         t, start, end = read_tl(wire, 0)

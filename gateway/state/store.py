@@ -35,9 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gateway.acl import format_pattern, parse_pattern
-from gateway.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
-from gateway.home import validate_client_name
+from ndn_edge.names import format_pattern, parse_pattern
+from ndn_edge.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
+from ndn_edge.state.home import validate_client_name
 
 KEY_BYTES = 32
 STATES = ("unknown", "online", "offline", "asleep", "left")
@@ -196,7 +196,7 @@ class Rule(NamedTuple):
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """The parsed pattern, for `gateway.acl.matches`."""
+        """The parsed pattern, for `ndn_edge.names.matches`."""
         return parse_pattern(self.pattern)
 
 

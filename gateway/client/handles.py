@@ -1,4 +1,4 @@
-"""Client-side handles of the communication models (docs/models.md): what `gateway.client.Client` returns.
+"""Client-side handles of the communication models (docs/models.md): what `ndn_edge.client.api.Client` returns.
 
     op = await c.start("sim/1/slow", {"seconds": 3})     # Operation: a long-running device operation
     print(op.id, op.state, op.progress)
@@ -30,11 +30,11 @@ import collections
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway import clientwire as cw
-from gateway.errors import CallError, DeadlineExceeded, Internal, InvalidArgument
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument
 
 if TYPE_CHECKING:
-    from gateway.client import Client
+    from ndn_edge.client.api import Client
 
 FINAL = ("done", "failed", "cancelled")
 WAIT_S = 20.0           # longest single long-poll

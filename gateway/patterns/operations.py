@@ -13,7 +13,7 @@ Owns the `operations` table and everything that moves a row through its states:
     info = ops.enqueue("alice", "sim/2", "echo", {"x": 1}, ttl_s=300)  # delivered when sim/2 is awake
 
 Decisions:
-- The device reports an operation's end itself (`/<site>/_op` reports, through `gateway.reports`); the row is
+- The device reports an operation's end itself (`/<site>/_op` reports, through `ndn_edge.devices.reports`); the row is
   updated in the intake's transaction and the report acknowledged after the commit. Progress reports update the
   row too (they are never acknowledged). A final report for an operation whose start reply has not been
   processed yet is left unacknowledged (`LATER`): the device sends it again, by then the row knows the device's
@@ -49,10 +49,10 @@ from typing import Any
 
 import cbor2
 
-from gateway.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
+from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
                             Unavailable)
-from gateway.invoker import find_service
-from gateway.reports import ACK, DROP, LATER, SILENT, Report
+from ndn_edge.devices.invoker import find_service
+from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
 
 log = logging.getLogger("ndn_edge.operations")
 

@@ -56,10 +56,10 @@ from typing import Any, Generic, TypeVar
 
 import cbor2
 
-from gateway import wire
-from gateway.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
+from ndn_edge.wire import packets as wire
+from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
                             Unavailable)
-from gateway.framing import name_tlv
+from ndn_edge.wire.framing import name_tlv
 
 log = logging.getLogger("ndn_edge.invoker")
 
@@ -743,7 +743,7 @@ class Invoker:
         return record
 
     def _counter(self, key_name: str) -> Any:
-        from gateway.store import SeqCounter
+        from ndn_edge.state.store import SeqCounter
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

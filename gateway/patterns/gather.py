@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway import acl
-from gateway.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
+from ndn_edge import names as acl
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 
 _SLACK_S = 0.05
 

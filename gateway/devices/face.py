@@ -3,7 +3,7 @@
 Owns the socket and the transport rules of docs/protocol.md: bind the group port with `SO_REUSEADDR`, join the
 group on one interface (`IP_ADD_MEMBERSHIP` with that interface's address), send with `IP_MULTICAST_IF` set to
 the same address, TTL 1, loopback on (devices and the gateway may share a host). Each datagram is unwrapped
-(`gateway.framing.unwrap`) and the bare Interest or Data handed to `on_packet`.
+(`ndn_edge.wire.framing.unwrap`) and the bare Interest or Data handed to `on_packet`.
 
 Decisions:
 - Shaped like python-ndn's `Face`: `open`, `send`, `close` and one inbound callback. The owner sets
@@ -26,8 +26,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-from gateway.errors import ConfigError, Unavailable
-from gateway.framing import FramingError, unwrap
+from ndn_edge.errors import ConfigError, Unavailable
+from ndn_edge.wire.framing import FramingError, unwrap
 
 log = logging.getLogger("ndn_edge.mcast")
 

@@ -1,8 +1,8 @@
-"""The client<->gateway wire format (docs/gateway-protocol.md), shared by `gateway.server` and `gateway.client`.
+"""The client<->gateway wire format (docs/gateway-protocol.md), shared by `ndn_edge.clients.face` and `ndn_edge.client.api`.
 
 Owns: the framework names (`/<site>/_gw/<verb>/...`, `/<site>/_client/<name>/KEY/<key-id>`), the limits both
 sides agree on, the time-based sequence numbers clients sign with, the check that decoded CBOR holds only plain
-values (and that an integer parameter is in range), and reply encoding. Packet parsing and signing ride on python-ndn and `gateway.wire`.
+values (and that an integer parameter is in range), and reply encoding. Packet parsing and signing ride on python-ndn and `ndn_edge.wire.packets`.
 
 Decisions:
 - A client's `SignatureSeqNum` is microseconds since the epoch, bumped to stay strictly increasing within a
@@ -10,7 +10,7 @@ Decisions:
   roughly increasing order (the gateway tolerates a short reordering window), and a gateway that lost its
   in-memory high-water mark still rejects old numbers through the signed time. Rejected: a counter leased in the
   credentials file (the CLI would write a file on every call, and two processes would fight over it).
-- Requests and replies are encoded by hand (`encode_request`, which is `gateway.wire.encode_signed_interest`,
+- Requests and replies are encoded by hand (`encode_request`, which is `ndn_edge.wire.packets.encode_signed_interest`,
   and `encode_reply`), not with python-ndn's generic encoder: each is a handful of fixed TLVs, and python-ndn's
   `make_interest`/`make_data` (with its PyCryptodome HMAC) cost about 350 us and 220 us per packet against about
   15 us here; on a cached call they were most of the time on both sides. Tests pin the bytes to python-ndn's
@@ -28,15 +28,15 @@ from typing import Any
 
 from ndn.encoding import Component
 
-from gateway.errors import InvalidArgument
+from ndn_edge.errors import InvalidArgument
 
-# The packet types and TLV writers are gateway.wire's; TYPE_INTEREST, TYPE_DATA and TYPE_DIGEST_COMPONENT are also
+# The packet types and TLV writers are ndn_edge.wire.packets's; TYPE_INTEREST, TYPE_DATA and TYPE_DIGEST_COMPONENT are also
 # read from here by the server and the client.
-from gateway.wire import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, TYPE_CONTENT, TYPE_CONTENT_TYPE,  # noqa: F401
+from ndn_edge.wire.packets import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, TYPE_CONTENT, TYPE_CONTENT_TYPE,  # noqa: F401
                           TYPE_DATA, TYPE_DIGEST_COMPONENT, TYPE_INTEREST, TYPE_KEY_LOCATOR, TYPE_LP_FRAGMENT,
                           TYPE_LP_PACKET, TYPE_META_INFO, TYPE_PIT_TOKEN, TYPE_SIGNATURE_INFO, TYPE_SIGNATURE_TYPE,
                           TYPE_SIGNATURE_VALUE, encoded_name, key_name, tlv, tlv_head)
-from gateway.wire import encode_signed_interest as encode_request  # noqa: F401  (the client's requests)
+from ndn_edge.wire.packets import encode_signed_interest as encode_request  # noqa: F401  (the client's requests)
 
 GW = "_gw"
 CLIENT = "_client"

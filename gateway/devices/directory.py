@@ -49,10 +49,10 @@ import cbor2
 from ndn.encoding import Component, InterestParam, Name, SignatureType, make_interest, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
-from gateway import wire
-from gateway.errors import GatewayError, NotFound, StoreError
-from gateway.framing import components_ok, has_name_prefix
-from gateway.logs import Throttle
+from ndn_edge.wire import packets as wire
+from ndn_edge.errors import GatewayError, NotFound, StoreError
+from ndn_edge.wire.framing import components_ok, has_name_prefix
+from ndn_edge.logs import Throttle
 
 log = logging.getLogger("ndn_edge.directory")
 

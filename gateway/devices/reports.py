@@ -38,7 +38,7 @@ Decisions:
   230 messages/s with one copy, 58 with up to three). For the same reason second copies are sent only while the
   intake keeps up (`COPIES_MAX_BACKLOG`) and at most `EXTRA_COPIES_PER_S` a second: without these limits the
   copies fed the losses they were meant to repair, and the bench collapsed to 90 messages/s in one run of two.
-- Acknowledgements are encoded with `gateway.clientwire.encode_reply` (a Data without MetaInfo), a fraction of
+- Acknowledgements are encoded with `ndn_edge.wire.client_protocol.encode_reply` (a Data without MetaInfo), a fraction of
   python-ndn's cost; the device checks the name and the HMAC only.
 Rejected: a high-water mark alone (reports are retransmitted out of order for up to 44 s, interleaved with newer
 ones) and acknowledging before processing (a crash in between would lose the report: the device has forgotten it).
@@ -59,10 +59,11 @@ import cbor2
 from ndn.encoding import Component, Name, SignatureType, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
-from gateway import clientwire as cw, wire
-from gateway.errors import GatewayError, StoreError
-from gateway.framing import components_ok, has_name_prefix, name_tlv
-from gateway.logs import Throttle
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import packets as wire
+from ndn_edge.errors import GatewayError, StoreError
+from ndn_edge.wire.framing import components_ok, has_name_prefix, name_tlv
+from ndn_edge.logs import Throttle
 
 log = logging.getLogger("ndn_edge.reports")
 

@@ -27,11 +27,11 @@ Decisions:
   cached reply, so a client retrying a non-idempotent call never runs it twice.
 - Listing is filtered by the rules (a client sees the devices and services it could call); `services` of a
   device outside the rules is `PERMISSION_DENIED` whether or not the device exists, so rules do not leak names.
-- Framing (LpPacket unwrapping, idle and fragmented packets) is `gateway.framing`'s, the device side's rules, so
+- Framing (LpPacket unwrapping, idle and fragmented packets) is `ndn_edge.wire.framing`'s, the device side's rules, so
   both faces accept and drop the same datagrams; the Interest itself is parsed by
-  `gateway.wire.parse_signed_interest` when it has the usual layout of a signed request (a quarter of the cost
+  `ndn_edge.wire.packets.parse_signed_interest` when it has the usual layout of a signed request (a quarter of the cost
   of a cached call went to python-ndn's generic parser), by python-ndn otherwise; replies are encoded by
-  `gateway.clientwire`.
+  `ndn_edge.wire.client_protocol`.
 Rejected: answering unauthenticated requests with an error (turns the gateway into a reflector and an oracle),
 and a per-packet store read (SQLite on the hot path for every call).
 """
@@ -56,14 +56,14 @@ from ndn.encoding import Component, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.encoding.tlv_model import DecodeError
 
-from gateway import clientwire as cw
-from gateway import framing
-from gateway.acl import allowed, matches
-from gateway.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
+from ndn_edge.names import allowed, matches
+from ndn_edge.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
                             PermissionDenied, ResourceExhausted, StoreError, Unavailable, UnknownDevice)
-from gateway.logs import Throttle, event
-from gateway.store import Store, key_id
-from gateway.wire import parse_signed_interest
+from ndn_edge.logs import Throttle, event
+from ndn_edge.state.store import Store, key_id
+from ndn_edge.wire.packets import parse_signed_interest
 
 log = logging.getLogger("ndn_edge.server")
 
@@ -166,7 +166,7 @@ class ClientServer:
                  refresh_s: float = 1.0, models: Any = None) -> None:
         self._store = store
         self._devices = device_side
-        self._models = models  # gateway.models.Models: the verbs of cw.MODEL_VERBS, when present
+        self._models = models  # ndn_edge.patterns.hub.Models: the verbs of cw.MODEL_VERBS, when present
         self.site = site
         self._listen = listen
         self._max_in_flight = max_in_flight
@@ -572,7 +572,7 @@ class ClientServer:
         return out
 
     def _verb_model(self, peer: _Peer, verb: str, target: tuple[str, ...], params: dict) -> Any:
-        """A communication-model verb (gateway.models), its denials counted like the other verbs'."""
+        """A communication-model verb (ndn_edge.patterns.hub), its denials counted like the other verbs'."""
         try:
             coro = self._models.verb(verb, peer.name, peer.rules, target, params)
         except PermissionDenied:

@@ -1,0 +1,1 @@
+"""What the gateway keeps: the home folder (`home`) and the SQLite store (`store`)."""

@@ -11,11 +11,9 @@ Decisions:
 - The store's meta entry "site" records the gateway's site, so `ndn-edge client add` issues credentials for it.
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
-- Start-up order: store, device side (so discovery starts early), the communication models on it
-  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), client server, then the record (clients can only find
-  a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
-- `device_side_factory` exists so an embedding program or a test can supply its own device side; by default it
-  is `ndn_edge.devices.side.DeviceSide`.
+- Start-up order: store, device side (so discovery starts early), the communication patterns on it
+  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), the client face with its verbs, then the record
+  (clients can only find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -25,12 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ndn_edge.errors import ConfigError
-from ndn_edge.state.home import Home
 from ndn_edge.logs import event
+from ndn_edge.names import DEFAULT_SITE
+from ndn_edge.state.home import Home
+
+if TYPE_CHECKING:
+    from ndn_edge.clients.face import ClientFace
+    from ndn_edge.devices.side import DeviceSide
+    from ndn_edge.patterns.hub import Patterns
+    from ndn_edge.state.store import Store
 
 log = logging.getLogger("ndn_edge.daemon")
 
@@ -53,44 +58,38 @@ class Gateway:
     """One gateway serving one home."""
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
-                 port: int = DEFAULT_MCAST_PORT, listen: tuple[str, int] = ("127.0.0.1", 0), site: str = "edge",
-                 device_side_factory: Callable[..., Any] | None = None) -> None:
+                 port: int = DEFAULT_MCAST_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
+                 site: str = DEFAULT_SITE) -> None:
         self.home = home
         self.iface = iface
         self.group = group
         self.port = port
         self.listen = listen
         self.site = site
-        self._factory = device_side_factory
-        self.store: Any = None
-        self.devices: Any = None
-        self.server: Any = None
-        self.models: Any = None
+        self.store: Store | None = None
+        self.devices: DeviceSide | None = None
+        self.patterns: Patterns | None = None
+        self.clients: ClientFace | None = None
         self._record_written = False
 
     async def start(self) -> None:
         """Open the store, start both sides and write the address record."""
-        from ndn_edge.clients.face import ClientServer
+        from ndn_edge.clients.face import ClientFace
+        from ndn_edge.devices.side import DeviceSide
+        from ndn_edge.patterns.hub import Patterns
         from ndn_edge.state.store import Store
 
         self._refuse_second_gateway()
         self.home.ensure()
-        self.store = Store(self.home.db_path)
+        self.store = store = Store(self.home.db_path)
         try:
-            self.store.set_meta(SITE_META_KEY, self.site)
-            factory = self._factory
-            if factory is None:
-                from ndn_edge.devices.side import DeviceSide as factory  # noqa: N813
-            self.devices = factory(self.store, site=self.site, iface=self.iface, group=self.group, port=self.port)
+            store.set_meta(SITE_META_KEY, self.site)
+            self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
-            if hasattr(self.devices, "listeners"):  # a DeviceSide: add the communication models (gateway/models.py)
-                from ndn_edge.patterns.hub import Models
-
-                self.models = Models(self.store, self.devices, site=self.site)
-                await self.models.start()
-            self.server = ClientServer(self.store, self.devices, site=self.site, listen=self.listen,
-                                       models=self.models)
-            host, port = await self.server.start()
+            self.patterns = Patterns(store, self.devices, site=self.site)
+            await self.patterns.start()
+            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen)
+            host, port = await self.clients.start()
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
@@ -100,30 +99,30 @@ class Gateway:
             raise
         event(log, "gateway_started", home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
               iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
-              devices=self.store.count_devices(), clients=len(self.store.list_clients()))
+              devices=store.count_devices(), clients=len(store.list_clients()))
 
     @property
     def address(self) -> tuple[str, int]:
         """Where clients reach this gateway."""
-        if self.server is None:
+        if self.clients is None:
             raise RuntimeError("the gateway is not started")
-        return self.server.address
+        return self.clients.address
 
     async def stop(self) -> None:
         """Stop everything that was started, remove the record, close the store (idempotent)."""
         if self._record_written:
             self.home.remove_gateway_record(pid=os.getpid())
             self._record_written = False
-        server, self.server = self.server, None
-        models, self.models = self.models, None
+        clients, self.clients = self.clients, None
+        patterns, self.patterns = self.patterns, None
         devices, self.devices = self.devices, None
         try:
-            if server is not None:
-                await server.stop()
+            if clients is not None:
+                await clients.stop()
         finally:
             try:
-                if models is not None:
-                    await models.stop()
+                if patterns is not None:
+                    await patterns.stop()
                 if devices is not None:
                     await devices.stop()
             finally:

@@ -1,4 +1,6 @@
-"""Access-rule patterns: which names a client may call. Deny by default.
+"""Names relative to a site, and access-rule patterns: which names a client may call. Deny by default.
+
+Used by both sides of the gateway (the client verbs, pub/sub delivery, gather), so it lives on the ground floor.
 
 A pattern is a name relative to the site, written like a path: `kitchen/*/temperature`, `/kitchen/**`, `**`.
 Components are separated by `/` (a leading `/` is optional); `*` matches exactly one component and `**` matches
@@ -17,6 +19,20 @@ from collections.abc import Iterable, Sequence
 
 ONE = "*"
 ANY = "**"
+DEFAULT_SITE = "edge"
+
+Rules = Sequence[Sequence[str]]
+
+
+def relative(name: str, site: str) -> tuple[str, ...]:
+    """The components of a device name under `site`: `/edge/kitchen/th1` -> ("kitchen", "th1")."""
+    parts = tuple(p for p in str(name).split("/") if p)
+    return parts[1:] if parts[:1] == (site,) else parts
+
+
+def full(site: str, parts: Sequence[str]) -> str:
+    """The URI of components under `site`: ("kitchen", "th1") -> `/edge/kitchen/th1`."""
+    return "/" + "/".join((site, *parts))
 
 
 def parse_pattern(text: str) -> tuple[str, ...]:
@@ -69,3 +85,18 @@ def matches(pattern: Sequence[str], name: Sequence[str]) -> bool:
 def allowed(rules: Iterable[Sequence[str]], name: Sequence[str]) -> bool:
     """True if any rule matches `name`; no rules, no access."""
     return any(matches(rule, name) for rule in rules)
+
+
+def reaches(pattern: Sequence[str], prefix: Sequence[str]) -> bool:
+    """True if `pattern` matches `prefix` followed by at least one more component: a rule that lets its client
+    call something on the device `prefix` (so the client may see the device listed, and its membership)."""
+    for k in range(len(pattern) + 1):
+        head = pattern[:k]
+        if (k < len(pattern) or (k and head[-1] == ANY)) and matches(head, prefix):
+            return True
+    return False
+
+
+def may_reach(rules: Iterable[Sequence[str]], prefix: Sequence[str]) -> bool:
+    """True if any rule reaches below `prefix` (see `reaches`)."""
+    return any(reaches(rule, prefix) for rule in rules)

@@ -1,7 +1,7 @@
 """The gateway's client-facing half: the client protocol, `ndn_edge.client.api`, and `ndn-edge gateway|sim|call|...`.
 
 Two layers:
-- In-process: a `ClientServer` over a real store and real UDP on 127.0.0.1, with a test double for the device
+- In-process: a `ClientFace` over a real store and real UDP on 127.0.0.1, with a test double for the device
   side (`FakeDevices`, here only), driven by `ndn_edge.client.api.Client` or by hand-made packets. Precise checks of
   the replay policy, retransmissions, ACL filtering, argument errors, LP framing.
 - End to end: `python -m tools gateway` and `python -m tools sim` as real processes (devices on the real
@@ -35,8 +35,10 @@ from ndn_edge.client.api import BlockingClient, CallResult, Client
 from ndn_edge.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
                             ResourceExhausted, Unavailable)
 from ndn_edge.state.home import ClientCredentials, Home
-from ndn_edge.clients.face import ClientServer
+from ndn_edge.answers import Answer
+from ndn_edge.clients.face import ClientFace
 from ndn_edge.state.store import Store
+from tests.fakes import FakeDevices
 from tests.support import Cluster, until
 from tests.support import run_scenario as run
 
@@ -47,57 +49,6 @@ GROUP = "224.0.23.170"
 # -- harness
 
 
-class FakeDevices:
-    """Test double of ndn_edge.devices.side.DeviceSide: two devices, scripted services, calls recorded."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-        self.count = 0
-        self.release = asyncio.Event()
-        self.names = ["/edge/sim/1", "/edge/sim/2", "/edge/lab/x"]
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def call(self, device: str, service: str, args: Any, *, timeout_s: float = 5.0) -> Any:
-        self.calls.append((device, service, args))
-        if device not in self.names:
-            raise NotFound(f"no device {device}")
-        if service == "echo":
-            return SimpleNamespace(value=args, cached=False, age_ms=0, stale=False)
-        if service == "counter":
-            self.count += 1
-            return SimpleNamespace(value=self.count, cached=False, age_ms=0, stale=False)
-        if service == "temperature":
-            return SimpleNamespace(value=21.5, cached=True, age_ms=120, stale=True)
-        if service == "held":
-            await self.release.wait()
-            return SimpleNamespace(value="released", cached=False, age_ms=0, stale=False)
-        if service == "big":
-            return SimpleNamespace(value=b"x" * 70000, cached=False, age_ms=0, stale=False)
-        raise NotFound(f"{device} has no service {service}")
-
-    def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict], str | None]:
-        start = int(page_token) if page_token else 0
-        page = self.names[start:start + page_size]
-        items = [{"name": n, "state": "online", "last_seen": time.time(), "lease_until": None, "sleep_until": None,
-                  "services": 3} for n in page]
-        more = start + page_size < len(self.names)
-        return items, (str(start + page_size) if more else None)
-
-    def services(self, device: str) -> list[dict]:
-        if device not in self.names:
-            raise NotFound(f"no device {device}")
-        return [{"name": n, "doc": None, "args": None, "result": None, "cache_ms": None, "idempotent": True,
-                 "private": False} for n in ("counter", "echo", "temperature")]
-
-    def metrics(self) -> dict[str, int]:
-        return {"fake_calls": len(self.calls)}
-
-
 class Served(SimpleNamespace):
     """What `serving()` yields: the server, its store, the home and the fake device side."""
 
@@ -105,7 +56,7 @@ class Served(SimpleNamespace):
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
                   store: Store | None = None, devices: FakeDevices | None = None) -> AsyncIterator[Served]:
-    """A ClientServer on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
+    """A ClientFace on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
     home = Home(tmp_path / "home").ensure()
     own_store = store is None
     store = store or Store(home.db_path)
@@ -117,7 +68,7 @@ async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
         for pattern in patterns:
             store.grant(name, pattern)
     fake = devices or FakeDevices()
-    server = ClientServer(store, fake, site="edge")
+    server = ClientFace.build(store, fake, site="edge")
     host, port = await server.start()
     try:
         yield Served(server=server, store=store, home=home, devices=fake, address=f"{host}:{port}",

@@ -231,7 +231,7 @@ def test_dead_device_fails_fast_serves_stale_and_is_probed_after_restart(make_bo
 
     fail_fast_s, stale, stale_s, probe, state, counter, metrics = run(scenario)
     assert fail_fast_s < 0.1
-    assert stale.value == 21.5 and stale.stale and stale.cached and stale.age_ms >= 2000 and stale_s < 0.1
+    assert stale.value == 21.5 and stale.stale and stale.cached and stale.age_ms >= 2000 * 0.9 and stale_s < 0.1  # freshness less its jitter
     assert (probe.value, probe.cached, probe.stale) == (21.5, False, False) and state == "closed"
     assert counter == 1  # the restarted device accepted a number above its announced floor
     assert metrics["invoker_timeouts"] == 3 and metrics["invoker_fail_fast"] >= 1

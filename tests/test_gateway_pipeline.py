@@ -106,30 +106,47 @@ def test_name_peeks():
 
 def test_cache_freshness_staleness_negative_and_bounds():
     clock = FakeClock()
-    cache = ResultCache(max_entries=2, max_stale_s=10.0, negative_ttl_s=1.0, clock=clock)
+    cache = ResultCache(max_entries=2, max_stale_s=10.0, negative_ttl_s=1.0, jitter=0.0, clock=clock)
     k1, k2, k3 = ("/d", "a", b""), ("/d", "b", b""), ("/d", "c", b"")
-    cache.put_value(k1, {"v": [1]}, 2000)
+    cache.put_answer(k1, cbor2.dumps({"v": [1]}), 2000)
     clock.now += 1.5
-    hit = cache.fresh(k1).result(clock.now, stale=False)
+    hit = cache.fresh(k1).answer(clock.now, stale=False)
     assert hit.value == {"v": [1]} and hit.cached and hit.age_ms == 1500
-    hit.value["v"].append(2)  # a caller mutating its copy does not touch the cache
-    assert cache.fresh(k1).result(clock.now, stale=False).value == {"v": [1]}
+    hit.value["v"].append(2)  # a caller changing what it decoded does not touch the cache
+    assert cache.fresh(k1).answer(clock.now, stale=False).value == {"v": [1]}
     clock.now += 1.0
     assert cache.fresh(k1) is None and cache.stale(k1) is not None  # expired but kept for stale serving
     clock.now += 8.0
     assert cache.stale(k1) is None
     cache.put_error(k2, NotFound("no service b"))
     with pytest.raises(NotFound, match="no service b"):
-        cache.fresh(k2).result(clock.now, stale=False)
+        cache.fresh(k2).answer(clock.now, stale=False)
     assert cache.stale(k2) is None  # negative answers are never served stale
     clock.now += 1.01
     assert cache.fresh(k2) is None
-    cache.put_value(k1, 1, 1000)
-    cache.put_value(k2, 2, 1000)
-    cache.put_value(k3, 3, 1000)
+    for key, value in ((k1, 1), (k2, 2), (k3, 3)):
+        cache.put_answer(key, cbor2.dumps(value), 1000)
     assert len(cache) == 2 and cache.fresh(k1) is None  # least recently used out
-    cache.put_value(k3, 4, None)  # a reply without freshness removes the entry
+    cache.put_answer(k3, cbor2.dumps(4), None)  # a reply without freshness removes the entry
     assert cache.fresh(k3) is None and cache.stale(k3) is None
+
+
+def test_cache_expiries_of_entries_filled_together_are_spread():
+    """Issue 11 item 11 (cache avalanche): entries filled in the same instant expire over a tenth of their
+    freshness, never later than the device allowed."""
+    import random
+
+    clock = FakeClock()
+    rng = random.Random(7)
+    cache = ResultCache(clock=clock, rng=rng.random)
+    keys = [("/d", "t", cbor2.dumps({"n": n})) for n in range(200)]
+    for key in keys:
+        cache.put_answer(key, b"\x01", 2000)
+    expiries = sorted(cache.fresh(k).fresh_until - clock.now for k in keys)
+    assert 1.8 <= expiries[0] and expiries[-1] <= 2.0
+    assert expiries[-1] - expiries[0] > 0.15  # spread over (nearly) the whole jitter window
+    buckets = [sum(1 for e in expiries if lo <= e < lo + 0.02) for lo in [1.8 + 0.02 * i for i in range(10)]]
+    assert max(buckets) <= 45  # no instant carries more than about a quarter of them
 
 
 def test_canonical_args():

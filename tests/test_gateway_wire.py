@@ -110,7 +110,7 @@ def _agrees(packet: bytes) -> None:
 def test_call_interest_is_what_make_call_signs():
     comps = wire.name_components(f"{DEVICE}/echo")
     key_tlv = wire.encoded_name(wire.key_name(DEVICE, KEY))
-    packet = wire.call_interest(comps, {"a": 1}, KEY, key_tlv, 42, lifetime_ms=1234)
+    packet = wire.call_interest(comps, cbor2.dumps({"a": 1}), KEY, key_tlv, 42, lifetime_ms=1234)
     name, param, params, sig = parse_interest(packet, with_tl=True)
     assert Name.to_str(name[:-1]) == f"{DEVICE}/echo" and cbor2.loads(bytes(params)) == {"a": 1}
     assert param.must_be_fresh and param.lifetime == 1234 and param.nonce is not None
@@ -184,3 +184,13 @@ def test_reply_mutations_never_raise_anything_but_bad_packet():
             wire.verify_reply(variant, KEY)
         except wire.BadPacket:
             pass
+
+
+@pytest.mark.parametrize("value", [21.5, None, {"x": [1, 2, {"y": b"z"}]}, "t" * 300, -(2 ** 40)])
+@pytest.mark.parametrize("cached, age_ms, stale", [(False, 0, False), (True, 1234567, True)])
+def test_call_result_splices_the_devices_cbor_byte_for_byte(value, cached, age_ms, stale):
+    from ndn_edge.answers import Answer
+
+    answer = Answer(cbor2.dumps(value), cached, age_ms, stale)
+    assert cw.encode_call_result(answer) == cbor2.dumps(
+        {"value": value, "cached": cached, "age_ms": age_ms, "stale": stale})

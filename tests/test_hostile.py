@@ -9,9 +9,9 @@ import logging
 import os
 
 from ndn_edge.devices.side import DeviceSide
-from ndn_edge.patterns.hub import Models
+from ndn_edge.patterns.hub import Patterns
 from tests import hostile
-from tests.support import online_with_services, start_board, until
+from tests.support import ROOT, online_with_services, start_board, until
 from tests.support import run_scenario as run
 
 
@@ -25,7 +25,7 @@ def test_a_lying_key_locator_does_not_stop_discovery_or_the_report_intake(make_b
     async def scenario():
         side = DeviceSide(store, port=mcast_port)
         await side.start()
-        models = Models(store, side, site="edge")
+        models = Patterns(store, side, site="edge")
         await models.start()
         try:
             corpus = list(hostile.device_side_corpus())
@@ -56,17 +56,15 @@ def test_a_lying_key_locator_does_not_stop_discovery_or_the_report_intake(make_b
 def test_keyless_requests_with_lying_names_are_counted_and_logged_once(tmp_path, caplog):
     """Issue 11 item 5: a keyless request whose key-id component lies used to log a full traceback per
     datagram (about 1 KB each, no limit) and was not counted as a drop."""
-    from ndn_edge.clients.face import ClientServer
+    from ndn_edge.clients.face import ClientFace
     from ndn_edge.state.store import Store
+    from tests.fakes import FakeDevices
 
     store = Store(tmp_path / "gw.db")
     store.add_client("alice", os.urandom(32))
 
-    class NoDevices:
-        pass
-
     async def scenario():
-        server = ClientServer(store, NoDevices(), site="edge")
+        server = ClientFace.build(store, FakeDevices(), site="edge")
         host, port = await server.start()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
@@ -94,3 +92,44 @@ def test_keyless_requests_with_lying_names_are_counted_and_logged_once(tmp_path,
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) <= 3, [r.getMessage() for r in loud]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_entries_filled_together_never_expire_into_a_burst_at_the_device(make_board, peer, store, mcast_port):
+    """Issue 11 item 11 (cache avalanche): 40 cacheable answers filled in one instant, then read in a loop for
+    three freshness periods. Hot entries are renewed in the background, one request at a time per device, so no
+    caller ever waits for the device after the fill, and the device (counting its requests in `_health`) runs
+    about one request per entry per period. Without it, every entry expired in the same instant and 40 callers
+    missed together."""
+    board = make_board("/edge/lab/b1", app=ROOT / "tests" / "apps" / "lean.py")
+    entries = 40
+
+    async def scenario():
+        side = DeviceSide(store, port=mcast_port)
+        await side.start()
+        try:
+            await start_board(board, peer)
+            await online_with_services(side, board, 10.0)
+            before = (await side.call(board.name, "_health")).value["requests"]
+            await asyncio.gather(*(side.call(board.name, "reading", {"n": n}) for n in range(entries)))
+            filled = (await side.call(board.name, "_health")).value["requests"] - before - 1
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 6.5  # three freshness periods of 2 s, and a bit
+            misses = rounds = 0
+            while loop.time() < end and rounds < 5000:
+                answers = await asyncio.gather(*(side.call(board.name, "reading", {"n": n})
+                                                 for n in range(entries)))
+                misses += sum(1 for a in answers if not a.cached)
+                rounds += 1
+                await asyncio.sleep(0.02)  # a dashboard refreshing 50 times a second
+            reads = (await side.call(board.name, "_health")).value["requests"] - before - 2
+            return filled, misses, rounds, reads, side.metrics()
+        finally:
+            await side.stop()
+
+    filled, misses, rounds, reads, metrics = run(scenario, 40.0)
+    assert filled == entries
+    assert rounds > 100
+    assert misses == 0, f"{misses} callers waited for the device; {metrics}"
+    # each entry renewed once per period: 3 periods -> about 3 * 40 requests, never a read per call
+    assert 2 * entries <= reads - filled <= 4 * entries, (reads, metrics)
+    assert metrics["invoker_early_refreshes"] >= 2 * entries

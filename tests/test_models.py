@@ -467,6 +467,6 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late, m.pos) for m in got[:8]]
     assert not any(m.gap or m.late for m in got[1:])
     with fleet.connect("admin") as admin:
-        models = admin.metrics()["models"]
+        models = admin.metrics()["patterns"]
     assert models["reports_duplicates"] > 0  # acknowledgements were lost, and the retransmissions recognised
     assert "simulating 3000/10000 datagram loss" in (fleet.home / "sim" / "1" / "device.log").read_text()

@@ -1,17 +1,19 @@
-"""The client-facing half of the gateway: signed requests over UDP unicast in, signed replies out.
+"""The client face of the gateway: signed requests over UDP unicast in, signed replies out.
 
-`ClientServer` owns one UDP socket (`--listen`, default 127.0.0.1 and an ephemeral port) and, for every client
+`ClientFace` owns one UDP socket (`--listen`, default 127.0.0.1 and an ephemeral port) and, for every client
 key it has seen, the replay state and the last replies. The pipeline for one datagram (docs/gateway-protocol.md):
-size check, LP unwrap, parse, name shape, client lookup, digest, HMAC, time window, sequence/nonce check, then
-the verb: authorize against the client's rules, run the request as a task, reply.
+size check, LP unwrap, parse, name shape, client lookup, digest, HMAC, time window, sequence/nonce check; then
+the verb, which `clients.verbs.Verbs` checks against the client's rules and runs; then the reply. This module
+owns authentication and replay protection only, the verbs module everything a request asks for.
 
 Decisions:
 - Unauthenticated traffic gets no answer at all (unknown client, bad digest or signature, stale time, replay),
   only a counter, so the socket tells a scanner nothing. Once the signature checks, every outcome is a signed
   reply, errors included (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...).
 - The datagram callback only records the datagram in a bounded queue; one worker task parses, authenticates
-  and admits it (`_parse`, `_authenticate`, `_admit`: each drops and counts what fails), and each
-  accepted request runs in its own task, so slow devices never hold up other clients. A full queue drops and
+  and admits it (`_parse`, `_authenticate`, `_admit`: each drops and counts what fails). A verb that can answer
+  at once (a cache hit) is answered by the worker; any other runs in its own task, so slow devices never hold
+  up other clients. A full queue drops and
   counts (`overload`); too many requests in flight answer `RESOURCE_EXHAUSTED`.
 - Client keys and rules are read from the store and kept for `refresh_s` (1 s): `ndn-edge client remove` or
   `acl revoke` take effect within a second without a round trip to SQLite per packet. Unknown key names are
@@ -48,7 +50,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import cbor2
@@ -56,11 +58,12 @@ from ndn.encoding import Component, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.encoding.tlv_model import DecodeError
 
+from ndn_edge.clients.verbs import Caller, Encoded, Verbs
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import framing
-from ndn_edge.names import allowed, matches
-from ndn_edge.errors import (CallError, DeadlineExceeded, GatewayError, Internal, InvalidArgument, NotFound,
-                            PermissionDenied, ResourceExhausted, StoreError, Unavailable, UnknownDevice)
+from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.errors import (CallError, GatewayError, Internal, InvalidArgument, NotFound, PermissionDenied,
+                             ResourceExhausted, StoreError, Unavailable, UnknownDevice)
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
 from ndn_edge.wire.packets import parse_signed_interest
@@ -82,7 +85,6 @@ _NONCES = 8192
 _NEGATIVE_CACHE = 4096
 _WARN_EVERY_S = 10.0
 _RCVBUF = 1 << 20
-_DEADLINE_SLACK_S = 0.05
 
 
 class _Request:
@@ -116,15 +118,15 @@ class _Exchange:
 class _Peer:
     """One client key: its rules, its replay state and its recent exchanges."""
 
-    __slots__ = ("name", "key", "key_name", "lease_key", "rules", "loaded_at", "signer", "high", "floor", "mark",
+    __slots__ = ("name", "key", "key_name", "lease_key", "caller", "loaded_at", "signer", "high", "floor", "mark",
                  "seen", "nonces", "recent", "recent_bytes")
 
-    def __init__(self, name: str, key: bytes, key_name: str, rules: tuple, now: float) -> None:
+    def __init__(self, name: str, key: bytes, key_name: str, rules: tuple[tuple[str, ...], ...], now: float) -> None:
         self.name = name
         self.key = key
         self.key_name = key_name
         self.lease_key = f"rx:{key_name}"
-        self.rules = rules
+        self.caller = Caller(name, rules)
         self.loaded_at = now
         self.signer = cw.ReplySigner(key_name, key)
         self.high = 0    # highest number accepted
@@ -148,7 +150,7 @@ class _Peer:
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, server: ClientServer) -> None:
+    def __init__(self, server: ClientFace) -> None:
         self._server = server
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -158,15 +160,14 @@ class _Protocol(asyncio.DatagramProtocol):
         self._server.stats["send_errors"] += 1
 
 
-class ClientServer:
-    """Serves signed client requests on a UDP socket, dispatching them to a device side."""
+class ClientFace:
+    """Serves signed client requests on a UDP socket: authenticates them, then runs their verbs (`Verbs`)."""
 
-    def __init__(self, store: Store, device_side: Any, *, site: str,
+    def __init__(self, store: Store, verbs: Verbs, *, site: str,
                  listen: tuple[str, int] = ("127.0.0.1", 0), max_in_flight: int = 1024,
-                 refresh_s: float = 1.0, models: Any = None) -> None:
+                 refresh_s: float = 1.0) -> None:
         self._store = store
-        self._devices = device_side
-        self._models = models  # ndn_edge.patterns.hub.Models: the verbs of cw.MODEL_VERBS, when present
+        self._verbs = verbs
         self.site = site
         self._listen = listen
         self._max_in_flight = max_in_flight
@@ -186,6 +187,22 @@ class ClientServer:
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
         self.drops: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+
+    @classmethod
+    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,
+              **options: Any) -> ClientFace:
+        """A client face whose verbs run on `devices` (and the communication `patterns`, when given), with the
+        metrics verb reporting the counters of all three."""
+        face: ClientFace
+
+        def counters() -> dict[str, Any]:
+            out: dict[str, Any] = {"clients": face.metrics(), "devices": devices.metrics()}
+            if patterns is not None:
+                out["patterns"] = patterns.metrics()
+            return out
+
+        face = cls(store, Verbs(devices, patterns, site=site, counters=counters), site=site, **options)
+        return face
 
     # -- life cycle
 
@@ -216,7 +233,7 @@ class ClientServer:
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket is bound to."""
         if self._transport is None:
-            raise RuntimeError("ClientServer is not started")
+            raise RuntimeError("ClientFace is not started")
         host, port = self._transport.get_extra_info("sockname")[:2]
         return host, port
 
@@ -405,7 +422,7 @@ class ClientServer:
             return None
         rules = tuple(rule.parts for rule in self._store.rules(record.name))
         if peer is not None and peer.key == record.key:
-            peer.rules = rules
+            peer.caller = Caller(record.name, rules)
             peer.loaded_at = now
             return peer
         key_name = cw.client_key_name(self.site, record.name, record.key)
@@ -477,128 +494,27 @@ class ClientServer:
     def _dispatch(self, peer: _Peer, ex: _Exchange, name: list, app_params: Any) -> None:
         try:
             verb, target = _verb_and_target(tuple(bytes(c) for c in name[2:-1]))
-            params = _decode_params(app_params)
-            if verb == cw.VERB_CALL:
-                coro = self._verb_call(peer, target, params)
-            elif verb in (cw.VERB_DEVICES, cw.VERB_SERVICES, cw.VERB_METRICS):
-                if target:
-                    raise InvalidArgument(f"{verb} takes no name components after it, got {'/'.join(target)}")
-                coro = {cw.VERB_DEVICES: self._verb_devices, cw.VERB_SERVICES: self._verb_services,
-                        cw.VERB_METRICS: self._verb_metrics}[verb](peer, params)
-            elif verb in cw.MODEL_VERBS and self._models is not None:
-                coro = self._verb_model(peer, verb, target, params)
-            else:
-                raise NotFound(f"no gateway verb {verb!r}; the verbs are {', '.join(cw.VERBS)}")
+            result = self._verbs.run(peer.caller, verb, target, _decode_params(app_params))
         except CallError as err:
             self._reply_error(peer, ex, err)
             return
+        if not inspect.isawaitable(result):  # answered at once (a cache hit): no task
+            self._reply_content(peer, ex, result)
+            return
         if len(self._tasks) >= self._max_in_flight:
-            coro.close()
+            _discard(result)
             self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
                                                           "flight; retry later"))
             return
-        task = asyncio.create_task(self._run(peer, ex, coro))
+        task = asyncio.create_task(self._run(peer, ex, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _verb_call(self, peer: _Peer, target: tuple[str, ...], params: dict) -> Any:
-        if len(target) < 2:
-            raise InvalidArgument(f"call needs DEVICE/SERVICE, got {'/'.join(target) or 'nothing'}")
-        args = params.get("args")
-        if args is not None and not isinstance(args, dict):
-            raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
-        timeout_ms = cw.int_param(params, "timeout_ms", cw.DEFAULT_TIMEOUT_MS, 1, cw.MAX_TIMEOUT_MS)
-        if not allowed(peer.rules, target):
-            self.stats["denied"] += 1
-            raise PermissionDenied(f"client '{peer.name}' may not call {'/'.join(target)}; the operator can "
-                                   f"allow it with: ndn-edge acl grant {peer.name} {'/'.join(target)}")
-        device = "/" + "/".join((self.site, *target[:-1]))
-        return self._call(device, target[-1], args, timeout_ms)
-
-    async def _call(self, device: str, service: str, args: dict | None, timeout_ms: int) -> dict[str, Any]:
-        timeout_s = timeout_ms / 1000
-        cached = getattr(self._devices, "cached", None)  # a hit needs no timer (a device side may lack it)
-        result = cached(device, service, args) if cached is not None else None
-        if result is None:
-            try:
-                result = await _within(self._devices.call(device, service, args, timeout_s=timeout_s),
-                                       timeout_s + _DEADLINE_SLACK_S)
-            except asyncio.TimeoutError as err:
-                raise DeadlineExceeded(f"{device}/{service} did not answer within {timeout_ms} ms") from err
-        return {"value": result.value, "cached": bool(result.cached), "age_ms": int(result.age_ms),
-                "stale": bool(result.stale)}
-
-    async def _verb_devices(self, peer: _Peer, params: dict) -> dict[str, Any]:
-        page_size = cw.int_param(params, "page_size", cw.DEFAULT_PAGE_SIZE, 1, cw.MAX_PAGE_SIZE)
-        token = params.get("page_token")
-        if token is not None and not isinstance(token, str):
-            raise InvalidArgument(f"page_token must be text, got {type(token).__name__}")
-        try:
-            items, next_token = await _maybe_await(self._devices.devices(page_size=page_size, page_token=token))
-        except ValueError as err:  # the device side's word for a bad page token
-            raise InvalidArgument(str(err)) from err
-        visible = [item for item in items if self._may_reach(peer, self._relative(item.get("name", "")))]
-        return {"items": visible, "next_page_token": next_token}
-
-    async def _verb_services(self, peer: _Peer, params: dict) -> dict[str, Any]:
-        text = params.get("device")
-        try:
-            device = cw.split_target(text, self.site)
-        except ValueError as err:
-            raise InvalidArgument(f"services needs a device name: {err}") from err
-        if not self._may_reach(peer, device):
-            self.stats["denied"] += 1
-            raise PermissionDenied(f"client '{peer.name}' may not call anything on {'/'.join(device)}")
-        full = "/" + "/".join((self.site, *device))
-        try:
-            services = await _maybe_await(self._devices.services(full))
-        except UnknownDevice as err:
-            raise NotFound(str(err)) from err
-        if services is None:
-            raise NotFound(f"no device {full}")
-        visible = [svc for svc in services
-                   if isinstance(svc, dict) and allowed(peer.rules, (*device, str(svc.get("name", ""))))]
-        return {"device": full, "items": visible}
-
-    async def _verb_metrics(self, peer: _Peer, params: dict) -> dict[str, Any]:
-        if not allowed(peer.rules, cw.METRICS_TARGET):
-            self.stats["denied"] += 1
-            raise PermissionDenied(f"client '{peer.name}' may not read metrics; the operator can allow it with: "
-                                   f"ndn-edge acl grant {peer.name} {'/'.join(cw.METRICS_TARGET)}")
-        devices = getattr(self._devices, "metrics", None)
-        out = {"clients": self.metrics(), "devices": await _maybe_await(devices()) if devices else {}}
-        if self._models is not None:
-            out["models"] = self._models.metrics()
-        return out
-
-    def _verb_model(self, peer: _Peer, verb: str, target: tuple[str, ...], params: dict) -> Any:
-        """A communication-model verb (ndn_edge.patterns.hub), its denials counted like the other verbs'."""
-        try:
-            coro = self._models.verb(verb, peer.name, peer.rules, target, params)
-        except PermissionDenied:
-            self.stats["denied"] += 1
-            raise
-
-        async def counted() -> Any:
-            try:
-                return await coro
-            except PermissionDenied:
-                self.stats["denied"] += 1
-                raise
-        return counted()
-
-    def _relative(self, full_name: str) -> tuple[str, ...]:
-        parts = tuple(p for p in str(full_name).split("/") if p)
-        return parts[1:] if parts[:1] == (self.site,) else parts
-
-    def _may_reach(self, peer: _Peer, prefix: tuple[str, ...]) -> bool:
-        return any(_may_reach(rule, prefix) for rule in peer.rules)
-
     # -- replies
 
-    async def _run(self, peer: _Peer, ex: _Exchange, coro: Any) -> None:
+    async def _run(self, peer: _Peer, ex: _Exchange, work: Awaitable[Any]) -> None:
         try:
-            content = await coro
+            content = await work
         except CallError as err:
             self._reply_error(peer, ex, err)
             return
@@ -616,6 +532,12 @@ class ClientServer:
             self._throttle.fault("client-request", err, client=peer.name)
             self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
             return
+        self._reply_content(peer, ex, content)
+
+    def _reply_content(self, peer: _Peer, ex: _Exchange, content: Any) -> None:
+        if isinstance(content, Encoded):
+            self._reply(peer, ex, content, nack=False)
+            return
         try:
             body = cbor2.dumps(content)
         except (cbor2.CBOREncodeError, TypeError, ValueError) as err:
@@ -625,6 +547,8 @@ class ClientServer:
 
     def _reply_error(self, peer: _Peer, ex: _Exchange, err: CallError) -> None:
         self.stats["errors"] += 1
+        if isinstance(err, PermissionDenied):
+            self.stats["denied"] += 1
         self._reply(peer, ex, cbor2.dumps(err.to_wire()), nack=True)
 
     def _reply(self, peer: _Peer, ex: _Exchange, body: bytes, *, nack: bool) -> None:
@@ -653,15 +577,6 @@ class ClientServer:
         event(log, "client_drop", logging.DEBUG, reason=reason, addr=_addr(addr), **fields)
 
 
-def _may_reach(pattern: Sequence[str], prefix: Sequence[str]) -> bool:
-    """True if `pattern` matches `prefix` followed by at least one more component."""
-    for k in range(len(pattern) + 1):
-        head = pattern[:k]
-        if (k < len(pattern) or (k and head[-1] == "**")) and matches(head, prefix):
-            return True
-    return False
-
-
 @functools.lru_cache(maxsize=4096)
 def _verb_and_target(components: tuple[bytes, ...]) -> tuple[str, tuple[str, ...]]:
     """The verb and the target of a request name's components after `/<site>/_gw` (the digest left out),
@@ -686,17 +601,11 @@ def _decode_params(raw: Any) -> dict[str, Any]:
     return params
 
 
-async def _within(aw: Any, timeout_s: float) -> Any:
-    """`aw`'s result or asyncio.TimeoutError: `asyncio.timeout` where it exists (3.11+), which, unlike
-    `wait_for` there, costs no extra task per call."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(timeout_s):
-            return await aw
-    return await asyncio.wait_for(aw, timeout_s)
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+def _discard(work: Awaitable[Any]) -> None:
+    """Drop an awaitable that will not be awaited (a coroutine is closed, so it warns of nothing)."""
+    close = getattr(work, "close", None)
+    if close is not None:
+        close()
 
 
 def _sha256(parts: Sequence[Any]) -> bytes:

@@ -59,6 +59,9 @@ import cbor2
 from ndn_edge.wire import packets as wire
 from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
                             Unavailable)
+from ndn_edge.answers import Answer
+from ndn_edge.logs import event
+from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire.framing import name_tlv
 
 log = logging.getLogger("ndn_edge.invoker")
@@ -73,18 +76,20 @@ SEQ_BLOCK = 64
 REPLY_CACHE = 8  # replies a device keeps for retransmissions (docs/protocol.md, "Replay protection")
 RECORD_REFRESH_S = 1.0  # device records (key, descriptions) are read from the store at most this often
 MAX_RECORDS = 20_000
-_SCALARS = (int, float, str, bytes, bool, type(None))
+EARLY_REFRESH = 0.2  # the last share of an entry's freshness in which a hit refreshes it in the background
 _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 
 
-@dataclass
-class CallResult:
-    """A call's value and where it came from: `cached` with its `age_ms`, `stale` when served past freshness."""
+class Ticket:
+    """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    value: Any
-    cached: bool
-    age_ms: int
-    stale: bool
+    __slots__ = ("device", "service", "params", "key")
+
+    def __init__(self, device: str, service: str, params: bytes) -> None:
+        self.device = device      # the full name
+        self.service = service
+        self.params = params      # the canonical CBOR of the arguments: the cache key and what is sent
+        self.key: CacheKey = (device, service, params)
 
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
@@ -107,35 +112,45 @@ def canonical_args(args: dict[str, Any] | None) -> bytes:
 
 
 class CacheEntry:
-    """One cached answer: a value (kept as CBOR unless immutable) or a negative error."""
+    """One cached answer: the device's CBOR of a value, or a negative error."""
 
-    __slots__ = ("_value", "_encoded", "error", "stored_at", "fresh_until")
+    __slots__ = ("cbor", "error", "stored_at", "fresh_until", "refresh_from")
 
-    def __init__(self, value: Any, error: CallError | None, stored_at: float, fresh_until: float) -> None:
-        self._encoded = not isinstance(value, _SCALARS)
-        # Callers may mutate what they get; each hit decodes its own copy of a container.
-        self._value = cbor2.dumps(value) if self._encoded else value
+    def __init__(self, cbor: bytes, error: CallError | None, stored_at: float, fresh_until: float) -> None:
+        self.cbor = cbor
         self.error = error
         self.stored_at = stored_at
         self.fresh_until = fresh_until
+        # From here on a hit may refresh the entry in the background (see ResultCache)
+        self.refresh_from = fresh_until - (fresh_until - stored_at) * EARLY_REFRESH
 
-    def result(self, now: float, *, stale: bool) -> CallResult:
-        """The answer as a CallResult, or the cached error raised again."""
+    def answer(self, now: float, *, stale: bool) -> Answer:
+        """The cached answer, or the cached error raised again."""
         if self.error is not None:
             raise type(self.error)(self.error.message)
-        value = cbor2.loads(self._value) if self._encoded else self._value
-        return CallResult(value, True, max(0, int((now - self.stored_at) * 1000)), stale)
+        return Answer(self.cbor, True, max(0, int((now - self.stored_at) * 1000)), stale)
 
 
 class ResultCache:
-    """Answers by (device, service, canonical arguments), bounded, least recently used first out."""
+    """Answers by (device, service, canonical arguments), bounded, least recently used first out.
+
+    Against a cache avalanche (entries filled together, after a restart, a gather or a dashboard opening, all
+    expiring in the same instant and each expiry a device request): every entry's freshness is cut by a random
+    share of up to `jitter` (never lengthened past what the device allowed), so entries filled together expire
+    spread over that share; and a hit in the last `EARLY_REFRESH` of an entry's freshness marks it due for a
+    background refresh (`Invoker` runs at most one per device at a time), so a hot entry is renewed before it
+    expires while callers keep getting the fresh value.
+    """
 
     def __init__(self, *, max_entries: int = 10_000, max_stale_s: float = 300.0, negative_ttl_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 jitter: float = 0.1, clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
         self.max_entries = max_entries
         self.max_stale_s = max_stale_s
         self.negative_ttl_s = negative_ttl_s
+        self.jitter = jitter
         self._clock = clock
+        self._rng = rng
         self._entries: collections.OrderedDict[CacheKey, CacheEntry] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -161,18 +176,19 @@ class ResultCache:
             return None
         return entry
 
-    def put_value(self, key: CacheKey, value: Any, freshness_ms: int | None) -> None:
-        """Keep a value the device marked fresh for `freshness_ms`; without freshness, forget the key."""
+    def put_answer(self, key: CacheKey, cbor: bytes, freshness_ms: int | None) -> None:
+        """Keep a value (its CBOR) the device marked fresh for `freshness_ms`; without freshness, forget the key."""
         if not freshness_ms or freshness_ms <= 0:
             self._entries.pop(key, None)
             return
         now = self._clock()
-        self._put(key, CacheEntry(value, None, now, now + freshness_ms / 1000))
+        fresh_s = freshness_ms / 1000 * (1 - self.jitter * self._rng())
+        self._put(key, CacheEntry(cbor, None, now, now + fresh_s))
 
     def put_error(self, key: CacheKey, error: CallError) -> None:
         """Keep a negative answer for `negative_ttl_s`."""
         now = self._clock()
-        self._put(key, CacheEntry(None, error, now, now + self.negative_ttl_s))
+        self._put(key, CacheEntry(b"", error, now, now + self.negative_ttl_s))
 
     def _put(self, key: CacheKey, entry: CacheEntry) -> None:
         self._entries[key] = entry
@@ -489,7 +505,7 @@ class Invoker:
         self.metrics: dict[str, int] = {
             "calls": 0, "cache_hits": 0, "negative_hits": 0, "coalesced": 0, "stale_served": 0, "fail_fast": 0,
             "device_requests": 0, "retries": 0, "resigned": 0, "timeouts": 0, "bad_packets": 0,
-            "unmatched_data": 0, "errors": 0,
+            "unmatched_data": 0, "errors": 0, "early_refreshes": 0,
         }
         self._requester = Requester(face, self.metrics, backoff)
         self._max_in_flight = max_in_flight
@@ -497,7 +513,9 @@ class Invoker:
         self._breaker_factory = breaker_factory
         self._links: dict[str, _Link] = {}
         self._records: dict[str, tuple[float, Any]] = {}  # name -> (read at, DeviceRecord)
-        self._inflight: dict[CacheKey, _Shared[CallResult]] = {}
+        self._inflight: dict[CacheKey, _Shared[Answer]] = {}
+        self._refreshing: set[str] = set()  # devices with a background refresh in flight
+        self._refresh_due: dict[str, collections.OrderedDict[CacheKey, Ticket]] = {}  # per device, oldest first
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
 
     # -- face and directory hooks
@@ -529,6 +547,7 @@ class Invoker:
     async def close(self) -> None:
         """Fail waiting requests and cancel the shared request tasks."""
         self._requester.close()
+        self._refresh_due.clear()
         tasks = [s.task for s in list(self._inflight.values()) + list(self._desc_inflight.values())]
         for task in tasks:
             task.cancel()
@@ -537,50 +556,80 @@ class Invoker:
     # -- calls
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> CallResult:
-        """Call `service` of `device` with `args`; the value, or the CallError the call ended in."""
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+        """Call `service` of `device` with `args`; the answer, or the CallError the call ended in."""
+        found = self.prepare(device, service, args)
+        if isinstance(found, Answer):
+            return found
+        return await self.complete(found, timeout_s=timeout_s)
+
+    def prepare(self, device: str, service: str, args: dict[str, Any] | None = None) -> Answer | Ticket:
+        """A fresh cached answer at once (a cached error is raised), or the ticket `complete` takes to ask the
+        device: one lookup, one encoding of the arguments, and no task or timer for a hit."""
+        if not isinstance(service, str) or not service or "/" in service:
+            raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
+        ticket = Ticket(self._directory.resolve(device), service, canonical_args(args))
+        self.metrics["calls"] += 1
+        entry = self.cache.fresh(ticket.key)
+        if entry is None:
+            return ticket
+        self.metrics["negative_hits" if entry.error is not None else "cache_hits"] += 1
+        now = time.monotonic()
+        answer = entry.answer(now, stale=False)
+        if now >= entry.refresh_from:
+            self._refresh_early(ticket, entry)
+        return answer
+
+    async def complete(self, ticket: Ticket, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+        """Ask the device for what `prepare` did not find cached; a stale answer when the device is down."""
         if not isinstance(timeout_s, (int, float)) or not timeout_s > 0 or math.isinf(timeout_s):
             raise InvalidArgument(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-        name, key, hit = self._lookup(device, service, args)
-        if hit is not None:
-            return hit
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            return await self._uncached(name, service, args, key, deadline)
+            return await self._uncached(ticket, deadline)
         except (Unavailable, DeadlineExceeded) as err:
-            entry = self.cache.stale(key)
+            entry = self.cache.stale(ticket.key)
             if entry is None:
                 raise
             self.metrics["stale_served"] += 1
-            result = entry.result(time.monotonic(), stale=True)
-            log.info("stale_served", extra={"fields": {"device": name, "service": service, "age_ms": result.age_ms,
-                                                       "reason": err.code}})
-            return result
+            answer = entry.answer(time.monotonic(), stale=True)
+            event(log, "stale_served", device=ticket.device, service=ticket.service, age_ms=answer.age_ms,
+                  reason=err.code)
+            return answer
 
-    def cached(self, device: str, service: str, args: dict[str, Any] | None = None) -> CallResult | None:
-        """The answer `call` would give at once from the cache (counted as a call), or None when it would have
-        to ask the device: lets a caller skip its own timer and task for a hit."""
-        _, _, hit = self._lookup(device, service, args, count_miss=False)
-        return hit
+    def _refresh_early(self, ticket: Ticket, entry: CacheEntry) -> None:
+        """Renew a hot entry before it expires, in the background: entries due for it wait in a queue per
+        device, and one request at a time per device renews them (the next starts when one ends), never for an
+        entry already being fetched."""
+        if entry.error is not None:
+            return
+        entry.refresh_from = entry.fresh_until  # queued once per entry
+        due = self._refresh_due.setdefault(ticket.device, collections.OrderedDict())
+        due[ticket.key] = ticket
+        if ticket.device not in self._refreshing:
+            self._refresh_next(ticket.device)
 
-    def _lookup(self, device: str, service: str, args: dict[str, Any] | None, *,
-                count_miss: bool = True) -> tuple[str, CacheKey, CallResult | None]:
-        """(device name, cache key, the fresh cached answer or None); a cached error is raised."""
-        if not isinstance(service, str) or not service or "/" in service:
-            raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
-        name = self._directory.resolve(device)
-        key = (name, service, canonical_args(args))
-        entry = self.cache.fresh(key)
-        if entry is None:
-            if count_miss:
-                self.metrics["calls"] += 1
-            return name, key, None
-        self.metrics["calls"] += 1
-        self.metrics["negative_hits" if entry.error is not None else "cache_hits"] += 1
-        return name, key, entry.result(time.monotonic(), stale=False)
+    def _refresh_next(self, device: str) -> None:
+        self._refreshing.discard(device)
+        due = self._refresh_due.get(device)
+        while due:
+            _, ticket = due.popitem(last=False)
+            if ticket.key in self._inflight or self.cache.fresh(ticket.key) is None:
+                continue  # being fetched already, or expired meanwhile (a caller's miss fetches it)
+            if not self._directory.is_online(device):
+                due.clear()
+                break
+            self._refreshing.add(device)
+            self.metrics["early_refreshes"] += 1
+            deadline = asyncio.get_running_loop().time() + DEFAULT_TIMEOUT_S
+            shared = _share(self._inflight, ticket.key, self._uncached(ticket, deadline, shared=False), deadline,
+                            f"refresh {device}/{ticket.service}")
+            shared.task.add_done_callback(lambda _t: self._refresh_next(device))
+            return
+        self._refresh_due.pop(device, None)
 
-    async def _uncached(self, name: str, service: str, args: dict[str, Any] | None, key: CacheKey,
-                        deadline: float) -> CallResult:
+    async def _uncached(self, ticket: Ticket, deadline: float, *, shared: bool = True) -> Answer:
+        name, service = ticket.device, ticket.service
         record = self._record(name)
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
@@ -594,22 +643,24 @@ class Invoker:
         if svc is None and service not in FRAMEWORK_SERVICES and desc is not None:
             offered = ", ".join(s.get("name", "?") for s in desc.get("services", []))
             err = NotFound(f"device {name} has no service {service!r} (it offers: {offered or 'nothing'})")
-            self.cache.put_error(key, err)
+            self.cache.put_error(ticket.key, err)
             raise err
         private = bool(svc and svc.get("private"))
         idempotent = service in FRAMEWORK_SERVICES or bool(svc and svc.get("idempotent"))
         if not idempotent:
-            return await self._miss(record, service, args, key, private, False, deadline)
-        shared = self._inflight.get(key)
-        if shared is None:
-            shared = _share(self._inflight, key, self._miss(record, service, args, key, private, True, deadline),
-                            deadline, f"call {name}/{service}")
+            return await self._miss(record, ticket, private, False, deadline)
+        if not shared:
+            return await self._miss(record, ticket, private, True, deadline)
+        running = self._inflight.get(ticket.key)
+        if running is None:
+            running = _share(self._inflight, ticket.key, self._miss(record, ticket, private, True, deadline),
+                             deadline, f"call {name}/{service}")
         else:
             self.metrics["coalesced"] += 1
-        return await _await_shared(shared, deadline, f"{name}/{service}")
+        return await _await_shared(running, deadline, f"{name}/{service}")
 
-    async def _miss(self, record: Any, service: str, args: dict[str, Any] | None, key: CacheKey, private: bool,
-                    idempotent: bool, deadline: float) -> CallResult:
+    async def _miss(self, record: DeviceRecord, ticket: Ticket, private: bool, idempotent: bool,
+                    deadline: float) -> Answer:
         link = self._link(record)
         permit = link.breaker.allow()
         if permit is None:
@@ -617,7 +668,7 @@ class Invoker:
             raise Unavailable(f"device {record.name} is not answering: circuit open after {link.breaker.failures} "
                               f"timed-out calls in a row; next probe in {link.breaker.retry_in_s():.1f}s")
         try:
-            reply = await self._exchange(record, link, service, args, private, idempotent, deadline,
+            reply = await self._exchange(record, link, ticket.service, ticket.params, private, idempotent, deadline,
                                          lambda raw: wire.parse_reply(raw, record.key, private=private))
         except _NoSlot:
             link.breaker.release(permit)
@@ -627,24 +678,23 @@ class Invoker:
             was = link.breaker.state
             link.breaker.record_timeout(permit)
             if link.breaker.state == CircuitBreaker.OPEN and was != CircuitBreaker.OPEN:
-                log.warning("circuit_open", extra={"fields": {
-                    "device": record.name, "timeouts": link.breaker.failures,
-                    "probe_in_s": round(link.breaker.retry_in_s(), 1)}})
+                event(log, "circuit_open", logging.WARNING, device=record.name, timeouts=link.breaker.failures,
+                      probe_in_s=round(link.breaker.retry_in_s(), 1))
             raise
         except BaseException:
             link.breaker.release(permit)
             raise
         link.breaker.record_success(permit)
         if reply.ok:
-            self.cache.put_value(key, reply.value, reply.freshness_ms)
-            return CallResult(reply.value, False, 0, False)
+            self.cache.put_answer(ticket.key, reply.content, reply.freshness_ms)
+            return Answer(reply.content)
         self.metrics["errors"] += 1
         err = CallError.from_wire(reply.code, reply.message)
         if err.code in NEGATIVE_CODES:
-            self.cache.put_error(key, err)
+            self.cache.put_error(ticket.key, err)
         raise err
 
-    async def _exchange(self, record: Any, link: _Link, service: str, args: dict[str, Any] | None, private: bool,
+    async def _exchange(self, record: DeviceRecord, link: _Link, service: str, params: bytes, private: bool,
                         idempotent: bool, deadline: float, accept: Callable[[bytes], T]) -> T:
         what = f"{record.name}/{service}"
         ticket = await link.window.acquire(deadline, what)
@@ -658,7 +708,7 @@ class Invoker:
                 except StoreError as err:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
-                return wire.call_interest(link.name(record.name, service), args, record.key, link.key_tlv, seq[0],
+                return wire.call_interest(link.name(record.name, service), params, record.key, link.key_tlv, seq[0],
                                           private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
 
             def resign() -> bytes | None:
@@ -691,7 +741,7 @@ class Invoker:
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
         link = self._link(record)
-        _, meta, content = await self._exchange(record, link, "_desc", None, False, True, deadline,
+        _, meta, content = await self._exchange(record, link, "_desc", _EMPTY_MAP, False, True, deadline,
                                                 lambda raw: wire.verify_data(raw, record.key))
         try:
             if meta is not None and meta.content_type == wire.CONTENT_NACK:
@@ -709,8 +759,7 @@ class Invoker:
         except (TypeError, ValueError) as err:
             raise Internal(f"service descriptions of {name} cannot be stored as JSON: {err}") from err
         self._directory.description_stored(name, desc_hash)
-        log.info("desc_stored", extra={"fields": {"device": name, "desc": desc_hash,
-                                                  "services": len(desc["services"])}})
+        event(log, "desc_stored", device=name, desc=desc_hash, services=len(desc["services"]))
         return desc
 
     # -- helpers
@@ -742,8 +791,7 @@ class Invoker:
             self._records[name] = (now, record)
         return record
 
-    def _counter(self, key_name: str) -> Any:
-        from ndn_edge.state.store import SeqCounter
+    def _counter(self, key_name: str) -> SeqCounter:
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

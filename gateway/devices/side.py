@@ -25,7 +25,9 @@ from typing import Any
 
 from ndn_edge.devices.directory import Directory, Event
 from ndn_edge.wire.framing import TlvType
-from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, CallResult, Invoker
+from ndn_edge.answers import Answer
+from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, Invoker, Ticket
+from ndn_edge.state.store import Store
 from ndn_edge.devices.face import MulticastFace
 
 log = logging.getLogger("ndn_edge.devices")
@@ -39,7 +41,7 @@ DEFAULT_PORT = 56363
 class DeviceSide:
     """Face + directory + invoker for one site: discovery, presence, descriptions and calls to devices."""
 
-    def __init__(self, store: Any, *, site: str = DEFAULT_SITE, iface: str = DEFAULT_IFACE,
+    def __init__(self, store: Store, *, site: str = DEFAULT_SITE, iface: str = DEFAULT_IFACE,
                  group: str = DEFAULT_GROUP, port: int = DEFAULT_PORT,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.store = store
@@ -87,13 +89,29 @@ class DeviceSide:
         await self.stop()
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> CallResult:
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
         """Call a device service; see Invoker.call."""
         return await self.invoker.call(device, service, args, timeout_s=timeout_s)
 
-    def cached(self, device: str, service: str, args: dict[str, Any] | None = None) -> CallResult | None:
-        """A fresh cached answer to the call, at once, or None; see Invoker.cached."""
-        return self.invoker.cached(device, service, args)
+    def prepare(self, device: str, service: str, args: dict[str, Any] | None = None) -> Answer | Ticket:
+        """A fresh cached answer at once, or a ticket for `complete`; see Invoker.prepare."""
+        return self.invoker.prepare(device, service, args)
+
+    async def complete(self, ticket: Ticket, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+        """Ask the device what `prepare` did not find; see Invoker.complete."""
+        return await self.invoker.complete(ticket, timeout_s=timeout_s)
+
+    def resolve(self, device: str) -> str:
+        """The full device name: `/edge/lab/b1` as is, `lab/b1` under this site."""
+        return self.directory.resolve(device)
+
+    def known(self, device: str) -> bool:
+        """True if the device is provisioned (in the store)."""
+        return self.store.device(self.resolve(device)) is not None
+
+    def presence(self, device: str) -> dict[str, Any] | None:
+        """What the directory believes about the device's presence; see Directory.presence."""
+        return self.directory.presence(device)
 
     async def query(self) -> None:
         """Ask every device on the group to announce itself."""

@@ -134,13 +134,13 @@ def make_call(name: str, args: dict | None, key: bytes, seq: int, *, signer_owne
     return bytes(wire), final
 
 
-def call_interest(components: Sequence[bytes], args: dict | None, key: bytes, key_name_tlv: bytes, seq: int, *,
+def call_interest(components: Sequence[bytes], params: bytes, key: bytes, key_name_tlv: bytes, seq: int, *,
                   lifetime_ms: int = 4000, private: bool = False) -> bytes:
     """The Interest `make_call` makes (plus a Nonce), encoded by hand: the gateway's hot path.
 
-    `components` are the encoded components of `<device>/<service>`, `key_name_tlv` the encoded key name.
+    `components` are the encoded components of `<device>/<service>`, `params` the CBOR map of the arguments
+    (encoded once by the caller, who also keys its cache with it), `key_name_tlv` the encoded key name.
     """
-    params = cbor2.dumps(args or {})
     if private:
         params = seal(key, params)
     packet, _ = encode_signed_interest(components, params, key, key_name_tlv, seq, time_ms=int(time.time() * 1000),
@@ -272,13 +272,15 @@ def encoded_name(uri: str) -> bytes:
 
 @dataclass
 class Reply:
-    """A verified reply: `ok` with `value`, or an error `code` and `message`."""
+    """A verified reply: `ok` with `value` (and `content`, its CBOR as the device sent it, decrypted for a
+    private service), or an error `code` and `message`."""
     name: list
     ok: bool
     value: Any = None
     code: str | None = None
     message: str | None = None
     freshness_ms: int | None = None
+    content: bytes = b""
 
 
 def verify_data(wire: bytes, key: bytes) -> tuple[list, Any, bytes]:
@@ -318,7 +320,7 @@ def parse_reply(wire: bytes, key: bytes, *, private: bool = False) -> Reply:
             return Reply(name, False, code=str(err.get("code")), message=str(err.get("message")))
         if private:
             content = unseal(key, content)
-        return Reply(name, True, value=cbor2.loads(content), freshness_ms=fresh)
+        return Reply(name, True, value=cbor2.loads(content), freshness_ms=fresh, content=bytes(content))
     except (cbor2.CBORDecodeError, AttributeError, ValueError) as err:
         raise BadPacket(f"reply content is not valid CBOR: {err}") from err
 

@@ -17,6 +17,12 @@ def counter():
     return count[0]
 
 
+@dev.service("reading", cache_ms=2000)
+def reading(n=0):
+    # cacheable per argument: one entry per n (tests/test_hostile.py, cache avalanche)
+    return n
+
+
 @dev.service("modules")
 def modules():
     return sorted(k for k in sys.modules if k.startswith("device") or k == "asyncio")

@@ -1,0 +1,77 @@
+"""The seams between the gateway's parts, as typed Protocols (in the manner of aiocoap's `interfaces.py`).
+
+    Face          one datagram endpoint: the devices' multicast group (`devices.face.MulticastFace`)
+    DeviceAccess  what the client verbs use of the device side (`devices.side.DeviceSide` implements it; the
+                  client-face tests use a double that implements it too)
+
+Each Protocol says exactly what its users call, so mypy checks both the real part and every test double against
+it, and no part probes another with `getattr` or `hasattr`. The store is a concrete class
+(`state.store.Store`, SQLite in a file or in memory), and so are its records: a double of a database would test
+the double.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ndn_edge.answers import Answer
+
+
+class Face(Protocol):
+    """A datagram endpoint: open it, send packets, get every packet received through `on_packet`."""
+
+    on_packet: Callable[[bytes], None] | None
+
+    async def open(self) -> None: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+class Ticket(Protocol):
+    """A call the cache could not answer (`DeviceAccess.prepare`), to be completed by asking the device."""
+
+    device: str
+    service: str
+
+
+class DeviceAccess(Protocol):
+    """The device side as the client verbs use it: calls (through the cache), listings and counters."""
+
+    site: str
+
+    def resolve(self, device: str) -> str:
+        """The full device name: `/edge/lab/b1` as is, `lab/b1` under the site."""
+        ...
+
+    def prepare(self, device: str, service: str, args: dict[str, Any] | None) -> Answer | Ticket:
+        """A fresh cached answer at once, or a ticket for `complete`; a cached error is raised."""
+        ...
+
+    async def complete(self, ticket: Any, *, timeout_s: float) -> Answer:
+        """Ask the device for the call `prepare` could not answer."""
+        ...
+
+    async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
+                   timeout_s: float = ...) -> Answer:
+        """`prepare`, then `complete` when needed."""
+        ...
+
+    def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of devices and the next page's token (ValueError for a bad token)."""
+        ...
+
+    def services(self, device: str) -> list[dict[str, Any]]:
+        """The service descriptions of a device; NotFound for an unknown one."""
+        ...
+
+    def known(self, device: str) -> bool:
+        """True if the device (full name) is provisioned."""
+        ...
+
+    def metrics(self) -> dict[str, int]:
+        """The device side's counters."""
+        ...

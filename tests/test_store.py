@@ -70,6 +70,169 @@ def test_reopen_keeps_everything(db_path):
         assert s.schema_version == SCHEMA_VERSION
 
 
+# The schema of a store made by ndn-edge 0.1 (user_version 2): its core step 2 created the features' tables.
+STORE_0_1 = (
+    """CREATE TABLE devices (
+                name TEXT PRIMARY KEY,
+                key BLOB NOT NULL,
+                key_id TEXT NOT NULL,
+                site TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                last_seen REAL,
+                lease_until REAL,
+                state TEXT NOT NULL DEFAULT 'unknown'
+                    CHECK (state IN ('unknown', 'online', 'offline', 'asleep', 'left')),
+                sleep_until REAL,
+                desc_hash TEXT,
+                desc TEXT,
+                rx_floor INTEGER NOT NULL DEFAULT 0
+            )""",
+    """CREATE TABLE clients (
+                name TEXT PRIMARY KEY,
+                key BLOB NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+    """CREATE TABLE rules (
+                client TEXT NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+                pattern TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                UNIQUE (client, pattern)
+            )""",
+    """CREATE TABLE seq_leases (
+                key TEXT PRIMARY KEY,
+                mark INTEGER NOT NULL
+            )""",
+    """CREATE TABLE meta (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )""",
+    """CREATE TABLE operations (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL CHECK (kind IN ('op', 'call')),
+                client TEXT NOT NULL,
+                device TEXT NOT NULL,
+                service TEXT NOT NULL,
+                args BLOB NOT NULL,
+                state TEXT NOT NULL
+                    CHECK (state IN ('queued', 'starting', 'running', 'done', 'failed', 'cancelled')),
+                device_op TEXT,
+                progress REAL,
+                note TEXT,
+                result BLOB,
+                error TEXT,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                expires_at REAL
+            )""",
+    "CREATE INDEX operations_device_op ON operations (device, device_op)",
+    "CREATE INDEX operations_state ON operations (state)",
+    """CREATE TABLE retained (
+                topic TEXT PRIMARY KEY,
+                message BLOB NOT NULL
+            )""",
+    """CREATE TABLE publishers (
+                device TEXT PRIMARY KEY,
+                boot TEXT NOT NULL,
+                seq INTEGER NOT NULL
+            )""",
+    """CREATE TABLE pub_held (
+                device TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                message BLOB NOT NULL,
+                PRIMARY KEY (device, seq)
+            ) WITHOUT ROWID""",
+    """CREATE TABLE subscriptions (
+                id INTEGER PRIMARY KEY,
+                client TEXT NOT NULL,
+                name TEXT NOT NULL,
+                pattern TEXT NOT NULL,
+                acked INTEGER NOT NULL DEFAULT 0,
+                lost INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL,
+                UNIQUE (client, name)
+            )""",
+    """CREATE TABLE sub_queue (
+                sub INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+                pos INTEGER NOT NULL,
+                message BLOB NOT NULL,
+                PRIMARY KEY (sub, pos)
+            ) WITHOUT ROWID""",
+    """CREATE TABLE reports_seen (
+                key_name TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                digest BLOB NOT NULL,
+                PRIMARY KEY (key_name, seq)
+            ) WITHOUT ROWID""",
+)
+
+
+def test_a_store_made_by_0_1_keeps_everything_and_its_features_adopt_their_tables(tmp_path):
+    import asyncio
+
+    import cbor2
+
+    from ndn_edge.patterns.operations import Operations
+    from ndn_edge.patterns.pubsub import PubSub
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for statement in STORE_0_1:
+            db.execute(statement)
+        db.execute("INSERT INTO clients (name, key, created_at) VALUES ('alice', ?, 1), ('bob', ?, 1)",
+                   (KEY_A, KEY_B))
+        db.execute("INSERT INTO subscriptions (id, client, name, pattern, created_at) VALUES "
+                   "(1, 'alice', 'dash', 'sim/**', 1), (2, 'bob', 'log', '**', 1)")
+        db.execute("INSERT INTO sub_queue (sub, pos, message) VALUES (1, 1, ?), (2, 1, ?)",
+                   (cbor2.dumps({"topic": "sim/1/t"}), cbor2.dumps({"topic": "sim/1/t"})))
+        db.execute("INSERT INTO operations (id, kind, client, device, service, args, state, created_at, updated_at) "
+                   "VALUES ('op1', 'call', 'alice', '/edge/sim/1', 'echo', ?, 'done', 1, 1)", (cbor2.dumps({}),))
+        db.execute("PRAGMA user_version = 2")
+
+    async def open_features(store):
+        pubsub, ops = PubSub(store, site="edge"), Operations(store, None, site="edge")
+        await pubsub.start()
+        await ops.start()
+        subs = sorted(pubsub._subs)
+        await ops.stop()
+        await pubsub.stop()
+        return subs
+
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        subs = asyncio.run(open_features(store))
+        assert subs == [("alice", "d:dash"), ("bob", "d:log")]
+        assert store.query("SELECT feature, version FROM schema_versions ORDER BY feature") == [
+            ("operations", 1), ("pubsub", 2)]
+        assert store.query("SELECT id, state FROM operations") == [("op1", "done")]
+        store.remove_client("bob")  # the rebuilt tables cascade from clients now
+        assert store.query("SELECT id FROM subscriptions") == [(1,)]
+        assert store.query("SELECT sub FROM sub_queue") == [(1,)]
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Issue 11 item 4: `ndn-edge gateway &` then at once `ndn-edge client add` on a fresh home made one of
+    them fail with 'table devices already exists' (13 of 30 gateways): the migration raced."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time\n"
+            "from ndn_edge.state.store import Store\n"
+            "t = float(sys.argv[2])\n"
+            "while time.time() < t: pass\n"
+            "s = Store(sys.argv[1]); s.close()\n")
+    for attempt in range(3):
+        path = tmp_path / f"race{attempt}.db"
+        at = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(at)], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(8)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        with Store(path) as s:
+            assert s.schema_version == SCHEMA_VERSION
+
+
 def test_newer_schema_is_refused(db_path):
     Store(db_path).close()
     with sqlite3.connect(db_path) as db:

@@ -85,6 +85,18 @@ EXTRA_COPIES_PER_S = 100.0      # extra copies sent per second, at most, over al
 _FLOOR_META = "report_floor:"
 _PARSE_ERRORS = (DecodeError, ValueError, IndexError, TypeError, KeyError, struct.error)
 
+# This module's own table (Store.ensure_schema): MIGRATIONS[i] takes it from version i to i+1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # device reports already processed, for exactly-once processing of retransmissions
+        """CREATE TABLE reports_seen (
+            key_name TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            PRIMARY KEY (key_name, seq)
+        ) WITHOUT ROWID""",
+    ),
+)
+
 Handler = Callable[[Any, "Report"], str]
 
 
@@ -151,6 +163,7 @@ class ReportIntake:
     async def start(self) -> None:
         """Start the processing task."""
         if self._task is None:
+            self._store.ensure_schema("reports", MIGRATIONS, adopt="reports_seen")
             self._task = asyncio.create_task(self._run(), name="report-intake")
 
     async def stop(self) -> None:

@@ -64,6 +64,31 @@ RECONCILE_S = 30.0
 KEEP_FINISHED_S = 7 * 86400.0
 SWEEP_S = 0.5
 CLEANUP_EVERY_S = 60.0
+# The operations table, this module's own (Store.ensure_schema): MIGRATIONS[i] takes it from version i to i+1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE operations (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('op', 'call')),
+            client TEXT NOT NULL,
+            device TEXT NOT NULL,
+            service TEXT NOT NULL,
+            args BLOB NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'starting', 'running', 'done', 'failed', 'cancelled')),
+            device_op TEXT,
+            progress REAL,
+            note TEXT,
+            result BLOB,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL
+        )""",
+        "CREATE INDEX operations_device_op ON operations (device, device_op)",
+        "CREATE INDEX operations_state ON operations (state)",
+    ),
+)
 _COLUMNS = ("id, kind, client, device, service, args, state, device_op, progress, note, result, error, created_at, "
             "updated_at, expires_at")
 
@@ -90,6 +115,7 @@ class Operations:
         """Recover what a stop interrupted; start the sweeper (expiry, delivery, reconciliation)."""
         if self._task is not None:
             return
+        self._store.ensure_schema("operations", MIGRATIONS, adopt="operations")
         for row in self._rows("WHERE state IN ('starting', 'running')"):
             op = _Row(row)
             if op.state == "starting":

@@ -84,6 +84,68 @@ SWEEP_S = 1.0
 REPLY_BUDGET = 48_000     # bytes of messages in one poll reply (replies are at most 60,000)
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
+# This module's own tables (Store.ensure_schema): MIGRATIONS[i] takes them from version i to i+1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # retained values, per-publisher positions, durable subscriptions and their queues
+        """CREATE TABLE retained (
+            topic TEXT PRIMARY KEY,
+            message BLOB NOT NULL
+        )""",
+        """CREATE TABLE publishers (
+            device TEXT PRIMARY KEY,
+            boot TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        )""",
+        """CREATE TABLE pub_held (
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            PRIMARY KEY (device, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE subscriptions (
+            id INTEGER PRIMARY KEY,
+            client TEXT NOT NULL,
+            name TEXT NOT NULL,
+            pattern TEXT NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0,
+            lost INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            UNIQUE (client, name)
+        )""",
+        """CREATE TABLE sub_queue (
+            sub INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+            pos INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            PRIMARY KEY (sub, pos)
+        ) WITHOUT ROWID""",
+    ),
+    (  # a client's subscriptions and their queues go with the client (`ndn-edge client remove`)
+        """CREATE TABLE subscriptions_v2 (
+            id INTEGER PRIMARY KEY,
+            client TEXT NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            pattern TEXT NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0,
+            lost INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            UNIQUE (client, name)
+        )""",
+        "INSERT INTO subscriptions_v2 SELECT id, client, name, pattern, acked, lost, created_at FROM subscriptions "
+        "WHERE client IN (SELECT name FROM clients)",
+        """CREATE TABLE sub_queue_v2 (
+            sub INTEGER NOT NULL REFERENCES subscriptions_v2(id) ON DELETE CASCADE,
+            pos INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            PRIMARY KEY (sub, pos)
+        ) WITHOUT ROWID""",
+        "INSERT INTO sub_queue_v2 SELECT sub, pos, message FROM sub_queue WHERE sub IN (SELECT id FROM subscriptions_v2)",
+        "DROP TABLE sub_queue",
+        "DROP TABLE subscriptions",
+        "ALTER TABLE subscriptions_v2 RENAME TO subscriptions",
+        "ALTER TABLE sub_queue_v2 RENAME TO sub_queue",
+    ),
+)
+
 Defer = Callable[[Callable[[], None]], None]
 
 
@@ -162,6 +224,7 @@ class PubSub:
         """Load the durable subscriptions; start the sweeper (held messages, idle subscriptions)."""
         if self._task is not None:
             return
+        self._store.ensure_schema("pubsub", MIGRATIONS, adopt="subscriptions")
         for db_id, client, name, pattern, acked, lost in self._store.query(
                 "SELECT id, client, name, pattern, acked, lost FROM subscriptions"):
             top, size = self._store.query("SELECT MAX(pos), COUNT(*) FROM sub_queue WHERE sub = ?", (db_id,))[0]

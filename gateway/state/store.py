@@ -9,8 +9,14 @@ Decisions:
   overlaps. `synchronous=NORMAL` for everyday writes (presence updates are frequent and cheap to lose on power
   loss), but sequence-number leases are committed with `synchronous=FULL`: a lease lost to a power cut would make
   a sender reuse numbers.
-- The schema is versioned with `PRAGMA user_version`; `_MIGRATIONS[i]` takes version i to i+1, each in one
-  transaction. A store newer than this code is refused rather than guessed at.
+- The core schema (devices, clients, rules, leases, meta) is versioned with `PRAGMA user_version`;
+  `_MIGRATIONS[i]` takes version i to i+1, each in one transaction. A store newer than this code is refused
+  rather than guessed at. The version is read inside the write transaction, so two processes opening a new
+  home at once (a gateway and `ndn-edge client add`) migrate it once: the second finds it done.
+- Each feature owns its tables and their SQL (`patterns/operations.py`, `patterns/pubsub.py`,
+  `devices/reports.py`): it declares its own migrations and runs them with `ensure_schema(feature, ...)`
+  when it starts, versioned per feature in `schema_versions`. Stores made by 0.1, whose core step 2 created
+  those tables, are adopted at the feature's version 1.
 - Transactions are explicit (`isolation_level=None` plus `BEGIN IMMEDIATE`), so a read-modify-write such as a lease
   cannot interleave with another process.
 - Records are frozen dataclasses whose `repr` leaves the key out: secrets never reach logs by accident.
@@ -82,67 +88,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             value TEXT NOT NULL
         )""",
     ),
-    (  # 1 -> 2: the communication models (docs/models.md); the SQL that uses them is in their modules
-        # gateway/operations.py: long-running operations and queued calls
-        """CREATE TABLE operations (
-            id TEXT PRIMARY KEY,
-            kind TEXT NOT NULL CHECK (kind IN ('op', 'call')),
-            client TEXT NOT NULL,
-            device TEXT NOT NULL,
-            service TEXT NOT NULL,
-            args BLOB NOT NULL,
-            state TEXT NOT NULL
-                CHECK (state IN ('queued', 'starting', 'running', 'done', 'failed', 'cancelled')),
-            device_op TEXT,
-            progress REAL,
-            note TEXT,
-            result BLOB,
-            error TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            expires_at REAL
+    (  # 1 -> 2: what each feature's own tables are at (Store.ensure_schema)
+        """CREATE TABLE IF NOT EXISTS schema_versions (
+            feature TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
         )""",
-        "CREATE INDEX operations_device_op ON operations (device, device_op)",
-        "CREATE INDEX operations_state ON operations (state)",
-        # gateway/pubsub.py: retained values, per-publisher positions, durable subscriptions and their queues
-        """CREATE TABLE retained (
-            topic TEXT PRIMARY KEY,
-            message BLOB NOT NULL
+    ),
+    (  # 2 -> 3: stores made by 0.1, whose step 2 created the features' tables here, get the table too
+        """CREATE TABLE IF NOT EXISTS schema_versions (
+            feature TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
         )""",
-        """CREATE TABLE publishers (
-            device TEXT PRIMARY KEY,
-            boot TEXT NOT NULL,
-            seq INTEGER NOT NULL
-        )""",
-        """CREATE TABLE pub_held (
-            device TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            message BLOB NOT NULL,
-            PRIMARY KEY (device, seq)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE subscriptions (
-            id INTEGER PRIMARY KEY,
-            client TEXT NOT NULL,
-            name TEXT NOT NULL,
-            pattern TEXT NOT NULL,
-            acked INTEGER NOT NULL DEFAULT 0,
-            lost INTEGER NOT NULL DEFAULT 0,
-            created_at REAL NOT NULL,
-            UNIQUE (client, name)
-        )""",
-        """CREATE TABLE sub_queue (
-            sub INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
-            pos INTEGER NOT NULL,
-            message BLOB NOT NULL,
-            PRIMARY KEY (sub, pos)
-        ) WITHOUT ROWID""",
-        # gateway/reports.py: device reports already processed, for exactly-once processing of retransmissions
-        """CREATE TABLE reports_seen (
-            key_name TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            digest BLOB NOT NULL,
-            PRIMARY KEY (key_name, seq)
-        ) WITHOUT ROWID""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -212,7 +168,7 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(busy_timeout_s)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -222,6 +178,22 @@ class Store:
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self, timeout_s: float) -> None:
+        """Switch a new file to WAL. The switch needs the file to itself, and SQLite answers "locked" at once
+        instead of waiting when another process opens the same new file in the same instant (a gateway and
+        `ndn-edge client add` on a fresh home): retry until `timeout_s`. A file already in WAL needs nothing."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -249,15 +221,40 @@ class Store:
             self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"store {self.path} has schema version {version}, newer than this ndn-edge "
-                             f"understands ({SCHEMA_VERSION}); upgrade ndn-edge")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
+        while True:
             with self._tx() as db:
-                for statement in _MIGRATIONS[target - 1]:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"store {self.path} has schema version {version}, newer than this ndn-edge "
+                                     f"understands ({SCHEMA_VERSION}); upgrade ndn-edge")
+                if version == SCHEMA_VERSION:
+                    return
+                for statement in _MIGRATIONS[version]:
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {target}")
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+    def ensure_schema(self, feature: str, migrations: Sequence[Sequence[str]], *, adopt: str | None = None) -> None:
+        """Bring `feature`'s own tables to `len(migrations)`: `migrations[i]` takes it from version i to i+1, in
+        one transaction each. `adopt` names a table of its version 1 that a store made by 0.1 already holds (its
+        core step 2 created the features' tables): such a store is taken to be at version 1."""
+        while True:
+            with self._tx() as db:
+                row = db.execute("SELECT version FROM schema_versions WHERE feature = ?", (feature,)).fetchone()
+                version = row[0] if row else 0
+                if version == 0 and adopt is not None and db.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (adopt,)).fetchone():
+                    version = 1
+                if version > len(migrations):
+                    raise StoreError(f"store {self.path} has {feature} tables of version {version}, newer than "
+                                     f"this ndn-edge understands ({len(migrations)}); upgrade ndn-edge")
+                if version == len(migrations):
+                    if row is None and version:
+                        db.execute("INSERT INTO schema_versions (feature, version) VALUES (?, ?)", (feature, version))
+                    return
+                for statement in migrations[version]:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_versions (feature, version) VALUES (?, ?) ON CONFLICT (feature) "
+                           "DO UPDATE SET version = excluded.version", (feature, version + 1))
 
     @property
     def schema_version(self) -> int:
@@ -374,11 +371,11 @@ class Store:
         return [ClientRecord(row[0], bytes(row[1]), row[2]) for row in rows]
 
     def remove_client(self, name: str) -> None:
-        """Forget a client, its rules and its durable subscriptions (with their queues); UnknownClient if it is
-        not there. A client added later under the same name starts with nothing of the old one's."""
+        """Forget a client and its rules; what features keep for it goes too, through their foreign keys (a
+        client's durable subscriptions and their queues: `patterns/pubsub.py`); UnknownClient if it is not
+        there. A client added later under the same name starts with nothing of the old one's."""
         with self._tx() as db:
             db.execute("DELETE FROM rules WHERE client = ?", (name,))
-            db.execute("DELETE FROM subscriptions WHERE client = ?", (name,))  # sub_queue: ON DELETE CASCADE
             if db.execute("DELETE FROM clients WHERE name = ?", (name,)).rowcount == 0:
                 raise UnknownClient(f"no client '{name}' in the store")
 
@@ -445,7 +442,7 @@ class Store:
         row = self._db.execute("SELECT mark FROM seq_leases WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0
 
-    # -- tables owned by other modules (gateway/operations.py, gateway/pubsub.py, gateway/reports.py)
+    # -- tables owned by the features (patterns/operations.py, patterns/pubsub.py, devices/reports.py)
 
     def transaction(self) -> Any:
         """A write transaction (`with store.transaction() as db: db.execute(...)`), committed at the end."""

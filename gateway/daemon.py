@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ndn_edge.errors import ConfigError
 from ndn_edge.logs import event
-from ndn_edge.names import DEFAULT_SITE
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 from ndn_edge.state.home import Home
 
 if TYPE_CHECKING:
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ndn_edge.daemon")
 
 SITE_META_KEY = "site"
-DEFAULT_GROUP = "224.0.23.170"
-DEFAULT_MCAST_PORT = 56363
-DEFAULT_IFACE = "127.0.0.1"
 
 
 def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
@@ -58,7 +55,7 @@ class Gateway:
     """One gateway serving one home."""
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
-                 port: int = DEFAULT_MCAST_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
+                 port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
                  site: str = DEFAULT_SITE) -> None:
         self.home = home
         self.iface = iface

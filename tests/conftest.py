@@ -1,10 +1,6 @@
 """Shared fixtures: the real MicroPython interpreter, private multicast ports, bounded waits."""
 import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 

@@ -4,9 +4,7 @@ import random
 import struct
 import shutil
 import subprocess
-import sys
 import tracemalloc
-from pathlib import Path
 
 import cbor2
 import pytest

@@ -35,7 +35,6 @@ from ndn_edge.client.api import BlockingClient, CallResult, Client
 from ndn_edge.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
                             ResourceExhausted, Unavailable)
 from ndn_edge.state.home import ClientCredentials, Home
-from ndn_edge.answers import Answer
 from ndn_edge.clients.face import ClientFace
 from ndn_edge.state.store import Store
 from tests.fakes import FakeDevices

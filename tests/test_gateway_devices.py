@@ -19,7 +19,6 @@ from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 from ndn_edge.wire import packets as wire
 from ndn_edge.devices.side import DeviceSide
 from ndn_edge.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from ndn_edge.state.store import Store
 from tests.support import health, online_with_services, start_board, until
 from tests.support import run_scenario as run
 

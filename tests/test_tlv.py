@@ -8,7 +8,7 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from device import control, sign, tlv
 from device.errors import MalformedError
 from ndn_edge.wire import packets as wire
-from tests.support import lp_wrap
+from tests.support import ROOT, lp_wrap
 
 DEV = "/edge/lab/b1"
 KEY = bytes(range(32))
@@ -369,3 +369,59 @@ p.prefixes = p.prefixes[:1]
 print(p.parse(mv, 0, len(w)), p.match, p.seq)
 """, heap="128K")
     assert out.split() == ["5", "77", "5", "True", "630dcd29", "True", "5", "1", "77", "5", "-1", "-1"]
+
+
+# -- one vocabulary: the device's protocol numbers are the host's
+
+# device name (after T_ / _T_) -> host name in ndn_edge.wire.tlv.T, where they differ
+_DEVICE_TLV_NAMES = {
+    "GENERIC": "GENERIC_COMPONENT", "PARAMS_DIGEST": "DIGEST_COMPONENT", "LIFETIME": "INTEREST_LIFETIME",
+    "FWD_HINT": "FORWARDING_HINT", "APP_PARAMS": "APPLICATION_PARAMETERS", "ISIG_INFO": "INTEREST_SIGNATURE_INFO",
+    "ISIG_VALUE": "INTEREST_SIGNATURE_VALUE", "SIG_INFO": "SIGNATURE_INFO", "SIG_VALUE": "SIGNATURE_VALUE",
+    "FRESHNESS": "FRESHNESS_PERIOD", "SIG_TYPE": "SIGNATURE_TYPE", "SIG_NONCE": "SIGNATURE_NONCE",
+    "SIG_TIME": "SIGNATURE_TIME", "SIG_SEQ": "SIGNATURE_SEQ_NUM",
+}
+
+
+def _device_constants():
+    """{(file, name): value} of every `NAME = const(N)` in the runtime."""
+    import re
+
+    out = {}
+    for path in sorted((ROOT / "device").glob("*.py")):
+        for m in re.finditer(r"^(\w+) = const\((0x[0-9A-Fa-f]+|-?\d+)\)", path.read_text(), re.M):
+            out[(path.name, m.group(1))] = int(m.group(2), 0)
+    return out
+
+
+def test_every_tlv_type_the_device_uses_is_the_hosts():
+    from ndn_edge.wire import tlv as host
+
+    checked = 0
+    for (file, name), value in _device_constants().items():
+        bare = name.lstrip("_")
+        if not bare.startswith("T_"):
+            continue
+        kind = bare[2:]
+        host_name = _DEVICE_TLV_NAMES.get(kind, kind)
+        assert getattr(host.T, host_name, None) == value, f"device/{file} {name} = {value:#x}, host T.{host_name}"
+        checked += 1
+    assert checked >= 40
+    consts = _device_constants()
+    assert consts[("tlv.py", "CONTENT_NACK")] == host.CONTENT_NACK
+    assert consts[("tlv.py", "_DIGEST_LEN")] == consts[("report.py", "_DIGEST_LEN")] == host.DIGEST_BYTES
+
+
+def test_the_devices_defaults_and_error_codes_are_the_hosts():
+    import re
+
+    from ndn_edge.errors import CallError
+    from ndn_edge.wire import protocol
+
+    runtime = (ROOT / "device" / "runtime.py").read_text()
+    assert _device_constants()[("runtime.py", "_DEFAULT_PORT")] == protocol.DEFAULT_PORT
+    assert re.search(r'^_DEFAULT_GROUP = "([0-9.]+)"', runtime, re.M).group(1) == protocol.DEFAULT_GROUP
+    codes = eval(re.search(r"^CODES = (\(.*?\))", runtime, re.M | re.S).group(1))
+    assert set(codes) == {cls.code for cls in CallError.__subclasses__() if cls.code != "CANCELLED"}
+    assert (ROOT / "device" / "seal.py").read_text().count('b"ndn-edge enc"') == 1
+    assert protocol.ENC_LABEL == b"ndn-edge enc"

@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, Union
 from ndn_edge.errors import GatewayError, UnknownClient
 from ndn_edge.state.home import Home, validate_client_name
 from ndn_edge.tools.errors import CommandError, ToolsError
+from ndn_edge.wire.protocol import DEFAULT_SITE, KEY_BYTES
 
 if TYPE_CHECKING:
     from ndn_edge.state.store import Store
 
 PROG = "ndn-edge"
-DEFAULT_SITE = "edge"
 SITE_META_KEY = "site"  # the store's meta entry naming the home's site, if the gateway recorded one
-KEY_BYTES = 32
 EXIT_INTERRUPTED = 130
 
 Handler = Callable[["State", argparse.Namespace], Union[int, None]]
@@ -228,9 +227,9 @@ COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
     "devices": ("ndn_edge.tools.cmd_client:do_devices", "ndn_edge.tools.cmd_client:args_devices", "list the devices the gateway knows"),
     "services": ("ndn_edge.tools.cmd_client:do_services", "ndn_edge.tools.cmd_client:args_services", "list the services of devices"),
     "call": ("ndn_edge.tools.cmd_client:do_call", "ndn_edge.tools.cmd_client:args_call", "call a device service"),
-    "ops": ("ndn_edge.tools.cmd_models:do_ops", "ndn_edge.tools.cmd_models:args_ops",
+    "ops": ("ndn_edge.tools.cmd_patterns:do_ops", "ndn_edge.tools.cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
-    "sub": ("ndn_edge.tools.cmd_models:do_sub", "ndn_edge.tools.cmd_models:args_sub", "print messages published on matching topics"),
+    "sub": ("ndn_edge.tools.cmd_patterns:do_sub", "ndn_edge.tools.cmd_patterns:args_sub", "print messages published on matching topics"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name, "remove a client, its rules, its durable subscriptions and its credentials"),

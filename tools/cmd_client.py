@@ -8,22 +8,18 @@ client library loads when a command runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ndn_edge.tools.argtypes import bounded
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.output import ago, print_json, print_table, value_text
+from ndn_edge.tools.session import add_client_options, parse_args_json, with_client
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
     from ndn_edge.tools.cli import State
 
 T = TypeVar("T")
-EXIT_INVALID_ARGUMENT = 3  # gateway.errors.InvalidArgument.exit_code, without importing it at start-up
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -44,27 +40,20 @@ EXIT_CODES_HELP = """exit codes:
 # -- argument builders
 
 
-def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--as", dest="as_client", metavar="CLIENT", default=None,
-                        help="client identity to sign with (default: $NDN_EDGE_CLIENT, else the home's only client)")
-    parser.add_argument("--timeout", metavar="S", type=_seconds, default=5.0, help="deadline in seconds (default 5)")
-    parser.add_argument("--gateway", metavar="HOST:PORT", default=None,
-                        help="gateway address (default: the one recorded in HOME/gateway.json)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EXIT_CODES_HELP
+def client_options(parser: argparse.ArgumentParser) -> None:
+    add_client_options(parser, EXIT_CODES_HELP)
 
 
 def args_devices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", metavar="N", type=int, default=50, help="devices per page (default 50)")
     parser.add_argument("--page-token", metavar="T", default=None, help="the next_page_token of a previous page")
-    _client_options(parser)
+    client_options(parser)
 
 
 def args_services(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("device", metavar="DEVICE", nargs="?", default=None,
                         help="device name under the site, e.g. kitchen/th1 (default: every device)")
-    _client_options(parser)
+    client_options(parser)
 
 
 def args_call(parser: argparse.ArgumentParser) -> None:
@@ -72,10 +61,10 @@ def args_call(parser: argparse.ArgumentParser) -> None:
                                                      "(with --all a pattern: sim/*/temperature)")
     parser.add_argument("--args", metavar="JSON", default=None,
                         help='arguments as a JSON object, e.g. \'{"celsius": 21.5}\'')
-    from ndn_edge.tools.cmd_models import add_call_model_args
+    from ndn_edge.tools.cmd_patterns import add_call_pattern_args
 
-    add_call_model_args(parser)
-    _client_options(parser)
+    add_call_pattern_args(parser)
+    client_options(parser)
     parser.description = ("call a device service through the gateway; prints the value (--json: "
                           '{"value", "cached", "age_ms", "stale"}); --all, --notify, --start and --persist call '
                           "it the other ways of docs/models.md")
@@ -86,9 +75,9 @@ def args_call(parser: argparse.ArgumentParser) -> None:
 
 def do_devices(state: State, args: argparse.Namespace) -> None:
     """List the devices this client may call."""
-    page = _with_client(state, args, lambda c: c.devices(args.page_size, args.page_token))
+    page = with_client(state, args, lambda c: c.devices(args.page_size, args.page_token))
     if args.json:
-        _print_json({"items": list(page), "next_page_token": page.next_page_token})
+        print_json({"items": list(page), "next_page_token": page.next_page_token})
         return
     if not page:
         print("no devices" + ("" if page.next_page_token else " (start some with: "
@@ -120,9 +109,9 @@ def do_services(state: State, args: argparse.Namespace) -> None:
                 continue  # it left, or the rules changed, between the two requests
         return found
 
-    rows = _with_client(state, args, collect)
+    rows = with_client(state, args, collect)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not any(row["services"] for row in rows):
         print("no services", file=sys.stderr)
     else:
@@ -134,13 +123,13 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
     if getattr(args, "all", False) or getattr(args, "notify", False) or getattr(args, "start", False) \
             or getattr(args, "persist", False) or getattr(args, "ttl", None) is not None \
             or getattr(args, "wait", None) is not None:
-        from ndn_edge.tools.cmd_models import do_call_model
+        from ndn_edge.tools.cmd_patterns import do_call_pattern
 
-        return do_call_model(state, args)
-    call_args = _parse_args_json(args.args)
-    result = _with_client(state, args, lambda c: c.call_ex(args.name, call_args))
+        return do_call_pattern(state, args)
+    call_args = parse_args_json(args.args)
+    result = with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
-        _print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
+        print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
                      "stale": result.stale})
         return
     print(value_text(result.value))
@@ -151,11 +140,6 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
 
 
 # -- shared with `ndn-edge up`
-
-
-def value_text(value: Any) -> str:
-    """A value as a person reads it: text as is, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, default=_jsonable)
 
 
 def print_devices(items: list[dict[str, Any]]) -> None:
@@ -170,8 +154,8 @@ def print_devices(items: list[dict[str, Any]]) -> None:
         state = str(item.get("state", "?"))
         if state == "asleep" and item.get("sleep_until"):
             state = f"asleep until {time.strftime('%H:%M:%S', time.localtime(item['sleep_until']))}"
-        rows.append((str(item.get("name", "?")), state, _ago(item.get("last_seen"), now), summary or "-"))
-    _print_table(("NAME", "STATE", "LAST SEEN", "SERVICES"), rows)
+        rows.append((str(item.get("name", "?")), state, ago(item.get("last_seen"), now), summary or "-"))
+    print_table(("NAME", "STATE", "LAST SEEN", "SERVICES"), rows)
 
 
 def print_services(rows: list[dict[str, Any]]) -> None:
@@ -189,69 +173,10 @@ def print_services(rows: list[dict[str, Any]]) -> None:
                 flags.append("private")
             table.append((str(row["device"]), str(svc.get("name", "?")), arg_text or "-", ", ".join(flags) or "-",
                           str(svc.get("doc") or "")))
-    _print_table(("DEVICE", "SERVICE", "ARGS", "NOTES", "DOC"), table)
-
-
-# -- helpers
-
-
-def _with_client(state: State, args: argparse.Namespace, work: Callable[[Client], Awaitable[T]]) -> T:
-    from ndn_edge.client.api import Client
-
-    client = Client.from_home(state.home, client=args.as_client, timeout=args.timeout, gateway=args.gateway)
-
-    async def run() -> T:
-        async with client:
-            return await work(client)
-
-    return asyncio.run(run())
-
-
-def _parse_args_json(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CommandError(f"call: --args is not valid JSON ({err.msg} at character {err.pos}); write an object "
-                           'such as \'{"celsius": 21.5}\'', exit_code=EXIT_INVALID_ARGUMENT) from None
-    if not isinstance(value, dict):
-        raise CommandError(f"call: --args must be a JSON object such as '{{\"celsius\": 21.5}}', got "
-                           f"{type(value).__name__}", exit_code=EXIT_INVALID_ARGUMENT)
-    return value
-
-
-_seconds = bounded(float, 0, 3600, "timeout must be seconds between 0 and 3600", low_open=True)
+    print_table(("DEVICE", "SERVICE", "ARGS", "NOTES", "DOC"), table)
 
 
 def _schema(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("type", "any"))
     return str(value)
-
-
-def _ago(ts: Any, now: float) -> str:
-    if not isinstance(ts, (int, float)):
-        return "-"
-    delta = max(0.0, now - ts)
-    if delta < 60:
-        return f"{delta:.0f} s ago"
-    if delta < 3600:
-        return f"{delta / 60:.0f} min ago"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    return str(value)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=_jsonable))
-
-
-def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    for row in (headers, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

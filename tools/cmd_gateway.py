@@ -11,7 +11,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from ndn_edge.tools.netargs import DEFAULT_SITE, add_network_args, listen_arg
+from ndn_edge.tools.netargs import add_network_args, listen_arg
+from ndn_edge.wire.protocol import DEFAULT_SITE
 
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway

@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ndn_edge.tools.errors import CommandError
-from ndn_edge.tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, group_arg, iface_arg, site_arg
+from ndn_edge.tools.netargs import group_arg, iface_arg, site_arg
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, KEY_BYTES
 
 if TYPE_CHECKING:
     from ndn_edge.state.home import GatewayRecord
     from ndn_edge.tools.cli import State
     from ndn_edge.tools.repl import Board
 
-KEY_BYTES = 32
 DEFAULT_WAIT_S = 30.0
 ANY_IFACE = "0.0.0.0"
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -65,7 +65,7 @@ def args_provision(parser: argparse.ArgumentParser) -> None:
                         help=f"the gateway's interface address (default: the home's gateway's, else {DEFAULT_IFACE})")
     parser.add_argument("--group", metavar="ADDR:PORT", type=group_arg, default=None,
                         help="multicast group and port (default: the home's gateway's, else "
-                             f"{DEFAULT_GROUP}:{DEFAULT_MCAST_PORT})")
+                             f"{DEFAULT_GROUP}:{DEFAULT_PORT})")
     parser.add_argument("--site", metavar="NAME", type=site_arg, default=None,
                         help="site name (default: the home's gateway's, else edge)")
     parser.add_argument("--yes", action="store_true", help="replace the key of an already provisioned name "
@@ -85,7 +85,7 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
     site = _site(state, args.site, record)
     name = device_name(args.name, site)
     group, mcast_port = args.group or ((record.group, record.port_mcast) if record else
-                                       (DEFAULT_GROUP, DEFAULT_MCAST_PORT))
+                                       (DEFAULT_GROUP, DEFAULT_PORT))
     iface = args.iface or (_address(record.iface) if record else DEFAULT_IFACE)
     wifi = _wifi(args)
     app = resolve_app(args.app, verb)
@@ -154,7 +154,7 @@ def _gateway_record(state: State) -> GatewayRecord | None:
 
 
 def _site(state: State, site: str | None, record: GatewayRecord | None) -> str:
-    from ndn_edge.tools.netargs import DEFAULT_SITE
+    from ndn_edge.wire.protocol import DEFAULT_SITE
 
     if record is not None:
         if site is not None and site != record.site:

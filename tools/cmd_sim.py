@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from ndn_edge.tools.argtypes import bounded
 from ndn_edge.tools.errors import CommandError
-from ndn_edge.tools.netargs import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_MCAST_PORT, add_network_args
+from ndn_edge.tools.netargs import add_network_args
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, KEY_BYTES
 
 if TYPE_CHECKING:
     from ndn_edge.state.home import Home
     from ndn_edge.tools.cli import State
 
 SIM_APP = "sim_device.py"  # in the shipped examples (ndn_edge.resources)
-KEY_BYTES = 32
 _HEAP = re.compile(r"[1-9][0-9]*[KkMm]?")
 _STOP_GRACE_S = 5.0
 _WATCH_INTERVAL_S = 0.5
@@ -73,7 +73,7 @@ class SimFleet:
     """N simulated devices of one home: provisioning, processes, shutdown."""
 
     def __init__(self, home: Home, *, count: int, prefix: str = "sim", site: str = "edge",
-                 iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_MCAST_PORT,
+                 iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_PORT,
                  loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000, sleepy: float = 0.0,
                  tick: float = 1.0) -> None:
         self.home = home

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -125,7 +124,8 @@ async def _wait_for_devices(client: Client, fleet: SimFleet) -> float:
 
 async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> None:
     from ndn_edge.errors import CallError
-    from ndn_edge.tools.cmd_client import print_devices, print_services, value_text
+    from ndn_edge.tools.cmd_client import print_devices, print_services
+    from ndn_edge.tools.output import value_text
 
     site = fleet.site
     first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))
@@ -159,8 +159,8 @@ async def _tour(demo: Client, guest: Client, fleet: SimFleet, state: State) -> N
     await show(guest, f"{first}/temperature", note="guest has no rules: denied")
     await show(demo, f"{first}/nope", note="no such service")
 
-    from ndn_edge.tools.tour_models import tour_models
-    await tour_models(demo, fleet)
+    from ndn_edge.tools.tour_patterns import tour_patterns
+    await tour_patterns(demo, fleet)
 
 
 async def _watch(fleet: SimFleet) -> None:

@@ -7,14 +7,11 @@
 Light to import (argparse only): `ndn_edge.tools.cli` loads argument builders for every command at start-up.
 """
 from __future__ import annotations
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE  # noqa: F401
 
 import argparse
 import ipaddress
 
-DEFAULT_IFACE = "127.0.0.1"
-DEFAULT_GROUP = "224.0.23.170"
-DEFAULT_MCAST_PORT = 56363
-DEFAULT_SITE = "edge"
 
 
 def add_network_args(parser: argparse.ArgumentParser, *, site: bool = True) -> None:
@@ -22,8 +19,8 @@ def add_network_args(parser: argparse.ArgumentParser, *, site: bool = True) -> N
     parser.add_argument("--iface", metavar="ADDR", type=iface_arg, default=DEFAULT_IFACE,
                         help=f"IPv4 address of the interface for multicast (default {DEFAULT_IFACE}: this host only)")
     parser.add_argument("--group", metavar="ADDR:PORT", type=group_arg,
-                        default=(DEFAULT_GROUP, DEFAULT_MCAST_PORT),
-                        help=f"multicast group and port of the devices (default {DEFAULT_GROUP}:{DEFAULT_MCAST_PORT})")
+                        default=(DEFAULT_GROUP, DEFAULT_PORT),
+                        help=f"multicast group and port of the devices (default {DEFAULT_GROUP}:{DEFAULT_PORT})")
     if site:
         parser.add_argument("--site", metavar="NAME", type=site_arg, default=None,
                             help=f"site name, the first component of device names (default: the home's, "
@@ -41,12 +38,12 @@ def iface_arg(text: str) -> str:
 def group_arg(text: str) -> tuple[str, int]:
     addr, sep, port = text.rpartition(":")
     if not sep:
-        addr, port = text, str(DEFAULT_MCAST_PORT)
+        addr, port = text, str(DEFAULT_PORT)
     try:
         group = ipaddress.IPv4Address(addr)
         number = int(port)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"group must be ADDR:PORT such as {DEFAULT_GROUP}:{DEFAULT_MCAST_PORT}, "
+        raise argparse.ArgumentTypeError(f"group must be ADDR:PORT such as {DEFAULT_GROUP}:{DEFAULT_PORT}, "
                                          f"got {text!r}") from None
     if not group.is_multicast:
         raise argparse.ArgumentTypeError(f"{addr} is not a multicast address (224.0.0.0/4)")

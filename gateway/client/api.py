@@ -46,13 +46,14 @@ from ndn_edge.wire import packets as wire
 from ndn_edge.client.handles import Operation, Outcome, Subscription
 from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.wire.tlv import T
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"
 DEFAULT_TIMEOUT_S = 5.0
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 1.0
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class CallResult(NamedTuple):
@@ -216,7 +217,7 @@ class Client:
         target = self._service_target(name, args)
         timeout_s = self._timeout(timeout)
         params = {"args": args, "timeout_ms": _budget_ms(timeout_s)}
-        content = await self._request(cw.VERB_CALL, target, params, timeout_s)
+        content = await self.request(cw.VERB_CALL, target, params, timeout_s)
         if not isinstance(content, dict) or "value" not in content:
             raise Internal(f"the gateway's reply to {name} has no value: {content!r}")
         return CallResult(content["value"], bool(content.get("cached")), int(content.get("age_ms") or 0),
@@ -226,7 +227,7 @@ class Client:
                       timeout: float | None = None) -> Page:
         """One page of the devices this client may call (dicts: name, state, last_seen, lease_until, ...)."""
         params = {"page_size": page_size, "page_token": page_token}
-        content = await self._request(cw.VERB_DEVICES, (), params, self._timeout(timeout))
+        content = await self.request(cw.VERB_DEVICES, (), params, self._timeout(timeout))
         return _page(content)
 
     async def iter_devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, *,
@@ -247,12 +248,12 @@ class Client:
             cw.split_target(device, self.site)
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
-        content = await self._request(cw.VERB_SERVICES, (), {"device": device}, self._timeout(timeout))
+        content = await self.request(cw.VERB_SERVICES, (), {"device": device}, self._timeout(timeout))
         return list(content.get("items") or []) if isinstance(content, dict) else []
 
     async def metrics(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The gateway's counters (needs a rule granting `_gw/metrics`)."""
-        content = await self._request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
+        content = await self.request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
         return content if isinstance(content, dict) else {}
 
     # -- the communication models (docs/models.md; handles in gateway/client_models.py)
@@ -260,7 +261,7 @@ class Client:
     async def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
         """Invoke `name` ("DEVICE/SERVICE") once, without a reply: at most once; returns once the gateway sent it."""
         target = self._service_target(name, args)
-        await self._request(cw.VERB_NOTIFY, target, {"args": args}, self._timeout(timeout))
+        await self.request(cw.VERB_NOTIFY, target, {"args": args}, self._timeout(timeout))
 
     async def start(self, name: str, args: dict[str, Any] | None = None, *,
                     timeout: float | None = None) -> Operation:
@@ -269,13 +270,13 @@ class Client:
 
     async def operation(self, op_id: str, *, timeout: float | None = None) -> Operation:
         """The `Operation` with this id, read from the gateway (after a disconnect, from another process...)."""
-        info = await self._request(cw.VERB_OP_GET, (), {"op": op_id}, self._timeout(timeout))
+        info = await self.request(cw.VERB_OP_GET, (), {"op": op_id}, self._timeout(timeout))
         return Operation(self, info)
 
     async def ops(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
                   timeout: float | None = None) -> Page:
         """One page of the operations this client may see, newest first (dicts: op, kind, target, state, ...)."""
-        content = await self._request(cw.VERB_OPS, (), {"page_size": page_size, "page_token": page_token},
+        content = await self.request(cw.VERB_OPS, (), {"page_size": page_size, "page_token": page_token},
                                       self._timeout(timeout))
         return _page(content)
 
@@ -287,7 +288,7 @@ class Client:
         if args is not None and not isinstance(args, dict):
             raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
         timeout_s = self._timeout(deadline)
-        content = await self._request(cw.VERB_GATHER, (), {"pattern": pattern, "args": args,
+        content = await self.request(cw.VERB_GATHER, (), {"pattern": pattern, "args": args,
                                                             "timeout_ms": _budget_ms(timeout_s)}, timeout_s)
         items = content.get("results") if isinstance(content, dict) else None
         if not isinstance(items, list):
@@ -306,7 +307,7 @@ class Client:
         target = self._service_target(name, args)
         timeout_s = self._timeout(timeout)
         params = {"args": args, "timeout_ms": _budget_ms(timeout_s), **{k: v for k, v in extra.items() if v}}
-        return Operation(self, await self._request(verb, target, params, timeout_s))
+        return Operation(self, await self.request(verb, target, params, timeout_s))
 
     def _service_target(self, name: str, args: Any) -> tuple[str, ...]:
         try:
@@ -325,8 +326,9 @@ class Client:
             raise InvalidArgument(f"timeout must be positive seconds, got {timeout!r}")
         return value
 
-    async def _request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float) -> Any:
-        """Sign one request, send it (again on silence) until a verified reply or the deadline."""
+    async def request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float) -> Any:
+        """One signed request to the gateway (a verb of docs/gateway-protocol.md with its parameters), sent
+        again on silence until a verified reply or the deadline: what every method above is built on."""
         if self._face is None:
             await self.open()
         face = self._face
@@ -425,7 +427,7 @@ class BlockingClient:
     def client(self) -> Client:
         return self._client
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         if self._loop.is_closed():
             coro.close()
             raise RuntimeError("the client is closed")
@@ -633,7 +635,7 @@ def _reply_digest(data: bytes) -> bytes | None:
     """The last name component (TLV included) of a Data, found without a full parse; None if not a Data."""
     try:
         packet = framing.unwrap(data)
-        if packet is None or packet[:1] != bytes([cw.TYPE_DATA]):
+        if packet is None or packet[:1] != bytes([T.DATA]):
             return None
         name = framing.name_tlv(packet)
         if name is None:

@@ -28,13 +28,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from ndn_edge.wire import client_protocol as cw
 from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument
+from ndn_edge.wire import client_protocol as cw
 
-if TYPE_CHECKING:
-    from ndn_edge.client.api import Client
+
+class Client(Protocol):
+    """What a handle needs of the client that made it (`ndn_edge.client.api.Client`): its default timeout and
+    one signed request to the gateway."""
+
+    timeout: float
+
+    async def request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float) -> Any:
+        ...
 
 FINAL = ("done", "failed", "cancelled")
 WAIT_S = 20.0           # longest single long-poll
@@ -103,7 +110,7 @@ class Operation:
     async def refresh(self, *, wait: float = 0.0) -> Operation:
         """Read its state again; with `wait` seconds, after its next change (progress or end)."""
         wait_ms = max(0, int(wait * 1000))
-        info = await self._client._request(cw.VERB_OP_GET, (), {"op": self.id, "wait_ms": wait_ms},
+        info = await self._client.request(cw.VERB_OP_GET, (), {"op": self.id, "wait_ms": wait_ms},
                                            wait_ms / 1000 + REQUEST_MARGIN_S if wait_ms else self._client.timeout)
         self._update(info)
         return self
@@ -129,7 +136,7 @@ class Operation:
 
     async def cancel(self) -> Operation:
         """Ask for it to be cancelled (a queued call at once; a running operation when the device reports)."""
-        info = await self._client._request(cw.VERB_OP_CANCEL, (), {"op": self.id}, self._client.timeout)
+        info = await self._client.request(cw.VERB_OP_CANCEL, (), {"op": self.id}, self._client.timeout)
         self._update(info)
         return self
 
@@ -193,7 +200,7 @@ class Subscription:
             params: dict[str, Any] = {"pattern": self.pattern}
             if self.durable is not None:
                 params["durable"] = self.durable
-            reply = await self._client._request(cw.VERB_SUBSCRIBE, (), params, self._client.timeout)
+            reply = await self._client.request(cw.VERB_SUBSCRIBE, (), params, self._client.timeout)
             if not isinstance(reply, dict) or not isinstance(reply.get("sub"), str):
                 raise Internal(f"the gateway's subscribe reply has no subscription id: {reply!r}")
             self.id, self.created = reply["sub"], bool(reply.get("created"))
@@ -230,13 +237,13 @@ class Subscription:
             return
         await self.ack()
         if self.durable is None:
-            await self._client._request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
+            await self._client.request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
             self.id = None
 
     async def unsubscribe(self) -> None:
         """End the subscription on the gateway; a durable one is deleted with the messages it holds."""
         await self.open()
-        await self._client._request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
+        await self._client.request(cw.VERB_UNSUBSCRIBE, (), {"sub": self.id}, self._client.timeout)
         self.id = None
         self._buffer.clear()
 
@@ -250,7 +257,7 @@ class Subscription:
         await self.open()
         wait_ms = max(0, int(wait * 1000))
         ack = self._last
-        reply = await self._client._request(
+        reply = await self._client.request(
             cw.VERB_POLL, (), {"sub": self.id, "ack": ack, "max": self._batch, "wait_ms": wait_ms},
             wait_ms / 1000 + REQUEST_MARGIN_S)
         self._acked = max(self._acked, ack)

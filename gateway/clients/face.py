@@ -67,6 +67,7 @@ from ndn_edge.errors import (CallError, GatewayError, Internal, InvalidArgument,
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
 from ndn_edge.wire.packets import parse_signed_interest
+from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.server")
 
@@ -319,7 +320,7 @@ class ClientFace:
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
             pit = bytes(token) if token is not None else None
-        if packet[:1] != bytes([cw.TYPE_INTEREST]):
+        if packet[:1] != bytes([T.INTEREST]):
             return self._drop("unsupported", addr, why="not an Interest")
         fast = parse_signed_interest(packet)
         if fast is not None:
@@ -332,7 +333,7 @@ class ClientFace:
         if not framing.components_ok(name):
             return self._drop("malformed", addr, why="a name component's length is wrong")
         if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
-                or Component.get_type(name[-1]) != cw.TYPE_DIGEST_COMPONENT):
+                or Component.get_type(name[-1]) != T.DIGEST_COMPONENT):
             return self._drop("unsupported", addr, why="not a gateway request")
         info = sig.signature_info
         if (info is None or info.signature_type != _HMAC_SHA256 or info.key_locator is None

@@ -53,6 +53,7 @@ from ndn_edge.wire import packets as wire
 from ndn_edge.errors import GatewayError, NotFound, StoreError
 from ndn_edge.wire.framing import components_ok, has_name_prefix
 from ndn_edge.logs import Throttle
+from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.directory")
 
@@ -249,7 +250,7 @@ class Directory:
         except _PARSE_ERRORS as err:
             return self._drop("malformed", f"not an Interest: {err}")
         if not components_ok(name) or len(name) != 4 or \
-                Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
+                Component.get_type(name[-1]) != T.DIGEST_COMPONENT:
             return self._drop("malformed", f"name is not /{self.site}/_sd/ann/<digest>")
         info = sig.signature_info
         if (info is None or info.signature_type != SignatureType.HMAC_WITH_SHA256 or info.key_locator is None

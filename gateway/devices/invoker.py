@@ -51,7 +51,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import cbor2

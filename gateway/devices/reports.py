@@ -64,6 +64,7 @@ from ndn_edge.wire import packets as wire
 from ndn_edge.errors import GatewayError, StoreError
 from ndn_edge.wire.framing import components_ok, has_name_prefix, name_tlv
 from ndn_edge.logs import Throttle
+from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.reports")
 
@@ -309,7 +310,7 @@ class ReportIntake:
         except _PARSE_ERRORS as err:
             return self._drop("malformed", f"not an Interest: {err}")
         if not components_ok(name) or len(name) != 3 or \
-                Component.get_type(name[-1]) != Component.TYPE_PARAMETERS_SHA256:
+                Component.get_type(name[-1]) != T.DIGEST_COMPONENT:
             return self._drop("malformed", f"name is not /{self.site}/<kind>/<digest>")
         kind = Component.to_str(name[1])
         info = sig.signature_info

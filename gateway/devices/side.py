@@ -24,18 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ndn_edge.devices.directory import Directory, Event
-from ndn_edge.wire.framing import TlvType
 from ndn_edge.answers import Answer
 from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, Invoker, Ticket
 from ndn_edge.state.store import Store
 from ndn_edge.devices.face import MulticastFace
+from ndn_edge.wire.tlv import T
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
 log = logging.getLogger("ndn_edge.devices")
 
-DEFAULT_SITE = "edge"
-DEFAULT_IFACE = "127.0.0.1"
-DEFAULT_GROUP = "224.0.23.170"
-DEFAULT_PORT = 56363
 
 
 class DeviceSide:
@@ -138,9 +135,9 @@ class DeviceSide:
         return out
 
     def _dispatch(self, packet: bytes) -> None:
-        if packet[0] == TlvType.DATA:
+        if packet[0] == T.DATA:
             self.invoker.on_data(packet)
-        elif packet[0] == TlvType.INTEREST:
+        elif packet[0] == T.INTEREST:
             self.directory.on_interest(packet)
             if self.on_report is not None:
                 self.on_report(packet)

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ndn_edge.errors import ConfigError
+from ndn_edge.wire.protocol import KEY_BYTES
 
 ENV_HOME = "NDN_EDGE_HOME"
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_KEY_BYTES = 32
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -142,8 +142,8 @@ class Home:
     def write_client(self, name: str, key: bytes, site: str, *, replace: bool = False) -> Path:
         """Write `clients/NAME.json` mode 0600; an existing file is a ConfigError unless `replace`."""
         path = self.client_file(name)
-        if len(key) != _KEY_BYTES:
-            raise ValueError(f"client key is {len(key)} bytes, {_KEY_BYTES} expected")
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"client key is {len(key)} bytes, {KEY_BYTES} expected")
         self.ensure()
         data = json.dumps({"name": name, "site": site, "key": key.hex()}, indent=2) + "\n"
         try:
@@ -171,7 +171,7 @@ class Home:
             obj = json.loads(raw)
             key = bytes.fromhex(obj["key"])
             site = obj["site"]
-            if len(key) != _KEY_BYTES or not isinstance(site, str) or obj.get("name") != name:
+            if len(key) != KEY_BYTES or not isinstance(site, str) or obj.get("name") != name:
                 raise ValueError("wrong key length, site or name")
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ConfigError(f"credentials file {path} is damaged ({err}); recreate it with: "

@@ -44,8 +44,8 @@ from typing import Any, NamedTuple
 from ndn_edge.names import format_pattern, parse_pattern
 from ndn_edge.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
 from ndn_edge.state.home import validate_client_name
+from ndn_edge.wire.protocol import KEY_BYTES
 
-KEY_BYTES = 32
 STATES = ("unknown", "online", "offline", "asleep", "left")
 MAX_PAGE_SIZE = 1000
 _SEQ_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit

@@ -33,13 +33,9 @@ from ndn_edge.answers import Answer
 
 from ndn_edge.errors import InvalidArgument
 
-# The packet types and TLV writers are ndn_edge.wire.packets's; TYPE_INTEREST, TYPE_DATA and TYPE_DIGEST_COMPONENT are also
-# read from here by the server and the client.
-from ndn_edge.wire.packets import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, TYPE_CONTENT, TYPE_CONTENT_TYPE,  # noqa: F401
-                          TYPE_DATA, TYPE_DIGEST_COMPONENT, TYPE_INTEREST, TYPE_KEY_LOCATOR, TYPE_LP_FRAGMENT,
-                          TYPE_LP_PACKET, TYPE_META_INFO, TYPE_PIT_TOKEN, TYPE_SIGNATURE_INFO, TYPE_SIGNATURE_TYPE,
-                          TYPE_SIGNATURE_VALUE, encoded_name, key_name, tlv, tlv_head)
 from ndn_edge.wire.packets import encode_signed_interest as encode_request  # noqa: F401  (the client's requests)
+from ndn_edge.wire.packets import encoded_name, key_name
+from ndn_edge.wire.tlv import CONTENT_NACK, SIGNATURE_HMAC_SHA256, T, tlv, tlv_head
 
 GW = "_gw"
 CLIENT = "_client"
@@ -149,9 +145,9 @@ class ReplySigner:
 
     def __init__(self, key_name: str, key: bytes) -> None:
         self.key = key
-        locator = tlv(TYPE_KEY_LOCATOR, encoded_name(key_name))
-        self.signature_info = tlv(TYPE_SIGNATURE_INFO,
-                                  tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])) + locator)
+        locator = tlv(T.KEY_LOCATOR, encoded_name(key_name))
+        self.signature_info = tlv(T.SIGNATURE_INFO,
+                                  tlv(T.SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])) + locator)
 
 
 def encode_reply(name_tlv: bytes, content: bytes, signer: ReplySigner, *, nack: bool = False,
@@ -162,18 +158,18 @@ def encode_reply(name_tlv: bytes, content: bytes, signer: ReplySigner, *, nack: 
     Byte for byte what python-ndn's `make_data(name, None | MetaInfo(content_type=3), content, signer=
     HmacSha256Signer(...))` writes (pinned by a test), at a fraction of its cost: the reply is the hot path.
     """
-    signed = b"".join((name_tlv, _NACK_META if nack else b"", tlv_head(TYPE_CONTENT, len(content)), content,
+    signed = b"".join((name_tlv, _NACK_META if nack else b"", tlv_head(T.CONTENT, len(content)), content,
                        signer.signature_info))
     mac = hmac.new(signer.key, signed, hashlib.sha256).digest()
-    data = b"".join((tlv_head(TYPE_DATA, len(signed) + len(_SIG_VALUE_HEAD) + len(mac)), signed, _SIG_VALUE_HEAD,
+    data = b"".join((tlv_head(T.DATA, len(signed) + len(_SIG_VALUE_HEAD) + len(mac)), signed, _SIG_VALUE_HEAD,
                      mac))
     if pit_token is None:
         return data
-    return tlv(TYPE_LP_PACKET, tlv(TYPE_PIT_TOKEN, pit_token) + tlv(TYPE_LP_FRAGMENT, data))
+    return tlv(T.LP_PACKET, tlv(T.LP_PIT_TOKEN, pit_token) + tlv(T.LP_FRAGMENT, data))
 
 
-_NACK_META = tlv(TYPE_META_INFO, tlv(TYPE_CONTENT_TYPE, bytes([CONTENT_NACK])))
-_SIG_VALUE_HEAD = tlv_head(TYPE_SIGNATURE_VALUE, 32)
+_NACK_META = tlv(T.META_INFO, tlv(T.CONTENT_TYPE, bytes([CONTENT_NACK])))
+_SIG_VALUE_HEAD = tlv_head(T.SIGNATURE_VALUE, 32)
 
 
 _CALL_RESULT_HEAD = b"\xa4" + cbor2.dumps("value")

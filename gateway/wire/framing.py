@@ -16,53 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ndn_edge.wire.tlv import FramingError, T, read_tl
 
-class TlvType:
-    """The TLV types this module reads (docs/protocol.md, "TLV" and "NDNLPv2")."""
-
-    INTEREST = 0x05
-    DATA = 0x06
-    NAME = 0x07
-    LP_PACKET = 0x64
-    LP_FRAGMENT = 0x50
-    LP_SEQUENCE = 0x51
-    LP_FRAG_INDEX = 0x52
-    LP_FRAG_COUNT = 0x53
-    LP_PIT_TOKEN = 0x62
-    LP_IGNORABLE_MIN = 800
-    LP_IGNORABLE_MAX = 959
-
-
-_NUM_1 = 253  # below: the number is the byte itself
-_NUM_2, _NUM_4, _NUM_8 = 0xFD, 0xFE, 0xFF
-
-
-class FramingError(ValueError):
-    """A datagram that is not one well-framed NDN packet."""
-
-
-def read_num(buf: Sequence[int], i: int) -> tuple[int, int]:
-    """The NDN variable-size number at `buf[i]` and the offset after it; FramingError if truncated."""
-    if i >= len(buf):
-        raise FramingError(f"number expected at offset {i} but the packet ends at {len(buf)}")
-    first = buf[i]
-    if first < _NUM_1:
-        return first, i + 1
-    width = 2 if first == _NUM_2 else 4 if first == _NUM_4 else 8
-    end = i + 1 + width
-    if end > len(buf):
-        raise FramingError(f"{width}-byte number at offset {i} runs past the packet end {len(buf)}")
-    return int.from_bytes(bytes(buf[i + 1:end]), "big"), end
-
-
-def read_tl(buf: Sequence[int], i: int, end: int | None = None) -> tuple[int, int, int]:
-    """(type, value start, value end) of the TLV at `buf[i]`; FramingError if it overruns `end`."""
-    limit = len(buf) if end is None else end
-    t, j = read_num(buf, i)
-    n, j = read_num(buf, j)
-    if j + n > limit:
-        raise FramingError(f"TLV type {t:#x} at offset {i} has length {n} but only {limit - j} bytes follow")
-    return t, j, j + n
+__all__ = ["FramingError", "components_ok", "has_name_prefix", "name_tlv", "read_tl", "unwrap"]
 
 
 def unwrap(datagram: bytes) -> bytes | None:
@@ -73,29 +29,29 @@ def unwrap(datagram: bytes) -> bytes | None:
     t, s, e = read_tl(datagram, 0)
     if e != len(datagram):
         raise FramingError(f"datagram of {len(datagram)} bytes holds a TLV of {e} bytes")
-    if t in (TlvType.INTEREST, TlvType.DATA):
+    if t in (T.INTEREST, T.DATA):
         return datagram
-    if t != TlvType.LP_PACKET:
+    if t != T.LP_PACKET:
         raise FramingError(f"datagram is of type {t:#x} but Interest, Data or LpPacket is expected")
     fragment = None
     i = s
     while i < e:
         ft, fs, fe = read_tl(datagram, i, e)
-        if ft == TlvType.LP_FRAGMENT:
+        if ft == T.LP_FRAGMENT:
             fragment = datagram[fs:fe]
-        elif ft == TlvType.LP_FRAG_COUNT:
+        elif ft == T.LP_FRAG_COUNT:
             count = int.from_bytes(datagram[fs:fe], "big")
             if count > 1:
                 raise FramingError(f"fragmented LpPacket (FragCount {count}) is not supported")
-        elif ft in (TlvType.LP_PIT_TOKEN, TlvType.LP_SEQUENCE, TlvType.LP_FRAG_INDEX):
+        elif ft in (T.LP_PIT_TOKEN, T.LP_SEQUENCE, T.LP_FRAG_INDEX):
             pass
-        elif not (TlvType.LP_IGNORABLE_MIN <= ft <= TlvType.LP_IGNORABLE_MAX and ft & 3 == 0):
+        elif not (T.LP_IGNORABLE_MIN <= ft <= T.LP_IGNORABLE_MAX and ft & 3 == 0):
             raise FramingError(f"LpPacket header field of type {ft} is not understood")
         i = fe
     if fragment is None:
         return None
     inner_t, _, inner_e = read_tl(fragment, 0)
-    if inner_e != len(fragment) or inner_t not in (TlvType.INTEREST, TlvType.DATA):
+    if inner_e != len(fragment) or inner_t not in (T.INTEREST, T.DATA):
         raise FramingError(f"LpFragment holds type {inner_t:#x} of {inner_e} bytes in {len(fragment)}; "
                            "one Interest or Data is expected")
     return fragment
@@ -121,7 +77,7 @@ def name_tlv(packet: bytes) -> bytes | None:
         t, ns, ne = read_tl(packet, s, e)
     except FramingError:
         return None
-    if t != TlvType.NAME:
+    if t != T.NAME:
         return None
     return packet[s:ne]
 
@@ -133,4 +89,4 @@ def has_name_prefix(packet: bytes, prefix_value: bytes) -> bool:
         t, ns, ne = read_tl(packet, s, e)
     except FramingError:
         return False
-    return t == TlvType.NAME and ne - ns >= len(prefix_value) and packet[ns:ns + len(prefix_value)] == prefix_value
+    return t == T.NAME and ne - ns >= len(prefix_value) and packet[ns:ns + len(prefix_value)] == prefix_value

@@ -28,48 +28,15 @@ from ndn.encoding.tlv_model import DecodeError
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from ndn_edge.errors import GatewayError
-from ndn_edge.wire.framing import FramingError, read_tl
+from ndn_edge.wire.tlv import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni,  # noqa: F401
+                               read_tl, tlv, tlv_head)
+from ndn_edge.wire.protocol import ENC_LABEL
 
-ENC_LABEL = b"ndn-edge enc"
-CONTENT_NACK = 3
-
-# TLV types (docs/protocol.md "TLV") for what is encoded and parsed by hand here
-TYPE_INTEREST = 0x05
-TYPE_DATA = 0x06
-TYPE_NAME = 0x07
-TYPE_GENERIC_COMPONENT = 0x08
-TYPE_DIGEST_COMPONENT = 0x02
-TYPE_META_INFO = 0x14
-TYPE_CONTENT = 0x15
-TYPE_SIGNATURE_INFO = 0x16
-TYPE_SIGNATURE_VALUE = 0x17
-TYPE_CONTENT_TYPE = 0x18
-TYPE_SIGNATURE_TYPE = 0x1B
-TYPE_KEY_LOCATOR = 0x1C
-TYPE_MUST_BE_FRESH = 0x12
-TYPE_NONCE = 0x0A
-TYPE_INTEREST_LIFETIME = 0x0C
-TYPE_APPLICATION_PARAMETERS = 0x24
-TYPE_INTEREST_SIGNATURE_INFO = 0x2C
-TYPE_INTEREST_SIGNATURE_VALUE = 0x2E
-TYPE_SIGNATURE_NONCE = 0x26
-TYPE_SIGNATURE_TIME = 0x28
-TYPE_SIGNATURE_SEQ_NUM = 0x2A
-TYPE_FRESHNESS_PERIOD = 0x19
-TYPE_FINAL_BLOCK_ID = 0x1A
-TYPE_LP_PACKET = 0x64
-TYPE_LP_FRAGMENT = 0x50
-TYPE_PIT_TOKEN = 0x62
-SIGNATURE_HMAC_SHA256 = 4
-
-TYPE_CAN_BE_PREFIX = 0x21
-TYPE_HOP_LIMIT = 0x22
-
-_INTEREST_FIELDS = (TYPE_NAME, TYPE_CAN_BE_PREFIX, TYPE_MUST_BE_FRESH, TYPE_NONCE, TYPE_INTEREST_LIFETIME,
-                    TYPE_HOP_LIMIT, TYPE_APPLICATION_PARAMETERS, TYPE_INTEREST_SIGNATURE_INFO,
-                    TYPE_INTEREST_SIGNATURE_VALUE)  # in order
-_DATA_FIELDS = (TYPE_NAME, TYPE_META_INFO, TYPE_CONTENT, TYPE_SIGNATURE_INFO, TYPE_SIGNATURE_VALUE)  # in order
-_DATA_META_FIELDS = (TYPE_CONTENT_TYPE, TYPE_FRESHNESS_PERIOD, TYPE_FINAL_BLOCK_ID)
+_INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTEREST_LIFETIME,
+                    T.HOP_LIMIT, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
+                    T.INTEREST_SIGNATURE_VALUE)  # in order
+_DATA_FIELDS = (T.NAME, T.META_INFO, T.CONTENT, T.SIGNATURE_INFO, T.SIGNATURE_VALUE)  # in order
+_DATA_META_FIELDS = (T.CONTENT_TYPE, T.FRESHNESS_PERIOD, T.FINAL_BLOCK_ID)
 
 
 class BadPacket(GatewayError):
@@ -167,8 +134,8 @@ class SignedInterestPtrs:
 
 
 # InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)
-_ISI_NUMBERS = ((TYPE_SIGNATURE_NONCE, "signature_nonce"), (TYPE_SIGNATURE_TIME, "signature_time"),
-                (TYPE_SIGNATURE_SEQ_NUM, "signature_seq_num"))
+_ISI_NUMBERS = ((T.SIGNATURE_NONCE, "signature_nonce"), (T.SIGNATURE_TIME, "signature_time"),
+                (T.SIGNATURE_SEQ_NUM, "signature_seq_num"))
 _NNI_WIDTHS = (1, 2, 4, 8)
 
 
@@ -185,7 +152,7 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
     """
     try:
         t, start, end = read_tl(packet, 0)
-        if t != TYPE_INTEREST or end != len(packet):
+        if t != T.INTEREST or end != len(packet):
             return None
         parts: dict[int, tuple[int, int, int]] = {}
         i, rank = start, 0
@@ -198,38 +165,38 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
             rank = at + 1
             parts[t] = (i, vs, ve)
             i = ve
-        if any(k not in parts for k in (TYPE_NAME, TYPE_APPLICATION_PARAMETERS, TYPE_INTEREST_SIGNATURE_INFO,
-                                        TYPE_INTEREST_SIGNATURE_VALUE)):
+        if any(k not in parts for k in (T.NAME, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
+                                        T.INTEREST_SIGNATURE_VALUE)):
             return None
-        for k, width in ((TYPE_NONCE, 4), (TYPE_HOP_LIMIT, 1), (TYPE_CAN_BE_PREFIX, 0), (TYPE_MUST_BE_FRESH, 0)):
+        for k, width in ((T.NONCE, 4), (T.HOP_LIMIT, 1), (T.CAN_BE_PREFIX, 0), (T.MUST_BE_FRESH, 0)):
             if k in parts and parts[k][2] - parts[k][1] != width:
                 return None
-        if TYPE_INTEREST_LIFETIME in parts and parts[TYPE_INTEREST_LIFETIME][2] - parts[TYPE_INTEREST_LIFETIME][1] \
+        if T.INTEREST_LIFETIME in parts and parts[T.INTEREST_LIFETIME][2] - parts[T.INTEREST_LIFETIME][1] \
                 not in _NNI_WIDTHS:
             return None
-        _, ns, ne = parts[TYPE_NAME]
+        _, ns, ne = parts[T.NAME]
         name: list[bytes] = []
         i = ns
         while i < ne:
             t, _, ce = read_tl(packet, i, ne)
             name.append(packet[i:ce])
             i = ce
-            if t == TYPE_DIGEST_COMPONENT and i != ne:
+            if t == T.DIGEST_COMPONENT and i != ne:
                 return None
-        if not name or read_tl(name[-1], 0)[0] != TYPE_DIGEST_COMPONENT or len(name[-1]) != 34:
+        if not name or read_tl(name[-1], 0)[0] != T.DIGEST_COMPONENT or len(name[-1]) != 34:
             return None
         info = _InterestSignatureInfo()
         info.signature_nonce = info.signature_time = info.signature_seq_num = None
-        _, ss, se = parts[TYPE_INTEREST_SIGNATURE_INFO]
+        _, ss, se = parts[T.INTEREST_SIGNATURE_INFO]
         t, vs, ve = read_tl(packet, ss, se)
-        if t != TYPE_SIGNATURE_TYPE or ve - vs != 1:
+        if t != T.SIGNATURE_TYPE or ve - vs != 1:
             return None
         info.signature_type = packet[vs]
         t, ks, ke = read_tl(packet, ve, se)
-        if t != TYPE_KEY_LOCATOR:
+        if t != T.KEY_LOCATOR:
             return None
         t, ls, le = read_tl(packet, ks, ke)
-        if t != TYPE_NAME or le != ke:
+        if t != T.NAME or le != ke:
             return None
         locator = []
         i = ls
@@ -249,8 +216,8 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
             i = ve
         ptrs = SignedInterestPtrs()
         ptrs.signature_info = info
-        params_at, ps, pe = parts[TYPE_APPLICATION_PARAMETERS]
-        _, vs, ve = parts[TYPE_INTEREST_SIGNATURE_VALUE]
+        params_at, ps, pe = parts[T.APPLICATION_PARAMETERS]
+        _, vs, ve = parts[T.INTEREST_SIGNATURE_VALUE]
         ptrs.signature_covered_part = [b"".join(name[:-1]), packet[params_at:se]]
         ptrs.signature_value_buf = packet[vs:ve]
         ptrs.digest_covered_part = [packet[params_at:ve]]
@@ -334,7 +301,7 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
     """
     try:
         t, start, end = read_tl(wire, 0)
-        if t != TYPE_DATA or end != len(wire):
+        if t != T.DATA or end != len(wire):
             return None
         parts: dict[int, tuple[int, int, int]] = {}  # type -> (element start, value start, value end)
         i = start
@@ -344,34 +311,34 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
                 return None
             parts[t] = (i, vs, ve)
             i = ve
-        if TYPE_NAME not in parts or TYPE_SIGNATURE_INFO not in parts or TYPE_SIGNATURE_VALUE not in parts:
+        if T.NAME not in parts or T.SIGNATURE_INFO not in parts or T.SIGNATURE_VALUE not in parts:
             return None
         order = sorted(parts, key=lambda k: parts[k][0])
         if order != [k for k in _DATA_FIELDS if k in parts]:
             return None
-        _, ss, se = parts[TYPE_SIGNATURE_INFO]
+        _, ss, se = parts[T.SIGNATURE_INFO]
         st, sts, ste = read_tl(wire, ss, se)
-        if st != TYPE_SIGNATURE_TYPE or int.from_bytes(wire[sts:ste], "big") != SIGNATURE_HMAC_SHA256:
+        if st != T.SIGNATURE_TYPE or int.from_bytes(wire[sts:ste], "big") != SIGNATURE_HMAC_SHA256:
             return None
-        signed_from, signed_to = parts[TYPE_NAME][0], se
-        _, vs, ve = parts[TYPE_SIGNATURE_VALUE]
+        signed_from, signed_to = parts[T.NAME][0], se
+        _, vs, ve = parts[T.SIGNATURE_VALUE]
         mac = hmac.new(key, wire[signed_from:signed_to], hashlib.sha256).digest()
         if not hmac.compare_digest(mac, wire[vs:ve]):
             raise BadPacket("bad signature on a Data packet")
         content_type = fresh = None
-        if TYPE_META_INFO in parts:
-            _, ms, me = parts[TYPE_META_INFO]
+        if T.META_INFO in parts:
+            _, ms, me = parts[T.META_INFO]
             i = ms
             while i < me:
                 t, vs, ve = read_tl(wire, i, me)
-                if t == TYPE_CONTENT_TYPE:
+                if t == T.CONTENT_TYPE:
                     content_type = int.from_bytes(wire[vs:ve], "big")
-                elif t == TYPE_FRESHNESS_PERIOD:
+                elif t == T.FRESHNESS_PERIOD:
                     fresh = int.from_bytes(wire[vs:ve], "big")
                 elif t not in _DATA_META_FIELDS:
                     return None
                 i = ve
-        _, ns, ne = parts[TYPE_NAME]
+        _, ns, ne = parts[T.NAME]
         name = []
         i = ns
         while i < ne:
@@ -379,8 +346,8 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
             name.append(wire[i:ce])
             i = ce
         content = b""
-        if TYPE_CONTENT in parts:
-            _, cs, ce = parts[TYPE_CONTENT]
+        if T.CONTENT in parts:
+            _, cs, ce = parts[T.CONTENT]
             content = wire[cs:ce]
         return name, content_type, fresh, content
     except FramingError:
@@ -408,49 +375,21 @@ def encode_signed_interest(components: Sequence[bytes], params: bytes, key: byte
 
     Byte for byte what python-ndn's `make_interest` writes for the same fields (pinned by a test).
     """
-    params_tlv = tlv(TYPE_APPLICATION_PARAMETERS, params)
-    info = tlv(TYPE_INTEREST_SIGNATURE_INFO, b"".join((
-        tlv(TYPE_SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])), tlv(TYPE_KEY_LOCATOR, key_name_tlv),
-        tlv(TYPE_SIGNATURE_NONCE, signature_nonce), tlv(TYPE_SIGNATURE_TIME, _nni(time_ms)),
-        tlv(TYPE_SIGNATURE_SEQ_NUM, _nni(seq)))))
+    params_tlv = tlv(T.APPLICATION_PARAMETERS, params)
+    info = tlv(T.INTEREST_SIGNATURE_INFO, b"".join((
+        tlv(T.SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])), tlv(T.KEY_LOCATOR, key_name_tlv),
+        tlv(T.SIGNATURE_NONCE, signature_nonce), tlv(T.SIGNATURE_TIME, nni(time_ms)),
+        tlv(T.SIGNATURE_SEQ_NUM, nni(seq)))))
     comps = b"".join(components)
     mac = hmac.new(key, comps + params_tlv + info, hashlib.sha256).digest()
-    value = tlv(TYPE_INTEREST_SIGNATURE_VALUE, mac)
-    digest = tlv(TYPE_DIGEST_COMPONENT, hashlib.sha256(params_tlv + info + value).digest())
-    body = b"".join((tlv(TYPE_NAME, comps + digest), _MUST_BE_FRESH, tlv(TYPE_NONCE, nonce),
-                     tlv(TYPE_INTEREST_LIFETIME, _nni(lifetime_ms)), params_tlv, info, value))
-    return tlv(TYPE_INTEREST, body), digest
+    value = tlv(T.INTEREST_SIGNATURE_VALUE, mac)
+    digest = tlv(T.DIGEST_COMPONENT, hashlib.sha256(params_tlv + info + value).digest())
+    body = b"".join((tlv(T.NAME, comps + digest), _MUST_BE_FRESH, tlv(T.NONCE, nonce),
+                     tlv(T.INTEREST_LIFETIME, nni(lifetime_ms)), params_tlv, info, value))
+    return tlv(T.INTEREST, body), digest
 
 
-def tlv_head(typ: int, length: int) -> bytes:
-    """TLV-TYPE and TLV-LENGTH as NDN variable-size numbers."""
-    return _var_num(typ) + _var_num(length)
-
-
-def tlv(typ: int, value: bytes) -> bytes:
-    """One TLV element."""
-    return tlv_head(typ, len(value)) + value
-
-
-def _var_num(n: int) -> bytes:
-    if n < 253:
-        return bytes((n,))
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "big")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "big")
-    return b"\xff" + n.to_bytes(8, "big")
-
-
-def _nni(n: int) -> bytes:
-    """A NonNegativeInteger in the fewest of 1, 2, 4 or 8 bytes."""
-    for width in (1, 2, 4, 8):
-        if n < 1 << (8 * width):
-            return n.to_bytes(width, "big")
-    raise OverflowError(f"{n} does not fit a NonNegativeInteger")
-
-
-_MUST_BE_FRESH = tlv(TYPE_MUST_BE_FRESH, b"")
+_MUST_BE_FRESH = tlv(T.MUST_BE_FRESH, b"")
 
 
 def interest_fault(sig, key: bytes, digest: bytes | None) -> str | None:

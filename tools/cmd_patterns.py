@@ -14,7 +14,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ndn_edge.tools.cmd_client import _client_options, _parse_args_json, _print_json, _print_table, _with_client, value_text
+from ndn_edge.tools.cmd_client import client_options
+from ndn_edge.tools.output import jsonable, print_json, print_table, value_text
+from ndn_edge.tools.session import parse_args_json, with_client
 from ndn_edge.tools.errors import CommandError
 
 EXIT_USAGE = 2
@@ -35,7 +37,7 @@ def args_ops(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cancel", action="store_true", help="with ID: cancel it")
     parser.add_argument("--page-size", metavar="N", type=int, default=50, help="operations per page (default 50)")
     parser.add_argument("--page-token", metavar="T", default=None, help="the next_page_token of a previous page")
-    _client_options(parser)
+    client_options(parser)
     parser.description = ("list the operations the gateway keeps (long-running operations and queued calls), or "
                           "show, wait for or cancel one")
 
@@ -49,12 +51,12 @@ def args_sub(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", metavar="N", type=int, default=None, help="stop after N messages")
     parser.add_argument("--unsubscribe", action="store_true",
                         help="delete the durable subscription NAME (and the messages it holds), then exit")
-    _client_options(parser)
+    client_options(parser)
     parser.description = ("print messages published on topics matching PATTERN as they come (retained values "
                           "first); Ctrl-C stops. --json prints one JSON object per line")
 
 
-def add_call_model_args(parser: argparse.ArgumentParser) -> None:
+def add_call_pattern_args(parser: argparse.ArgumentParser) -> None:
     """The `call` options of the communication models (added to `ndn-edge call`)."""
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--all", action="store_true",
@@ -80,9 +82,9 @@ def do_ops(state: State, args: argparse.Namespace) -> int | None:
     if args.op is None:
         if args.wait is not None or args.cancel:
             raise CommandError("ops: --wait and --cancel need an operation ID", exit_code=EXIT_USAGE)
-        page = _with_client(state, args, lambda c: c.ops(args.page_size, args.page_token))
+        page = with_client(state, args, lambda c: c.ops(args.page_size, args.page_token))
         if args.json:
-            _print_json({"items": list(page), "next_page_token": page.next_page_token})
+            print_json({"items": list(page), "next_page_token": page.next_page_token})
             return None
         if not page:
             print("no operations", file=sys.stderr)
@@ -99,7 +101,7 @@ def do_ops(state: State, args: argparse.Namespace) -> int | None:
         if args.wait is not None:
             await op.wait(args.wait)
         return op
-    op = _with_client(state, args, one)
+    op = with_client(state, args, one)
     return _print_op(op.info, args.json, waited=args.wait is not None)
 
 
@@ -110,7 +112,7 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
     if args.unsubscribe:
         if args.durable is None:
             raise CommandError("sub: --unsubscribe needs --durable NAME", exit_code=EXIT_USAGE)
-        _with_client(state, args, lambda c: c.subscribe(args.pattern, durable=args.durable).unsubscribe())
+        with_client(state, args, lambda c: c.subscribe(args.pattern, durable=args.durable).unsubscribe())
         return
 
     async def run(client: Client) -> None:
@@ -124,23 +126,23 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
                 if args.count is not None and seen >= args.count:
                     break
 
-    _with_client(state, args, run)
+    with_client(state, args, run)
 
 
-def do_call_model(state: State, args: argparse.Namespace) -> int | None:
+def do_call_pattern(state: State, args: argparse.Namespace) -> int | None:
     """`call` with --all, --notify, --start or --persist."""
-    call_args = _parse_args_json(args.args)
+    call_args = parse_args_json(args.args)
     if args.ttl is not None and not args.persist:
         raise CommandError("call: --ttl goes with --persist", exit_code=EXIT_USAGE)
     if args.wait is not None and not (args.start or args.persist):
         raise CommandError("call: --wait goes with --start or --persist", exit_code=EXIT_USAGE)
     if args.all:
-        results = _with_client(state, args, lambda c: c.gather(args.name, call_args, deadline=args.timeout))
+        results = with_client(state, args, lambda c: c.gather(args.name, call_args, deadline=args.timeout))
         return _print_gather(results, args.json)
     if args.notify:
-        _with_client(state, args, lambda c: c.notify(args.name, call_args))
+        with_client(state, args, lambda c: c.notify(args.name, call_args))
         if args.json:
-            _print_json({"sent": True})
+            print_json({"sent": True})
         else:
             print("sent (a notification: no reply, at most once)")
         return None
@@ -153,7 +155,7 @@ def do_call_model(state: State, args: argparse.Namespace) -> int | None:
         if args.wait is not None:
             await handle.wait(args.wait)
         return handle
-    handle = _with_client(state, args, op)
+    handle = with_client(state, args, op)
     return _print_op(handle.info, args.json, waited=args.wait is not None)
 
 
@@ -168,12 +170,12 @@ def print_ops(items: list[dict[str, Any]]) -> None:
                      f"{progress * 100:.0f}%" if isinstance(progress, (int, float)) else "-",
                      str(item.get("client")), time.strftime("%H:%M:%S", time.localtime(item.get("created") or 0)),
                      _outcome_text(item)))
-    _print_table(("OP", "TARGET", "STATE", "PROGRESS", "CLIENT", "CREATED", "RESULT"), rows)
+    print_table(("OP", "TARGET", "STATE", "PROGRESS", "CLIENT", "CREATED", "RESULT"), rows)
 
 
 def print_message(msg: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(msg.as_dict(), default=_jsonable), flush=True)
+        print(json.dumps(msg.as_dict(), default=jsonable), flush=True)
         return
     flags = []
     if msg.retained:
@@ -195,12 +197,12 @@ def print_gather(results: dict[str, Any]) -> None:
             rows.append((device, value_text(outcome.value) + where))
         else:
             rows.append((device, f"{outcome.error.code}: {outcome.error.message}"))
-    _print_table(("DEVICE", "RESULT"), rows)
+    print_table(("DEVICE", "RESULT"), rows)
 
 
 def _print_gather(results: dict[str, Any], as_json: bool) -> int | None:
     if as_json:
-        _print_json({d: ({"value": o.value, "cached": o.cached, "age_ms": o.age_ms, "stale": o.stale} if o.ok
+        print_json({d: ({"value": o.value, "cached": o.cached, "age_ms": o.age_ms, "stale": o.stale} if o.ok
                          else {"error": o.error.to_wire()}) for d, o in results.items()})
     elif not results:
         print("no matching device offers that service (or this client may call none of them)", file=sys.stderr)
@@ -212,7 +214,7 @@ def _print_gather(results: dict[str, Any], as_json: bool) -> int | None:
 
 def _print_op(info: dict[str, Any], as_json: bool, *, waited: bool) -> int | None:
     if as_json:
-        _print_json(info)
+        print_json(info)
     elif waited and info.get("state") == "done":
         print(value_text(info.get("result")))
     else:
@@ -244,9 +246,3 @@ def _outcome_text(item: dict[str, Any]) -> str:
     if isinstance(err, dict):
         return f"{err.get('code')}: {err.get('message')}"[:60]
     return str(item.get("note") or "")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    return str(value)

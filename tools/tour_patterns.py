@@ -1,7 +1,7 @@
 """The part of the `ndn-edge up` tour that shows the communication models (docs/models.md), one real exchange
 each through the client library, printed as the equivalent `ndn-edge` command and what it gave.
 
-    await tour_models(demo, fleet)     # after cmd_up's request/response tour; `demo` may call everything
+    await tour_patterns(demo, fleet)     # after cmd_up's request/response tour; `demo` may call everything
 
 Kept apart from `ndn_edge.tools.cmd_up` so the tour of each model sits next to nothing else; `cmd_up._tour` calls it.
 """
@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from ndn_edge.tools.cmd_sim import SimFleet
 
 
-async def tour_models(demo: Client, fleet: SimFleet) -> None:
+async def tour_patterns(demo: Client, fleet: SimFleet) -> None:
     """Notification, long-running operation, operations list, pub/sub, membership, scatter/gather, queued call."""
     from ndn_edge.errors import CallError
-    from ndn_edge.tools.cmd_client import value_text
-    from ndn_edge.tools.cmd_models import print_gather, print_message, print_ops
+    from ndn_edge.tools.output import value_text
+    from ndn_edge.tools.cmd_patterns import print_gather, print_message, print_ops
 
     site = fleet.site
     first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))

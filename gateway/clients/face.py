@@ -385,7 +385,7 @@ class ClientFace:
         try:
             self._accept(peer, seq, nonce)
         except StoreError as err:
-            log.error("replay_lease_failed", extra={"fields": {"client": peer.name, "error": str(err)}})
+            event(log, "replay_lease_failed", logging.ERROR, client=peer.name, error=str(err))
             self._reply_error(peer, ex, Unavailable("the gateway cannot record sequence numbers now; retry later"))
             return None
         self.stats["accepted"] += 1
@@ -412,7 +412,7 @@ class ClientFace:
             try:
                 record = self._store.client(client)
             except StoreError as err:
-                log.error("client_lookup_failed", extra={"fields": {"client": client, "error": str(err)}})
+                event(log, "client_lookup_failed", logging.ERROR, client=client, error=str(err))
             if record is not None and key_id(record.key) != kid:
                 record = None
         if record is None:
@@ -488,7 +488,7 @@ class ClientFace:
         try:
             self._store.set_meta(_CLEAN_META, json.dumps(marks, sort_keys=True))
         except StoreError as err:  # the leased marks still protect; clients may wait up to a second
-            log.warning("clean_marks_not_saved", extra={"fields": {"error": str(err)}})
+            event(log, "clean_marks_not_saved", logging.WARNING, error=str(err))
 
     # -- verbs
 

@@ -53,6 +53,7 @@ from ndn_edge.wire import packets as wire
 from ndn_edge.errors import GatewayError, NotFound, StoreError
 from ndn_edge.wire.framing import components_ok, has_name_prefix
 from ndn_edge.logs import Throttle
+from ndn_edge.logs import event as emit
 from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.directory")
@@ -159,7 +160,7 @@ class Directory:
             try:
                 await self.query()
             except GatewayError as err:
-                log.warning("discovery query not sent: %s", err)
+                emit(log, "query_not_sent", logging.WARNING, error=str(err))
 
     # -- inbound (face callback: route only)
 
@@ -242,7 +243,7 @@ class Directory:
 
     def _drop(self, reason: str, detail: str) -> None:
         self.counters[reason] += 1
-        log.debug("announcement dropped (%s): %s", reason, detail)
+        emit(log, "announcement_dropped", logging.DEBUG, reason=reason, detail=detail)
 
     def _handle(self, packet: bytes) -> None:
         try:
@@ -373,7 +374,7 @@ class Directory:
         try:
             self._store.update_presence(p.name, "offline", p.last_seen, p.lease_until, None)
         except StoreError as err:
-            log.warning("could not mark %s offline: %s", p.name, err)
+            emit(log, "offline_not_recorded", logging.WARNING, device=p.name, error=str(err))
         p.state, p.sleep_until = "offline", None
         self._persist_seq(p, force=True)
         self._emit("offline", p.name, now, last_seen=p.last_seen)
@@ -401,7 +402,7 @@ class Directory:
             try:
                 self._persist_seq(p, force=True)
             except StoreError as err:
-                log.warning("announcement number of %s not persisted: %s", p.name, err)
+                emit(log, "announcement_number_not_persisted", logging.WARNING, device=p.name, error=str(err))
 
     def _fetch(self, name: str) -> None:
         if self.fetcher is None or name in self._fetching:
@@ -420,18 +421,18 @@ class Directory:
                 await self.fetcher(name)
         except GatewayError as err:
             self.counters["desc_failures"] += 1
-            log.warning("service descriptions of %s not fetched: %s; retrying at its next announcement", name, err)
+            emit(log, "desc_not_fetched", logging.WARNING, device=name, error=str(err), retry="at its next announcement")
 
     def _emit(self, event: str, device: str, now: float, **extra: Any) -> None:
         ev: Event = {"event": event, "device": device, "time": now}
         ev.update({k: v for k, v in extra.items() if v is not None and v is not False})
         # The `ndn_edge` log formatters (gateway/logs.py) print the message as the event and `fields` as pairs.
-        log.info("device_%s", event, extra={"fields": {k: v for k, v in ev.items() if k != "event"}})
+        emit(log, f"device_{event}", **{k: v for k, v in ev.items() if k != "event"})
         if self.on_event is not None:
             try:
                 self.on_event(ev)
-            except Exception:  # a subscriber's bug must not stop discovery
-                log.exception("on_event handler failed for %s", ev)
+            except Exception as err:  # a subscriber's bug must not stop discovery
+                self._throttle.fault("directory-event-listener", err, event=event, device=device)
 
 
 def _non_negative(value: Any, what: str) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from ndn_edge.errors import ConfigError, Unavailable
 from ndn_edge.wire.framing import FramingError, unwrap
+from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.mcast")
 
@@ -64,7 +65,7 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self._face.errors += 1
-        log.debug("multicast socket error: %s", exc)
+        event(log, "socket_error", logging.DEBUG, error=str(exc))
 
 
 class MulticastFace:
@@ -110,7 +111,7 @@ class MulticastFace:
                               f"({address}): {err}; check that the interface is up and multicast-capable") from err
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        log.info("multicast face open on %s (%s) group %s:%d", self.iface, address, self.group, self.port)
+        event(log, "multicast_face_open", iface=self.iface, address=address, group=f"{self.group}:{self.port}")
 
     def send(self, data: bytes) -> None:
         """Send one packet to the group; Unavailable if the face is not open."""
@@ -139,7 +140,7 @@ class MulticastFace:
             packet = unwrap(datagram)
         except FramingError as err:
             self.malformed += 1
-            log.debug("dropped malformed datagram of %d bytes: %s", len(datagram), err)
+            event(log, "datagram_dropped", logging.DEBUG, reason="malformed", size=len(datagram), error=str(err))
             return
         if packet is None:
             self.idle += 1

@@ -384,7 +384,7 @@ class Requester:
                     return accept(pending.arrivals.pop(0))
                 except wire.BadPacket as err:
                     self._metrics["bad_packets"] += 1
-                    log.debug("dropped reply: %s", err)
+                    event(log, "reply_dropped", logging.DEBUG, error=str(err))
             if loop.time() >= until:
                 return _NOTHING
             pending.waiter = loop.create_future()

@@ -63,7 +63,7 @@ from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
 from ndn_edge.errors import GatewayError, StoreError
 from ndn_edge.wire.framing import components_ok, has_name_prefix, name_tlv
-from ndn_edge.logs import Throttle
+from ndn_edge.logs import Throttle, event
 from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.reports")
@@ -227,7 +227,7 @@ class ReportIntake:
             self._face.send(packet)
             self.counters["acks"] += 1
         except GatewayError as err:  # the face is closed: the device sends the report again
-            log.debug("ack not sent: %s", err)
+            event(log, "ack_not_sent", logging.DEBUG, error=str(err))
 
     # -- processing (task)
 
@@ -299,8 +299,8 @@ class ReportIntake:
         for fn in after:
             try:
                 fn()
-            except Exception:
-                log.exception("report_after_commit_failed")
+            except Exception as err:
+                self._throttle.fault("report-after-commit", err)
         for report in acks:
             self.ack(report)
 
@@ -345,7 +345,7 @@ class ReportIntake:
 
     def _drop(self, reason: str, detail: str) -> None:
         self.counters[reason] += 1
-        log.debug("report dropped (%s): %s", reason, detail)
+        event(log, "report_dropped", logging.DEBUG, reason=reason, detail=detail)
         return None
 
     # -- helpers

@@ -53,6 +53,7 @@ from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgum
                             Unavailable)
 from ndn_edge.devices.invoker import find_service
 from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
+from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.operations")
 
@@ -338,7 +339,7 @@ class Operations:
             with self._store.transaction() as db:
                 db.execute("DELETE FROM operations WHERE id = ?", (op_id,))
         except sqlite3.Error as err:
-            log.warning("operation %s not deleted: %s", op_id, err)
+            event(log, "operation_not_deleted", logging.WARNING, op=op_id, error=str(err))
 
     # -- delivery of queued calls
 
@@ -413,7 +414,7 @@ class Operations:
                 "(a device remembers its last 4 finished operations)"))
             return
         except CallError as err:
-            log.info("operation %s not reconciled: %s", op_id, err)
+            event(log, "operation_not_reconciled", op=op_id, error=str(err))
             return
         self.counters["reconciled"] += 1
         if isinstance(reply.value, dict) and reply.value.get("state") in ("running", *FINAL):
@@ -443,7 +444,7 @@ class Operations:
                         db.execute("DELETE FROM operations WHERE state IN ('done', 'failed', 'cancelled') AND "
                                    "updated_at < ?", (now - KEEP_FINISHED_S,))
             except (StoreError, sqlite3.Error) as err:
-                log.warning("operations sweep failed: %s", err)
+                event(log, "operations_sweep_failed", logging.WARNING, error=str(err))
 
     def _sweep_once(self) -> None:
         now = self._clock()

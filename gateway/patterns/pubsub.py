@@ -68,8 +68,10 @@ import cbor2
 from ndn_edge import names as acl
 from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
 from ndn_edge.devices.reports import ACK, DROP, Report
+from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.pubsub")
+_THROTTLE = Throttle(log)
 
 MEMBERS = "_members"
 GATEWAY_PUBLISHER = "_gw"
@@ -254,7 +256,8 @@ class PubSub:
         if (not isinstance(topic, str) or not topic or "" in topic.split("/") or not isinstance(boot, str)
                 or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
             self.counters["malformed"] += 1
-            log.debug("publication from %s dropped: topic %r boot %r seq %r", report.device.name, topic, boot, seq)
+            event(log, "publication_dropped", logging.DEBUG, device=report.device.name, topic=repr(topic), boot=repr(boot),
+                  seq=repr(seq))
             return DROP
         self.counters["published"] += 1
         publisher = self._relative(report.device.name)
@@ -374,7 +377,7 @@ class PubSub:
             with self._store.transaction() as db:
                 self._emit(db, msg, True, later.append)
         except (StoreError, sqlite3.Error) as err:
-            log.warning("membership event not recorded: %s", err)
+            event(log, "membership_not_recorded", logging.WARNING, error=str(err))
             return
         self.counters["membership"] += 1
         _run(later)
@@ -565,7 +568,7 @@ class PubSub:
             try:
                 self._forget_removed()
             except (StoreError, sqlite3.Error) as err:
-                log.warning("subscriptions not checked against the store: %s", err)
+                event(log, "subscriptions_not_checked", logging.WARNING, error=str(err))
             due = [(device, s) for device, s in self._streams.items() if s.held and now - s.since > HOLD_S]
             if not due:
                 continue
@@ -575,7 +578,7 @@ class PubSub:
                     for device, stream in due:
                         self._release(db, device, stream, max(stream.held), later.append)
             except (StoreError, sqlite3.Error) as err:
-                log.warning("held messages not released: %s", err)
+                event(log, "held_messages_not_released", logging.WARNING, error=str(err))
                 continue
             _run(later)
 
@@ -601,5 +604,5 @@ def _run(fns: list[Callable[[], None]]) -> None:
     for fn in fns:
         try:
             fn()
-        except Exception:  # one waiter's failure must not stop the others
-            log.exception("pubsub_after_commit_failed")
+        except Exception as err:  # one waiter's failure must not stop the others
+            _THROTTLE.fault("pubsub-after-commit", err)

@@ -26,6 +26,11 @@ def mem_free():
     return f() if f else None
 
 
+def collect():
+    import gc
+    gc.collect()
+
+
 def urandom(n):
     import os
     return os.urandom(n)

@@ -10,6 +10,12 @@
 #   and sleep in device/manage.py, imported when needed and released after.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
+# - A MemoryError is survived wherever the serving loop catches it (see _fault and _lost): counted
+#   (`oom` in _health), answered RESOURCE_EXHAUSTED when a request was running, and what was lost
+#   is retried (the announcement renewal on the next tick) or left to the gateway's retransmission.
+# - Long-running operations and pending reports are capped (max_ops, max_reports): their state lives
+#   as long as they do, so without a cap a client could fill the heap. Both checks are off the
+#   plain-call path (in _start_op and the outbox).
 from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
@@ -101,7 +107,8 @@ def release():
 
 class Device:
     def __init__(self, name, key, *, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT,
-                 state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8):
+                 state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8, max_ops=4,
+                 max_reports=16):
         parts = [p for p in name.split("/") if p]
         if not name.startswith("/") or len(parts) < 2:
             raise DeviceError("device name must look like /site/device, got %r" % name)
@@ -110,13 +117,23 @@ class Device:
             key = binascii.unhexlify(key)
         if len(key) != 32:
             raise DeviceError("device key must be 32 bytes, got %d" % len(key))
+        if max_ops < 0 or max_reports < 1:
+            raise DeviceError("max_ops must be 0 or more and max_reports 1 or more, got %r and %r"
+                              % (max_ops, max_reports))
         self.name = "/" + "/".join(parts)
         self.site = parts[0]
         self.key = bytes(key)
         self.state_dir = state_dir
         self.lease_ms = lease_ms
+        # Caps on what outlives a request (docs/protocol.md "Long-running operations", "Reports"): a
+        # start beyond max_ops running operations is answered RESOURCE_EXHAUSTED; beyond max_reports
+        # pending reports the oldest is dropped.
+        self.max_ops = max_ops
+        self.max_reports = max_reports
         self.requests = 0
         self.errors = 0
+        self.oom = 0  # MemoryErrors survived
+        self.refused = 0  # operation starts refused at max_ops
         self.drops = [0] * 7
         # Buffers and the face first, while the heap is still in one piece; the face opens its socket later.
         self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
@@ -192,7 +209,7 @@ class Device:
         if self._outbox is None:
             from device.outbox import Outbox
             self.setup()
-            self._outbox = Outbox(self)
+            self._outbox = Outbox(self, self.max_reports)
         self._wake()  # the caller is about to queue a report
         return self._outbox
 
@@ -241,6 +258,8 @@ class Device:
         if face.sock is not None:
             try:
                 self._announce("leave")
+            except MemoryError:  # leaving is a courtesy (the lease lapses anyway): close all the same
+                self._oom()
             finally:
                 face.close()
         self._running = False
@@ -261,7 +280,7 @@ class Device:
                 for _ in wait(self.tick()):
                     self.receive()
             except Exception as e:
-                self._fault(e)
+                self._caught(e)
 
     def tick(self):
         # Runs what is due; returns ms until the next due work (at most _MAX_WAIT_MS). Called after
@@ -315,11 +334,14 @@ class Device:
     def _timer(self, fn):
         try:
             return fn()
-        except Exception as e:  # an app timer's bug must not stop serving
-            self.errors += 1
-            port.print_exc(e)
+        except Exception as e:  # an app timer's bug, or its MemoryError, must not stop serving
+            self._lost(e)
 
     def _announce(self, state):
+        # A renewal that fails (out of memory: the control plane is loaded for it) is retried by the
+        # next tick, a second later at most: _renew_at only moves once an announcement went out. The
+        # control plane stays loaded until then (a retry need not import it again), or until the
+        # next release().
         control().announce(self, state)
         release()
 
@@ -352,12 +374,23 @@ class Device:
         while self._next < n:
             self._next = self._packet(self._next, n)
 
+    def _caught(self, e):
+        # What a serving loop (_poll_loop, aio.serve) caught: handled by _fault, and what handling it
+        # raised in turn (out of memory for the error answer, say) is counted by _lost. Nothing
+        # escapes: a serving loop that ended would leave the device deaf while its process runs.
+        try:
+            self._fault(e)
+        except Exception as e2:
+            self._calling = False
+            self._lost(e2)
+
     def _fault(self, e):
         # What the receive path raised, caught by the serving loop, whose frame lives as long as the
         # loop: a try in the per-packet path would put a frame on the heap for every packet.
-        # A handler's exception is answered as an error, and the rest of the read is handled next;
-        # malformed input ends the read (framing is lost); anything else is a runtime bug, which
-        # must not stop the device: count it and go on.
+        # A handler's exception is answered as an error (MemoryError: RESOURCE_EXHAUSTED), and the
+        # rest of the read is handled next; malformed input ends the read (framing is lost); a
+        # MemoryError elsewhere loses the rest of the read (the gateway retransmits) and is counted;
+        # anything else is a runtime bug, which must not stop the device: count it and go on.
         if self._calling:
             self._calling = False
             self._next = self._pkt.next
@@ -367,8 +400,24 @@ class Device:
         if isinstance(e, MalformedError):
             self.drops[_OVERSIZED if self._n >= len(self._face.mv) else _MALFORMED] += 1
         else:
+            self._lost(e)
+
+    def _lost(self, e):
+        # An exception outside a handler, caught so that serving goes on: a MemoryError is counted as
+        # `oom` (no traceback: under memory pressure they come in storms), anything else is a
+        # runtime or app-timer bug, counted as an error and printed.
+        if isinstance(e, MemoryError):
+            self._oom()
+        else:
             self.errors += 1
             port.print_exc(e)
+
+    def _oom(self):
+        # Count a MemoryError the device survives. The allocator has already collected before it
+        # failed; collecting again frees what unwinding to here released (the failed call's frames
+        # and partial results), so the error answer or the retry that follows finds it free.
+        self.oom += 1
+        port.collect()
 
     def _packet(self, i, n):
         # The packet at the receive buffer's [i:n]; returns where the next one starts.
@@ -470,16 +519,31 @@ class Device:
             return
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
-        self._calling = False
         if svc.is_async:
             from device import aio
-            aio.finish_later(self, svc, value)  # value: the coroutine
+            aio.finish_later(self, svc, value)  # value: the coroutine; not scheduled (no memory): answered
+            self._calling = False
         else:
+            self._calling = False
             self._value(svc, value)
 
     def _start_op(self, svc, args):
+        # Refused beyond max_ops running operations (never run); a start that runs out of memory is
+        # answered RESOURCE_EXHAUSTED through _fault, and nothing of it is kept.
         from device import ops
-        self._send(0, 0, {"op": ops.start(self, svc, args)})
+        if ops.running(self) >= self.max_ops:
+            self.refused += 1
+            self._error("RESOURCE_EXHAUSTED", "%d operations running, the most this device runs (max_ops); "
+                        "retry when one has finished" % self.max_ops)
+            return
+        self._calling = True
+        op = ops.start(self, svc, args)
+        try:
+            self._send(0, 0, {"op": op})
+        except MemoryError:
+            ops.forget(self, op)  # unanswered, so it must not run either
+            raise
+        self._calling = False
 
     def _framework(self, key, params):
         try:
@@ -524,12 +588,13 @@ class Device:
         self._error(code, message)
 
     def _code(self, e):
-        # The wire code and message for an exception raised by a handler.
+        # The wire code and message for an exception raised by a handler (a MemoryError is counted).
         if isinstance(e, ServiceError):
             return e.code, e.message
         if isinstance(e, (TypeError, ValueError)):
             return "INVALID_ARGUMENT", str(e)
         if isinstance(e, MemoryError):
+            self._oom()  # counted, and collected before the answer is built
             return "RESOURCE_EXHAUSTED", "out of memory"
         return "INTERNAL", "%s: %s" % (type(e).__name__, e)
 

@@ -29,7 +29,7 @@ async def serve(dev):
 
 async def _timers(dev):
     # Device.tick moves its due time a second ahead before it runs anything, so a tick that raised
-    # (an announcement renewal out of memory) is retried a second later at most.
+    # is retried a second later at most (a renewal out of memory is retried by tick itself).
     while dev._running:
         try:
             await _sleep_ms(dev.tick())

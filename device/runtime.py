@@ -30,6 +30,7 @@ _SIG_LEN = const(32)
 _QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
 _MAX_WAIT_MS = const(1000)
+_RENEW_RETRY_MS = const(500)
 
 # drop reasons, indexes into Device.drops (names in device/manage.py)
 _MALFORMED = const(0)
@@ -305,9 +306,9 @@ class Device:
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
             self._query_at = None
             self._last_query = now
-            self._announce("up")
+            self._renew()
         elif ticks_diff(self._renew_at, now) <= 0:
-            self._announce("up")
+            self._renew()
         wait = ticks_diff(self._renew_at, now)
         if self._query_at is not None:
             wait = min(wait, ticks_diff(self._query_at, now))
@@ -337,11 +338,19 @@ class Device:
         except Exception as e:  # an app timer's bug, or its MemoryError, must not stop serving
             self._lost(e)
 
+    def _renew(self):
+        # An "up" announcement from tick (a renewal, a query's answer). One that runs out of memory
+        # (the control plane is loaded for it) is counted and tried again _RENEW_RETRY_MS later, and
+        # what else is due still runs: an app timer may be what frees the memory. What the failed
+        # attempt loaded stays loaded until the retry (or the next release()): a retry that need not
+        # import again needs less memory.
+        try:
+            self._announce("up")
+        except MemoryError:
+            self._oom()
+            self._renew_at = ticks_add(ticks_ms(), _RENEW_RETRY_MS)
+
     def _announce(self, state):
-        # A renewal that fails (out of memory: the control plane is loaded for it) is retried by the
-        # next tick, a second later at most: _renew_at only moves once an announcement went out. The
-        # control plane stays loaded until then (a retry need not import it again), or until the
-        # next release().
         control().announce(self, state)
         release()
 
@@ -551,7 +560,13 @@ class Device:
         except MalformedError as e:
             self._error("INVALID_ARGUMENT", "arguments: %s" % e)
             return
-        value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+        try:
+            value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+        except MemoryError:  # loading the management plane, or building its answer
+            release()
+            self._oom()
+            self._error("RESOURCE_EXHAUSTED", "out of memory")
+            return
         release()
         if value is None:
             try:

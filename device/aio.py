@@ -2,7 +2,7 @@
 # so a board whose handlers are plain functions never loads asyncio.
 #
 # Neither task here ends on an exception but by stopping (serve) or cancellation (_timers): what
-# they catch goes to Device._caught or Device._lost, which count it (a MemoryError as `oom`); the
+# they catch goes to Device._fault and Device._lost, which count it (a MemoryError as `oom`); the
 # serving loop then yields, so that other tasks can finish and free what they hold.
 import asyncio
 from device.port import MICROPYTHON
@@ -14,14 +14,19 @@ async def serve(dev):
     try:
         while dev._running:
             try:
-                if dev._next < dev._n:
-                    dev._walk()  # the rest of a read after a failed handler (Device._fault)
-                else:
-                    await _readable(dev._face.sock)
-                    dev.receive()
-            except Exception as e:
-                dev._caught(e)
-                await asyncio.sleep(0)
+                try:
+                    if dev._next < dev._n:
+                        dev._walk()  # the rest of a read after a failed handler (Device._fault)
+                    else:
+                        await _readable(dev._face.sock)
+                        dev.receive()
+                    continue
+                except Exception as e:
+                    dev._fault(e)
+            except Exception as e:  # what handling it raised (see Device._lost)
+                dev._calling = False
+                dev._lost(e)
+            await asyncio.sleep(0)
     finally:
         timers.cancel()
         dev.close()

@@ -52,6 +52,24 @@ class Operation:
         return d
 
 
+def begin(dev, svc, args):
+    # Answer a start: refused beyond max_ops running operations (never run); one that runs out of
+    # memory is answered RESOURCE_EXHAUSTED through Device._fault, and nothing of it is kept.
+    if running(dev) >= dev.max_ops:
+        dev.refused += 1
+        dev._error("RESOURCE_EXHAUSTED", "%d operations running, the most this device runs (max_ops); "
+                   "retry when one has finished" % dev.max_ops)
+        return
+    dev._calling = True
+    op_id = start(dev, svc, args)
+    try:
+        dev._send(0, 0, {"op": op_id})
+    except MemoryError:
+        forget(dev, op_id)  # unanswered, so it must not run either
+        raise
+    dev._calling = False
+
+
 def running(dev):
     n = 0
     for k in dev._ops:

@@ -21,7 +21,7 @@ _MAX_SENDS = const(12)
 class Outbox:
     def __init__(self, dev, capacity=16):
         self.dev = dev
-        self.capacity = capacity
+        self.capacity = max(1, capacity)
         self.items = []  # [digest, packet, sends, due_ticks]
         self.boot = binascii.hexlify(urandom(4)).decode()
         self.seq = 0

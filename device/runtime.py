@@ -118,17 +118,14 @@ class Device:
             key = binascii.unhexlify(key)
         if len(key) != 32:
             raise DeviceError("device key must be 32 bytes, got %d" % len(key))
-        if max_ops < 0 or max_reports < 1:
-            raise DeviceError("max_ops must be 0 or more and max_reports 1 or more, got %r and %r"
-                              % (max_ops, max_reports))
         self.name = "/" + "/".join(parts)
         self.site = parts[0]
         self.key = bytes(key)
         self.state_dir = state_dir
         self.lease_ms = lease_ms
-        # Caps on what outlives a request (docs/protocol.md "Long-running operations", "Reports"): a
-        # start beyond max_ops running operations is answered RESOURCE_EXHAUSTED; beyond max_reports
-        # pending reports the oldest is dropped.
+        # Caps on what outlives a request (docs/protocol.md "Limits and memory"): a start beyond max_ops
+        # running operations is answered RESOURCE_EXHAUSTED (device/ops.py); beyond max_reports pending
+        # reports (at least 1) the oldest is dropped (device/outbox.py).
         self.max_ops = max_ops
         self.max_reports = max_reports
         self.requests = 0
@@ -277,24 +274,30 @@ class Device:
         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
         while self._running:
             try:
-                self._walk()  # the rest of a read that a failed handler interrupted
-                for _ in wait(self.tick()):
-                    self.receive()
-            except Exception as e:
-                self._caught(e)
+                try:
+                    self._walk()  # the rest of a read that a failed handler interrupted
+                    for _ in wait(self.tick()):
+                        self.receive()
+                except Exception as e:
+                    self._fault(e)
+            except Exception as e:  # what handling it raised: see _lost
+                self._calling = False
+                self._lost(e)
 
     def tick(self):
         # Runs what is due; returns ms until the next due work (at most _MAX_WAIT_MS). Called after
         # every wake-up of the serving loop, so the common case (nothing due) is one comparison.
         w = ticks_diff(self._due, ticks_ms())
         if w <= 0:
+            # Due again in a second if _run_due raises, even before it starts (its frame is on the
+            # heap): a serving loop that calls tick again at once must not spin.
+            self._due = ticks_add(ticks_ms(), _MAX_WAIT_MS)
             w = self._run_due()
         return w if w < _MAX_WAIT_MS else _MAX_WAIT_MS
 
     def _run_due(self):
         # Renewal, a pending query answer, app timers, report resends, a requested sleep.
         now = ticks_ms()
-        self._due = ticks_add(now, _MAX_WAIT_MS)  # if what follows raises, the serving loop retries in a second
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0
@@ -383,16 +386,6 @@ class Device:
         while self._next < n:
             self._next = self._packet(self._next, n)
 
-    def _caught(self, e):
-        # What a serving loop (_poll_loop, aio.serve) caught: handled by _fault, and what handling it
-        # raised in turn (out of memory for the error answer, say) is counted by _lost. Nothing
-        # escapes: a serving loop that ended would leave the device deaf while its process runs.
-        try:
-            self._fault(e)
-        except Exception as e2:
-            self._calling = False
-            self._lost(e2)
-
     def _fault(self, e):
         # What the receive path raised, caught by the serving loop, whose frame lives as long as the
         # loop: a try in the per-packet path would put a frame on the heap for every packet.
@@ -414,7 +407,10 @@ class Device:
     def _lost(self, e):
         # An exception outside a handler, caught so that serving goes on: a MemoryError is counted as
         # `oom` (no traceback: under memory pressure they come in storms), anything else is a
-        # runtime or app-timer bug, counted as an error and printed.
+        # runtime or app-timer bug, counted as an error and printed. The serving loops also call it
+        # for what _fault raised (out of memory for the error answer, say): nothing escapes them, as
+        # a loop that ended would leave the device deaf while its process runs. So this and _oom
+        # keep their frames within 11 words (on the C stack: a call that allocates nothing).
         if isinstance(e, MemoryError):
             self._oom()
         else:
@@ -537,22 +533,8 @@ class Device:
             self._value(svc, value)
 
     def _start_op(self, svc, args):
-        # Refused beyond max_ops running operations (never run); a start that runs out of memory is
-        # answered RESOURCE_EXHAUSTED through _fault, and nothing of it is kept.
         from device import ops
-        if ops.running(self) >= self.max_ops:
-            self.refused += 1
-            self._error("RESOURCE_EXHAUSTED", "%d operations running, the most this device runs (max_ops); "
-                        "retry when one has finished" % self.max_ops)
-            return
-        self._calling = True
-        op = ops.start(self, svc, args)
-        try:
-            self._send(0, 0, {"op": op})
-        except MemoryError:
-            ops.forget(self, op)  # unanswered, so it must not run either
-            raise
-        self._calling = False
+        ops.begin(self, svc, args)
 
     def _framework(self, key, params):
         try:

@@ -73,7 +73,7 @@ def test_starts_beyond_max_ops_are_refused_and_the_running_ones_complete(board, 
 
 CONFIG = """
 import json
-from device import Device, DeviceError
+from device import Device
 with open("ndn_config.json", "w") as f:
     json.dump({"name": "/edge/lab/c1", "key": "%s", "max_ops": 1, "max_reports": 3}, f)
 dev = Device.from_config(state_dir=".")
@@ -81,17 +81,12 @@ for i in range(5):
     dev.publish("t", i)  # the face is not open: queued, not sent
 ob = dev._outbox
 print(dev.max_ops, dev.max_reports, len(ob.items), ob.dropped)
-try:
-    Device("/edge/lab/c2", bytes(32), max_reports=0)
-except DeviceError as e:
-    print("refused:", e)
 """
 
 
 def test_caps_come_from_the_config_file_and_the_outbox_drops_its_oldest_report(run_mp):
-    out = run_mp(CONFIG % bytes(range(32)).hex()).splitlines()
-    assert out[0].split() == ["1", "3", "3", "2"]
-    assert out[1].startswith("refused: max_ops must be 0 or more and max_reports 1 or more")
+    out = run_mp(CONFIG % bytes(range(32)).hex()).split()
+    assert out == ["1", "3", "3", "2"]
 
 
 def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, tmp_path):

@@ -1,5 +1,9 @@
 # Serving inside asyncio: `await dev.serve()`, and coroutine handlers. Imported only when used,
 # so a board whose handlers are plain functions never loads asyncio.
+#
+# Neither task here ends on an exception but by stopping (serve) or cancellation (_timers): what
+# they catch goes to Device._fault and Device._lost, which count it (a MemoryError as `oom`); the
+# serving loop then yields, so that other tasks can finish and free what they hold.
 import asyncio
 from device.port import MICROPYTHON
 
@@ -9,28 +13,44 @@ async def serve(dev):
     timers = asyncio.create_task(_timers(dev))
     try:
         while dev._running:
-            await _readable(dev._face.sock)
-            dev._next = 0
-            dev._n = dev._face.read()
-            while dev._next < dev._n:  # after a failed handler, the rest of the read (Device._fault)
+            try:
                 try:
-                    dev._walk()
+                    if dev._next < dev._n:
+                        dev._walk()  # the rest of a read after a failed handler (Device._fault)
+                    else:
+                        await _readable(dev._face.sock)
+                        dev.receive()
+                    continue
                 except Exception as e:
                     dev._fault(e)
+            except Exception as e:  # what handling it raised (see Device._lost)
+                dev._calling = False
+                dev._lost(e)
+            await asyncio.sleep(0)
     finally:
         timers.cancel()
         dev.close()
 
 
 async def _timers(dev):
+    # Device.tick moves its due time a second ahead before it runs anything, so a tick that raised
+    # is retried a second later at most (a renewal out of memory is retried by tick itself).
     while dev._running:
-        await asyncio.sleep(dev.tick() / 1000)
+        try:
+            await _sleep_ms(dev.tick())
+        except Exception as e:
+            dev._lost(e)
 
 
 if MICROPYTHON:
+    _sleep_ms = asyncio.sleep_ms  # no float on the heap per tick
+
     async def _readable(sock):
         yield asyncio.core._io_queue.queue_read(sock)
 else:
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
     async def _readable(sock):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -56,7 +76,10 @@ async def _finish(dev, svc, coro, seq, sig, name, pit):
     except Exception as e:
         err = e
     dev._cur_seq, dev._cur_sig, dev._cur_name, dev._cur_pit = seq, sig, name, pit
-    if err is None:
-        dev._value(svc, value)
-    else:
-        dev._failed(err)
+    try:
+        if err is None:
+            dev._value(svc, value)
+        else:
+            dev._failed(err)
+    except Exception as e:  # the reply itself failed (out of memory): the gateway retransmits
+        dev._lost(e)

@@ -4,7 +4,7 @@ from device import control, port
 from device.port import ticks_ms, ticks_diff
 
 _DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
-_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway")
+_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports")
 
 
 def read_config(path, overrides):
@@ -25,8 +25,13 @@ def health(dev):
     drops = {}
     for i in range(len(_DROP_NAMES)):
         drops[_DROP_NAMES[i]] = dev.drops[i]
+    ops = 0
+    if dev._ops:
+        from device.ops import running
+        ops = running(dev)
     return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
-            "requests": dev.requests, "errors": dev.errors, "drops": drops, "seq_writes": dev._seq.writes,
+            "requests": dev.requests, "errors": dev.errors, "oom": dev.oom, "drops": drops,
+            "seq_writes": dev._seq.writes, "ops_running": ops, "ops_refused": dev.refused,
             "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0}
 
 

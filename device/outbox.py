@@ -1,6 +1,13 @@
 # Reports the device must get through (operation results, publications): each is kept until the
 # gateway acknowledges it with a Data of the same name, and sent again on a backoff (docs/protocol.md
 # "Reports"). Loaded only by a device that publishes or runs long operations.
+#
+# At most `capacity` (Device max_reports) are pending: a report beyond that pushes out the oldest,
+# counted in `dropped` (_health reports_dropped). Dropping rather than refusing the new one, because
+# the sender is the device's own code (a timer publishing a reading, an operation ending), which
+# has nothing better to do with a refusal than lose that report; the newest value is the one a
+# retained topic wants; a receiver sees the gap in `seq`; and an operation's result is still
+# answered by _op_get. The cap bounds the outbox's heap whatever the gateway does, away or slow.
 import binascii
 from device import report
 from device.port import const, ticks_ms, ticks_add, ticks_diff, urandom
@@ -14,7 +21,7 @@ _MAX_SENDS = const(12)
 class Outbox:
     def __init__(self, dev, capacity=16):
         self.dev = dev
-        self.capacity = capacity
+        self.capacity = max(1, capacity)
         self.items = []  # [digest, packet, sends, due_ticks]
         self.boot = binascii.hexlify(urandom(4)).decode()
         self.seq = 0
@@ -22,17 +29,20 @@ class Outbox:
         self.acked = 0
 
     def send(self, kind, params, reliable=True):
+        # Everything is allocated before the report is sent or kept: a MemoryError (raised to the
+        # caller) leaves neither a report that went out but is not kept nor half an entry.
         dev = self.dev
         s, e, d = report.build(dev, kind, params)
         pkt = bytes(dev._txmv[s:e])
-        if dev._face.sock is not None:
-            dev._face.send(pkt)
         if reliable:
+            d -= s
+            item = [pkt[d:d + 32], pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)]
             if len(self.items) >= self.capacity:
                 self.items.pop(0)
                 self.dropped += 1
-            d -= s
-            self.items.append([pkt[d:d + 32], pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)])
+            self.items.append(item)
+        if dev._face.sock is not None:
+            dev._face.send(pkt)
 
     def publish(self, topic, value, retain):
         self.seq += 1

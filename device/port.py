@@ -1,6 +1,7 @@
 # What differs between MicroPython ports (unix, ESP32, RP2) and CPython, in one place:
 # ticks, free heap, socket option numbers, async detection. CPython-only code lives in
 # device/_cpython.py so that its bytecode is never loaded on a board.
+import gc
 import sys
 import time
 
@@ -21,9 +22,11 @@ else:
 
 
 def mem_free():
-    import gc
     f = getattr(gc, "mem_free", None)
     return f() if f else None
+
+
+collect = gc.collect  # called when a MemoryError was caught: no frame, no import
 
 
 def urandom(n):

@@ -10,6 +10,12 @@
 #   and sleep in device/manage.py, imported when needed and released after.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
+# - A MemoryError is survived wherever the serving loop catches it (see _fault and _lost): counted
+#   (`oom` in _health), answered RESOURCE_EXHAUSTED when a request was running, and what was lost
+#   is retried (the announcement renewal on the next tick) or left to the gateway's retransmission.
+# - Long-running operations and pending reports are capped (max_ops, max_reports): their state lives
+#   as long as they do, so without a cap a client could fill the heap. Both checks are off the
+#   plain-call path (in _start_op and the outbox).
 from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
@@ -24,6 +30,7 @@ _SIG_LEN = const(32)
 _QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
 _MAX_WAIT_MS = const(1000)
+_RENEW_RETRY_MS = const(500)
 
 # drop reasons, indexes into Device.drops (names in device/manage.py)
 _MALFORMED = const(0)
@@ -101,7 +108,8 @@ def release():
 
 class Device:
     def __init__(self, name, key, *, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT,
-                 state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8):
+                 state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8, max_ops=4,
+                 max_reports=16):
         parts = [p for p in name.split("/") if p]
         if not name.startswith("/") or len(parts) < 2:
             raise DeviceError("device name must look like /site/device, got %r" % name)
@@ -115,8 +123,15 @@ class Device:
         self.key = bytes(key)
         self.state_dir = state_dir
         self.lease_ms = lease_ms
+        # Caps on what outlives a request (docs/protocol.md "Limits and memory"): a start beyond max_ops
+        # running operations is answered RESOURCE_EXHAUSTED (device/ops.py); beyond max_reports pending
+        # reports (at least 1) the oldest is dropped (device/outbox.py).
+        self.max_ops = max_ops
+        self.max_reports = max_reports
         self.requests = 0
         self.errors = 0
+        self.oom = 0  # MemoryErrors survived
+        self.refused = 0  # operation starts refused at max_ops
         self.drops = [0] * 7
         # Buffers and the face first, while the heap is still in one piece; the face opens its socket later.
         self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
@@ -192,7 +207,7 @@ class Device:
         if self._outbox is None:
             from device.outbox import Outbox
             self.setup()
-            self._outbox = Outbox(self)
+            self._outbox = Outbox(self, self.max_reports)
         self._wake()  # the caller is about to queue a report
         return self._outbox
 
@@ -241,6 +256,8 @@ class Device:
         if face.sock is not None:
             try:
                 self._announce("leave")
+            except MemoryError:  # leaving is a courtesy (the lease lapses anyway): close all the same
+                self._oom()
             finally:
                 face.close()
         self._running = False
@@ -257,24 +274,30 @@ class Device:
         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
         while self._running:
             try:
-                self._walk()  # the rest of a read that a failed handler interrupted
-                for _ in wait(self.tick()):
-                    self.receive()
-            except Exception as e:
-                self._fault(e)
+                try:
+                    self._walk()  # the rest of a read that a failed handler interrupted
+                    for _ in wait(self.tick()):
+                        self.receive()
+                except Exception as e:
+                    self._fault(e)
+            except Exception as e:  # what handling it raised: see _lost
+                self._calling = False
+                self._lost(e)
 
     def tick(self):
         # Runs what is due; returns ms until the next due work (at most _MAX_WAIT_MS). Called after
         # every wake-up of the serving loop, so the common case (nothing due) is one comparison.
         w = ticks_diff(self._due, ticks_ms())
         if w <= 0:
+            # Due again in a second if _run_due raises, even before it starts (its frame is on the
+            # heap): a serving loop that calls tick again at once must not spin.
+            self._due = ticks_add(ticks_ms(), _MAX_WAIT_MS)
             w = self._run_due()
         return w if w < _MAX_WAIT_MS else _MAX_WAIT_MS
 
     def _run_due(self):
         # Renewal, a pending query answer, app timers, report resends, a requested sleep.
         now = ticks_ms()
-        self._due = ticks_add(now, _MAX_WAIT_MS)  # if what follows raises, the serving loop retries in a second
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0
@@ -286,9 +309,9 @@ class Device:
         if self._query_at is not None and ticks_diff(self._query_at, now) <= 0:
             self._query_at = None
             self._last_query = now
-            self._announce("up")
+            self._renew()
         elif ticks_diff(self._renew_at, now) <= 0:
-            self._announce("up")
+            self._renew()
         wait = ticks_diff(self._renew_at, now)
         if self._query_at is not None:
             wait = min(wait, ticks_diff(self._query_at, now))
@@ -315,9 +338,20 @@ class Device:
     def _timer(self, fn):
         try:
             return fn()
-        except Exception as e:  # an app timer's bug must not stop serving
-            self.errors += 1
-            port.print_exc(e)
+        except Exception as e:  # an app timer's bug, or its MemoryError, must not stop serving
+            self._lost(e)
+
+    def _renew(self):
+        # An "up" announcement from tick (a renewal, a query's answer). One that runs out of memory
+        # (the control plane is loaded for it) is counted and tried again _RENEW_RETRY_MS later, and
+        # what else is due still runs: an app timer may be what frees the memory. What the failed
+        # attempt loaded stays loaded until the retry (or the next release()): a retry that need not
+        # import again needs less memory.
+        try:
+            self._announce("up")
+        except MemoryError:
+            self._oom()
+            self._renew_at = ticks_add(ticks_ms(), _RENEW_RETRY_MS)
 
     def _announce(self, state):
         control().announce(self, state)
@@ -355,9 +389,10 @@ class Device:
     def _fault(self, e):
         # What the receive path raised, caught by the serving loop, whose frame lives as long as the
         # loop: a try in the per-packet path would put a frame on the heap for every packet.
-        # A handler's exception is answered as an error, and the rest of the read is handled next;
-        # malformed input ends the read (framing is lost); anything else is a runtime bug, which
-        # must not stop the device: count it and go on.
+        # A handler's exception is answered as an error (MemoryError: RESOURCE_EXHAUSTED), and the
+        # rest of the read is handled next; malformed input ends the read (framing is lost); a
+        # MemoryError elsewhere loses the rest of the read (the gateway retransmits) and is counted;
+        # anything else is a runtime bug, which must not stop the device: count it and go on.
         if self._calling:
             self._calling = False
             self._next = self._pkt.next
@@ -367,8 +402,27 @@ class Device:
         if isinstance(e, MalformedError):
             self.drops[_OVERSIZED if self._n >= len(self._face.mv) else _MALFORMED] += 1
         else:
+            self._lost(e)
+
+    def _lost(self, e):
+        # An exception outside a handler, caught so that serving goes on: a MemoryError is counted as
+        # `oom` (no traceback: under memory pressure they come in storms), anything else is a
+        # runtime or app-timer bug, counted as an error and printed. The serving loops also call it
+        # for what _fault raised (out of memory for the error answer, say): nothing escapes them, as
+        # a loop that ended would leave the device deaf while its process runs. So this and _oom
+        # keep their frames within 11 words (on the C stack: a call that allocates nothing).
+        if isinstance(e, MemoryError):
+            self._oom()
+        else:
             self.errors += 1
             port.print_exc(e)
+
+    def _oom(self):
+        # Count a MemoryError the device survives. The allocator has already collected before it
+        # failed; collecting again frees what unwinding to here released (the failed call's frames
+        # and partial results), so the error answer or the retry that follows finds it free.
+        self.oom += 1
+        port.collect()
 
     def _packet(self, i, n):
         # The packet at the receive buffer's [i:n]; returns where the next one starts.
@@ -470,16 +524,17 @@ class Device:
             return
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
-        self._calling = False
         if svc.is_async:
             from device import aio
-            aio.finish_later(self, svc, value)  # value: the coroutine
+            aio.finish_later(self, svc, value)  # value: the coroutine; not scheduled (no memory): answered
+            self._calling = False
         else:
+            self._calling = False
             self._value(svc, value)
 
     def _start_op(self, svc, args):
         from device import ops
-        self._send(0, 0, {"op": ops.start(self, svc, args)})
+        ops.begin(self, svc, args)
 
     def _framework(self, key, params):
         try:
@@ -487,7 +542,13 @@ class Device:
         except MalformedError as e:
             self._error("INVALID_ARGUMENT", "arguments: %s" % e)
             return
-        value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+        try:
+            value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+        except MemoryError:  # loading the management plane, or building its answer
+            release()
+            self._oom()
+            self._error("RESOURCE_EXHAUSTED", "out of memory")
+            return
         release()
         if value is None:
             try:
@@ -524,12 +585,13 @@ class Device:
         self._error(code, message)
 
     def _code(self, e):
-        # The wire code and message for an exception raised by a handler.
+        # The wire code and message for an exception raised by a handler (a MemoryError is counted).
         if isinstance(e, ServiceError):
             return e.code, e.message
         if isinstance(e, (TypeError, ValueError)):
             return "INVALID_ARGUMENT", str(e)
         if isinstance(e, MemoryError):
+            self._oom()  # counted, and collected before the answer is built
             return "RESOURCE_EXHAUSTED", "out of memory"
         return "INTERNAL", "%s: %s" % (type(e).__name__, e)
 

@@ -8,10 +8,10 @@
 # notification target) and notes, burst (publishes n messages); topic `tick` (a counter) every second, or every
 # "tick" seconds of the config.
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
-# "lease_ms"}) plus keys only the simulator reads: "index" (the device number, from 1; varies the readings
-# between devices), "tick" (seconds between publications on topic `tick`; 0 never), "loss" (probability 0..1
-# that a datagram is dropped, in either direction) and "sleepy" (seconds: awake that long, then asleep that
-# long, and so on; 0 never sleeps).
+# "lease_ms"}, and the caps "max_ops" and "max_reports" where set) plus keys only the simulator reads: "index"
+# (the device number, from 1; varies the readings between devices), "tick" (seconds between publications on topic
+# `tick`; 0 never), "loss" (probability 0..1 that a datagram is dropped, in either direction) and "sleepy"
+# (seconds: awake that long, then asleep that long, and so on; 0 never sleeps).
 import gc
 import sys
 import json
@@ -26,7 +26,7 @@ with open(path) as f:
     cfg = json.load(f)
 # What Device.from_config does, from the config already read (one JSON parse: the heap is small).
 kw = {}
-for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway"):
+for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports"):
     if k in cfg:
         kw[k] = cfg[k]
 dev = Device(cfg["name"], cfg["key"], **kw)
@@ -102,13 +102,13 @@ if tick_ms > 0:
 
 
 def pace():
-    # At most 12 unacknowledged reports: the outbox holds 16 and drops the oldest when full.
+    # At most max_reports - 4 unacknowledged reports (12 by default): the outbox drops the oldest when full.
     # One per tick: a train of sends would come back to the device (multicast loopback) as one read, and
     # a read that fills the receive buffer loses its tail, acknowledgements included.
     ob = dev._outbox
     if burst[0] >= burst[1]:
         return False  # done: stop the timer
-    if ob is None or len(ob.items) < 12:
+    if ob is None or len(ob.items) < max(1, dev.max_reports - 4):
         burst[0] += 1
         dev.publish("burst", [burst[0], _now_ms()] if burst[2] else burst[0])
 

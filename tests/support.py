@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
 import os
 import secrets
@@ -103,6 +105,23 @@ def is_announcement(site: str = "edge"):
     def check(data: bytes):
         got = parsed_interest(data)
         return data if got is not None and got[0][:3] == prefix else None
+    return check
+
+
+def report_of(board: Board, kind: str):
+    """Predicate: a report /edge/<kind> signed by the board's key; returns (name, params, wire)."""
+    from ndn.encoding import Name
+
+    def check(data):
+        got = parsed_interest(data)
+        if got is None or Name.to_str(got[0][:2]) != f"/edge/{kind}":
+            return None
+        name, params, sig = got
+        mac = hmac.new(board.key, digestmod=hashlib.sha256)
+        for part in sig.signature_covered_part:
+            mac.update(part)
+        assert mac.digest() == bytes(sig.signature_value_buf), "report with a bad signature"
+        return name, cbor2.loads(bytes(params)), data
     return check
 
 

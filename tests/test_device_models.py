@@ -1,14 +1,11 @@
 """Notifications, long-running operations, publications and sleep on the real MicroPython device,
 with this test playing the gateway: it parses and verifies the device's reports and acknowledges them."""
-import hashlib
-import hmac
-
 import cbor2
 import pytest
-from ndn.encoding import Name, parse_interest
+from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
-from tests.support import Board, is_announcement, parsed_interest
+from tests.support import Board, is_announcement, report_of
 
 
 @pytest.fixture
@@ -17,21 +14,6 @@ def board(micropython, peer, tmp_path):
     b.start(peer)
     yield b
     b.stop()
-
-
-def report_of(board, kind):
-    """Predicate: a report /edge/<kind> signed by the board's key; returns (name, params, wire)."""
-    def check(data):
-        got = parsed_interest(data)
-        if got is None or Name.to_str(got[0][:2]) != f"/edge/{kind}":
-            return None
-        name, params, sig = got
-        mac = hmac.new(board.key, digestmod=hashlib.sha256)
-        for part in sig.signature_covered_part:
-            mac.update(part)
-        assert mac.digest() == bytes(sig.signature_value_buf), "report with a bad signature"
-        return name, cbor2.loads(bytes(params)), data
-    return check
 
 
 def test_notification_runs_the_handler_and_sends_nothing(board, peer):

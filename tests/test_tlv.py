@@ -216,13 +216,29 @@ def test_a_failing_handler_is_answered_and_the_rest_of_the_read_is_served(tmp_pa
     assert "no" in replies[1].message and dev.errors == 1 and not dev._calling
 
 
-def test_a_failing_renewal_is_retried_a_second_later_not_at_once(tmp_path):
+def test_a_renewal_out_of_memory_is_counted_and_retried_half_a_second_later_and_timers_still_run(tmp_path):
+    from device.port import ticks_diff, ticks_ms
     dev = _served_device(tmp_path)
-    dev._renew_at = dev._due = dev._boot  # the announcement is due
+    ran = []
+    dev.every(100)(lambda: ran.append(1))
+    dev._renew_at = dev._due = dev._boot  # the announcement is due, and so is the timer
 
     def broken(state):
         raise MemoryError("no heap for the control plane")
     dev._announce = broken
+    dev._timers[0][0] = dev._boot
+    assert 0 < dev.tick() <= 100  # caught in tick, not at once again: the loop polls for packets in between
+    assert dev.oom == 1 and ran == [1]  # counted; the app timer ran all the same (it may be what frees the heap)
+    assert 400 <= ticks_diff(dev._renew_at, ticks_ms()) <= 500
+
+
+def test_a_tick_that_raises_is_retried_a_second_later_not_at_once(tmp_path):
+    dev = _served_device(tmp_path)
+    dev._due = dev._boot
+
+    def broken():
+        raise MemoryError("no heap for _run_due's frame")
+    dev._run_due = broken
     with pytest.raises(MemoryError):
         dev.tick()  # the serving loop catches this (Device._fault) and goes on
     assert 900 <= dev.tick() <= 1000  # the loop polls for packets in between

@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ndn_edge import __version__
 from ndn_edge.errors import ConfigError
 from ndn_edge.state.home import Home
 from ndn_edge.logs import event
@@ -98,7 +99,7 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
-        event(log, "gateway_started", home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
+        event(log, "gateway_started", version=__version__, home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
               iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
               devices=self.store.count_devices(), clients=len(self.store.list_clients()))
 

@@ -201,6 +201,13 @@ def test_usage_errors_are_one_line(run, args, fragment):
     assert code == 2 and out == ""
     assert_one_error_line(err, "ndn-edge: sim: argument ", fragment, "(see ndn-edge sim --help)")
 
+def test_version_is_the_packages(capsys):
+    from ndn_edge import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr() == (f"ndn-edge {__version__}\n", "")
+
+
 def test_usage_error_returns_two(capsys):
     assert main(["client"]) == 2
     assert_one_error_line(capsys.readouterr().err, "ndn-edge: client: ", "required")

@@ -792,6 +792,9 @@ def test_e2e_hostile_input_while_serving(cluster):
     assert cluster.stop(cluster.gateway) == 130
     events = [json.loads(line) for line in cluster.log("gateway", "err").splitlines()]
     assert {"client_request", "client_drop", "gateway_started", "gateway_stopped"} <= {e["event"] for e in events}
+    from ndn_edge import __version__
+    assert [e["version"] for e in events if e["event"] == "gateway_started"] == [__version__]
+    assert cluster.log("gateway").startswith(f"ndn-edge gateway {__version__}: home {home.path}, site /edge, ")
     assert all(e["level"] in ("debug", "info", "warning") for e in events)
     assert not [e for e in events if "key" in e and isinstance(e["key"], str)]  # no secrets in logs
 

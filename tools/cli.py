@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Union
 
+from ndn_edge import __version__
 from ndn_edge.errors import GatewayError, UnknownClient
 from ndn_edge.state.home import Home, validate_client_name
 from ndn_edge.tools.errors import CommandError, ToolsError
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help=home_help)
     parser = _Parser(prog=PROG, description="IoT edge services over signed NDN multicast.")
     parser.add_argument("--home", metavar="DIR", default=None, help=home_help)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     groups: dict[str, Any] = {}
     for command, (_, builder, help_text) in COMMANDS.items():

@@ -66,6 +66,7 @@ def do_up(state: State, args: argparse.Namespace) -> int:
 
 
 async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str) -> None:
+    from ndn_edge import __version__
     from ndn_edge.client.api import Client
     from ndn_edge.daemon import Gateway
 
@@ -75,7 +76,7 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
     try:
         host, port = gateway.address
         print(f"home       {home.path}")
-        print(f"gateway    clients on {host}:{port}, devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
+        print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
               f"site /{site}")
         how = fleet.start()
         print(f"devices    {' '.join(fleet.names)} on {how}" + (f", loss {fleet.loss:g}" if fleet.loss else ""))

@@ -460,6 +460,9 @@ def test_bad_ports_give_one_line_errors(tmp_path, fake_board, vboards):
     code, _, err = cli(home, "provision", "--name", "x/y", "--port", str(tmp_path / "ttyNOPE"))
     assert code == 1
     one_error_line(err, "no such port")
+    code, _, err = cli(home, "provision", "--name", "x//y", "--port", str(tmp_path / "ttyNOPE"))
+    assert code == 2  # the name is checked before the port is opened
+    one_error_line(err, "provision: invalid device name 'x//y'")
 
     code, _, err = cli(home, *deploy, fake_board("silent").port)
     assert code == 1

@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ndn_edge.tools.argtypes import bounded
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.state.home import validate_client_name
+from ndn_edge.tools.argtypes import bounded, checked
+from ndn_edge.tools.errors import EXIT_CODES_HELP, CommandError
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
@@ -25,27 +26,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 EXIT_INVALID_ARGUMENT = 3  # gateway.errors.InvalidArgument.exit_code, without importing it at start-up
 
-EXIT_CODES_HELP = """exit codes:
-  0    success
-  1    other failure (e.g. a file could not be read)
-  2    usage or configuration: bad options, no home/credentials/gateway record
-  3    INVALID_ARGUMENT    the arguments are not what the service takes
-  4    NOT_FOUND           no such device or service
-  5    PERMISSION_DENIED   this client's rules do not allow it (see: ndn-edge acl list)
-  6    UNAVAILABLE         the device or the gateway cannot be reached now
-  7    DEADLINE_EXCEEDED   no answer in time (an unknown client or bad key also ends here: the
-                           gateway does not answer requests it cannot authenticate)
-  8    RESOURCE_EXHAUSTED  the device or gateway is out of memory or too busy
-  9    INTERNAL            the service raised, or the framework failed; the message says how
-  130  interrupted (Ctrl-C)
-"""
-
 
 # -- argument builders
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--as", dest="as_client", metavar="CLIENT", default=None,
+    parser.add_argument("--as", dest="as_client", metavar="CLIENT", type=checked(validate_client_name), default=None,
                         help="client identity to sign with (default: $NDN_EDGE_CLIENT, else the home's only client)")
     parser.add_argument("--timeout", metavar="S", type=_seconds, default=5.0, help="deadline in seconds (default 5)")
     parser.add_argument("--gateway", metavar="HOST:PORT", default=None,

@@ -15,9 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ndn_edge.tools.cmd_client import _client_options, _parse_args_json, _print_json, _print_table, _with_client, value_text
-from ndn_edge.tools.errors import CommandError
-
-EXIT_USAGE = 2
+from ndn_edge.tools.errors import EXIT_USAGE, CommandError
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client

@@ -196,6 +196,7 @@ def test_help_on_groups_and_top_level(capsys):
 
 @pytest.mark.parametrize("args, fragment", [(("--tick", "-1"), "tick must be seconds from 0 to 86400"),
                                             (("--loss", "1"), "loss must be a probability"),
+                                            (("--seed", "-1"), "seed must be an integer from 0"),
                                             (("--devices", "0"), "device count must be 1 to 1000"),
                                             (("--heap", "lots"), "heap must be a size")])
 def test_usage_errors_are_one_line(run, args, fragment):

@@ -407,8 +407,9 @@ def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expir
 
 @pytest.mark.soak
 def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
-    """`--loss 0.3` on the device (seeded: the same drops on every run): 100 `counter` calls run exactly 100 times, while 1000 messages published in a
-    burst reach a durable subscriber (away for a while in the middle) all, once each, in order."""
+    """`--loss 0.3` on the device (seeded: the same drops on every run): 100 `counter` calls run exactly 100 times,
+    while 1000 messages published in a burst reach a durable subscriber (away for a while in the middle) all, once
+    each, in order."""
     calls, burst = 100, 1000
     fleet.clients(alice="sim/**", admin="**")
     fleet.start_gateway()

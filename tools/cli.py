@@ -2,8 +2,8 @@
 
 Shape (after mpremote's main.py): `COMMANDS` maps each command ("client add" is a verb with a sub-verb) to
 `(handler, argument builder, help)`. A handler is `do_<verb>(state, args)` returning None or an exit status; it is
-given directly or as "module:function", imported only when that command runs, so `import ndn_edge.tools.cli` loads neither
-python-ndn, nor the store, nor pyserial. A handler of None means "not available yet".
+given directly or as "module:function", imported only when that command runs, so `import ndn_edge.tools.cli` loads
+neither python-ndn, nor the store, nor pyserial. A handler of None means "not available yet".
 
 To plug in a command implemented elsewhere, replace its entry, e.g.:
 

@@ -66,7 +66,8 @@ async def _serve(gateway: Gateway) -> None:
     await gateway.start()
     try:
         host, port = gateway.address
-        print(f"ndn-edge gateway {__version__}: home {gateway.home.path}, site /{gateway.site}, clients on {host}:{port}, "
+        print(f"ndn-edge gateway {__version__}: home {gateway.home.path}, site /{gateway.site}, "
+              f"clients on {host}:{port}, "
               f"devices on {gateway.group}:{gateway.port} via {gateway.iface}; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()
     finally:

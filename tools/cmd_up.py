@@ -77,7 +77,8 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
     try:
         host, port = gateway.address
         print(f"home       {home.path}")
-        print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
+        print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, "
+              f"devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
               f"site /{site}")
         how = fleet.start()
         print(f"devices    {' '.join(fleet.names)} on {how}{_loss_text(fleet)}")

@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 EXTRAS = {"up": "test", "test": "test", "bench": "test,bench"}
+# pytest-xdist workers for `test`. The suite mostly waits (devices, gateways and timers in other processes), so
+# more workers than cores pay: measured on 2 cores, see README.md. NDN_EDGE_TEST_WORKERS overrides (0: serial);
+# so does -n or -p no:xdist among the pytest arguments.
+TEST_WORKERS = "4"
 
 
 def ensure_env(extras: str) -> None:
@@ -29,6 +33,15 @@ def ensure_env(extras: str) -> None:
     stamp.touch()
 
 
+def parallel_args(pytest_args: list[str]) -> list[str]:
+    """xdist options for the suite, unless the caller chose (`-n N`, `-p no:xdist`, NDN_EDGE_TEST_WORKERS=0)."""
+    workers = os.environ.get("NDN_EDGE_TEST_WORKERS", TEST_WORKERS)
+    chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) or a.endswith("no:xdist") for a in pytest_args)
+    if chosen or workers in ("", "0"):
+        return []
+    return ["-n", workers]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print("usage: python3 dev.py up [ARGS...] | test [PYTEST ARGS...] | bench [ARGS...]", file=sys.stderr)
@@ -38,7 +51,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if job == "test":
         env["NDN_EDGE_REQUIRE_MICROPYTHON"] = "1"
-        cmd = [str(BIN / "python"), "-m", "pytest", "-q", *rest]
+        cmd = [str(BIN / "python"), "-m", "pytest", "-q", *parallel_args(rest), *rest]
     elif job == "bench":
         cmd = [str(BIN / "python"), "-m", "bench", *rest]
     else:

@@ -7,6 +7,17 @@ import pytest
 from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
 
 
+_FIRST = ("soak", "wheel")  # the longest tests and the slowest set-up
+
+
+def pytest_collection_modifyitems(config, items):
+    """Soak and wheel tests first: under xdist the longest ones then run beside the rest instead of after them.
+    The order stays deterministic (a stable sort), as xdist requires of every worker's collection."""
+    def rank(item) -> int:
+        return next((i for i, mark in enumerate(_FIRST) if item.get_closest_marker(mark)), len(_FIRST))
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def micropython(tmp_path_factory):
     """The `micropython` command; a missing one fails when required (CI), else skips.

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -294,11 +295,29 @@ def mp_env():
     return env
 
 
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "ndn-edge-test-ports"
+_reserved: list = []  # lock files held until this process exits
+
+
 def free_udp_port():
-    """A UDP port that was free a moment ago; each test gets its own multicast port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A UDP port that was free a moment ago and that no other test process holds: each test gets its own
+    multicast port. Every socket on the group shares its port (SO_REUSEADDR), so the OS cannot keep two tests
+    apart; a lock file per port does, across xdist workers and concurrent runs, until this process exits."""
+    import fcntl
+
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        lock = open(_PORT_LOCKS / str(port), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another test process holds it
+            lock.close()
+            continue
+        _reserved.append(lock)
+        return port
 
 
 def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):

@@ -460,6 +460,9 @@ def test_bad_ports_give_one_line_errors(tmp_path, fake_board, vboards):
     code, _, err = cli(home, "provision", "--name", "x/y", "--port", str(tmp_path / "ttyNOPE"))
     assert code == 1
     one_error_line(err, "no such port")
+    code, _, err = cli(home, "provision", "--name", "x//y", "--port", str(tmp_path / "ttyNOPE"))
+    assert code == 2  # the name is checked before the port is opened
+    one_error_line(err, "provision: invalid device name 'x//y'")
 
     code, _, err = cli(home, *deploy, fake_board("silent").port)
     assert code == 1
@@ -604,41 +607,54 @@ def test_flash_copies_a_uf2_to_the_boot_drive(tmp_path):
     assert "copying RPI_PICO_W.uf2 (4096 bytes)" in out
 
 
-def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
-    """Each board's manifest (and the unix port's, for `bench device --frozen`), run with the manifest API's
-    path rules, freezes every runtime module after the port's own manifest."""
+def _board_manifests() -> list[tuple[Path, tuple[str, ...]]]:
+    """Each board's manifest and the unix port's (for `bench device --frozen`), with the port manifests each may
+    include first."""
+    manifests = [(ROOT / "firmware" / "boards" / board / "manifest.py",
+                  ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")) for board in cmd_flash.BOARDS]
+    manifests.append((ROOT / "firmware" / "unix" / "manifest.py", ("$(PORT_DIR)/variants/standard/manifest.py",)))
+    return manifests
+
+
+def _what_a_board_runs() -> list[str]:
+    """The runtime as `ndn-edge deploy` copies it (no host-only shims), plus the Wi-Fi start-up module."""
+    from ndn_edge.tools.micropython import runtime_sources
+
+    return sorted([f"device/{p.name}" for p in runtime_sources()] + ["ndn_boot.py"])
+
+
+def test_board_profiles_and_manifests_freeze_exactly_the_runtime(monkeypatch):
+    """Each board's manifest, run with the manifest API's path rules (tests/manifests.py), freezes after the port's
+    own manifest exactly what a board runs: every runtime module, not the CPython shims, versioned as ndn_edge."""
+    from ndn_edge import __version__
+    from ndn_edge.tools.micropython import HOST_ONLY
+    from tests.manifests import read_with_stand_in
+
     monkeypatch.chdir(ROOT)
     for board in cmd_flash.BOARDS:
         profile = cmd_flash.load_profile(board)
         assert profile.board == board and profile.firmware_url.startswith("https://micropython.org/")
-    manifests = [(ROOT / "firmware" / "boards" / board / "manifest.py",
-                  ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")) for board in cmd_flash.BOARDS]
-    manifests.append((ROOT / "firmware" / "unix" / "manifest.py", ("$(PORT_DIR)/variants/standard/manifest.py",)))
-    for manifest, port_manifests in manifests:
-        frozen: list[str] = []
-        included: list[str] = []
+    assert HOST_ONLY == ("_cpython.py",) and (ROOT / "device" / "_cpython.py").exists()
+    for manifest, port_manifests in _board_manifests():
+        frozen = read_with_stand_in(manifest)
+        assert frozen.included and frozen.included[0] in port_manifests
+        assert sorted(frozen.targets) == _what_a_board_runs(), manifest
+        assert "device/_cpython.py" not in frozen.targets
+        assert frozen.metadata["version"] == __version__
 
-        def run(path: Path) -> None:
-            api = {
-                "include": lambda p: included.append(p) if p.startswith("$(") else run((Path.cwd() / p).resolve()),
-                "package": lambda name, base_path=".": frozen.extend(
-                    str(f.relative_to((Path.cwd() / base_path).resolve()))
-                    for f in sorted(((Path.cwd() / base_path) / name).resolve().glob("**/*.py"))),
-                "module": lambda name, base_path=".": frozen.append(name) if (Path.cwd() / base_path / name).is_file()
-                else pytest.fail(f"{path}: module {name} not found under {base_path}"),
-                "require": lambda *a, **k: pytest.fail(f"{path}: requires {a}; the runtime needs no micropython-lib"),
-            }
-            previous = Path.cwd()
-            os.chdir(path.parent)  # the manifest API resolves paths from the manifest's folder
-            try:
-                exec(compile(path.read_text(), str(path), "exec"), api)
-            finally:
-                os.chdir(previous)
 
-        run(manifest)
-        assert included and included[0] in port_manifests
-        assert sorted(frozen) == sorted([f"device/{p.name}" for p in (ROOT / "device").glob("*.py")]
-                                        + ["ndn_boot.py"])
+def test_manifests_by_micropythons_own_rules(tmp_path):
+    """The same, read by MicroPython's tools/manifestfile.py (freeze mode) from its source in ../shared."""
+    from ndn_edge import __version__
+    from tests.manifests import SOURCE_ENV, manifestfile_module, read_with_micropython
+
+    manifestfile = manifestfile_module(tmp_path)
+    if manifestfile is None:
+        pytest.skip(f"no MicroPython source in ../shared/micropython or ${SOURCE_ENV}")
+    for manifest, _ in _board_manifests():
+        frozen = read_with_micropython(manifestfile, manifest, tmp_path / manifest.parent.name)
+        assert sorted(frozen.targets) == _what_a_board_runs(), manifest
+        assert frozen.metadata["version"] == __version__ and frozen.metadata["license"] == "MIT"
 
 
 # -- deploy planning (against a board double: the end-to-end tests above use real boards)

@@ -742,10 +742,14 @@ def test_e2e_hostile_input_while_serving(cluster):
     assert cluster.stop(cluster.gateway) == 130
     events = [json.loads(line) for line in cluster.log("gateway", "err").splitlines()]
     assert {"client_request", "client_drop", "gateway_started", "gateway_stopped"} <= {e["event"] for e in events}
+    from ndn_edge import __version__
+    assert [e["version"] for e in events if e["event"] == "gateway_started"] == [__version__]
+    assert cluster.log("gateway").startswith(f"ndn-edge gateway {__version__}: home {home.path}, site /edge, ")
     assert all(e["level"] in ("debug", "info", "warning") for e in events)
     assert not [e for e in events if "key" in e and isinstance(e["key"], str)]  # no secrets in logs
 
 
+@pytest.mark.soak
 def test_e2e_lossy_devices_run_each_call_once(cluster):
     """`--loss 0.2`: 100 `counter` calls through the gateway run once each; the device ends at exactly 100.
 
@@ -758,7 +762,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
     home = cluster.start_gateway()
     # Renewals every ~5 s: a lost boot announcement is made up for soon, and the lease (15 s) lapses only after
     # three renewals in a row are lost (p = 0.008), not during the calls. A 3 s lease would flap offline.
-    cluster.start_sim(1, "--loss", "0.2", "--lease-ms", "15000")
+    cluster.start_sim(1, "--loss", "0.2", "--seed", "2", "--lease-ms", "15000")
     with Client.connect_sync(home=home.path, client="alice") as alice:
         cluster.wait_online(alice, ["/edge/sim/1"], timeout_s=30)
 
@@ -777,7 +781,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
         assert alice.call("sim/1/counter") == calls + 1
         devices = admin.metrics()["devices"]
     assert devices["invoker_retries"] > 0 and devices["invoker_timeouts"] == 0  # loss was there, and overcome
-    assert "simulating 2000/10000 datagram loss" in (cluster.home / "sim" / "1" / "device.log").read_text()
+    assert "simulating 2000/10000 datagram loss, seed 2" in (cluster.home / "sim" / "1" / "device.log").read_text()
 
 
 def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):

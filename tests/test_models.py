@@ -405,16 +405,18 @@ def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expir
 # -- exactly once under loss
 
 
+@pytest.mark.soak
 def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
-    """`--loss 0.3` on the device: 100 `counter` calls run exactly 100 times, while 1000 messages published in a
-    burst reach a durable subscriber (away for a while in the middle) all, once each, in order."""
+    """`--loss 0.3` on the device (seeded: the same drops on every run): 100 `counter` calls run exactly 100 times,
+    while 1000 messages published in a burst reach a durable subscriber (away for a while in the middle) all, once
+    each, in order."""
     calls, burst = 100, 1000
     fleet.clients(alice="sim/**", admin="**")
     fleet.start_gateway()
     # A 30 s lease: renewals every 10 s make up for a lost boot announcement. Two lost in a row (p = 0.09) let
     # the lease lapse for a moment; a call then fails fast with UNAVAILABLE, which means nothing was sent to the
     # device, so the callers below retry it.
-    fleet.start_sim(1, "--loss", "0.3", "--lease-ms", "30000")
+    fleet.start_sim(1, "--loss", "0.3", "--seed", "1", "--lease-ms", "30000")
     with fleet.connect("alice", timeout=20) as alice:
         fleet.wait_online(alice, ["/edge/sim/1"], timeout_s=40)
         with alice.subscribe("sim/1/burst", durable="all") as sub:
@@ -469,4 +471,4 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     with fleet.connect("admin") as admin:
         models = admin.metrics()["patterns"]
     assert models["reports_duplicates"] > 0  # acknowledgements were lost, and the retransmissions recognised
-    assert "simulating 3000/10000 datagram loss" in (fleet.home / "sim" / "1" / "device.log").read_text()
+    assert "simulating 3000/10000 datagram loss, seed 1" in (fleet.home / "sim" / "1" / "device.log").read_text()

@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from ndn_edge import __version__
 from ndn_edge.tools.netargs import add_network_args, listen_arg
 from ndn_edge.wire.protocol import DEFAULT_SITE
 
@@ -66,7 +67,8 @@ async def _serve(gateway: Gateway) -> None:
     await gateway.start()
     try:
         host, port = gateway.address
-        print(f"ndn-edge gateway: home {gateway.home.path}, site /{gateway.site}, clients on {host}:{port}, "
+        print(f"ndn-edge gateway {__version__}: home {gateway.home.path}, site /{gateway.site}, "
+              f"clients on {host}:{port}, "
               f"devices on {gateway.group}:{gateway.port} via {gateway.iface}; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()
     finally:

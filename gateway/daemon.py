@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from ndn_edge import __version__
 from ndn_edge.errors import ConfigError
 from ndn_edge.logs import event
-from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 from ndn_edge.state.home import Home
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
 if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
@@ -95,8 +95,8 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
-        event(log, "gateway_started", version=__version__, home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
-              iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
+        event(log, "gateway_started", version=__version__, home=str(self.home.path), site=self.site,
+              listen=f"{host}:{port}", iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
               devices=store.count_devices(), clients=len(store.list_clients()))
 
     @property

@@ -14,9 +14,10 @@ Matching is the classic two-pointer glob walk with one backtrack point (the last
 patterns to regular expressions (backtracking blow-up on many `**`, and escaping pitfalls).
 """
 from __future__ import annotations
-from ndn_edge.wire.protocol import DEFAULT_SITE  # noqa: F401  (names live under it)
 
 from collections.abc import Iterable, Sequence
+
+from ndn_edge.wire.protocol import DEFAULT_SITE  # noqa: F401  (names live under it)
 
 ONE = "*"
 ANY = "**"

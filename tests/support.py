@@ -52,7 +52,7 @@ class McastPeer:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             value = predicate(data)
             if value:
@@ -160,8 +160,7 @@ class Board:
         return ann
 
     def _my_announcement(self):
-        from ndn.encoding import parse_interest
-        from ndn.encoding import Name
+        from ndn.encoding import Name, parse_interest
         check = is_announcement(self.name.split("/")[1])
         want = wire.key_name(self.name, self.key)
 
@@ -401,7 +400,8 @@ class Cluster:
     def start_sim(self, count: int, *extra: str) -> None:
         with open(self.logs / "sim.log", "ab") as log:
             self.sim = subprocess.Popen(
-                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
+                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "sim", "--devices", str(count),
+                 "--group",
                  f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def connect(self, client: str, timeout: float = 5.0):

@@ -29,12 +29,11 @@ from ndn_edge.client.api import Client
 from ndn_edge.errors import ConfigError
 from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store
-from tests.support import wait_until
-from tests.support import stop_process
 from ndn_edge.tools import cmd_flash
 from ndn_edge.tools.cli import main as cli_main
 from ndn_edge.tools.cmd_provision import device_name
 from ndn_edge.tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
+from tests.support import stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -79,7 +78,8 @@ class VBoard:
         self.folder = folder
         self.log_path = folder.parent / f"{folder.name}.log"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "vboard", "--dir", str(folder), *extra],
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "vboard", "--dir", str(folder),
+                                          *extra],
                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, 20, what="the vboard's port link")
 
@@ -136,7 +136,8 @@ class Gateway:
     def __init__(self, home: Path, port: int, env: dict[str, str], log: Path) -> None:
         self.home = home
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway", "--group",
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway",
+                                          "--group",
                                           f"{GROUP}:{port}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.log = log
 
@@ -285,7 +286,7 @@ def test_provision_deploy_and_call_through_the_gateway(gateway, vboards, env, tm
         wait_online(home, "/edge/kitchen/th1", since)
         assert alice.call("kitchen/th1/setpoint") == 19.5  # the new app runs
 
-    code, out, err = cli(home, "provision", "--port", vb.port, "--name", "kitchen/th1")
+    code, _out, err = cli(home, "provision", "--port", vb.port, "--name", "kitchen/th1")
     assert code == 1
     one_error_line(err, "already provisioned", "--yes")
     assert json.loads((vb.flash / "ndn_config.json").read_text())["key"] == config["key"]  # board untouched
@@ -454,7 +455,7 @@ def test_bad_ports_give_one_line_errors(tmp_path, fake_board, vboards):
     home = tmp_path / "home"
     deploy = ("deploy", "--app", str(THERMOSTAT), "--connect-timeout", "1.5", "--port")
 
-    code, out, err = cli(home, *deploy, str(tmp_path / "ttyNOPE"))
+    code, _out, err = cli(home, *deploy, str(tmp_path / "ttyNOPE"))
     assert code == 1
     one_error_line(err, "no such port", "ttyNOPE", "list_ports")
     code, _, err = cli(home, "provision", "--name", "x/y", "--port", str(tmp_path / "ttyNOPE"))

@@ -122,6 +122,6 @@ def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micr
     env = Env(tmp_path)
     env.use_frozen("anchor", "asyncio")  # the stock unix port freezes its asyncio
     assert env.path("anchor") == ".frozen"
-    with pytest.raises(ToolMissing, match="does not carry `device` frozen in .*firmware/unix/manifest.py"):
+    with pytest.raises(ToolMissing, match=r"does not carry `device` frozen in .*firmware/unix/manifest\.py"):
         env.use_frozen("ndn", "device")
     assert "ndn" not in env.frozen

@@ -29,14 +29,21 @@ import pytest
 from ndn.encoding import InterestParam, Name, make_interest
 from ndn.encoding.ndnlp_v2 import LpPacket, LpPacketValue, parse_lp_packet_v2
 
+from ndn_edge.client.api import BlockingClient, CallResult, Client
+from ndn_edge.clients.face import ClientFace
+from ndn_edge.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.state.store import Store
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
-from ndn_edge.client.api import BlockingClient, CallResult, Client
-from ndn_edge.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
-                            ResourceExhausted, Unavailable)
-from ndn_edge.state.home import ClientCredentials, Home
-from ndn_edge.clients.face import ClientFace
-from ndn_edge.state.store import Store
 from tests.fakes import FakeDevices
 from tests.support import Cluster, until
 from tests.support import run_scenario as run
@@ -164,7 +171,7 @@ def test_reply_encoding_is_python_ndn_byte_for_byte(nack, size):
 
     key = bytes(range(32))
     key_name = cw.client_key_name("edge", "alice", key)
-    name = Name.from_str("/edge/_gw/call/sim/1/echo") + [b"\x02\x20" + bytes(32)]
+    name = [*Name.from_str("/edge/_gw/call/sim/1/echo"), b"\x02 " + bytes(32)]
     content = bytes(i % 251 for i in range(size))
     ours = cw.encode_reply(bytes(Name.to_bytes(name)), content, cw.ReplySigner(key_name, key), nack=nack)
     theirs = bytes(make_data(name, MetaInfo(content_type=wire.CONTENT_NACK) if nack else None, content,
@@ -208,7 +215,7 @@ def test_calls_lists_and_errors_through_the_client(tmp_path):
                 assert [d["name"] for d in page] == ["/edge/sim/1", "/edge/sim/2"]  # lab/x is not visible
                 assert page.next_page_token is None
                 assert [s_["name"] for s_ in await c.services("sim/1")] == ["counter", "echo", "temperature"]
-                with pytest.raises(PermissionDenied, match="may not call lab/x/echo.*acl grant alice lab/x/echo"):
+                with pytest.raises(PermissionDenied, match=r"may not call lab/x/echo.*acl grant alice lab/x/echo"):
                     await c.call("lab/x/echo")
                 with pytest.raises(PermissionDenied):
                     await c.services("lab/x")
@@ -222,7 +229,7 @@ def test_calls_lists_and_errors_through_the_client(tmp_path):
                     await c.call("sim")  # caught before sending
                 with pytest.raises(InvalidArgument):
                     await c.call("sim/1/echo", [1, 2])  # type: ignore[arg-type]
-                with pytest.raises(ResourceExhausted, match="reply is .* bytes"):
+                with pytest.raises(ResourceExhausted, match=r"reply is .* bytes"):
                     await c.call("sim/1/big")
             async with Client.connect(home=s.home.path, client="root", gateway=s.address, timeout=2) as root:
                 assert [d["name"] async for d in root.iter_devices(page_size=1)] == s.devices.names
@@ -396,7 +403,7 @@ def test_lp_wrapped_request_gets_its_pit_token_back(tmp_path):
             key = creds(s, "alice")
             peer = await RawPeer.open(s.addr)
             try:
-                packet, final = request(key, "call", ("sim", "1", "echo"), {"args": {"lp": True}})
+                packet, _final = request(key, "call", ("sim", "1", "echo"), {"args": {"lp": True}})
                 lp = LpPacket()
                 lp.lp_packet = LpPacketValue()
                 lp.lp_packet.pit_token = b"\xaa\xbb\xcc\xdd"
@@ -504,7 +511,7 @@ def test_hostile_input_in_process(tmp_path):
 
 def test_client_configuration_errors(tmp_path, monkeypatch):
     home = Home(tmp_path / "home")
-    with pytest.raises(ConfigError, match="no client credentials .* ndn-edge client add NAME"):
+    with pytest.raises(ConfigError, match=r"no client credentials .* ndn-edge client add NAME"):
         Client.connect(home=home.path)
     home.write_client("a", b"\x01" * 32, "edge")
     with pytest.raises(ConfigError, match="no gateway running for home"):
@@ -787,7 +794,8 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
 def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     home = tmp_path / "home"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
+    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices",
+                           "2",
                            "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -798,7 +806,8 @@ def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     assert not (home / "gateway.json").exists()  # the in-process gateway removed its record
     # a second run reuses the home: same clients, same device keys
     keys = {p.name: json.loads((p / "ndn_config.json").read_text())["key"] for p in (home / "sim").glob("[0-9]")}
-    again = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
+    again = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices",
+                            "2",
                             "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -811,7 +820,7 @@ def test_e2e_second_gateway_on_a_home_is_refused(cluster):
     _setup_clients(cluster)
     home = cluster.start_gateway()
     pid = home.read_gateway_record().pid
-    code, out, err = cluster.cli("gateway", "--group", f"{GROUP}:{cluster.port}")
+    code, _out, err = cluster.cli("gateway", "--group", f"{GROUP}:{cluster.port}")
     assert code == 2 and f"a gateway (pid {pid}) already serves home" in err
     assert home.read_gateway_record().pid == pid and cluster.gateway.poll() is None
 

@@ -10,17 +10,19 @@ import os
 
 import cbor2
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from ndn_edge.wire import packets as wire
 from ndn_edge.devices.directory import Directory
-from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
 from ndn_edge.devices.invoker import Backoff, CircuitBreaker, Requester, ResultCache, canonical_args
+from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from ndn_edge.state.store import Store
+from ndn_edge.wire import packets as wire
+from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
+from tests.support import until
 
 
 class FakeClock:
@@ -143,7 +145,7 @@ def test_cache_expiries_of_entries_filled_together_are_spread():
     for key in keys:
         cache.put_answer(key, b"\x01", 2000)
     expiries = sorted(cache.fresh(k).fresh_until - clock.now for k in keys)
-    assert 1.8 <= expiries[0] and expiries[-1] <= 2.0
+    assert expiries[0] >= 1.8 and expiries[-1] <= 2.0
     assert expiries[-1] - expiries[0] > 0.15  # spread over (nearly) the whole jitter window
     buckets = [sum(1 for e in expiries if lo <= e < lo + 0.02) for lo in [1.8 + 0.02 * i for i in range(10)]]
     assert max(buckets) <= 45  # no instant carries more than about a quarter of them
@@ -262,8 +264,7 @@ def test_requester_retransmits_same_bytes_skips_bad_replies_and_times_out():
         loop = asyncio.get_running_loop()
 
         async def deliver():
-            while len(face.sent) < 3:
-                await asyncio.sleep(0.005)
+            await until(lambda: len(face.sent) >= 3, 5.0, "three transmissions")
             req.on_data(DATA)  # someone else's reply
             req.on_data(forged)
             req.on_data(good)

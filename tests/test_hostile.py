@@ -33,7 +33,7 @@ def test_a_lying_key_locator_does_not_stop_discovery_or_the_report_intake(make_b
                 peer.send(datagram)
             await until(lambda: side.directory.counters["malformed"] + side.face.malformed >= 3 and
                         models.intake.counters["malformed"] >= 6, 5.0, "the hostile packets counted")
-            tasks = [t for t in side.directory._tasks + [models.intake._task] if t.done()]
+            tasks = [t for t in [*side.directory._tasks, models.intake._task] if t.done()]
             assert not tasks, f"a worker ended: {tasks}"
             # discovery and the report intake still work: the board joins and its publications arrive
             sub = models.pubsub.subscribe("alice", "lab/b1/tick")["sub"]

@@ -19,10 +19,8 @@ import pytest
 
 from ndn_edge.client.api import BlockingClient, Client
 from ndn_edge.client.handles import OperationCancelled
-from ndn_edge.errors import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
-                            Unavailable)
-from tests.support import wait_until
-from tests.support import Cluster
+from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from tests.support import Cluster, wait_until
 
 
 @pytest.fixture
@@ -466,7 +464,8 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     runs, got, after = run(scenario, timeout_s=150)
     assert sorted(v for r in runs for v in r) == list(range(1, calls + 1))  # each value once: each call ran once
     assert after == calls + 1  # the device's counter stood at exactly 100
-    assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late, m.pos) for m in got[:8]]
+    assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late,
+                                                                  m.pos) for m in got[:8]]
     assert not any(m.gap or m.late for m in got[1:])
     with fleet.connect("admin") as admin:
         models = admin.metrics()["patterns"]

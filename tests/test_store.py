@@ -371,7 +371,7 @@ def test_pagination_exact_multiple_and_empty(store):
 def test_pagination_survives_a_removal_between_pages(store):
     for i in range(6):
         store.add_device(f"/edge/d{i}", bytes([i]) * 32, "edge")
-    page, token = store.list_devices(page_size=3)
+    _page, token = store.list_devices(page_size=3)
     store.remove_device("/edge/d2")  # the last device of the first page
     rest, token = store.list_devices(page_size=3, page_token=token)
     assert [d.name for d in rest] == ["/edge/d3", "/edge/d4", "/edge/d5"] and token is None

@@ -223,5 +223,5 @@ def test_installed_manifests_freeze_the_installed_runtime(installed):
         if manifest.parent.name == "firmware":
             continue  # the shared part, included by each board's and the unix port's
         frozen = read_with_stand_in(manifest)
-        assert sorted(frozen.targets) == sorted(runtime + ["ndn_boot.py"]), manifest
+        assert sorted(frozen.targets) == sorted([*runtime, "ndn_boot.py"]), manifest
         assert frozen.metadata["version"] == __version__

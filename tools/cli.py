@@ -2,12 +2,13 @@
 
 Shape (after mpremote's main.py): `COMMANDS` maps each command ("client add" is a verb with a sub-verb) to
 `(handler, argument builder, help)`. A handler is `do_<verb>(state, args)` returning None or an exit status; it is
-given directly or as "module:function", imported only when that command runs, so `import ndn_edge.tools.cli` loads
-neither python-ndn, nor the store, nor pyserial. A handler of None means "not available yet".
+given directly or as "module:function" (".cmd_x" for a module of this package), imported only when that command
+runs, so `import ndn_edge.tools.cli` loads neither python-ndn, nor the store, nor pyserial. A handler of None
+means "not available yet".
 
 To plug in a command implemented elsewhere, replace its entry, e.g.:
 
-    "call": ("ndn_edge.tools.cmd_call:do_call", _args_call, "call a device service"),
+    "call": (".cmd_call:do_call", _args_call, "call a device service"),
 
 Errors: handlers raise `CommandError("verb: why")` for what the user can fix (`UsageError`, exit status 2, for a
 mistake in what was typed that argparse could not check); names and patterns are checked by argument types
@@ -29,7 +30,7 @@ import secrets
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Union
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ndn_edge import __version__
 from ndn_edge.errors import GatewayError, UnknownClient
@@ -53,9 +54,9 @@ _SYSTEM_REFUSED = frozenset({
     errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
 })
 
-Handler = Callable[["State", argparse.Namespace], Union[int, None]]
+Handler = Callable[["State", argparse.Namespace], int | None]
 Builder = Callable[[argparse.ArgumentParser], None]
-HandlerSpec = Union[Handler, str, None]
+HandlerSpec = Handler | str | None
 
 
 class State:
@@ -240,30 +241,31 @@ def _site_arg(text: str) -> str:
 
 # -- the table
 
-COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
-    "gateway": ("ndn_edge.tools.cmd_gateway:do_gateway", "ndn_edge.tools.cmd_gateway:args_gateway",
+COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
+    "gateway": (".cmd_gateway:do_gateway", ".cmd_gateway:args_gateway",
                 "run the gateway for a home (foreground, until Ctrl-C)"),
-    "up": ("ndn_edge.tools.cmd_up:do_up", "ndn_edge.tools.cmd_up:args_up",
+    "up": (".cmd_up:do_up", ".cmd_up:args_up",
            "run a gateway and simulated devices, and tour them with real calls (demo)"),
-    "sim": ("ndn_edge.tools.cmd_sim:do_sim", "ndn_edge.tools.cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
-    "devices": ("ndn_edge.tools.cmd_client:do_devices", "ndn_edge.tools.cmd_client:args_devices", "list the devices the gateway knows"),
-    "services": ("ndn_edge.tools.cmd_client:do_services", "ndn_edge.tools.cmd_client:args_services", "list the services of devices"),
-    "call": ("ndn_edge.tools.cmd_client:do_call", "ndn_edge.tools.cmd_client:args_call", "call a device service"),
-    "ops": ("ndn_edge.tools.cmd_patterns:do_ops", "ndn_edge.tools.cmd_patterns:args_ops",
+    "sim": (".cmd_sim:do_sim", ".cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
+    "devices": (".cmd_client:do_devices", ".cmd_client:args_devices", "list the devices the gateway knows"),
+    "services": (".cmd_client:do_services", ".cmd_client:args_services", "list the services of devices"),
+    "call": (".cmd_client:do_call", ".cmd_client:args_call", "call a device service"),
+    "ops": (".cmd_patterns:do_ops", ".cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
-    "sub": ("ndn_edge.tools.cmd_patterns:do_sub", "ndn_edge.tools.cmd_patterns:args_sub", "print messages published on matching topics"),
+    "sub": (".cmd_patterns:do_sub", ".cmd_patterns:args_sub", "print messages published on matching topics"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
-    "client remove": (do_client_remove, _args_client_name, "remove a client, its rules, its durable subscriptions and its credentials"),
+    "client remove": (do_client_remove, _args_client_name,
+                      "remove a client, its rules, its durable subscriptions and its credentials"),
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),
-    "provision": ("ndn_edge.tools.cmd_provision:do_provision", "ndn_edge.tools.cmd_provision:args_provision",
+    "provision": (".cmd_provision:do_provision", ".cmd_provision:args_provision",
                   "give a board its name, key and app over USB, and wait until the gateway sees it"),
-    "deploy": ("ndn_edge.tools.cmd_deploy:do_deploy", "ndn_edge.tools.cmd_deploy:args_deploy",
+    "deploy": (".cmd_deploy:do_deploy", ".cmd_deploy:args_deploy",
                "copy the runtime and an app to a board (only what changed)"),
-    "flash": ("ndn_edge.tools.cmd_flash:do_flash", "ndn_edge.tools.cmd_flash:args_flash", "write MicroPython firmware to a board"),
-    "vboard": ("ndn_edge.tools.vboard:do_vboard", "ndn_edge.tools.vboard:args_vboard",
+    "flash": (".cmd_flash:do_flash", ".cmd_flash:args_flash", "write MicroPython firmware to a board"),
+    "vboard": (".vboard:do_vboard", ".vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
 }
 
@@ -320,9 +322,10 @@ def resolve_handler(command: str) -> Handler:
 
 
 def _load(spec: str) -> Any:
-    """The object named "module:attribute" (modules of commands stay light to import)."""
+    """The object named "module:attribute", the module relative to this package when it starts with a dot
+    (modules of commands stay light to import)."""
     module_name, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return getattr(importlib.import_module(module_name, package=__package__), attr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,7 +133,7 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
 
 def device_name(text: str, site: str) -> str:
     """The full name /SITE/A/B for "A/B" (or for "/SITE/A/B"); ValueError saying what is allowed."""
-    parts = [p for p in text.strip().split("/")]
+    parts = list(text.strip().split("/"))
     if text.startswith("/"):
         parts = parts[1:]
         if parts and parts[0] == site:

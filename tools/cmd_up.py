@@ -67,8 +67,8 @@ def do_up(state: State, args: argparse.Namespace) -> int:
 async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str) -> None:
     from ndn_edge import __version__
     from ndn_edge.client.api import Client
-    from ndn_edge.tools.cmd_sim import _loss_text
     from ndn_edge.daemon import Gateway
+    from ndn_edge.tools.cmd_sim import _loss_text
 
     home = state.home
     gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)

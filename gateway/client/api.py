@@ -40,12 +40,12 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
-from ndn_edge.wire import client_protocol as cw
-from ndn_edge.wire import framing
-from ndn_edge.wire import packets as wire
 from ndn_edge.client.handles import Operation, Outcome, Subscription
 from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
+from ndn_edge.wire import packets as wire
 from ndn_edge.wire.tlv import T
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"

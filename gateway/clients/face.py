@@ -59,13 +59,23 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.encoding.tlv_model import DecodeError
 
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
-from ndn_edge.wire import client_protocol as cw
-from ndn_edge.wire import framing
+from ndn_edge.errors import (
+    CallError,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+    UnknownDevice,
+)
 from ndn_edge.interfaces import DeviceAccess
-from ndn_edge.errors import (CallError, GatewayError, Internal, InvalidArgument, NotFound, PermissionDenied,
-                             ResourceExhausted, StoreError, Unavailable, UnknownDevice)
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
 from ndn_edge.wire.packets import parse_signed_interest
 from ndn_edge.wire.tlv import T
 
@@ -91,7 +101,7 @@ _RCVBUF = 1 << 20
 class _Request:
     """A parsed request, before authentication."""
 
-    __slots__ = ("name", "name_tlv", "params", "sig", "pit", "signature")
+    __slots__ = ("name", "name_tlv", "params", "pit", "sig", "signature")
 
     def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None) -> None:
         self.name = name
@@ -105,7 +115,7 @@ class _Request:
 class _Exchange:
     """One accepted request: its name, signature, where to answer, and the reply once there is one."""
 
-    __slots__ = ("seq", "name", "signature", "addr", "pit", "reply")
+    __slots__ = ("addr", "name", "pit", "reply", "seq", "signature")
 
     def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None) -> None:
         self.seq = seq
@@ -119,8 +129,22 @@ class _Exchange:
 class _Peer:
     """One client key: its rules, its replay state and its recent exchanges."""
 
-    __slots__ = ("name", "key", "key_name", "lease_key", "caller", "loaded_at", "signer", "high", "floor", "mark",
-                 "seen", "nonces", "recent", "recent_bytes")
+    __slots__ = (
+        "caller",
+        "floor",
+        "high",
+        "key",
+        "key_name",
+        "lease_key",
+        "loaded_at",
+        "mark",
+        "name",
+        "nonces",
+        "recent",
+        "recent_bytes",
+        "seen",
+        "signer",
+    )
 
     def __init__(self, name: str, key: bytes, key_name: str, rules: tuple[tuple[str, ...], ...], now: float) -> None:
         self.name = name
@@ -187,7 +211,7 @@ class ClientFace:
         self._throttle = Throttle(log, _WARN_EVERY_S)
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
-        self.drops: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     @classmethod
     def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ndn_edge import names
 from ndn_edge.answers import Answer
@@ -49,7 +49,7 @@ class Encoded(bytes):
     """Reply content that is already CBOR (sent as it is)."""
 
 
-Result = Union[Any, Awaitable[Any]]
+Result = Any  # the reply content, or an awaitable of it
 
 
 @dataclass(frozen=True)

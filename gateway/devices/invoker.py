@@ -55,12 +55,11 @@ from typing import Any, Generic, TypeVar
 
 import cbor2
 
-from ndn_edge.wire import packets as wire
-from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
-                            Unavailable)
 from ndn_edge.answers import Answer
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
+from ndn_edge.wire import packets as wire
 from ndn_edge.wire.framing import name_tlv
 
 log = logging.getLogger("ndn_edge.invoker")
@@ -82,7 +81,7 @@ _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 class Ticket:
     """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    __slots__ = ("device", "service", "params", "key")
+    __slots__ = ("device", "key", "params", "service")
 
     def __init__(self, device: str, service: str, params: bytes) -> None:
         self.device = device      # the full name
@@ -93,9 +92,8 @@ class Ticket:
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
     """The canonical CBOR of a call's arguments (the cache key part); InvalidArgument if not a text-keyed map."""
-    if not args:
-        if args is None or isinstance(args, dict):
-            return _EMPTY_MAP
+    if not args and (args is None or isinstance(args, dict)):
+        return _EMPTY_MAP
     if not isinstance(args, dict):
         raise InvalidArgument(f"arguments must be a map of names to values, got {type(args).__name__}")
     for k in args:
@@ -113,7 +111,7 @@ def canonical_args(args: dict[str, Any] | None) -> bytes:
 class CacheEntry:
     """One cached answer: the device's CBOR of a value, or a negative error."""
 
-    __slots__ = ("cbor", "error", "stored_at", "fresh_until", "refresh_from")
+    __slots__ = ("cbor", "error", "fresh_until", "refresh_from", "stored_at")
 
     def __init__(self, cbor: bytes, error: CallError | None, stored_at: float, fresh_until: float) -> None:
         self.cbor = cbor
@@ -465,7 +463,7 @@ class _Link:
     """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
     Interests carry (made once, not per call)."""
 
-    __slots__ = ("key_name", "key_tlv", "counter", "breaker", "window", "_names")
+    __slots__ = ("_names", "breaker", "counter", "key_name", "key_tlv", "window")
 
     def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.counter = counter
@@ -822,7 +820,7 @@ def _valid_description(desc: Any) -> bool:
 class _Shared(Generic[T]):
     """A request task several callers wait on, with the deadline it runs to."""
 
-    __slots__ = ("task", "deadline")
+    __slots__ = ("deadline", "task")
 
     def __init__(self, task: asyncio.Task[T], deadline: float) -> None:
         self.task = task

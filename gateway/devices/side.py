@@ -23,13 +23,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ndn_edge.devices.directory import Directory, Event
 from ndn_edge.answers import Answer
+from ndn_edge.devices.directory import Directory, Event
+from ndn_edge.devices.face import MulticastFace
 from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, Invoker, Ticket
 from ndn_edge.state.store import Store
-from ndn_edge.devices.face import MulticastFace
-from ndn_edge.wire.tlv import T
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
+from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.devices")
 

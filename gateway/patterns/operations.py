@@ -49,10 +49,9 @@ from typing import Any
 
 import cbor2
 
-from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
-                            Unavailable)
 from ndn_edge.devices.invoker import find_service
 from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.operations")
@@ -513,8 +512,23 @@ class Operations:
 class _Row:
     """One row of `operations`."""
 
-    __slots__ = ("id", "kind", "client", "device", "service", "args", "state", "device_op", "progress", "note",
-                 "result", "error", "created_at", "updated_at", "expires_at")
+    __slots__ = (
+        "args",
+        "client",
+        "created_at",
+        "device",
+        "device_op",
+        "error",
+        "expires_at",
+        "id",
+        "kind",
+        "note",
+        "progress",
+        "result",
+        "service",
+        "state",
+        "updated_at",
+    )
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         (self.id, self.kind, self.client, self.device, self.service, args, self.state, self.device_op,

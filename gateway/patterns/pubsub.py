@@ -66,8 +66,8 @@ from typing import Any
 import cbor2
 
 from ndn_edge import names as acl
-from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
 from ndn_edge.devices.reports import ACK, DROP, Report
+from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
 from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.pubsub")
@@ -140,7 +140,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message BLOB NOT NULL,
             PRIMARY KEY (sub, pos)
         ) WITHOUT ROWID""",
-        "INSERT INTO sub_queue_v2 SELECT sub, pos, message FROM sub_queue WHERE sub IN (SELECT id FROM subscriptions_v2)",
+        "INSERT INTO sub_queue_v2 SELECT sub, pos, message FROM sub_queue "
+        "WHERE sub IN (SELECT id FROM subscriptions_v2)",
         "DROP TABLE sub_queue",
         "DROP TABLE subscriptions",
         "ALTER TABLE subscriptions_v2 RENAME TO subscriptions",
@@ -154,7 +155,7 @@ Defer = Callable[[Callable[[], None]], None]
 class _Stream:
     """One publisher's numbering as the gateway follows it."""
 
-    __slots__ = ("boot", "last", "held", "since", "pending_gap")
+    __slots__ = ("boot", "held", "last", "pending_gap", "since")
 
     def __init__(self, boot: str, last: int) -> None:
         self.boot = boot
@@ -167,8 +168,21 @@ class _Stream:
 class _Sub:
     """One subscription: in memory, or durable (its queue in the store, `db_id` its row)."""
 
-    __slots__ = ("id", "client", "pattern", "name", "db_id", "queue", "next_pos", "acked", "size", "lost",
-                 "event", "last_poll", "waiting")
+    __slots__ = (
+        "acked",
+        "client",
+        "db_id",
+        "event",
+        "id",
+        "last_poll",
+        "lost",
+        "name",
+        "next_pos",
+        "pattern",
+        "queue",
+        "size",
+        "waiting",
+    )
 
     def __init__(self, sub_id: str, client: str, pattern: tuple[str, ...], *, name: str | None = None,
                  db_id: int | None = None, next_pos: int = 1, acked: int = 0, size: int = 0, lost: int = 0) -> None:
@@ -256,8 +270,8 @@ class PubSub:
         if (not isinstance(topic, str) or not topic or "" in topic.split("/") or not isinstance(boot, str)
                 or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
             self.counters["malformed"] += 1
-            event(log, "publication_dropped", logging.DEBUG, device=report.device.name, topic=repr(topic), boot=repr(boot),
-                  seq=repr(seq))
+            event(log, "publication_dropped", logging.DEBUG, device=report.device.name, topic=repr(topic),
+                  boot=repr(boot), seq=repr(seq))
             return DROP
         self.counters["published"] += 1
         publisher = self._relative(report.device.name)

@@ -128,7 +128,8 @@ class Home:
                 folder.mkdir(mode=_DIR_MODE, parents=True)
             except FileExistsError:
                 if not folder.is_dir():
-                    raise ConfigError(f"{folder} exists and is not a folder; choose another home with --home DIR")
+                    raise ConfigError(f"{folder} exists and is not a folder; choose another home with --home DIR") \
+                        from None
             else:
                 os.chmod(folder, _DIR_MODE)  # mkdir's mode is filtered by the umask
         return self

@@ -41,8 +41,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ndn_edge.names import format_pattern, parse_pattern
 from ndn_edge.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
+from ndn_edge.names import format_pattern, parse_pattern
 from ndn_edge.state.home import validate_client_name
 from ndn_edge.wire.protocol import KEY_BYTES
 
@@ -295,7 +295,7 @@ class Store:
         """The device whose current key is named `key_name` (`<device>/KEY/<key-id>`), or None."""
         if not isinstance(key_name, str):
             return None
-        device, marker, kid = (key_name.rsplit("/", 2) + ["", ""])[:3]
+        device, marker, kid = ([*key_name.rsplit("/", 2), "", ""])[:3]
         if marker != "KEY" or not device:
             return None
         record = self.device(device)

@@ -74,7 +74,7 @@ def name_tlv(packet: bytes) -> bytes | None:
     """The encoded Name TLV (type and length included) that opens an Interest or Data, or None."""
     try:
         _, s, e = read_tl(packet, 0)
-        t, ns, ne = read_tl(packet, s, e)
+        t, _ns, ne = read_tl(packet, s, e)
     except FramingError:
         return None
     if t != T.NAME:

@@ -28,9 +28,8 @@ from ndn.encoding.tlv_model import DecodeError
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from ndn_edge.errors import GatewayError
-from ndn_edge.wire.tlv import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni,  # noqa: F401
-                               read_tl, tlv, tlv_head)
 from ndn_edge.wire.protocol import ENC_LABEL
+from ndn_edge.wire.tlv import CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni, read_tl, tlv, tlv_head  # noqa: F401
 
 _INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTEREST_LIFETIME,
                     T.HOP_LIMIT, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
@@ -123,14 +122,19 @@ class _KeyLocator:
 
 
 class _InterestSignatureInfo:
-    __slots__ = ("signature_type", "key_locator", "signature_nonce", "signature_time", "signature_seq_num")
+    __slots__ = ("key_locator", "signature_nonce", "signature_seq_num", "signature_time", "signature_type")
 
 
 class SignedInterestPtrs:
     """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
 
-    __slots__ = ("signature_info", "signature_covered_part", "signature_value_buf", "digest_covered_part",
-                 "digest_value_buf")
+    __slots__ = (
+        "digest_covered_part",
+        "digest_value_buf",
+        "signature_covered_part",
+        "signature_info",
+        "signature_value_buf",
+    )
 
 
 # InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)

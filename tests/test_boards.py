@@ -729,3 +729,22 @@ def test_deploy_refuses_to_start_without_room():
     with pytest.raises(CommandError, match=r"deploy: the board has 40 KiB free and the files need 104 KiB"):
         apply(board, the_plan, io.StringIO())
     assert board.written == []
+
+
+def test_native_code_with_an_unreadable_mpy_cross_is_a_clear_error(tmp_path):
+    """mypy found it: with an mpy-cross whose version cannot be read, an app with native code crashed with a
+    TypeError formatting the version it could not read."""
+    from ndn_edge.tools.deploy import _compiler_flags
+    from ndn_edge.tools.errors import CommandError
+    from ndn_edge.tools.repl import BoardInfo
+
+    broken = tmp_path / "mpy-cross"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    info = BoardInfo(implementation="micropython", version="1.24.1", mpy=6 | 3 << 8 | 2 << 10, platform="esp32",
+                     network=True, heap_free=100_000, machine="ESP32", flash_free=1 << 20, flash_total=2 << 20,
+                     runtime_file="")
+    with pytest.raises(CommandError, match=r"needs mpy-cross for \.mpy v6\.3 .*this mpy-cross emits v\?"):
+        _compiler_flags(str(broken), info, True, "deploy")
+    flags, how = _compiler_flags(str(broken), info, False, "deploy")
+    assert flags is None and "emits .mpy v?" in how

@@ -114,7 +114,7 @@ def do_client_list(state: State, args: argparse.Namespace) -> None:
     patterns: dict[str, list[str]] = {}
     for rule in store.rules():
         patterns.setdefault(rule.client, []).append(rule.pattern)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for client in store.list_clients():
         path = home.client_file(client.name)
         rows.append({"name": client.name, "created_at": client.created_at,
@@ -125,7 +125,7 @@ def do_client_list(state: State, args: argparse.Namespace) -> None:
         print(f"no clients; add one with: {home.hint(f'{PROG} client add NAME')}", file=sys.stderr)
     else:
         print_table(("NAME", "CREATED", "RULES"),
-                     [(r["name"], time_text(r["created_at"]), " ".join(r["rules"]) or "-") for r in rows])
+                    [(str(r["name"]), time_text(float(r["created_at"])), " ".join(r["rules"]) or "-") for r in rows])
 
 
 def do_client_remove(state: State, args: argparse.Namespace) -> None:

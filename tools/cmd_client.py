@@ -116,8 +116,8 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
     result = with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
         print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
-                     "stale": result.stale})
-        return
+                    "stale": result.stale})
+        return None
     print(value_text(result.value))
     if result.stale:
         print(f"ndn-edge: call: warning: stale value, {result.age_ms} ms old (the device did not answer)",

@@ -248,7 +248,7 @@ def _op_cancel(verbs: Verbs, req: Request) -> Result:
 def _ops(verbs: Verbs, req: Request) -> dict[str, Any]:
     page_size = req.int_param("page_size", cp.DEFAULT_PAGE_SIZE, 1, cp.MAX_PAGE_SIZE)
     rules = req.caller.rules
-    items, token = verbs.patterns.operations.list(
+    items, token = verbs.patterns.operations.page(
         page_size, req.params.get("page_token"),
         lambda device, service: names.allowed(rules, (*verbs.relative(device), service)))
     return {"items": items, "next_page_token": token}

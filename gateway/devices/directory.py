@@ -309,7 +309,8 @@ class Directory:
             expected_ms = p.uptime_ms + (now - p.last_seen) * 1000
             rebooted = uptime_ms + max(REBOOT_SLACK_MS, REBOOT_SLACK_RATIO * (now - p.last_seen) * 1000) < expected_ms
         if state == "online":
-            lease_until, sleep_until = now + lease_ms / 1000, None
+            lease_until: float | None = now + lease_ms / 1000
+            sleep_until: float | None = None
         elif state == "asleep":
             sleep_until = now + sleep_ms / 1000
             lease_until = sleep_until + lease_ms / 1000

@@ -219,7 +219,7 @@ class Operations:
         raise Unavailable(f"operation {op_id} is being {'started' if op.state == 'starting' else 'delivered'}; "
                           "cancel again in a moment")
 
-    def list(self, page_size: int, page_token: str | None,
+    def page(self, page_size: int, page_token: str | None,
              visible: Callable[[str, str], bool]) -> tuple[list[dict[str, Any]], str | None]:
         """One page of operations, newest first, those `visible(device, service)` allows; and the next token."""
         if page_token is not None and (not isinstance(page_token, str) or not page_token.isalnum()):
@@ -261,11 +261,11 @@ class Operations:
         self._apply(db, op_id, p)
         return ACK if state in FINAL else SILENT
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, change: dict[str, Any]) -> None:
         """A directory event: a device that joins gets its queued calls, and its running operations checked."""
-        if event.get("event") != "join" or not isinstance(event.get("device"), str):
+        if change.get("event") != "join" or not isinstance(change.get("device"), str):
             return
-        device = event["device"]
+        device = change["device"]
         self._deliver_soon(device)
         for row in self._store.query("SELECT id FROM operations WHERE device = ? AND kind = 'op' AND "
                                      "state = 'running'", (device,)):

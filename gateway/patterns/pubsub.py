@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import functools
 import logging
 import math
 import os
@@ -356,7 +357,7 @@ class PubSub:
                 self._enqueue_durable(db, sub, blob)
                 defer(sub.wake)
             else:
-                defer(lambda s=sub: s.push(msg))
+                defer(functools.partial(sub.push, msg))
 
     def _enqueue_durable(self, db: Any, sub: _Sub, blob: bytes) -> None:
         # Only while the subscription is in the store: `client remove` (another process) deletes a client's
@@ -375,17 +376,17 @@ class PubSub:
 
     # -- membership (directory events)
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, change: dict[str, Any]) -> None:
         """A directory event (join, leave, offline, sleep) as a retained message on `_members/<device...>`."""
-        device = event.get("device")
+        device = change.get("device")
         if not isinstance(device, str):
             return
         rel = self._relative(device)
         self._gw_seq += 1
-        value = {k: v for k, v in event.items() if k != "device"}
+        value = {k: v for k, v in change.items() if k != "device"}
         value["device"] = rel
         msg = {"topic": f"{MEMBERS}/{rel}", "publisher": GATEWAY_PUBLISHER, "value": value, "seq": self._gw_seq,
-               "boot": self._gw_boot, "time": event.get("time", self._clock())}
+               "boot": self._gw_boot, "time": change.get("time", self._clock())}
         later: list[Callable[[], None]] = []
         try:
             with self._store.transaction() as db:

@@ -123,18 +123,23 @@ class _KeyLocator:
 
 class _InterestSignatureInfo:
     __slots__ = ("key_locator", "signature_nonce", "signature_seq_num", "signature_time", "signature_type")
+    signature_type: int
+    key_locator: _KeyLocator
+    signature_nonce: int | None
+    signature_time: int | None
+    signature_seq_num: int | None
 
 
 class SignedInterestPtrs:
     """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
 
-    __slots__ = (
-        "digest_covered_part",
-        "digest_value_buf",
-        "signature_covered_part",
-        "signature_info",
-        "signature_value_buf",
-    )
+    __slots__ = ("digest_covered_part", "digest_value_buf", "signature_covered_part", "signature_info",
+                 "signature_value_buf")
+    signature_info: _InterestSignatureInfo
+    signature_covered_part: list[bytes]
+    signature_value_buf: bytes
+    digest_covered_part: list[bytes]
+    digest_value_buf: bytes
 
 
 # InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)
@@ -212,9 +217,10 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
         i, rank = ke, 0
         while i < se:
             t, vs, ve = read_tl(packet, i, se)
-            at = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
-            if at is None or at < rank or ve - vs not in _NNI_WIDTHS:
+            found = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
+            if found is None or found < rank or ve - vs not in _NNI_WIDTHS:
                 return None
+            at = found
             rank = at + 1
             setattr(info, _ISI_NUMBERS[at][1], int.from_bytes(packet[vs:ve], "big"))
             i = ve

@@ -761,7 +761,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
     """`--loss 0.2`: 100 `counter` calls through the gateway run once each; the device ends at exactly 100.
 
     Four callers at once, so requests overtake one whose datagrams are lost: its retransmission must still find
-    its reply in the device's cache (gateway.invoker._Window). A call's datagrams get through both ways with
+    its reply in the device's cache (ndn_edge.devices.invoker._Window). A call's datagrams get through both ways with
     p = 0.64; a 20 s deadline leaves about 14 transmissions, so a call fails with p < 1e-6.
     """
     calls, workers = 100, 4

@@ -256,7 +256,7 @@ class Client:
         content = await self.request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
         return content if isinstance(content, dict) else {}
 
-    # -- the communication models (docs/models.md; handles in gateway/client_models.py)
+    # -- the communication models (docs/models.md; handles in gateway/client/handles.py)
 
     async def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
         """Invoke `name` ("DEVICE/SERVICE") once, without a reply: at most once; returns once the gateway sent it."""
@@ -511,7 +511,7 @@ class BlockingClient:
 
 
 class BlockingOperation:
-    """The blocking form of `Operation` (gateway/client_models.py)."""
+    """The blocking form of `Operation` (gateway/client/handles.py)."""
 
     def __init__(self, owner: BlockingClient, op: Operation) -> None:
         self._owner = owner

@@ -2,7 +2,7 @@
 
 Layout (everything private to the user: folders 0700, files 0600):
 
-    HOME/gateway.db          the SQLite store (gateway/store.py)
+    HOME/gateway.db          the SQLite store (gateway/state/store.py)
     HOME/gateway.json        address record of the running gateway, written at start-up
     HOME/clients/NAME.json   client credentials: {"name", "site", "key": 64 hex}
 

@@ -43,7 +43,7 @@ VERB_CALL = "call"
 VERB_DEVICES = "devices"
 VERB_SERVICES = "services"
 VERB_METRICS = "metrics"
-# the communication models (gateway/models.py, docs/models.md)
+# the communication models (gateway/patterns/hub.py, docs/models.md)
 VERB_NOTIFY = "notify"
 VERB_START = "start"
 VERB_ENQUEUE = "enqueue"

@@ -11,7 +11,6 @@ Each test has its own home and multicast port; every wait has a deadline; no sle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -19,9 +18,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import cbor2
@@ -30,7 +28,6 @@ from ndn.encoding import InterestParam, Name, make_interest
 from ndn.encoding.ndnlp_v2 import LpPacket, LpPacketValue, parse_lp_packet_v2
 
 from ndn_edge.client.api import BlockingClient, CallResult, Client
-from ndn_edge.clients.face import ClientFace
 from ndn_edge.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -44,7 +41,7 @@ from ndn_edge.state.home import ClientCredentials, Home
 from ndn_edge.state.store import Store
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
-from tests.fakes import FakeDevices
+from tests.clientface import RawPeer, TimedSigner, creds, decode_reply, request, serving
 from tests.support import Cluster, until
 from tests.support import run_scenario as run
 
@@ -53,111 +50,6 @@ GROUP = "224.0.23.170"
 
 
 # -- harness
-
-
-class Served(SimpleNamespace):
-    """What `serving()` yields: the server, its store, the home and the fake device side."""
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
-                  store: Store | None = None, devices: FakeDevices | None = None) -> AsyncIterator[Served]:
-    """A ClientFace on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
-    home = Home(tmp_path / "home").ensure()
-    own_store = store is None
-    store = store or Store(home.db_path)
-    for name, patterns in (rules or {}).items():
-        if store.client(name) is None:
-            key = secrets.token_bytes(32)
-            store.add_client(name, key)
-            home.write_client(name, key, "edge", replace=True)
-        for pattern in patterns:
-            store.grant(name, pattern)
-    fake = devices or FakeDevices()
-    server = ClientFace.build(store, fake, site="edge")
-    host, port = await server.start()
-    try:
-        yield Served(server=server, store=store, home=home, devices=fake, address=f"{host}:{port}",
-                     addr=(host, port))
-    finally:
-        await server.stop()
-        if own_store:
-            store.close()
-
-
-class RawPeer(asyncio.DatagramProtocol):
-    """A bare UDP socket towards the gateway: send anything, collect what comes back."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, addr: tuple[str, int]) -> RawPeer:
-        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(cls, remote_addr=addr)
-        return peer
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.inbox.put_nowait(data)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data)
-
-    async def recv(self, timeout_s: float = 1.0) -> bytes | None:
-        try:
-            return await asyncio.wait_for(self.inbox.get(), timeout_s)
-        except asyncio.TimeoutError:
-            return None
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _TimedSigner(wire.SeqSigner):
-    """SeqSigner with a chosen SignatureTime and nonce."""
-
-    def __init__(self, key_locator: str, key: bytes, seq: int, time_ms: int, nonce: int) -> None:
-        super().__init__(key_locator, key, seq)
-        self.time_ms = time_ms
-        self.nonce = nonce
-
-    def write_signature_info(self, signature_info: Any) -> None:
-        super().write_signature_info(signature_info)
-        signature_info.signature_time = self.time_ms
-        signature_info.signature_nonce = self.nonce
-
-
-def request(key: bytes, verb: str, target: tuple[str, ...] = (), params: Any = None, *, client: str = "alice",
-            seq: int | None = None, time_ms: int | None = None, nonce: int | None = None,
-            raw_params: bytes | None = None, sign_key: bytes | None = None) -> tuple[bytes, list]:
-    """A signed client request as the protocol describes it (KeyLocator from `key`, HMAC with `sign_key` or
-    `key`); returns (wire, final name)."""
-    name = cw.request_name("edge", verb, target)
-    signer = _TimedSigner(cw.client_key_name("edge", client, key), sign_key or key,
-                          seq if seq is not None else cw.SEQ.next(),
-                          time_ms if time_ms is not None else int(time.time() * 1000),
-                          nonce if nonce is not None else secrets.randbits(63))
-    body = raw_params if raw_params is not None else cbor2.dumps(params if params is not None else {})
-    packet, final = make_interest(name, InterestParam(lifetime=4000), body, signer=signer, need_final_name=True)
-    return bytes(packet), final
-
-
-def decode_reply(data: bytes, key: bytes) -> tuple[bool, Any]:
-    """(ok, content) of a reply Data verified with `key`."""
-    _, meta, content = wire.verify_data(data, key)
-    return meta.content_type != wire.CONTENT_NACK, cbor2.loads(content)
-
-
-def creds(served: Served, name: str) -> bytes:
-    return served.home.read_client(name).key
 
 
 # -- wire
@@ -194,7 +86,7 @@ def test_request_encoding_is_python_ndn_byte_for_byte(seq, time_ms, lifetime_ms,
     ours, digest = cw.encode_request(names, params, key, cw.encoded_name(key_name), seq, time_ms=time_ms,
                                      signature_nonce=sig_nonce.to_bytes(8, "big"), nonce=b"\x01\x02\x03\x04",
                                      lifetime_ms=lifetime_ms)
-    signer = _TimedSigner(key_name, key, seq, time_ms, sig_nonce)
+    signer = TimedSigner(key_name, key, seq, time_ms, sig_nonce)
     theirs, final = make_interest(names, InterestParam(must_be_fresh=True, nonce=0x01020304, lifetime=lifetime_ms),
                                   params, signer=signer, need_final_name=True)
     assert ours == bytes(theirs) and digest == bytes(final[-1])

@@ -89,8 +89,10 @@ _HMAC_SHA256 = 4
 _LEASE_BLOCK_US = 1_000_000       # one synced write per second of a client's numbering, at most
 _CLEAN_META = "client_rx_clean"   # exact high-water marks written at a clean stop
 _INBOX = 4096
-_RECENT_REPLIES = 256
-_RECENT_REPLY_BYTES = 1 << 20     # per client key
+_RECENT_REPLIES = 65_536          # per client key, at most ...
+_RECENT_REPLY_BYTES = 8 << 20     # ... and this many bytes of replies
+_DEFAULT_LIFETIME_MS = 4000       # NDN's InterestLifetime when a request carries none
+_REPLY_SLACK_S = 1.0              # a reply is kept this long past its request's lifetime
 _SEEN_SEQS = 8192
 _NONCES = 8192
 _NEGATIVE_CACHE = 4096
@@ -101,24 +103,28 @@ _RCVBUF = 1 << 20
 class _Request:
     """A parsed request, before authentication."""
 
-    __slots__ = ("name", "name_tlv", "params", "pit", "sig", "signature")
+    __slots__ = ("lifetime_ms", "name", "name_tlv", "params", "pit", "sig", "signature")
 
-    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None) -> None:
+    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None,
+                 lifetime_ms: int | None) -> None:
         self.name = name
         self.name_tlv = name_tlv
         self.params = params
         self.sig = sig
         self.pit = pit
         self.signature = bytes(sig.signature_value_buf or b"")
+        self.lifetime_ms = min(lifetime_ms or _DEFAULT_LIFETIME_MS, cw.MAX_TIMEOUT_MS)
 
 
 class _Exchange:
     """One accepted request: its name, signature, where to answer, and the reply once there is one."""
 
-    __slots__ = ("addr", "name", "pit", "reply", "seq", "signature")
+    __slots__ = ("addr", "keep_until", "name", "pit", "reply", "seq", "signature")
 
-    def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None) -> None:
+    def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None,
+                 keep_until: float) -> None:
         self.seq = seq
+        self.keep_until = keep_until  # monotonic: the client may retransmit until its request's lifetime ends
         self.name = name  # the request's encoded Name TLV, which the reply repeats
         self.signature = signature
         self.addr = addr
@@ -163,13 +169,21 @@ class _Peer:
         self.recent_bytes = 0  # size of the replies held in `recent`
 
     def remember(self, seq: int, ex: _Exchange) -> None:
-        """Keep `ex` for retransmissions, within the count and byte budgets (oldest out first)."""
+        """Keep `ex` for retransmissions until its request's lifetime ends, within the count and byte budgets."""
         self.recent[seq] = ex
         self.trim()
 
     def trim(self) -> None:
-        while self.recent and (len(self.recent) > _RECENT_REPLIES or self.recent_bytes > _RECENT_REPLY_BYTES):
-            _, old = self.recent.popitem(last=False)
+        """Forget exchanges (oldest first) whose requests can no longer be retransmitted, and any past the
+        budgets; an exchange is appended at acceptance, so the oldest come first (lifetimes may differ, so an
+        expired one behind a longer-lived one waits for it: the budgets bound that)."""
+        now = time.monotonic()
+        while self.recent:
+            old = next(iter(self.recent.values()))
+            if (old.keep_until > now and len(self.recent) <= _RECENT_REPLIES
+                    and self.recent_bytes <= _RECENT_REPLY_BYTES):
+                break
+            self.recent.popitem(last=False)
             if old.reply is not None:
                 self.recent_bytes -= len(old.reply)
 
@@ -349,11 +363,13 @@ class ClientFace:
         fast = parse_signed_interest(packet)
         if fast is not None:
             name, app_params, sig = fast
+            lifetime_ms = sig.lifetime_ms
         else:  # any layout but the usual one
             try:
-                name, _, app_params, sig = parse_interest(packet, with_tl=True)
+                name, interest, app_params, sig = parse_interest(packet, with_tl=True)
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
+            lifetime_ms = interest.lifetime
         if not framing.components_ok(name):
             return self._drop("malformed", addr, why="a name component's length is wrong")
         if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
@@ -370,7 +386,7 @@ class ClientFace:
         name_tlv = framing.name_tlv(packet)
         if name_tlv is None:  # python-ndn parsed it, so this cannot happen; refuse rather than guess
             return self._drop("malformed", addr)
-        return _Request(name, name_tlv, app_params, sig, pit)
+        return _Request(name, name_tlv, app_params, sig, pit, lifetime_ms)
 
     def _authenticate(self, request: _Request, addr: Any) -> _Peer | None:
         """The client whose key signed the request, or None (dropped and counted)."""
@@ -386,9 +402,14 @@ class ClientFace:
             mac.update(part)
         if not hmac.compare_digest(mac.digest(), request.signature):
             return self._drop("signature", addr, client=peer.name)
-        skew_ms = sig.signature_info.signature_time - time.time() * 1000
+        info = sig.signature_info
+        skew_ms = info.signature_time - time.time() * 1000
         if abs(skew_ms) > cw.TIME_WINDOW_MS:
             return self._drop("stale", addr, client=peer.name, skew_ms=int(skew_ms))
+        if info.signature_seq_num > (info.signature_time + cw.TIME_WINDOW_MS) * 1000:
+            # Clients number in microseconds of their clock: a number far ahead of the signed time would lift
+            # the high-water mark (persisted) past anything the client will send for years.
+            return self._drop("stale", addr, client=peer.name, why="SignatureSeqNum ahead of SignatureTime")
         return peer
 
     def _admit(self, peer: _Peer, request: _Request, addr: Any) -> _Exchange | None:
@@ -405,7 +426,8 @@ class ClientFace:
             return None
         if verdict == "replay":
             return self._drop("replay", addr, client=peer.name, seq=seq)
-        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit)
+        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit,
+                       time.monotonic() + request.lifetime_ms / 1000 + _REPLY_SLACK_S)
         try:
             self._accept(peer, seq, nonce)
         except StoreError as err:
@@ -453,6 +475,14 @@ class ClientFace:
         key_name = cw.client_key_name(self.site, record.name, record.key)
         peer = _Peer(record.name, record.key, key_name, rules, now)
         mark = self._store.seq_mark(peer.lease_key)
+        ceiling = int((time.time() * 1000 + cw.TIME_WINDOW_MS) * 1000)
+        if mark > ceiling:
+            # Leased by a number far ahead of its client's clock, which gateways before 0.2 accepted: it would
+            # lock the client out for good. No request above the ceiling is accepted now, so nothing it could
+            # have covered can be replayed.
+            event(log, "replay_mark_repaired", logging.WARNING, client=record.name, mark=mark, ceiling=ceiling)
+            self._store.repair_seq_mark(peer.lease_key, ceiling)
+            mark = ceiling
         clean = self._clean.get(peer.lease_key)
         if clean is not None and clean <= mark:
             # A clean stop recorded the exact mark; the next accept re-leases (and syncs) before executing.

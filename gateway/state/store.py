@@ -437,6 +437,12 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
         return start
 
+    def repair_seq_mark(self, key: str, mark: int) -> None:
+        """Lower the leased mark of `key` to `mark`: only for a mark that no valid number can reach (a client's
+        number far ahead of its clock); leases otherwise only ever grow."""
+        with self._tx() as db:
+            db.execute("UPDATE seq_leases SET mark = ? WHERE key = ? AND mark > ?", (mark, key, mark))
+
     def seq_mark(self, key: str) -> int:
         """The highest number leased so far for `key` (0 if none)."""
         row = self._db.execute("SELECT mark FROM seq_leases WHERE key = ?", (key,)).fetchone()

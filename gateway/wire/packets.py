@@ -133,9 +133,10 @@ class _InterestSignatureInfo:
 class SignedInterestPtrs:
     """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
 
-    __slots__ = ("digest_covered_part", "digest_value_buf", "signature_covered_part", "signature_info",
-                 "signature_value_buf")
+    __slots__ = ("digest_covered_part", "digest_value_buf", "lifetime_ms", "signature_covered_part",
+                 "signature_info", "signature_value_buf")
     signature_info: _InterestSignatureInfo
+    lifetime_ms: int | None  # the InterestLifetime, when the Interest carries one
     signature_covered_part: list[bytes]
     signature_value_buf: bytes
     digest_covered_part: list[bytes]
@@ -232,6 +233,8 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
         ptrs.signature_value_buf = packet[vs:ve]
         ptrs.digest_covered_part = [packet[params_at:ve]]
         ptrs.digest_value_buf = name[-1][2:]
+        life = parts.get(T.INTEREST_LIFETIME)
+        ptrs.lifetime_ms = int.from_bytes(packet[life[1]:life[2]], "big") if life else None
         return name, packet[ps:pe], ptrs
     except FramingError:
         return None

@@ -203,3 +203,42 @@ def test_a_retransmission_after_many_other_requests_gets_its_reply(tmp_path):
     assert again is not None, metrics
     assert count == 1  # the counter ran once
     assert metrics["drops"]["replay"] == 0 and metrics["retransmissions"] == 1
+
+
+def test_a_revoked_rule_stops_delivery_of_what_was_already_queued(tmp_path):
+    """Issue 11 item 7: after `acl revoke`, both kinds of subscription still delivered the messages queued before
+    it (a durable queue can hold 100,000). Rules are checked again when a message is handed out."""
+    from ndn_edge.patterns import pubsub as pubsub_module
+    from tests.intake import drain, intake_and_pubsub, publication, store_with_alice
+
+    key = os.urandom(32)
+
+    async def scenario():
+        store = store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await intake_and_pubsub(store)
+        try:
+            memory = pubsub.subscribe("alice", "sim/1/*")["sub"]
+            durable = pubsub.subscribe("alice", "sim/1/*", durable="dash")["sub"]
+            for n in range(1, 6):
+                intake.on_interest(publication(key, 10 + n, n))
+            await drain(intake)
+            store.revoke("alice", "sim/**")
+            pubsub._rules.clear()  # the rules cache lives a second (RULES_TTL_S); do not wait for it here
+            got = [await pubsub.poll("alice", sub, wait_ms=0) for sub in (memory, durable)]
+            store.grant("alice", "sim/**")
+            pubsub._rules.clear()
+            intake.on_interest(publication(key, 16, 6))
+            await drain(intake)
+            after = [await pubsub.poll("alice", sub, wait_ms=0) for sub in (memory, durable)]
+            left = store.query("SELECT COUNT(*) FROM sub_queue")[0][0]
+            return got, after, left, dict(pubsub.counters)
+        finally:
+            await pubsub.stop()
+            await intake.stop()
+            store.close()
+
+    assert pubsub_module.RULES_TTL_S <= 1.0  # the revoke applies within a second without the cache clear
+    got, after, left, counters = run(scenario)
+    assert [page["messages"] for page in got] == [[], []]
+    assert [[m["value"] for m in page["messages"]] for page in after] == [[6], [6]]
+    assert counters["withheld"] == 10 and left == 1  # the durable queue holds only the undelivered 6

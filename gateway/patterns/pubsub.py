@@ -40,7 +40,9 @@ Decisions:
   oldest messages and counts them in `lost`.
 - Access rules apply at delivery: a subscription sees a topic only if its client's rules allow the topic name
   (`sim/1/tick` needs a rule matching `sim/1/tick`); `_members/<device...>` is visible to a client that may reach
-  the device (as in device listings). Rules are re-read at most once a second, so a revoke applies within one.
+  the device (as in device listings). They are checked when a message is queued and again when it is handed
+  out, so what was queued before a rule was revoked is withheld (and dropped), never delivered. Rules are
+  re-read at most once a second, so a revoke applies within one.
 - Membership events (`join`, `leave`, `offline`, `sleep`, from the directory) are messages on topic
   `_members/<device...>` published by `_gw` (value: `{"event", "device", "time", ...}`), retained, so a new
   subscriber to `_members/**` first gets the last event of every device: the current membership.
@@ -233,7 +235,7 @@ class PubSub:
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
-                                         "malformed": 0, "membership": 0}
+                                         "malformed": 0, "membership": 0, "withheld": 0}
 
     # -- lifecycle
 
@@ -509,27 +511,53 @@ class PubSub:
         sub.acked = ack
 
     def _peek(self, sub: _Sub, max_messages: int) -> list[dict[str, Any]]:
+        """The next messages of `sub`, checked against its client's rules as they are now: a message queued
+        before a rule was revoked is withheld (and dropped from the queue), never delivered."""
         out: list[dict[str, Any]] = []
+        withheld: list[int] = []
         budget = REPLY_BUDGET
         if sub.durable:
             rows = self._store.query("SELECT pos, message FROM sub_queue WHERE sub = ? AND pos > ? ORDER BY pos "
                                      "LIMIT ?", (sub.db_id, sub.acked, max_messages))
             for pos, blob in rows:
+                msg = cbor2.loads(blob)
+                if not self._visible(sub.client, tuple(str(msg.get("topic")).split("/"))):
+                    withheld.append(pos)
+                    continue
                 budget -= len(blob) + 8
                 if budget < 0 and out:
                     break
-                out.append(dict(cbor2.loads(blob), pos=pos))
+                out.append(dict(msg, pos=pos))
         else:
             for pos, msg in sub.queue:
                 if pos <= sub.acked:
                     continue
                 if len(out) >= max_messages:
                     break
+                if not self._visible(sub.client, tuple(msg["topic"].split("/"))):
+                    withheld.append(pos)
+                    continue
                 budget -= len(cbor2.dumps(msg)) + 8
                 if budget < 0 and out:
                     break
                 out.append(dict(msg, pos=pos))
+        if withheld:
+            self._withhold(sub, withheld)
         return out
+
+    def _withhold(self, sub: _Sub, positions: list[int]) -> None:
+        self.counters["withheld"] += len(positions)
+        if sub.durable:
+            try:
+                with self._store.transaction() as db:
+                    db.executemany("DELETE FROM sub_queue WHERE sub = ? AND pos = ?",
+                                   [(sub.db_id, pos) for pos in positions])
+            except sqlite3.Error as err:
+                raise StoreError(f"withheld messages of subscription {sub.id} not removed: {err}") from err
+            sub.size -= len(positions)
+        else:
+            gone = set(positions)
+            sub.queue = collections.deque(item for item in sub.queue if item[0] not in gone)
 
     def _stored(self, sub: _Sub) -> bool:
         return bool(self._store.query("SELECT 1 FROM subscriptions WHERE id = ?", (sub.db_id,)))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ndn_edge import __version__
 from ndn_edge.errors import ConfigError
+from ndn_edge.limits import Limits
 from ndn_edge.logs import event
 from ndn_edge.state.home import Home
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
@@ -57,8 +58,9 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str = DEFAULT_SITE) -> None:
+                 site: str = DEFAULT_SITE, limits: Limits | None = None) -> None:
         self.home = home
+        self.limits = limits or Limits()
         self.iface = iface
         self.group = group
         self.port = port
@@ -84,9 +86,10 @@ class Gateway:
             store.set_meta(SITE_META_KEY, self.site)
             self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
-            self.patterns = Patterns(store, self.devices, site=self.site)
+            self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)
             await self.patterns.start()
-            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen)
+            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
+                                            limits=self.limits)
             host, port = await self.clients.start()
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)

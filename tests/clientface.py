@@ -15,6 +15,7 @@ import cbor2
 from ndn.encoding import InterestParam, make_interest
 
 from ndn_edge.clients.face import ClientFace
+from ndn_edge.limits import Limits
 from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store
 from ndn_edge.wire import client_protocol as cw
@@ -28,7 +29,8 @@ class Served(SimpleNamespace):
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
-                  store: Store | None = None, devices: FakeDevices | None = None) -> AsyncIterator[Served]:
+                  store: Store | None = None, devices: FakeDevices | None = None,
+                  limits: Limits | None = None) -> AsyncIterator[Served]:
     """A ClientFace on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
     home = Home(tmp_path / "home").ensure()
     own_store = store is None
@@ -41,7 +43,7 @@ async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
         for pattern in patterns:
             store.grant(name, pattern)
     fake = devices or FakeDevices()
-    server = ClientFace.build(store, fake, site="edge")
+    server = ClientFace.build(store, fake, site="edge", limits=limits)
     host, port = await server.start()
     try:
         yield Served(server=server, store=store, home=home, devices=fake, address=f"{host}:{port}",

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import os
 
+import pytest
+
 from ndn_edge.devices.side import DeviceSide
 from ndn_edge.patterns.hub import Patterns
 from tests import hostile
@@ -242,3 +244,114 @@ def test_a_revoked_rule_stops_delivery_of_what_was_already_queued(tmp_path):
     assert [page["messages"] for page in got] == [[], []]
     assert [[m["value"] for m in page["messages"]] for page in after] == [[6], [6]]
     assert counters["withheld"] == 10 and left == 1  # the durable queue holds only the undelivered 6
+
+
+# -- per-client quotas (issue 11 item 6)
+
+
+def test_one_client_over_its_subscription_quota_does_not_deny_the_others(tmp_path):
+    """A client granted only sim/1/echo made 10,000 `subscribe '**'` calls; afterwards a client granted `**` got
+    RESOURCE_EXHAUSTED, and the gateway grew by 35 MB. Now the first client stops at its own quota."""
+    from ndn_edge.errors import ResourceExhausted
+    from ndn_edge.limits import Limits
+    from ndn_edge.patterns.pubsub import PubSub
+    from ndn_edge.state.store import Store
+
+    store = Store(tmp_path / "gw.db")
+    for name, rule in (("mallory", "sim/1/echo"), ("alice", "**")):
+        store.add_client(name, os.urandom(32))
+        store.grant(name, rule)
+
+    async def scenario():
+        pubsub = PubSub(store, site="edge", limits=Limits(subscriptions_per_client=100))
+        await pubsub.start()
+        try:
+            refused = 0
+            for _ in range(10_000):
+                try:
+                    pubsub.subscribe("mallory", "**")
+                except ResourceExhausted:
+                    refused += 1
+            alice = [pubsub.subscribe("alice", "**") for _ in range(3)]
+            alice.append(pubsub.subscribe("alice", "sim/**", durable="dash"))
+            return refused, alice, pubsub.subscriptions(), pubsub.counters["over_quota"]
+        finally:
+            await pubsub.stop()
+
+    refused, alice, total, over = run(scenario)
+    store.close()
+    assert refused == 10_000 - 100 and over == refused
+    assert all(sub["created"] for sub in alice) and total == 104
+
+
+def test_operations_and_queued_calls_are_capped_per_client(tmp_path):
+    from ndn_edge.errors import ResourceExhausted
+    from ndn_edge.limits import Limits
+    from ndn_edge.patterns.operations import Operations
+    from ndn_edge.state.store import Store
+
+    store = Store(tmp_path / "gw.db")
+    store.add_device("/edge/sim/1", os.urandom(32), "edge")
+
+    class Asleep:
+        """The device side as operations sees it, with every device asleep (calls stay queued)."""
+
+        class directory:
+            @staticmethod
+            def resolve(device: str) -> str:
+                return device if device.startswith("/") else f"/edge/{device}"
+
+        def is_online(self, device: str) -> bool:
+            return False
+
+    async def scenario():
+        ops = Operations(store, Asleep(), site="edge", limits=Limits(operations_per_client=2,
+                                                                     queued_calls_per_client=3))
+        await ops.start()
+        try:
+            queued = [ops.enqueue("mallory", "sim/1", "echo", {"i": i})["state"] for i in range(3)]
+            with pytest.raises(ResourceExhausted, match="queued_calls_per_client"):
+                ops.enqueue("mallory", "sim/1", "echo", {"i": 4})
+            assert ops.enqueue("alice", "sim/1", "echo", None)["state"] == "queued"
+            for _ in range(2):  # two operations already running for mallory
+                ops._insert("op", "mallory", "/edge/sim/1", "slow", {}, "running")
+            with pytest.raises(ResourceExhausted, match="operations_per_client"):
+                await ops.start_op("mallory", "sim/1", "slow", {}, timeout_s=1)
+            return queued, ops.counters["over_quota"]
+        finally:
+            await ops.stop()
+
+    queued, over = run(scenario)
+    store.close()
+    assert queued == ["queued"] * 3 and over == 2
+
+
+def test_a_client_over_its_request_rate_is_refused_and_others_are_served(tmp_path):
+    from ndn_edge.limits import Limits
+    from tests.clientface import RawPeer, creds, decode_reply, request, serving
+
+    async def scenario():
+        limits = Limits(requests_per_s=20.0, request_burst=5)
+        async with serving(tmp_path, rules={"mallory": ["**"], "alice": ["**"]}, limits=limits) as s:
+            peer = await RawPeer.open(s.addr)
+            mallory, alice = creds(s, "mallory"), creds(s, "alice")
+            packets = [request(mallory, "call", ("sim", "1", "echo"), {"args": {"i": i}}, client="mallory")[0]
+                       for i in range(8)]
+            for packet in packets:
+                peer.send(packet)
+            replies = [decode_reply(await peer.recv(), mallory) for _ in packets]
+            theirs, _ = request(alice, "call", ("sim", "1", "echo"), {"args": {"alice": 1}})
+            peer.send(theirs)
+            served = decode_reply(await peer.recv(), alice)
+            await asyncio.sleep(0.2)  # the bucket refills at 20 per second: a pause of 4 tokens
+            peer.send(packets[-1])  # the refused request again: it was not admitted, so it is served now
+            retried = decode_reply(await peer.recv(), mallory)
+            peer.close()
+            return replies, served, retried, s.server.metrics()
+
+    replies, served, retried, metrics = run(scenario)
+    assert [ok for ok, _ in replies] == [True] * 5 + [False] * 3
+    assert all(body["code"] == "RESOURCE_EXHAUSTED" and "request rate" in body["message"]
+               for ok, body in replies if not ok)
+    assert served[0] and retried == (True, {"value": {"i": 7}, "cached": False, "age_ms": 0, "stale": False})
+    assert metrics["over_quota"] == 3

@@ -202,7 +202,7 @@ def test_a_store_made_by_0_1_keeps_everything_and_its_features_adopt_their_table
         subs = asyncio.run(open_features(store))
         assert subs == [("alice", "d:dash"), ("bob", "d:log")]
         assert store.query("SELECT feature, version FROM schema_versions ORDER BY feature") == [
-            ("operations", 1), ("pubsub", 2)]
+            ("operations", 2), ("pubsub", 2)]
         assert store.query("SELECT id, state FROM operations") == [("op1", "done")]
         store.remove_client("bob")  # the rebuilt tables cascade from clients now
         assert store.query("SELECT id FROM subscriptions") == [(1,)]

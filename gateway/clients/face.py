@@ -72,6 +72,7 @@ from ndn_edge.errors import (
     UnknownDevice,
 )
 from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
 from ndn_edge.wire import client_protocol as cw
@@ -150,6 +151,8 @@ class _Peer:
         "recent_bytes",
         "seen",
         "signer",
+        "tokens",
+        "tokens_at",
     )
 
     def __init__(self, name: str, key: bytes, key_name: str, rules: tuple[tuple[str, ...], ...], now: float) -> None:
@@ -167,6 +170,20 @@ class _Peer:
         self.nonces: OrderedDict[int, float] = OrderedDict()     # nonce -> arrival (monotonic s)
         self.recent: OrderedDict[int, _Exchange] = OrderedDict()  # seq -> exchange, for retransmissions
         self.recent_bytes = 0  # size of the replies held in `recent`
+        self.tokens = -1.0  # the request-rate bucket (Limits): -1 until the first request fills it
+        self.tokens_at = now
+
+    def take_token(self, limits: Limits, now: float) -> bool:
+        """True if the client may make one more request now (its rate quota); uses one token."""
+        if self.tokens < 0:
+            self.tokens = float(limits.request_burst)
+        else:
+            self.tokens = min(float(limits.request_burst), self.tokens + (now - self.tokens_at) * limits.requests_per_s)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     def remember(self, seq: int, ex: _Exchange) -> None:
         """Keep `ex` for retransmissions until its request's lifetime ends, within the count and byte budgets."""
@@ -204,9 +221,10 @@ class ClientFace:
 
     def __init__(self, store: Store, verbs: Verbs, *, site: str,
                  listen: tuple[str, int] = ("127.0.0.1", 0), max_in_flight: int = 1024,
-                 refresh_s: float = 1.0) -> None:
+                 refresh_s: float = 1.0, limits: Limits | None = None) -> None:
         self._store = store
         self._verbs = verbs
+        self.limits = limits or Limits()
         self.site = site
         self._listen = listen
         self._max_in_flight = max_in_flight
@@ -224,7 +242,8 @@ class ClientFace:
         self._tasks: set[asyncio.Task] = set()
         self._throttle = Throttle(log, _WARN_EVERY_S)
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
-                                      "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
+                                      "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
+                                      "over_quota": 0}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     @classmethod
@@ -426,8 +445,16 @@ class ClientFace:
             return None
         if verdict == "replay":
             return self._drop("replay", addr, client=peer.name, seq=seq)
+        now = time.monotonic()
         ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit,
-                       time.monotonic() + request.lifetime_ms / 1000 + _REPLY_SLACK_S)
+                       now + request.lifetime_ms / 1000 + _REPLY_SLACK_S)
+        if not peer.take_token(self.limits, now):
+            # Not admitted: the number stays unused, so the client's retransmission after a pause is served.
+            self.stats["over_quota"] += 1
+            self._reply_error(peer, ex, ResourceExhausted(
+                f"client '{peer.name}' is over its request rate ({self.limits.requests_per_s:g} per second, "
+                f"bursts of {self.limits.request_burst}); slow down and retry"))
+            return None
         try:
             self._accept(peer, seq, nonce)
         except StoreError as err:

@@ -51,7 +51,17 @@ import cbor2
 
 from ndn_edge.devices.invoker import find_service
 from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
+from ndn_edge.limits import Limits
 from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.operations")
@@ -88,6 +98,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX operations_device_op ON operations (device, device_op)",
         "CREATE INDEX operations_state ON operations (state)",
     ),
+    (  # per-client quotas count a client's operations by state
+        "CREATE INDEX operations_client ON operations (client, state)",
+    ),
 )
 _COLUMNS = ("id, kind, client, device, service, args, state, device_op, progress, note, result, error, created_at, "
             "updated_at, expires_at")
@@ -96,8 +109,10 @@ _COLUMNS = ("id, kind, client, device, service, args, state, device_op, progress
 class Operations:
     """Long-running operations and queued calls, in the store, moved along by device reports and events."""
 
-    def __init__(self, store: Any, devices: Any, *, site: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, devices: Any, *, site: str, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.site = site.strip("/")
+        self.limits = limits or Limits()
         self._store = store
         self._devices = devices
         self._clock = clock
@@ -107,7 +122,7 @@ class Operations:
         self._due: set[str] = set()  # running operations to ask the device about when it is online
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
-                                         "orphan_reports": 0, "reconciled": 0, "cancelled": 0}
+                                         "orphan_reports": 0, "reconciled": 0, "cancelled": 0, "over_quota": 0}
 
     # -- lifecycle
 
@@ -149,6 +164,9 @@ class Operations:
                        timeout_s: float) -> dict[str, Any]:
         """Start a long-running service; the operation's info once the device has accepted it."""
         name = self._resolve(device)
+        self._within_quota(client, "kind = 'op' AND state IN ('starting', 'running')",
+                           self.limits.operations_per_client, "long-running operations running",
+                           "operations_per_client")
         svc = await self._service(name, service, timeout_s)
         if not svc.get("long_running"):
             raise InvalidArgument(f"{self._rel(name)}/{service} is not a long-running service; call it with "
@@ -177,6 +195,8 @@ class Operations:
         record = self._store.device(name)
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
+        self._within_quota(client, "kind = 'call' AND state = 'queued'", self.limits.queued_calls_per_client,
+                           "queued calls", "queued_calls_per_client")
         desc = record.desc if isinstance(record.desc, dict) else None
         if desc is not None and find_service(desc, service) is None:
             raise NotFound(f"device {name} has no service {service!r}")
@@ -472,6 +492,13 @@ class Operations:
                 self._check_soon(op_id)
 
     # -- helpers
+
+    def _within_quota(self, client: str, where: str, limit: int, what: str, name: str) -> None:
+        count = self._store.query(f"SELECT COUNT(*) FROM operations WHERE client = ? AND {where}", (client,))[0][0]
+        if count >= limit:
+            self.counters["over_quota"] += 1
+            raise ResourceExhausted(f"client '{client}' has {count} {what}, its limit ({name}); wait for some "
+                                    "to finish or cancel them (`ndn-edge ops`)")
 
     async def _service(self, name: str, service: str, timeout_s: float) -> dict[str, Any]:
         record = self._store.device(name)

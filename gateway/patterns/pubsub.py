@@ -71,6 +71,7 @@ import cbor2
 from ndn_edge import names as acl
 from ndn_edge.devices.reports import ACK, DROP, Report
 from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
+from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.pubsub")
@@ -83,7 +84,6 @@ FIRST_CONTACT_SEQ = 16    # a publisher first met at or below this number is tak
 MEMORY_QUEUE = 10_000     # messages per in-memory subscription
 DURABLE_QUEUE = 100_000   # messages per durable subscription
 IDLE_S = 60.0             # an in-memory subscription ends this long after its last poll
-MAX_SUBSCRIPTIONS = 10_000
 RULES_TTL_S = 1.0
 SWEEP_S = 1.0
 REPLY_BUDGET = 48_000     # bytes of messages in one poll reply (replies are at most 60,000)
@@ -223,8 +223,10 @@ class _Sub:
 class PubSub:
     """Publications in, ordered and retained; subscriptions out, by long-polling."""
 
-    def __init__(self, store: Any, *, site: str, intake: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, *, site: str, intake: Any = None, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.site = site.strip("/")
+        self.limits = limits or Limits()
         self._store = store
         self._intake = intake
         self._clock = clock
@@ -235,7 +237,7 @@ class PubSub:
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
-                                         "malformed": 0, "membership": 0, "withheld": 0}
+                                         "malformed": 0, "membership": 0, "withheld": 0, "over_quota": 0}
 
     # -- lifecycle
 
@@ -422,8 +424,14 @@ class PubSub:
                                           "first to change the pattern")
                 existing.last_poll = time.monotonic()
                 return {"sub": existing.id, "created": False, "pattern": acl.format_pattern(parts)}
-        if len(self._subs) >= MAX_SUBSCRIPTIONS:
-            raise ResourceExhausted(f"the gateway holds {len(self._subs)} subscriptions, its limit; close unused ones")
+        mine = sum(1 for owner, _ in self._subs if owner == client)
+        if mine >= self.limits.subscriptions_per_client:
+            self.counters["over_quota"] += 1
+            raise ResourceExhausted(f"client '{client}' has {mine} subscriptions, its limit "
+                                    "(subscriptions_per_client); close unused ones")
+        if len(self._subs) >= self.limits.subscriptions:
+            raise ResourceExhausted(f"the gateway holds {len(self._subs)} subscriptions, its limit (subscriptions); "
+                                    "close unused ones")
         retained = [cbor2.loads(row[0]) for row in self._store.query("SELECT message FROM retained ORDER BY topic")]
         retained = [dict(m, retained=True) for m in retained
                     if acl.matches(parts, tuple(m["topic"].split("/")))

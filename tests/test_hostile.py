@@ -5,6 +5,7 @@ the part must still do its job with real MicroPython boards, and each packet mus
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 
@@ -355,3 +356,54 @@ def test_a_client_over_its_request_rate_is_refused_and_others_are_served(tmp_pat
                for ok, body in replies if not ok)
     assert served[0] and retried == (True, {"value": {"i": 7}, "cached": False, "age_ms": 0, "stale": False})
     assert metrics["over_quota"] == 3
+
+
+# -- damaged store files (issue 11 item 9)
+
+
+def _start_gateway_in_process(cluster) -> tuple[int, str]:
+    """`ndn-edge gateway` run in this process until it fails at start (it must, in these tests)."""
+    code, _, err = cluster.cli("gateway", "--group", f"224.0.23.170:{cluster.port}")
+    return code, err
+
+
+def test_an_emptied_or_damaged_store_is_refused_with_the_way_back(tmp_path, mcast_port):
+    """A gateway.db truncated to 0 bytes started silently as a new, empty store (devices, clients and sequence
+    marks gone); a garbage page crashed start-up with a raw sqlite3.DatabaseError traceback."""
+    import shutil
+
+    from tests.support import Cluster
+
+    cluster = Cluster(tmp_path, mcast_port)
+    try:
+        cluster.clients(alice="sim/**")
+        home = cluster.start_gateway()  # checks the store and keeps the last good copy
+        cluster.stop(cluster.gateway)
+        db = home.db_path
+        assert home.backup_path.exists() and home.store_id_file.exists()
+        good = db.read_bytes()
+        shutil.copy(db, tmp_path / "good.db")
+
+        db.write_bytes(b"")  # emptied
+        code, err = _start_gateway_in_process(cluster)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "is empty or new" in err and f"cp {home.backup_path} {db}" in err
+        assert db.read_bytes() == b""  # refused before anything was written
+
+        damaged = bytearray(good)
+        page = 4096
+        damaged[page:2 * page] = os.urandom(page)  # a garbage page
+        db.write_bytes(bytes(damaged))
+        for extra in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            extra.unlink(missing_ok=True)
+        code, err = _start_gateway_in_process(cluster)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "not a usable ndn-edge store" in err and "last good copy" in err
+
+        # the way back, as printed
+        shutil.move(db, db.with_name("gateway.db.damaged"))
+        shutil.copy(home.backup_path, db)
+        code, out, err = cluster.cli("client", "list", "--json")
+        assert code == 0 and [c["name"] for c in json.loads(out)] == ["alice"]
+    finally:
+        cluster.close()

@@ -70,10 +70,7 @@ class State:
     def store(self) -> Store:
         """The home's store, created (with the home) on first use."""
         if self._store is None:
-            from ndn_edge.state.store import Store
-
-            self.home.ensure()
-            self._store = Store(self.home.db_path)
+            self._store = self.home.open_store()
         return self._store
 
     def close(self) -> None:

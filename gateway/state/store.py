@@ -100,6 +100,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             version INTEGER NOT NULL
         )""",
     ),
+    (  # 3 -> 4: the store's identity, which its home remembers (an emptied or swapped file is then noticed)
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))))",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -159,7 +162,11 @@ class Rule(NamedTuple):
 class Store:
     """The gateway's SQLite store; a context manager, to be used from one thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _BUSY_TIMEOUT_S,
+                 expect_id: str | None = None, check: bool = False) -> None:
+        """Open (creating and migrating) the store at `path`. With `expect_id`, the file must be that store: an
+        empty, new or other store file is refused (StoreError) rather than started afresh. With `check`, SQLite's
+        quick_check must find the file whole."""
         self.path = os.fspath(path)
         if self.path != ":memory:":
             _create_private(self.path)
@@ -168,15 +175,65 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         try:
+            if expect_id is not None:
+                self._expect(expect_id)
             self._use_wal(busy_timeout_s)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            if check:
+                self._check()
             self._migrate()
         except sqlite3.DatabaseError as err:
             self._db.close()
             raise StoreError(f"{self.path} is not a usable ndn-edge store: {err}") from err
         except BaseException:
             self._db.close()
+            raise
+
+    def _expect(self, store_id: str) -> None:
+        found = None
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= 4:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+            found = row[0] if row else None
+        if found != store_id:
+            what = "is empty or new" if found is None else f"is another store ({found})"
+            raise StoreError(f"{self.path} {what}, but this home's store is {store_id}")
+
+    def _check(self) -> None:
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(str(p) for p in problems))
+
+    def verify(self) -> None:
+        """StoreError unless SQLite's quick_check finds the file whole."""
+        try:
+            self._check()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is damaged: {err}") from err
+
+    @property
+    def store_id(self) -> str:
+        """This store's identity (random, made with it)."""
+        return str(self.get_meta("store_id"))
+
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """A consistent copy of the store at `path` (SQLite's backup API; written aside, then renamed into
+        place, mode 0600), taken while the store stays in use."""
+        target = os.fspath(path)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        _create_private(tmp)
+        try:
+            copy = sqlite3.connect(tmp)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
             raise
 
     def _use_wal(self, timeout_s: float) -> None:

@@ -323,11 +323,8 @@ class Operations:
     def _update(self, op_id: str, **fields: Any) -> None:
         fields["updated_at"] = self._clock()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        try:
-            with self._store.transaction() as db:
-                db.execute(f"UPDATE operations SET {sets} WHERE id = ?", (*fields.values(), op_id))
-        except sqlite3.Error as err:
-            raise StoreError(f"operation {op_id} not updated: {err}") from err
+        with self._store.transaction() as db:
+            db.execute(f"UPDATE operations SET {sets} WHERE id = ?", (*fields.values(), op_id))
         self._changed(op_id)
 
     def _finish(self, op_id: str, state: str, *, value: Any = None, error: CallError | None = None) -> None:
@@ -344,20 +341,17 @@ class Operations:
             raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
         now = self._clock()
         op_id = f"{int(now * 1000):012x}{os.urandom(4).hex()}"
-        try:
-            with self._store.transaction() as db:
-                db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
-                           "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),
-                                                    state, now, now, expires_at))
-        except sqlite3.Error as err:
-            raise StoreError(f"operation not stored: {err}") from err
+        with self._store.transaction() as db:
+            db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
+                       "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),
+                                                state, now, now, expires_at))
         return op_id
 
     def _delete(self, op_id: str) -> None:
         try:
             with self._store.transaction() as db:
                 db.execute("DELETE FROM operations WHERE id = ?", (op_id,))
-        except sqlite3.Error as err:
+        except StoreError as err:
             event(log, "operation_not_deleted", logging.WARNING, op=op_id, error=str(err))
 
     # -- delivery of queued calls
@@ -437,11 +431,8 @@ class Operations:
             return
         self.counters["reconciled"] += 1
         if isinstance(reply.value, dict) and reply.value.get("state") in ("running", *FINAL):
-            try:
-                with self._store.transaction() as db:
-                    self._apply(db, op_id, reply.value)
-            except sqlite3.Error as err:
-                raise StoreError(f"operation {op_id} not updated: {err}") from err
+            with self._store.transaction() as db:
+                self._apply(db, op_id, reply.value)
 
     def _check_soon(self, op_id: str) -> None:
         if op_id in self._checking:

@@ -441,15 +441,12 @@ class PubSub:
             for m in retained:
                 sub.push(m)
         else:
-            try:
-                with self._store.transaction() as db:
-                    cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
-                                     "(?, ?, ?, ?)", (client, durable, acl.format_pattern(parts), self._clock()))
-                    sub = _Sub(_durable_id(durable), client, parts, name=durable, db_id=cur.lastrowid)
-                    for m in retained:
-                        self._enqueue_durable(db, sub, cbor2.dumps(m))
-            except sqlite3.Error as err:
-                raise StoreError(f"durable subscription {durable!r} not stored: {err}") from err
+            with self._store.transaction() as db:
+                cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
+                                 "(?, ?, ?, ?)", (client, durable, acl.format_pattern(parts), self._clock()))
+                sub = _Sub(_durable_id(durable), client, parts, name=durable, db_id=cur.lastrowid)
+                for m in retained:
+                    self._enqueue_durable(db, sub, cbor2.dumps(m))
         self._subs[(client, sub.id)] = sub
         return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts)}
 
@@ -478,12 +475,9 @@ class PubSub:
         """End a subscription; a durable one is deleted with its queue."""
         sub = self._sub(client, sub_id)
         if sub.durable:
-            try:
-                with self._store.transaction() as db:
-                    db.execute("DELETE FROM sub_queue WHERE sub = ?", (sub.db_id,))
-                    db.execute("DELETE FROM subscriptions WHERE id = ?", (sub.db_id,))
-            except sqlite3.Error as err:
-                raise StoreError(f"subscription {sub_id} not deleted: {err}") from err
+            with self._store.transaction() as db:
+                db.execute("DELETE FROM sub_queue WHERE sub = ?", (sub.db_id,))
+                db.execute("DELETE FROM subscriptions WHERE id = ?", (sub.db_id,))
         del self._subs[(client, sub_id)]
         sub.wake()
         return {"sub": sub_id, "removed": True}
@@ -506,12 +500,9 @@ class PubSub:
             return
         ack = min(ack, sub.next_pos - 1)
         if sub.durable:
-            try:
-                with self._store.transaction() as db:
-                    cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos <= ?", (sub.db_id, ack))
-                    db.execute("UPDATE subscriptions SET acked = ? WHERE id = ?", (ack, sub.db_id))
-            except sqlite3.Error as err:
-                raise StoreError(f"acknowledgement of subscription {sub.id} not stored: {err}") from err
+            with self._store.transaction() as db:
+                cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos <= ?", (sub.db_id, ack))
+                db.execute("UPDATE subscriptions SET acked = ? WHERE id = ?", (ack, sub.db_id))
             sub.size -= cur.rowcount
         else:
             while sub.queue and sub.queue[0][0] <= ack:
@@ -556,12 +547,9 @@ class PubSub:
     def _withhold(self, sub: _Sub, positions: list[int]) -> None:
         self.counters["withheld"] += len(positions)
         if sub.durable:
-            try:
-                with self._store.transaction() as db:
-                    db.executemany("DELETE FROM sub_queue WHERE sub = ? AND pos = ?",
-                                   [(sub.db_id, pos) for pos in positions])
-            except sqlite3.Error as err:
-                raise StoreError(f"withheld messages of subscription {sub.id} not removed: {err}") from err
+            with self._store.transaction() as db:
+                db.executemany("DELETE FROM sub_queue WHERE sub = ? AND pos = ?",
+                               [(sub.db_id, pos) for pos in positions])
             sub.size -= len(positions)
         else:
             gone = set(positions)

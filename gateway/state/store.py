@@ -264,18 +264,26 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before reading so read-modify-write cannot interleave."""
+        """One write transaction, taken before reading so read-modify-write cannot interleave. What SQLite
+        refuses inside it (a full disk, a read-only file) is a StoreError saying so; nothing is half-written."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            raise StoreError(f"store {self.path} is busy ({err}); is another process holding it?") from err
+            if "locked" in str(err) or "busy" in str(err):
+                raise StoreError(f"store {self.path} is busy ({err}); is another process holding it?") from err
+            raise StoreError(f"store {self.path} cannot be written: {err}") from err
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection already rolled back (SQLite does, on a full disk)
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise StoreError(f"store {self.path} cannot be written: {exc}") from exc
+            raise
 
     def _migrate(self) -> None:
         while True:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ndn_edge.errors import ConfigError, StoreError
+from ndn_edge.errors import ConfigError, DamagedStore, StoreError
 from ndn_edge.wire.protocol import KEY_BYTES
 
 if TYPE_CHECKING:
@@ -159,11 +159,14 @@ class Home:
         from ndn_edge.state.store import Store
 
         self.ensure()
+        if _read_only(self._path):
+            raise StoreError(f"home {self._path} is on a read-only file system, and the store must be written there; "
+                             "remount it read-write, or use another home with --home DIR")
         expected = self._read_store_id()
         try:
             store = Store(self.db_path, expect_id=expected, check=check)
-        except StoreError as err:
-            raise StoreError(f"{err}; {self._restore_hint()}") from err
+        except DamagedStore as err:
+            raise DamagedStore(f"{err}; {self._restore_hint()}") from err
         if expected is None:
             try:
                 _write_private(self.store_id_file, (store.store_id + "\n").encode(), replace=False)
@@ -325,6 +328,14 @@ def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
         except FileNotFoundError:
             pass
     _fsync_dir(path.parent)
+
+
+def _read_only(folder: Path) -> bool:
+    """True if `folder` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs here: SQLite will say so when it writes
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:

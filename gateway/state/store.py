@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ndn_edge.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
+from ndn_edge.errors import AlreadyExists, DamagedStore, StoreError, UnknownClient, UnknownDevice
 from ndn_edge.names import format_pattern, parse_pattern
 from ndn_edge.state.home import validate_client_name
 from ndn_edge.wire.protocol import KEY_BYTES
@@ -183,9 +183,12 @@ class Store:
             if check:
                 self._check()
             self._migrate()
+        except sqlite3.OperationalError as err:  # the file cannot be opened or written: not its content's fault
+            self._db.close()
+            raise StoreError(f"cannot use store {self.path}: {err}") from err
         except sqlite3.DatabaseError as err:
             self._db.close()
-            raise StoreError(f"{self.path} is not a usable ndn-edge store: {err}") from err
+            raise DamagedStore(f"{self.path} is not a usable ndn-edge store: {err}") from err
         except BaseException:
             self._db.close()
             raise
@@ -197,7 +200,7 @@ class Store:
             found = row[0] if row else None
         if found != store_id:
             what = "is empty or new" if found is None else f"is another store ({found})"
-            raise StoreError(f"{self.path} {what}, but this home's store is {store_id}")
+            raise DamagedStore(f"{self.path} {what}, but this home's store is {store_id}")
 
     def _check(self) -> None:
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
@@ -209,7 +212,7 @@ class Store:
         try:
             self._check()
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is damaged: {err}") from err
+            raise DamagedStore(f"{self.path} is damaged: {err}") from err
 
     @property
     def store_id(self) -> str:

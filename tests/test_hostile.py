@@ -407,3 +407,131 @@ def test_an_emptied_or_damaged_store_is_refused_with_the_way_back(tmp_path, mcas
         assert code == 0 and [c["name"] for c in json.loads(out)] == ["alice"]
     finally:
         cluster.close()
+
+
+# -- fuzz runs, one per face (bounded in count and time, seeded)
+
+
+async def _within(predicate, timeout_s: float) -> bool:
+    """True once `predicate()` holds, False at the deadline."""
+    try:
+        await until(predicate, timeout_s, "condition")
+    except AssertionError:
+        return False
+    return True
+
+
+def _rss_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+FUZZ_BATCHES = 4
+FUZZ_PER_BATCH = 1500
+
+
+def test_fuzz_the_multicast_face_and_the_device(make_board, peer, store, mcast_port):
+    """Mutations of every packet that travels on the group (announcements, publications, calls, replies) and the
+    hostile corpus, sent to a running device side with the patterns and to a real MicroPython board. After each
+    batch the gateway still discovers, calls, publishes and reports; no worker faulted; memory stays bounded."""
+    import random
+
+    from ndn.encoding import InterestParam, make_interest
+
+    from ndn_edge.wire import packets as wire
+    from tests.intake import publication
+
+    rng = random.Random(11)
+    board = make_board("/edge/lab/b1")
+    store.add_client("alice", os.urandom(32))
+    store.grant("alice", "lab/**")
+
+    async def scenario():
+        side = DeviceSide(store, port=mcast_port)
+        await side.start()
+        patterns = Patterns(store, side, site="edge")
+        await patterns.start()
+        try:
+            boot = await start_board(board, peer)
+            await online_with_services(side, board, 10.0)
+            await side.call(board.name, "ticks", {"on": True})
+            sub = patterns.pubsub.subscribe("alice", "lab/b1/tick")["sub"]
+            call, final = wire.make_call(f"{board.name}/echo", {"x": 1}, board.key, 1 << 40, signer_owner=board.name)
+            seeds = [boot, call, publication(board.key, 1 << 30, 5, device=board.name),
+                     bytes(make_interest("/edge/_sd/query", InterestParam(lifetime=1000))),
+                     *(packet for _, packet in hostile.device_side_corpus())]
+            start_rss = _rss_kib()
+            loop = asyncio.get_running_loop()
+            for batch in range(FUZZ_BATCHES):
+                deadline = loop.time() + 20
+                for i in range(FUZZ_PER_BATCH):
+                    peer.send(hostile.mutate(rng.choice(seeds), rng))
+                    if i % 100 == 99:
+                        await asyncio.sleep(0.005)  # let both sides read: a full buffer only drops datagrams
+                    assert loop.time() < deadline
+                # still discovers (a query is answered and the answer processed), calls, publishes, reports.
+                # A device answers one query per 500 ms, and forged copies of the query were in the batch: ask
+                # again until it answers (as the gateway's re-query does).
+                announced = side.directory.counters["announcements"]
+                for _ in range(8):
+                    await side.query()
+                    if await _within(lambda a=announced: side.directory.counters["announcements"] > a, 0.7):
+                        break
+                else:
+                    raise AssertionError(f"no announcement processed after batch {batch}: {side.metrics()}")
+                assert (await side.call(board.name, "echo", {"batch": batch}, timeout_s=5.0)).value == {"batch": batch}
+                page = await patterns.pubsub.poll("alice", sub, ack=1 << 40, wait_ms=3000)
+                assert page["messages"], f"no publication after batch {batch}"
+            grown = _rss_kib() - start_rss
+            faults = (side.directory.counters["faults"], patterns.intake.counters["faults"])
+            return grown, faults, side.metrics(), board.alive()
+        finally:
+            await patterns.stop()
+            await side.stop()
+
+    grown, faults, metrics, alive = run(scenario, 120.0)
+    assert faults == (0, 0), metrics
+    assert alive, "the MicroPython board died"
+    assert grown < 40 * 1024, f"RSS grew by {grown} KiB"
+    assert metrics["face_malformed"] + metrics["directory_malformed"] > FUZZ_BATCHES * FUZZ_PER_BATCH // 10
+
+
+def test_fuzz_the_client_face(tmp_path):
+    """Mutations of valid signed requests, keyless and keyed, at the client face; after each batch a client's
+    call is served, nothing faulted, every datagram is accounted for, and memory stays bounded."""
+    import random
+
+    from ndn_edge.client.api import Client
+    from tests.clientface import RawPeer, creds, request, serving
+
+    rng = random.Random(12)
+
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            seeds = [request(key, "call", ("sim", "1", "echo"), {"args": {"a": [1, 2]}})[0],
+                     request(key, "devices", params={"page_size": 5})[0],
+                     request(key, "subscribe", params={"pattern": "**"})[0],
+                     *(packet for _, packet in hostile.client_face_corpus())]
+            peer = await RawPeer.open(s.addr)
+            start_rss = _rss_kib()
+            sent = 0
+            async with Client.connect(home=s.home.path, client="alice", gateway=s.address, timeout=3) as client:
+                for batch in range(FUZZ_BATCHES):
+                    for i in range(FUZZ_PER_BATCH):
+                        peer.send(hostile.mutate(rng.choice(seeds), rng))
+                        sent += 1
+                        if i % 100 == 99:
+                            await asyncio.sleep(0.005)
+                    assert await client.call("sim/1/echo", {"batch": batch}) == {"batch": batch}
+                await until(lambda: s.server._inbox.empty(), 5.0, "the inbox drained")
+            peer.close()
+            return s.server.metrics(), sent, _rss_kib() - start_rss
+
+    metrics, sent, grown = run(scenario, 120.0)
+    assert metrics["internal"] == 0
+    accounted = sum(metrics["drops"].values()) + metrics["accepted"] + metrics["idle"] + metrics["retransmissions"]
+    assert accounted >= sent  # every hostile datagram dropped and counted, or served (a mutation may stay valid)
+    assert grown < 40 * 1024, f"RSS grew by {grown} KiB"

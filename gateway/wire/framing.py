@@ -62,6 +62,8 @@ def components_ok(components: Sequence[Sequence[int]]) -> bool:
     into components without checking each one's length; printing a lying one raises later)."""
     try:
         for c in components:
+            if not isinstance(c, (bytes, bytearray, memoryview)):  # python-ndn's parser may hand back other types
+                return False
             t, _, e = read_tl(c, 0)
             if e != len(c) or t == 0:
                 return False

@@ -458,7 +458,7 @@ def test_fuzz_the_multicast_face_and_the_device(make_board, peer, store, mcast_p
             await online_with_services(side, board, 10.0)
             await side.call(board.name, "ticks", {"on": True})
             sub = patterns.pubsub.subscribe("alice", "lab/b1/tick")["sub"]
-            call, final = wire.make_call(f"{board.name}/echo", {"x": 1}, board.key, 1 << 40, signer_owner=board.name)
+            call, _ = wire.make_call(f"{board.name}/echo", {"x": 1}, board.key, 1 << 40, signer_owner=board.name)
             seeds = [boot, call, publication(board.key, 1 << 30, 5, device=board.name),
                      bytes(make_interest("/edge/_sd/query", InterestParam(lifetime=1000))),
                      *(packet for _, packet in hostile.device_side_corpus())]

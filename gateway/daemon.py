@@ -10,7 +10,8 @@ Decisions:
   HOME/backup/gateway.db then and every `BACKUP_EVERY_S`, so there is always a last good copy.
   `gateway.json` only says where the running gateway listens and is removed on a clean stop (and only if it
   still names this process).
-- The store's meta entry "site" records the gateway's site, so `ndn-edge client add` issues credentials for it.
+- The home's site is decided once, in the store (`Store.claim_site`): a gateway started with another site is
+  refused rather than serving clients whose credentials name the first.
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication patterns on it
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ndn_edge.daemon")
 
-SITE_META_KEY = "site"
 BACKUP_EVERY_S = 6 * 3600.0
 
 
@@ -61,14 +61,15 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str = DEFAULT_SITE, limits: Limits | None = None) -> None:
+                 site: str | None = None, limits: Limits | None = None) -> None:
         self.home = home
         self.limits = limits or Limits()
         self.iface = iface
         self.group = group
         self.port = port
         self.listen = listen
-        self.site = site
+        self._requested_site = site
+        self.site = site or DEFAULT_SITE  # the home's, once started (Store.claim_site)
         self.store: Store | None = None
         self.devices: DeviceSide | None = None
         self.patterns: Patterns | None = None
@@ -87,7 +88,7 @@ class Gateway:
         self.store = store = self.home.open_store(check=True)
         self.home.back_up(store)
         try:
-            store.set_meta(SITE_META_KEY, self.site)
+            self.site = store.claim_site(self._requested_site)
             self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
             self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)

@@ -429,3 +429,33 @@ def test_bounded_number_arguments():
     for text in ("0", "inf", "nan"):
         with pytest.raises(argparse.ArgumentTypeError):
             timeout(text)
+
+
+# -- the home's site, decided once (issue 15 item 1)
+
+
+def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path, mcast_port):
+    """`ndn-edge gateway --site lab &` then at once `ndn-edge client add alice`: 19 of 20 credentials files said
+    site edge, and every call then timed out blaming authentication."""
+    from tests.support import stop_process
+
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        gateway = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway", "--site",
+                                    "lab", "--group", f"224.0.23.170:{mcast_port}"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            added = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "client", "add",
+                                    "alice"], env=env, capture_output=True, text=True, timeout=60)
+            assert added.returncode == 0, added.stderr
+            assert json.loads((home / "clients" / "alice.json").read_text())["site"] == "lab"
+        finally:
+            stop_process(gateway)
+
+
+def test_a_gateway_for_another_site_is_refused_in_one_line(run):
+    assert run("client", "add", "alice")[0] == 0  # decides the home's site: edge
+    code, _, err = run("gateway", "--site", "lab")
+    assert code != 0
+    assert_one_error_line(err, "this home is for site 'edge'", "--site edge")

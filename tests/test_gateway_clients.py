@@ -772,3 +772,33 @@ def _closed_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_request_for_another_site_gets_a_signed_answer_saying_so(tmp_path):
+    """A client whose credentials name the wrong site used to get silence until its deadline, blaming
+    authentication. Now the gateway, having checked the client's key, says which site it serves."""
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            names = cw.request_name("lab", "call", ("sim", "1", "echo"))
+            packet, _ = cw.encode_request(names, cbor2.dumps({"args": {}}), key,
+                                          cw.encoded_name(cw.client_key_name("lab", "alice", key)), cw.SEQ.next(),
+                                          time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
+                                          nonce=os.urandom(4), lifetime_ms=2000)
+            forged, _ = cw.encode_request(names, cbor2.dumps({"args": {}}), os.urandom(32),
+                                          cw.encoded_name(cw.client_key_name("lab", "alice", key)), cw.SEQ.next(),
+                                          time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
+                                          nonce=os.urandom(4), lifetime_ms=2000)
+            peer = await RawPeer.open(s.addr)
+            peer.send(forged)  # not alice's key: nothing comes back
+            assert await peer.recv(0.3) is None
+            peer.send(packet)
+            reply = await peer.recv()
+            peer.close()
+            return reply, key, s.server.metrics()
+
+    reply, key, metrics = run(scenario)
+    ok, body = decode_reply(reply, key)
+    assert not ok and body["code"] == "INVALID_ARGUMENT"
+    assert "serves site 'edge'" in body["message"] and "signed for site 'lab'" in body["message"]
+    assert metrics["wrong_site"] == 1 and metrics["drops"]["unknown_client"] == 1

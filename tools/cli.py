@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ndn_edge.state.store import Store
 
 PROG = "ndn-edge"
-SITE_META_KEY = "site"  # the store's meta entry naming the home's site, if the gateway recorded one
+CLIENT_ADD_SITE_WAIT_S = 2.0
 # The system refused something the user named or controls (a file, a serial port, an address or port, the
 # network), as opposed to a call the code should never have made: one line, not a traceback.
 _SYSTEM_REFUSED = frozenset({
@@ -94,7 +94,8 @@ def do_client_add(state: State, args: argparse.Namespace) -> None:
     if path.exists():
         raise CommandError(f"client add: {path} exists but no client '{name}' is in the store; delete it with: "
                            f"{home.hint(f'{PROG} client remove {name}')}")
-    site = args.site or store.get_meta(SITE_META_KEY) or DEFAULT_SITE
+    # A gateway started a moment ago may be about to decide the home's site: wait a little for it.
+    site = store.claim_site(args.site, wait_s=CLIENT_ADD_SITE_WAIT_S)
     key = secrets.token_bytes(KEY_BYTES)
     store.add_client(name, key)
     try:

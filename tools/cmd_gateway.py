@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING
 
 from ndn_edge import __version__
 from ndn_edge.tools.netargs import add_network_args, listen_arg
-from ndn_edge.wire.protocol import DEFAULT_SITE
 
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
     from ndn_edge.tools.cli import State
 
-SITE_META_KEY = "site"
 
 
 def args_gateway(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +46,8 @@ def _limit(text: str) -> str:
 
 
 def resolve_site(state: State, site: str | None) -> str:
-    """`site`, else the site the home's store recorded, else the default."""
-    return site or state.store.get_meta(SITE_META_KEY) or DEFAULT_SITE
+    """The home's site: `site` if it is the one decided (or decides it), else the decided one, else the default."""
+    return state.store.claim_site(site)
 
 
 def do_gateway(state: State, args: argparse.Namespace) -> int:

@@ -167,6 +167,10 @@ class Client:
             if record.host in _LOCAL_HOSTS and not record.pid_alive():
                 raise ConfigError(f"the gateway record {h.gateway_file} names pid {record.pid}, which is not "
                                   f"running; start the gateway with: {start_hint}")
+            if record.site != creds.site:
+                raise ConfigError(f"client '{creds.name}' is for site '{creds.site}' ({creds.path}) but the home's "
+                                  f"gateway serves site '{record.site}'; fix \"site\" in the credentials file, or "
+                                  f"remove and add the client again")
             address = (record.host, record.port)
         return cls(creds, address, timeout=timeout, hint=start_hint)
 

@@ -241,9 +241,10 @@ class ClientFace:
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._throttle = Throttle(log, _WARN_EVERY_S)
+        self._wrong_site_answered: dict[str, float] = {}
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
-                                      "over_quota": 0}
+                                      "over_quota": 0, "wrong_site": 0}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     @classmethod
@@ -391,7 +392,7 @@ class ClientFace:
             lifetime_ms = interest.lifetime
         if not framing.components_ok(name):
             return self._drop("malformed", addr, why="a name component's length is wrong")
-        if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
+        if (len(name) < 4 or bytes(name[1]) != self._gw_comp
                 or Component.get_type(name[-1]) != T.DIGEST_COMPONENT):
             return self._drop("unsupported", addr, why="not a gateway request")
         info = sig.signature_info
@@ -410,17 +411,14 @@ class ClientFace:
     def _authenticate(self, request: _Request, addr: Any) -> _Peer | None:
         """The client whose key signed the request, or None (dropped and counted)."""
         sig = request.sig
+        if bytes(request.name[0]) != self._site_comp:
+            return self._wrong_site(request, addr)
         peer = self._peer(sig.signature_info.key_locator.name)
         if peer is None:
             return self._drop("unknown_client", addr)
-        if sig.digest_value_buf is None or not hmac.compare_digest(
-                _sha256(sig.digest_covered_part), bytes(sig.digest_value_buf)):
-            return self._drop("digest", addr, client=peer.name)
-        mac = hmac.new(peer.key, digestmod=hashlib.sha256)
-        for part in sig.signature_covered_part:
-            mac.update(part)
-        if not hmac.compare_digest(mac.digest(), request.signature):
-            return self._drop("signature", addr, client=peer.name)
+        fault = _fault(request, peer.key)
+        if fault is not None:
+            return self._drop(fault, addr, client=peer.name)
         info = sig.signature_info
         skew_ms = info.signature_time - time.time() * 1000
         if abs(skew_ms) > cw.TIME_WINDOW_MS:
@@ -430,6 +428,34 @@ class ClientFace:
             # the high-water mark (persisted) past anything the client will send for years.
             return self._drop("stale", addr, client=peer.name, why="SignatureSeqNum ahead of SignatureTime")
         return peer
+
+    def _wrong_site(self, request: _Request, addr: Any) -> None:
+        """A request for another site. From a client of this gateway, signed with its key (its credentials name
+        the wrong site), it gets a signed answer saying so, at most once a second per client; anything else is
+        dropped like any request from nobody."""
+        ident = tuple(bytes(c) for c in request.sig.signature_info.key_locator.name)
+        record = None
+        if len(ident) == 5 and ident[1] == self._client_comp and ident[3] == self._key_comp and \
+                all(Component.get_type(c) == T.GENERIC_COMPONENT for c in ident):
+            record = self._store.client(Component.to_str(ident[2]))
+            if record is not None and key_id(record.key) != Component.to_str(ident[4]):
+                record = None
+        if record is None or not _verifies(request, record.key):
+            return self._drop("unknown_client", addr)
+        now = time.monotonic()
+        if now - self._wrong_site_answered.get(record.name, -1.0) < 1.0:
+            return self._drop("unsupported", addr, why="wrong site, answered a moment ago")
+        self._wrong_site_answered[record.name] = now
+        self.stats["wrong_site"] += 1
+        theirs = Component.to_str(request.name[0])
+        err = InvalidArgument(f"this gateway serves site '{self.site}', but client '{record.name}' signed for site "
+                              f"'{theirs}': fix \"site\" in its credentials file, or remove and add the client "
+                              "again")
+        signer = cw.ReplySigner("/" + "/".join(Component.to_str(c) for c in ident), record.key)
+        self._send(cw.encode_reply(request.name_tlv, cbor2.dumps(err.to_wire()), signer, nack=True,
+                                   pit_token=request.pit), addr)
+        event(log, "wrong_site", logging.WARNING, client=record.name, site=theirs, addr=_addr(addr))
+        return None
 
     def _admit(self, peer: _Peer, request: _Request, addr: Any) -> _Exchange | None:
         """A new exchange for a fresh request; None for a retransmission (answered here) or a replay (dropped)."""
@@ -688,6 +714,22 @@ def _discard(work: Awaitable[Any]) -> None:
     close = getattr(work, "close", None)
     if close is not None:
         close()
+
+
+def _fault(request: _Request, key: bytes) -> str | None:
+    """Why a signed request does not verify with `key` ("digest" or "signature"), or None when it does."""
+    sig = request.sig
+    if sig.digest_value_buf is None or not hmac.compare_digest(_sha256(sig.digest_covered_part),
+                                                               bytes(sig.digest_value_buf)):
+        return "digest"
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in sig.signature_covered_part:
+        mac.update(part)
+    return None if hmac.compare_digest(mac.digest(), request.signature) else "signature"
+
+
+def _verifies(request: _Request, key: bytes) -> bool:
+    return _fault(request, key) is None
 
 
 def _sha256(parts: Sequence[Any]) -> bytes:

@@ -41,13 +41,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ndn_edge.errors import AlreadyExists, DamagedStore, StoreError, UnknownClient, UnknownDevice
+from ndn_edge.errors import AlreadyExists, ConfigError, DamagedStore, StoreError, UnknownClient, UnknownDevice
 from ndn_edge.names import format_pattern, parse_pattern
 from ndn_edge.state.home import validate_client_name
-from ndn_edge.wire.protocol import KEY_BYTES
+from ndn_edge.wire.protocol import DEFAULT_SITE, KEY_BYTES
 
 STATES = ("unknown", "online", "offline", "asleep", "left")
 MAX_PAGE_SIZE = 1000
+SITE_META = "site"  # the meta entry naming the home's site
 _SEQ_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 _BUSY_TIMEOUT_S = 5.0
 
@@ -528,6 +529,31 @@ class Store:
             return self._db.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as err:
             raise StoreError(f"store {self.path}: {err}") from err
+
+    # -- the home's site
+
+    def site(self) -> str | None:
+        """The site this store's home serves, once decided (None before)."""
+        return self.get_meta(SITE_META)
+
+    def claim_site(self, site: str | None, *, wait_s: float = 0.0) -> str:
+        """The home's site, decided once: the first process that names one (a gateway's `--site`, a client's
+        `--site`) decides it, atomically; one that names none takes the decided site, or, after waiting up to
+        `wait_s` for a starting gateway to decide it, the default. ConfigError when `site` differs from the
+        decided one: a client of one site cannot talk to a gateway of another."""
+        if site is not None:
+            site = _check_site(site)
+        deadline = time.monotonic() + wait_s
+        while site is None and time.monotonic() < deadline and self.site() is None:
+            time.sleep(0.05)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (SITE_META, site or DEFAULT_SITE))
+            decided = str(db.execute("SELECT value FROM meta WHERE key = ?", (SITE_META,)).fetchone()[0])
+        if site is not None and site != decided:
+            raise ConfigError(f"this home is for site '{decided}' (decided when its first gateway or client was "
+                              f"made), not '{site}'; use --site {decided}, or another home with --home DIR for "
+                              f"site '{site}'")
+        return decided
 
     # -- meta
 

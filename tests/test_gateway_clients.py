@@ -548,6 +548,11 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
         (("call", "sim/9/echo"), 4, "NOT_FOUND"),
         (("call", "lab/x/echo"), 5, "PERMISSION_DENIED"),
         (("call", "sim/1/counter", "--args", '{"x": 1}'), 3, "INVALID_ARGUMENT"),
+        # checked against the description by the gateway, before anything is sent (issue 15 item 10)
+        (("call", "sim/1/burst", "--args", '{"n": "many"}'), 3, "argument 'n' of sim/1/burst must be int, "
+                                                                "got str 'many'"),
+        (("call", "sim/1/burst", "--args", '{"wrong": 1}'), 3, "takes no argument 'wrong'; it takes: n (int), "
+                                                               "stamp (bool)"),
         (("call", "sim/1/echo", "--args", "[1]"), 3, "--args must be a JSON object"),
         (("call", "sim/1/echo", "--as", "nobody"), 2, "no client 'nobody'"),
     ]:

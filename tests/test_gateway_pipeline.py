@@ -348,3 +348,29 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
         assert store.device("/edge/d").state == "offline"
         assert store.get_meta("ann_seq:" + wire.key_name("/edge/d", key)) == "7"
         assert sent and sent[-1][0] == 0x05 and b"_sd" in sent[-1]  # the query
+
+
+# -- arguments against the service description (issue 15 item 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"celsius": "hot"}, "argument 'celsius' of sim/1/setpoint must be float, got str 'hot'"),
+    ({"celsius": True}, "argument 'celsius' of sim/1/setpoint must be float, got bool True"),
+    ({"wrong": 1}, "sim/1/setpoint takes no argument 'wrong'; it takes: celsius (float), mode (str)"),
+    ({"mode": "eco"}, "sim/1/setpoint needs argument 'celsius' (float)"),
+])
+def test_arguments_are_checked_against_the_description(args, message):
+    from ndn_edge.devices.descriptions import check_args
+
+    svc = {"name": "setpoint", "args": {"celsius": {"type": "float", "required": True}, "mode": "str"}}
+    with pytest.raises(InvalidArgument) as err:
+        check_args(svc, args, "sim/1/setpoint")
+    assert err.value.message == message
+
+
+def test_arguments_that_fit_or_are_not_declared_pass():
+    from ndn_edge.devices.descriptions import check_args
+
+    check_args({"args": {"celsius": "float", "when": "timestamp"}}, {"celsius": 21, "when": "later"}, "t")
+    check_args({"args": None}, {"anything": [1]}, "t")
+    check_args(None, {"x": 1}, "t")

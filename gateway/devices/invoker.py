@@ -55,7 +55,9 @@ from typing import Any, Generic, TypeVar
 
 import cbor2
 
+from ndn_edge import names
 from ndn_edge.answers import Answer
+from ndn_edge.devices.descriptions import check_args, find_service, valid_description
 from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
@@ -81,11 +83,12 @@ _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 class Ticket:
     """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    __slots__ = ("device", "key", "params", "service")
+    __slots__ = ("args", "device", "key", "params", "service")
 
-    def __init__(self, device: str, service: str, params: bytes) -> None:
+    def __init__(self, device: str, service: str, args: dict[str, Any] | None, params: bytes) -> None:
         self.device = device      # the full name
         self.service = service
+        self.args = args          # checked against the service's description before anything is sent
         self.params = params      # the canonical CBOR of the arguments: the cache key and what is sent
         self.key: CacheKey = (device, service, params)
 
@@ -565,7 +568,7 @@ class Invoker:
         device: one lookup, one encoding of the arguments, and no task or timer for a hit."""
         if not isinstance(service, str) or not service or "/" in service:
             raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
-        ticket = Ticket(self._directory.resolve(device), service, canonical_args(args))
+        ticket = Ticket(self._directory.resolve(device), service, args, canonical_args(args))
         self.metrics["calls"] += 1
         entry = self.cache.fresh(ticket.key)
         if entry is None:
@@ -642,6 +645,11 @@ class Invoker:
             err = NotFound(f"device {name} has no service {service!r} (it offers: {offered or 'nothing'})")
             self.cache.put_error(ticket.key, err)
             raise err
+        try:
+            check_args(svc, ticket.args, "/".join((*names.relative(name, self.site), service)))
+        except InvalidArgument as err:
+            self.cache.put_error(ticket.key, err)
+            raise
         private = bool(svc and svc.get("private"))
         idempotent = service in FRAMEWORK_SERVICES or bool(svc and svc.get("idempotent"))
         if not idempotent:
@@ -747,7 +755,7 @@ class Invoker:
             desc = cbor2.loads(content)
         except (cbor2.CBORDecodeError, AttributeError) as err:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
-        if not _valid_description(desc):
+        if not valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
@@ -799,22 +807,6 @@ class Invoker:
         if p["state"] == "asleep" and p["sleep_until"]:
             return f"device {name} is asleep until {time.strftime('%H:%M:%S', time.localtime(p['sleep_until']))}"
         return f"device {name} is {p['state']} ({seen}); retry when it announces itself again"
-
-
-def find_service(desc: Any, service: str) -> dict[str, Any] | None:
-    """The entry of `service` in a device description (`_desc`), or None."""
-    if not isinstance(desc, dict):
-        return None
-    for s in desc.get("services") or ():
-        if isinstance(s, dict) and s.get("name") == service:
-            return s
-    return None
-
-
-def _valid_description(desc: Any) -> bool:
-    services = desc.get("services") if isinstance(desc, dict) else None
-    return isinstance(services, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
-                                              for s in services)
 
 
 class _Shared(Generic[T]):

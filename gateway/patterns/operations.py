@@ -49,7 +49,7 @@ from typing import Any
 
 import cbor2
 
-from ndn_edge.devices.invoker import find_service
+from ndn_edge.devices.descriptions import check_args, find_service
 from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
 from ndn_edge.errors import (
     CallError,
@@ -171,6 +171,7 @@ class Operations:
         if not svc.get("long_running"):
             raise InvalidArgument(f"{self._rel(name)}/{service} is not a long-running service; call it with "
                                   "`call` (services declared long_running=True are started with `start`)")
+        check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("op", client, name, service, args, "starting")
         try:
             reply = await self._devices.call(name, service, args, timeout_s=timeout_s)
@@ -198,8 +199,10 @@ class Operations:
         self._within_quota(client, "kind = 'call' AND state = 'queued'", self.limits.queued_calls_per_client,
                            "queued calls", "queued_calls_per_client")
         desc = record.desc if isinstance(record.desc, dict) else None
-        if desc is not None and find_service(desc, service) is None:
+        svc = find_service(desc, service)
+        if desc is not None and svc is None:
             raise NotFound(f"device {name} has no service {service!r}")
+        check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("call", client, name, service, args, "queued", expires_at=self._clock() + ttl_s)
         self.counters["queued"] += 1
         if self._devices.is_online(name):

@@ -535,3 +535,30 @@ def test_fuzz_the_client_face(tmp_path):
     accounted = sum(metrics["drops"].values()) + metrics["accepted"] + metrics["idle"] + metrics["retransmissions"]
     assert accounted >= sent  # every hostile datagram dropped and counted, or served (a mutation may stay valid)
     assert grown < 40 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_a_subscription_nobody_may_see_is_denied_at_once_and_one_without_devices_says_so(tmp_path):
+    """Issue 15 item 6: `sub PATTERN` for a pattern this client may not see waited forever and printed nothing.
+    Now it is PERMISSION_DENIED at once, as `call` is; and the answer counts the devices that could publish."""
+    from ndn_edge.errors import PermissionDenied
+    from ndn_edge.patterns.pubsub import PubSub
+    from ndn_edge.state.store import Store
+
+    store = Store(tmp_path / "gw.db")
+    store.add_client("bob", os.urandom(32))
+    store.grant("bob", "sim/**")
+    store.add_device("/edge/sim/1", os.urandom(32), "edge")
+
+    async def scenario():
+        pubsub = PubSub(store, site="edge")
+        await pubsub.start()
+        try:
+            with pytest.raises(PermissionDenied, match="may not see any topic matching 'lab/\\*\\*'"):
+                pubsub.subscribe("bob", "lab/**")
+            return pubsub.subscribe("bob", "sim/*/echo"), pubsub.subscribe("bob", "sim/9/echo")
+        finally:
+            await pubsub.stop()
+
+    known, unknown = run(scenario)
+    store.close()
+    assert known["devices"] == 1 and unknown["devices"] == 0

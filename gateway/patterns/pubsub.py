@@ -70,7 +70,7 @@ import cbor2
 
 from ndn_edge import names as acl
 from ndn_edge.devices.reports import ACK, DROP, Report
-from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
+from ndn_edge.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, StoreError, UnknownClient
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 
@@ -409,6 +409,9 @@ class PubSub:
             parts = acl.parse_pattern(pattern)
         except ValueError as err:
             raise InvalidArgument(f"subscription pattern: {err}") from err
+        if not self._could_see(client, parts):
+            raise PermissionDenied(f"client '{client}' may not see any topic matching {pattern!r}: no rule of "
+                                   "its allows one (ndn-edge acl list)")
         if durable is not None:
             if not isinstance(durable, str) or not _NAME.fullmatch(durable):
                 raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
@@ -423,7 +426,8 @@ class PubSub:
                                           f"pattern {acl.format_pattern(existing.pattern)!r}; unsubscribe it "
                                           "first to change the pattern")
                 existing.last_poll = time.monotonic()
-                return {"sub": existing.id, "created": False, "pattern": acl.format_pattern(parts)}
+                return {"sub": existing.id, "created": False, "pattern": acl.format_pattern(parts),
+                        "devices": self._publishers(parts)}
         mine = sum(1 for owner, _ in self._subs if owner == client)
         if mine >= self.limits.subscriptions_per_client:
             self.counters["over_quota"] += 1
@@ -448,7 +452,8 @@ class PubSub:
                 for m in retained:
                     self._enqueue_durable(db, sub, cbor2.dumps(m))
         self._subs[(client, sub.id)] = sub
-        return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts)}
+        return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts),
+                "devices": self._publishers(parts)}
 
     async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100,
                    wait_ms: int = 0) -> dict[str, Any]:
@@ -581,10 +586,31 @@ class PubSub:
             return any(_reaches(rule, device) for rule in rules)
         return False
 
-    def _rules_of(self, client: str) -> tuple[tuple[str, ...], ...]:
+    def _could_see(self, client: str, pattern: tuple[str, ...]) -> bool:
+        """True if some topic `pattern` matches is one the client's rules let it see (a publication's topic, or
+        the membership of a device it may reach)."""
+        rules = self._rules_of(client, fresh=True)
+        if any(acl.overlap(pattern, rule) for rule in rules):
+            return True
+        return bool(rules) and acl.overlap(pattern, (MEMBERS, acl.ANY))
+
+    def _publishers(self, pattern: tuple[str, ...]) -> int:
+        """How many provisioned devices could publish on a topic `pattern` matches (their own topics, or their
+        membership): 0 tells a subscriber it waits for devices that do not exist yet."""
+        count, token = 0, None
+        while True:
+            records, token = self._store.list_devices(1000, token)
+            for record in records:
+                device = tuple(self._relative(record.name).split("/"))
+                if acl.overlap(pattern, (*device, acl.ONE)) or acl.overlap(pattern, (MEMBERS, *device)):
+                    count += 1
+            if token is None:
+                return count
+
+    def _rules_of(self, client: str, *, fresh: bool = False) -> tuple[tuple[str, ...], ...]:
         now = time.monotonic()
         cached = self._rules.get(client)
-        if cached is not None and now - cached[1] < RULES_TTL_S:
+        if cached is not None and now - cached[1] < RULES_TTL_S and not fresh:
             return cached[0]
         try:
             rules = tuple(rule.parts for rule in self._store.rules(client))

@@ -656,7 +656,7 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
         (("call", "sim/9/echo"), 4, "NOT_FOUND"),
         (("call", "lab/x/echo"), 5, "PERMISSION_DENIED"),
         (("call", "sim/1/counter", "--args", '{"x": 1}'), 3, "INVALID_ARGUMENT"),
-        (("call", "sim/1/echo", "--args", "[1]"), 3, "--args must be a JSON object"),
+        (("call", "sim/1/echo", "--args", "[1]"), 2, "--args must be a JSON object"),  # nothing sent: usage
         (("call", "sim/1/echo", "--as", "nobody"), 2, "no client 'nobody'"),
     ]:
         code, out, err = cluster.cli(*args)

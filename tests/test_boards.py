@@ -238,6 +238,43 @@ def test_mpremote_drives_a_vboard(vboards, tmp_path):
     assert run.returncode == 0, run
     assert "hello.py" in run.stdout and "hello from a file" in run.stdout
     assert (vb.flash / "hello.py").read_text() == local.read_text()
+    # `ls` shows sizes as on a board (the unix port's ilistdir leaves them out; they all read 0 before issue 15)
+    (vb.flash / "lib").mkdir()
+    (vb.flash / "lib" / "big.bin").write_bytes(bytes(1234))
+    run = subprocess.run([*mpremote, "fs", "ls", ":", "+", "fs", "ls", ":lib"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run
+    sizes = {line.split()[1]: int(line.split()[0]) for line in run.stdout.splitlines()
+             if len(line.split()) == 2 and line.split()[0].isdigit()}
+    assert sizes == {"hello.py": len(local.read_bytes()), "lib/": 0, "big.bin": 1234}, run.stdout
+
+
+def test_vboard_code_finds_the_heap_it_was_given(vboards, micropython, tmp_path):
+    """Issue 15: `_health` said mem_free 4960 on a 96K vboard; the vboard's own agent took about 7 KiB of the
+    heap the app was promised. Code on a vboard now finds the free heap of a bare interpreter with that heap."""
+    probe = "import gc\ngc.collect()\nprint(gc.mem_free())"
+    bare = subprocess.run([micropython, "-X", "heapsize=96K", "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    vb = vboards()
+    with serial_port(vb.port) as ser:
+        ser.write(b"\r\x03\x03\x01")
+        read_until(ser, RAW_PROMPT)
+        ser.write(probe.encode() + b"\x04")
+        reply = read_until(ser, b"\x04>")
+    free = int(reply.split(b"\x04")[0].removeprefix(b"OK").strip())
+    assert abs(free - int(bare.stdout)) <= 1536, (free, bare.stdout)
+
+
+def test_vboard_dir_that_is_a_file_is_one_clear_line(tmp_path, micropython, monkeypatch):
+    """It said `File exists` (a bare errno)."""
+    monkeypatch.setenv("MICROPYTHON", micropython)
+    not_a_folder = tmp_path / "vb"
+    not_a_folder.write_text("")
+    code, out, err = cli(tmp_path / "home", "vboard", "--dir", str(not_a_folder))
+    assert (code, out) == (2, "")
+    one_error_line(err, f"vboard: --dir {not_a_folder} is a file, not a folder")
+    assert not (tmp_path / "home").exists()
 
 
 # -- provision, deploy, call: end to end

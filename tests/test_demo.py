@@ -167,7 +167,7 @@ def test_dev_up_with_a_home_keeps_once_beside_a_running_gateway(tmp_path, mcast_
         env = env_for(micropython)
         env["NDN_EDGE_HOME"] = str(other.home)  # the default home, already served
         log = tmp_path / "dev-up.log"
-        proc = dev_up(tmp_path / "demo", mcast_port, env, log)
+        proc = dev_up(tmp_path / "demo", mcast_port, env, log, "--devices", "1")
         try:
             code = proc.wait(90)
         finally:
@@ -176,7 +176,7 @@ def test_dev_up_with_a_home_keeps_once_beside_a_running_gateway(tmp_path, mcast_
                 proc.wait()
         text = log.read_text(errors="replace")
         assert code == 0, text
-        assert f"home       {tmp_path / 'demo'}" in text and "discovery  3 devices online" in text
+        assert f"home       {tmp_path / 'demo'}" in text and "discovery  1 devices online" in text
         assert "Ctrl-C to stop" not in text  # --once: the tour, then exit
         assert processes_of(tmp_path / "demo") == []
         assert other.gateway is not None and other.gateway.poll() is None  # the other gateway is untouched
@@ -196,7 +196,7 @@ def test_dev_up_demo_has_a_default_client_and_sigterm_leaves_nothing_behind(tmp_
     home = tmp_path / "demo"
     env = env_for(micropython)
     log = tmp_path / "dev-up.log"
-    proc = dev_up(home, mcast_port, env, log, "--keep-running")
+    proc = dev_up(home, mcast_port, env, log, "--keep-running", "--devices", "2")
     try:
         wait_until(lambda: "Ctrl-C to stop." in log.read_text(errors="replace") or proc.poll() is not None, 60,
                    interval_s=0.1, what="the demo's tour")
@@ -204,10 +204,9 @@ def test_dev_up_demo_has_a_default_client_and_sigterm_leaves_nothing_behind(tmp_
         assert (home / "default-client").read_text() == "demo\n"
         listed = ndn_edge(env, "--home", str(home), "devices", "--json")  # no --as
         assert listed.returncode == 0, listed.stderr
-        assert [d["name"] for d in json.loads(listed.stdout)["items"]] == ["/edge/sim/1", "/edge/sim/2",
-                                                                          "/edge/sim/3"]
+        assert [d["name"] for d in json.loads(listed.stdout)["items"]] == ["/edge/sim/1", "/edge/sim/2"]
         assert "ndn-edge devices --home" in log.read_text()  # the hint needs no --as either
-        assert len(processes_of(home)) >= 4  # `up` and its devices
+        assert len(processes_of(home)) >= 3  # `up` and its devices
         proc.send_signal(signal.SIGTERM)  # to dev.py's pid, as `kill PID` would
         code = proc.wait(30)
         assert code == 130, log.read_text()

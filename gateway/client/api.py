@@ -27,7 +27,8 @@ Decisions:
   anything is sent; a missing home, credentials or gateway record is a `ConfigError` saying what to run.
 - The blocking client runs a private event loop in a daemon thread and forwards each call to it, so it also works
   inside programs (notebooks) that already run a loop in the calling thread.
-- Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the only credentials file in the home.
+- Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the client named in `HOME/default-client`
+  (`ndn-edge up` names its `demo` client there), else the only credentials file in the home.
 """
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ import cbor2
 
 from ndn_edge.client.handles import Operation, Outcome, Subscription
 from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
-from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.state.home import ClientCredentials, Home, validate_client_name
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import framing, tlv
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire.tlv import T
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"
+DEFAULT_CLIENT_FILE = "default-client"  # in the home: the name of the client to sign as when none is chosen
 DEFAULT_TIMEOUT_S = 5.0
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 1.0
@@ -609,12 +611,27 @@ class BlockingSubscription:
 
 
 def resolve_client_name(home: Home, client: str | None) -> str:
-    """`client`, else $NDN_EDGE_CLIENT, else the home's only client; ConfigError saying how to choose."""
+    """`client`, else $NDN_EDGE_CLIENT, else the home's default client (`HOME/default-client`, when its
+    credentials exist), else the home's only client; ConfigError saying how to choose."""
     if client:
         return client
     env = os.environ.get(ENV_CLIENT)
     if env:
-        return env
+        try:
+            return validate_client_name(env)
+        except ValueError as err:
+            raise ConfigError(f"${ENV_CLIENT}: {err}") from None
+    marker = home.path / DEFAULT_CLIENT_FILE
+    try:
+        default = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        default = ""
+    if default:
+        try:
+            if home.client_file(default).exists():
+                return default
+        except ValueError:  # not a client name: the marker is ignored, as a missing one is
+            pass
     try:
         names = sorted(p.stem for p in home.clients_dir.glob("*.json") if not p.name.startswith("."))
     except OSError:
@@ -624,8 +641,8 @@ def resolve_client_name(home: Home, client: str | None) -> str:
     if not names:
         raise ConfigError(f"no client credentials in {home.clients_dir}; create a client with: "
                           f"{home.hint('ndn-edge client add NAME')}")
-    raise ConfigError(f"several clients in {home.clients_dir} ({', '.join(names)}); choose one with --as NAME "
-                      f"(or client=NAME, or ${ENV_CLIENT})")
+    raise ConfigError(f"several clients in {home.clients_dir} ({', '.join(names)}); choose one with --as NAME, "
+                      f"with ${ENV_CLIENT}, or by writing its name to {marker}")
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -164,6 +164,8 @@ class Api:
             detail = f"the request body is larger than {MAX_BODY_BYTES} bytes; send smaller arguments"
         elif status == 404:
             detail = f"no such route; the API is under {API} (see {API}/openapi.json)"
+        elif status == 415:
+            detail = exc.text or "send the request body as application/json"
         elif status == 405:
             detail = f"method not allowed here; allowed: {headers.get('Allow', '-')}"
         else:
@@ -271,7 +273,7 @@ class Api:
                 raise web.HTTPMethodNotAllowed("GET", ["POST"], text=f"{shown} is not idempotent: call it with POST")
             args = values.query_args(request.query, svc, shown)
         elif request.method == "POST":
-            args = values.body_object(await request.read(), "the request body (the arguments)") or None
+            args = (await _body(request)) or None
             if args:
                 args = values.decode_bytes_args(args, self.service(target) if len(target) >= 2 else None)
         else:
@@ -280,12 +282,12 @@ class Api:
 
     async def notify(self, request: web.Request) -> web.Response:
         target = self.target(request)
-        args = values.body_object(await request.read(), "the request body (the arguments)") or None
+        args = (await _body(request)) or None
         return _json(await self.run(request["caller"], cp.VERB_NOTIFY, target, {"args": args}), status=202)
 
     async def start(self, request: web.Request) -> web.Response:
         target = self.target(request)
-        args = values.body_object(await request.read(), "the request body (the arguments)") or None
+        args = (await _body(request)) or None
         params = {"args": args, "timeout_ms": _int(request, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                    cp.MAX_TIMEOUT_MS)}
         op = await self.run(request["caller"], cp.VERB_START, target, params)
@@ -293,7 +295,7 @@ class Api:
 
     async def enqueue(self, request: web.Request) -> web.Response:
         target = self.target(request)
-        args = values.body_object(await request.read(), "the request body (the arguments)") or None
+        args = (await _body(request)) or None
         ttl_s = _number(request, "ttl_s", 300.0, 0.001, 7 * 86400.0)
         op = await self.run(request["caller"], cp.VERB_ENQUEUE, target,
                             {"args": args, "ttl_ms": max(1, int(ttl_s * 1000))})
@@ -313,7 +315,7 @@ class Api:
         return _json(await self.run(request["caller"], cp.VERB_OP_CANCEL, (), params))
 
     async def gather(self, request: web.Request) -> web.Response:
-        body = values.body_object(await request.read(), "the gather request")
+        body = await _body(request, "the gather request")
         unknown = set(body) - {"pattern", "args", "deadline_s"}
         if unknown:
             raise InvalidArgument(f"gather takes pattern, args and deadline_s, not {', '.join(sorted(unknown))}")
@@ -340,12 +342,15 @@ class Api:
         return _json(doc, headers=headers)
 
     async def visible_services(self, caller: Caller) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(device under the site, its services) for every device and service the caller may use."""
+        """(device under the site, its services) for every device online or asleep (reachable now or by a queued
+        call) and every service the caller may use."""
         out = []
         token = None
         while True:
             page = await self.run(caller, cp.VERB_DEVICES, (), {"page_size": cp.MAX_PAGE_SIZE, "page_token": token})
             for item in page["items"]:
+                if item.get("state") not in ("online", "asleep"):
+                    continue
                 rel = "/".join(names.relative(item["name"], self.site))
                 try:
                     services = await self.run(caller, cp.VERB_SERVICES, (), {"device": rel})
@@ -362,6 +367,15 @@ class Api:
     def metrics(self) -> dict[str, int]:
         """Counters of the HTTP face."""
         return {**self.stats, "in_flight": self._in_flight, "open_streams": len(self.streams)}
+
+
+async def _body(request: web.Request, what: str = "the request body (the arguments)") -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); 415 for a body in another media type."""
+    raw = await request.read()
+    if raw and request.headers.get("Content-Type") and request.content_type != "application/json" \
+            and not request.content_type.endswith("+json"):
+        raise web.HTTPUnsupportedMediaType(text=f"send {what} as application/json, not {request.content_type}")
+    return values.body_object(raw, what)
 
 
 def _json(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import urllib.parse
 from pathlib import Path
@@ -71,7 +70,7 @@ class EventStream:
             self.conn.sock.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 line = self.resp.fp.readline()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return None
             if not line:
                 return None

@@ -197,14 +197,14 @@ def test_events_stream_publications_and_membership(cluster):
         # membership is retained: the current state of every device first
         members = set()
         while len(members) < 3:
-            name, ident, data = stream.until(lambda n, i, d: n == "member", 10, "membership events")
+            _, ident, data = stream.until(lambda n, i, d: n == "member", 10, "membership events")
             assert ident is None and data["topic"].startswith("_members/")
             members.add(data["value"]["device"])
         assert members == {"sim/1", "sim/2", "sim/3"}
         assert cluster.post("/api/v1/call/sim/1/burst", {"n": 3}).status == 200
         values = []
         while len(values) < 3:
-            name, _, data = stream.until(lambda n, i, d: n == "message" and d["topic"] == "sim/1/burst"
+            _, _, data = stream.until(lambda n, i, d: n == "message" and d["topic"] == "sim/1/burst"
                                          and not d.get("retained"), 15, "the burst")
             values.append(data["value"])
         assert values == [1, 2, 3]

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from tests.httpclient import HttpCluster
-from tests.support import free_udp_port, wait_until
+from tests.support import free_udp_port
 
 CHROMIUM = os.environ.get("NDN_EDGE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -54,13 +54,12 @@ def test_dashboard_in_chromium(tmp_path, micropython):
         etag_before = cluster.get("/api/v1/openapi.json").headers["etag"]
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page, failed, errors = None, True, []
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
-                errors: list[str] = []
                 page.on("pageerror", lambda err: errors.append(str(err)))
                 page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
 
-                failed = True
                 page.goto(cluster.url + "/")
                 page.wait_for_selector("#signin button")
                 page.screenshot(path=shots / "01-sign-in.png")
@@ -81,8 +80,8 @@ def test_dashboard_in_chromium(tmp_path, micropython):
                 echo = card.locator("form[data-service='echo']")
                 echo.locator("textarea").fill('{"greeting": "from the browser"}')
                 echo.locator("button[type=submit]").click()
-                page.wait_for_function("""document.querySelector(".device[data-device='sim/2'] """
-                                       """form[data-service='echo'] .result").textContent.includes('from the browser')""")
+                page.wait_for_function("""document.querySelector(".device[data-device='sim/2'] form"""
+                                       """[data-service='echo'] .result").textContent.includes('from the browser')""")
                 temperature = card.locator("form[data-service='temperature']")
                 temperature.locator("button[type=submit]").click()
                 page.wait_for_function("""/\\d+\\.\\d/.test(document.querySelector(".device[data-device='sim/2'] """
@@ -128,7 +127,7 @@ def test_dashboard_in_chromium(tmp_path, micropython):
                 assert [e for e in errors if "status of 401" not in e] == [], errors
                 failed = False
             finally:
-                if failed:  # what the page showed when it went wrong, for the failure report
+                if failed and page is not None:  # what the page showed when it went wrong, for the failure report
                     page.screenshot(path=shots / "failure.png", full_page=True)
                     print(f"page at failure ({shots / 'failure.png'}):\n{page.inner_text('body')[:3000]}\n"
                           f"console: {errors}\ngateway log:\n{cluster.log('gateway', 'err')[-3000:]}")

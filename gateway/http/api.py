@@ -9,7 +9,7 @@
 | `GET /devices`, `GET /devices/{device}/services` | `devices`, `services` |
 | `GET /devices/{device}/health` | `call` of `<device>/_health` |
 | `POST /call/{device...}/{service}` (JSON object of arguments); `GET` with typed query arguments | `call` |
-| `POST /notify/{name}` (202), `POST /start/{name}` and `POST /enqueue/{name}` (202 + Location) | `notify`, `start`, `enqueue` |
+| `POST /notify/{name}` (202); `POST /start/{name}`, `/enqueue/{name}` (202, Location) | `notify`, `start`, `enqueue` |
 | `GET /operations`, `GET /operations/{op}?wait=S`, `DELETE /operations/{op}` | `ops`, `op_get`, `op_cancel` |
 | `POST /gather` `{"pattern", "args", "deadline_s"}` | `gather` |
 | `GET /events?topic=P` (Server-Sent Events, `ndn_edge.http.events`) | `subscribe`, `poll`, `unsubscribe` |
@@ -34,6 +34,7 @@ wrong); sessions or cookies for the dashboard (a bearer token in JavaScript memo
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -115,8 +116,6 @@ class Api:
 
     def application(self) -> web.Application:
         """The aiohttp application: API routes, the dashboard, the middlewares."""
-        from ndn_edge.http import events
-
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth],
                               handler_args={"max_field_size": 8190, "max_line_size": 8190})
         r = app.router
@@ -131,10 +130,10 @@ class Api:
         r.add_get(API + "/operations/{op}", self.operation)
         r.add_delete(API + "/operations/{op}", self.cancel)
         r.add_post(f"{API}/gather", self.gather)
-        r.add_get(f"{API}/events", lambda request: events.stream(self, request))
+        r.add_get(f"{API}/events", self.events)
         r.add_get(f"{API}/openapi.json", self.openapi)
         r.add_get("/", self.index)
-        r.add_static("/static/", STATIC, append_version=False)
+        r.add_get("/static/{name}", self.static)
         return app
 
     # -- middlewares
@@ -331,6 +330,11 @@ class Api:
         params = {"pattern": pattern, "args": args, "timeout_ms": max(1, int(deadline_s * 1000))}
         return _json(await self.run(request["caller"], cp.VERB_GATHER, (), params))
 
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        from ndn_edge.http import events
+
+        return await events.stream(self, request)
+
     async def openapi(self, request: web.Request) -> web.Response:
         caller: Caller = request["caller"]
         devices = await self.visible_services(caller)
@@ -364,6 +368,13 @@ class Api:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def static(self, request: web.Request) -> web.FileResponse:
+        """One of the dashboard's files (only the files shipped in static/, by name)."""
+        name = request.match_info["name"]
+        if name not in _static_files():
+            raise web.HTTPNotFound()
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
     def metrics(self) -> dict[str, int]:
         """Counters of the HTTP face."""
         return {**self.stats, "in_flight": self._in_flight, "open_streams": len(self.streams)}
@@ -376,6 +387,11 @@ async def _body(request: web.Request, what: str = "the request body (the argumen
             and not request.content_type.endswith("+json"):
         raise web.HTTPUnsupportedMediaType(text=f"send {what} as application/json, not {request.content_type}")
     return values.body_object(raw, what)
+
+
+@functools.lru_cache(maxsize=1)
+def _static_files() -> frozenset[str]:
+    return frozenset(p.name for p in STATIC.iterdir() if p.is_file())
 
 
 def _json(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

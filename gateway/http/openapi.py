@@ -85,7 +85,7 @@ def _responses(ok: str, description: str, schema: dict[str, Any] | str, *, conte
     if headers:
         success["headers"] = headers
     out: dict[str, Any] = {ok: success}
-    for status, text in _ERRORS.items():
+    for status in _ERRORS:
         out[status] = {"$ref": f"#/components/responses/E{status}"}
     out["default"] = {"$ref": "#/components/responses/Problem"}
     return out

@@ -18,7 +18,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -151,7 +150,7 @@ class HttpFace:
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket is bound to."""
-        server = self._site._server if self._site is not None else None  # noqa: SLF001 (aiohttp keeps it there)
+        server = self._site._server if self._site is not None else None
         sockets = getattr(server, "sockets", None)
         if not sockets:
             raise RuntimeError("the HTTP face is not started")

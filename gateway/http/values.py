@@ -90,7 +90,7 @@ def query_args(query: Mapping[str, str], svc: Mapping[str, Any] | None, target: 
         return None
     out: dict[str, Any] = {}
     for name in names:
-        values = query.getall(name) if hasattr(query, "getall") else [query[name]]  # type: ignore[attr-defined]
+        values = query.getall(name) if hasattr(query, "getall") else [query[name]]
         if len(values) != 1 or name in out:
             raise InvalidArgument(f"query argument {name!r} of {target} is given {len(values)} times; give it once")
         wanted = _type_of(spec.get(name)) if isinstance(spec, dict) else "any"

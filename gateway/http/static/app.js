@@ -109,6 +109,9 @@ async function signIn(candidate) {
     $("#signout").hidden = false;
     $("#signin-error").textContent = "";
     await loadDevices();
+    api("/operations?page_size=20").then((page) => page.items
+      .filter((op) => !["done", "failed", "cancelled"].includes(op.state)).reverse().forEach(trackOperation))
+      .catch(() => {});
     streamAbort = new AbortController();
     follow("/events?members=true", onMemberEvent, streamAbort.signal, setLink);
     watchTopic($("#topic").value);

@@ -85,9 +85,9 @@ def test_dashboard_in_chromium(tmp_path, micropython):
                 temperature = card.locator("form[data-service='temperature']")
                 temperature.locator("button[type=submit]").click()
                 # a number, then where it came from ("25" for 25.0: JavaScript prints whole floats bare)
-                page.wait_for_function("""/^\\d+(\\.\\d+)?\\n\\((from the device|cached)/.test(document.querySelector("""
-                                       """".device[data-device='sim/2'] form[data-service='temperature'] .result")"""
-                                       """.textContent)""")
+                page.wait_for_function("""/^\\d+(\\.\\d+)?\\n\\((from the device|cached)/.test("""
+                                       """document.querySelector(".device[data-device='sim/2'] """
+                                       """form[data-service='temperature'] .result").textContent)""")
                 card.locator(".health-button").click()
                 page.wait_for_selector(".device[data-device='sim/2'] dl.health dt:text('free heap')")
                 slow = card.locator("form[data-service='slow']")

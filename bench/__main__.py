@@ -1,4 +1,5 @@
-"""`python -m bench device|gateway [--json FILE] ...`: run a benchmark, print its JSON report and a table."""
+"""`python -m bench device|gateway|pubsub|http [--json FILE] ...`: run a benchmark, print its JSON report and a
+table."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +92,10 @@ def main(argv: list[str]) -> int:
         from bench import pubsub
 
         return pubsub.main(argv[1:])
+    if argv[:1] == ["http"]:  # the HTTP API beside the Python client and aiocoap (bench/http.py)
+        from bench import http
+
+        return http.main(argv[1:])
     args = parse_args(argv)
     try:
         if args.benchmark == "gateway":

@@ -15,8 +15,9 @@ Decisions:
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication patterns on it
-  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), the client face with its verbs, then the record
-  (clients can only find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
+  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), the client face with its verbs, the HTTP face
+  when asked for (`ndn_edge.http`, its own verb table over the same parts), then the record (clients can only
+  find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -39,6 +40,7 @@ from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, D
 if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
     from ndn_edge.devices.side import DeviceSide
+    from ndn_edge.http.server import HttpFace, HttpOptions
     from ndn_edge.patterns.hub import Patterns
     from ndn_edge.state.store import Store
 
@@ -61,7 +63,7 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str | None = None, limits: Limits | None = None) -> None:
+                 site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None) -> None:
         self.home = home
         self.limits = limits or Limits()
         self.iface = iface
@@ -74,6 +76,8 @@ class Gateway:
         self.devices: DeviceSide | None = None
         self.patterns: Patterns | None = None
         self.clients: ClientFace | None = None
+        self.http_options = http
+        self.http: HttpFace | None = None  # the REST API and dashboard (ndn_edge.http), when `http` is given
         self._record_written = False
         self._backups: asyncio.Task[None] | None = None
 
@@ -96,6 +100,13 @@ class Gateway:
             self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
                                             limits=self.limits)
             host, port = await self.clients.start()
+            if self.http_options is not None:
+                from ndn_edge.http.server import HttpFace
+
+                self.http = HttpFace.build(store, self.devices, self.patterns, site=self.site,
+                                           options=self.http_options, limits=self.limits)
+                await self.http.start()
+                self.http.write_record(self.home.path)
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
@@ -124,10 +135,13 @@ class Gateway:
         if backups is not None:
             backups.cancel()
             await asyncio.gather(backups, return_exceptions=True)
+        http, self.http = self.http, None
         clients, self.clients = self.clients, None
         patterns, self.patterns = self.patterns, None
         devices, self.devices = self.devices, None
         try:
+            if http is not None:
+                await http.stop()
             if clients is not None:
                 await clients.stop()
         finally:

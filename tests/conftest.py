@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
 
-_FIRST = ("soak", "wheel")  # the longest tests and the slowest set-up
+_FIRST = ("soak", "wheel", "long")  # the longest tests and the slowest set-up
 
 
 def pytest_collection_modifyitems(config, items):

@@ -304,7 +304,9 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name,
-                      "remove a client, its rules, its durable subscriptions and its credentials"),
+                      "remove a client, its rules, its durable subscriptions, its tokens and its credentials"),
+    "client token": (".cmd_token:do_token", ".cmd_token:args_token",
+                     "issue a bearer token for the HTTP API (--revoke, --list)"),
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),
@@ -321,7 +323,7 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
 NO_HOME = frozenset({"flash", "deploy"})
 
 GROUPS: dict[str, str] = {
-    "client": "manage client identities (add, list, remove)",
+    "client": "manage client identities (add, list, remove, token)",
     "acl": "manage access rules (grant, revoke, list)",
 }
 

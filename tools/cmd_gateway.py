@@ -25,6 +25,7 @@ from ndn_edge.tools.netargs import add_network_args, listen_arg
 
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
+    from ndn_edge.http.server import HttpOptions
     from ndn_edge.tools.cli import State
 
 LOG_FILE = "gateway.log"
@@ -45,6 +46,12 @@ def args_gateway(parser: argparse.ArgumentParser) -> None:
                         help="a per-client quota or shared cap (repeatable): subscriptions_per_client (100), "
                              "operations_per_client (64), queued_calls_per_client (1000), requests_per_s (20000), "
                              "request_burst (40000), subscriptions (10000); see docs/operations.md")
+    parser.add_argument("--http", metavar="HOST:PORT", type=listen_arg, default=None,
+                        help="also serve the REST API and the dashboard there (docs/http.md), e.g. 127.0.0.1:8080; "
+                             'default: "http" in HOME/config.json, else off')
+    parser.add_argument("--http-cert", metavar="PEM", default=None, help="serve HTTPS with this certificate (chain)")
+    parser.add_argument("--http-key", metavar="PEM", default=None,
+                        help="the private key of --http-cert (default: in the certificate file)")
 
 
 def _limit(text: str) -> str:
@@ -63,6 +70,20 @@ def resolve_site(state: State, site: str | None) -> str:
     return state.store.claim_site(site)
 
 
+def http_options(state: State, args: argparse.Namespace) -> HttpOptions | None:
+    """Where to serve HTTP: --http (with --http-cert/--http-key), else the home's config.json, else None."""
+    from ndn_edge.http.server import HttpOptions, options_from_config
+    from ndn_edge.tools.errors import UsageError
+
+    if args.http is None:
+        if args.http_cert or args.http_key:
+            raise UsageError("gateway: --http-cert and --http-key need --http HOST:PORT")
+        return options_from_config(state.home.path)
+    if args.http_key and not args.http_cert:
+        raise UsageError("gateway: --http-key needs --http-cert")
+    return HttpOptions(args.http, cert=args.http_cert, key=args.http_key)
+
+
 def do_gateway(state: State, args: argparse.Namespace) -> int:
     """Run the gateway in the foreground."""
     from ndn_edge import logs
@@ -71,6 +92,7 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
 
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store
+    http = http_options(state, args)
     log_path = _log_path(args.log, state.home.path)
     with contextlib.ExitStack() as stack:
         stream: TextIO | None = None
@@ -81,7 +103,7 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
         handler = logs.setup("debug" if args.verbose else "info", args.log_format, stream)
         stack.callback(logs.teardown, handler)
         gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
-                          site=site, limits=Limits.parse(args.limit))
+                          site=site, limits=Limits.parse(args.limit), http=http)
         try:
             run_loop(_serve(gateway, log_path))
         except asyncio.CancelledError:  # SIGTERM
@@ -111,6 +133,9 @@ async def _serve(gateway: Gateway, log_path: Path | None = None) -> None:
         print(f"ndn-edge gateway {__version__}: home {gateway.home.path}, site /{gateway.site}, "
               f"clients on {host}:{port}, "
               f"devices on {gateway.group}:{gateway.port} via {gateway.iface}{where}; Ctrl-C to stop", flush=True)
+        if gateway.http is not None:
+            print(f"ndn-edge gateway: REST API at {gateway.http.url}/api/v1, dashboard at {gateway.http.url}/",
+                  flush=True)
         await asyncio.Event().wait()
     finally:
         await gateway.stop()

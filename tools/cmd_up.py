@@ -47,6 +47,8 @@ def args_up(parser: argparse.ArgumentParser) -> None:
     add_network_args(parser)
     parser.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
                         help="where clients reach the gateway (default 127.0.0.1:0, a free port)")
+    parser.add_argument("--http", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
+                        help="where the REST API and the dashboard listen (default 127.0.0.1:0, a free port)")
     parser.add_argument("--once", action="store_true", help="exit after the tour instead of running until Ctrl-C")
     parser.add_argument("--yes", action="store_true",
                         help=f"add the client '{DEMO_CLIENT}' allowed to call everything even in a home that already "
@@ -92,7 +94,10 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
 
     cancel_on_sigterm()
     home = state.home
-    gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)
+    from ndn_edge.http.server import HttpOptions
+
+    gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site,
+                      http=HttpOptions(args.http))
     await gateway.start()
     try:
         _ensure_client(state, DEMO_CLIENT, site, grant="**")
@@ -105,6 +110,7 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
         print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, "
               f"devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
               f"site /{site}")
+        _print_dashboard(gateway)
         how = fleet.start()
         print(f"devices    {' '.join(fleet.names)} on {how}{_loss_text(fleet)}")
         async with Client.connect(home=home, client=DEMO_CLIENT) as demo, \
@@ -125,6 +131,16 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
     finally:
         fleet.stop()
         await gateway.stop()
+
+
+def _print_dashboard(gateway: Any) -> None:
+    """The dashboard's URL and a fresh token for the demo client (its earlier tokens are revoked)."""
+    from ndn_edge.http import tokens
+
+    if gateway.http is not None and gateway.store is not None:
+        tokens.revoke(gateway.store, DEMO_CLIENT)
+        token = tokens.issue(gateway.store, DEMO_CLIENT)
+        print(f"dashboard  {gateway.http.url}/  sign in as {DEMO_CLIENT} with {token}")
 
 
 async def _wait_for_devices(client: Client, fleet: SimFleet) -> float:

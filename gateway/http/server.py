@@ -1,0 +1,204 @@
+"""The gateway's HTTP face: the REST API and the dashboard on aiohttp, in the gateway's own event loop.
+
+    face = HttpFace.build(store, device_side, patterns, site="edge", options=HttpOptions(("127.0.0.1", 8080)))
+    url = await face.start()        # "http://127.0.0.1:8080"
+    await face.stop()
+
+Decisions:
+- Part of the gateway process, not a second program: the routes run the same verb table (`Verbs`) on the same
+  device side and patterns as the NDN client face, in the same loop, with no hop in between.
+- Off unless asked for (`ndn-edge gateway --http HOST:PORT`, or `"http"` in HOME/config.json). Listening on
+  anything but loopback without TLS logs a warning: tokens would cross the network in clear. `--http-cert` and
+  `--http-key` serve HTTPS with the standard library's `ssl` (TLS 1.2 at least).
+- The address is recorded in HOME/http.json (`{"url", "pid"}`, mode 0600, removed at a clean stop), beside
+  gateway.json, so tools (`ndn-edge up`, `ndn-edge client token`) can print the dashboard's URL.
+- No access log: aiohttp's would be one line per request on the hot path, and its format includes the query
+  string; requests are counted (`metrics`) instead, and nothing that holds a token is ever logged.
+- At stop, event streams are cancelled first, then the runner is cleaned up with a short grace period.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ndn_edge.clients.verbs import Verbs
+from ndn_edge.errors import ConfigError, Unavailable
+from ndn_edge.http.api import Api
+from ndn_edge.http.tokens import Tokens
+from ndn_edge.limits import Limits
+from ndn_edge.logs import event
+
+log = logging.getLogger("ndn_edge.http")
+
+RECORD = "http.json"
+CONFIG = "config.json"
+SHUTDOWN_S = 1.0
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Where and how the HTTP face listens."""
+
+    listen: tuple[str, int]
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain HTTP; ConfigError naming the file that fails to load."""
+        if self.cert is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"cannot load the HTTPS certificate {self.cert} and key {self.key or self.cert}: "
+                              f"{err}; give a PEM certificate with --http-cert and its key with --http-key") from err
+        return ctx
+
+
+def options_from_config(home_path: Path) -> HttpOptions | None:
+    """The `"http"` entry of HOME/config.json (`{"http": {"listen": "HOST:PORT", "cert", "key"}}`), or None."""
+    path = home_path / CONFIG
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); fix or remove it") from err
+    http = obj.get("http") if isinstance(obj, dict) else None
+    if http is None:
+        return None
+    if not isinstance(http, dict) or not isinstance(http.get("listen"), str):
+        raise ConfigError(f'{path}: "http" must be {{"listen": "HOST:PORT", "cert": PATH, "key": PATH}}')
+    host, _, port = http["listen"].rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f'{path}: "http.listen" must be HOST:PORT, got {http["listen"]!r}')
+    return HttpOptions((host.strip("[]"), int(port)), cert=http.get("cert"), key=http.get("key"))
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this host can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpFace:
+    """The REST API and the dashboard, served by aiohttp on one listening socket."""
+
+    def __init__(self, api: Api, options: HttpOptions) -> None:
+        self.api = api
+        self.options = options
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._record: Path | None = None
+
+    @classmethod
+    def build(cls, store: Any, devices: Any, patterns: Any, *, site: str, options: HttpOptions,
+              limits: Limits | None = None) -> HttpFace:
+        """A face whose routes run the verbs on `devices` and `patterns`."""
+        face: HttpFace
+
+        def counters() -> dict[str, Any]:
+            out: dict[str, Any] = {"http": face.api.metrics(), "devices": devices.metrics()}
+            if patterns is not None:
+                out["patterns"] = patterns.metrics()
+            return out
+
+        verbs = Verbs(devices, patterns, site=site, counters=counters)
+        face = cls(Api(verbs, Tokens(store), site=site, limits=limits), options)
+        return face
+
+    async def start(self) -> str:
+        """Listen; returns the base URL."""
+        context = self.options.ssl_context()
+        host, port = self.options.listen
+        runner = web.AppRunner(self.api.application(), access_log=None, shutdown_timeout=SHUTDOWN_S,
+                               handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            raise Unavailable(f"cannot serve HTTP on {host}:{port}: {err.strerror or err}; choose another address "
+                              "with --http HOST:PORT") from err
+        self._runner, self._site = runner, site
+        if not is_loopback(host) and not self.options.tls:
+            event(log, "http_without_tls", logging.WARNING, host=host, port=self.address[1],
+                  note="bearer tokens cross the network in clear: give --http-cert and --http-key, or listen "
+                       "on 127.0.0.1 behind a TLS proxy")
+        event(log, "http_listening", url=self.url, tls=self.options.tls)
+        return self.url
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the socket is bound to."""
+        server = self._site._server if self._site is not None else None
+        sockets = getattr(server, "sockets", None)
+        if not sockets:
+            raise RuntimeError("the HTTP face is not started")
+        host, port = sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        """The base URL: http(s)://HOST:PORT (a wildcard address shown as loopback)."""
+        host, port = self.address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.options.tls else 'http'}://{shown}:{port}"
+
+    def write_record(self, home_path: Path) -> Path:
+        """Record the URL in HOME/http.json (mode 0600)."""
+        path = home_path / RECORD
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": self.url, "pid": os.getpid()}, f)
+            f.write("\n")
+        os.replace(tmp, path)
+        self._record = path
+        return path
+
+    async def stop(self) -> None:
+        """Close the event streams and the listener; remove the record (idempotent)."""
+        if self._record is not None:
+            try:
+                if json.loads(self._record.read_text()).get("pid") == os.getpid():
+                    self._record.unlink()
+            except (OSError, ValueError):
+                pass
+            self._record = None
+        streams = list(self.api.streams)
+        for task in streams:
+            task.cancel()
+        runner, self._runner, self._site = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+            event(log, "http_stopped", **self.api.stats)
+
+
+def read_record(home_path: Path) -> str | None:
+    """The URL HOME/http.json records, or None."""
+    try:
+        url = json.loads((home_path / RECORD).read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None

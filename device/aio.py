@@ -10,7 +10,8 @@ from device.port import MICROPYTHON
 
 async def serve(dev):
     dev.open()
-    timers = asyncio.create_task(_timers(dev))
+    acks = [None, None]  # the outbox's socket (device/outbox.py) and the task that reads it
+    timers = asyncio.create_task(_timers(dev, acks))
     try:
         while dev._running:
             try:
@@ -20,6 +21,7 @@ async def serve(dev):
                     else:
                         await _readable(dev._face.sock)
                         dev.receive()
+                        _follow(dev, acks)
                     continue
                 except Exception as e:
                     dev._fault(e)
@@ -29,17 +31,48 @@ async def serve(dev):
             await asyncio.sleep(0)
     finally:
         timers.cancel()
+        if acks[1] is not None:
+            acks[1].cancel()
         dev.close()
 
 
-async def _timers(dev):
+async def _timers(dev, acks):
     # Device.tick moves its due time a second ahead before it runs anything, so a tick that raised
     # is retried a second later at most (a renewal out of memory is retried by tick itself).
     while dev._running:
         try:
-            await _sleep_ms(dev.tick())
+            w = dev.tick()
+            _follow(dev, acks)
+            await _sleep_ms(w)
         except Exception as e:
             dev._lost(e)
+
+
+def _follow(dev, acks):
+    # Read the outbox's socket from its own task once it is open (a report was sent), and again
+    # after a sleep reopened it: Device.receive reads both sockets, whichever woke.
+    ob = dev._outbox
+    s = None if ob is None else ob.sock
+    if s is not acks[0]:
+        if acks[1] is not None:
+            acks[1].cancel()
+        acks[1] = None if s is None else asyncio.create_task(_acks(dev, s))
+        acks[0] = s
+
+
+async def _acks(dev, s):
+    while dev._running:
+        try:
+            try:
+                await _readable(s)
+                dev.receive()
+                continue
+            except Exception as e:
+                dev._fault(e)
+        except Exception as e:  # as in serve
+            dev._calling = False
+            dev._lost(e)
+        await asyncio.sleep(0)
 
 
 if MICROPYTHON:

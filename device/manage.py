@@ -51,6 +51,8 @@ def sleep(dev, ms):
     # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
     import time
     control.announce(dev, "sleep", ms)
+    if dev._outbox is not None:
+        dev._outbox.close()  # opened again by the next report
     dev._face.close()
     try:
         import machine

@@ -8,64 +8,148 @@
 # has nothing better to do with a refusal than lose that report; the newest value is the one a
 # retained topic wants; a receiver sees the gap in `seq`; and an operation's result is still
 # answered by _op_get. The cap bounds the outbox's heap whatever the gateway does, away or slow.
+#
+# Reports travel on a socket of their own (`sock`, bound to the interface and a port of the system's
+# choosing, opened at the first report), so that the gateway can acknowledge each one to this device
+# alone instead of to the group: on a shared group every node reads every datagram, and a device
+# publishing hundreds of reports a second would make every other device read as many acknowledgements.
+# A report goes to the group until a verified acknowledgement has come back to this socket; then new
+# reports go to the address that acknowledgement came from (the gateway's: only it holds our key),
+# and only resends go to the group again (a gateway that moved or failed over is found that way).
+# A resend also forgets the address: the next acknowledgement teaches it again. Learning needs the
+# sender's address, which recvfrom gives and allocates for (a new bytes per datagram), so it is used
+# only while the address is unknown; afterwards acknowledgements are read into the face's buffer.
+# Where the port cannot open a second socket, reports go out on the group's socket as before.
 import binascii
-from device import report
+import socket
+from device import report, port
 from device.port import const, ticks_ms, ticks_add, ticks_diff, urandom
 from device.sign import equal
 
 _FIRST_MS = const(300)
 _MAX_MS = const(5000)
 _MAX_SENDS = const(12)
+_DIGEST_LEN = const(32)
 
 
 class Outbox:
     def __init__(self, dev, capacity=16):
         self.dev = dev
         self.capacity = max(1, capacity)
-        self.items = []  # [digest, packet, sends, due_ticks]
+        self.items = []  # [packet, offset of its digest in it, sends, due_ticks]
         self.boot = binascii.hexlify(urandom(4)).decode()
         self.seq = 0
         self.dropped = 0
         self.acked = 0
+        self.sock = None  # the report socket, or None (not opened yet, or closed by a sleep)
+        self.gw = None  # where the gateway's acknowledgements come from, once learned
+        self._from = None  # the sender of the datagram being read, while learning
 
     def send(self, kind, params, reliable=True):
         # Everything is allocated before the report is sent or kept: a MemoryError (raised to the
-        # caller) leaves neither a report that went out but is not kept nor half an entry.
-        dev = self.dev
-        s, e, d = report.build(dev, kind, params)
-        pkt = bytes(dev._txmv[s:e])
+        # caller) leaves neither a report that went out but is not kept nor half an entry. (Three
+        # steps with small frames: a frame above 11 words would go on the heap at every report.)
+        r = report.build(self.dev, kind, params)  # (start, end, offset of the digest) in dev._tx
+        r = self._keep(r, reliable)
+        self._out(r, self.gw)
+
+    def _keep(self, r, reliable):
+        # The report's packet, kept (when reliable) with the offset of its digest.
+        pkt = bytes(self.dev._txmv[r[0]:r[1]])
         if reliable:
-            d -= s
-            item = [pkt[d:d + 32], pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)]
+            r = [pkt, r[2] - r[0], 1, ticks_add(ticks_ms(), _FIRST_MS)]
             if len(self.items) >= self.capacity:
                 self.items.pop(0)
                 self.dropped += 1
-            self.items.append(item)
-        if dev._face.sock is not None:
-            dev._face.send(pkt)
+            self.items.append(r)
+        return pkt
 
     def publish(self, topic, value, retain):
         self.seq += 1
         self.send(report.PUBLICATION, {"topic": topic, "boot": self.boot, "seq": self.seq,
                                        "value": value, "retain": retain})
 
+    def _out(self, pkt, to):
+        # To the learned gateway address, or (to None) to the group; from the report socket if it opens.
+        face = self.dev._face
+        if face.sock is None:
+            return  # not serving (setup only, or asleep): the resends carry it later
+        s = self.sock or self._open()
+        if s is None:
+            face.send(pkt)
+        else:
+            face.send_from(s, pkt, to)
+
+    def _open(self):
+        # The report socket: the interface's address, any port; multicast options as the face's.
+        face = self.dev._face
+        _, ttl, mif, loop = port.mcast_options(socket)
+        ipproto = getattr(socket, "IPPROTO_IP", 0)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(socket.getaddrinfo(face.iface, 0)[0][-1])
+            for opt, value in ((mif, port.ip4(face.iface)), (ttl, 1), (loop, 1)):
+                if opt is not None:
+                    s.setsockopt(ipproto, opt, value)
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            return None
+        self.sock = s
+        self.dev._wake()  # the serving loop polls it from its next turn
+        return s
+
+    def close(self):
+        # Before a sleep: the socket goes, the learned address stays (the gateway answers from it).
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def read(self):
+        # What the report socket holds, into the face's buffer; bytes read (0 when nothing).
+        if self.gw is not None:
+            return _read_into(self.sock, self.dev._face.buf)
+        return self._learn(self.dev._face.buf)
+
+    def _learn(self, buf):
+        # One datagram and its sender, who is learned if it proves to be the gateway (on_data).
+        try:
+            data, self._from = self.sock.recvfrom(len(buf))
+        except OSError:
+            return 0
+        buf[:len(data)] = data
+        return len(data)
+
     def on_data(self, p, mv):
         # An acknowledgement: the Data's name is a pending report's full name, signed with our key.
-        if p.digest_s < 0 or p.sv_n != 32 or p.sinfo_e < 0:
+        if p.digest_s < 0 or p.sv_n != _DIGEST_LEN or p.sinfo_e < 0:
             return
-        items = self.items
-        for i in range(len(items)):
-            if equal(mv, p.digest_s, items[i][0]):
-                mac = self.dev._mac
-                h = mac.start()
-                h.update(mv[p.signed_s:p.sinfo_e])
-                if equal(mv, p.sv_s, mac.finish(h)):
-                    del items[i]
-                    self.acked += 1
-                return
+        i = self._pending(mv, p.digest_s)
+        if i >= 0 and self._ours(p, mv):
+            del self.items[i]
+            self.acked += 1
+            if self._from is not None:
+                self.gw = self._from  # only the gateway signs with our key
+                self._from = None
+
+    def _pending(self, mv, at):
+        # The index of the pending report whose digest is at mv[at:], or -1. Compared plainly: the
+        # digest is public (the report's own name, sent in clear); the signature is checked in
+        # constant time (_ours).
+        for i in range(len(self.items)):
+            if _same(mv, at, self.items[i]):
+                return i
+        return -1
+
+    def _ours(self, p, mv):
+        mac = self.dev._mac
+        h = mac.start()
+        h.update(mv[p.signed_s:p.sinfo_e])
+        return equal(mv, p.sv_s, mac.finish(h))
 
     def tick(self, now):
-        # Send what is due again; returns ms until the next resend (or None when nothing waits).
+        # Send what is due again, to the group (and forget the gateway's address: it did not answer);
+        # returns ms until the next resend (or None when nothing waits).
         wait = None
         items = self.items
         i = 0
@@ -77,8 +161,8 @@ class Outbox:
                     del items[i]
                     self.dropped += 1
                     continue
-                if self.dev._face.sock is not None:
-                    self.dev._face.send(it[1])
+                self.gw = None
+                self._out(it[0], None)
                 d = min(_FIRST_MS << it[2], _MAX_MS)
                 it[2] += 1
                 it[3] = ticks_add(now, d)
@@ -86,3 +170,22 @@ class Outbox:
                 wait = d
             i += 1
         return wait
+
+
+def _same(mv, i, item):
+    # The digest at mv[i:] equals the one in the item's packet (first byte first: most differ there).
+    pkt = item[0]
+    d = item[1]
+    if mv[i] != pkt[d]:
+        return False
+    for k in range(1, _DIGEST_LEN):
+        if mv[i + k] != pkt[d + k]:
+            return False
+    return True
+
+
+def _read_into(s, buf):
+    try:
+        return s.readinto(buf) or 0
+    except OSError:
+        return 0

@@ -22,6 +22,8 @@ from device import Device
 from device.port import ticks_ms, ticks_add, ticks_diff, random_below
 
 _LOSS_SCALE = 10000
+_PACE_MS = 5  # a burst's timer
+_WINDOW = 8  # a burst's reports in flight
 
 path = sys.argv[1] if len(sys.argv) > 1 else "ndn_config.json"
 with open(path) as f:
@@ -87,10 +89,10 @@ def get_notes():
 
 @dev.service("burst", idempotent=False, args={"n": "int", "stamp": "bool"}, result="int",
              doc="Publishes n messages on topic `burst` (values 1..n, or [i, ms since epoch] with stamp), "
-                 "paced by the outbox")
+                 "as fast as the outbox's acknowledgements allow")
 def start_burst(n=100, stamp=False):
     if burst[0] >= burst[1]:
-        dev.every(10)(pace)  # paced while the burst lasts; idle devices keep no 10 ms timer
+        dev.every(_PACE_MS)(pace)  # while the burst lasts; idle devices keep no timer
     burst[0], burst[1], burst[2] = 0, n, stamp
     return n
 
@@ -105,15 +107,18 @@ if tick_ms > 0:
 
 
 def pace():
-    # At most max_reports - 4 unacknowledged reports (12 by default): the outbox drops the oldest when full.
-    # One per tick: a train of sends would come back to the device (multicast loopback) as one read, and
-    # a read that fills the receive buffer loses its tail, acknowledgements included.
-    ob = dev._outbox
-    if burst[0] >= burst[1]:
-        return False  # done: stop the timer
-    if ob is None or len(ob.items) < max(1, dev.max_reports - 4):
+    # Publish while fewer than _WINDOW reports wait for their acknowledgement (and at most max_reports - 4,
+    # leaving room for `tick`: a full outbox drops its oldest report). _WINDOW acknowledgements fit one read
+    # of the device's receive buffer, which takes every datagram queued at once.
+    # Until an acknowledgement has taught the outbox the gateway's address, one at a time: its reports go to the
+    # group meanwhile, where every device reads them (device/outbox.py).
+    while burst[0] < burst[1]:
+        ob = dev._outbox
+        if ob is not None and len(ob.items) >= (min(_WINDOW, max(1, dev.max_reports - 4)) if ob.gw else 1):
+            return None
         burst[0] += 1
         dev.publish("burst", [burst[0], _now_ms()] if burst[2] else burst[0])
+    return False  # done: stop the timer
 
 
 def _now_ms():
@@ -151,11 +156,14 @@ def _seeded(seed):
     return below
 
 
-def _lossy(face, permille, draw):
-    # Wrap the runtime's face (device/ is left untouched): drop a datagram with probability
-    # permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it left).
+def _lossy(face, outbox, permille, draw):
+    # Wrap the runtime's face and its outbox's socket (device/ is left untouched): drop a datagram with
+    # probability permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it
+    # left).
     read = face.read
     send = face.send
+    send_from = face.send_from
+    read_reports = outbox.read
 
     def lossy_read():
         n = read()
@@ -168,13 +176,26 @@ def _lossy(face, permille, draw):
             return True
         return send(data)
 
+    def lossy_send_from(sock, data, to=None):
+        if draw(_LOSS_SCALE) < permille:
+            return True
+        return send_from(sock, data, to)
+
+    def lossy_read_reports():
+        n = read_reports()
+        if n and draw(_LOSS_SCALE) < permille:
+            return 0
+        return n
+
     face.read = lossy_read
     face.send = lossy_send
+    face.send_from = lossy_send_from
+    outbox.read = lossy_read_reports
 
 
 if loss > 0:
-    dev.setup()  # creates dev._face; run() reuses it
-    _lossy(dev._face, loss, random_below if seed is None else _seeded(int(seed)))
+    # dev._face and the outbox now (run() reuses both), so that their datagrams can be lost
+    _lossy(dev._face, dev._reports(), loss, random_below if seed is None else _seeded(int(seed)))
     print("simulating %d/%d datagram loss%s" % (loss, _LOSS_SCALE, "" if seed is None else ", seed %d" % seed))
 
 gc.collect()  # the parser's and json's garbage, before the runtime preallocates its buffers

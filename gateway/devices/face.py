@@ -3,7 +3,8 @@
 Owns the socket and the transport rules of docs/protocol.md: bind the group port with `SO_REUSEADDR`, join the
 group on one interface (`IP_ADD_MEMBERSHIP` with that interface's address), send with `IP_MULTICAST_IF` set to
 the same address, TTL 1, loopback on (devices and the gateway may share a host). Each datagram is unwrapped
-(`ndn_edge.wire.framing.unwrap`) and the bare Interest or Data handed to `on_packet`.
+(`ndn_edge.wire.framing.unwrap`) and the bare Interest or Data handed to `on_packet`, its sender in `last_addr`
+meanwhile (the report intake acknowledges a device's report to where it came from).
 
 Decisions:
 - Shaped like python-ndn's `Face`: `open`, `send`, `close` and one inbound callback. The owner sets
@@ -61,7 +62,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self._face = face
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._face._received(data)
+        self._face._received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self._face.errors += 1
@@ -81,6 +82,7 @@ class MulticastFace:
         self.idle = 0       # idle LpPackets (no fragment) and empty datagrams, ignored
         self.sent = 0
         self.errors = 0     # socket errors reported by the kernel
+        self.last_addr: tuple[str, int] | None = None  # the sender of the packet `on_packet` is called with
         self._transport: asyncio.DatagramTransport | None = None
         self._dest = (group, port)
 
@@ -131,7 +133,7 @@ class MulticastFace:
         return {"received": self.received, "malformed": self.malformed, "idle": self.idle, "sent": self.sent,
                 "errors": self.errors}
 
-    def _received(self, datagram: bytes) -> None:
+    def _received(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
         self.received += 1
         if not datagram:  # a device's stop() wakes its own receive loop with an empty datagram
             self.idle += 1
@@ -146,4 +148,5 @@ class MulticastFace:
             self.idle += 1
             return
         if self.on_packet is not None:
+            self.last_addr = addr
             self.on_packet(packet)

@@ -88,8 +88,7 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
         page = await pubsub2.poll("alice", sub2, ack=retained[-1]["pos"], wait_ms=0)
         assert page["messages"] == []  # 5 waits for 4
         stream = pubsub2._streams["/edge/sim/1"]
-        with store.transaction() as db:  # what the sweeper does once the hold has lasted HOLD_S
-            pubsub2._release(db, "/edge/sim/1", stream, max(stream.held), lambda fn: fn())
+        pubsub2._release_held([("/edge/sim/1", stream)])  # what the sweeper does once the hold has lasted HOLD_S
         page = await pubsub2.poll("alice", sub2, wait_ms=0)
         assert [(m["value"], m.get("gap")) for m in page["messages"]] == [(5, 1)]
         await pubsub2.stop()

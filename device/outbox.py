@@ -15,10 +15,11 @@
 # publishing hundreds of reports a second would make every other device read as many acknowledgements.
 # A report goes to the group until a verified acknowledgement has come back to this socket; then new
 # reports go to the address that acknowledgement came from (the gateway's: only it holds our key),
-# and only resends go to the group again (a gateway that moved or failed over is found that way).
-# A resend also forgets the address: the next acknowledgement teaches it again. Learning needs the
-# sender's address, which recvfrom gives and allocates for (a new bytes per datagram), so it is used
-# only while the address is unknown; afterwards acknowledgements are read into the face's buffer.
+# and only resends go to the group again. Learning needs the sender's address, which recvfrom gives
+# and allocates for (a new bytes per datagram), so it is used only while the address is unknown or
+# doubtful (a pending report has been resent): then an acknowledgement from another address, a
+# gateway that took over and answered a resend, is followed at once. Otherwise acknowledgements are
+# read into the face's buffer. A third resend of a report forgets the address: nobody answers there.
 # Where the port cannot open a second socket, reports go out on the group's socket as before.
 import binascii
 import socket
@@ -30,6 +31,7 @@ _FIRST_MS = const(300)
 _MAX_MS = const(5000)
 _MAX_SENDS = const(12)
 _DIGEST_LEN = const(32)
+_ACK_MAX = const(256)  # an acknowledgement is about 130 bytes
 
 
 class Outbox:
@@ -44,6 +46,7 @@ class Outbox:
         self.sock = None  # the report socket, or None (not opened yet, or closed by a sleep)
         self.gw = None  # where the gateway's acknowledgements come from, once learned
         self._from = None  # the sender of the datagram being read, while learning
+        self._doubt = False  # a pending report has been resent: learn from every acknowledgement
 
     def send(self, kind, params, reliable=True):
         # Everything is allocated before the report is sent or kept: a MemoryError (raised to the
@@ -107,16 +110,23 @@ class Outbox:
 
     def read(self):
         # What the report socket holds, into the face's buffer; bytes read (0 when nothing).
-        if self.gw is not None:
-            return _read_into(self.sock, self.dev._face.buf)
-        return self._learn(self.dev._face.buf)
+        if self.gw is None or self._doubt:
+            return self._learn(self.dev._face.buf)
+        return _read_into(self.sock, self.dev._face.buf)
 
     def _learn(self, buf):
-        # One datagram and its sender, who is learned if it proves to be the gateway (on_data).
+        # One datagram and its sender, who is learned if it proves to be the gateway (on_data). recvfrom
+        # allocates what it reads, so it reads at most an acknowledgement's size (the rest of a longer
+        # datagram is lost: it is no acknowledgement); when even that finds no memory, the datagram is
+        # read into the buffer all the same (the ack counts, nothing is learned) rather than left queued:
+        # a serving loop would find it readable again at once, and fail again.
         try:
-            data, self._from = self.sock.recvfrom(len(buf))
+            data, self._from = self.sock.recvfrom(_ACK_MAX)
         except OSError:
             return 0
+        except MemoryError:
+            self._from = None
+            return _read_into(self.sock, buf)
         buf[:len(data)] = data
         return len(data)
 
@@ -129,7 +139,7 @@ class Outbox:
             del self.items[i]
             self.acked += 1
             if self._from is not None:
-                self.gw = self._from  # only the gateway signs with our key
+                self.gw = self._from  # only a gateway signs with our key: it may be a new one
                 self._from = None
 
     def _pending(self, mv, at):
@@ -148,10 +158,11 @@ class Outbox:
         return equal(mv, p.sv_s, mac.finish(h))
 
     def tick(self, now):
-        # Send what is due again, to the group (and forget the gateway's address: it did not answer);
-        # returns ms until the next resend (or None when nothing waits).
+        # Send what is due again, to the group (and at its third resend, forget the gateway's address:
+        # nobody answers there); returns ms until the next resend (or None when nothing waits).
         wait = None
         items = self.items
+        self._doubt = False
         i = 0
         while i < len(items):
             it = items[i]
@@ -161,11 +172,14 @@ class Outbox:
                     del items[i]
                     self.dropped += 1
                     continue
-                self.gw = None
+                if it[2] > 2:
+                    self.gw = None
                 self._out(it[0], None)
                 d = min(_FIRST_MS << it[2], _MAX_MS)
                 it[2] += 1
                 it[3] = ticks_add(now, d)
+            if it[2] > 1:
+                self._doubt = True
             if wait is None or d < wait:
                 wait = d
             i += 1

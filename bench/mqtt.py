@@ -7,8 +7,8 @@
 - Publishers: `bench/apps/umqtt_pub.py` on the same MicroPython unix port and heap as the simulated devices, one
   process each, with `umqtt/simple.py` from MicroPython's source (micropython-lib, `../shared/micropython/`)
   compiled with mpy-cross as a board would carry it. QoS 1: each `publish` returns when its PUBACK is in.
-- Subscribers: paho-mqtt clients (MQTT 3.1.1, QoS 1), each with its own connection and network thread
-  (`loop_start`), as an application would write them; messages recorded as they arrive.
+- Subscribers: paho-mqtt clients (MQTT 3.1.1, QoS 1), each with its own connection, in worker processes as
+  ndn-edge's subscribers are (bench/subscriber.py); messages recorded as they arrive.
 
 Variants (SPEC.md, issue 17): `mqtt` is the tuned broker and publisher -- `TCP_NODELAY` on the publisher's socket
 (without it Nagle's algorithm and the broker's delayed ACK stall every PUBACK about 40 ms) and
@@ -25,7 +25,6 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +68,7 @@ def umqtt_source(given: str | None = None) -> Path:
                 return found
         elif cand.is_file():
             return _from_archive(cand)
-    raise ToolMissing(f"bench pubsub: no umqtt.simple source in {given or SOURCES} (MicroPython's source with "
+    raise ToolMissing(f"no umqtt.simple source in {given or SOURCES} (MicroPython's source with "
                       "micropython-lib, as a tree or its .tar.gz); pass --micropython-src")
 
 
@@ -83,7 +82,7 @@ def _from_archive(archive: Path) -> Path:
     with tarfile.open(archive) as tar:
         member = next((m for m in tar.getmembers() if m.isfile() and m.name.endswith(UMQTT)), None)
         if member is None:
-            raise ToolMissing(f"bench pubsub: {archive} holds no {UMQTT}")
+            raise ToolMissing(f"{archive} holds no {UMQTT}")
         data = tar.extractfile(member)
         assert data is not None
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +99,7 @@ def compile_umqtt(mpy_cross: str, source: Path, lib: Path) -> int:
     try:
         mp.compile_module(mpy_cross, source, out, "umqtt/simple.py", mp.RUNTIME_MPY_FLAGS)
     except ToolsError as err:
-        raise ToolMissing(f"bench pubsub: mpy-cross could not compile {source}: {err}") from None
+        raise ToolMissing(f"mpy-cross could not compile {source}: {err}") from None
     return out.stat().st_size
 
 
@@ -119,7 +118,7 @@ def find_mosquitto(install: bool = True) -> str:
                                              else None)
         if path:
             return path
-    raise ToolMissing("bench pubsub: mosquitto (the MQTT anchor) is not installed: apt-get install mosquitto, or "
+    raise ToolMissing("mosquitto (the MQTT anchor) is not installed: apt-get install mosquitto, or "
                       "leave the anchors out with --subjects ndn-edge")
 
 
@@ -232,81 +231,27 @@ class Publishers:
                 p.stdout.close()
 
 
-class Subscribers:
-    """S paho-mqtt subscribers to `sim/+/burst`, each recording (publisher, i, sent_ms, received_s)."""
-
-    def __init__(self, port: int, count: int, total: int, durable: bool) -> None:
-        import paho.mqtt.client as paho
-
-        self.total = total
-        self.records: list[list[tuple[str, int, float, float]]] = [[] for _ in range(count)]
-        self.done = threading.Event()
-        self._complete = 0
-        self._lock = threading.Lock()
-        self.clients: list[Any] = []
-        subscribed = threading.Semaphore(0)
-        for k in range(count):
-            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sub{k}", clean_session=not durable,
-                                 protocol=paho.MQTTv311)
-            client.on_message = self._on_message(self.records[k])
-            client.on_subscribe = lambda *_: subscribed.release()
-            client.on_connect = lambda c, *_: c.subscribe("sim/+/burst", qos=1)
-            client.connect("127.0.0.1", port)
-            client.loop_start()
-            self.clients.append(client)
-        deadline = time.monotonic() + READY_S
-        for _ in range(count):
-            if not subscribed.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                self.stop()
-                raise RuntimeError(f"MQTT subscribers not subscribed within {READY_S:g} s")
-
-    def _on_message(self, out: list[tuple[str, int, float, float]]) -> Any:
-        def on_message(client: Any, userdata: Any, msg: Any) -> None:
-            now = time.time()
-            i, sent = msg.payload.split()
-            out.append((msg.topic.rsplit("/", 1)[0], int(i), float(sent), now))
-            if len(out) == self.total:
-                with self._lock:
-                    self._complete += 1
-                    if self._complete == len(self.records):
-                        self.done.set()
-        return on_message
-
-    def wait(self, quiet_s: float, limit_s: float) -> None:
-        """Until every subscriber has every message, or none arrived for `quiet_s`, or `limit_s` passed."""
-        deadline = time.monotonic() + limit_s
-        last = -1
-        while not self.done.is_set() and time.monotonic() < deadline:
-            seen = sum(len(r) for r in self.records)
-            if seen == last:
-                return
-            last = seen
-            self.done.wait(min(quiet_s, max(0.0, deadline - time.monotonic())))
-
-    def stop(self) -> None:
-        for c in self.clients:
-            c.disconnect()
-            c.loop_stop()
-
-
 def run(variant: Variant, *, mosquitto: str, micropython: str, lib: Path, devices: int, messages: int,
         subscribers: int, durable: bool, heap: str, quiet_s: float, workdir: Path, cpu: Any) -> dict[str, Any]:
     """One measurement: broker, subscribers, publishers; the deliveries and the CPU each role spent."""
+    from bench.pubsub import Subscribers
+
+    total = devices * messages
     broker = Broker(mosquitto, variant, workdir)
     subs = pubs = None
     try:
-        subs = Subscribers(broker.port, subscribers, devices * messages, durable)
+        subs = Subscribers("mqtt", subscribers, {"port": broker.port, "total": total, "quiet_s": quiet_s,
+                                                 "durable": durable}, workdir)
         pubs = Publishers(micropython, lib, broker.port, devices, messages, variant.nodelay, heap, workdir)
         before = cpu(broker.pid, pubs.pids)
         pubs.go()
-        subs.wait(quiet_s, limit_s=max(60.0, devices * messages / 50))
+        got = subs.results(max(60.0, total / 50) + quiet_s)
         after = cpu(broker.pid, pubs.pids)
         finished = pubs.wait_done(STOP_S)
-        records = [list(r) for r in subs.records]
     finally:
         if subs is not None:
             subs.stop()
         if pubs is not None:
             pubs.stop()
         broker.stop()
-    return {"records": records, "cpu": (before, after), "publishers_finished": finished}
+    return {"records": got["records"], "cpu": (before, after, got["cpu_s"]), "publishers_finished": finished}

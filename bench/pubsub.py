@@ -1,11 +1,12 @@
 """`python -m bench pubsub`: reliable publish/subscribe through the gateway, beside MQTT in the same run.
 
-Subjects, each the same shape (N MicroPython publishers x M messages, S subscribers in this process, QoS 1 /
-acknowledged delivery, values carrying the publisher's send time):
+Subjects, each the same shape (N MicroPython publishers x M messages; S subscribers, each its own client and
+socket, in up to 10 worker processes run alike for both subjects (bench/subscriber.py); QoS 1 / acknowledged
+delivery; values carrying the publisher's send time):
 - `ndn-edge`: a gateway process (`python -m ndn_edge.tools gateway`), N simulated devices on MicroPython
   (`examples/sim_device.py`), each asked by one `gather` to publish a burst of M messages on topic `burst`
   (service `burst` with `stamp`: each value is `[i, send time in ms]`, as fast as the device's outbox window
-  allows), and S subscribers (`ndn_edge.client.api.Client.subscribe('sim/*/burst')`, each its own client).
+  allows), and S subscribers (`ndn_edge.client.api.Client.subscribe('sim/*/burst')`).
 - `mqtt` and `mqtt-stock` (bench/mqtt.py): Mosquitto with umqtt.simple publishers and paho-mqtt subscribers,
   tuned (TCP_NODELAY, `max_queued_messages 0`) and as shipped.
 
@@ -14,7 +15,7 @@ store; MQTT: persistent sessions) and `fanout` (`--fanout` subscribers). Rounds 
 other load on the machine falls on each alike. Reported per subject and scenario: messages per second from the
 first send to the last delivery, deliveries per second (messages x subscribers), end-to-end latency p50/p99 (send
 to receipt; one host, one clock), missing, duplicated and out-of-order deliveries per publisher (all must be 0),
-and the CPU time each role spent per message (server: gateway or broker; publishers; subscribers: this process).
+and the CPU time each role spent per message (server: gateway or broker; publishers; subscribers: the workers).
 SPEC.md's target: ndn-edge's delivered rate at least tuned MQTT's in the same run, nothing lost, duplicated or out
 of order, p99 <= 25 ms. `bench/publish.py` adds the device's heap per published message.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -43,6 +45,8 @@ GROUP = "224.0.23.170"
 NDN = "ndn-edge"
 SUBJECTS = (NDN, "mqtt", "mqtt-stock")
 SCENARIOS = ("base", "durable", "fanout")
+WORKERS = 10  # subscriber processes at most (bench/subscriber.py); 100 subscribers: 10 each
+START_DELAY_S = 1.0  # the devices' bursts start this long after they are asked
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 Record = tuple[str, int, float, float]  # publisher, i, send time (ms since the epoch), receipt time (s)
@@ -54,6 +58,7 @@ class Options:
     subscribers: int = 10
     fanout: int = 100
     messages: int = 200      # per device
+    window: int = 2          # ndn-edge: reports a device keeps unacknowledged while bursting (umqtt: 1, QoS 1)
     rounds: int = 1
     scenarios: tuple[str, ...] = SCENARIOS
     subjects: tuple[str, ...] = SUBJECTS
@@ -88,9 +93,76 @@ def cpu_s(pid: int) -> float:
         return 0.0
 
 
-def cpu_sample(server: int, publishers: list[int]) -> tuple[float, float, float]:
-    """(server, publishers, this process) CPU seconds."""
-    return cpu_s(server), sum(cpu_s(p) for p in publishers), time.process_time()
+def cpu_sample(server: int, publishers: list[int]) -> tuple[float, float]:
+    """(server, publishers) CPU seconds so far."""
+    return cpu_s(server), sum(cpu_s(p) for p in publishers)
+
+
+class Subscribers:
+    """The subscribers of one run in worker processes (bench/subscriber.py), every one subscribed on return."""
+
+    def __init__(self, subject: str, count: int, cfg: dict[str, Any], workdir: Path, ready_s: float = 60.0) -> None:
+        workers = min(count, WORKERS)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.errs: list[Path] = []
+        first = 0
+        for w in range(workers):
+            share = count // workers + (w < count % workers)
+            err = workdir / f"subscriber-{subject}-{w}.err"
+            self.errs.append(err)
+            with open(err, "wb") as err_file:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.subscriber", subject, json.dumps(dict(cfg, subs=[first, share]))],
+                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_file))
+            first += share
+        try:
+            self._lines(ready_s, expect="ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def results(self, timeout_s: float) -> dict[str, Any]:
+        """Every worker's deliveries, CPU and extras, merged (RuntimeError when one fails or is late)."""
+        merged: dict[str, Any] = {"records": [], "cpu_s": 0.0, "to_gateway_ms": [], "lost_by_queue": 0}
+        for line in self._lines(timeout_s):
+            part = json.loads(line)
+            merged["records"] += part["records"]
+            merged["cpu_s"] += part["cpu_s"]
+            merged["to_gateway_ms"] += part.get("to_gateway_ms", [])
+            merged["lost_by_queue"] += part.get("lost_by_queue", 0)
+        return merged
+
+    def _lines(self, timeout_s: float, expect: str | None = None) -> list[str]:
+        """The next line of every worker (each `expect`, when given), within `timeout_s` together."""
+        import select
+
+        deadline = time.monotonic() + timeout_s
+        waiting = {p.stdout.fileno(): p for p in self.procs if p.stdout is not None}
+        lines: dict[int, str] = {}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{len(waiting)} subscriber worker(s) silent after {timeout_s:g} s ({self._why()})")
+            readable, _, _ = select.select(list(waiting), [], [], left)
+            for fd in readable:
+                line = waiting.pop(fd).stdout.readline().decode().strip()  # type: ignore[union-attr]
+                if not line or (expect is not None and line != expect):
+                    raise RuntimeError(f"a subscriber worker failed ({self._why()})")
+                lines[fd] = line
+        return list(lines.values())
+
+    def _why(self) -> str:
+        tails = [e.read_text(errors="replace").strip().splitlines()[-1:] for e in self.errs if e.exists()]
+        return "; ".join(t[0] for t in tails if t) or "no error output"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 # -- ndn-edge
@@ -146,54 +218,48 @@ class NdnSubject:
             time.sleep(0.05)
         raise RuntimeError("the gateway did not start within 20 s")
 
-    def run(self, subscribers: int, durable: bool, tag: str) -> dict[str, Any]:
-        return asyncio.run(self._measure(subscribers, durable, tag))
+    def run(self, subscribers: int, durable: bool, tag: str, workdir: Path) -> dict[str, Any]:
+        return asyncio.run(self._measure(subscribers, durable, tag, workdir))
 
-    async def _measure(self, count: int, durable: bool, tag: str) -> dict[str, Any]:
+    async def _measure(self, count: int, durable: bool, tag: str, workdir: Path) -> dict[str, Any]:
         from ndn_edge.client.api import Client
 
         opts = self.opts
-        clients = [Client.from_home(self.home, client=f"sub{i}", timeout=10) for i in range(count)]
-        admin = Client.from_home(self.home, client="admin", timeout=10)
-        for c in (*clients, admin):
-            await c.open()
-        try:
+        total = opts.devices * opts.messages
+        async with Client.from_home(self.home, client="admin", timeout=10) as admin:
             online = await self._online(admin)
-            subs = [c.subscribe("sim/*/burst", durable=f"bench-{tag}" if durable else None, batch=1000)
-                    for c in clients]
-            for sub in subs:
-                await sub.open()
-            total = opts.devices * opts.messages
-            counted = (await admin.metrics()).get("patterns", {})
-            pids = [p.pid for p in self.fleet.procs.values()]
-            before = cpu_sample(self.gateway.pid, pids)
-            answers = await admin.gather("sim/*/burst", {"n": opts.messages, "stamp": True}, deadline=10)
-            failed = {d: str(o.error) for d, o in answers.items() if not o.ok}
-            if failed:
-                raise RuntimeError(f"burst not started on {failed}")
-            got = await asyncio.gather(*(_read(sub, total, opts.quiet_s) for sub in subs))
-            after = cpu_sample(self.gateway.pid, pids)
-            for sub in subs:
-                if durable:
-                    await sub.unsubscribe()
-                else:
-                    await sub.close()
+            subs = Subscribers(NDN, count, {"home": str(self.home.path), "total": total, "quiet_s": opts.quiet_s,
+                                            "durable": f"bench-{tag}" if durable else None}, workdir)
+            try:
+                counted = (await admin.metrics()).get("patterns", {})
+                pids = [p.pid for p in self.fleet.procs.values()]
+                before = cpu_sample(self.gateway.pid, pids)
+                # Every device starts at the same moment, as the MQTT publishers do on "go": the gather's calls
+                # reach the devices over a few hundred ms (ten Interests at once overflow a device's read).
+                at = int(time.time() * 1000 + START_DELAY_S * 1000)
+                answers = await admin.gather("sim/*/burst", {"n": opts.messages, "stamp": True, "at": at,
+                                                             "window": opts.window}, deadline=10)
+                failed = {d: str(o.error) for d, o in answers.items() if not o.ok}
+                if failed:
+                    raise RuntimeError(f"burst not started on {failed}")
+                got = await asyncio.get_running_loop().run_in_executor(
+                    None, subs.results, max(60.0, total / 50) + opts.quiet_s)
+                after = cpu_sample(self.gateway.pid, pids)
+            finally:
+                subs.stop()
             metrics = await admin.metrics()
             self.health = [await admin.call(f"{d['name']}/_health") for d in online]
-        finally:
-            for c in (*clients, admin):
-                await c.close()
         patterns = metrics.get("patterns", {})
         extra = {
-            "device_to_gateway_ms": _percentiles(sorted(x for g in got for x in g[1])),
+            "device_to_gateway_ms": _percentiles(sorted(got["to_gateway_ms"])),
             "gateway": {k: patterns.get(k, 0) - counted.get(k, 0)
                         for k in ("reports_received", "reports_processed", "reports_duplicates", "reports_acks",
                                   "reports_acks_unicast", "pubsub_held", "pubsub_gaps", "pubsub_late")},
             "devices": {"oversized_reads": sum(h["drops"].get("oversized", 0) for h in self.health),
                         "reports_dropped": sum(h.get("reports_dropped", 0) for h in self.health)},
-            "lost_by_queue": sum(sub.lost for sub in subs),
+            "lost_by_queue": got["lost_by_queue"],
         }
-        return {"records": [g[0] for g in got], "cpu": (before, after), "extra": extra}
+        return {"records": got["records"], "cpu": (before, after, got["cpu_s"]), "extra": extra}
 
     async def _online(self, admin: Any) -> list[dict[str, Any]]:
         deadline = time.monotonic() + self.opts.boot_s
@@ -216,23 +282,6 @@ class NdnSubject:
             self.gateway.wait()
 
 
-async def _read(sub: Any, total: int, quiet_s: float) -> tuple[list[Record], list[float]]:
-    """Messages of `sub` until it has `total` (retained values skipped), or none came for `quiet_s`."""
-    out: list[Record] = []
-    to_gateway: list[float] = []
-    while len(out) < total:
-        msg = await sub.next(quiet_s)
-        if msg is None:
-            break
-        if msg.retained:
-            continue
-        now = time.time()
-        i, sent_ms = msg.value
-        out.append((msg.publisher, i, sent_ms, now))
-        to_gateway.append(msg.time * 1000 - sent_ms)
-    return out, to_gateway
-
-
 # -- figures
 
 
@@ -247,7 +296,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(records: list[list[Record]], devices: int, messages: int,
-              cpu: tuple[tuple[float, ...], tuple[float, ...]]) -> dict[str, Any]:
+              cpu: tuple[tuple[float, float], tuple[float, float], float]) -> dict[str, Any]:
     """Rates, latency and what every subscriber got, from the deliveries of one run."""
     published = devices * messages
     flat = [r for sub in records for r in sub]
@@ -271,9 +320,10 @@ def summarize(records: list[list[Record]], devices: int, messages: int,
     else:
         duration = float("inf")
     latencies = sorted(r[3] * 1000 - r[2] for r in flat)
-    before, after = cpu
-    per_msg = {role: round((after[k] - before[k]) * 1000 / published, 3)
-               for k, role in enumerate(("server", "publishers", "subscribers"))}
+    before, after, subscribers = cpu
+    per_msg = {"server": round((after[0] - before[0]) * 1000 / published, 3),
+               "publishers": round((after[1] - before[1]) * 1000 / published, 3),
+               "subscribers": round(subscribers * 1000 / published, 3)}
     return {"messages_per_s": round(published / duration, 1), "deliveries_per_s": round(len(flat) / duration, 1),
             "duration_s": round(duration, 3), "latency_ms": _percentiles(latencies), "missing": missing,
             "duplicates": dups, "out_of_order": disorder, "cpu_ms_per_message": per_msg}
@@ -309,12 +359,12 @@ def run(opts: Options) -> dict[str, Any]:
                             continue  # the stock row is the base scenario's only
                         fan = opts.fan(scenario)
                         log(f"round {rnd + 1}: {subject}, {scenario} ({opts.devices} x {opts.messages} -> {fan})")
+                        work = tmp / f"{subject}-{scenario}-{rnd}"
+                        work.mkdir()
                         if subject == NDN:
                             assert ndn is not None
-                            raw = ndn.run(fan, scenario == "durable", f"{rnd}")
+                            raw = ndn.run(fan, scenario == "durable", f"{rnd}", work)
                         else:
-                            work = tmp / f"{subject}-{scenario}-{rnd}"
-                            work.mkdir()
                             raw = mqtt.run(mqtt.VARIANTS[subject], mosquitto=mosquitto, micropython=micropython,
                                            lib=lib, devices=opts.devices, messages=opts.messages, subscribers=fan,
                                            durable=scenario == "durable", heap=opts.heap, quiet_s=opts.quiet_s,
@@ -405,6 +455,9 @@ def main(argv: list[str]) -> int:
                    help="subscribers in the base and durable scenarios (default %(default)s)")
     p.add_argument("--fanout", type=int, default=d.fanout, help="subscribers in the fanout scenario "
                                                                  "(default %(default)s)")
+    p.add_argument("--window", type=int, default=d.window,
+                   help="ndn-edge: unacknowledged reports per publishing device (default %(default)s; an umqtt "
+                        "publisher waits for each PUBACK: 1)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="runs of each row, interleaved (default %(default)s)")
     p.add_argument("--scenarios", default=",".join(d.scenarios), help="comma-separated: base, durable, fanout "
                                                                       "(default all)")
@@ -421,10 +474,10 @@ def main(argv: list[str]) -> int:
     subjects = tuple(s.strip() for s in args.subjects.split(",") if s.strip())
     bad = [s for s in scenarios if s not in SCENARIOS] + [s for s in subjects if s not in SUBJECTS]
     if bad or not scenarios or not subjects or min(args.devices, args.messages, args.subscribers, args.fanout,
-                                                   args.rounds) < 1:
+                                                   args.rounds, args.window) < 1:
         p.error(f"unknown or missing scenarios/subjects {bad}; counts must be at least 1")
     opts = Options(devices=args.devices, subscribers=args.subscribers, fanout=args.fanout, messages=args.messages,
-                   rounds=args.rounds, scenarios=scenarios, subjects=subjects, heap=args.heap,
+                   window=args.window, rounds=args.rounds, scenarios=scenarios, subjects=subjects, heap=args.heap,
                    micropython_src=args.micropython_src, publish_cost=not args.no_device)
     from bench.mpy import BuildFailed, ToolMissing
     try:

@@ -258,7 +258,8 @@ def test_openapi_document_per_token(cluster):
     assert slow["requestBody"]["content"]["application/json"]["schema"]["properties"] == \
         {"seconds": {"type": "number"}}
     burst = paths["/call/sim/3/burst"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert burst["properties"] == {"n": {"type": "integer"}, "stamp": {"type": "boolean"}}
+    assert burst["properties"] == {"n": {"type": "integer"}, "stamp": {"type": "boolean"}, "at": {"type": "integer"},
+                                   "window": {"type": "integer"}}
     assert burst["additionalProperties"] is False
     for route in ("/devices", "/devices/{device}/services", "/operations/{op}", "/gather", "/events"):
         assert route in paths

@@ -182,6 +182,7 @@ class _Sub:
         "acked",
         "client",
         "db_id",
+        "epoch",
         "event",
         "id",
         "last_poll",
@@ -190,6 +191,7 @@ class _Sub:
         "next_pos",
         "pattern",
         "queue",
+        "sent",
         "size",
         "waiting",
     )
@@ -209,6 +211,8 @@ class _Sub:
         self.event = asyncio.Event()
         self.last_poll = time.monotonic()
         self.waiting = 0
+        self.sent = 0  # the last position a pipelined poll was answered with (PubSub.poll)
+        self.epoch = 0  # polls without `after` so far: pipelined polls of an earlier epoch get nothing
 
     @property
     def durable(self) -> bool:
@@ -257,6 +261,7 @@ class PubSub:
         self._rules: dict[str, tuple[tuple[tuple[str, ...], ...], float, dict[tuple[str, ...], bool]]] = {}
         self._routes: dict[tuple[str, ...], list[_Sub]] = {}  # topic -> subscriptions whose pattern matches it
         self._batch: _Batch | None = None  # of the intake's current transaction
+        self._stopped = False
         self._batch_token = -1
         self._gw_boot = binascii.hexlify(os.urandom(4)).decode()
         self._gw_seq = 0
@@ -270,6 +275,7 @@ class PubSub:
         """Load the durable subscriptions; start the sweeper (held messages, idle subscriptions)."""
         if self._task is not None:
             return
+        self._stopped = False
         self._store.ensure_schema("pubsub", MIGRATIONS, adopt="subscriptions")
         for db_id, client, name, pattern, acked, lost in self._store.query(
                 "SELECT id, client, name, pattern, acked, lost FROM subscriptions"):
@@ -285,6 +291,7 @@ class PubSub:
 
     async def stop(self) -> None:
         """Stop the sweeper; wake pollers (they answer with what they have)."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -550,26 +557,44 @@ class PubSub:
         return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts),
                 "devices": self._publishers(parts)}
 
-    async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100,
-                   wait_ms: int = 0) -> dict[str, Any]:
-        """Acknowledge up to `ack`, then the messages after it (up to `max_messages`), waiting up to `wait_ms`."""
+    async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100, wait_ms: int = 0,
+                   after: int | None = None) -> dict[str, Any]:
+        """Acknowledge up to `ack`, then the messages after it (up to `max_messages`), waiting up to `wait_ms`.
+
+        With `after` (pipelined polls: the client has received up to there), the messages after it that no other
+        poll of this subscription was answered with, and `from`: the position they follow (a client that gets
+        replies out of order holds one whose `from` it has not reached). A poll without `after` starts the
+        pipeline again from the acknowledged position: polls with `after` that were waiting then (a closed
+        client's, or those around a failed one) are answered empty when they wake, never with messages."""
         sub = self._sub(client, sub_id)
         sub.last_poll = time.monotonic()
         self._ack(sub, ack)
-        sub.event.clear()
-        messages = self._peek(sub, max_messages)
-        if not messages and wait_ms > 0:
+        if after is None:
+            sub.epoch += 1
+        epoch = sub.epoch
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            sub.event.clear()
+            start = sub.acked if after is None else max(after, sub.acked, sub.sent)
+            messages = [] if epoch != sub.epoch else self._peek(sub, max_messages, start)
+            left = deadline - time.monotonic()
+            if (messages or left <= 0 or epoch != sub.epoch or self._stopped
+                    or self._subs.get((client, sub_id)) is not sub):
+                break  # (woken with nothing new, as when another poll took the messages: wait on)
             sub.waiting += 1
             try:
-                await asyncio.wait_for(sub.event.wait(), wait_ms / 1000)
+                await asyncio.wait_for(sub.event.wait(), left)
             except asyncio.TimeoutError:
                 pass
             finally:
                 sub.waiting -= 1
                 sub.last_poll = time.monotonic()
-            if self._subs.get((client, sub_id)) is sub:
-                messages = self._peek(sub, max_messages)
-        return {"messages": messages, "lost": sub.lost}
+        if after is None:  # pipelined polls go on from what this one returns
+            sub.sent = messages[-1]["pos"] if messages else sub.acked
+            return {"messages": messages, "lost": sub.lost}
+        if messages:
+            sub.sent = max(sub.sent, messages[-1]["pos"])
+        return {"messages": messages, "lost": sub.lost, "from": start}
 
     def unsubscribe(self, client: str, sub_id: str) -> dict[str, Any]:
         """End a subscription; a durable one is deleted with its queue."""
@@ -610,15 +635,15 @@ class PubSub:
                 sub.queue.popleft()
         sub.acked = ack
 
-    def _peek(self, sub: _Sub, max_messages: int) -> list[dict[str, Any]]:
-        """The next messages of `sub`, checked against its client's rules as they are now: a message queued
-        before a rule was revoked is withheld (and dropped from the queue), never delivered."""
+    def _peek(self, sub: _Sub, max_messages: int, start: int) -> list[dict[str, Any]]:
+        """The messages of `sub` after position `start`, checked against its client's rules as they are now: a
+        message queued before a rule was revoked is withheld (and dropped from the queue), never delivered."""
         out: list[dict[str, Any]] = []
         withheld: list[int] = []
         budget = REPLY_BUDGET
         if sub.durable:
             rows = self._store.query("SELECT pos, message FROM sub_queue WHERE sub = ? AND pos > ? ORDER BY pos "
-                                     "LIMIT ?", (sub.db_id, sub.acked, max_messages))
+                                     "LIMIT ?", (sub.db_id, start, max_messages))
             for pos, blob in rows:
                 msg = cbor2.loads(blob)
                 if not self._visible(sub.client, tuple(str(msg.get("topic")).split("/"))):
@@ -630,7 +655,7 @@ class PubSub:
                 out.append(dict(msg, pos=pos))
         else:
             for pos, msg, parts, size in sub.queue:
-                if pos <= sub.acked:
+                if pos <= start:
                     continue
                 if len(out) >= max_messages:
                     break

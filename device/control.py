@@ -67,7 +67,8 @@ def describe(dev):
         out.append({"name": s.name, "doc": s.doc, "args": s.args, "result": s.result,
                     "cache_ms": s.cache_ms, "idempotent": s.idempotent, "private": s.private,
                     "long_running": s.long_running})
-    return {"name": dev.name, "services": out}
+    # "trace": this runtime accepts a trace context before the arguments (docs/protocol.md)
+    return {"name": dev.name, "services": out, "trace": True}
 
 
 def announce(dev, state, sleep_ms=None):
@@ -75,7 +76,8 @@ def announce(dev, state, sleep_ms=None):
     import binascii
     from device import report
     p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
+         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot),
+         "mem_free": port.mem_free()}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
     s, e, _ = report.build(dev, report.ANNOUNCE, p)

@@ -28,7 +28,8 @@ with open(path) as f:
     cfg = json.load(f)
 # What Device.from_config does, from the config already read (one JSON parse: the heap is small).
 kw = {}
-for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports"):
+for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports", "log_bytes",
+          "log_level"):
     if k in cfg:
         kw[k] = cfg[k]
 dev = Device(cfg["name"], cfg["key"], **kw)

@@ -15,9 +15,11 @@ Decisions:
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication patterns on it
-  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), the client face with its verbs, the HTTP face
-  when asked for (`ndn_edge.http`, its own verb table over the same parts), then the record (clients can only
-  find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
+  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), observability (`ndn_edge.observability`: device
+  logs into the intake, the health poller, the tracer), the client face with its verbs, the HTTP face when
+  asked for (`ndn_edge.http`, its own verb table over the same parts), the metrics listener when asked for,
+  then the record (clients can only find a gateway that is ready). Stop in reverse; each part is stopped even
+  if another fails.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
     from ndn_edge.devices.side import DeviceSide
     from ndn_edge.http.server import HttpFace, HttpOptions
+    from ndn_edge.observability.hub import Observability, ObservabilityOptions
+    from ndn_edge.observability.metrics import MetricsFace
     from ndn_edge.patterns.hub import Patterns
     from ndn_edge.state.store import Store
 
@@ -63,7 +67,8 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None) -> None:
+                 site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None,
+                 observe: ObservabilityOptions | None = None, metrics: tuple[str, int] | None = None) -> None:
         self.home = home
         self.limits = limits or Limits()
         self.iface = iface
@@ -78,6 +83,10 @@ class Gateway:
         self.clients: ClientFace | None = None
         self.http_options = http
         self.http: HttpFace | None = None  # the REST API and dashboard (ndn_edge.http), when `http` is given
+        self.observe_options = observe
+        self.obs: Observability | None = None  # metrics, device logs, traces (ndn_edge.observability)
+        self.metrics_listen = metrics
+        self.metrics: MetricsFace | None = None  # the metrics-only listener, when `metrics` is given
         self._record_written = False
         self._backups: asyncio.Task[None] | None = None
 
@@ -85,6 +94,7 @@ class Gateway:
         """Open the store, start both sides and write the address record."""
         from ndn_edge.clients.face import ClientFace
         from ndn_edge.devices.side import DeviceSide
+        from ndn_edge.observability.hub import Observability
         from ndn_edge.patterns.hub import Patterns
 
         self._refuse_second_gateway()
@@ -97,16 +107,29 @@ class Gateway:
             await self.devices.start()
             self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)
             await self.patterns.start()
+            self.obs = Observability(store, self.devices, self.patterns, site=self.site,
+                                     options=self.observe_options)
+            await self.obs.start()
             self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
-                                            limits=self.limits)
+                                            limits=self.limits, obs=self.obs)
             host, port = await self.clients.start()
+            view = None
+            if self.http_options is not None or self.metrics_listen is not None:
+                view = self.obs.view(self)
             if self.http_options is not None:
                 from ndn_edge.http.server import HttpFace
 
                 self.http = HttpFace.build(store, self.devices, self.patterns, site=self.site,
-                                           options=self.http_options, limits=self.limits)
+                                           options=self.http_options, limits=self.limits, obs=self.obs,
+                                           metrics=view)
                 await self.http.start()
                 self.http.write_record(self.home.path)
+            if self.metrics_listen is not None:
+                from ndn_edge.observability.metrics import MetricsFace
+
+                self.metrics = MetricsFace(view, self.metrics_listen)
+                await self.metrics.start()
+                self.metrics.write_record(self.home.path)
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
@@ -135,17 +158,23 @@ class Gateway:
         if backups is not None:
             backups.cancel()
             await asyncio.gather(backups, return_exceptions=True)
+        metrics, self.metrics = self.metrics, None
         http, self.http = self.http, None
         clients, self.clients = self.clients, None
+        obs, self.obs = self.obs, None
         patterns, self.patterns = self.patterns, None
         devices, self.devices = self.devices, None
         try:
+            if metrics is not None:
+                await metrics.stop()
             if http is not None:
                 await http.stop()
             if clients is not None:
                 await clients.stop()
         finally:
             try:
+                if obs is not None:
+                    await obs.stop()
                 if patterns is not None:
                     await patterns.stop()
                 if devices is not None:

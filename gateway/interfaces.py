@@ -56,7 +56,7 @@ class DeviceAccess(Protocol):
         ...
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = ...) -> Answer:
+                   timeout_s: float = ..., trace: Any = None) -> Answer:
         """`prepare`, then `complete` when needed."""
         ...
 

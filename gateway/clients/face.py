@@ -244,19 +244,22 @@ class ClientFace:
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     @classmethod
-    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,
+    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str, obs: Any = None,
               **options: Any) -> ClientFace:
-        """A client face whose verbs run on `devices` (and the communication `patterns`, when given), with the
-        metrics verb reporting the counters of all three."""
+        """A client face whose verbs run on `devices` (and the communication `patterns`, when given; calls
+        counted and traced by `obs`, ndn_edge.observability's Observability), with the metrics verb reporting
+        the counters of all of them."""
         face: ClientFace
 
         def counters() -> dict[str, Any]:
             out: dict[str, Any] = {"clients": face.metrics(), "devices": devices.metrics()}
             if patterns is not None:
                 out["patterns"] = patterns.metrics()
+            if obs is not None:
+                out["observability"] = obs.counters()
             return out
 
-        face = cls(store, Verbs(devices, patterns, site=site, counters=counters), site=site, **options)
+        face = cls(store, Verbs(devices, patterns, site=site, counters=counters, obs=obs), site=site, **options)
         return face
 
     # -- life cycle

@@ -85,6 +85,7 @@ class _Presence:
         "key_name",
         "last_seen",
         "lease_until",
+        "mem_free",
         "name",
         "persisted_seq",
         "rx_floor",
@@ -105,6 +106,7 @@ class _Presence:
         self.rx_floor = rx_floor
         self.desc_hash = desc_hash
         self.uptime_ms: int | None = None
+        self.mem_free: int | None = None  # free heap, as the last announcement said
         self.ann_seq = ann_seq
         self.persisted_seq = ann_seq
 
@@ -206,6 +208,11 @@ class Directory:
         return {"state": self._effective_state(p.state, p.lease_until), "last_seen": p.last_seen,
                 "lease_until": p.lease_until, "sleep_until": p.sleep_until}
 
+    def snapshot(self) -> list[tuple[str, str, int | None, int | None, float | None]]:
+        """(name, state, uptime_ms, mem_free, last_seen) of every device met, as its last announcement said."""
+        return [(p.name, self._effective_state(p.state, p.lease_until), p.uptime_ms, p.mem_free, p.last_seen)
+                for p in list(self._presence.values())]
+
     def rx_floor(self, device: str) -> int:
         """The lowest SignatureSeqNum the device said it accepts (0 if unknown)."""
         p = self._presence.get(self.resolve(device))
@@ -290,10 +297,12 @@ class Directory:
             sleep_ms = _non_negative(body.get("sleep_ms", 0), "sleep_ms")
             rx_floor = _non_negative(body.get("rx_floor", 0), "rx_floor")
             uptime_ms = body.get("uptime_ms")
+            mem_free = body.get("mem_free")
             desc = body.get("desc")
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             return self._drop("malformed", f"announcement parameters from {record.name}: {err!r}")
         p.ann_seq = seq
+        p.mem_free = mem_free if isinstance(mem_free, int) and not isinstance(mem_free, bool) else None
         self._dirty.add(p.name)
         self.counters["announcements"] += 1
         self._apply(p, state, lease_ms, sleep_ms, rx_floor, uptime_ms if isinstance(uptime_ms, int) else None,

@@ -161,7 +161,7 @@ class Operations:
     # -- client verbs
 
     async def start_op(self, client: str, device: str, service: str, args: dict[str, Any] | None, *,
-                       timeout_s: float) -> dict[str, Any]:
+                       timeout_s: float, trace: Any = None) -> dict[str, Any]:
         """Start a long-running service; the operation's info once the device has accepted it."""
         name = self._resolve(device)
         self._within_quota(client, "kind = 'op' AND state IN ('starting', 'running')",
@@ -174,7 +174,7 @@ class Operations:
         check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("op", client, name, service, args, "starting")
         try:
-            reply = await self._devices.call(name, service, args, timeout_s=timeout_s)
+            reply = await self._devices.call(name, service, args, timeout_s=timeout_s, trace=trace)
         except BaseException:
             self._delete(op_id)
             raise

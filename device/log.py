@@ -85,7 +85,11 @@ class Logs:
             i += t
         self.mv[i:i + n] = b if n == len(b) else memoryview(b)[:n]
         self.used += size
-        self.dev._wake()
+        now = ticks_ms()
+        if self.sent is None and ticks_diff(self.next_ms, now) <= 0:
+            self.tick(now)  # nothing in flight: send now (a serving loop in asyncio ticks up to 1 s later)
+        else:
+            self.dev._wake()
 
     def _make_room(self, size):
         # Drop the oldest records until `size` bytes are free; one move of what is kept.

@@ -301,6 +301,7 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "ops": (".cmd_patterns:do_ops", ".cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
     "sub": (".cmd_patterns:do_sub", ".cmd_patterns:args_sub", "print messages published on matching topics"),
+    "logs": (".cmd_logs:do_logs", ".cmd_logs:args_logs", "print the devices' log entries (-f follows)"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name,

@@ -195,8 +195,7 @@ class DeviceLogs:
         for _, boot, seq, level, _, message, trace_id, _, gap in rows:
             level_text = level_name(level)
             self.levels[level_text] += 1
-            fields: dict[str, Any] = {"device": device, "level": level_text, "seq": seq, "boot": boot,
-                                      "message": message}
+            fields: dict[str, Any] = {"device": device, "seq": seq, "boot": boot, "message": message}
             if trace_id:
                 fields["trace_id"] = trace_id
             if gap:

@@ -131,7 +131,8 @@ class CallTrace:
         self._attempt: Any = None
         self._cache = ""
         if self._otel is not None:
-            attrs = {"ndn_edge.device": device, "ndn_edge.service": service, **attributes}
+            attrs = {"ndn_edge.device": device, "ndn_edge.service": service,
+                     **{f"ndn_edge.{key}": value for key, value in attributes.items()}}
             if parent is not None and parent._root is not None:
                 context = _in(parent._root)
             else:

@@ -127,6 +127,7 @@ class Gateway:
             if self.metrics_listen is not None:
                 from ndn_edge.observability.metrics import MetricsFace
 
+                assert view is not None
                 self.metrics = MetricsFace(view, self.metrics_listen)
                 await self.metrics.start()
                 self.metrics.write_record(self.home.path)

@@ -36,6 +36,7 @@ class Ticket(Protocol):
 
     device: str
     service: str
+    trace: Any  # the call's CallTrace (ndn_edge.observability.trace), set by the caller
 
 
 class DeviceAccess(Protocol):

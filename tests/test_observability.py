@@ -17,9 +17,8 @@ import os
 import re
 import shutil
 import subprocess
-import time
+import sys
 import urllib.parse
-from pathlib import Path
 
 import cbor2
 import pytest
@@ -114,7 +113,7 @@ def test_device_logs_are_stored_bounded_rate_limited_with_gaps_and_sent_to_the_g
         assert entries[0]["device"] == "sim/1" and entries[0]["time"] <= entries[1]["time"]
         assert logs.counters["malformed"] == 4 and logs.counters["lost"] == 2 and intake.counters["acks"] >= 4
         # every report was acknowledged, the malformed one too: resending it would not make it valid
-        assert len({d for d in face.sent}) == 4
+        assert len(set(face.sent)) == 4
         # the gateway's own log: one event per entry, at the device's level, the message quoted
         lines = [r for r in caplog.records if r.getMessage() == "device_log"]
         assert [r.levelno for r in lines] == [logging.INFO, logging.ERROR, logging.WARNING, logging.INFO]
@@ -366,3 +365,183 @@ def test_spans_of_a_call_a_cache_hit_a_retried_call_a_failed_call_and_a_gather(m
             await side.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 40))
+
+
+# -- end to end: a gateway process, a sim device on MicroPython, a real Prometheus
+
+
+def _prometheus_or_skip() -> str:
+    """Debian's `prometheus`; a missing one fails in CI (`.ci/run` installs it) and skips elsewhere."""
+    path = shutil.which(PROMETHEUS)
+    if path is None:
+        if os.environ.get("CI") or os.environ.get("NDN_EDGE_REQUIRE_MICROPYTHON"):
+            pytest.fail(f"{PROMETHEUS} is missing: apt-get install -y prometheus (.ci/run does)")
+        pytest.skip(f"{PROMETHEUS} is missing")
+    return path
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metric_names(exposition: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and line[0] != "#"}
+
+
+@pytest.fixture
+def http_cluster(tmp_path, micropython):
+    cluster = HttpCluster(tmp_path, free_udp_port())
+    yield cluster
+    cluster.close()
+
+
+def test_a_real_prometheus_scrapes_the_gateway_and_finds_the_calls(http_cluster, tmp_path):
+    prometheus = _prometheus_or_skip()
+    cluster = http_cluster
+    cluster.clients(alice="sim/**", ops="_gw/metrics")
+    ops = cluster.token("ops")
+    cluster.token("alice")
+    cluster.start_http_gateway("--metrics", "127.0.0.1:0", "--health-interval", "1")
+    cluster.start_sim(1, "--tick", "0")
+    metrics_url = wait_until(lambda: json.loads((cluster.home / "metrics.json").read_text())["url"]
+                             if (cluster.home / "metrics.json").exists() else None, 10, what="HOME/metrics.json")
+    with cluster.connect("alice") as client:
+        cluster.wait_online(client, ["/edge/sim/1"])
+        for i in range(7):
+            assert client.call("sim/1/echo", {"i": i}) == {"i": i}
+        for _ in range(2):
+            with pytest.raises(Exception, match="failed on purpose"):
+                client.call("sim/1/fail")
+
+    # /metrics on the HTTP API: a token whose client may read metrics, nothing for anyone else
+    assert cluster.get("/metrics", client="nobody").status == 401
+    assert cluster.get("/metrics", client="alice").status == 403
+    page = cluster.get("/metrics", client="ops")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/plain")
+    text = page.body.decode()
+    assert 'ndn_edge_calls_total{code="OK",device="sim/1",service="echo"} 7.0' in text
+    assert 'ndn_edge_calls_total{code="INTERNAL",device="sim/1",service="fail"} 2.0' in text
+    # every family the Grafana dashboard uses is served
+    served = _metric_names(wait_until(lambda: (lambda t: t if "ndn_edge_board_oom_total{" in t else None)(
+        request(metrics_url.rsplit("/", 1)[0], "GET", "/metrics").body.decode()), 10, what="health metrics"))
+    used = set(re.findall(r"ndn_edge_[a-z_]+", DASHBOARD.read_text()))
+    assert used and used <= served, used - served
+
+    # a real Prometheus, two jobs: the metrics listener (no token) and the HTTP API (bearer token)
+    web = _free_tcp_port()
+    host_port = urllib.parse.urlsplit(metrics_url).netloc
+    api_port = urllib.parse.urlsplit(cluster.url).netloc
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: gateway
+    static_configs: [{{targets: ['{host_port}']}}]
+  - job_name: gateway-api
+    authorization: {{credentials: '{ops}'}}
+    static_configs: [{{targets: ['{api_port}']}}]
+""")
+    with open(tmp_path / "prometheus.log", "wb") as out:
+        proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{web}"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def query(expr: str) -> list:
+            reply = request(f"http://127.0.0.1:{web}", "GET",
+                            "/api/v1/query?" + urllib.parse.urlencode({"query": expr}), timeout_s=5)
+            return reply.json()["data"]["result"] if reply.status == 200 else []
+
+        def scraped() -> list | None:
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "prometheus.log").read_text()[-2000:])
+            try:
+                got = query('ndn_edge_calls_total{device="sim/1",service="echo",code="OK"}')
+            except OSError:  # not listening yet
+                return None
+            return got if {r["metric"]["job"] for r in got} == {"gateway", "gateway-api"} else None
+
+        found = wait_until(scraped, 40, interval_s=0.25, what="Prometheus scraping both jobs")
+        assert all(r["value"][1] == "7" for r in found)
+        failed = query('ndn_edge_calls_total{job="gateway",service="fail"}')
+        assert [(r["metric"]["code"], r["value"][1]) for r in failed] == [("INTERNAL", "2")]
+        assert query('ndn_edge_devices{job="gateway",state="online"}')[0]["value"][1] == "1"
+        assert float(query('ndn_edge_board_mem_free_bytes{job="gateway",device="sim/1"}')[0]["value"][1]) > 0
+        p99 = query('histogram_quantile(0.99, sum by (le) (ndn_edge_device_round_trip_seconds_bucket{job="gateway"}))')
+        assert 0 < float(p99[0]["value"][1]) < 5
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_failed_calls_device_log_and_trace_id_reach_the_host(http_cluster):
+    cluster = http_cluster
+    cluster.clients(alice="sim/**")
+    token = cluster.token("alice")
+    cluster.start_http_gateway()
+    cluster.start_sim(1, "--tick", "0")
+    with cluster.connect("alice") as client:
+        cluster.wait_online(client, ["/edge/sim/1"])
+
+    # the CLI: the error, the trace id, the timelines, the device's entry of that call
+    code, out, err = cluster.cli("call", "sim/1/fail", "--trace", "--as", "alice")
+    assert code == 9 and "INTERNAL: RuntimeError: failed on purpose" in err
+    trace_id = re.search(r"^trace ([0-9a-f]{32})$", out, re.M).group(1)
+    assert re.search(r"gateway\s+attempt\s+1", out) and re.search(r"client\s+reply", out)
+    assert re.search(rf"sim/1  ERROR\s+fail: INTERNAL: RuntimeError: failed on purpose  \[trace {trace_id}\]", out)
+    code, out, _ = cluster.cli("logs", "sim/1", "--json", "--level", "error", "--as", "alice")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(e["trace_id"], e["level"]) for e in entries] == [(trace_id, "error")]
+    # ... and the gateway's own log, with the device's name and the trace id
+    wait_until(lambda: re.search(rf"event=device_log device=sim/1 .*trace_id={trace_id}",
+                                 cluster.log("gateway", "err")), 5, what="the device_log line in the gateway's log")
+
+    # the HTTP API: the caller's traceparent is the call's, the entry is found by its trace id
+    tp = "00-" + os.urandom(16).hex() + "-" + os.urandom(8).hex() + "-01"
+    reply = cluster.post("/api/v1/call/sim/1/fail", {"why": "over http"}, headers={"traceparent": tp})
+    assert reply.status == 500 and reply.headers["traceresponse"] == tp
+    page = cluster.get(f"/api/v1/logs?device=sim/*&trace={tp[3:35]}&wait=5").json()
+    assert [e["message"] for e in page["entries"]] == ["fail: INTERNAL: RuntimeError: failed over http"]
+    assert cluster.get("/api/v1/logs?device=nope/*&level=bogus").status == 400
+
+    # following: `ndn-edge logs -f` and the event stream see the next entries as they come
+    follow = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(cluster.home), "logs", "-f",
+                               "sim/1", "--as", "alice"], cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    from tests.httpclient import EventStream
+
+    stream = EventStream(cluster.url, "/api/v1/events?logs=sim/**&members=false", token)
+    try:
+        assert stream.status == 200
+        with cluster.connect("alice") as client:
+            wait_until(lambda: follow.poll() is None and _printed(follow, "failed over http"), 10,
+                       what="logs -f printing the stored entries")
+            assert client.call("sim/1/counter") == 1
+        event = stream.until(lambda name, _id, data: name == "log", 10, "a log event")
+        assert event[2]["message"] == "counter now 1" and event[2]["device"] == "sim/1"
+        assert wait_until(lambda: _printed(follow, "counter now 1"), 10, what="logs -f printing the new entry")
+    finally:
+        stream.close()
+        follow.terminate()
+        follow.communicate(timeout=10)
+
+
+_seen_output: dict[int, str] = {}
+
+
+def _printed(proc: subprocess.Popen, text: str) -> bool:
+    """True once `proc` printed `text` (reads what its pipe holds, without blocking)."""
+    import selectors
+
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while sel.select(0.05):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            _seen_output[proc.pid] = _seen_output.get(proc.pid, "") + chunk.decode(errors="replace")
+    return text in _seen_output.get(proc.pid, "")

@@ -95,16 +95,16 @@ def do_logs(state: State, args: argparse.Namespace) -> None:
                 print_entries(page, args.json)
                 if len(page) < 500:
                     break
-                page = await client.logs(args.pattern, after=page.next_page_token, since=args.since, limit=500,
+                page = await client.logs(args.pattern, after=page.next, since=args.since, limit=500,
                                          **query)
         else:
             page = await client.logs(args.pattern, tail=True, limit=args.lines, **query)
             print_entries(page, args.json)
-        after = page.next_page_token
+        after = page.next
         while args.follow:
             page = await client.logs(args.pattern, after=after, wait=FOLLOW_WAIT_S, limit=500, **query)
             print_entries(page, args.json)
-            after = page.next_page_token
+            after = page.next
 
     with_client(state, args, run)
 

@@ -85,6 +85,14 @@ class TracedCall(NamedTuple):
     gateway: list[tuple[float, str, str]]
 
 
+class LogPage(list):
+    """Device log entries, and `next`: the entry id to read on after (`Client.logs(after=page.next)`)."""
+
+    def __init__(self, items: list, next_id: int) -> None:
+        super().__init__(items)
+        self.next = next_id
+
+
 class Page(list):
     """One page of a list: the items, plus `next_page_token` (None on the last page)."""
 
@@ -357,10 +365,10 @@ class Client:
 
     async def logs(self, pattern: str | None = None, *, after: int = 0, since: float | None = None,
                    level: int | None = None, trace_id: str | None = None, limit: int = 100, wait: float = 0.0,
-                   tail: bool = False, timeout: float | None = None) -> Page:
+                   tail: bool = False, timeout: float | None = None) -> LogPage:
         """Device log entries (dicts: id, device, time, level, message, trace_id, ...) of the devices matching
         `pattern` (`sim/*`; None: all this client may reach), oldest first, after the entry `after`; the page's
-        `next_page_token` is the `after` of the next call. `tail` (with no `after`): the newest `limit`. `wait`:
+        `next` is the `after` of the next call. `tail` (with no `after`): the newest `limit`. `wait`:
         seconds to wait for one when there is none (following)."""
         params: dict[str, Any] = {"pattern": pattern, "after": after, "max": limit, "tail": tail,
                                   "wait_ms": int(wait * 1000)}
@@ -371,9 +379,8 @@ class Client:
         content = await self.request(cw.VERB_LOGS, (), params, timeout_s)
         if not isinstance(content, dict) or not isinstance(content.get("entries"), list):
             raise Internal(f"the gateway's logs reply has no entries: {content!r}")
-        page = Page(content["entries"])
-        page.next_page_token = content.get("next")  # type: ignore[assignment]  (an entry id)
-        return page
+        cursor = content.get("next")
+        return LogPage(content["entries"], cursor if isinstance(cursor, int) else after)
 
     def _service_target(self, name: str, args: Any) -> tuple[str, ...]:
         try:
@@ -492,10 +499,10 @@ class Client:
         if nack:
             if not isinstance(obj, dict):
                 raise Internal(f"the gateway's error reply is not a map: {obj!r}")
-            err = CallError.from_wire(obj.get("code"), obj.get("message", ""))
+            error = CallError.from_wire(obj.get("code"), obj.get("message", ""))
             if isinstance(obj.get("trace"), dict):
-                err.trace = obj["trace"]
-            raise err
+                error.trace = obj["trace"]
+            raise error
         return obj
 
 
@@ -601,7 +608,7 @@ class BlockingClient:
         """See `Client.trace_call`."""
         return self._run(self._client.trace_call(name, args, timeout=timeout))
 
-    def logs(self, pattern: str | None = None, **options: Any) -> Page:
+    def logs(self, pattern: str | None = None, **options: Any) -> LogPage:
         """See `Client.logs`."""
         return self._run(self._client.logs(pattern, **options))
 

@@ -395,9 +395,10 @@ def _logs(verbs: Verbs, req: Request) -> Result:
     if not isinstance(tail, bool):
         raise InvalidArgument(f"tail must be true or false, got {tail!r}")
     rules = req.caller.rules
-    query = dict(visible=lambda rel: names.may_reach(rules, rel), pattern=parts,
-                 after=req.int_param("after", 0, 0, 1 << 62), since=since, level=req.int_param("level", 0, 0, 100),
-                 trace_id=trace_id, limit=req.int_param("max", DEFAULT_POLL_MAX, 1, MAX_LOGS), tail=tail)
+    query: dict[str, Any] = {
+        "visible": lambda rel: names.may_reach(rules, rel), "pattern": parts,
+        "after": req.int_param("after", 0, 0, 1 << 62), "since": since, "level": req.int_param("level", 0, 0, 100),
+        "trace_id": trace_id, "limit": req.int_param("max", DEFAULT_POLL_MAX, 1, MAX_LOGS), "tail": tail}
     wait_ms = req.int_param("wait_ms", 0, 0, cp.MAX_TIMEOUT_MS)
     entries, cursor = verbs.logs.query(**query)
     if entries or not wait_ms:

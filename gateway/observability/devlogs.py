@@ -221,7 +221,8 @@ class DeviceLogs:
               limit: int = 100, tail: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Entries of the devices `visible` (relative name) allows and `pattern` matches, oldest first, and the
         cursor to pass as `after` next time. With `tail` (and no `after`), the last `limit` of them."""
-        where, args = ["id > ?"], [after]
+        where: list[str] = ["id > ?"]
+        args: list[Any] = [after]
         if since is not None:
             where.append("time >= ?")
             args.append(since)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ndn_edge import __version__, names
-from ndn_edge.errors import Unavailable
+from ndn_edge.errors import StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import Histograms
 
@@ -51,6 +51,8 @@ _REPORT_DROPS = {"unknown_key": "unknown_key", "digest": "digest", "bad_signatur
                  "malformed": "malformed", "queue_full": "overload"}
 _BREAKER_STATES = ("closed", "open", "half_open")
 _DEVICE_STATES = ("unknown", "online", "asleep", "offline", "left")
+_OP_KINDS = ("op", "call")
+_OP_STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
 
 
 class MetricsView:
@@ -215,12 +217,15 @@ class MetricsView:
             events.add_metric([key], n)
         by_state = _gauge("operations", "Operations the gateway keeps, by kind (op: long-running, call: a queued "
                                         "call) and state.", ["kind", "state"])
+        counts = {(kind, state): 0 for kind in _OP_KINDS for state in _OP_STATES}
         try:
             for kind, state, n in patterns.store.query("SELECT kind, state, COUNT(*) FROM operations GROUP BY "
                                                        "kind, state"):
-                by_state.add_metric([kind, state], n)
-        except Exception as err:  # the store is busy or closing: the scrape goes on without it
+                counts[(kind, state)] = n
+        except StoreError as err:  # the store is busy or closing: the scrape goes on without it
             event(log, "operations_not_counted", logging.DEBUG, error=str(err))
+        for (kind, state), n in counts.items():
+            by_state.add_metric([kind, state], n)
         ps = patterns.pubsub.counters
         out += [events, by_state,
                 _gauge("subscriptions", "Subscriptions, durable and in memory.", value=patterns.pubsub.subscriptions()),
@@ -303,7 +308,7 @@ class MetricsView:
             u = h.get("uptime_ms") if fresher else up_ms
             if _number(m):
                 mem.add_metric([device], m)
-            if _number(u):
+            if isinstance(u, (int, float)) and not isinstance(u, bool):
                 uptime.add_metric([device], u / 1000)
             reboots.add_metric([device], health.reboots.get(name, 0))
             if name in board_logs:

@@ -98,10 +98,7 @@ class Tracer:
               parent: CallTrace | None = None, **attributes: Any) -> CallTrace:
         """The trace of one call (`kind` "call", "gather", ...) under `traceparent` (or `parent`'s span); a new
         trace when there is neither."""
-        if parent is not None:
-            ctx = parent.context
-        else:
-            ctx = parse(traceparent) or new()
+        ctx = parent.context if parent is not None else parse(traceparent) or new()
         return CallTrace(self, ctx, kind, device, service, timeline, parent, attributes)
 
     def shutdown(self) -> None:
@@ -124,8 +121,8 @@ class CallTrace:
         # a gather's calls add to the gather's timeline
         self.events: list[tuple[float, str, str]] | None = parent.events if parent is not None else (
             [] if timeline else None)
-        self._t0 = parent._t0 if parent is not None else time.monotonic()
-        self._otel = tracer._otel
+        self._t0: float = parent._t0 if parent is not None else time.monotonic()
+        self._otel: Any = tracer._otel
         self._root: Any = None
         self._request: Any = None
         self._attempt: Any = None
@@ -133,10 +130,7 @@ class CallTrace:
         if self._otel is not None:
             attrs = {"ndn_edge.device": device, "ndn_edge.service": service,
                      **{f"ndn_edge.{key}": value for key, value in attributes.items()}}
-            if parent is not None and parent._root is not None:
-                context = _in(parent._root)
-            else:
-                context = _remote(ctx)
+            context = _in(parent._root) if parent is not None and parent._root is not None else _remote(ctx)
             self._root = self._otel.start_span(f"ndn_edge.{kind}", context=context, kind=_kind("SERVER"),
                                                attributes={k: v for k, v in attrs.items() if v is not None})
             self.context = TraceContext(ctx.trace_id, _span_id(self._root), ctx.flags)

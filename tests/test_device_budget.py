@@ -97,12 +97,23 @@ print(per_call, face.sent, dev.drops, dev.errors)
 """
 
 
-def test_a_call_allocates_at_most_two_kib_on_micropython(run_mp, tmp_path):
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "with-trace-context"])
+def test_a_call_allocates_at_most_two_kib_on_micropython(run_mp, tmp_path, traced):
+    # with-trace-context: every call carries the 24 bytes the gateway puts before the arguments
+    # (docs/protocol.md "Trace context"); reading it allocates nothing
+    import cbor2
+
+    key_name = wire.encoded_name(wire.key_name(DEV, KEY))
     packets = bytearray()
     for seq in range(1, CALLS + 1):
         service = ("temperature", "echo", "counter")[seq % 3]
-        w, _ = wire.make_call(f"{DEV}/{service}", ECHO_ARGS if service == "echo" else None, KEY, seq,
-                              signer_owner=DEV)
+        if traced:
+            args = cbor2.dumps(ECHO_ARGS if service == "echo" else {}, canonical=True)
+            w = wire.call_interest(wire.name_components(f"{DEV}/{service}"), args, KEY, key_name, seq,
+                                   trace=b"\x58\x18" + bytes(range(24)))
+        else:
+            w, _ = wire.make_call(f"{DEV}/{service}", ECHO_ARGS if service == "echo" else None, KEY, seq,
+                                  signer_owner=DEV)
         packets += struct.pack(">H", len(w)) + w
     (tmp_path / "packets.bin").write_bytes(bytes(packets))
     out = run_mp(SERVE % {"dev": DEV, "key": KEY.hex(), "calls": CALLS, "warm": WARM_UP}, heap="1M").split()

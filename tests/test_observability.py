@@ -399,6 +399,7 @@ def http_cluster(tmp_path, micropython):
     cluster.close()
 
 
+@pytest.mark.long
 def test_a_real_prometheus_scrapes_the_gateway_and_finds_the_calls(http_cluster, tmp_path):
     prometheus = _prometheus_or_skip()
     cluster = http_cluster

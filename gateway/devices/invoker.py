@@ -464,29 +464,28 @@ class _Window:
 
 
 class _Link:
-    """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
-    Interests carry (made once, not per call)."""
+    """What the invoker keeps per device: sequence counter, breaker, request window, and what its Interests
+    carry that does not change from call to call (the signer, the encoded names)."""
 
-    __slots__ = ("_names", "breaker", "counter", "key_name", "key_tlv", "window")
+    __slots__ = ("_names", "breaker", "counter", "key_name", "signer", "window")
 
-    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
-        self.counter = counter
+    def __init__(self, record: DeviceRecord, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.breaker = breaker
         self.window = window
-        self.rekey(key_name, counter)
+        self.rekey(record, counter)
 
-    def rekey(self, key_name: str, counter: Any) -> None:
+    def rekey(self, record: DeviceRecord, counter: Any) -> None:
         """A new key (the device was provisioned again): its own name and sequence space."""
-        self.key_name = key_name
-        self.key_tlv = wire.encoded_name(key_name)
+        self.key_name = record.key_name
+        self.signer = wire.InterestSigner(record.key, wire.encoded_name(record.key_name))
         self.counter = counter
-        self._names: dict[str, list[bytes]] = {}
+        self._names: dict[str, bytes] = {}
 
-    def name(self, device: str, service: str) -> list[bytes]:
-        """The encoded components of `<device>/<service>`."""
+    def name(self, device: str, service: str) -> bytes:
+        """The encoded components of `<device>/<service>`, joined."""
         comps = self._names.get(service)
         if comps is None:
-            comps = self._names[service] = wire.name_components(f"{device}/{service}")
+            comps = self._names[service] = b"".join(wire.name_components(f"{device}/{service}"))
         return comps
 
 
@@ -714,7 +713,7 @@ class Invoker:
                 except StoreError as err:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
-                return wire.call_interest(link.name(record.name, service), params, record.key, link.key_tlv, seq[0],
+                return wire.call_interest(link.signer, link.name(record.name, service), params, seq[0],
                                           private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
 
             def resign() -> bytes | None:
@@ -773,11 +772,11 @@ class Invoker:
     def _link(self, record: Any) -> _Link:
         link = self._links.get(record.name)
         if link is None:
-            link = _Link(record.key_name, self._counter(record.key_name), self._breaker_factory(),
+            link = _Link(record, self._counter(record.key_name), self._breaker_factory(),
                          _Window(self._reply_cache, self._max_in_flight))
             self._links[record.name] = link
         elif link.key_name != record.key_name:  # re-provisioned: a new key has its own sequence space
-            link.rekey(record.key_name, self._counter(record.key_name))
+            link.rekey(record, self._counter(record.key_name))
         return link
 
     def _record(self, name: str) -> Any:

@@ -110,17 +110,19 @@ def make_call(name: str, args: dict | None, key: bytes, seq: int, *, signer_owne
     return bytes(wire), final
 
 
-def call_interest(components: Sequence[bytes], params: bytes, key: bytes, key_name_tlv: bytes, seq: int, *,
-                  lifetime_ms: int = 4000, private: bool = False) -> bytes:
+def call_interest(signer: InterestSigner, components: bytes, params: bytes, seq: int, *, lifetime_ms: int = 4000,
+                  private: bool = False) -> bytes:
     """The Interest `make_call` makes (plus a Nonce), encoded by hand: the gateway's hot path.
 
-    `components` are the encoded components of `<device>/<service>`, `params` the CBOR map of the arguments
-    (encoded once by the caller, who also keys its cache with it), `key_name_tlv` the encoded key name.
+    `signer` holds the device key and its name, `components` are the joined encoded components of
+    `<device>/<service>`, `params` the CBOR map of the arguments (encoded once by the caller, who also keys its
+    cache with it).
     """
     if private:
-        params = seal(key, params)
-    packet, _ = encode_signed_interest(components, params, key, key_name_tlv, seq, time_ms=int(time.time() * 1000),
-                                       signature_nonce=os.urandom(8), nonce=os.urandom(4), lifetime_ms=lifetime_ms)
+        params = seal(signer.key, params)
+    nonces = os.urandom(12)
+    packet, _ = signer.sign(components, params, seq, time_ms=int(time.time() * 1000), signature_nonce=nonces[:8],
+                            nonce=nonces[8:], lifetime_ms=lifetime_ms)
     return packet
 
 

@@ -245,6 +245,15 @@ def test_notify_operations_gather_and_cli(fleet):
     code, out, err = fleet.cli("sub", "sim/1/tick", "--count", "2", "--json", "--as", "alice")
     ticks = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(ticks) == 2 and ticks[0]["retained"] and ticks[1]["seq"] > ticks[0]["seq"]
+    # issue 15 item 6: a pattern no known device publishes on says so, and --timeout bounds the wait
+    started = time.monotonic()
+    code, out, err = fleet.cli("sub", "sim/9/**", "--timeout", "1", "--as", "alice")
+    assert (code, out) == (7, "") and time.monotonic() - started < 15, err
+    note, error = err.strip().splitlines()
+    assert "no device the gateway knows publishes on 'sim/9/**' (yet)" in note
+    assert "no message on 'sim/9/**' within 1 s" in error
+    code, out, err = fleet.cli("sub", "sim/1/**", "--as", "bob")  # bob may see only sim/2: denied at once
+    assert (code, out) == (5, "") and "may not see any topic matching 'sim/1/**'" in err
     with fleet.connect("alice") as alice:
         assert wait_until(lambda: alice.call("sim/2/notes"), 5, what="the CLI's note") == [{"cli": 1}]
     assert home.read_gateway_record().pid == fleet.gateway.pid

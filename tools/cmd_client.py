@@ -142,8 +142,13 @@ def print_devices(items: list[dict[str, Any]]) -> None:
         state = str(item.get("state", "?"))
         if state == "asleep" and item.get("sleep_until"):
             state = f"asleep until {time.strftime('%H:%M:%S', time.localtime(item['sleep_until']))}"
+        if item.get("warning"):
+            state += " (!)"
         rows.append((str(item.get("name", "?")), state, ago(item.get("last_seen"), now), summary or "-"))
     print_table(("NAME", "STATE", "LAST SEEN", "SERVICES"), rows)
+    for item in items:
+        if item.get("warning"):
+            print(f"(!) {item.get('name', '?')}: {item['warning']}", file=sys.stderr)
 
 
 def print_services(rows: list[dict[str, Any]]) -> None:

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Quick-start driver: `python3 dev.py up` (the demo) and `python3 dev.py test` (the suite).
+"""Quick-start driver: `python3 dev.py up` (the demo), `python3 dev.py test` (the suite), `python3 dev.py bench`,
+and `python3 dev.py firmware unix --micropython SRC [--32bit] [--stock]` (a MicroPython unix port built from a
+checkout or its source archive, with the runtime frozen in unless --stock; prints the interpreter's path).
 
 Creates ./.venv on first use and installs the project with what each job needs; needs only
 Python 3.10+ and the package index.
@@ -13,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-EXTRAS = {"up": "test", "test": "test", "bench": "test,bench"}
+EXTRAS = {"up": "test", "test": "test", "bench": "test,bench", "firmware": "test"}
 
 
 def ensure_env(extras: str) -> None:
@@ -31,7 +33,8 @@ def ensure_env(extras: str) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
-        print("usage: python3 dev.py up [ARGS...] | test [PYTEST ARGS...] | bench [ARGS...]", file=sys.stderr)
+        print("usage: python3 dev.py up [ARGS...] | test [PYTEST ARGS...] | bench [ARGS...] | "
+              "firmware unix --micropython SRC [--32bit] [--stock]", file=sys.stderr)
         return 2
     job, rest = argv[0], argv[1:]
     ensure_env(EXTRAS[job])
@@ -41,6 +44,8 @@ def main(argv: list[str]) -> int:
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *rest]
     elif job == "bench":
         cmd = [str(BIN / "python"), "-m", "bench", *rest]
+    elif job == "firmware":
+        cmd = [str(BIN / "python"), "-m", "ndn_edge.tools.micropython", *rest]
     else:
         cmd = [str(BIN / "ndn-edge"), "up", *(rest or ["--once"])]
     try:

@@ -56,6 +56,9 @@ _T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
 
+# A port built without an SSL library (the unix port's minimal builds) has no cryptolib: its AES is mbedtls'.
+_NO_AES = "private services need cryptolib (AES), which this firmware lacks"
+
 CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAVAILABLE",
          "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL")
 
@@ -573,6 +576,8 @@ class Device:
             return _arg_map(cbor.loads(params), svc.args)
         except MalformedError as e:
             self._error("INVALID_ARGUMENT", "arguments: %s" % e)
+        except ImportError:
+            self._error("UNAVAILABLE", _NO_AES)
         return None
 
     def _failed(self, e):
@@ -613,7 +618,12 @@ class Device:
             self._fail("INTERNAL", "result not encodable: %s" % e)
             return
         from device import seal
-        self._send(0, svc.cache_ms or 0, None, seal.seal(seal.key(self._mac), raw))
+        try:
+            raw = seal.seal(seal.key(self._mac), raw)
+        except ImportError:
+            self._fail("UNAVAILABLE", _NO_AES)
+            return
+        self._send(0, svc.cache_ms or 0, None, raw)
 
     # -- replies --
     # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers

@@ -287,6 +287,27 @@ def compile_runtime(out_dir: Path):
     return None if mpy_cross is None else mp.compile_runtime(out_dir, mpy_cross)
 
 
+_FEATURES: dict[str, dict] = {}
+
+
+def mp_features(micropython: str) -> dict:
+    """What the interpreter is: {"bits": its word size (32 or 64), "cryptolib": whether it has AES}. A 32-bit
+    build's objects and GC blocks are half the size, so heaps sized to run out of memory on 64 bits are halved;
+    unix ports built without an SSL library (CI's 32-bit ones) have no cryptolib, which private services need."""
+    if micropython not in _FEATURES:
+        code = ("import sys\ntry:\n import cryptolib\n c = 1\nexcept ImportError:\n c = 0\n"
+                "print(64 if sys.maxsize > 2**32 else 32, c)")
+        done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30)
+        bits, crypto = done.stdout.split()
+        _FEATURES[micropython] = {"bits": int(bits), "cryptolib": crypto == "1"}
+    return _FEATURES[micropython]
+
+
+def scaled_heap(micropython: str, kib_64: int) -> str:
+    """A heap of kib_64 KiB on a 64-bit interpreter, half that on a 32-bit one (the same number of objects)."""
+    return f"{kib_64 if mp_features(micropython)['bits'] == 64 else kib_64 // 2}K"
+
+
 def mp_env():
     """Environment for a MicroPython child: the compiled runtime, then the project root."""
     env = dict(os.environ)

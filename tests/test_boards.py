@@ -31,7 +31,9 @@ from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store
 from tests.support import wait_until
 from tests.support import stop_process
+from ndn_edge import __version__
 from ndn_edge.tools import cmd_flash
+from ndn_edge.tools import micropython as mp
 from ndn_edge.tools.cli import main as cli_main
 from ndn_edge.tools.cmd_provision import device_name
 from ndn_edge.tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
@@ -512,7 +514,10 @@ def test_the_board_tells_a_frozen_runtime_from_a_copied_one(run_mp):
     first, second = out.strip().splitlines()
     frozen, copied, missing = ast.literal_eval(first)
     assert frozen == ".frozen/asyncio" and missing == ""
-    assert "/device/__init__." in copied and not copied.startswith(".frozen")
+    if run_mp("import device\nprint(device.__file__)").strip() == "device/__init__.py":
+        assert copied == ".frozen/device"  # an interpreter built with the runtime frozen in (firmware/README.md)
+    else:
+        assert "/device/__init__." in copied and not copied.startswith(".frozen")
     assert second == "[]"  # unloaded again
 
 def test_device_names_are_checked():
@@ -617,13 +622,16 @@ def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
     for manifest, port_manifests in manifests:
         frozen: list[str] = []
         included: list[str] = []
+        versions: list[str | None] = []
 
         def run(path: Path) -> None:
             api = {
                 "include": lambda p: included.append(p) if p.startswith("$(") else run((Path.cwd() / p).resolve()),
-                "package": lambda name, base_path=".": frozen.extend(
+                "package": lambda name, files=None, base_path=".": frozen.extend(
                     str(f.relative_to((Path.cwd() / base_path).resolve()))
-                    for f in sorted(((Path.cwd() / base_path) / name).resolve().glob("**/*.py"))),
+                    for f in sorted(((Path.cwd() / base_path) / name).resolve().glob("**/*.py"))
+                    if files is None or f.name in files),
+                "metadata": lambda **kw: versions.append(kw.get("version")),
                 "module": lambda name, base_path=".": frozen.append(name) if (Path.cwd() / base_path / name).is_file()
                 else pytest.fail(f"{path}: module {name} not found under {base_path}"),
                 "require": lambda *a, **k: pytest.fail(f"{path}: requires {a}; the runtime needs no micropython-lib"),
@@ -637,8 +645,10 @@ def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
 
         run(manifest)
         assert included and included[0] in port_manifests
-        assert sorted(frozen) == sorted([f"device/{p.name}" for p in (ROOT / "device").glob("*.py")]
-                                        + ["ndn_boot.py"])
+        # exactly what a board needs: every runtime module, not the host-only ones (device/_cpython.py)
+        assert sorted(frozen) == sorted([f"device/{p.name}" for p in mp.runtime_sources()] + ["ndn_boot.py"])
+        assert "device/_cpython.py" not in frozen
+        assert versions == [__version__], "firmware/manifest.py metadata(version=...) is ndn-edge's version"
 
 
 # -- deploy planning (against a board double: the end-to-end tests above use real boards)

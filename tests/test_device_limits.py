@@ -7,7 +7,7 @@ from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
 from tests.support import wait_until
-from tests.support import Board, is_data_for, report_of
+from tests.support import Board, is_data_for, report_of, scaled_heap
 
 DEFAULT_MAX_OPS = 4  # Device(max_ops=...), docs/operations.md
 
@@ -93,7 +93,7 @@ def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, t
     # 96 KiB (as `ndn-edge sim` runs devices) leaves this app about 16 KiB free. Coroutine calls that take 1.5 s
     # are not capped; a few dozen in flight fill the heap, so the storm below runs the device out of memory
     # wherever it happens to allocate: receiving, answering, starting an operation, renewing its announcement.
-    b = Board(micropython, peer.port, tmp_path / "flash", heap="96K", lease_ms=1500)
+    b = Board(micropython, peer.port, tmp_path / "flash", heap=scaled_heap(micropython, 96), lease_ms=1500)
     b.start(peer)
     try:
         answered = 0

@@ -8,7 +8,7 @@ from ndn.encoding import Name, parse_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
 from ndn_edge.wire import packets as wire
-from tests.support import Board, is_announcement, is_data_for, lp_wrap
+from tests.support import Board, is_announcement, is_data_for, lp_wrap, mp_features
 
 
 @pytest.fixture
@@ -32,7 +32,11 @@ def test_services_answer_signed_interests_from_python_ndn(board, peer):
         {"a": 1, "s": "x", "b": b"\x00\xff", "l": [1.5, None, True]}
     assert board.call(peer, "add", {"a": 2, "b": 40}).value == 42
     assert board.call(peer, "slow", {"ms": 30}).value == 30  # coroutine handler
-    assert board.call(peer, "secret", {"x": 7}, private=True).value == {"x": 7, "code": 1234}
+    secret = board.call(peer, "secret", {"x": 7}, private=True)
+    if mp_features(board.interpreter)["cryptolib"]:
+        assert secret.value == {"x": 7, "code": 1234}
+    else:  # a unix port built without an SSL library (CI's 32-bit builds) has no AES: said, not silent
+        assert (secret.ok, secret.code) == (False, "UNAVAILABLE") and "cryptolib" in secret.message
 
 
 @pytest.mark.parametrize("service,args,code,fragment", [

@@ -61,12 +61,22 @@ def desc_hash(dev):
 
 
 def describe(dev):
+    # Only what differs from the defaults (docs/protocol.md "Service descriptions"): the _desc reply must fit one
+    # datagram, and every key written at its default cost about 10 bytes per service.
     out = []
     for name in sorted(dev._svc):
         s = dev._svc[name]
-        out.append({"name": s.name, "doc": s.doc, "args": s.args, "result": s.result,
-                    "cache_ms": s.cache_ms, "idempotent": s.idempotent, "private": s.private,
-                    "long_running": s.long_running})
+        d = {"name": s.name}
+        for k, v in (("doc", s.doc), ("args", s.args), ("result", s.result), ("cache_ms", s.cache_ms)):
+            if v is not None:
+                d[k] = v
+        if not s.idempotent:
+            d["idempotent"] = False
+        if s.private:
+            d["private"] = True
+        if s.long_running:
+            d["long_running"] = True
+        out.append(d)
     return {"name": dev.name, "services": out}
 
 

@@ -162,6 +162,13 @@ def test_announcements_join_query_renew_leave(micropython, peer, tmp_path):
         content = cbor2.dumps(desc.value)  # device and cbor2 encode maps the same way
         assert [s["name"] for s in desc.value["services"]] == sorted(s["name"] for s in desc.value["services"])
         assert info["desc"] == hashlib.sha256(content).digest()[:8].hex()
+        # only what differs from the defaults (docs/protocol.md "Service descriptions"), so 14 services fit
+        by_name = {s["name"]: s for s in desc.value["services"]}
+        assert by_name["calls"] == {"name": "calls"}
+        assert by_name["counter"] == {"name": "counter", "doc": "Increments and returns a counter", "idempotent": False}
+        assert by_name["secret"] == {"name": "secret", "private": True}
+        assert by_name["work"] == {"name": "work", "args": {"steps": "int", "step_ms": "int"}, "long_running": True}
+        assert len(content) < 700, len(content)
         # renewals (lease/3 plus jitter)
         seqs = [sig.signature_info.signature_seq_num]
         for _ in range(2):

@@ -95,6 +95,9 @@ def test_query_discovers_three_devices_and_their_services(make_board, peer, stor
     by_name = {s["name"]: s for s in services}
     assert by_name["temperature"]["cache_ms"] == 2000 and by_name["secret"]["private"] is True
     assert by_name["counter"]["idempotent"] is False
+    # what the device left out (its defaults) is filled in: every reader sees every key
+    assert by_name["calls"] == {"name": "calls", "doc": None, "args": None, "result": None, "cache_ms": None,
+                                "idempotent": True, "private": False, "long_running": False}
     assert metrics["directory_desc_fetches"] == 3 and metrics["directory_bad_signature"] == 0
     # the gateway hashed the _desc Content it fetched (sha256[:8]) and got what each device announced
     assert [store.device(b.name).desc_hash for b in boards] == announced

@@ -751,6 +751,7 @@ class Invoker:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
         if not _valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
+        desc = with_defaults(desc)
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
             self._store.set_description(name, desc_hash, desc)
@@ -811,6 +812,18 @@ def find_service(desc: Any, service: str) -> dict[str, Any] | None:
         if isinstance(s, dict) and s.get("name") == service:
             return s
     return None
+
+
+# What a service description means by a key it leaves out (docs/protocol.md "Service descriptions"): a device
+# writes only the keys that differ, so that its _desc reply fits one datagram.
+SERVICE_DEFAULTS: dict[str, Any] = {"doc": None, "args": None, "result": None, "cache_ms": None, "idempotent": True,
+                                    "private": False, "long_running": False}
+
+
+def with_defaults(desc: dict[str, Any]) -> dict[str, Any]:
+    """The description with every service's left-out keys filled in with their defaults, as it is stored and
+    shown: readers of a service entry never see a missing key."""
+    return {**desc, "services": [{**SERVICE_DEFAULTS, **s} for s in desc["services"]]}
 
 
 def _valid_description(desc: Any) -> bool:

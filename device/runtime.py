@@ -140,10 +140,15 @@ class Device:
         self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
         self._tx = bytearray(mtu)
         self._txmv = memoryview(self._tx)
-        self._c_seq = [-1] * reply_cache  # the reply cache: request seq, signature tag, Data
+        # The reply cache (docs/protocol.md "Replay protection"): per answered request its seq, signature tag and
+        # Data, or None for an idempotent service's success, which is not kept: its retransmission runs the
+        # handler again (same effect, by definition) and is answered in the same slot (_slot).
+        self._c_seq = [-1] * reply_cache
         self._c_tag = [0] * reply_cache
         self._c_data = [None] * reply_cache
         self._cache_i = 0
+        self._slot = -1  # the slot a second run of an idempotent call answers in, else -1
+        self._keep = True  # whether the reply being sent is kept (_value clears it for idempotent services)
         self._svc = {}
         self._running = False
         self._async = False
@@ -477,21 +482,25 @@ class Device:
         if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return _RESENT if self._resend(p) else _REPLAY
+            return self._resend(p)
         self._seq.accept(p.seq)
         return _OK
 
     def _resend(self, p):
-        # A retransmission of an executed request: the cached reply, never a second run.
+        # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
+        # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
         tag = _sig_tag(p.mv, p.sv_s)
         for k in range(len(self._c_seq)):
             if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
                 data = self._c_data[k]
+                if data is None:
+                    self._slot = k
+                    return _OK
                 i = _REPLY_AT + p.pit_n
                 self._tx[i:i + len(data)] = data
                 self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
-                return True
-        return False
+                return _RESENT
+        return _REPLAY
 
     def _dispatch(self, p):
         self.requests += 1
@@ -528,6 +537,7 @@ class Device:
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
         if svc.is_async:
+            self._slot = -1  # answered later, when other replies may have taken the slot: a new one then
             from device import aio
             aio.finish_later(self, svc, value)  # value: the coroutine; not scheduled (no memory): answered
             self._calling = False
@@ -606,6 +616,7 @@ class Device:
         self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
+        self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
         if svc.private:
             self._sealed(svc, value)
         else:
@@ -683,11 +694,15 @@ class Device:
         self._cache(s, e)
 
     def _cache(self, s, e):
-        k = self._cache_i
+        k = self._slot
+        if k < 0:
+            k = self._cache_i
+            self._cache_i = (k + 1) % len(self._c_seq)
         self._c_seq[k] = self._cur_seq
         self._c_tag[k] = self._cur_sig
-        self._c_data[k] = bytes(self._txmv[s:e])
-        self._cache_i = (k + 1) % len(self._c_seq)
+        self._c_data[k] = bytes(self._txmv[s:e]) if self._keep else None
+        self._slot = -1
+        self._keep = True
         self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):
@@ -716,9 +731,8 @@ def _arg_map(args, spec):
 
 
 def _sig_tag(mv, i):
-    # The first 7 bytes of a signature value as an int: identifies a retransmission.
-    v = 0
-    for k in range(i, i + 7):
-        v = (v << 8) | mv[k]
-    return v
+    # The first 30 bits of a signature value: with the sequence number, identifies a retransmission of an
+    # Interest whose signature verified (a different Interest with the same number is never signed). 30 bits
+    # stay a small int on 32-bit boards: 7 bytes, as before, made big ints there, several allocations per call.
+    return mv[i] << 22 | mv[i + 1] << 14 | mv[i + 2] << 6 | mv[i + 3] >> 2
 

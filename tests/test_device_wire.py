@@ -125,6 +125,29 @@ def test_retransmission_gets_cached_reply_and_runs_once(board, peer):
     assert board.call(peer, "calls", seq=4).value == 1
 
 
+def test_an_idempotent_calls_retransmission_runs_again_in_its_own_slot_of_the_reply_cache(board, peer):
+    # An idempotent service's reply is not kept (docs/protocol.md "Replay protection"): its retransmission runs the
+    # handler again, answered in the slot its first run took, so the replies kept for the others stay.
+    def send(service, seq, args=None):
+        w, final = wire.make_call(f"{board.name}/{service}", args, board.key, seq, signer_owner=board.name)
+        peer.send(w)
+        got = peer.recv_until(is_data_for(final), 2.0)
+        return w, final, got and wire.parse_reply(got, board.key).value
+
+    counter, counter_name, first = send("counter", 10)  # slot 0
+    note, note_name, _ = send("note", 11, {"n": 1})  # slot 1: `note` is idempotent (the default)
+    for seq in range(12, 18):  # slots 2..7: the cache (8 replies) is full
+        send("counter", seq)
+    peer.send(note)  # retransmitted: runs again, answered again
+    assert peer.recv_until(is_data_for(note_name), 2.0) is not None
+    # a second run that took a new slot would have pushed out counter 10's reply (the oldest): it is still there
+    peer.send(counter)
+    again = peer.recv_until(is_data_for(counter_name), 2.0)
+    assert again is not None and wire.parse_reply(again, board.key).value == first == 1
+    assert board.call(peer, "notes", seq=18).value == [{"n": 1}, {"n": 1}]  # it did run twice
+    assert health(board, peer, seq=19)["drops"]["replay"] == 0
+
+
 def test_seq_below_leased_mark_after_restart_is_dropped(micropython, peer, tmp_path):
     b = Board(micropython, peer.port, tmp_path / "flash")
     b.start(peer)

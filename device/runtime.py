@@ -277,10 +277,15 @@ class Device:
 
     def _poll_loop(self):
         import select
-        poller = select.poll()
-        poller.register(self._face.sock, select.POLLIN)
-        wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
+        sock = None
         while self._running:
+            if self._face.sock is not sock:  # opened (again, after a sleep): poll the new sockets
+                sock = self._face.sock
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                if self._face.usock is not None:  # unicast (device/net.py); receive() reads both sockets
+                    poller.register(self._face.usock, select.POLLIN)
+                wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
             try:
                 try:
                     self._walk()  # the rest of a read that a failed handler interrupted

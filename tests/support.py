@@ -61,6 +61,12 @@ class McastPeer:
         self.sock.close()
 
 
+def send_unicast(data: bytes, port: int, host: str = LOOPBACK) -> None:
+    """One datagram to host:port by unicast (a device listens on its port: the fallback where multicast fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(data, (host, port))
+
+
 def is_data_for(final_name):
     """Predicate: a Data (maybe LP-wrapped) whose name is final_name; returns the datagram."""
     from ndn.encoding import parse_data

@@ -289,6 +289,7 @@ class _FakeSocketModule:
     def __init__(self, reuse: int, **constants: int) -> None:
         self.SO_REUSEADDR = reuse
         self.calls: list[tuple] = []
+        self.bound: list[tuple] = []
         for name, value in constants.items():
             setattr(self, name, value)
 
@@ -303,6 +304,11 @@ class _FakeSocketModule:
                 module.calls.append((level, opt, value))
 
             def bind(self, addr):
+                if module.IP_ADD_MEMBERSHIP == 3 and addr[0] != "0.0.0.0":
+                    raise OSError(22, "lwIP binds the wildcard address only")
+                module.bound.append(addr)
+
+            def close(self):
                 pass
 
             def setblocking(self, flag):
@@ -329,4 +335,11 @@ def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch,
     face = net.MulticastFace("127.0.0.1", "224.0.23.170", 56363, bytearray(1500))
     face.open()  # on the fake module: nothing is sent or bound
     values = {"join": bytes([224, 0, 23, 170, 127, 0, 0, 1]), "iface": bytes([127, 0, 0, 1])}
-    assert fake.calls == [(1, 4, 1)] + [(0, opt, values.get(v, v)) for opt, v in expected]
+    group_options = [(1, 4, 1)] + [(0, opt, values.get(v, v)) for opt, v in expected]
+    if constants["IP_ADD_MEMBERSHIP"] == 3:
+        # lwIP: one socket on the wildcard address receives the group and unicast alike
+        assert fake.calls == group_options and fake.bound == [("0.0.0.0", 56363)] and face.usock is None
+    else:
+        # Linux: the group socket bound to the group; unicast on a second socket, bound to the interface
+        assert fake.calls == group_options + [(1, 4, 1)]
+        assert fake.bound == [("224.0.23.170", 56363), ("127.0.0.1", 56363)] and face.usock is not None

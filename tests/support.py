@@ -135,7 +135,8 @@ class Board:
     """A board app in its own process: MicroPython (default) or CPython, on 127.0.0.1 only."""
 
     def __init__(self, interpreter: str, port: int, state_dir: Path, *, name: str = "/edge/lab/b1",
-                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000):
+                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000,
+                 gateway: str | None = None):
         self.name = name
         self.key = key or secrets.token_bytes(32)
         self.port = port
@@ -144,6 +145,7 @@ class Board:
         self.heap = heap
         self.app = app
         self.lease_ms = lease_ms
+        self.gateway = gateway  # "host:port" the board also sends to (the unicast fallback), or None
         self.proc = None
         self.seq = 0
 
@@ -156,6 +158,8 @@ class Board:
         if self.interpreter.endswith("micropython"):
             cmd += ["-X", f"heapsize={self.heap}"]
         cmd += [str(self.app), self.name, self.key.hex(), str(self.port), str(self.state_dir), str(self.lease_ms)]
+        if self.gateway:
+            cmd.append(self.gateway)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ann = peer.recv_until(self._my_announcement(), timeout_s)
         if ann is None:

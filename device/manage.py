@@ -35,6 +35,26 @@ def health(dev):
             "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0}
 
 
+def value(dev, key, params):
+    # The answer of the framework service `key` (a name component starting with "_") called with the CBOR
+    # `params`; None after answering an error (arguments that do not decode, or NOT_FOUND).
+    from device import cbor
+    from device.errors import MalformedError
+    try:
+        args = cbor.loads(params) if len(params) else {}
+    except MalformedError as e:
+        dev._error("INVALID_ARGUMENT", "arguments: %s" % e)
+        return None
+    v = framework(dev, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+    if v is None:
+        try:
+            key = str(key, "utf-8")
+        except UnicodeError:  # a name component need not be text
+            pass
+        dev._error("NOT_FOUND", "no service %s" % key)
+    return v
+
+
 def framework(dev, name, args):
     # The value of a framework service, or None when there is no such service (or operation).
     if name == b"_desc":

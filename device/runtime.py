@@ -56,9 +56,6 @@ _T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
 
-# A port built without an SSL library (the unix port's minimal builds) has no cryptolib: its AES is mbedtls'.
-_NO_AES = "private services need cryptolib (AES), which this firmware lacks"
-
 CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAVAILABLE",
          "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL")
 
@@ -74,7 +71,8 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running):
+    # Made by @dev.service (device/control.py); defined here, as objects keep their class's module alive.
+    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running, is_async):
         self.fn = fn
         self.name = name
         self.cache_ms = cache_ms
@@ -84,12 +82,17 @@ class Service:
         self.idempotent = idempotent
         self.private = private
         self.long_running = long_running
-        self.is_async = port.is_async(fn)
+        self.is_async = is_async
 
 
 def control():
     from device import control
     return control
+
+
+def _rare():
+    from device import rare
+    return rare
 
 
 def manage():
@@ -103,7 +106,7 @@ def release():
     # stays alive through that reference.
     import sys
     import device
-    for name in ("control", "manage", "report"):
+    for name in ("control", "manage", "report", "rare", "netopen"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
@@ -178,29 +181,16 @@ class Device:
         release()
         return cls(**kw)
 
-    # -- declaring services --
-    def service(self, name, *, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
-                long_running=False):
-        if not name or name[0] == "_" or "/" in name:
-            raise DeviceError("service name %r: must be one component not starting with '_'" % name)
-
-        def register(fn):
-            s = Service(fn, name, cache_ms, doc, args, result, idempotent, private, long_running)
-            if long_running and not s.is_async:
-                raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
-            self._svc[name.encode()] = s
-            self._async = self._async or s.is_async
-            return fn
-        return register
+    # -- declaring services (device/control.py: loaded until setup) --
+    def service(self, name, **kw):
+        # Decorator: @dev.service(name, cache_ms=None, doc=None, args=None, result=None, idempotent=True,
+        # private=False, long_running=False); see control.service.
+        return control().service(self, name, **kw)
 
     def every(self, period_ms):
         # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
         # a timer whose fn returns False stops. May be used while serving.
-        def register(fn):
-            self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
-            self._wake()
-            return fn
-        return register
+        return control().every(self, period_ms)
 
     def publish(self, topic, value, retain=True):
         # Send value on topic (relative to the device); delivered at least once to the gateway.
@@ -253,11 +243,8 @@ class Device:
     def open(self):
         # Set up, open the face and announce; then call receive() when readable, tick() on time.
         self.setup()
-        self._face.open()
-        self._running = True
-        self._announce("up")
-        f = self._face
-        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, f.iface, f.group, f.udp_port))
+        control().start(self)
+        release()
 
     def close(self):
         face = self._face
@@ -555,45 +542,22 @@ class Device:
         ops.begin(self, svc, args)
 
     def _framework(self, key, params):
+        # _desc, _health, ... and unknown names (NOT_FOUND): device/manage.py, loaded for the answer.
         try:
-            args = cbor.loads(params) if len(params) else {}
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-            return
-        try:
-            value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+            value = manage().value(self, key, params)  # None: answered with an error already
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()
             self._error("RESOURCE_EXHAUSTED", "out of memory")
             return
         release()
-        if value is None:
-            try:
-                key = str(key, "utf-8")
-            except UnicodeError:  # a name component need not be text
-                pass
-            self._error("NOT_FOUND", "no service %s" % key)
-        else:
+        if value is not None:
             self._send(0, 0, value)
 
     def _args(self, svc, params):
         # The call's keyword arguments, or None after answering INVALID_ARGUMENT.
         args = None if svc.private else _decode_args(params, svc.args)
-        return self._args_slow(svc, params) if args is None else args
-
-    def _args_slow(self, svc, params):
-        # Private arguments, and the error answer (decoding again to learn what is wrong).
-        try:
-            if svc.private:
-                from device import seal
-                params = seal.unseal(seal.key(self._mac), params)
-            return _arg_map(cbor.loads(params), svc.args)
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-        except ImportError:
-            self._error("UNAVAILABLE", _NO_AES)
-        return None
+        return _rare().args(self, svc, params) if args is None else args
 
     def _failed(self, e):
         code, message = self._code(e)
@@ -623,23 +587,9 @@ class Device:
     def _value(self, svc, value):
         self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
         if svc.private:
-            self._sealed(svc, value)
+            _rare().sealed(self, svc, value)
         else:
             self._send(0, svc.cache_ms or 0, value)
-
-    def _sealed(self, svc, value):
-        try:
-            raw = cbor.dumps(value)
-        except (TypeError, ValueError) as e:
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-            return
-        from device import seal
-        try:
-            raw = seal.seal(seal.key(self._mac), raw)
-        except ImportError:
-            self._fail("UNAVAILABLE", _NO_AES)
-            return
-        self._send(0, svc.cache_ms or 0, None, raw)
 
     # -- replies --
     # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers
@@ -668,14 +618,7 @@ class Device:
             return self._encode_failed(value)
 
     def _encode_failed(self, value):
-        # Encodes again to learn why (an `except ... as` would put _encode's frame on the heap).
-        try:
-            encode(self._tx, self._at, value)
-        except (TypeError, ValueError) as e:
-            if "does not fit" in str(e):
-                return len(self._tx) + 1
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-        return 0
+        return _rare().encode_failed(self, value)  # device/rare.py says why
 
     def _sign(self, e):
         # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.

@@ -11,6 +11,6 @@
 # device/_cpython.py (tests/test_boards.py checks the list against device/).
 metadata(version="0.2.0", description="ndn-edge board runtime: signed NDN services over UDP multicast")
 package("device", files=("__init__.py", "aio.py", "cbor.py", "control.py", "errors.py", "manage.py", "net.py",
-                         "ops.py", "outbox.py", "port.py", "replay.py", "report.py", "runtime.py", "seal.py",
-                         "sign.py", "tlv.py"), base_path="..")
+                         "netopen.py", "ops.py", "outbox.py", "port.py", "rare.py", "replay.py", "report.py",
+                         "runtime.py", "seal.py", "sign.py", "tlv.py"), base_path="..")
 module("ndn_boot.py", base_path="../tools/onboard")

@@ -316,6 +316,8 @@ class _FakeSocketModule:
 
             def readinto(self, buf):
                 return 0
+
+            recv_into = readinto  # the name CPython's sockets have
         return Sock()
 
 
@@ -329,9 +331,9 @@ class _FakeSocketModule:
     ({"IP_ADD_MEMBERSHIP": 35}, [(35, "join"), (32, "iface"), (33, 1), (34, 1)]),
 ])
 def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch, constants, expected):
-    from device import net
+    from device import net, netopen
     fake = _FakeSocketModule(4, **constants)
-    monkeypatch.setattr(net, "socket", fake)
+    monkeypatch.setattr(netopen, "socket", fake)
     face = net.MulticastFace("127.0.0.1", "224.0.23.170", 56363, bytearray(1500))
     face.open()  # on the fake module: nothing is sent or bound
     values = {"join": bytes([224, 0, 23, 170, 127, 0, 0, 1]), "iface": bytes([127, 0, 0, 1])}

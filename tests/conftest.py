@@ -81,3 +81,23 @@ def make_board(micropython, mcast_port, tmp_path, store):
     yield make
     for board in made:
         board.stop()
+
+
+@pytest.fixture
+def http_root():
+    """The repository served over HTTP on 127.0.0.1, as raw.githubusercontent.com serves it to mip."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(ROOT))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

@@ -136,7 +136,7 @@ class Board:
 
     def __init__(self, interpreter: str, port: int, state_dir: Path, *, name: str = "/edge/lab/b1",
                  key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000,
-                 gateway: str | None = None):
+                 gateway: str | None = None, micropypath: str | None = None):
         self.name = name
         self.key = key or secrets.token_bytes(32)
         self.port = port
@@ -146,6 +146,7 @@ class Board:
         self.app = app
         self.lease_ms = lease_ms
         self.gateway = gateway  # "host:port" the board also sends to (the unicast fallback), or None
+        self.micropypath = micropypath  # where its runtime comes from, instead of the tests' (mp_env)
         self.proc = None
         self.seq = 0
 
@@ -153,7 +154,7 @@ class Board:
         """Start and wait for the boot announcement; returns it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT),
-                   MICROPYPATH=os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
+                   MICROPYPATH=self.micropypath or os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
         cmd = [self.interpreter]
         if self.interpreter.endswith("micropython"):
             cmd += ["-X", f"heapsize={self.heap}"]

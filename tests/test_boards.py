@@ -722,3 +722,17 @@ def test_deploy_refuses_to_start_without_room():
     with pytest.raises(CommandError, match=r"deploy: the board has 40 KiB free and the files need 104 KiB"):
         apply(board, the_plan, io.StringIO())
     assert board.written == []
+
+
+def test_mpremote_installs_the_runtime_with_mip(vboards, http_root):
+    # `mpremote mip install URL/device/package.json`, as a user would from GitHub (github:OWNER/REPO/...): the
+    # compiled runtime lands in the board's lib/device/.
+    pytest.importorskip("mpremote", reason="mpremote is not installed (pip install mpremote)")
+    vb = vboards()
+    run = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.port, "mip", "install", "--target", "lib",
+                          f"{http_root}/device/package.json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Done" in run.stdout, run.stdout + run.stderr
+    installed = sorted(p.name for p in (vb.flash / "lib" / "device").iterdir())
+    assert installed == sorted(f"{p.stem}.mpy" for p in mp.runtime_sources())
+    assert (vb.flash / "lib" / "device" / "runtime.mpy").read_bytes() == \
+        (ROOT / "device" / mp.MIP_FOLDER / "runtime.mpy").read_bytes()

@@ -76,3 +76,51 @@ def test_a_build_says_what_is_wrong_with_its_source(tmp_path, monkeypatch):
         mp.build_unix(tmp_path / "tree", bits=64)
     with pytest.raises(mp.BuildFailed, match="bits must be 32 or 64"):
         mp.build_unix(tmp_path / "tree", bits=16)
+
+
+# -- the ecosystem's install path: mip
+
+
+def test_the_mip_package_is_the_compiled_runtime_of_the_current_sources():
+    # device/package.json (micropython-lib's format) lists every runtime module compiled into device/mpy/; the
+    # sources it was compiled from are recorded, so a change to device/ without `python3 dev.py firmware mip`
+    # fails here.
+    import hashlib
+    import json
+    from ndn_edge import __version__
+    package = json.loads((ROOT / "device" / "package.json").read_text())
+    names = [p.stem for p in mp.runtime_sources()]
+    assert package["version"] == __version__ and package["deps"] == []
+    assert package["urls"] == [[f"device/{n}.mpy", f"{mp.MIP_FOLDER}/{n}.mpy"] for n in names]
+    stale = [src.name for src in mp.runtime_sources()
+             if package["sources"].get(src.name) != hashlib.sha256(src.read_bytes()).hexdigest()]
+    assert not stale, f"device/mpy/ was compiled from older {stale}: run `python3 dev.py firmware mip` and commit"
+    for n in names:
+        assert (ROOT / "device" / mp.MIP_FOLDER / f"{n}.mpy").read_bytes()[:2] == b"M\x06"  # .mpy v6: 1.20 on
+    assert sorted(p.stem for p in (ROOT / "device" / mp.MIP_FOLDER).glob("*")) == sorted(names)
+
+
+def test_mip_installs_a_runtime_that_serves_signed_calls(micropython, http_root, peer, tmp_path):
+    # On the unix port, as on a board with Wi-Fi: mip.install() of the package URL puts the compiled runtime in
+    # lib/device/; a board app imports it from there and answers signed calls.
+    from tests.support import Board
+    board_dir = tmp_path / "board"
+    board_dir.mkdir()
+    code = f"import mip\nmip.install({http_root + '/device/package.json'!r}, target='lib')"
+    done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=60, cwd=board_dir,
+                          env=dict(os.environ, MICROPYPATH=".frozen"))
+    assert done.returncode == 0 and "Done" in done.stdout, done.stdout + done.stderr
+    installed = sorted(p.name for p in (board_dir / "lib" / "device").iterdir())
+    assert installed == sorted(f"{p.stem}.mpy" for p in mp.runtime_sources())
+    path = f"{board_dir / 'lib'}:.frozen"  # lib first: a frozen runtime must not stand in for the installed one
+    where = subprocess.run([micropython, "-c", "import device; print(device.__file__)"], capture_output=True,
+                           text=True, timeout=30, cwd=board_dir, env=dict(os.environ, MICROPYPATH=path))
+    assert where.stdout.strip() == str(board_dir / "lib" / "device" / "__init__.mpy")
+    board = Board(micropython, peer.port, tmp_path / "state", micropypath=path)
+    board.start(peer)
+    try:
+        assert board.call(peer, "temperature").value == 21.5
+        assert board.call(peer, "counter").value == 1
+        assert board.call(peer, "echo", {"s": "mip"}).value == {"s": "mip"}
+    finally:
+        board.stop()

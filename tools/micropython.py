@@ -231,12 +231,56 @@ def _run(args: list[str], step: str) -> None:
         raise BuildFailed(f"firmware: building {step} failed ({done.returncode}):\n{tail}")
 
 
+# -- the runtime as a mip package (micropython-lib's package.json format)
+
+MIP_FOLDER = "mpy"  # under device/: the compiled runtime that device/package.json lists
+
+
+def mip_package(mpy_cross: str, version: str) -> dict[str, Any]:
+    """Compile the runtime into device/mpy/ and write device/package.json, so that `mip` (on a board, or
+    `mpremote mip install`) installs the compiled runtime into lib/device/. The URLs are relative to the
+    package.json, as mip resolves them; `sources` (ignored by mip) records the SHA-256 of each source, so a
+    test can tell a stale package from a current one. Returns the package.json written."""
+    import hashlib
+    import json
+    device = resources.folder("device")
+    out = device / MIP_FOLDER
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.mpy"):
+        old.unlink()
+    urls, sources = [], {}
+    for src in runtime_sources():
+        compile_module(mpy_cross, src, out / f"{src.stem}.mpy", f"device/{src.name}", RUNTIME_MPY_FLAGS)
+        urls.append([f"device/{src.stem}.mpy", f"{MIP_FOLDER}/{src.stem}.mpy"])
+        sources[src.name] = hashlib.sha256(src.read_bytes()).hexdigest()
+    package = {"version": version, "deps": [], "urls": urls, "sources": sources}
+    lines = [f' "version": {json.dumps(version)},', ' "deps": [],', ' "urls": [']
+    lines += [f"  {json.dumps(u)}," for u in urls]
+    lines[-1] = lines[-1].rstrip(",")
+    lines += [" ],", ' "sources": {']
+    lines += [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in sources.items()]
+    lines[-1] = lines[-1].rstrip(",")
+    (device / "package.json").write_text("{\n" + "\n".join(lines) + "\n }\n}\n")
+    return package
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ndn_edge.tools.micropython unix --micropython SRC [--32bit] [--stock]`: build, print the path."""
+    """`python -m ndn_edge.tools.micropython unix --micropython SRC [--32bit] [--stock]`: build, print the path;
+    `... mip`: the runtime compiled for mip (device/package.json, device/mpy/)."""
     import argparse
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["mip"]:
+        from ndn_edge import __version__
+        package = mip_package(require("mpy-cross", "firmware mip"), __version__)
+        print(f"firmware: device/package.json lists {len(package['urls'])} compiled modules (version "
+              f"{package['version']}); commit device/package.json and device/{MIP_FOLDER}/", file=sys.stderr)
+        return 0
     p = argparse.ArgumentParser(prog="dev.py firmware", description=
                                 "Build the MicroPython unix port with the ndn-edge runtime frozen in (or stock) "
-                                "and print the interpreter's path. Builds are cached under " + str(cache_home()))
+                                "and print the interpreter's path. Builds are cached under " + str(cache_home())
+                                + ". `dev.py firmware mip` compiles the runtime for mip instead "
+                                "(device/package.json).")
     p.add_argument("port", choices=["unix"], help="the port to build (only the unix port builds here)")
     p.add_argument("--micropython", required=True, metavar="SRC", type=Path,
                    help="a MicroPython checkout, or its source archive (.tar.gz)")

@@ -90,6 +90,10 @@ def main_gateway(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["codec"]:  # the runtime's CBOR codec against micropython-lib's cbor2 (bench/codec.py)
+        from bench import codec
+
+        return codec.main(argv[1:])
     if argv[:1] == ["pubsub"]:  # pub/sub fan-out: its own options (bench/pubsub.py)
         from bench import pubsub
 

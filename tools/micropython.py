@@ -160,7 +160,7 @@ def build_unix(source: Path, *, bits: int = 64, frozen: bool = True, jobs: int =
     with _locked(out / ".lock"):
         if prog.exists():  # built by another process meanwhile
             return prog
-        tree = _unpacked(source, say) if source.is_file() else source
+        tree = source_tree(source, say)
         if not (tree / "ports" / "unix" / "Makefile").is_file():
             raise BuildFailed(f"firmware: {tree} is not a MicroPython source tree (no ports/unix/Makefile)")
         args = ["make", "-C", str(tree / "ports" / "unix"), f"-j{jobs}", *UNIX_MAKE_FLAGS,
@@ -182,6 +182,13 @@ def build_unix(source: Path, *, bits: int = 64, frozen: bool = True, jobs: int =
         os.replace(tmp, prog)
         shutil.rmtree(out / "build", ignore_errors=True)
     return prog
+
+
+def source_tree(source: Path, say: Any = None) -> Path:
+    """The MicroPython source tree of `source`: a checkout itself, or an archive unpacked once under
+    cache_home()/src/<digest of the archive>/."""
+    source = Path(source).expanduser().resolve()
+    return _unpacked(source, say or (lambda text: None)) if source.is_file() else source
 
 
 def _unpacked(archive: Path, say: Any) -> Path:

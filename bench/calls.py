@@ -77,7 +77,7 @@ class Client:
         self.app = app
 
     @classmethod
-    def start(cls, env, heap_kib: int, ready_s: float) -> "Client":
+    def start(cls, env, heap_kib: int, ready_s: float) -> Client:
         """Launch the app with `heap_kib` KiB of heap and wait until it serves; StartFailed otherwise."""
         client = cls.launch(env, heap_kib)
         try:
@@ -88,7 +88,7 @@ class Client:
         return client
 
     @classmethod
-    def launch(cls, env, heap_kib: int) -> "Client":
+    def launch(cls, env, heap_kib: int) -> Client:
         raise NotImplementedError
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -9,6 +9,7 @@ For each subject, in one run (see bench/README.md for the method):
 """
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import subprocess
@@ -94,7 +95,7 @@ def measure(env: Env, cls, opts: Options, label: str) -> dict:
             if warm.error:
                 return {"error": f"warm-up: {warm.error}"}
             readings = [client.memtotal() for _ in range(4)]
-            memtotal_call = min(b - a for a, b in zip(readings, readings[1:]))
+            memtotal_call = min(b - a for a, b in itertools.pairwise(readings))
             rounds = [timed_round(client, opts, memtotal_call) for _ in range(ROUNDS)]
             info = client.info()
     except (StartFailed, BadReply, OSError) as err:

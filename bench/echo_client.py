@@ -22,7 +22,7 @@ class EchoClient(Client):
         self.dest = (HOST, port)
 
     @classmethod
-    def launch(cls, env, heap_kib: int) -> "EchoClient":
+    def launch(cls, env, heap_kib: int) -> EchoClient:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((HOST, 0))
         port = free_port()
@@ -51,7 +51,7 @@ class EchoClient(Client):
         self.sock.settimeout(timeout_s)
         try:
             return self.sock.recv(2048)
-        except socket.timeout:
+        except TimeoutError:
             return None
 
     def check(self, services, requests, replies) -> None:

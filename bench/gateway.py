@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -245,7 +244,7 @@ def measure_discovery(opts: Options, scratch: Path) -> dict:
                 raise StartFailed(f"sim exited: {sim.failure()}")
             try:
                 key = fleet.announcer_of(listener.recv(2048))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if key is not None and key.rsplit("/KEY/", 1)[0] in names:
                 heard.add(key)

@@ -80,7 +80,7 @@ def table(report: dict) -> str:
                 s = calls["subjects"][subject][str(n)]
                 rows.append((subject, str(n), _fmt(s["calls_per_s"]), _fmt(s["p50_ms"], 2), _fmt(s["p99_ms"], 2),
                              str(s["errors"]), _cpu(s.get("cpu_ms_per_call") or {})))
-        out += _columns(rows, range(1, 6)) + [""]
+        out += [*_columns(rows, range(1, 6)), ""]
     rows = [("target", "value", "target", "result")]
     for (key, title, target, _, _), verdict in zip(TARGETS, report["targets"]):
         result = {True: "PASS", False: "FAIL", None: "?"}[verdict["pass"]]

@@ -76,7 +76,7 @@ class HttpClient(Client):
         self.conn: socket.socket | None = None
 
     @classmethod
-    def launch(cls, env, heap_kib: int) -> "HttpClient":
+    def launch(cls, env, heap_kib: int) -> HttpClient:
         port = free_port(socket.SOCK_STREAM)
         return cls(env.launch("microdot_three.py", [str(port)], heap_kib, cls.lib), port)
 
@@ -99,7 +99,7 @@ class HttpClient(Client):
             s.settimeout(0.3)
             try:
                 return s.recv(1) != b""
-            except socket.timeout:
+            except TimeoutError:
                 return True  # still open: the server waits for the next request
 
     def prepare(self, services: list[str]) -> list[bytes]:
@@ -111,7 +111,7 @@ class HttpClient(Client):
         try:
             sock.sendall(request)
             response = read_response(sock, deadline)
-        except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
             response = None
         if self.keep_alive and response is not None:
             self.conn = sock

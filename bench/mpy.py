@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ndn_edge.tools import micropython as mp
 from ndn_edge.tools.errors import ToolsError
-from ndn_edge.tools.micropython import ToolMissing  # noqa: F401  (the benchmarks' word for a missing tool)
+from ndn_edge.tools.micropython import ToolMissing
 from ndn_edge.tools.procs import stop as stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

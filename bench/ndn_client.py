@@ -45,7 +45,7 @@ class GroupSocket:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(2048)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if accept(data):
                 return data
@@ -72,7 +72,7 @@ class NdnClient(Client):
         self.seq = 0
 
     @classmethod
-    def launch(cls, env, heap_kib: int) -> "NdnClient":
+    def launch(cls, env, heap_kib: int) -> NdnClient:
         port = free_port()
         key = secrets.token_bytes(32)
         group = GroupSocket(port)  # joined before the device boots, so its announcement is heard

@@ -10,8 +10,10 @@
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
 # "lease_ms"}, and the caps "max_ops" and "max_reports" where set) plus keys only the simulator reads: "index"
 # (the device number, from 1; varies the readings between devices), "tick" (seconds between publications on topic
-# `tick`; 0 never), "loss" (probability 0..1 that a datagram is dropped, in either direction) and "sleepy"
-# (seconds: awake that long, then asleep that long, and so on; 0 never sleeps).
+# `tick`; 0 never), "loss" (probability 0..1 that a datagram is dropped, in either direction), "seed" (an
+# integer: the loss is drawn from a generator seeded with it and the index, the same drops in the same order on
+# every run and on either interpreter; absent: from os.urandom) and "sleepy" (seconds: awake that long, then
+# asleep that long, and so on; 0 never sleeps).
 import gc
 import sys
 import json
@@ -32,6 +34,7 @@ for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops
 dev = Device(cfg["name"], cfg["key"], **kw)
 index = int(cfg.get("index", 0))
 loss = int(float(cfg.get("loss", 0)) * _LOSS_SCALE)
+seed = cfg.get("seed")
 sleepy_ms = int(float(cfg.get("sleepy", 0)) * 1000)
 tick_ms = int(float(cfg.get("tick", 1)) * 1000)
 count = [0]
@@ -129,7 +132,26 @@ if sleepy_ms:
             wake[0] = ticks_add(ticks_ms(), sleepy_ms)
 
 
-def _lossy(face, permille):
+def _seeded(seed):
+    # xorshift32 (Marsaglia 2003), seeded with the config's seed and this device's index, so that
+    # devices of one fleet draw different streams. Masked to 32 bits at each step: the same numbers on
+    # MicroPython and CPython.
+    state = [((seed * 2654435761) ^ (index * 40503) ^ 0x9E3779B9) & 0xFFFFFFFF or 1]
+
+    def below(n):
+        x = state[0]
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        state[0] = x
+        return x % n
+
+    for _ in range(8):  # move away from a small seed's first, still small, numbers
+        below(2)
+    return below
+
+
+def _lossy(face, permille, draw):
     # Wrap the runtime's face (device/ is left untouched): drop a datagram with probability
     # permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it left).
     read = face.read
@@ -137,12 +159,12 @@ def _lossy(face, permille):
 
     def lossy_read():
         n = read()
-        if n and random_below(_LOSS_SCALE) < permille:
+        if n and draw(_LOSS_SCALE) < permille:
             return 0
         return n
 
     def lossy_send(data):
-        if random_below(_LOSS_SCALE) < permille:
+        if draw(_LOSS_SCALE) < permille:
             return True
         return send(data)
 
@@ -152,8 +174,8 @@ def _lossy(face, permille):
 
 if loss > 0:
     dev.setup()  # creates dev._face; run() reuses it
-    _lossy(dev._face, loss)
-    print("simulating %d/%d datagram loss" % (loss, _LOSS_SCALE))
+    _lossy(dev._face, loss, random_below if seed is None else _seeded(int(seed)))
+    print("simulating %d/%d datagram loss%s" % (loss, _LOSS_SCALE, "" if seed is None else ", seed %d" % seed))
 
 gc.collect()  # the parser's and json's garbage, before the runtime preallocates its buffers
 dev.run()

@@ -7,10 +7,57 @@
 # binascii and json are built into the esp32 and rp2 ports (asyncio is frozen by their own manifests,
 # which the board manifests include first).
 #
-# The files are listed, not globbed: a board gets exactly the runtime's modules, never the host-only
-# device/_cpython.py (tests/test_boards.py checks the list against device/).
-metadata(version="0.2.0", description="ndn-edge board runtime: signed NDN services over UDP multicast")
-package("device", files=("__init__.py", "aio.py", "cbor.py", "control.py", "errors.py", "manage.py", "net.py",
-                         "netopen.py", "ops.py", "outbox.py", "port.py", "rare.py", "replay.py", "report.py",
-                         "runtime.py", "seal.py", "sign.py", "tlv.py"), base_path="..")
+# Paths are relative to this folder, which holds in the repository (firmware/ beside device/ and tools/)
+# and in an installed wheel (ndn_edge/firmware beside ndn_edge/device and ndn_edge/tools).
+
+
+def _version():
+    # ndn_edge.__version__, its one source: gateway/__init__.py in the repository, ndn_edge/__init__.py
+    # (this folder's parent) in an installed wheel.
+    import re
+
+    for init in ("../gateway/__init__.py", "../__init__.py"):
+        try:
+            with open(init) as f:
+                found = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    raise OSError("ndn-edge's __version__ not found from firmware/manifest.py")
+
+
+metadata(
+    version=_version(),
+    description="ndn-edge board runtime: signed NDN services over UDP multicast",
+    license="MIT",
+)
+
+# Exactly the modules a board runs (the same files `ndn-edge deploy` copies): not device/_cpython.py,
+# the CPython shims (ndn_edge.tools.micropython.HOST_ONLY). A new runtime module is added here too;
+# tests/test_boards.py checks the list against device/.
+package(
+    "device",
+    files=[
+        "__init__.py",
+        "aio.py",
+        "cbor.py",
+        "control.py",
+        "errors.py",
+        "manage.py",
+        "net.py",
+        "netopen.py",
+        "ops.py",
+        "outbox.py",
+        "port.py",
+        "rare.py",
+        "replay.py",
+        "report.py",
+        "runtime.py",
+        "seal.py",
+        "sign.py",
+        "tlv.py",
+    ],
+    base_path="..",
+)
 module("ndn_boot.py", base_path="../tools/onboard")

@@ -18,6 +18,7 @@ from ndn_edge.errors import (
     AlreadyExists,
     CallError,
     ConfigError,
+    DamagedStore,
     DeadlineExceeded,
     GatewayError,
     Internal,
@@ -33,8 +34,9 @@ from ndn_edge.errors import (
 
 __version__ = "0.2.0"
 
-_LAZY = {"Client": "ndn_edge.client.api", "BlockingClient": "ndn_edge.client.api", "CallResult": "ndn_edge.client.api",
-         "Gateway": "ndn_edge.daemon", "Operation": "ndn_edge.client.handles", "Subscription": "ndn_edge.client.handles",
+_LAZY = {"Client": "ndn_edge.client.api", "BlockingClient": "ndn_edge.client.api",
+         "CallResult": "ndn_edge.client.api", "Gateway": "ndn_edge.daemon",
+         "Operation": "ndn_edge.client.handles", "Subscription": "ndn_edge.client.handles",
          "Message": "ndn_edge.client.handles", "Outcome": "ndn_edge.client.handles",
          "OperationCancelled": "ndn_edge.client.handles"}
 
@@ -49,9 +51,28 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlockingClient", "CallResult", "Client", "Gateway", "Message", "Operation", "OperationCancelled", "Outcome",
+    "AlreadyExists",
+    "BlockingClient",
+    "CallError",
+    "CallResult",
+    "Client",
+    "ConfigError",
+    "DamagedStore",
+    "DeadlineExceeded",
+    "Gateway",
+    "GatewayError",
+    "Internal",
+    "InvalidArgument",
+    "Message",
+    "NotFound",
+    "Operation",
+    "OperationCancelled",
+    "Outcome",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "StoreError",
     "Subscription",
-    "AlreadyExists", "CallError", "ConfigError", "DeadlineExceeded", "GatewayError", "Internal", "InvalidArgument",
-    "NotFound", "PermissionDenied", "ResourceExhausted", "StoreError", "Unavailable", "UnknownClient",
+    "Unavailable",
+    "UnknownClient",
     "UnknownDevice",
 ]

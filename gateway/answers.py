@@ -14,7 +14,7 @@ import cbor2
 class Answer:
     """A call's value (as CBOR) and where it came from: the cache (`cached`, `age_ms`), possibly `stale`."""
 
-    __slots__ = ("cbor", "cached", "age_ms", "stale")
+    __slots__ = ("age_ms", "cached", "cbor", "stale")
 
     def __init__(self, cbor: bytes, cached: bool = False, age_ms: int = 0, stale: bool = False) -> None:
         self.cbor = cbor

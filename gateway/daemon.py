@@ -6,9 +6,12 @@ stopped together.
 
 Decisions:
 - All durable state lives in the home's SQLite store (devices, keys, clients, rules, sequence leases), so a
-  restart loses nothing; `gateway.json` only says where the running gateway listens and is removed on a clean
-  stop (and only if it still names this process).
-- The store's meta entry "site" records the gateway's site, so `ndn-edge client add` issues credentials for it.
+  restart loses nothing. It is checked whole at start (refused otherwise, saying how to restore) and copied to
+  HOME/backup/gateway.db then and every `BACKUP_EVERY_S`, so there is always a last good copy.
+  `gateway.json` only says where the running gateway listens and is removed on a clean stop (and only if it
+  still names this process).
+- The home's site is decided once, in the store (`Store.claim_site`): a gateway started with another site is
+  refused rather than serving clients whose credentials name the first.
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication patterns on it
@@ -26,10 +29,12 @@ import os
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ndn_edge.errors import ConfigError
+from ndn_edge import __version__
+from ndn_edge.errors import ConfigError, StoreError
+from ndn_edge.limits import Limits
 from ndn_edge.logs import event
-from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 from ndn_edge.state.home import Home
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
 if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ndn_edge.daemon")
 
-SITE_META_KEY = "site"
+BACKUP_EVERY_S = 6 * 3600.0
 
 
 def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
@@ -56,46 +61,51 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str = DEFAULT_SITE) -> None:
+                 site: str | None = None, limits: Limits | None = None) -> None:
         self.home = home
+        self.limits = limits or Limits()
         self.iface = iface
         self.group = group
         self.port = port
         self.listen = listen
-        self.site = site
+        self._requested_site = site
+        self.site = site or DEFAULT_SITE  # the home's, once started (Store.claim_site)
         self.store: Store | None = None
         self.devices: DeviceSide | None = None
         self.patterns: Patterns | None = None
         self.clients: ClientFace | None = None
         self._record_written = False
+        self._backups: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, start both sides and write the address record."""
         from ndn_edge.clients.face import ClientFace
         from ndn_edge.devices.side import DeviceSide
         from ndn_edge.patterns.hub import Patterns
-        from ndn_edge.state.store import Store
 
         self._refuse_second_gateway()
         self.home.ensure()
-        self.store = store = Store(self.home.db_path)
+        self.store = store = self.home.open_store(check=True)
+        self.home.back_up(store)
         try:
-            store.set_meta(SITE_META_KEY, self.site)
+            self.site = store.claim_site(self._requested_site)
             self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
             await self.devices.start()
-            self.patterns = Patterns(store, self.devices, site=self.site)
+            self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)
             await self.patterns.start()
-            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen)
+            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
+                                            limits=self.limits)
             host, port = await self.clients.start()
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
             self._record_written = True
+            self._backups = asyncio.create_task(self._back_up_every(BACKUP_EVERY_S), name="store-backups")
         except BaseException:
             await self.stop()
             raise
-        event(log, "gateway_started", home=str(self.home.path), site=self.site, listen=f"{host}:{port}",
-              iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
+        event(log, "gateway_started", version=__version__, home=str(self.home.path), site=self.site,
+              listen=f"{host}:{port}", iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
               devices=store.count_devices(), clients=len(store.list_clients()))
 
     @property
@@ -110,6 +120,10 @@ class Gateway:
         if self._record_written:
             self.home.remove_gateway_record(pid=os.getpid())
             self._record_written = False
+        backups, self._backups = self._backups, None
+        if backups is not None:
+            backups.cancel()
+            await asyncio.gather(backups, return_exceptions=True)
         clients, self.clients = self.clients, None
         patterns, self.patterns = self.patterns, None
         devices, self.devices = self.devices, None
@@ -135,6 +149,21 @@ class Gateway:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+    async def _back_up_every(self, interval_s: float) -> None:
+        """Refresh the last good copy of the store (HOME/backup/gateway.db) while the store checks whole."""
+        while True:
+            await asyncio.sleep(interval_s)
+            store = self.store
+            if store is None:
+                return
+            try:
+                store.verify()
+                self.home.back_up(store)
+                event(log, "store_backed_up", path=str(self.home.backup_path))
+            except (StoreError, OSError) as err:
+                event(log, "store_not_backed_up", logging.ERROR, error=str(err),
+                      note="the previous copy is kept; check the disk and the store")
 
     def _refuse_second_gateway(self) -> None:
         try:

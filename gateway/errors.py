@@ -120,6 +120,10 @@ class StoreError(GatewayError):
     """The store refused an operation or cannot be used."""
 
 
+class DamagedStore(StoreError):
+    """The store file is damaged, emptied or not this home's: restore the last good copy."""
+
+
 class AlreadyExists(StoreError):
     """A device or client with that name is already in the store."""
 

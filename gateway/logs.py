@@ -1,8 +1,8 @@
 """Structured logs for the gateway: one event per line on stderr, as `key=value` pairs or JSON.
 
 Every record is an *event* (a short snake_case word such as `client_drop`) plus fields; `event(log, "started",
-port=1234)` writes `ts=2024-05-01T12:00:00.123Z level=info logger=ndn_edge.daemon event=started port=1234`. The gateway's
-loggers all live under `ndn_edge`.
+port=1234)` writes `ts=2024-05-01T12:00:00.123Z level=info logger=ndn_edge.daemon event=started port=1234`. The
+gateway's loggers all live under `ndn_edge`.
 Values with spaces, quotes or `=` are quoted JSON-style, so a line splits unambiguously on spaces.
 
 Decisions: stdlib `logging` (applications embedding the gateway keep their own handlers; this module only offers

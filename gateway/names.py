@@ -14,9 +14,10 @@ Matching is the classic two-pointer glob walk with one backtrack point (the last
 patterns to regular expressions (backtracking blow-up on many `**`, and escaping pitfalls).
 """
 from __future__ import annotations
-from ndn_edge.wire.protocol import DEFAULT_SITE  # noqa: F401  (names live under it)
 
 from collections.abc import Iterable, Sequence
+
+from ndn_edge.wire.protocol import DEFAULT_SITE  # noqa: F401  (names live under it)
 
 ONE = "*"
 ANY = "**"
@@ -100,3 +101,31 @@ def reaches(pattern: Sequence[str], prefix: Sequence[str]) -> bool:
 def may_reach(rules: Iterable[Sequence[str]], prefix: Sequence[str]) -> bool:
     """True if any rule reaches below `prefix` (see `reaches`)."""
     return any(reaches(rule, prefix) for rule in rules)
+
+
+def overlap(a: Sequence[str], b: Sequence[str]) -> bool:
+    """True if some name matches both patterns (`sim/*/tick` and `sim/1/**` do; `sim/*` and `lab/**` do not).
+
+    A walk over pairs of positions, remembered, so it is O(len(a) * len(b)) however many `**` there are."""
+    seen: dict[tuple[int, int], bool] = {}
+
+    def walk(i: int, j: int) -> bool:
+        key = (i, j)
+        if key in seen:
+            return seen[key]
+        seen[key] = False  # a cycle through (i, j) adds nothing
+        if i == len(a) and j == len(b):
+            result = True
+        elif i < len(a) and a[i] == ANY:
+            # `**` takes nothing, or takes one more of what `b` names (then stays)
+            result = walk(i + 1, j) or (j < len(b) and walk(i, j + 1))
+        elif j < len(b) and b[j] == ANY:
+            result = walk(i, j + 1) or (i < len(a) and walk(i + 1, j))
+        elif i < len(a) and j < len(b):
+            result = (a[i] == ONE or b[j] == ONE or a[i] == b[j]) and walk(i + 1, j + 1)
+        else:
+            result = False
+        seen[key] = result
+        return result
+
+    return walk(0, 0)

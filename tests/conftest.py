@@ -6,6 +6,21 @@ import pytest
 
 from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
 
+_FIRST = ("soak", "wheel")  # the longest tests and the slowest set-up
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that run MicroPython (`-m micropython`: what CI runs again on its 32-bit frozen build).
+    Soak and wheel tests first: under xdist the longest ones then run beside the rest instead of after them.
+    The order stays deterministic (a stable sort), as xdist requires of every worker's collection."""
+    for item in items:
+        if "micropython" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.micropython)
+
+    def rank(item) -> int:
+        return next((i for i, mark in enumerate(_FIRST) if item.get_closest_marker(mark)), len(_FIRST))
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def micropython(tmp_path_factory):
@@ -22,13 +37,6 @@ def micropython(tmp_path_factory):
     # firmware/README.md) runs the tests on that; a stock one has no `device` there and imports the .mpy copy.
     os.environ["NDN_EDGE_MICROPYPATH"] = f".frozen:{lib}:{ROOT}" if lib else f".frozen:{ROOT}"
     return path
-
-
-def pytest_collection_modifyitems(items):
-    """Mark the tests that run MicroPython (`-m micropython`: what CI runs again on its 32-bit frozen build)."""
-    for item in items:
-        if "micropython" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.micropython)
 
 
 @pytest.fixture

@@ -90,3 +90,30 @@ def client_face_corpus(site: str = "edge", client: str = "alice") -> Iterator[tu
                                                time_ms=0, nonce=os.urandom(8))
     yield "lying verb", signed_interest(f"/{site}/_gw", cbor2.dumps({}), key_locator=base + b"\x08\x0200",
                                         name_tail=LYING_COMPONENT, time_ms=0, nonce=os.urandom(8))
+
+
+def mutate(packet: bytes, rng) -> bytes:
+    """One hostile variant of a well-formed packet: a flipped, cut, inserted, lengthened or repeated part
+    (`rng` is a seeded random.Random, so a failing variant can be made again)."""
+    data = bytearray(packet)
+    kind = rng.randrange(7)
+    if kind == 0 and data:  # flip a few bytes
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind == 1 and data:  # cut it short
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:  # insert junk
+        at = rng.randrange(len(data) + 1)
+        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    elif kind == 3 and len(data) > 2:  # a length that lies (one-byte lengths: the commonest)
+        at = rng.randrange(1, len(data))
+        data[at] = rng.choice((0, 1, 0x7F, 0xFC, 0xFD, 0xFE, 0xFF))
+    elif kind == 4 and len(data) > 4:  # a slice repeated (a TLV twice, or a name component in a loop)
+        a = rng.randrange(len(data))
+        b = min(len(data), a + rng.randint(1, 40))
+        data[b:b] = data[a:b] * rng.randint(1, 3)
+    elif kind == 5:  # an outer type that is something else
+        data[0] = rng.choice((0x00, 0x05, 0x06, 0x07, 0x64, 0xFD, 0xFF))
+    else:  # random bytes of the same size
+        data = bytearray(rng.randrange(256) for _ in range(len(data)))
+    return bytes(data[:9000])

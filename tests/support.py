@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class McastPeer:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             value = predicate(data)
             if value:
@@ -170,8 +171,7 @@ class Board:
         return ann
 
     def _my_announcement(self):
-        from ndn.encoding import parse_interest
-        from ndn.encoding import Name
+        from ndn.encoding import Name, parse_interest
         check = is_announcement(self.name.split("/")[1])
         want = wire.key_name(self.name, self.key)
 
@@ -326,11 +326,29 @@ def mp_env():
     return env
 
 
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "ndn-edge-test-ports"
+_reserved: list = []  # lock files held until this process exits
+
+
 def free_udp_port():
-    """A UDP port that was free a moment ago; each test gets its own multicast port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A UDP port that was free a moment ago and that no other test process holds: each test gets its own
+    multicast port. Every socket on the group shares its port (SO_REUSEADDR), so the OS cannot keep two tests
+    apart; a lock file per port does, across xdist workers and concurrent runs, until this process exits."""
+    import fcntl
+
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        lock = open(_PORT_LOCKS / str(port), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another test process holds it
+            lock.close()
+            continue
+        _reserved.append(lock)
+        return port
 
 
 def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):
@@ -414,7 +432,8 @@ class Cluster:
     def start_sim(self, count: int, *extra: str) -> None:
         with open(self.logs / "sim.log", "ab") as log:
             self.sim = subprocess.Popen(
-                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "sim", "--devices", str(count), "--group",
+                [sys.executable, "-m", "ndn_edge.tools", "--home", str(self.home), "sim", "--devices", str(count),
+                 "--group",
                  f"{GROUP}:{self.port}", *extra], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def connect(self, client: str, timeout: float = 5.0):

@@ -2,7 +2,8 @@
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ndn_edge.names import allowed, format_pattern, matches, parse_pattern
 
@@ -118,7 +119,7 @@ def test_many_double_stars_do_not_blow_up():
     target = tuple(f"c{i}" for i in range(30))
     started = time.perf_counter()
     assert matches(pattern, target) is False
-    assert matches(pattern[:-1] + ("c29",), target) is True
+    assert matches((*pattern[:-1], "c29"), target) is True
     assert matches(tuple(x for pair in zip(("**",) * 20, ("c5",) * 20) for x in pair), target) is False
     assert time.perf_counter() - started < 0.5
 
@@ -129,3 +130,29 @@ def test_allowed_is_deny_by_default():
     assert allowed([parse_pattern("garage/**")], target) is False
     assert allowed([parse_pattern("garage/**"), parse_pattern("kitchen/*/temperature")], target) is True
     assert allowed(iter([parse_pattern("**")]), target) is True
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("sim/*/tick", "sim/1/**", True), ("sim/*", "lab/**", False), ("**", "x", True), ("a/**/c", "a/b/*/c", True),
+    ("a/**/c", "a/b", False), ("*/*", "**", True), ("*", "a/b", False), ("a/**", "**/b", True),
+    ("sim/1/echo", "sim/1/tick", False), ("**/tick", "sim/**", True), ("a/*/b/**", "a/x/c/**", False),
+])
+def test_two_patterns_overlap_when_some_name_matches_both(a, b, expected):
+    from ndn_edge.names import overlap
+
+    pa, pb = parse_pattern(a), parse_pattern(b)
+    assert overlap(pa, pb) is expected and overlap(pb, pa) is expected
+
+
+_TOKENS = st.sampled_from(["x", "y", "*", "**"])
+
+
+@given(st.lists(_TOKENS, min_size=1, max_size=3), st.lists(_TOKENS, min_size=1, max_size=3))
+def test_overlap_agrees_with_a_search_over_short_names(a, b):
+    import itertools
+
+    from ndn_edge.names import overlap
+
+    witness = any(matches(a, name) and matches(b, name)
+                  for n in range(7) for name in itertools.product("xyz", repeat=n))
+    assert overlap(a, b) is witness

@@ -29,14 +29,12 @@ from ndn_edge.client.api import Client
 from ndn_edge.errors import ConfigError
 from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store
-from tests.support import wait_until
-from tests.support import stop_process
-from ndn_edge import __version__
 from ndn_edge.tools import cmd_flash
 from ndn_edge.tools import micropython as mp
 from ndn_edge.tools.cli import main as cli_main
 from ndn_edge.tools.cmd_provision import device_name
 from ndn_edge.tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
+from tests.support import stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "224.0.23.170"
@@ -81,7 +79,8 @@ class VBoard:
         self.folder = folder
         self.log_path = folder.parent / f"{folder.name}.log"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "vboard", "--dir", str(folder), *extra],
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "vboard", "--dir", str(folder),
+                                          *extra],
                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, 20, what="the vboard's port link")
 
@@ -138,7 +137,8 @@ class Gateway:
     def __init__(self, home: Path, port: int, env: dict[str, str], log: Path) -> None:
         self.home = home
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway", "--group",
+            self.proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway",
+                                          "--group",
                                           f"{GROUP}:{port}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.log = log
 
@@ -287,7 +287,7 @@ def test_provision_deploy_and_call_through_the_gateway(gateway, vboards, env, tm
         wait_online(home, "/edge/kitchen/th1", since)
         assert alice.call("kitchen/th1/setpoint") == 19.5  # the new app runs
 
-    code, out, err = cli(home, "provision", "--port", vb.port, "--name", "kitchen/th1")
+    code, _out, err = cli(home, "provision", "--port", vb.port, "--name", "kitchen/th1")
     assert code == 1
     one_error_line(err, "already provisioned", "--yes")
     assert json.loads((vb.flash / "ndn_config.json").read_text())["key"] == config["key"]  # board untouched
@@ -456,12 +456,15 @@ def test_bad_ports_give_one_line_errors(tmp_path, fake_board, vboards):
     home = tmp_path / "home"
     deploy = ("deploy", "--app", str(THERMOSTAT), "--connect-timeout", "1.5", "--port")
 
-    code, out, err = cli(home, *deploy, str(tmp_path / "ttyNOPE"))
+    code, _out, err = cli(home, *deploy, str(tmp_path / "ttyNOPE"))
     assert code == 1
     one_error_line(err, "no such port", "ttyNOPE", "list_ports")
     code, _, err = cli(home, "provision", "--name", "x/y", "--port", str(tmp_path / "ttyNOPE"))
     assert code == 1
     one_error_line(err, "no such port")
+    code, _, err = cli(home, "provision", "--name", "x//y", "--port", str(tmp_path / "ttyNOPE"))
+    assert code == 2  # the name is checked before the port is opened
+    one_error_line(err, "provision: invalid device name 'x//y'")
 
     code, _, err = cli(home, *deploy, fake_board("silent").port)
     assert code == 1
@@ -609,46 +612,54 @@ def test_flash_copies_a_uf2_to_the_boot_drive(tmp_path):
     assert "copying RPI_PICO_W.uf2 (4096 bytes)" in out
 
 
-def test_board_profiles_and_manifests_freeze_the_runtime(monkeypatch):
-    """Each board's manifest (and the unix port's, for `bench device --frozen`), run with the manifest API's
-    path rules, freezes every runtime module after the port's own manifest."""
+def _board_manifests() -> list[tuple[Path, tuple[str, ...]]]:
+    """Each board's manifest and the unix port's (for `bench device --frozen`), with the port manifests each may
+    include first."""
+    manifests = [(ROOT / "firmware" / "boards" / board / "manifest.py",
+                  ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")) for board in cmd_flash.BOARDS]
+    manifests.append((ROOT / "firmware" / "unix" / "manifest.py", ("$(PORT_DIR)/variants/standard/manifest.py",)))
+    return manifests
+
+
+def _what_a_board_runs() -> list[str]:
+    """The runtime as `ndn-edge deploy` copies it (no host-only shims), plus the Wi-Fi start-up module."""
+    from ndn_edge.tools.micropython import runtime_sources
+
+    return sorted([f"device/{p.name}" for p in runtime_sources()] + ["ndn_boot.py"])
+
+
+def test_board_profiles_and_manifests_freeze_exactly_the_runtime(monkeypatch):
+    """Each board's manifest, run with the manifest API's path rules (tests/manifests.py), freezes after the port's
+    own manifest exactly what a board runs: every runtime module, not the CPython shims, versioned as ndn_edge."""
+    from ndn_edge import __version__
+    from ndn_edge.tools.micropython import HOST_ONLY
+    from tests.manifests import read_with_stand_in
+
     monkeypatch.chdir(ROOT)
     for board in cmd_flash.BOARDS:
         profile = cmd_flash.load_profile(board)
         assert profile.board == board and profile.firmware_url.startswith("https://micropython.org/")
-    manifests = [(ROOT / "firmware" / "boards" / board / "manifest.py",
-                  ("$(PORT_DIR)/boards/manifest.py", "$(BOARD_DIR)/manifest.py")) for board in cmd_flash.BOARDS]
-    manifests.append((ROOT / "firmware" / "unix" / "manifest.py", ("$(PORT_DIR)/variants/standard/manifest.py",)))
-    for manifest, port_manifests in manifests:
-        frozen: list[str] = []
-        included: list[str] = []
-        versions: list[str | None] = []
+    assert HOST_ONLY == ("_cpython.py",) and (ROOT / "device" / "_cpython.py").exists()
+    for manifest, port_manifests in _board_manifests():
+        frozen = read_with_stand_in(manifest)
+        assert frozen.included and frozen.included[0] in port_manifests
+        assert sorted(frozen.targets) == _what_a_board_runs(), manifest
+        assert "device/_cpython.py" not in frozen.targets
+        assert frozen.metadata["version"] == __version__
 
-        def run(path: Path) -> None:
-            api = {
-                "include": lambda p: included.append(p) if p.startswith("$(") else run((Path.cwd() / p).resolve()),
-                "package": lambda name, files=None, base_path=".": frozen.extend(
-                    str(f.relative_to((Path.cwd() / base_path).resolve()))
-                    for f in sorted(((Path.cwd() / base_path) / name).resolve().glob("**/*.py"))
-                    if files is None or f.name in files),
-                "metadata": lambda **kw: versions.append(kw.get("version")),
-                "module": lambda name, base_path=".": frozen.append(name) if (Path.cwd() / base_path / name).is_file()
-                else pytest.fail(f"{path}: module {name} not found under {base_path}"),
-                "require": lambda *a, **k: pytest.fail(f"{path}: requires {a}; the runtime needs no micropython-lib"),
-            }
-            previous = Path.cwd()
-            os.chdir(path.parent)  # the manifest API resolves paths from the manifest's folder
-            try:
-                exec(compile(path.read_text(), str(path), "exec"), api)
-            finally:
-                os.chdir(previous)
 
-        run(manifest)
-        assert included and included[0] in port_manifests
-        # exactly what a board needs: every runtime module, not the host-only ones (device/_cpython.py)
-        assert sorted(frozen) == sorted([f"device/{p.name}" for p in mp.runtime_sources()] + ["ndn_boot.py"])
-        assert "device/_cpython.py" not in frozen
-        assert versions == [__version__], "firmware/manifest.py metadata(version=...) is ndn-edge's version"
+def test_manifests_by_micropythons_own_rules(tmp_path):
+    """The same, read by MicroPython's tools/manifestfile.py (freeze mode) from its source in ../shared."""
+    from ndn_edge import __version__
+    from tests.manifests import SOURCE_ENV, manifestfile_module, read_with_micropython
+
+    manifestfile = manifestfile_module(tmp_path)
+    if manifestfile is None:
+        pytest.skip(f"no MicroPython source in ../shared/micropython or ${SOURCE_ENV}")
+    for manifest, _ in _board_manifests():
+        frozen = read_with_micropython(manifestfile, manifest, tmp_path / manifest.parent.name)
+        assert sorted(frozen.targets) == _what_a_board_runs(), manifest
+        assert frozen.metadata["version"] == __version__ and frozen.metadata["license"] == "MIT"
 
 
 # -- deploy planning (against a board double: the end-to-end tests above use real boards)
@@ -722,6 +733,25 @@ def test_deploy_refuses_to_start_without_room():
     with pytest.raises(CommandError, match=r"deploy: the board has 40 KiB free and the files need 104 KiB"):
         apply(board, the_plan, io.StringIO())
     assert board.written == []
+
+
+def test_native_code_with_an_unreadable_mpy_cross_is_a_clear_error(tmp_path):
+    """mypy found it: with an mpy-cross whose version cannot be read, an app with native code crashed with a
+    TypeError formatting the version it could not read."""
+    from ndn_edge.tools.deploy import _compiler_flags
+    from ndn_edge.tools.errors import CommandError
+    from ndn_edge.tools.repl import BoardInfo
+
+    broken = tmp_path / "mpy-cross"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    info = BoardInfo(implementation="micropython", version="1.24.1", mpy=6 | 3 << 8 | 2 << 10, platform="esp32",
+                     network=True, heap_free=100_000, machine="ESP32", flash_free=1 << 20, flash_total=2 << 20,
+                     runtime_file="")
+    with pytest.raises(CommandError, match=r"needs mpy-cross for \.mpy v6\.3 .*this mpy-cross emits v\?"):
+        _compiler_flags(str(broken), info, True, "deploy")
+    flags, how = _compiler_flags(str(broken), info, False, "deploy")
+    assert flags is None and "emits .mpy v?" in how
 
 
 def test_mpremote_installs_the_runtime_with_mip(vboards, http_root):

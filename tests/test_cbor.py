@@ -1,18 +1,18 @@
 """device/cbor.py: RFC 8949 vectors, cbor2 interop, fuzzing, rejections, and the same checks on real MicroPython."""
 import math
 import random
-import struct
 import shutil
+import struct
 import subprocess
 import tracemalloc
 
 import cbor2
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device import cbor
 from device.errors import MalformedError
-
 from tests.support import ROOT, find_mpy_cross, micropython_required
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def check_encode_into(value, want):
             assert buf == bytearray([FILL] * i) + want + bytearray([FILL] * spare)
         for size in range(end):
             buf = bytearray([FILL] * size)
-            with pytest.raises(ValueError, match="^cbor: does not fit at offset [0-9]+$"):
+            with pytest.raises(ValueError, match=r"^cbor: does not fit at offset [0-9]+$"):
                 cbor.encode(buf, i, value)
             assert len(buf) == size
             assert buf[:i] == bytearray([FILL] * min(i, size))
@@ -555,7 +555,7 @@ def test_micropython_decodes_cbor2_encodings(run_mp):
 
 
 def test_micropython_rejections_match_cpython(run_mp):
-    cases = list(MALFORMED.values()) + ["825f00", "8163eda080", "a18000"]
+    cases = [*list(MALFORMED.values()), "825f00", "8163eda080", "a18000"]
     body = ("for x in %r:\n"
             "    try:\n"
             "        cbor.loads(bytes.fromhex(x))\n"
@@ -714,6 +714,6 @@ print('text_growth', gc.mem_alloc() - a)
     out = run_mp(mp_script(body))
     if out.strip() == "no-mem-stats":
         pytest.skip("this MicroPython has no micropython.mem_total")
-    got = dict((name, int(value)) for name, value in (line.split() for line in out.splitlines()))
+    got = {name: int(value) for name, value in (line.split() for line in out.splitlines())}
     assert got.pop("text_growth") < 1000
     assert got == {name: min(got[name], limit) for name, limit in ALLOCATION_LIMITS.items()}, got

@@ -1,4 +1,5 @@
 """`ndn-edge client ...` and `ndn-edge acl ...`, the home folder, and the CLI's error contract."""
+import errno
 import json
 import os
 import re
@@ -92,8 +93,9 @@ def test_client_add_refuses_an_orphan_credentials_file(run, tmp_path):
 @pytest.mark.parametrize("bad", ["_x", ".x", "a/b", "a b", "x" * 65, ""])
 def test_client_add_bad_name(run, bad):
     code, out, err = run("client", "add", bad)
-    assert code != 0 and out == ""
-    assert_one_error_line(err, "invalid client name")
+    assert code == 2 and out == ""  # a usage mistake
+    assert_one_error_line(err, "ndn-edge: client add: argument NAME: invalid client name",
+                          "(see ndn-edge client add --help)")
 
 
 def test_client_list_text_and_json(run):
@@ -168,8 +170,8 @@ def test_acl_list_unknown_client(run):
 def test_acl_bad_pattern(run, pattern, fragment):
     run("client", "add", "bob")
     code, out, err = run("acl", "grant", "bob", pattern)
-    assert code != 0 and out == ""
-    assert_one_error_line(err, "acl grant", fragment)
+    assert code == 2 and out == ""
+    assert_one_error_line(err, "ndn-edge: acl grant: argument PATTERN: ", fragment)
     assert json.loads(run("acl", "list", "--json")[1]) == []
 
 
@@ -194,12 +196,20 @@ def test_help_on_groups_and_top_level(capsys):
 
 @pytest.mark.parametrize("args, fragment", [(("--tick", "-1"), "tick must be seconds from 0 to 86400"),
                                             (("--loss", "1"), "loss must be a probability"),
+                                            (("--seed", "-1"), "seed must be an integer from 0"),
                                             (("--devices", "0"), "device count must be 1 to 1000"),
                                             (("--heap", "lots"), "heap must be a size")])
 def test_usage_errors_are_one_line(run, args, fragment):
     code, out, err = run("sim", *args)
     assert code == 2 and out == ""
     assert_one_error_line(err, "ndn-edge: sim: argument ", fragment, "(see ndn-edge sim --help)")
+
+def test_version_is_the_packages(capsys):
+    from ndn_edge import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr() == (f"ndn-edge {__version__}\n", "")
+
 
 def test_usage_error_returns_two(capsys):
     assert main(["client"]) == 2
@@ -216,7 +226,7 @@ def test_verb_without_a_handler_says_so(run, monkeypatch):
 @pytest.mark.parametrize("verb", ["provision", "deploy", "flash", "vboard"])
 def test_board_verbs_are_plugged_in_by_module_path(verb):
     handler, builder, _ = COMMANDS[verb]
-    assert isinstance(handler, str) and handler.startswith("ndn_edge.tools.") and isinstance(builder, str)
+    assert isinstance(handler, str) and handler.startswith((".cmd_", ".vboard")) and isinstance(builder, str)
     assert callable(cli.resolve_handler(verb))
 
 
@@ -238,6 +248,47 @@ def test_keyboard_interrupt_exits_130_quietly(run, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setitem(COMMANDS, "call", (do_call, cli._args_none, "call"))
     assert run("call") == (130, "", "")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("acl", "list", "--client", "a b"), "acl list: argument --client: invalid client name 'a b'"),
+    (("acl", "revoke", "_x", "**"), "acl revoke: argument CLIENT: invalid client name '_x'"),
+    (("client", "remove", "a/b"), "client remove: argument NAME: invalid client name 'a/b'"),
+    (("call", "sim/1/echo", "--as", "../x"), "call: argument --as: invalid client name '../x'"),
+])
+def test_names_and_patterns_are_usage_errors(run, argv, fragment):
+    """What a user types wrong is checked before anything runs: one line, exit status 2."""
+    code, out, err = run(*argv)
+    assert (code, out) == (2, "")
+    assert_one_error_line(err, fragment)
+
+
+@pytest.mark.parametrize("exc", [ValueError("bad value deep inside"), KeyError("k"), TypeError("t"),
+                                 OSError(errno.EBADF, "Bad file descriptor")])
+def test_a_bug_keeps_its_traceback_and_exits_70(run, monkeypatch, exc):
+    """An exception no command expects (even a ValueError or an OSError the system did not refuse for a reason
+    the user controls) is a bug: its traceback, then one line asking for a report, exit status 70."""
+    from ndn_edge import __version__
+
+    def do_call(state, args):
+        raise exc
+    monkeypatch.setitem(COMMANDS, "call", (do_call, cli._args_none, "call"))
+    code, out, err = run("call")
+    assert (code, out) == (70, "")
+    lines = err.splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and "in do_call" in err
+    assert lines[-2].startswith(type(exc).__name__)
+    assert lines[-1] == (f"ndn-edge: call: internal error ({type(exc).__name__}), a bug in ndn-edge {__version__}; "
+                         "please report it with the traceback above")
+
+
+def test_an_os_error_about_a_path_is_one_line(run, monkeypatch, tmp_path):
+    def do_call(state, args):
+        (tmp_path / "missing" / "file").read_text()
+    monkeypatch.setitem(COMMANDS, "call", (do_call, cli._args_none, "call"))
+    code, out, err = run("call")
+    assert (code, out) == (1, "")
+    assert err == f"ndn-edge: call: No such file or directory: {tmp_path / 'missing' / 'file'}\n"
 
 
 def test_config_error_exit_code_and_home_from_environment(tmp_path, monkeypatch, capsys):
@@ -273,10 +324,14 @@ def test_real_process(tmp_path):
     listed = subprocess.run([*base, "client", "list", "--json"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
     assert [c["name"] for c in json.loads(listed.stdout)] == ["bob"]
+    bad = subprocess.run([*base, "acl", "grant", "bob", "kitchen//x"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert_one_error_line(bad.stderr, "acl grant: argument PATTERN: pattern 'kitchen//x' has an empty component")
 
 
 def test_cli_import_is_light():
-    code = ("import sys, tools.cli, gateway\n"
+    code = ("import sys, ndn_edge.tools.cli, ndn_edge\n"
             "heavy = sorted(m for m in sys.modules if m == 'ndn' or m.startswith(('ndn.', 'serial', 'sqlite3', "
             "'ndn_edge.state.store', 'cbor2')))\n"
             "print(heavy)\n")
@@ -330,7 +385,7 @@ def test_credentials_file_errors(tmp_path):
     home.write_client("bob", b"\x03" * 32, "edge", replace=True)
     assert home.read_client("bob").key == b"\x03" * 32 and mode(path) == 0o600
     os.chmod(path, 0o644)
-    with pytest.raises(ConfigError, match="readable by others .*chmod 600"):
+    with pytest.raises(ConfigError, match=r"readable by others .*chmod 600"):
         home.read_client("bob")
     os.chmod(path, 0o600)
     path.write_text("{not json")
@@ -374,3 +429,33 @@ def test_bounded_number_arguments():
     for text in ("0", "inf", "nan"):
         with pytest.raises(argparse.ArgumentTypeError):
             timeout(text)
+
+
+# -- the home's site, decided once (issue 15 item 1)
+
+
+def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path, mcast_port):
+    """`ndn-edge gateway --site lab &` then at once `ndn-edge client add alice`: 19 of 20 credentials files said
+    site edge, and every call then timed out blaming authentication."""
+    from tests.support import stop_process
+
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        gateway = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "gateway", "--site",
+                                    "lab", "--group", f"224.0.23.170:{mcast_port}"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            added = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), "client", "add",
+                                    "alice"], env=env, capture_output=True, text=True, timeout=60)
+            assert added.returncode == 0, added.stderr
+            assert json.loads((home / "clients" / "alice.json").read_text())["site"] == "lab"
+        finally:
+            stop_process(gateway)
+
+
+def test_a_gateway_for_another_site_is_refused_in_one_line(run):
+    assert run("client", "add", "alice")[0] == 0  # decides the home's site: edge
+    code, _, err = run("gateway", "--site", "lab")
+    assert code != 0
+    assert_one_error_line(err, "this home is for site 'edge'", "--site edge")

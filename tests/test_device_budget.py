@@ -131,6 +131,6 @@ def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micr
         env.use_frozen("ndn", "device")  # an interpreter built with firmware/unix/manifest.py (CI's 32-bit one)
         assert env.path("ndn") == ".frozen"
         return
-    with pytest.raises(ToolMissing, match="does not carry `device` frozen in .*firmware/unix/manifest.py"):
+    with pytest.raises(ToolMissing, match=r"does not carry `device` frozen in .*firmware/unix/manifest\.py"):
         env.use_frozen("ndn", "device")
     assert "ndn" not in env.frozen

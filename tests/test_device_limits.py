@@ -6,8 +6,7 @@ import pytest
 from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
-from tests.support import wait_until
-from tests.support import Board, is_data_for, report_of, scaled_heap
+from tests.support import Board, is_data_for, report_of, scaled_heap, wait_until
 
 DEFAULT_MAX_OPS = 4  # Device(max_ops=...), docs/operations.md
 

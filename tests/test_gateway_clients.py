@@ -11,7 +11,6 @@ Each test has its own home and multicast port; every wait has a deadline; no sle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -19,9 +18,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import cbor2
@@ -29,15 +27,21 @@ import pytest
 from ndn.encoding import InterestParam, Name, make_interest
 from ndn.encoding.ndnlp_v2 import LpPacket, LpPacketValue, parse_lp_packet_v2
 
+from ndn_edge.client.api import BlockingClient, CallResult, Client
+from ndn_edge.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.state.store import Store
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
-from ndn_edge.client.api import BlockingClient, CallResult, Client
-from ndn_edge.errors import (ConfigError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
-                            ResourceExhausted, Unavailable)
-from ndn_edge.state.home import ClientCredentials, Home
-from ndn_edge.clients.face import ClientFace
-from ndn_edge.state.store import Store
-from tests.fakes import FakeDevices
+from tests.clientface import RawPeer, TimedSigner, creds, decode_reply, request, serving
 from tests.support import Cluster, until, wait_until
 from tests.support import run_scenario as run
 
@@ -46,111 +50,6 @@ GROUP = "224.0.23.170"
 
 
 # -- harness
-
-
-class Served(SimpleNamespace):
-    """What `serving()` yields: the server, its store, the home and the fake device side."""
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, *, rules: dict[str, list[str]] | None = None,
-                  store: Store | None = None, devices: FakeDevices | None = None) -> AsyncIterator[Served]:
-    """A ClientFace on 127.0.0.1 over a real store; clients get credentials files in tmp_path/home."""
-    home = Home(tmp_path / "home").ensure()
-    own_store = store is None
-    store = store or Store(home.db_path)
-    for name, patterns in (rules or {}).items():
-        if store.client(name) is None:
-            key = secrets.token_bytes(32)
-            store.add_client(name, key)
-            home.write_client(name, key, "edge", replace=True)
-        for pattern in patterns:
-            store.grant(name, pattern)
-    fake = devices or FakeDevices()
-    server = ClientFace.build(store, fake, site="edge")
-    host, port = await server.start()
-    try:
-        yield Served(server=server, store=store, home=home, devices=fake, address=f"{host}:{port}",
-                     addr=(host, port))
-    finally:
-        await server.stop()
-        if own_store:
-            store.close()
-
-
-class RawPeer(asyncio.DatagramProtocol):
-    """A bare UDP socket towards the gateway: send anything, collect what comes back."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, addr: tuple[str, int]) -> RawPeer:
-        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(cls, remote_addr=addr)
-        return peer
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.inbox.put_nowait(data)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data)
-
-    async def recv(self, timeout_s: float = 1.0) -> bytes | None:
-        try:
-            return await asyncio.wait_for(self.inbox.get(), timeout_s)
-        except asyncio.TimeoutError:
-            return None
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _TimedSigner(wire.SeqSigner):
-    """SeqSigner with a chosen SignatureTime and nonce."""
-
-    def __init__(self, key_locator: str, key: bytes, seq: int, time_ms: int, nonce: int) -> None:
-        super().__init__(key_locator, key, seq)
-        self.time_ms = time_ms
-        self.nonce = nonce
-
-    def write_signature_info(self, signature_info: Any) -> None:
-        super().write_signature_info(signature_info)
-        signature_info.signature_time = self.time_ms
-        signature_info.signature_nonce = self.nonce
-
-
-def request(key: bytes, verb: str, target: tuple[str, ...] = (), params: Any = None, *, client: str = "alice",
-            seq: int | None = None, time_ms: int | None = None, nonce: int | None = None,
-            raw_params: bytes | None = None, sign_key: bytes | None = None) -> tuple[bytes, list]:
-    """A signed client request as the protocol describes it (KeyLocator from `key`, HMAC with `sign_key` or
-    `key`); returns (wire, final name)."""
-    name = cw.request_name("edge", verb, target)
-    signer = _TimedSigner(cw.client_key_name("edge", client, key), sign_key or key,
-                          seq if seq is not None else cw.SEQ.next(),
-                          time_ms if time_ms is not None else int(time.time() * 1000),
-                          nonce if nonce is not None else secrets.randbits(63))
-    body = raw_params if raw_params is not None else cbor2.dumps(params if params is not None else {})
-    packet, final = make_interest(name, InterestParam(lifetime=4000), body, signer=signer, need_final_name=True)
-    return bytes(packet), final
-
-
-def decode_reply(data: bytes, key: bytes) -> tuple[bool, Any]:
-    """(ok, content) of a reply Data verified with `key`."""
-    _, meta, content = wire.verify_data(data, key)
-    return meta.content_type != wire.CONTENT_NACK, cbor2.loads(content)
-
-
-def creds(served: Served, name: str) -> bytes:
-    return served.home.read_client(name).key
 
 
 # -- wire
@@ -164,7 +63,7 @@ def test_reply_encoding_is_python_ndn_byte_for_byte(nack, size):
 
     key = bytes(range(32))
     key_name = cw.client_key_name("edge", "alice", key)
-    name = Name.from_str("/edge/_gw/call/sim/1/echo") + [b"\x02\x20" + bytes(32)]
+    name = [*Name.from_str("/edge/_gw/call/sim/1/echo"), b"\x02 " + bytes(32)]
     content = bytes(i % 251 for i in range(size))
     ours = cw.encode_reply(bytes(Name.to_bytes(name)), content, cw.ReplySigner(key_name, key), nack=nack)
     theirs = bytes(make_data(name, MetaInfo(content_type=wire.CONTENT_NACK) if nack else None, content,
@@ -187,7 +86,7 @@ def test_request_encoding_is_python_ndn_byte_for_byte(seq, time_ms, lifetime_ms,
     ours, digest = cw.encode_request(names, params, key, cw.encoded_name(key_name), seq, time_ms=time_ms,
                                      signature_nonce=sig_nonce.to_bytes(8, "big"), nonce=b"\x01\x02\x03\x04",
                                      lifetime_ms=lifetime_ms)
-    signer = _TimedSigner(key_name, key, seq, time_ms, sig_nonce)
+    signer = TimedSigner(key_name, key, seq, time_ms, sig_nonce)
     theirs, final = make_interest(names, InterestParam(must_be_fresh=True, nonce=0x01020304, lifetime=lifetime_ms),
                                   params, signer=signer, need_final_name=True)
     assert ours == bytes(theirs) and digest == bytes(final[-1])
@@ -208,7 +107,7 @@ def test_calls_lists_and_errors_through_the_client(tmp_path):
                 assert [d["name"] for d in page] == ["/edge/sim/1", "/edge/sim/2"]  # lab/x is not visible
                 assert page.next_page_token is None
                 assert [s_["name"] for s_ in await c.services("sim/1")] == ["counter", "echo", "temperature"]
-                with pytest.raises(PermissionDenied, match="may not call lab/x/echo.*acl grant alice lab/x/echo"):
+                with pytest.raises(PermissionDenied, match=r"may not call lab/x/echo.*acl grant alice lab/x/echo"):
                     await c.call("lab/x/echo")
                 with pytest.raises(PermissionDenied):
                     await c.services("lab/x")
@@ -222,7 +121,7 @@ def test_calls_lists_and_errors_through_the_client(tmp_path):
                     await c.call("sim")  # caught before sending
                 with pytest.raises(InvalidArgument):
                     await c.call("sim/1/echo", [1, 2])  # type: ignore[arg-type]
-                with pytest.raises(ResourceExhausted, match="reply is .* bytes"):
+                with pytest.raises(ResourceExhausted, match=r"reply is .* bytes"):
                     await c.call("sim/1/big")
             async with Client.connect(home=s.home.path, client="root", gateway=s.address, timeout=2) as root:
                 assert [d["name"] async for d in root.iter_devices(page_size=1)] == s.devices.names
@@ -396,7 +295,7 @@ def test_lp_wrapped_request_gets_its_pit_token_back(tmp_path):
             key = creds(s, "alice")
             peer = await RawPeer.open(s.addr)
             try:
-                packet, final = request(key, "call", ("sim", "1", "echo"), {"args": {"lp": True}})
+                packet, _final = request(key, "call", ("sim", "1", "echo"), {"args": {"lp": True}})
                 lp = LpPacket()
                 lp.lp_packet = LpPacketValue()
                 lp.lp_packet.pit_token = b"\xaa\xbb\xcc\xdd"
@@ -504,7 +403,7 @@ def test_hostile_input_in_process(tmp_path):
 
 def test_client_configuration_errors(tmp_path, monkeypatch):
     home = Home(tmp_path / "home")
-    with pytest.raises(ConfigError, match="no client credentials .* ndn-edge client add NAME"):
+    with pytest.raises(ConfigError, match=r"no client credentials .* ndn-edge client add NAME"):
         Client.connect(home=home.path)
     home.write_client("a", b"\x01" * 32, "edge")
     with pytest.raises(ConfigError, match="no gateway running for home"):
@@ -660,6 +559,11 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
         (("call", "sim/9/echo"), 4, "NOT_FOUND"),
         (("call", "lab/x/echo"), 5, "PERMISSION_DENIED"),
         (("call", "sim/1/counter", "--args", '{"x": 1}'), 3, "INVALID_ARGUMENT"),
+        # checked against the description by the gateway, before anything is sent (issue 15 item 10)
+        (("call", "sim/1/burst", "--args", '{"n": "many"}'), 3, "argument 'n' of sim/1/burst must be int, "
+                                                                "got str 'many'"),
+        (("call", "sim/1/burst", "--args", '{"wrong": 1}'), 3, "takes no argument 'wrong'; it takes: n (int), "
+                                                               "stamp (bool)"),
         (("call", "sim/1/echo", "--args", "[1]"), 3, "--args must be a JSON object"),
         (("call", "sim/1/echo", "--as", "nobody"), 2, "no client 'nobody'"),
     ]:
@@ -753,15 +657,19 @@ def test_e2e_hostile_input_while_serving(cluster):
     assert cluster.stop(cluster.gateway) == 130
     events = [json.loads(line) for line in cluster.log("gateway", "err").splitlines()]
     assert {"client_request", "client_drop", "gateway_started", "gateway_stopped"} <= {e["event"] for e in events}
+    from ndn_edge import __version__
+    assert [e["version"] for e in events if e["event"] == "gateway_started"] == [__version__]
+    assert cluster.log("gateway").startswith(f"ndn-edge gateway {__version__}: home {home.path}, site /edge, ")
     assert all(e["level"] in ("debug", "info", "warning") for e in events)
     assert not [e for e in events if "key" in e and isinstance(e["key"], str)]  # no secrets in logs
 
 
+@pytest.mark.soak
 def test_e2e_lossy_devices_run_each_call_once(cluster):
     """`--loss 0.2`: 100 `counter` calls through the gateway run once each; the device ends at exactly 100.
 
     Four callers at once, so requests overtake one whose datagrams are lost: its retransmission must still find
-    its reply in the device's cache (gateway.invoker._Window). A call's datagrams get through both ways with
+    its reply in the device's cache (ndn_edge.devices.invoker._Window). A call's datagrams get through both ways with
     p = 0.64; a 20 s deadline leaves about 14 transmissions, so a call fails with p < 1e-6.
     """
     calls, workers = 100, 4
@@ -769,7 +677,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
     home = cluster.start_gateway()
     # Renewals every ~5 s: a lost boot announcement is made up for soon, and the lease (15 s) lapses only after
     # three renewals in a row are lost (p = 0.008), not during the calls. A 3 s lease would flap offline.
-    cluster.start_sim(1, "--loss", "0.2", "--lease-ms", "15000")
+    cluster.start_sim(1, "--loss", "0.2", "--seed", "2", "--lease-ms", "15000")
     with Client.connect_sync(home=home.path, client="alice") as alice:
         cluster.wait_online(alice, ["/edge/sim/1"], timeout_s=30)
 
@@ -788,13 +696,14 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
         assert alice.call("sim/1/counter") == calls + 1
         devices = admin.metrics()["devices"]
     assert devices["invoker_retries"] > 0 and devices["invoker_timeouts"] == 0  # loss was there, and overcome
-    assert "simulating 2000/10000 datagram loss" in (cluster.home / "sim" / "1" / "device.log").read_text()
+    assert "simulating 2000/10000 datagram loss, seed 2" in (cluster.home / "sim" / "1" / "device.log").read_text()
 
 
 def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     home = tmp_path / "home"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
+    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices",
+                           "2",
                            "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -805,7 +714,8 @@ def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     assert not (home / "gateway.json").exists()  # the in-process gateway removed its record
     # a second run reuses the home: same clients, same device keys
     keys = {p.name: json.loads((p / "ndn_config.json").read_text())["key"] for p in (home / "sim").glob("[0-9]")}
-    again = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices", "2",
+    again = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "up", "--home", str(home), "--once", "--devices",
+                            "2",
                             "--group", f"{GROUP}:{mcast_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -818,7 +728,7 @@ def test_e2e_second_gateway_on_a_home_is_refused(cluster):
     _setup_clients(cluster)
     home = cluster.start_gateway()
     pid = home.read_gateway_record().pid
-    code, out, err = cluster.cli("gateway", "--group", f"{GROUP}:{cluster.port}")
+    code, _out, err = cluster.cli("gateway", "--group", f"{GROUP}:{cluster.port}")
     assert code == 2 and f"a gateway (pid {pid}) already serves home" in err
     assert home.read_gateway_record().pid == pid and cluster.gateway.poll() is None
 
@@ -878,3 +788,33 @@ def _closed_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_request_for_another_site_gets_a_signed_answer_saying_so(tmp_path):
+    """A client whose credentials name the wrong site used to get silence until its deadline, blaming
+    authentication. Now the gateway, having checked the client's key, says which site it serves."""
+    async def scenario():
+        async with serving(tmp_path, rules={"alice": ["**"]}) as s:
+            key = creds(s, "alice")
+            names = cw.request_name("lab", "call", ("sim", "1", "echo"))
+            packet, _ = cw.encode_request(names, cbor2.dumps({"args": {}}), key,
+                                          cw.encoded_name(cw.client_key_name("lab", "alice", key)), cw.SEQ.next(),
+                                          time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
+                                          nonce=os.urandom(4), lifetime_ms=2000)
+            forged, _ = cw.encode_request(names, cbor2.dumps({"args": {}}), os.urandom(32),
+                                          cw.encoded_name(cw.client_key_name("lab", "alice", key)), cw.SEQ.next(),
+                                          time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
+                                          nonce=os.urandom(4), lifetime_ms=2000)
+            peer = await RawPeer.open(s.addr)
+            peer.send(forged)  # not alice's key: nothing comes back
+            assert await peer.recv(0.3) is None
+            peer.send(packet)
+            reply = await peer.recv()
+            peer.close()
+            return reply, key, s.server.metrics()
+
+    reply, key, metrics = run(scenario)
+    ok, body = decode_reply(reply, key)
+    assert not ok and body["code"] == "INVALID_ARGUMENT"
+    assert "serves site 'edge'" in body["message"] and "signed for site 'lab'" in body["message"]
+    assert metrics["wrong_site"] == 1 and metrics["drops"]["unknown_client"] == 1

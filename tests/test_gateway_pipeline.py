@@ -10,17 +10,19 @@ import os
 
 import cbor2
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
-from ndn_edge.wire import packets as wire
 from ndn_edge.devices.directory import Directory
-from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
 from ndn_edge.devices.invoker import Backoff, CircuitBreaker, Requester, ResultCache, canonical_args
+from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from ndn_edge.state.store import Store
+from ndn_edge.wire import packets as wire
+from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
+from tests.support import until
 
 
 class FakeClock:
@@ -143,7 +145,7 @@ def test_cache_expiries_of_entries_filled_together_are_spread():
     for key in keys:
         cache.put_answer(key, b"\x01", 2000)
     expiries = sorted(cache.fresh(k).fresh_until - clock.now for k in keys)
-    assert 1.8 <= expiries[0] and expiries[-1] <= 2.0
+    assert expiries[0] >= 1.8 and expiries[-1] <= 2.0
     assert expiries[-1] - expiries[0] > 0.15  # spread over (nearly) the whole jitter window
     buckets = [sum(1 for e in expiries if lo <= e < lo + 0.02) for lo in [1.8 + 0.02 * i for i in range(10)]]
     assert max(buckets) <= 45  # no instant carries more than about a quarter of them
@@ -262,8 +264,7 @@ def test_requester_retransmits_same_bytes_skips_bad_replies_and_times_out():
         loop = asyncio.get_running_loop()
 
         async def deliver():
-            while len(face.sent) < 3:
-                await asyncio.sleep(0.005)
+            await until(lambda: len(face.sent) >= 3, 5.0, "three transmissions")
             req.on_data(DATA)  # someone else's reply
             req.on_data(forged)
             req.on_data(good)
@@ -347,3 +348,29 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
         assert store.device("/edge/d").state == "offline"
         assert store.get_meta("ann_seq:" + wire.key_name("/edge/d", key)) == "7"
         assert sent and sent[-1][0] == 0x05 and b"_sd" in sent[-1]  # the query
+
+
+# -- arguments against the service description (issue 15 item 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"celsius": "hot"}, "argument 'celsius' of sim/1/setpoint must be float, got str 'hot'"),
+    ({"celsius": True}, "argument 'celsius' of sim/1/setpoint must be float, got bool True"),
+    ({"wrong": 1}, "sim/1/setpoint takes no argument 'wrong'; it takes: celsius (float), mode (str)"),
+    ({"mode": "eco"}, "sim/1/setpoint needs argument 'celsius' (float)"),
+])
+def test_arguments_are_checked_against_the_description(args, message):
+    from ndn_edge.devices.descriptions import check_args
+
+    svc = {"name": "setpoint", "args": {"celsius": {"type": "float", "required": True}, "mode": "str"}}
+    with pytest.raises(InvalidArgument) as err:
+        check_args(svc, args, "sim/1/setpoint")
+    assert err.value.message == message
+
+
+def test_arguments_that_fit_or_are_not_declared_pass():
+    from ndn_edge.devices.descriptions import check_args
+
+    check_args({"args": {"celsius": "float", "when": "timestamp"}}, {"celsius": 21, "when": "later"}, "t")
+    check_args({"args": None}, {"anything": [1]}, "t")
+    check_args(None, {"x": 1}, "t")

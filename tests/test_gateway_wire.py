@@ -12,7 +12,8 @@ import random
 
 import cbor2
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest, parse_data, parse_interest
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
@@ -130,7 +131,7 @@ def test_call_interest_is_what_make_call_signs():
 
 
 def _reply(content: bytes, meta: MetaInfo | None, key: bytes = KEY, name: str = f"{DEVICE}/echo") -> bytes:
-    full = Name.from_str(name) + [b"\x02\x20" + bytes(32)]
+    full = [*Name.from_str(name), b"\x02 " + bytes(32)]
     return bytes(make_data(full, meta, content, signer=HmacSha256Signer(wire.key_name(DEVICE, key), key)))
 
 

@@ -19,10 +19,9 @@ import pytest
 
 from ndn_edge.client.api import BlockingClient, Client
 from ndn_edge.client.handles import OperationCancelled
-from ndn_edge.errors import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied,
-                            Unavailable)
-from tests.support import wait_until
-from tests.support import Cluster
+from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from tests.intake import SentFace, drain, intake_and_pubsub, publication, store_with_alice
+from tests.support import Cluster, wait_until
 
 
 @pytest.fixture
@@ -41,75 +40,29 @@ def run(coro_fn, timeout_s: float = 60.0):
 # -- in process: the report intake and pub/sub ordering, over a real store
 
 
-class _Face:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-
-
-def _publication(key: bytes, seq: int, n: int, *, device: str = "/edge/sim/1", boot: str = "b00710ad",
-                 sign_key: bytes | None = None) -> bytes:
-    """A publication report as the device sends it: /edge/_pub/<digest>, signed with the device key and its
-    send counter `seq`, publishing `n` on topic `t` (its publication number `n` too)."""
-    import cbor2
-    from ndn.encoding import InterestParam, make_interest
-
-    from ndn_edge.wire import packets as wire
-
-    params = cbor2.dumps({"topic": "t", "boot": boot, "seq": n, "value": n, "retain": True})
-    signer = wire.SeqSigner(wire.key_name(device, key), sign_key or key, seq)  # the key's name, maybe not its key
-    return bytes(make_interest("/edge/_pub", InterestParam(lifetime=1000), params, signer=signer))
-
-
-async def _intake_and_pubsub(store, face=None):
-    """A report intake and pub/sub over `store` (as the gateway wires them), started; face keeps what they send."""
-    from ndn_edge.devices import reports
-    from ndn_edge.patterns.pubsub import PubSub
-
-    intake = reports.ReportIntake(store, face or _Face(), "edge")
-    pubsub = PubSub(store, site="edge", intake=intake)
-    intake.handlers[reports.PUBLICATION] = pubsub.on_report
-    await intake.start()
-    await pubsub.start()
-    return intake, pubsub
-
-
-def _store_with_alice(path, key: bytes):
-    """A store with device /edge/sim/1 (key) and client alice allowed sim/**."""
-    from ndn_edge.state.store import Store
-
-    store = Store(path)
-    store.add_device("/edge/sim/1", key, "edge")
-    store.add_client("alice", os.urandom(32))
-    store.grant("alice", "sim/**")
-    return store
-
-
 def test_reports_are_verified_processed_once_and_reordered(tmp_path):
     from ndn.encoding import Name, parse_data, parse_interest
 
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = _store_with_alice(tmp_path / "store.db", key)
-        face = _Face()
-        intake, pubsub = await _intake_and_pubsub(store, face)
+        store = store_with_alice(tmp_path / "store.db", key)
+        face = SentFace()
+        intake, pubsub = await intake_and_pubsub(store, face)
         sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
 
-        first = _publication(key, 10, 1)
+        first = publication(key, 10, 1)
         intake.on_interest(first)
         intake.on_interest(first)  # the same report twice in one batch: processed once, acknowledged twice
-        intake.on_interest(_publication(key, 12, 3))  # ahead of 2: held back
-        intake.on_interest(_publication(key, 13, 4, sign_key=os.urandom(32)))  # forged: dropped
-        intake.on_interest(_publication(key, 14, 4, device="/edge/sim/9"))  # unknown key: dropped
-        await _drain(intake)
+        intake.on_interest(publication(key, 12, 3))  # ahead of 2: held back
+        intake.on_interest(publication(key, 13, 4, sign_key=os.urandom(32)))  # forged: dropped
+        intake.on_interest(publication(key, 14, 4, device="/edge/sim/9"))  # unknown key: dropped
+        await drain(intake)
         page = await pubsub.poll("alice", sub, wait_ms=0)
         assert [(m["value"], m.get("gap", 0)) for m in page["messages"]] == [(1, 0)]
-        intake.on_interest(_publication(key, 11, 2))
+        intake.on_interest(publication(key, 11, 2))
         intake.on_interest(first)  # a retransmission of an acknowledged report: acknowledged again
-        await _drain(intake)
+        await drain(intake)
         page = await pubsub.poll("alice", sub, wait_ms=0)
         assert [m["value"] for m in page["messages"]] == [1, 2, 3]
         assert intake.counters["processed"] == 3 and intake.counters["duplicates"] == 2
@@ -123,14 +76,14 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
         await intake.stop()
 
         # a new intake on the same store (a gateway restart): the retransmission is still recognised
-        face2 = _Face()
-        intake2, pubsub2 = await _intake_and_pubsub(store, face2)
+        face2 = SentFace()
+        intake2, pubsub2 = await intake_and_pubsub(store, face2)
         sub2 = pubsub2.subscribe("alice", "sim/1/*")["sub"]
         retained = (await pubsub2.poll("alice", sub2, wait_ms=0))["messages"]
         assert [(m["value"], m["retained"]) for m in retained] == [(3, True)]
         intake2.on_interest(first)
-        intake2.on_interest(_publication(key, 15, 5))  # 4 never comes
-        await _drain(intake2)
+        intake2.on_interest(publication(key, 15, 5))  # 4 never comes
+        await drain(intake2)
         assert intake2.counters["duplicates"] == 1 and len(face2.sent) >= 2
         page = await pubsub2.poll("alice", sub2, ack=retained[-1]["pos"], wait_ms=0)
         assert page["messages"] == []  # 5 waits for 4
@@ -154,11 +107,11 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = _store_with_alice(tmp_path / "store.db", key)
-        intake, pubsub = await _intake_and_pubsub(store)
+        store = store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await intake_and_pubsub(store)
         old = pubsub.subscribe("alice", "sim/1/*", durable="dash")
-        intake.on_interest(_publication(key, 10, 1))
-        await _drain(intake)
+        intake.on_interest(publication(key, 10, 1))
+        await drain(intake)
         assert [m["value"] for m in (await pubsub.poll("alice", old["sub"]))["messages"]] == [1]
 
         admin = Store(tmp_path / "store.db")  # the CLI's own connection
@@ -166,8 +119,8 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
         admin.add_client("alice", os.urandom(32))
         admin.grant("alice", "sim/**")
         admin.close()
-        intake.on_interest(_publication(key, 11, 2))  # queued for nobody: the old subscription's row is gone
-        await _drain(intake)
+        intake.on_interest(publication(key, 11, 2))  # queued for nobody: the old subscription's row is gone
+        await drain(intake)
         assert intake.counters["processed"] == 2 and intake.counters["errors"] == 0
         assert store.query("SELECT COUNT(*) FROM sub_queue")[0][0] == 0
 
@@ -187,16 +140,6 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
         store.close()
 
     run(scenario)
-
-
-async def _drain(intake) -> None:
-    """Let the intake task process what is queued (bounded)."""
-    for _ in range(1000):
-        if intake._queue.empty():
-            break
-        await asyncio.sleep(0)
-    for _ in range(3):
-        await asyncio.sleep(0)
 
 
 # -- notification, long-running operations, scatter/gather, the CLI
@@ -405,16 +348,18 @@ def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expir
 # -- exactly once under loss
 
 
+@pytest.mark.soak
 def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
-    """`--loss 0.3` on the device: 100 `counter` calls run exactly 100 times, while 1000 messages published in a
-    burst reach a durable subscriber (away for a while in the middle) all, once each, in order."""
+    """`--loss 0.3` on the device (seeded: the same drops on every run): 100 `counter` calls run exactly 100 times,
+    while 1000 messages published in a burst reach a durable subscriber (away for a while in the middle) all, once
+    each, in order."""
     calls, burst = 100, 1000
     fleet.clients(alice="sim/**", admin="**")
     fleet.start_gateway()
     # A 30 s lease: renewals every 10 s make up for a lost boot announcement. Two lost in a row (p = 0.09) let
     # the lease lapse for a moment; a call then fails fast with UNAVAILABLE, which means nothing was sent to the
     # device, so the callers below retry it.
-    fleet.start_sim(1, "--loss", "0.3", "--lease-ms", "30000")
+    fleet.start_sim(1, "--loss", "0.3", "--seed", "1", "--lease-ms", "30000")
     with fleet.connect("alice", timeout=20) as alice:
         fleet.wait_online(alice, ["/edge/sim/1"], timeout_s=40)
         with alice.subscribe("sim/1/burst", durable="all") as sub:
@@ -464,9 +409,10 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     runs, got, after = run(scenario, timeout_s=150)
     assert sorted(v for r in runs for v in r) == list(range(1, calls + 1))  # each value once: each call ran once
     assert after == calls + 1  # the device's counter stood at exactly 100
-    assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late, m.pos) for m in got[:8]]
+    assert [m.value for m in got] == list(range(1, burst + 1)), [(m.value, m.seq, m.gap, m.late,
+                                                                  m.pos) for m in got[:8]]
     assert not any(m.gap or m.late for m in got[1:])
     with fleet.connect("admin") as admin:
         models = admin.metrics()["patterns"]
     assert models["reports_duplicates"] > 0  # acknowledgements were lost, and the retransmissions recognised
-    assert "simulating 3000/10000 datagram loss" in (fleet.home / "sim" / "1" / "device.log").read_text()
+    assert "simulating 3000/10000 datagram loss, seed 1" in (fleet.home / "sim" / "1" / "device.log").read_text()

@@ -202,7 +202,7 @@ def test_a_store_made_by_0_1_keeps_everything_and_its_features_adopt_their_table
         subs = asyncio.run(open_features(store))
         assert subs == [("alice", "d:dash"), ("bob", "d:log")]
         assert store.query("SELECT feature, version FROM schema_versions ORDER BY feature") == [
-            ("operations", 1), ("pubsub", 2)]
+            ("operations", 2), ("pubsub", 2)]
         assert store.query("SELECT id, state FROM operations") == [("op1", "done")]
         store.remove_client("bob")  # the rebuilt tables cascade from clients now
         assert store.query("SELECT id FROM subscriptions") == [(1,)]
@@ -371,7 +371,7 @@ def test_pagination_exact_multiple_and_empty(store):
 def test_pagination_survives_a_removal_between_pages(store):
     for i in range(6):
         store.add_device(f"/edge/d{i}", bytes([i]) * 32, "edge")
-    page, token = store.list_devices(page_size=3)
+    _page, token = store.list_devices(page_size=3)
     store.remove_device("/edge/d2")  # the last device of the first page
     rest, token = store.list_devices(page_size=3, page_token=token)
     assert [d.name for d in rest] == ["/edge/d3", "/edge/d4", "/edge/d5"] and token is None

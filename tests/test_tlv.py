@@ -1,7 +1,8 @@
 """Byte-exact and fuzz tests of the board's TLV layer (device/tlv.py), on CPython and MicroPython."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ndn.encoding import Name, parse_data
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
@@ -172,7 +173,7 @@ def test_data_reply_is_parsed_and_verified_by_python_ndn(tmp_path):
     assert bytes(lp2.pit_token) == b"\x09" and bytes(lp2.fragment) == bytes(lp.fragment)
     # an error reply: ContentType NACK, verified; a service name need not be text
     w3, _ = wire.make_call(f"{DEV}/nothing", None, KEY, 3, signer_owner=DEV)
-    name, meta, _, _ = parse_data(_deliver(dev, w3), with_tl=True)
+    _name, meta, _, _ = parse_data(_deliver(dev, w3), with_tl=True)
     assert meta.content_type == 3
     w4, _ = wire.make_call(f"{DEV}/%FF%FE", None, KEY, 4, signer_owner=DEV)
     r = wire.parse_reply(_deliver(dev, w4), KEY)
@@ -212,7 +213,8 @@ def test_a_failing_handler_is_answered_and_the_rest_of_the_read_is_served(tmp_pa
         except Exception as e:
             dev._fault(e)
     replies = [wire.parse_reply(d, KEY) for d in dev._face.sent]
-    assert [(r.ok, r.value if r.ok else r.code) for r in replies] == [(True, "x"), (False, "INVALID_ARGUMENT"), (True, "xx")]
+    assert [(r.ok, r.value if r.ok else r.code) for r in replies] == [(True, "x"), (False, "INVALID_ARGUMENT"),
+                                                                      (True, "xx")]
     assert "no" in replies[1].message and dev.errors == 1 and not dev._calling
 
 
@@ -277,7 +279,8 @@ def test_backward_writers_match_the_spec():
         width = 1 if n < 256 else 2 if n < 1 << 16 else 4 if n < 1 << 32 else 8
         back = bytearray(12)
         assert back[tlv.nni_back(back, 12, 0x19, n):] == _tl_reference(0x19, width) + n.to_bytes(width, "big")
-    assert control.tlv_bytes(8, b"edge") == b"\x08\x04edge" and control.tlv_bytes(21, bytes(300))[:4] == b"\x15\xfd\x01\x2c"
+    assert control.tlv_bytes(8, b"edge") == b"\x08\x04edge"
+    assert control.tlv_bytes(21, bytes(300))[:4] == b"\x15\xfd\x01\x2c"
 
 
 def test_two_packets_back_to_back_parse_in_order():
@@ -361,7 +364,7 @@ def test_fuzz_mutated_interests_only_raise_malformed(data):
 
 
 def test_tlv_and_hmac_on_micropython(run_mp):
-    w, final = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 77, signer_owner=DEV)
+    w, _final = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 77, signer_owner=DEV)
     out = run_mp(f"""
 from device import tlv, sign
 from device.errors import MalformedError

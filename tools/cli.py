@@ -2,45 +2,61 @@
 
 Shape (after mpremote's main.py): `COMMANDS` maps each command ("client add" is a verb with a sub-verb) to
 `(handler, argument builder, help)`. A handler is `do_<verb>(state, args)` returning None or an exit status; it is
-given directly or as "module:function", imported only when that command runs, so `import tools.cli` loads neither
-python-ndn, nor the store, nor pyserial. A handler of None means "not available yet".
+given directly or as "module:function" (".cmd_x" for a module of this package), imported only when that command
+runs, so `import ndn_edge.tools.cli` loads neither python-ndn, nor the store, nor pyserial. A handler of None
+means "not available yet".
 
 To plug in a command implemented elsewhere, replace its entry, e.g.:
 
-    "call": ("ndn_edge.tools.cmd_call:do_call", _args_call, "call a device service"),
+    "call": (".cmd_call:do_call", _args_call, "call a device service"),
 
-Errors: handlers raise `CommandError("verb: why")` for what the user can fix; `main` catches it, the gateway's
-`GatewayError`s, `ValueError` (bad user input such as a malformed pattern or name) and `OSError` once, prints one
-line `ndn-edge: ...` to stderr and returns the error's `exit_code` (1 when it has none; 2 for `ConfigError`;
-3..9 for call errors, see gateway/errors.py). Ctrl-C exits 130 without a traceback. `State` owns what commands
-share (the home, a lazily opened store) and is closed in `finally`.
+Errors: handlers raise `CommandError("verb: why")` for what the user can fix (`UsageError`, exit status 2, for a
+mistake in what was typed that argparse could not check); names and patterns are checked by argument types
+(`argtypes.checked`), so a bad one is an argparse usage error: one line, exit status 2. `main` catches, once, only
+these: the tools' `ToolsError`s, the gateway's `GatewayError`s (each carries its `exit_code`: 2 for `ConfigError`,
+3..9 for call errors, see gateway/errors.py), and an `OSError` in which the system refused something the user named
+or controls (a path, a serial port, an address), printed as one line `ndn-edge: ...` on stderr. Anything else is a
+bug: its traceback, then one line asking for a report, exit status 70 (`EXIT_BUG`, sysexits' EX_SOFTWARE, kept apart
+from 1 so scripts can tell a bug from a failure). Rejected: catching every `ValueError` and `OSError` as a user
+error, which turned bugs into one line with no traceback. Ctrl-C exits 130 without a traceback. `State` owns what
+commands share (the home, a lazily opened store) and is closed in `finally`.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import json
 import secrets
 import sys
-import time
+import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Union
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from ndn_edge import __version__
 from ndn_edge.errors import GatewayError, UnknownClient
 from ndn_edge.state.home import Home, validate_client_name
-from ndn_edge.tools.errors import CommandError, ToolsError
+from ndn_edge.tools.argtypes import checked
+from ndn_edge.tools.errors import EXIT_BUG, EXIT_CODES_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, CommandError, ToolsError
+from ndn_edge.tools.output import print_json, print_table, time_text
 from ndn_edge.wire.protocol import DEFAULT_SITE, KEY_BYTES
 
 if TYPE_CHECKING:
     from ndn_edge.state.store import Store
 
 PROG = "ndn-edge"
-SITE_META_KEY = "site"  # the store's meta entry naming the home's site, if the gateway recorded one
-EXIT_INTERRUPTED = 130
+CLIENT_ADD_SITE_WAIT_S = 2.0
+# The system refused something the user named or controls (a file, a serial port, an address or port, the
+# network), as opposed to a call the code should never have made: one line, not a traceback.
+_SYSTEM_REFUSED = frozenset({
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG,
+    errno.ELOOP, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EBUSY, errno.EIO, errno.ENXIO, errno.ENODEV,
+    errno.EPIPE, errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH,
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
+})
 
-Handler = Callable[["State", argparse.Namespace], Union[int, None]]
+Handler = Callable[["State", argparse.Namespace], int | None]
 Builder = Callable[[argparse.ArgumentParser], None]
-HandlerSpec = Union[Handler, str, None]
+HandlerSpec = Handler | str | None
 
 
 class State:
@@ -54,10 +70,7 @@ class State:
     def store(self) -> Store:
         """The home's store, created (with the home) on first use."""
         if self._store is None:
-            from ndn_edge.state.store import Store
-
-            self.home.ensure()
-            self._store = Store(self.home.db_path)
+            self._store = self.home.open_store()
         return self._store
 
     def close(self) -> None:
@@ -72,7 +85,7 @@ class State:
 
 def do_client_add(state: State, args: argparse.Namespace) -> None:
     """Issue a client identity: a random key in the store and a 0600 credentials file; print the file's path."""
-    name = validate_client_name(args.name)
+    name = args.name
     home, store = state.home, state.store
     if store.client(name) is not None:
         raise CommandError(f"client add: client '{name}' already exists; remove it first with: "
@@ -81,7 +94,8 @@ def do_client_add(state: State, args: argparse.Namespace) -> None:
     if path.exists():
         raise CommandError(f"client add: {path} exists but no client '{name}' is in the store; delete it with: "
                            f"{home.hint(f'{PROG} client remove {name}')}")
-    site = args.site or store.get_meta(SITE_META_KEY) or DEFAULT_SITE
+    # A gateway started a moment ago may be about to decide the home's site: wait a little for it.
+    site = store.claim_site(args.site, wait_s=CLIENT_ADD_SITE_WAIT_S)
     key = secrets.token_bytes(KEY_BYTES)
     store.add_client(name, key)
     try:
@@ -98,23 +112,23 @@ def do_client_list(state: State, args: argparse.Namespace) -> None:
     patterns: dict[str, list[str]] = {}
     for rule in store.rules():
         patterns.setdefault(rule.client, []).append(rule.pattern)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for client in store.list_clients():
         path = home.client_file(client.name)
         rows.append({"name": client.name, "created_at": client.created_at,
                      "rules": patterns.get(client.name, []), "credentials": str(path) if path.exists() else None})
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not rows:
         print(f"no clients; add one with: {home.hint(f'{PROG} client add NAME')}", file=sys.stderr)
     else:
-        _print_table(("NAME", "CREATED", "RULES"),
-                     [(r["name"], _time_text(r["created_at"]), " ".join(r["rules"]) or "-") for r in rows])
+        print_table(("NAME", "CREATED", "RULES"),
+                    [(str(r["name"]), time_text(float(r["created_at"])), " ".join(r["rules"]) or "-") for r in rows])
 
 
 def do_client_remove(state: State, args: argparse.Namespace) -> None:
     """Forget a client: its key, its rules and its credentials file."""
-    name = validate_client_name(args.name)
+    name = args.name
     try:
         state.store.remove_client(name)
         known = True
@@ -131,7 +145,7 @@ def do_client_remove(state: State, args: argparse.Namespace) -> None:
 
 def do_acl_grant(state: State, args: argparse.Namespace) -> None:
     """Let a client call names matching a pattern."""
-    client, pattern = _client_and_pattern(args)
+    client, pattern = args.client, args.pattern
     try:
         state.store.grant(client, pattern)
     except UnknownClient:
@@ -140,7 +154,7 @@ def do_acl_grant(state: State, args: argparse.Namespace) -> None:
 
 def do_acl_revoke(state: State, args: argparse.Namespace) -> None:
     """Remove one rule of a client."""
-    client, pattern = _client_and_pattern(args)
+    client, pattern = args.client, args.pattern
     try:
         removed = state.store.revoke(client, pattern)
     except UnknownClient:
@@ -153,23 +167,17 @@ def do_acl_revoke(state: State, args: argparse.Namespace) -> None:
 
 def do_acl_list(state: State, args: argparse.Namespace) -> None:
     """List access rules, of one client or of all."""
-    client = validate_client_name(args.client) if args.client is not None else None
+    client = args.client
     try:
         rules = state.store.rules(client)
     except UnknownClient:
         raise _no_client("acl list", state, client or "") from None
     if args.json:
-        _print_json([{"client": r.client, "pattern": r.pattern} for r in rules])
+        print_json([{"client": r.client, "pattern": r.pattern} for r in rules])
     elif not rules:
         print(f"no rules; add one with: {state.home.hint(f'{PROG} acl grant CLIENT PATTERN')}", file=sys.stderr)
     else:
-        _print_table(("CLIENT", "PATTERN"), [(r.client, r.pattern) for r in rules])
-
-
-def _client_and_pattern(args: argparse.Namespace) -> tuple[str, str]:
-    from ndn_edge.names import format_pattern, parse_pattern
-
-    return validate_client_name(args.client), format_pattern(parse_pattern(args.pattern))
+        print_table(("CLIENT", "PATTERN"), [(r.client, r.pattern) for r in rules])
 
 
 def _no_client(verb: str, state: State, client: str) -> CommandError:
@@ -189,24 +197,37 @@ def _args_json(parser: argparse.ArgumentParser) -> None:
 
 
 def _args_client_add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="client name: letters, digits, '_', '.', '-'")
+    parser.add_argument("name", metavar="NAME", type=_client_name, help="client name: letters, digits, '_', '.', '-'")
     parser.add_argument("--site", type=_site_arg, default=None,
                         help=f"site the client talks to (default: the gateway's, else {DEFAULT_SITE})")
 
 
 def _args_client_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="client name")
+    parser.add_argument("name", metavar="NAME", type=_client_name, help="client name")
 
 
 def _args_acl_rule(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("client", metavar="CLIENT", help="client name")
-    parser.add_argument("pattern", metavar="PATTERN",
+    parser.add_argument("client", metavar="CLIENT", type=_client_name, help="client name")
+    parser.add_argument("pattern", metavar="PATTERN", type=_pattern,
                         help="name under the site; '*' is one component, '**' any number (e.g. 'kitchen/**')")
 
 
 def _args_acl_list(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--client", metavar="NAME", default=None, help="only this client's rules")
+    parser.add_argument("--client", metavar="NAME", type=_client_name, default=None, help="only this client's rules")
     _args_json(parser)
+
+
+_client_name = checked(validate_client_name)
+
+
+def _canonical_pattern(text: str) -> str:
+    """A rule pattern in its canonical form; ValueError saying what is wrong with it."""
+    from ndn_edge.names import format_pattern, parse_pattern
+
+    return format_pattern(parse_pattern(text))
+
+
+_pattern = checked(_canonical_pattern)
 
 
 def _site_arg(text: str) -> str:
@@ -218,30 +239,31 @@ def _site_arg(text: str) -> str:
 
 # -- the table
 
-COMMANDS: dict[str, tuple[HandlerSpec, Union[Builder, str], str]] = {
-    "gateway": ("ndn_edge.tools.cmd_gateway:do_gateway", "ndn_edge.tools.cmd_gateway:args_gateway",
+COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
+    "gateway": (".cmd_gateway:do_gateway", ".cmd_gateway:args_gateway",
                 "run the gateway for a home (foreground, until Ctrl-C)"),
-    "up": ("ndn_edge.tools.cmd_up:do_up", "ndn_edge.tools.cmd_up:args_up",
+    "up": (".cmd_up:do_up", ".cmd_up:args_up",
            "run a gateway and simulated devices, and tour them with real calls (demo)"),
-    "sim": ("ndn_edge.tools.cmd_sim:do_sim", "ndn_edge.tools.cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
-    "devices": ("ndn_edge.tools.cmd_client:do_devices", "ndn_edge.tools.cmd_client:args_devices", "list the devices the gateway knows"),
-    "services": ("ndn_edge.tools.cmd_client:do_services", "ndn_edge.tools.cmd_client:args_services", "list the services of devices"),
-    "call": ("ndn_edge.tools.cmd_client:do_call", "ndn_edge.tools.cmd_client:args_call", "call a device service"),
-    "ops": ("ndn_edge.tools.cmd_patterns:do_ops", "ndn_edge.tools.cmd_patterns:args_ops",
+    "sim": (".cmd_sim:do_sim", ".cmd_sim:args_sim", "run simulated devices on MicroPython on this host"),
+    "devices": (".cmd_client:do_devices", ".cmd_client:args_devices", "list the devices the gateway knows"),
+    "services": (".cmd_client:do_services", ".cmd_client:args_services", "list the services of devices"),
+    "call": (".cmd_client:do_call", ".cmd_client:args_call", "call a device service"),
+    "ops": (".cmd_patterns:do_ops", ".cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
-    "sub": ("ndn_edge.tools.cmd_patterns:do_sub", "ndn_edge.tools.cmd_patterns:args_sub", "print messages published on matching topics"),
+    "sub": (".cmd_patterns:do_sub", ".cmd_patterns:args_sub", "print messages published on matching topics"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
-    "client remove": (do_client_remove, _args_client_name, "remove a client, its rules, its durable subscriptions and its credentials"),
+    "client remove": (do_client_remove, _args_client_name,
+                      "remove a client, its rules, its durable subscriptions and its credentials"),
     "acl grant": (do_acl_grant, _args_acl_rule, "let a client call names matching a pattern"),
     "acl revoke": (do_acl_revoke, _args_acl_rule, "remove a client's rule"),
     "acl list": (do_acl_list, _args_acl_list, "list access rules"),
-    "provision": ("ndn_edge.tools.cmd_provision:do_provision", "ndn_edge.tools.cmd_provision:args_provision",
+    "provision": (".cmd_provision:do_provision", ".cmd_provision:args_provision",
                   "give a board its name, key and app over USB, and wait until the gateway sees it"),
-    "deploy": ("ndn_edge.tools.cmd_deploy:do_deploy", "ndn_edge.tools.cmd_deploy:args_deploy",
+    "deploy": (".cmd_deploy:do_deploy", ".cmd_deploy:args_deploy",
                "copy the runtime and an app to a board (only what changed)"),
-    "flash": ("ndn_edge.tools.cmd_flash:do_flash", "ndn_edge.tools.cmd_flash:args_flash", "write MicroPython firmware to a board"),
-    "vboard": ("ndn_edge.tools.vboard:do_vboard", "ndn_edge.tools.vboard:args_vboard",
+    "flash": (".cmd_flash:do_flash", ".cmd_flash:args_flash", "write MicroPython firmware to a board"),
+    "vboard": (".vboard:do_vboard", ".vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
 }
 
@@ -265,8 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     # SUPPRESS: a sub-command's default must not overwrite a --home given before the verb.
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help=home_help)
-    parser = _Parser(prog=PROG, description="IoT edge services over signed NDN multicast.")
+    parser = _Parser(prog=PROG, description="IoT edge services over signed NDN multicast.", epilog=EXIT_CODES_HELP,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", metavar="DIR", default=None, help=home_help)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     groups: dict[str, Any] = {}
     for command, (_, builder, help_text) in COMMANDS.items():
@@ -295,9 +320,10 @@ def resolve_handler(command: str) -> Handler:
 
 
 def _load(spec: str) -> Any:
-    """The object named "module:attribute" (modules of commands stay light to import)."""
+    """The object named "module:attribute", the module relative to this package when it starts with a dot
+    (modules of commands stay light to import)."""
     module_name, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return getattr(importlib.import_module(module_name, package=__package__), attr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error argparse already printed
+    except SystemExit as exit_:  # --help, --version, or a usage error argparse already printed
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     command: str = args.command
     state: State | None = None
@@ -317,11 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except CommandError as err:
         return _fail(str(err), err.exit_code)
-    except (ToolsError, GatewayError, ValueError) as err:
-        return _fail(f"{command}: {err}", getattr(err, "exit_code", 1))
+    except (ToolsError, GatewayError) as err:
+        return _fail(f"{command}: {err}", err.exit_code)
     except OSError as err:
+        if err.filename is None and err.errno not in _SYSTEM_REFUSED:
+            return _bug(command, err)
         where = f": {err.filename}" if err.filename else ""
-        return _fail(f"{command}: {err.strerror or err}{where}", 1)
+        return _fail(f"{command}: {err.strerror or err}{where}", EXIT_FAILURE)
+    except Exception as err:  # a bug: keep its traceback
+        return _bug(command, err)
     finally:
         if state is not None:
             state.close()
@@ -335,15 +365,8 @@ def _fail(message: str, exit_code: int) -> int:
     return exit_code
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    for row in (headers, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def _time_text(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+def _bug(command: str, err: BaseException) -> int:
+    """An exception no command expects: its traceback, then one line asking for a report."""
+    traceback.print_exc()
+    return _fail(f"{command}: internal error ({type(err).__name__}), a bug in {PROG} {__version__}; please report "
+                 "it with the traceback above", EXIT_BUG)

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.errors import EXIT_CODES_HELP, CommandError
 from ndn_edge.tools.output import ago, print_json, print_table, value_text
 from ndn_edge.tools.session import add_client_options, parse_args_json, with_client
 
@@ -21,21 +21,6 @@ if TYPE_CHECKING:
     from ndn_edge.tools.cli import State
 
 T = TypeVar("T")
-
-EXIT_CODES_HELP = """exit codes:
-  0    success
-  1    other failure (e.g. a file could not be read)
-  2    usage or configuration: bad options, no home/credentials/gateway record
-  3    INVALID_ARGUMENT    the arguments are not what the service takes
-  4    NOT_FOUND           no such device or service
-  5    PERMISSION_DENIED   this client's rules do not allow it (see: ndn-edge acl list)
-  6    UNAVAILABLE         the device or the gateway cannot be reached now
-  7    DEADLINE_EXCEEDED   no answer in time (an unknown client or bad key also ends here: the
-                           gateway does not answer requests it cannot authenticate)
-  8    RESOURCE_EXHAUSTED  the device or gateway is out of memory or too busy
-  9    INTERNAL            the service raised, or the framework failed; the message says how
-  130  interrupted (Ctrl-C)
-"""
 
 
 # -- argument builders
@@ -136,8 +121,8 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
     result = with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
         print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
-                     "stale": result.stale})
-        return
+                    "stale": result.stale})
+        return None
     print(value_text(result.value))
     if result.stale:
         print(f"ndn-edge: call: warning: stale value, {result.age_ms} ms old (the device did not answer)",

@@ -15,11 +15,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ndn_edge.tools.cmd_client import client_options
+from ndn_edge.tools.errors import EXIT_USAGE, CommandError
 from ndn_edge.tools.output import jsonable, print_json, print_table, value_text
 from ndn_edge.tools.session import parse_args_json, with_client
-from ndn_edge.tools.errors import CommandError
-
-EXIT_USAGE = 2
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client

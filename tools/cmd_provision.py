@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.errors import CommandError, UsageError
 from ndn_edge.tools.netargs import group_arg, iface_arg, site_arg
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, KEY_BYTES
 
@@ -83,7 +83,10 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
     verb = "provision"
     record = _gateway_record(state)
     site = _site(state, args.site, record)
-    name = device_name(args.name, site)
+    try:
+        name = device_name(args.name, site)
+    except ValueError as err:  # the site is known only now, so argparse could not check the name
+        raise UsageError(f"{verb}: {err}") from None
     group, mcast_port = args.group or ((record.group, record.port_mcast) if record else
                                        (DEFAULT_GROUP, DEFAULT_PORT))
     iface = args.iface or (_address(record.iface) if record else DEFAULT_IFACE)
@@ -130,7 +133,7 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
 
 def device_name(text: str, site: str) -> str:
     """The full name /SITE/A/B for "A/B" (or for "/SITE/A/B"); ValueError saying what is allowed."""
-    parts = [p for p in text.strip().split("/")]
+    parts = list(text.strip().split("/"))
     if text.startswith("/"):
         parts = parts[1:]
         if parts and parts[0] == site:

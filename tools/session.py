@@ -8,7 +8,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ndn_edge.tools.argtypes import bounded
+from ndn_edge.state.home import validate_client_name
+from ndn_edge.tools.argtypes import bounded, checked
 from ndn_edge.tools.errors import CommandError
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ seconds = bounded(float, 0, 3600, "timeout must be seconds between 0 and 3600", 
 
 def add_client_options(parser: argparse.ArgumentParser, exit_codes_help: str) -> None:
     """`--as`, `--timeout`, `--gateway` and `--json`, with the exit codes in the help's epilog."""
-    parser.add_argument("--as", dest="as_client", metavar="CLIENT", default=None,
+    parser.add_argument("--as", dest="as_client", metavar="CLIENT", type=checked(validate_client_name), default=None,
                         help="client identity to sign with (default: $NDN_EDGE_CLIENT, else the home's only client)")
     parser.add_argument("--timeout", metavar="S", type=seconds, default=5.0, help="deadline in seconds (default 5)")
     parser.add_argument("--gateway", metavar="HOST:PORT", default=None,

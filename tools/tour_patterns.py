@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 async def tour_patterns(demo: Client, fleet: SimFleet) -> None:
     """Notification, long-running operation, operations list, pub/sub, membership, scatter/gather, queued call."""
     from ndn_edge.errors import CallError
-    from ndn_edge.tools.output import value_text
     from ndn_edge.tools.cmd_patterns import print_gather, print_message, print_ops
+    from ndn_edge.tools.output import value_text
 
     site = fleet.site
     first, second, third = (_rel(fleet.names[i % fleet.count], site) for i in range(3))

@@ -40,12 +40,12 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
-from ndn_edge.wire import client_protocol as cw
-from ndn_edge.wire import framing
-from ndn_edge.wire import packets as wire
 from ndn_edge.client.handles import Operation, Outcome, Subscription
 from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
+from ndn_edge.wire import packets as wire
 from ndn_edge.wire.tlv import T
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"
@@ -167,6 +167,10 @@ class Client:
             if record.host in _LOCAL_HOSTS and not record.pid_alive():
                 raise ConfigError(f"the gateway record {h.gateway_file} names pid {record.pid}, which is not "
                                   f"running; start the gateway with: {start_hint}")
+            if record.site != creds.site:
+                raise ConfigError(f"client '{creds.name}' is for site '{creds.site}' ({creds.path}) but the home's "
+                                  f"gateway serves site '{record.site}'; fix \"site\" in the credentials file, or "
+                                  f"remove and add the client again")
             address = (record.host, record.port)
         return cls(creds, address, timeout=timeout, hint=start_hint)
 
@@ -256,7 +260,7 @@ class Client:
         content = await self.request(cw.VERB_METRICS, (), {}, self._timeout(timeout))
         return content if isinstance(content, dict) else {}
 
-    # -- the communication models (docs/models.md; handles in gateway/client_models.py)
+    # -- the communication models (docs/models.md; handles in gateway/client/handles.py)
 
     async def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
         """Invoke `name` ("DEVICE/SERVICE") once, without a reply: at most once; returns once the gateway sent it."""
@@ -511,7 +515,7 @@ class BlockingClient:
 
 
 class BlockingOperation:
-    """The blocking form of `Operation` (gateway/client_models.py)."""
+    """The blocking form of `Operation` (gateway/client/handles.py)."""
 
     def __init__(self, owner: BlockingClient, op: Operation) -> None:
         self._owner = owner

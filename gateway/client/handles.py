@@ -147,7 +147,7 @@ class Operation:
 
 
 class Message(NamedTuple):
-    """One pub/sub message as a subscriber gets it (see gateway/pubsub.py)."""
+    """One pub/sub message as a subscriber gets it (see gateway/patterns/pubsub.py)."""
 
     topic: str                 # <device...>/<topic> under the site, e.g. "sim/1/tick"
     publisher: str             # the device under the site ("sim/1"), or "_gw" for membership events

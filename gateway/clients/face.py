@@ -59,13 +59,24 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from ndn.encoding.tlv_model import DecodeError
 
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
-from ndn_edge.wire import client_protocol as cw
-from ndn_edge.wire import framing
+from ndn_edge.errors import (
+    CallError,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+    UnknownDevice,
+)
 from ndn_edge.interfaces import DeviceAccess
-from ndn_edge.errors import (CallError, GatewayError, Internal, InvalidArgument, NotFound, PermissionDenied,
-                             ResourceExhausted, StoreError, Unavailable, UnknownDevice)
+from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
+from ndn_edge.wire import client_protocol as cw
+from ndn_edge.wire import framing
 from ndn_edge.wire.packets import parse_signed_interest
 from ndn_edge.wire.tlv import T
 
@@ -79,8 +90,10 @@ _HMAC_SHA256 = 4
 _LEASE_BLOCK_US = 1_000_000       # one synced write per second of a client's numbering, at most
 _CLEAN_META = "client_rx_clean"   # exact high-water marks written at a clean stop
 _INBOX = 4096
-_RECENT_REPLIES = 256
-_RECENT_REPLY_BYTES = 1 << 20     # per client key
+_RECENT_REPLIES = 65_536          # per client key, at most ...
+_RECENT_REPLY_BYTES = 8 << 20     # ... and this many bytes of replies
+_DEFAULT_LIFETIME_MS = 4000       # NDN's InterestLifetime when a request carries none
+_REPLY_SLACK_S = 1.0              # a reply is kept this long past its request's lifetime
 _SEEN_SEQS = 8192
 _NONCES = 8192
 _NEGATIVE_CACHE = 4096
@@ -91,24 +104,28 @@ _RCVBUF = 1 << 20
 class _Request:
     """A parsed request, before authentication."""
 
-    __slots__ = ("name", "name_tlv", "params", "sig", "pit", "signature")
+    __slots__ = ("lifetime_ms", "name", "name_tlv", "params", "pit", "sig", "signature")
 
-    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None) -> None:
+    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None,
+                 lifetime_ms: int | None) -> None:
         self.name = name
         self.name_tlv = name_tlv
         self.params = params
         self.sig = sig
         self.pit = pit
         self.signature = bytes(sig.signature_value_buf or b"")
+        self.lifetime_ms = min(lifetime_ms or _DEFAULT_LIFETIME_MS, cw.MAX_TIMEOUT_MS)
 
 
 class _Exchange:
     """One accepted request: its name, signature, where to answer, and the reply once there is one."""
 
-    __slots__ = ("seq", "name", "signature", "addr", "pit", "reply")
+    __slots__ = ("addr", "keep_until", "name", "pit", "reply", "seq", "signature")
 
-    def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None) -> None:
+    def __init__(self, seq: int, name: bytes, signature: bytes, addr: Any, pit: bytes | None,
+                 keep_until: float) -> None:
         self.seq = seq
+        self.keep_until = keep_until  # monotonic: the client may retransmit until its request's lifetime ends
         self.name = name  # the request's encoded Name TLV, which the reply repeats
         self.signature = signature
         self.addr = addr
@@ -119,8 +136,24 @@ class _Exchange:
 class _Peer:
     """One client key: its rules, its replay state and its recent exchanges."""
 
-    __slots__ = ("name", "key", "key_name", "lease_key", "caller", "loaded_at", "signer", "high", "floor", "mark",
-                 "seen", "nonces", "recent", "recent_bytes")
+    __slots__ = (
+        "caller",
+        "floor",
+        "high",
+        "key",
+        "key_name",
+        "lease_key",
+        "loaded_at",
+        "mark",
+        "name",
+        "nonces",
+        "recent",
+        "recent_bytes",
+        "seen",
+        "signer",
+        "tokens",
+        "tokens_at",
+    )
 
     def __init__(self, name: str, key: bytes, key_name: str, rules: tuple[tuple[str, ...], ...], now: float) -> None:
         self.name = name
@@ -137,15 +170,37 @@ class _Peer:
         self.nonces: OrderedDict[int, float] = OrderedDict()     # nonce -> arrival (monotonic s)
         self.recent: OrderedDict[int, _Exchange] = OrderedDict()  # seq -> exchange, for retransmissions
         self.recent_bytes = 0  # size of the replies held in `recent`
+        self.tokens = -1.0  # the request-rate bucket (Limits): -1 until the first request fills it
+        self.tokens_at = now
+
+    def take_token(self, limits: Limits, now: float) -> bool:
+        """True if the client may make one more request now (its rate quota); uses one token."""
+        if self.tokens < 0:
+            self.tokens = float(limits.request_burst)
+        else:
+            self.tokens = min(float(limits.request_burst), self.tokens + (now - self.tokens_at) * limits.requests_per_s)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     def remember(self, seq: int, ex: _Exchange) -> None:
-        """Keep `ex` for retransmissions, within the count and byte budgets (oldest out first)."""
+        """Keep `ex` for retransmissions until its request's lifetime ends, within the count and byte budgets."""
         self.recent[seq] = ex
         self.trim()
 
     def trim(self) -> None:
-        while self.recent and (len(self.recent) > _RECENT_REPLIES or self.recent_bytes > _RECENT_REPLY_BYTES):
-            _, old = self.recent.popitem(last=False)
+        """Forget exchanges (oldest first) whose requests can no longer be retransmitted, and any past the
+        budgets; an exchange is appended at acceptance, so the oldest come first (lifetimes may differ, so an
+        expired one behind a longer-lived one waits for it: the budgets bound that)."""
+        now = time.monotonic()
+        while self.recent:
+            old = next(iter(self.recent.values()))
+            if (old.keep_until > now and len(self.recent) <= _RECENT_REPLIES
+                    and self.recent_bytes <= _RECENT_REPLY_BYTES):
+                break
+            self.recent.popitem(last=False)
             if old.reply is not None:
                 self.recent_bytes -= len(old.reply)
 
@@ -166,9 +221,10 @@ class ClientFace:
 
     def __init__(self, store: Store, verbs: Verbs, *, site: str,
                  listen: tuple[str, int] = ("127.0.0.1", 0), max_in_flight: int = 1024,
-                 refresh_s: float = 1.0) -> None:
+                 refresh_s: float = 1.0, limits: Limits | None = None) -> None:
         self._store = store
         self._verbs = verbs
+        self.limits = limits or Limits()
         self.site = site
         self._listen = listen
         self._max_in_flight = max_in_flight
@@ -185,9 +241,11 @@ class ClientFace:
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._throttle = Throttle(log, _WARN_EVERY_S)
+        self._wrong_site_answered: dict[str, float] = {}
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
-                                      "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0}
-        self.drops: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+                                      "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
+                                      "over_quota": 0, "wrong_site": 0}
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     @classmethod
     def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,
@@ -325,14 +383,16 @@ class ClientFace:
         fast = parse_signed_interest(packet)
         if fast is not None:
             name, app_params, sig = fast
+            lifetime_ms = sig.lifetime_ms
         else:  # any layout but the usual one
             try:
-                name, _, app_params, sig = parse_interest(packet, with_tl=True)
+                name, interest, app_params, sig = parse_interest(packet, with_tl=True)
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
+            lifetime_ms = interest.lifetime
         if not framing.components_ok(name):
             return self._drop("malformed", addr, why="a name component's length is wrong")
-        if (len(name) < 4 or bytes(name[0]) != self._site_comp or bytes(name[1]) != self._gw_comp
+        if (len(name) < 4 or bytes(name[1]) != self._gw_comp
                 or Component.get_type(name[-1]) != T.DIGEST_COMPONENT):
             return self._drop("unsupported", addr, why="not a gateway request")
         info = sig.signature_info
@@ -346,26 +406,56 @@ class ClientFace:
         name_tlv = framing.name_tlv(packet)
         if name_tlv is None:  # python-ndn parsed it, so this cannot happen; refuse rather than guess
             return self._drop("malformed", addr)
-        return _Request(name, name_tlv, app_params, sig, pit)
+        return _Request(name, name_tlv, app_params, sig, pit, lifetime_ms)
 
     def _authenticate(self, request: _Request, addr: Any) -> _Peer | None:
         """The client whose key signed the request, or None (dropped and counted)."""
         sig = request.sig
+        if bytes(request.name[0]) != self._site_comp:
+            return self._wrong_site(request, addr)
         peer = self._peer(sig.signature_info.key_locator.name)
         if peer is None:
             return self._drop("unknown_client", addr)
-        if sig.digest_value_buf is None or not hmac.compare_digest(
-                _sha256(sig.digest_covered_part), bytes(sig.digest_value_buf)):
-            return self._drop("digest", addr, client=peer.name)
-        mac = hmac.new(peer.key, digestmod=hashlib.sha256)
-        for part in sig.signature_covered_part:
-            mac.update(part)
-        if not hmac.compare_digest(mac.digest(), request.signature):
-            return self._drop("signature", addr, client=peer.name)
-        skew_ms = sig.signature_info.signature_time - time.time() * 1000
+        fault = _fault(request, peer.key)
+        if fault is not None:
+            return self._drop(fault, addr, client=peer.name)
+        info = sig.signature_info
+        skew_ms = info.signature_time - time.time() * 1000
         if abs(skew_ms) > cw.TIME_WINDOW_MS:
             return self._drop("stale", addr, client=peer.name, skew_ms=int(skew_ms))
+        if info.signature_seq_num > (info.signature_time + cw.TIME_WINDOW_MS) * 1000:
+            # Clients number in microseconds of their clock: a number far ahead of the signed time would lift
+            # the high-water mark (persisted) past anything the client will send for years.
+            return self._drop("stale", addr, client=peer.name, why="SignatureSeqNum ahead of SignatureTime")
         return peer
+
+    def _wrong_site(self, request: _Request, addr: Any) -> None:
+        """A request for another site. From a client of this gateway, signed with its key (its credentials name
+        the wrong site), it gets a signed answer saying so, at most once a second per client; anything else is
+        dropped like any request from nobody."""
+        ident = tuple(bytes(c) for c in request.sig.signature_info.key_locator.name)
+        record = None
+        if len(ident) == 5 and ident[1] == self._client_comp and ident[3] == self._key_comp and \
+                all(Component.get_type(c) == T.GENERIC_COMPONENT for c in ident):
+            record = self._store.client(Component.to_str(ident[2]))
+            if record is not None and key_id(record.key) != Component.to_str(ident[4]):
+                record = None
+        if record is None or not _verifies(request, record.key):
+            return self._drop("unknown_client", addr)
+        now = time.monotonic()
+        if now - self._wrong_site_answered.get(record.name, -1.0) < 1.0:
+            return self._drop("unsupported", addr, why="wrong site, answered a moment ago")
+        self._wrong_site_answered[record.name] = now
+        self.stats["wrong_site"] += 1
+        theirs = Component.to_str(request.name[0])
+        err = InvalidArgument(f"this gateway serves site '{self.site}', but client '{record.name}' signed for site "
+                              f"'{theirs}': fix \"site\" in its credentials file, or remove and add the client "
+                              "again")
+        signer = cw.ReplySigner("/" + "/".join(Component.to_str(c) for c in ident), record.key)
+        self._send(cw.encode_reply(request.name_tlv, cbor2.dumps(err.to_wire()), signer, nack=True,
+                                   pit_token=request.pit), addr)
+        event(log, "wrong_site", logging.WARNING, client=record.name, site=theirs, addr=_addr(addr))
+        return None
 
     def _admit(self, peer: _Peer, request: _Request, addr: Any) -> _Exchange | None:
         """A new exchange for a fresh request; None for a retransmission (answered here) or a replay (dropped)."""
@@ -381,7 +471,16 @@ class ClientFace:
             return None
         if verdict == "replay":
             return self._drop("replay", addr, client=peer.name, seq=seq)
-        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit)
+        now = time.monotonic()
+        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit,
+                       now + request.lifetime_ms / 1000 + _REPLY_SLACK_S)
+        if not peer.take_token(self.limits, now):
+            # Not admitted: the number stays unused, so the client's retransmission after a pause is served.
+            self.stats["over_quota"] += 1
+            self._reply_error(peer, ex, ResourceExhausted(
+                f"client '{peer.name}' is over its request rate ({self.limits.requests_per_s:g} per second, "
+                f"bursts of {self.limits.request_burst}); slow down and retry"))
+            return None
         try:
             self._accept(peer, seq, nonce)
         except StoreError as err:
@@ -429,6 +528,14 @@ class ClientFace:
         key_name = cw.client_key_name(self.site, record.name, record.key)
         peer = _Peer(record.name, record.key, key_name, rules, now)
         mark = self._store.seq_mark(peer.lease_key)
+        ceiling = int((time.time() * 1000 + cw.TIME_WINDOW_MS) * 1000)
+        if mark > ceiling:
+            # Leased by a number far ahead of its client's clock, which gateways before 0.2 accepted: it would
+            # lock the client out for good. No request above the ceiling is accepted now, so nothing it could
+            # have covered can be replayed.
+            event(log, "replay_mark_repaired", logging.WARNING, client=record.name, mark=mark, ceiling=ceiling)
+            self._store.repair_seq_mark(peer.lease_key, ceiling)
+            mark = ceiling
         clean = self._clean.get(peer.lease_key)
         if clean is not None and clean <= mark:
             # A clean stop recorded the exact mark; the next accept re-leases (and syncs) before executing.
@@ -607,6 +714,22 @@ def _discard(work: Awaitable[Any]) -> None:
     close = getattr(work, "close", None)
     if close is not None:
         close()
+
+
+def _fault(request: _Request, key: bytes) -> str | None:
+    """Why a signed request does not verify with `key` ("digest" or "signature"), or None when it does."""
+    sig = request.sig
+    if sig.digest_value_buf is None or not hmac.compare_digest(_sha256(sig.digest_covered_part),
+                                                               bytes(sig.digest_value_buf)):
+        return "digest"
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in sig.signature_covered_part:
+        mac.update(part)
+    return None if hmac.compare_digest(mac.digest(), request.signature) else "signature"
+
+
+def _verifies(request: _Request, key: bytes) -> bool:
+    return _fault(request, key) is None
 
 
 def _sha256(parts: Sequence[Any]) -> bytes:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ndn_edge import names
 from ndn_edge.answers import Answer
@@ -49,7 +49,7 @@ class Encoded(bytes):
     """Reply content that is already CBOR (sent as it is)."""
 
 
-Result = Union[Any, Awaitable[Any]]
+Result = Any  # the reply content, or an awaitable of it
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def _op_cancel(verbs: Verbs, req: Request) -> Result:
 def _ops(verbs: Verbs, req: Request) -> dict[str, Any]:
     page_size = req.int_param("page_size", cp.DEFAULT_PAGE_SIZE, 1, cp.MAX_PAGE_SIZE)
     rules = req.caller.rules
-    items, token = verbs.patterns.operations.list(
+    items, token = verbs.patterns.operations.page(
         page_size, req.params.get("page_token"),
         lambda device, service: names.allowed(rules, (*verbs.relative(device), service)))
     return {"items": items, "next_page_token": token}

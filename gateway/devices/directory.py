@@ -13,9 +13,9 @@ Decisions:
   and counted (`unknown_key`, `digest`, `bad_signature`, `replayed`, `malformed`), never answered.
 - The last accepted announcement number is kept per *key name* (a re-provisioned device starts a new sequence)
   in memory, and persisted lightly in the store's meta table: on a state change, every `SEQ_PERSIST_EVERY`
-  announcements, every `SEQ_FLUSH_INTERVAL_S` for the devices whose number moved, and at `stop()`. A gateway killed between writes accepts at most those few announcements again,
-  which can only restate presence the device already claimed; devices persist their own counter (leased
-  blocks), so their numbers never go back.
+  announcements, every `SEQ_FLUSH_INTERVAL_S` for the devices whose number moved, and at `stop()`. A gateway
+  killed between writes accepts at most those few announcements again, which can only restate presence the
+  device already claimed; devices persist their own counter (leased blocks), so their numbers never go back.
 - The face callback only checks the name prefix on raw bytes and queues the packet; one task verifies, writes
   the store and emits events, so a burst of announcements never runs store writes inside the receive callback.
 - Lease expiry is a heap of (lease_until, device) with lazy deletion and one task that sleeps until the earliest
@@ -49,11 +49,11 @@ import cbor2
 from ndn.encoding import Component, InterestParam, Name, SignatureType, make_interest, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
-from ndn_edge.wire import packets as wire
 from ndn_edge.errors import GatewayError, NotFound, StoreError
-from ndn_edge.wire.framing import components_ok, has_name_prefix
 from ndn_edge.logs import Throttle
 from ndn_edge.logs import event as emit
+from ndn_edge.wire import packets as wire
+from ndn_edge.wire.framing import components_ok, has_name_prefix
 from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.directory")
@@ -79,8 +79,19 @@ Event = dict[str, Any]
 class _Presence:
     """What the directory believes about one device, kept in memory next to the store."""
 
-    __slots__ = ("name", "key_name", "state", "last_seen", "lease_until", "sleep_until", "rx_floor", "desc_hash",
-                 "uptime_ms", "ann_seq", "persisted_seq")
+    __slots__ = (
+        "ann_seq",
+        "desc_hash",
+        "key_name",
+        "last_seen",
+        "lease_until",
+        "name",
+        "persisted_seq",
+        "rx_floor",
+        "sleep_until",
+        "state",
+        "uptime_ms",
+    )
 
     def __init__(self, name: str, key_name: str, state: str = "unknown", last_seen: float | None = None,
                  lease_until: float | None = None, sleep_until: float | None = None, rx_floor: int = 0,
@@ -303,7 +314,8 @@ class Directory:
             expected_ms = p.uptime_ms + (now - p.last_seen) * 1000
             rebooted = uptime_ms + max(REBOOT_SLACK_MS, REBOOT_SLACK_RATIO * (now - p.last_seen) * 1000) < expected_ms
         if state == "online":
-            lease_until, sleep_until = now + lease_ms / 1000, None
+            lease_until: float | None = now + lease_ms / 1000
+            sleep_until: float | None = None
         elif state == "asleep":
             sleep_until = now + sleep_ms / 1000
             lease_until = sleep_until + lease_ms / 1000
@@ -426,7 +438,8 @@ class Directory:
                 await self.fetcher(name)
         except GatewayError as err:
             self.counters["desc_failures"] += 1
-            emit(log, "desc_not_fetched", logging.WARNING, device=name, error=str(err), retry="at its next announcement")
+            emit(log, "desc_not_fetched", logging.WARNING, device=name, error=str(err),
+                 retry="at its next announcement")
 
     def _emit(self, event: str, device: str, now: float, **extra: Any) -> None:
         ev: Event = {"event": event, "device": device, "time": now}

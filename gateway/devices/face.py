@@ -28,8 +28,8 @@ import socket
 from collections.abc import Callable
 
 from ndn_edge.errors import ConfigError, Unavailable
-from ndn_edge.wire.framing import FramingError, unwrap
 from ndn_edge.logs import event
+from ndn_edge.wire.framing import FramingError, unwrap
 
 log = logging.getLogger("ndn_edge.mcast")
 

@@ -55,13 +55,14 @@ from typing import Any, Generic, TypeVar
 
 import cbor2
 
-from ndn_edge.wire import packets as wire
-from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
-                            Unavailable)
+from ndn_edge import names
 from ndn_edge.answers import Answer
-from ndn_edge.logs import event
+from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.devices.paths import Paths
+from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
+from ndn_edge.wire import packets as wire
 from ndn_edge.wire.framing import name_tlv
 
 log = logging.getLogger("ndn_edge.invoker")
@@ -83,20 +84,20 @@ _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 class Ticket:
     """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    __slots__ = ("device", "service", "params", "key")
+    __slots__ = ("args", "device", "key", "params", "service")
 
-    def __init__(self, device: str, service: str, params: bytes) -> None:
+    def __init__(self, device: str, service: str, args: dict[str, Any] | None, params: bytes) -> None:
         self.device = device      # the full name
         self.service = service
+        self.args = args          # checked against the service's description before anything is sent
         self.params = params      # the canonical CBOR of the arguments: the cache key and what is sent
         self.key: CacheKey = (device, service, params)
 
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
     """The canonical CBOR of a call's arguments (the cache key part); InvalidArgument if not a text-keyed map."""
-    if not args:
-        if args is None or isinstance(args, dict):
-            return _EMPTY_MAP
+    if not args and (args is None or isinstance(args, dict)):
+        return _EMPTY_MAP
     if not isinstance(args, dict):
         raise InvalidArgument(f"arguments must be a map of names to values, got {type(args).__name__}")
     for k in args:
@@ -114,7 +115,7 @@ def canonical_args(args: dict[str, Any] | None) -> bytes:
 class CacheEntry:
     """One cached answer: the device's CBOR of a value, or a negative error."""
 
-    __slots__ = ("cbor", "error", "stored_at", "fresh_until", "refresh_from")
+    __slots__ = ("cbor", "error", "fresh_until", "refresh_from", "stored_at")
 
     def __init__(self, cbor: bytes, error: CallError | None, stored_at: float, fresh_until: float) -> None:
         self.cbor = cbor
@@ -474,7 +475,7 @@ class _Link:
     """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
     Interests carry (made once, not per call)."""
 
-    __slots__ = ("key_name", "key_tlv", "counter", "breaker", "window", "_names")
+    __slots__ = ("_names", "breaker", "counter", "key_name", "key_tlv", "window")
 
     def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.counter = counter
@@ -580,7 +581,7 @@ class Invoker:
         device: one lookup, one encoding of the arguments, and no task or timer for a hit."""
         if not isinstance(service, str) or not service or "/" in service:
             raise InvalidArgument(f"service must be one name component such as 'temperature', got {service!r}")
-        ticket = Ticket(self._directory.resolve(device), service, canonical_args(args))
+        ticket = Ticket(self._directory.resolve(device), service, args, canonical_args(args))
         self.metrics["calls"] += 1
         entry = self.cache.fresh(ticket.key)
         if entry is None:
@@ -657,6 +658,11 @@ class Invoker:
             err = NotFound(f"device {name} has no service {service!r} (it offers: {offered or 'nothing'})")
             self.cache.put_error(ticket.key, err)
             raise err
+        try:
+            check_args(svc, ticket.args, "/".join((*names.relative(name, self.site), service)))
+        except InvalidArgument as err:
+            self.cache.put_error(ticket.key, err)
+            raise
         private = bool(svc and svc.get("private"))
         idempotent = service in FRAMEWORK_SERVICES or bool(svc and svc.get("idempotent"))
         if not idempotent:
@@ -768,7 +774,7 @@ class Invoker:
             desc = cbor2.loads(content)
         except (cbor2.CBORDecodeError, AttributeError) as err:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
-        if not _valid_description(desc):
+        if not valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
         desc = with_defaults(desc)
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
@@ -823,38 +829,10 @@ class Invoker:
         return f"device {name} is {p['state']} ({seen}); retry when it announces itself again"
 
 
-def find_service(desc: Any, service: str) -> dict[str, Any] | None:
-    """The entry of `service` in a device description (`_desc`), or None."""
-    if not isinstance(desc, dict):
-        return None
-    for s in desc.get("services") or ():
-        if isinstance(s, dict) and s.get("name") == service:
-            return s
-    return None
-
-
-# What a service description means by a key it leaves out (docs/protocol.md "Service descriptions"): a device
-# writes only the keys that differ, so that its _desc reply fits one datagram.
-SERVICE_DEFAULTS: dict[str, Any] = {"doc": None, "args": None, "result": None, "cache_ms": None, "idempotent": True,
-                                    "private": False, "long_running": False}
-
-
-def with_defaults(desc: dict[str, Any]) -> dict[str, Any]:
-    """The description with every service's left-out keys filled in with their defaults, as it is stored and
-    shown: readers of a service entry never see a missing key."""
-    return {**desc, "services": [{**SERVICE_DEFAULTS, **s} for s in desc["services"]]}
-
-
-def _valid_description(desc: Any) -> bool:
-    services = desc.get("services") if isinstance(desc, dict) else None
-    return isinstance(services, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
-                                              for s in services)
-
-
 class _Shared(Generic[T]):
     """A request task several callers wait on, with the deadline it runs to."""
 
-    __slots__ = ("task", "deadline")
+    __slots__ = ("deadline", "task")
 
     def __init__(self, task: asyncio.Task[T], deadline: float) -> None:
         self.task = task

@@ -39,8 +39,8 @@ Decisions:
   230 messages/s with one copy, 58 with up to three). For the same reason second copies are sent only while the
   intake keeps up (`COPIES_MAX_BACKLOG`) and at most `EXTRA_COPIES_PER_S` a second: without these limits the
   copies fed the losses they were meant to repair, and the bench collapsed to 90 messages/s in one run of two.
-- Acknowledgements are encoded with `ndn_edge.wire.client_protocol.encode_reply` (a Data without MetaInfo), a fraction of
-  python-ndn's cost; the device checks the name and the HMAC only.
+- Acknowledgements are encoded with `ndn_edge.wire.client_protocol.encode_reply` (a Data without MetaInfo), a
+  fraction of python-ndn's cost; the device checks the name and the HMAC only.
 Rejected: a high-water mark alone (reports are retransmitted out of order for up to 44 s, interleaved with newer
 ones) and acknowledging before processing (a crash in between would lose the report: the device has forgotten it).
 """
@@ -60,11 +60,11 @@ import cbor2
 from ndn.encoding import Component, Name, SignatureType, parse_interest
 from ndn.encoding.tlv_model import DecodeError
 
+from ndn_edge.errors import GatewayError, StoreError
+from ndn_edge.logs import Throttle, event
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
-from ndn_edge.errors import GatewayError, StoreError
 from ndn_edge.wire.framing import components_ok, has_name_prefix, name_tlv
-from ndn_edge.logs import Throttle, event
 from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.reports")
@@ -105,7 +105,7 @@ Handler = Callable[[Any, "Report"], str]
 class Report:
     """One verified report: which device sent it, its kind, parameters and what the acknowledgement needs."""
 
-    __slots__ = ("device", "key_name", "kind", "params", "seq", "digest", "name_tlv", "received")
+    __slots__ = ("device", "digest", "key_name", "kind", "name_tlv", "params", "received", "seq")
 
     def __init__(self, device: Any, kind: str, params: Any, seq: int, digest: bytes, name_tlv: bytes) -> None:
         self.device = device      # the store's DeviceRecord
@@ -122,7 +122,7 @@ class _Key:
     """Per device key: recently processed numbers (memory), the floor below which reports are stale, and how
     often its acknowledgements are lost (the share of reports that arrive again: an exponential average)."""
 
-    __slots__ = ("recent", "floor", "new_rows", "ack_loss")
+    __slots__ = ("ack_loss", "floor", "new_rows", "recent")
 
     def __init__(self, floor: int) -> None:
         self.recent: collections.OrderedDict[int, bytes] = collections.OrderedDict()

@@ -28,16 +28,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ndn_edge.devices.directory import Directory, Event
 from ndn_edge.answers import Answer
-from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, Invoker, Ticket
-from ndn_edge.state.store import Store
+from ndn_edge.devices.directory import Directory, Event
 from ndn_edge.devices.face import MulticastFace, UnicastFace
+from ndn_edge.devices.invoker import DEFAULT_TIMEOUT_S, Invoker, Ticket
 from ndn_edge.devices.paths import Paths
 from ndn_edge.errors import ConfigError
 from ndn_edge.logs import event
-from ndn_edge.wire.tlv import T
+from ndn_edge.state.store import Store
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
+from ndn_edge.wire.tlv import T
 
 log = logging.getLogger("ndn_edge.devices")
 

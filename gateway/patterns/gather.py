@@ -54,7 +54,7 @@ async def gather(devices: Any, *, site: str, pattern: tuple[str, ...], service: 
         else:
             results[rel] = {"device": rel, "error": Unavailable(why_down(devices.directory, name)).to_wire()}
     if tasks:
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s + _SLACK_S)
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s + _SLACK_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ndn_edge.devices.reports import OPERATION, PUBLICATION, ReportIntake
 from ndn_edge.devices.side import DeviceSide
+from ndn_edge.limits import Limits
 from ndn_edge.patterns.operations import Operations
 from ndn_edge.patterns.pubsub import PubSub
 from ndn_edge.state.store import Store
@@ -23,13 +24,13 @@ from ndn_edge.state.store import Store
 class Patterns:
     """Report intake, operations and pub/sub for one device side."""
 
-    def __init__(self, store: Store, devices: DeviceSide, *, site: str) -> None:
+    def __init__(self, store: Store, devices: DeviceSide, *, site: str, limits: Limits | None = None) -> None:
         self.site = site.strip("/")
         self.store = store
         self.devices = devices
         self.intake = ReportIntake(store, devices.face, self.site, send_to=devices.send_to)
-        self.pubsub = PubSub(store, site=self.site, intake=self.intake)
-        self.operations = Operations(store, devices, site=self.site)
+        self.pubsub = PubSub(store, site=self.site, intake=self.intake, limits=limits)
+        self.operations = Operations(store, devices, site=self.site, limits=limits)
         self.intake.handlers = {OPERATION: self.operations.on_report, PUBLICATION: self.pubsub.on_report}
         self._started = False
 

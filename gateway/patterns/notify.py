@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ndn_edge.wire import packets as wire
+from ndn_edge.devices.invoker import canonical_args
 from ndn_edge.errors import Internal, NotFound, StoreError, Unavailable
 from ndn_edge.patterns.gather import why_down
-from ndn_edge.devices.invoker import canonical_args
+from ndn_edge.wire import packets as wire
 
 LIFETIME_MS = 1000
 

@@ -49,10 +49,19 @@ from typing import Any
 
 import cbor2
 
-from ndn_edge.errors import (CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError,
-                            Unavailable)
-from ndn_edge.devices.invoker import find_service
+from ndn_edge.devices.descriptions import check_args, find_service
 from ndn_edge.devices.reports import ACK, DROP, LATER, SILENT, Report
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
+from ndn_edge.limits import Limits
 from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.operations")
@@ -89,6 +98,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX operations_device_op ON operations (device, device_op)",
         "CREATE INDEX operations_state ON operations (state)",
     ),
+    (  # per-client quotas count a client's operations by state
+        "CREATE INDEX operations_client ON operations (client, state)",
+    ),
 )
 _COLUMNS = ("id, kind, client, device, service, args, state, device_op, progress, note, result, error, created_at, "
             "updated_at, expires_at")
@@ -97,8 +109,10 @@ _COLUMNS = ("id, kind, client, device, service, args, state, device_op, progress
 class Operations:
     """Long-running operations and queued calls, in the store, moved along by device reports and events."""
 
-    def __init__(self, store: Any, devices: Any, *, site: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, devices: Any, *, site: str, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.site = site.strip("/")
+        self.limits = limits or Limits()
         self._store = store
         self._devices = devices
         self._clock = clock
@@ -108,7 +122,7 @@ class Operations:
         self._due: set[str] = set()  # running operations to ask the device about when it is online
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
-                                         "orphan_reports": 0, "reconciled": 0, "cancelled": 0}
+                                         "orphan_reports": 0, "reconciled": 0, "cancelled": 0, "over_quota": 0}
 
     # -- lifecycle
 
@@ -150,10 +164,14 @@ class Operations:
                        timeout_s: float) -> dict[str, Any]:
         """Start a long-running service; the operation's info once the device has accepted it."""
         name = self._resolve(device)
+        self._within_quota(client, "kind = 'op' AND state IN ('starting', 'running')",
+                           self.limits.operations_per_client, "long-running operations running",
+                           "operations_per_client")
         svc = await self._service(name, service, timeout_s)
         if not svc.get("long_running"):
             raise InvalidArgument(f"{self._rel(name)}/{service} is not a long-running service; call it with "
                                   "`call` (services declared long_running=True are started with `start`)")
+        check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("op", client, name, service, args, "starting")
         try:
             reply = await self._devices.call(name, service, args, timeout_s=timeout_s)
@@ -178,9 +196,13 @@ class Operations:
         record = self._store.device(name)
         if record is None:
             raise NotFound(f"no device {name}; `ndn-edge devices` lists the known ones")
+        self._within_quota(client, "kind = 'call' AND state = 'queued'", self.limits.queued_calls_per_client,
+                           "queued calls", "queued_calls_per_client")
         desc = record.desc if isinstance(record.desc, dict) else None
-        if desc is not None and find_service(desc, service) is None:
+        svc = find_service(desc, service)
+        if desc is not None and svc is None:
             raise NotFound(f"device {name} has no service {service!r}")
+        check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("call", client, name, service, args, "queued", expires_at=self._clock() + ttl_s)
         self.counters["queued"] += 1
         if self._devices.is_online(name):
@@ -220,7 +242,7 @@ class Operations:
         raise Unavailable(f"operation {op_id} is being {'started' if op.state == 'starting' else 'delivered'}; "
                           "cancel again in a moment")
 
-    def list(self, page_size: int, page_token: str | None,
+    def page(self, page_size: int, page_token: str | None,
              visible: Callable[[str, str], bool]) -> tuple[list[dict[str, Any]], str | None]:
         """One page of operations, newest first, those `visible(device, service)` allows; and the next token."""
         if page_token is not None and (not isinstance(page_token, str) or not page_token.isalnum()):
@@ -262,11 +284,11 @@ class Operations:
         self._apply(db, op_id, p)
         return ACK if state in FINAL else SILENT
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, change: dict[str, Any]) -> None:
         """A directory event: a device that joins gets its queued calls, and its running operations checked."""
-        if event.get("event") != "join" or not isinstance(event.get("device"), str):
+        if change.get("event") != "join" or not isinstance(change.get("device"), str):
             return
-        device = event["device"]
+        device = change["device"]
         self._deliver_soon(device)
         for row in self._store.query("SELECT id FROM operations WHERE device = ? AND kind = 'op' AND "
                                      "state = 'running'", (device,)):
@@ -304,11 +326,8 @@ class Operations:
     def _update(self, op_id: str, **fields: Any) -> None:
         fields["updated_at"] = self._clock()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        try:
-            with self._store.transaction() as db:
-                db.execute(f"UPDATE operations SET {sets} WHERE id = ?", (*fields.values(), op_id))
-        except sqlite3.Error as err:
-            raise StoreError(f"operation {op_id} not updated: {err}") from err
+        with self._store.transaction() as db:
+            db.execute(f"UPDATE operations SET {sets} WHERE id = ?", (*fields.values(), op_id))
         self._changed(op_id)
 
     def _finish(self, op_id: str, state: str, *, value: Any = None, error: CallError | None = None) -> None:
@@ -325,20 +344,17 @@ class Operations:
             raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
         now = self._clock()
         op_id = f"{int(now * 1000):012x}{os.urandom(4).hex()}"
-        try:
-            with self._store.transaction() as db:
-                db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
-                           "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),
-                                                    state, now, now, expires_at))
-        except sqlite3.Error as err:
-            raise StoreError(f"operation not stored: {err}") from err
+        with self._store.transaction() as db:
+            db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
+                       "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),
+                                                state, now, now, expires_at))
         return op_id
 
     def _delete(self, op_id: str) -> None:
         try:
             with self._store.transaction() as db:
                 db.execute("DELETE FROM operations WHERE id = ?", (op_id,))
-        except sqlite3.Error as err:
+        except StoreError as err:
             event(log, "operation_not_deleted", logging.WARNING, op=op_id, error=str(err))
 
     # -- delivery of queued calls
@@ -418,11 +434,8 @@ class Operations:
             return
         self.counters["reconciled"] += 1
         if isinstance(reply.value, dict) and reply.value.get("state") in ("running", *FINAL):
-            try:
-                with self._store.transaction() as db:
-                    self._apply(db, op_id, reply.value)
-            except sqlite3.Error as err:
-                raise StoreError(f"operation {op_id} not updated: {err}") from err
+            with self._store.transaction() as db:
+                self._apply(db, op_id, reply.value)
 
     def _check_soon(self, op_id: str) -> None:
         if op_id in self._checking:
@@ -474,6 +487,13 @@ class Operations:
 
     # -- helpers
 
+    def _within_quota(self, client: str, where: str, limit: int, what: str, name: str) -> None:
+        count = self._store.query(f"SELECT COUNT(*) FROM operations WHERE client = ? AND {where}", (client,))[0][0]
+        if count >= limit:
+            self.counters["over_quota"] += 1
+            raise ResourceExhausted(f"client '{client}' has {count} {what}, its limit ({name}); wait for some "
+                                    "to finish or cancel them (`ndn-edge ops`)")
+
     async def _service(self, name: str, service: str, timeout_s: float) -> dict[str, Any]:
         record = self._store.device(name)
         if record is None:
@@ -513,8 +533,23 @@ class Operations:
 class _Row:
     """One row of `operations`."""
 
-    __slots__ = ("id", "kind", "client", "device", "service", "args", "state", "device_op", "progress", "note",
-                 "result", "error", "created_at", "updated_at", "expires_at")
+    __slots__ = (
+        "args",
+        "client",
+        "created_at",
+        "device",
+        "device_op",
+        "error",
+        "expires_at",
+        "id",
+        "kind",
+        "note",
+        "progress",
+        "result",
+        "service",
+        "state",
+        "updated_at",
+    )
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         (self.id, self.kind, self.client, self.device, self.service, args, self.state, self.device_op,

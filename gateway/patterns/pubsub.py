@@ -40,7 +40,9 @@ Decisions:
   oldest messages and counts them in `lost`.
 - Access rules apply at delivery: a subscription sees a topic only if its client's rules allow the topic name
   (`sim/1/tick` needs a rule matching `sim/1/tick`); `_members/<device...>` is visible to a client that may reach
-  the device (as in device listings). Rules are re-read at most once a second, so a revoke applies within one.
+  the device (as in device listings). They are checked when a message is queued and again when it is handed
+  out, so what was queued before a rule was revoked is withheld (and dropped), never delivered. Rules are
+  re-read at most once a second, so a revoke applies within one.
 - Membership events (`join`, `leave`, `offline`, `sleep`, from the directory) are messages on topic
   `_members/<device...>` published by `_gw` (value: `{"event", "device", "time", ...}`), retained, so a new
   subscriber to `_members/**` first gets the last event of every device: the current membership.
@@ -54,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import functools
 import logging
 import math
 import os
@@ -66,8 +69,9 @@ from typing import Any
 import cbor2
 
 from ndn_edge import names as acl
-from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, UnknownClient
 from ndn_edge.devices.reports import ACK, DROP, Report
+from ndn_edge.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, StoreError, UnknownClient
+from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.pubsub")
@@ -80,7 +84,6 @@ FIRST_CONTACT_SEQ = 16    # a publisher first met at or below this number is tak
 MEMORY_QUEUE = 10_000     # messages per in-memory subscription
 DURABLE_QUEUE = 100_000   # messages per durable subscription
 IDLE_S = 60.0             # an in-memory subscription ends this long after its last poll
-MAX_SUBSCRIPTIONS = 10_000
 RULES_TTL_S = 1.0
 SWEEP_S = 1.0
 REPLY_BUDGET = 48_000     # bytes of messages in one poll reply (replies are at most 60,000)
@@ -140,7 +143,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message BLOB NOT NULL,
             PRIMARY KEY (sub, pos)
         ) WITHOUT ROWID""",
-        "INSERT INTO sub_queue_v2 SELECT sub, pos, message FROM sub_queue WHERE sub IN (SELECT id FROM subscriptions_v2)",
+        "INSERT INTO sub_queue_v2 SELECT sub, pos, message FROM sub_queue "
+        "WHERE sub IN (SELECT id FROM subscriptions_v2)",
         "DROP TABLE sub_queue",
         "DROP TABLE subscriptions",
         "ALTER TABLE subscriptions_v2 RENAME TO subscriptions",
@@ -154,7 +158,7 @@ Defer = Callable[[Callable[[], None]], None]
 class _Stream:
     """One publisher's numbering as the gateway follows it."""
 
-    __slots__ = ("boot", "last", "held", "since", "pending_gap")
+    __slots__ = ("boot", "held", "last", "pending_gap", "since")
 
     def __init__(self, boot: str, last: int) -> None:
         self.boot = boot
@@ -167,8 +171,21 @@ class _Stream:
 class _Sub:
     """One subscription: in memory, or durable (its queue in the store, `db_id` its row)."""
 
-    __slots__ = ("id", "client", "pattern", "name", "db_id", "queue", "next_pos", "acked", "size", "lost",
-                 "event", "last_poll", "waiting")
+    __slots__ = (
+        "acked",
+        "client",
+        "db_id",
+        "event",
+        "id",
+        "last_poll",
+        "lost",
+        "name",
+        "next_pos",
+        "pattern",
+        "queue",
+        "size",
+        "waiting",
+    )
 
     def __init__(self, sub_id: str, client: str, pattern: tuple[str, ...], *, name: str | None = None,
                  db_id: int | None = None, next_pos: int = 1, acked: int = 0, size: int = 0, lost: int = 0) -> None:
@@ -206,8 +223,10 @@ class _Sub:
 class PubSub:
     """Publications in, ordered and retained; subscriptions out, by long-polling."""
 
-    def __init__(self, store: Any, *, site: str, intake: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, *, site: str, intake: Any = None, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.site = site.strip("/")
+        self.limits = limits or Limits()
         self._store = store
         self._intake = intake
         self._clock = clock
@@ -218,7 +237,7 @@ class PubSub:
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
-                                         "malformed": 0, "membership": 0}
+                                         "malformed": 0, "membership": 0, "withheld": 0, "over_quota": 0}
 
     # -- lifecycle
 
@@ -256,8 +275,8 @@ class PubSub:
         if (not isinstance(topic, str) or not topic or "" in topic.split("/") or not isinstance(boot, str)
                 or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
             self.counters["malformed"] += 1
-            event(log, "publication_dropped", logging.DEBUG, device=report.device.name, topic=repr(topic), boot=repr(boot),
-                  seq=repr(seq))
+            event(log, "publication_dropped", logging.DEBUG, device=report.device.name, topic=repr(topic),
+                  boot=repr(boot), seq=repr(seq))
             return DROP
         self.counters["published"] += 1
         publisher = self._relative(report.device.name)
@@ -342,7 +361,7 @@ class PubSub:
                 self._enqueue_durable(db, sub, blob)
                 defer(sub.wake)
             else:
-                defer(lambda s=sub: s.push(msg))
+                defer(functools.partial(sub.push, msg))
 
     def _enqueue_durable(self, db: Any, sub: _Sub, blob: bytes) -> None:
         # Only while the subscription is in the store: `client remove` (another process) deletes a client's
@@ -361,17 +380,17 @@ class PubSub:
 
     # -- membership (directory events)
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, change: dict[str, Any]) -> None:
         """A directory event (join, leave, offline, sleep) as a retained message on `_members/<device...>`."""
-        device = event.get("device")
+        device = change.get("device")
         if not isinstance(device, str):
             return
         rel = self._relative(device)
         self._gw_seq += 1
-        value = {k: v for k, v in event.items() if k != "device"}
+        value = {k: v for k, v in change.items() if k != "device"}
         value["device"] = rel
         msg = {"topic": f"{MEMBERS}/{rel}", "publisher": GATEWAY_PUBLISHER, "value": value, "seq": self._gw_seq,
-               "boot": self._gw_boot, "time": event.get("time", self._clock())}
+               "boot": self._gw_boot, "time": change.get("time", self._clock())}
         later: list[Callable[[], None]] = []
         try:
             with self._store.transaction() as db:
@@ -390,6 +409,9 @@ class PubSub:
             parts = acl.parse_pattern(pattern)
         except ValueError as err:
             raise InvalidArgument(f"subscription pattern: {err}") from err
+        if not self._could_see(client, parts):
+            raise PermissionDenied(f"client '{client}' may not see any topic matching {pattern!r}: no rule of "
+                                   "its allows one (ndn-edge acl list)")
         if durable is not None:
             if not isinstance(durable, str) or not _NAME.fullmatch(durable):
                 raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
@@ -404,9 +426,16 @@ class PubSub:
                                           f"pattern {acl.format_pattern(existing.pattern)!r}; unsubscribe it "
                                           "first to change the pattern")
                 existing.last_poll = time.monotonic()
-                return {"sub": existing.id, "created": False, "pattern": acl.format_pattern(parts)}
-        if len(self._subs) >= MAX_SUBSCRIPTIONS:
-            raise ResourceExhausted(f"the gateway holds {len(self._subs)} subscriptions, its limit; close unused ones")
+                return {"sub": existing.id, "created": False, "pattern": acl.format_pattern(parts),
+                        "devices": self._publishers(parts)}
+        mine = sum(1 for owner, _ in self._subs if owner == client)
+        if mine >= self.limits.subscriptions_per_client:
+            self.counters["over_quota"] += 1
+            raise ResourceExhausted(f"client '{client}' has {mine} subscriptions, its limit "
+                                    "(subscriptions_per_client); close unused ones")
+        if len(self._subs) >= self.limits.subscriptions:
+            raise ResourceExhausted(f"the gateway holds {len(self._subs)} subscriptions, its limit (subscriptions); "
+                                    "close unused ones")
         retained = [cbor2.loads(row[0]) for row in self._store.query("SELECT message FROM retained ORDER BY topic")]
         retained = [dict(m, retained=True) for m in retained
                     if acl.matches(parts, tuple(m["topic"].split("/")))
@@ -416,17 +445,15 @@ class PubSub:
             for m in retained:
                 sub.push(m)
         else:
-            try:
-                with self._store.transaction() as db:
-                    cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
-                                     "(?, ?, ?, ?)", (client, durable, acl.format_pattern(parts), self._clock()))
-                    sub = _Sub(_durable_id(durable), client, parts, name=durable, db_id=cur.lastrowid)
-                    for m in retained:
-                        self._enqueue_durable(db, sub, cbor2.dumps(m))
-            except sqlite3.Error as err:
-                raise StoreError(f"durable subscription {durable!r} not stored: {err}") from err
+            with self._store.transaction() as db:
+                cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
+                                 "(?, ?, ?, ?)", (client, durable, acl.format_pattern(parts), self._clock()))
+                sub = _Sub(_durable_id(durable), client, parts, name=durable, db_id=cur.lastrowid)
+                for m in retained:
+                    self._enqueue_durable(db, sub, cbor2.dumps(m))
         self._subs[(client, sub.id)] = sub
-        return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts)}
+        return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts),
+                "devices": self._publishers(parts)}
 
     async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100,
                    wait_ms: int = 0) -> dict[str, Any]:
@@ -453,12 +480,9 @@ class PubSub:
         """End a subscription; a durable one is deleted with its queue."""
         sub = self._sub(client, sub_id)
         if sub.durable:
-            try:
-                with self._store.transaction() as db:
-                    db.execute("DELETE FROM sub_queue WHERE sub = ?", (sub.db_id,))
-                    db.execute("DELETE FROM subscriptions WHERE id = ?", (sub.db_id,))
-            except sqlite3.Error as err:
-                raise StoreError(f"subscription {sub_id} not deleted: {err}") from err
+            with self._store.transaction() as db:
+                db.execute("DELETE FROM sub_queue WHERE sub = ?", (sub.db_id,))
+                db.execute("DELETE FROM subscriptions WHERE id = ?", (sub.db_id,))
         del self._subs[(client, sub_id)]
         sub.wake()
         return {"sub": sub_id, "removed": True}
@@ -481,12 +505,9 @@ class PubSub:
             return
         ack = min(ack, sub.next_pos - 1)
         if sub.durable:
-            try:
-                with self._store.transaction() as db:
-                    cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos <= ?", (sub.db_id, ack))
-                    db.execute("UPDATE subscriptions SET acked = ? WHERE id = ?", (ack, sub.db_id))
-            except sqlite3.Error as err:
-                raise StoreError(f"acknowledgement of subscription {sub.id} not stored: {err}") from err
+            with self._store.transaction() as db:
+                cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos <= ?", (sub.db_id, ack))
+                db.execute("UPDATE subscriptions SET acked = ? WHERE id = ?", (ack, sub.db_id))
             sub.size -= cur.rowcount
         else:
             while sub.queue and sub.queue[0][0] <= ack:
@@ -494,27 +515,50 @@ class PubSub:
         sub.acked = ack
 
     def _peek(self, sub: _Sub, max_messages: int) -> list[dict[str, Any]]:
+        """The next messages of `sub`, checked against its client's rules as they are now: a message queued
+        before a rule was revoked is withheld (and dropped from the queue), never delivered."""
         out: list[dict[str, Any]] = []
+        withheld: list[int] = []
         budget = REPLY_BUDGET
         if sub.durable:
             rows = self._store.query("SELECT pos, message FROM sub_queue WHERE sub = ? AND pos > ? ORDER BY pos "
                                      "LIMIT ?", (sub.db_id, sub.acked, max_messages))
             for pos, blob in rows:
+                msg = cbor2.loads(blob)
+                if not self._visible(sub.client, tuple(str(msg.get("topic")).split("/"))):
+                    withheld.append(pos)
+                    continue
                 budget -= len(blob) + 8
                 if budget < 0 and out:
                     break
-                out.append(dict(cbor2.loads(blob), pos=pos))
+                out.append(dict(msg, pos=pos))
         else:
             for pos, msg in sub.queue:
                 if pos <= sub.acked:
                     continue
                 if len(out) >= max_messages:
                     break
+                if not self._visible(sub.client, tuple(msg["topic"].split("/"))):
+                    withheld.append(pos)
+                    continue
                 budget -= len(cbor2.dumps(msg)) + 8
                 if budget < 0 and out:
                     break
                 out.append(dict(msg, pos=pos))
+        if withheld:
+            self._withhold(sub, withheld)
         return out
+
+    def _withhold(self, sub: _Sub, positions: list[int]) -> None:
+        self.counters["withheld"] += len(positions)
+        if sub.durable:
+            with self._store.transaction() as db:
+                db.executemany("DELETE FROM sub_queue WHERE sub = ? AND pos = ?",
+                               [(sub.db_id, pos) for pos in positions])
+            sub.size -= len(positions)
+        else:
+            gone = set(positions)
+            sub.queue = collections.deque(item for item in sub.queue if item[0] not in gone)
 
     def _stored(self, sub: _Sub) -> bool:
         return bool(self._store.query("SELECT 1 FROM subscriptions WHERE id = ?", (sub.db_id,)))
@@ -542,10 +586,31 @@ class PubSub:
             return any(_reaches(rule, device) for rule in rules)
         return False
 
-    def _rules_of(self, client: str) -> tuple[tuple[str, ...], ...]:
+    def _could_see(self, client: str, pattern: tuple[str, ...]) -> bool:
+        """True if some topic `pattern` matches is one the client's rules let it see (a publication's topic, or
+        the membership of a device it may reach)."""
+        rules = self._rules_of(client, fresh=True)
+        if any(acl.overlap(pattern, rule) for rule in rules):
+            return True
+        return bool(rules) and acl.overlap(pattern, (MEMBERS, acl.ANY))
+
+    def _publishers(self, pattern: tuple[str, ...]) -> int:
+        """How many provisioned devices could publish on a topic `pattern` matches (their own topics, or their
+        membership): 0 tells a subscriber it waits for devices that do not exist yet."""
+        count, token = 0, None
+        while True:
+            records, token = self._store.list_devices(1000, token)
+            for record in records:
+                device = tuple(self._relative(record.name).split("/"))
+                if acl.overlap(pattern, (*device, acl.ONE)) or acl.overlap(pattern, (MEMBERS, *device)):
+                    count += 1
+            if token is None:
+                return count
+
+    def _rules_of(self, client: str, *, fresh: bool = False) -> tuple[tuple[str, ...], ...]:
         now = time.monotonic()
         cached = self._rules.get(client)
-        if cached is not None and now - cached[1] < RULES_TTL_S:
+        if cached is not None and now - cached[1] < RULES_TTL_S and not fresh:
             return cached[0]
         try:
             rules = tuple(rule.parts for rule in self._store.rules(client))

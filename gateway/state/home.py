@@ -2,7 +2,9 @@
 
 Layout (everything private to the user: folders 0700, files 0600):
 
-    HOME/gateway.db          the SQLite store (gateway/store.py)
+    HOME/gateway.db          the SQLite store (gateway/state/store.py)
+    HOME/store-id            the identity of this home's store (so an emptied or swapped file is noticed)
+    HOME/backup/gateway.db   the last copy of the store found whole, made by the gateway
     HOME/gateway.json        address record of the running gateway, written at start-up
     HOME/clients/NAME.json   client credentials: {"name", "site", "key": 64 hex}
 
@@ -21,11 +23,16 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ndn_edge.errors import ConfigError
+from ndn_edge.errors import ConfigError, DamagedStore, StoreError
 from ndn_edge.wire.protocol import KEY_BYTES
+
+if TYPE_CHECKING:
+    from ndn_edge.state.store import Store
 
 ENV_HOME = "NDN_EDGE_HOME"
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -114,6 +121,14 @@ class Home:
         return self._path / "clients"
 
     @property
+    def store_id_file(self) -> Path:
+        return self._path / "store-id"
+
+    @property
+    def backup_path(self) -> Path:
+        return self._path / "backup" / "gateway.db"
+
+    @property
     def gateway_file(self) -> Path:
         return self._path / "gateway.json"
 
@@ -128,10 +143,63 @@ class Home:
                 folder.mkdir(mode=_DIR_MODE, parents=True)
             except FileExistsError:
                 if not folder.is_dir():
-                    raise ConfigError(f"{folder} exists and is not a folder; choose another home with --home DIR")
+                    raise ConfigError(f"{folder} exists and is not a folder; choose another home with --home DIR") \
+                        from None
             else:
                 os.chmod(folder, _DIR_MODE)  # mkdir's mode is filtered by the umask
         return self
+
+    # -- the store
+
+    def open_store(self, *, check: bool = False) -> Store:
+        """The home's store. A new home gets a new store and remembers its identity; a store file that is
+        emptied, new or another store's where this home had one, or (with `check`) damaged, is refused with one
+        line saying how to restore the last good copy: never started afresh, which would lose every device,
+        client and sequence mark."""
+        from ndn_edge.state.store import Store
+
+        self.ensure()
+        if _read_only(self._path):
+            raise StoreError(f"home {self._path} is on a read-only file system, and the store must be written there; "
+                             "remount it read-write, or use another home with --home DIR")
+        expected = self._read_store_id()
+        try:
+            store = Store(self.db_path, expect_id=expected, check=check)
+        except DamagedStore as err:
+            raise DamagedStore(f"{err}; {self._restore_hint()}") from err
+        if expected is None:
+            try:
+                _write_private(self.store_id_file, (store.store_id + "\n").encode(), replace=False)
+            except FileExistsError:  # another process of this home got there first: it must be the same store
+                if self._read_store_id() != store.store_id:
+                    store.close()
+                    raise StoreError(f"{self.db_path} is not the store {self.store_id_file} names; "
+                                     f"{self._restore_hint()}") from None
+        return store
+
+    def _read_store_id(self) -> str | None:
+        try:
+            text = self.store_id_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def _restore_hint(self) -> str:
+        backup = self.backup_path
+        if not backup.exists():
+            return (f"no good copy is kept yet; move {self.db_path} aside and remove {self.store_id_file} to start "
+                    "a new, empty store")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(backup.stat().st_mtime))
+        db = self.db_path
+        return (f"the last good copy is {backup} (from {when}): with the gateway stopped, run: mv {db} {db}.damaged; "
+                f"rm -f {db}-wal {db}-shm; cp {backup} {db}")
+
+    def back_up(self, store: Store) -> Path:
+        """Copy the store (known good) to `backup_path`; returns it."""
+        folder = self.backup_path.parent
+        folder.mkdir(mode=_DIR_MODE, exist_ok=True)
+        store.backup(self.backup_path)
+        return self.backup_path
 
     # -- client credentials
 
@@ -260,6 +328,14 @@ def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
         except FileNotFoundError:
             pass
     _fsync_dir(path.parent)
+
+
+def _read_only(folder: Path) -> bool:
+    """True if `folder` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs here: SQLite will say so when it writes
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -41,13 +41,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ndn_edge.errors import AlreadyExists, ConfigError, DamagedStore, StoreError, UnknownClient, UnknownDevice
 from ndn_edge.names import format_pattern, parse_pattern
-from ndn_edge.errors import AlreadyExists, StoreError, UnknownClient, UnknownDevice
 from ndn_edge.state.home import validate_client_name
-from ndn_edge.wire.protocol import KEY_BYTES
+from ndn_edge.wire.protocol import DEFAULT_SITE, KEY_BYTES
 
 STATES = ("unknown", "online", "offline", "asleep", "left")
 MAX_PAGE_SIZE = 1000
+SITE_META = "site"  # the meta entry naming the home's site
 _SEQ_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 _BUSY_TIMEOUT_S = 5.0
 
@@ -99,6 +100,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             feature TEXT PRIMARY KEY,
             version INTEGER NOT NULL
         )""",
+    ),
+    (  # 3 -> 4: the store's identity, which its home remembers (an emptied or swapped file is then noticed)
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))))",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -159,7 +163,11 @@ class Rule(NamedTuple):
 class Store:
     """The gateway's SQLite store; a context manager, to be used from one thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _BUSY_TIMEOUT_S,
+                 expect_id: str | None = None, check: bool = False) -> None:
+        """Open (creating and migrating) the store at `path`. With `expect_id`, the file must be that store: an
+        empty, new or other store file is refused (StoreError) rather than started afresh. With `check`, SQLite's
+        quick_check must find the file whole."""
         self.path = os.fspath(path)
         if self.path != ":memory:":
             _create_private(self.path)
@@ -168,15 +176,68 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         try:
+            if expect_id is not None:
+                self._expect(expect_id)
             self._use_wal(busy_timeout_s)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            if check:
+                self._check()
             self._migrate()
+        except sqlite3.OperationalError as err:  # the file cannot be opened or written: not its content's fault
+            self._db.close()
+            raise StoreError(f"cannot use store {self.path}: {err}") from err
         except sqlite3.DatabaseError as err:
             self._db.close()
-            raise StoreError(f"{self.path} is not a usable ndn-edge store: {err}") from err
+            raise DamagedStore(f"{self.path} is not a usable ndn-edge store: {err}") from err
         except BaseException:
             self._db.close()
+            raise
+
+    def _expect(self, store_id: str) -> None:
+        found = None
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= 4:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+            found = row[0] if row else None
+        if found != store_id:
+            what = "is empty or new" if found is None else f"is another store ({found})"
+            raise DamagedStore(f"{self.path} {what}, but this home's store is {store_id}")
+
+    def _check(self) -> None:
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(str(p) for p in problems))
+
+    def verify(self) -> None:
+        """StoreError unless SQLite's quick_check finds the file whole."""
+        try:
+            self._check()
+        except sqlite3.DatabaseError as err:
+            raise DamagedStore(f"{self.path} is damaged: {err}") from err
+
+    @property
+    def store_id(self) -> str:
+        """This store's identity (random, made with it)."""
+        return str(self.get_meta("store_id"))
+
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """A consistent copy of the store at `path` (SQLite's backup API; written aside, then renamed into
+        place, mode 0600), taken while the store stays in use."""
+        target = os.fspath(path)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        _create_private(tmp)
+        try:
+            copy = sqlite3.connect(tmp)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
             raise
 
     def _use_wal(self, timeout_s: float) -> None:
@@ -207,18 +268,26 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before reading so read-modify-write cannot interleave."""
+        """One write transaction, taken before reading so read-modify-write cannot interleave. What SQLite
+        refuses inside it (a full disk, a read-only file) is a StoreError saying so; nothing is half-written."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            raise StoreError(f"store {self.path} is busy ({err}); is another process holding it?") from err
+            if "locked" in str(err) or "busy" in str(err):
+                raise StoreError(f"store {self.path} is busy ({err}); is another process holding it?") from err
+            raise StoreError(f"store {self.path} cannot be written: {err}") from err
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection already rolled back (SQLite does, on a full disk)
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise StoreError(f"store {self.path} cannot be written: {exc}") from exc
+            raise
 
     def _migrate(self) -> None:
         while True:
@@ -295,7 +364,7 @@ class Store:
         """The device whose current key is named `key_name` (`<device>/KEY/<key-id>`), or None."""
         if not isinstance(key_name, str):
             return None
-        device, marker, kid = (key_name.rsplit("/", 2) + ["", ""])[:3]
+        device, marker, kid = ([*key_name.rsplit("/", 2), "", ""])[:3]
         if marker != "KEY" or not device:
             return None
         record = self.device(device)
@@ -437,6 +506,12 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
         return start
 
+    def repair_seq_mark(self, key: str, mark: int) -> None:
+        """Lower the leased mark of `key` to `mark`: only for a mark that no valid number can reach (a client's
+        number far ahead of its clock); leases otherwise only ever grow."""
+        with self._tx() as db:
+            db.execute("UPDATE seq_leases SET mark = ? WHERE key = ? AND mark > ?", (mark, key, mark))
+
     def seq_mark(self, key: str) -> int:
         """The highest number leased so far for `key` (0 if none)."""
         row = self._db.execute("SELECT mark FROM seq_leases WHERE key = ?", (key,)).fetchone()
@@ -454,6 +529,31 @@ class Store:
             return self._db.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as err:
             raise StoreError(f"store {self.path}: {err}") from err
+
+    # -- the home's site
+
+    def site(self) -> str | None:
+        """The site this store's home serves, once decided (None before)."""
+        return self.get_meta(SITE_META)
+
+    def claim_site(self, site: str | None, *, wait_s: float = 0.0) -> str:
+        """The home's site, decided once: the first process that names one (a gateway's `--site`, a client's
+        `--site`) decides it, atomically; one that names none takes the decided site, or, after waiting up to
+        `wait_s` for a starting gateway to decide it, the default. ConfigError when `site` differs from the
+        decided one: a client of one site cannot talk to a gateway of another."""
+        if site is not None:
+            site = _check_site(site)
+        deadline = time.monotonic() + wait_s
+        while site is None and time.monotonic() < deadline and self.site() is None:
+            time.sleep(0.05)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (SITE_META, site or DEFAULT_SITE))
+            decided = str(db.execute("SELECT value FROM meta WHERE key = ?", (SITE_META,)).fetchone()[0])
+        if site is not None and site != decided:
+            raise ConfigError(f"this home is for site '{decided}' (decided when its first gateway or client was "
+                              f"made), not '{site}'; use --site {decided}, or another home with --home DIR for "
+                              f"site '{site}'")
+        return decided
 
     # -- meta
 

@@ -1,8 +1,10 @@
-"""The client<->gateway wire format (docs/gateway-protocol.md), shared by `ndn_edge.clients.face` and `ndn_edge.client.api`.
+"""The client<->gateway wire format (docs/gateway-protocol.md), shared by the client face (`ndn_edge.clients`)
+and the client library (`ndn_edge.client`).
 
 Owns: the framework names (`/<site>/_gw/<verb>/...`, `/<site>/_client/<name>/KEY/<key-id>`), the limits both
 sides agree on, the time-based sequence numbers clients sign with, the check that decoded CBOR holds only plain
-values (and that an integer parameter is in range), and reply encoding. Packet parsing and signing ride on python-ndn and `ndn_edge.wire.packets`.
+values (and that an integer parameter is in range), and reply encoding. Packet parsing and signing ride on
+python-ndn and `ndn_edge.wire.packets`.
 
 Decisions:
 - A client's `SignatureSeqNum` is microseconds since the epoch, bumped to stay strictly increasing within a
@@ -30,9 +32,7 @@ import cbor2
 from ndn.encoding import Component
 
 from ndn_edge.answers import Answer
-
 from ndn_edge.errors import InvalidArgument
-
 from ndn_edge.wire.packets import encode_signed_interest as encode_request  # noqa: F401  (the client's requests)
 from ndn_edge.wire.packets import encoded_name, key_name
 from ndn_edge.wire.tlv import CONTENT_NACK, SIGNATURE_HMAC_SHA256, T, tlv, tlv_head
@@ -43,7 +43,7 @@ VERB_CALL = "call"
 VERB_DEVICES = "devices"
 VERB_SERVICES = "services"
 VERB_METRICS = "metrics"
-# the communication models (gateway/models.py, docs/models.md)
+# the communication models (gateway/patterns/hub.py, docs/models.md)
 VERB_NOTIFY = "notify"
 VERB_START = "start"
 VERB_ENQUEUE = "enqueue"

@@ -62,6 +62,8 @@ def components_ok(components: Sequence[Sequence[int]]) -> bool:
     into components without checking each one's length; printing a lying one raises later)."""
     try:
         for c in components:
+            if not isinstance(c, (bytes, bytearray, memoryview)):  # python-ndn's parser may hand back other types
+                return False
             t, _, e = read_tl(c, 0)
             if e != len(c) or t == 0:
                 return False
@@ -74,7 +76,7 @@ def name_tlv(packet: bytes) -> bytes | None:
     """The encoded Name TLV (type and length included) that opens an Interest or Data, or None."""
     try:
         _, s, e = read_tl(packet, 0)
-        t, ns, ne = read_tl(packet, s, e)
+        t, _ns, ne = read_tl(packet, s, e)
     except FramingError:
         return None
     if t != T.NAME:

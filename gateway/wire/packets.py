@@ -28,9 +28,8 @@ from ndn.encoding.tlv_model import DecodeError
 from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from ndn_edge.errors import GatewayError
-from ndn_edge.wire.tlv import (CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni,  # noqa: F401
-                               read_tl, tlv, tlv_head)
 from ndn_edge.wire.protocol import ENC_LABEL
+from ndn_edge.wire.tlv import CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni, read_tl, tlv, tlv_head  # noqa: F401
 
 _INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTEREST_LIFETIME,
                     T.HOP_LIMIT, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
@@ -123,14 +122,25 @@ class _KeyLocator:
 
 
 class _InterestSignatureInfo:
-    __slots__ = ("signature_type", "key_locator", "signature_nonce", "signature_time", "signature_seq_num")
+    __slots__ = ("key_locator", "signature_nonce", "signature_seq_num", "signature_time", "signature_type")
+    signature_type: int
+    key_locator: _KeyLocator
+    signature_nonce: int | None
+    signature_time: int | None
+    signature_seq_num: int | None
 
 
 class SignedInterestPtrs:
     """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
 
-    __slots__ = ("signature_info", "signature_covered_part", "signature_value_buf", "digest_covered_part",
-                 "digest_value_buf")
+    __slots__ = ("digest_covered_part", "digest_value_buf", "lifetime_ms", "signature_covered_part",
+                 "signature_info", "signature_value_buf")
+    signature_info: _InterestSignatureInfo
+    lifetime_ms: int | None  # the InterestLifetime, when the Interest carries one
+    signature_covered_part: list[bytes]
+    signature_value_buf: bytes
+    digest_covered_part: list[bytes]
+    digest_value_buf: bytes
 
 
 # InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)
@@ -208,9 +218,10 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
         i, rank = ke, 0
         while i < se:
             t, vs, ve = read_tl(packet, i, se)
-            at = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
-            if at is None or at < rank or ve - vs not in _NNI_WIDTHS:
+            found = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
+            if found is None or found < rank or ve - vs not in _NNI_WIDTHS:
                 return None
+            at = found
             rank = at + 1
             setattr(info, _ISI_NUMBERS[at][1], int.from_bytes(packet[vs:ve], "big"))
             i = ve
@@ -222,6 +233,8 @@ def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtr
         ptrs.signature_value_buf = packet[vs:ve]
         ptrs.digest_covered_part = [packet[params_at:ve]]
         ptrs.digest_value_buf = name[-1][2:]
+        life = parts.get(T.INTEREST_LIFETIME)
+        ptrs.lifetime_ms = int.from_bytes(packet[life[1]:life[2]], "big") if life else None
         return name, packet[ps:pe], ptrs
     except FramingError:
         return None

@@ -128,6 +128,7 @@ def run_codec(micropython: str, path: str, codec: dict, checks, malformed) -> di
 
 def main(argv: list[str]) -> int:
     import argparse
+
     from bench.device import Options, find_source
     from ndn_edge.tools import micropython as mp
     p = argparse.ArgumentParser(prog="python -m bench codec", description=__doc__.split("\n\n")[0])

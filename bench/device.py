@@ -207,8 +207,8 @@ def module_heaps(env: Env) -> dict[str, int]:
         if mpy.name != "__init__.mpy":
             shutil.copy(mpy, pkg / mpy.name)
     (pkg / "__init__.py").write_text("")
-    code = ("import gc\nimport device\nfor m in %r:\n gc.collect()\n a = gc.mem_alloc()\n"
-            " __import__('device.' + m)\n gc.collect()\n print(m, gc.mem_alloc() - a)" % (RUNTIME_IMPORT_ORDER,))
+    code = (f"import gc\nimport device\nfor m in {RUNTIME_IMPORT_ORDER!r}:\n gc.collect()\n a = gc.mem_alloc()\n"
+            " __import__('device.' + m)\n gc.collect()\n print(m, gc.mem_alloc() - a)")
     done = subprocess.run([env.micropython, "-X", "heapsize=1M", "-c", code], capture_output=True, text=True,
                           timeout=30, env=dict(os.environ, MICROPYPATH=f"{lib}:.frozen"), cwd=env.scratch)
     out = {}

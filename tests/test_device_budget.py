@@ -2,9 +2,9 @@
 MicroPython.
 
 Two checks: every function on the per-packet path keeps its call frame off the heap (read from the compiled
-.mpy, see bench/frames.py), and a device on real MicroPython allocates at most 1.2 KiB per call (32 bits; 2 KiB on 64) while serving
-the benchmark's three services (in-process, so the figure is the runtime's alone; the full benchmark, with
-sockets, is `python3 dev.py bench device`).
+.mpy, see bench/frames.py), and a device on real MicroPython allocates at most 1.2 KiB per call (32 bits; 2 KiB
+on 64) while serving the benchmark's three services (in-process, so the figure is the runtime's alone; the full
+benchmark, with sockets, is `python3 dev.py bench device`).
 """
 import struct
 

@@ -343,5 +343,5 @@ def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch,
         assert fake.calls == group_options and fake.bound == [("0.0.0.0", 56363)] and face.usock is None
     else:
         # Linux: the group socket bound to the group; unicast on a second socket, bound to the interface
-        assert fake.calls == group_options + [(1, 4, 1)]
+        assert fake.calls == [*group_options, (1, 4, 1)]
         assert fake.bound == [("224.0.23.170", 56363), ("127.0.0.1", 56363)] and face.usock is not None

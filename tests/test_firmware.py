@@ -87,6 +87,7 @@ def test_the_mip_package_is_the_compiled_runtime_of_the_current_sources():
     # fails here.
     import hashlib
     import json
+
     from ndn_edge import __version__
     package = json.loads((ROOT / "device" / "package.json").read_text())
     names = [p.stem for p in mp.runtime_sources()]

@@ -58,8 +58,8 @@ import cbor2
 from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.devices.paths import Paths
+from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire import packets as wire

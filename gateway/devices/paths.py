@@ -94,7 +94,7 @@ class Paths:
         A configured mode is kept to (unicast falls back to the group only while no address is known)."""
         mode = self.mode(device)
         usable = self._usable(device)
-        unicast = usable and (mode == UNICAST or mode == AUTO and device in self._unicast)
+        unicast = usable and (mode == UNICAST or (mode == AUTO and device in self._unicast))
         both = mode == AUTO and attempt > 0 and usable
         if not unicast or both:
             self._mcast.send(data)

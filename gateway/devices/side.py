@@ -74,7 +74,8 @@ class DeviceSide:
         try:
             await self.unicast.open()
         except ConfigError as err:
-            event(log, "unicast_unavailable", logging.WARNING, error=str(err), note="devices are reached by multicast only")
+            event(log, "unicast_unavailable", logging.WARNING, error=str(err),
+                  note="devices are reached by multicast only")
         self.invoker.start()
         try:
             await self.directory.start()

@@ -8,7 +8,7 @@
 # No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
 from device import cbor, tlv, port
 from device.errors import DeviceError
-from device.port import const, ticks_ms, ticks_add, ticks_diff
+from device.port import const, ticks_ms, ticks_add
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
@@ -43,10 +43,10 @@ def every(dev, period_ms):
 
 def start(dev):
     # Open the face (device/netopen.py) and announce: Device.open.
-    from device import netopen
+    from device import netopen, report
     netopen.open_face(dev._face)
     dev._running = True
-    announce(dev, "up")
+    report.announce(dev, "up")
     f = dev._face
     print("ndn-edge device %s serving on %s group %s:%d" % (dev.name, f.iface, f.group, f.udp_port))
 
@@ -119,17 +119,3 @@ def describe(dev):
             d["long_running"] = True
         out.append(d)
     return {"name": dev.name, "services": out}
-
-
-def announce(dev, state, sleep_ms=None):
-    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
-    import binascii
-    from device import report
-    p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
-    if sleep_ms is not None:
-        p["sleep_ms"] = sleep_ms
-    s, e, _ = report.build(dev, report.ANNOUNCE, p)
-    dev._face.send(dev._txmv[s:e])
-    third = dev.lease_ms // 3
-    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

@@ -29,6 +29,7 @@ def health(dev):
     if dev._ops:
         from device.ops import running
         ops = running(dev)
+    port.collect()  # mem_free is then what the device really has, not counting garbage
     return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
             "requests": dev.requests, "errors": dev.errors, "oom": dev.oom, "drops": drops,
             "seq_writes": dev._seq.writes, "ops_running": ops, "ops_refused": dev.refused,
@@ -70,7 +71,8 @@ def framework(dev, name, args):
 def sleep(dev, ms):
     # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
     import time
-    control.announce(dev, "sleep", ms)
+    from device import report
+    report.announce(dev, "sleep", ms)
     dev._face.close()
     try:
         import machine
@@ -78,4 +80,4 @@ def sleep(dev, ms):
     except (ImportError, AttributeError):
         time.sleep(ms / 1000)
     dev._face.open()
-    control.announce(dev, "up")
+    report.announce(dev, "up")

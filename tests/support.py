@@ -302,15 +302,18 @@ _FEATURES: dict[str, dict] = {}
 
 
 def mp_features(micropython: str) -> dict:
-    """What the interpreter is: {"bits": its word size (32 or 64), "cryptolib": whether it has AES}. A 32-bit
-    build's objects and GC blocks are half the size, so heaps sized to run out of memory on 64 bits are halved;
-    unix ports built without an SSL library (CI's 32-bit ones) have no cryptolib, which private services need."""
+    """What the interpreter is: {"bits": its word size (32 or 64), "cryptolib": whether it has AES, "frozen":
+    whether it carries the runtime frozen in}. A 32-bit build's objects and GC blocks are half the size, so heaps
+    sized to run out of memory on 64 bits are halved; unix ports built without an SSL library (CI's 32-bit ones)
+    have no cryptolib, which private services need; a frozen runtime's code is not in the heap."""
     if micropython not in _FEATURES:
         code = ("import sys\ntry:\n import cryptolib\n c = 1\nexcept ImportError:\n c = 0\n"
-                "print(64 if sys.maxsize > 2**32 else 32, c)")
-        done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30)
-        bits, crypto = done.stdout.split()
-        _FEATURES[micropython] = {"bits": int(bits), "cryptolib": crypto == "1"}
+                "try:\n import device\n f = 1\nexcept ImportError:\n f = 0\n"
+                "print(64 if sys.maxsize > 2**32 else 32, c, f)")
+        done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, MICROPYPATH=".frozen"), cwd="/")
+        bits, crypto, frozen = done.stdout.split()
+        _FEATURES[micropython] = {"bits": int(bits), "cryptolib": crypto == "1", "frozen": frozen == "1"}
     return _FEATURES[micropython]
 
 

@@ -1,9 +1,10 @@
-# The device's boot-time control plane: declaring services and timers, setup, opening the face,
-# announcements, service descriptions. None of it is on the per-invocation path, so the runtime imports
-# this module when it needs it and releases it right after (runtime.control()/release()): its code does
-# not sit in the heap between announcements. (Declarations load it from the first @dev.service to
-# setup.) What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py,
-# so that setup, the heap's busiest moment, loads only this.
+# The device's boot-time control plane: declaring services and timers, setup, opening the face (and the
+# first announcement, sent by device/report.py, which renewals load alone), service descriptions. None of
+# it is on the per-invocation path, so the runtime imports this module when it needs it and releases it
+# right after (runtime.control()/release()): its code does not sit in the heap while serving.
+# (Declarations load it from the first @dev.service to setup.) What is needed later and rarely (_health,
+# _desc, configuration, sleep) is in device/manage.py, so that setup, the heap's busiest moment, loads
+# only this.
 #
 # No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
 from device import cbor, tlv, port

@@ -6,8 +6,19 @@ frozen in unless --stock; prints the interpreter's path) or `python3 dev.py firm
 
 Creates ./.venv on first use and installs the project with what each job needs; needs only
 Python 3.10+ and the package index.
+
+`up` runs `ndn-edge up --once` in its own demo home, `./.demo` in this checkout (never the default home, where a
+gateway of yours may already run), with the devices on a multicast port that was free a moment ago (never the
+default 56363: gateways on one group hear each other's devices, and two demos' /edge/sim/1 would answer for each
+other). Options after `up` go to `ndn-edge up` and win (`--home DIR`, `--group ADDR:PORT`); `--once` is kept
+whatever else is given, unless `--keep-running` asks for a demo that runs until Ctrl-C.
+
+The job runs in place of this process (exec) on POSIX, so Ctrl-C and SIGTERM reach it directly and nothing is
+left behind when this process is stopped; `lint` (two programs in a row) forwards them to its child and waits.
 """
 import os
+import signal
+import socket
 import subprocess
 import sys
 import venv
@@ -18,6 +29,9 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 EXTRAS = {"up": "test", "test": "test", "bench": "test,bench", "lint": "test,lint", "firmware": "test"}
 TYPECHECK = VENV / "typecheck"  # ndn_edge laid out as links to the repository's folders, for mypy
+DEMO_HOME = ROOT / ".demo"  # `up`'s home (git ignores it)
+DEMO_GROUP = "224.0.23.170"  # the default group, on a port of its own
+KEEP_RUNNING = "--keep-running"  # dev.py's own option for `up`: no --once
 # pytest-xdist workers for `test`. The suite mostly waits (devices, gateways and timers in other processes), so
 # more workers than cores pay: measured on 2 cores, see README.md. NDN_EDGE_TEST_WORKERS overrides (0: serial);
 # so does -n or -p no:xdist among the pytest arguments.
@@ -64,16 +78,66 @@ def typecheck_tree() -> Path:
 
 def lint(env: dict[str, str]) -> int:
     """ruff over the repository, then mypy over the ndn_edge package; non-zero if either finds something."""
-    ruff = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, env=env).returncode
+    ruff = run_child([str(BIN / "ruff"), "check", "."], ROOT, env)
     tree = typecheck_tree()
-    mypy = subprocess.run([str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"), "-p", "ndn_edge"],
-                          cwd=tree, env=dict(env, MYPYPATH=str(tree))).returncode
+    mypy = run_child([str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"), "-p", "ndn_edge"],
+                     tree, dict(env, MYPYPATH=str(tree)))
     return ruff or mypy
+
+
+def up_args(rest: list[str]) -> list[str]:
+    """The arguments of `ndn-edge up` for `dev.py up REST`: the demo home, a free port for its group and --once,
+    each unless REST gives its own (`--keep-running` drops --once)."""
+    args = [a for a in rest if a != KEEP_RUNNING]
+
+    def given(option: str) -> bool:
+        return any(a == option or a.startswith(option + "=") for a in args)
+
+    if not given("--home"):
+        args = ["--home", str(DEMO_HOME), *args]
+    if not given("--group"):
+        args += ["--group", f"{DEMO_GROUP}:{free_udp_port()}"]
+    if KEEP_RUNNING not in rest and not given("--once"):
+        args.append("--once")
+    return args
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing on this host has bound (the OS picks it among its free ones)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run `cmd` to its end; SIGINT and SIGTERM sent to this process are passed on to it and waited for."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def replace_with(cmd: list[str], env: dict[str, str]) -> int:
+    """Become `cmd` (exec) where the OS can, so signals reach it as they would reach this process; else run it."""
+    os.chdir(ROOT)
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, env)
+    return run_child(cmd, ROOT, env)
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
-        print("usage: python3 dev.py up [ARGS...] | test [PYTEST ARGS...] | lint | bench [ARGS...] | "
+        print("usage: python3 dev.py up [--keep-running] [ARGS...] | test [PYTEST ARGS...] | lint | bench [ARGS...] | "
               "firmware unix --micropython SRC [--32bit] [--stock] | firmware mip", file=sys.stderr)
         return 2
     job, rest = argv[0], argv[1:]
@@ -89,11 +153,8 @@ def main(argv: list[str]) -> int:
     elif job == "lint":
         return lint(env)
     else:
-        cmd = [str(BIN / "ndn-edge"), "up", *(rest or ["--once"])]
-    try:
-        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
-    except KeyboardInterrupt:
-        return 130
+        cmd = [str(BIN / "ndn-edge"), "up", *up_args(rest)]
+    return replace_with(cmd, env)
 
 
 if __name__ == "__main__":

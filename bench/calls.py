@@ -7,7 +7,10 @@ arguments) and `counter` (not idempotent: returns 1, 2, 3, ...). `memtotal` answ
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 TEMPERATURE = 21.5
 ECHO_ARGS = {"room": "kitchen", "level": 3, "on": True}
@@ -61,6 +64,42 @@ def wait_for(probe, app, timeout_s: float, interval_s: float = 0.05):
             return value
         time.sleep(interval_s)
     raise StartFailed(f"not serving after {timeout_s:g} s ({app.failure()})")
+
+
+class AnchorServer:
+    """An anchor's server: `apps/<app>` in its own CPython process on 127.0.0.1:<free port>, printing "ready"
+    once it serves; its stderr goes to `<log_dir>/<what>.log`."""
+
+    what = "anchor server"
+
+    def __init__(self, app: str, args: list[str], log_dir: Path) -> None:
+        from bench.mpy import APPS
+
+        self.port = free_port()
+        self._log = open(log_dir / f"{self.what.replace(' ', '-')}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, str(APPS / app), str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout_s: float = 15.0) -> None:
+        """Until the server prints "ready"; StartFailed if it exits or stays silent."""
+        import selectors
+
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout_s):
+                raise StartFailed(f"{self.what} not ready after {timeout_s:g} s")
+        if self.proc.stdout.readline().decode(errors="replace").strip() != "ready":
+            self.proc.wait(5)
+            raise StartFailed(f"{self.what} did not start (exit {self.proc.returncode}); see {self._log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
 
 
 class Client:

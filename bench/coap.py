@@ -6,48 +6,20 @@ the anchor.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.calls import StartFailed, free_port
-from bench.mpy import APPS
-
-READY_S = 15.0
+from bench.calls import AnchorServer
 
 
-class CoapServer:
+class CoapServer(AnchorServer):
     """`apps/coap_server.py` in its own CPython process on 127.0.0.1:<free port>."""
 
+    what = "aiocoap server"
+
     def __init__(self, payload_bytes: int, log_dir: Path) -> None:
-        self.port = free_port()
         self.payload_bytes = payload_bytes
+        super().__init__("coap_server.py", [str(payload_bytes)], log_dir)
         self.uri = f"coap://127.0.0.1:{self.port}/temperature"
-        self._log = open(log_dir / "coap-server.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, str(APPS / "coap_server.py"), str(self.port),
-                                      str(payload_bytes)], stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
-
-    def wait_ready(self) -> None:
-        """Until the server prints "ready"; StartFailed if it exits or stays silent."""
-        import selectors
-
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(READY_S):
-                raise StartFailed(f"aiocoap server not ready after {READY_S:g} s")
-        line = self.proc.stdout.readline().decode(errors="replace").strip()
-        if line != "ready":
-            self.proc.wait(5)
-            raise StartFailed(f"aiocoap server did not start (exit {self.proc.returncode}); see "
-                              f"{self._log.name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.proc.stdout.close()
-        self._log.close()
 
 
 class CoapClient:

@@ -32,10 +32,11 @@ import cbor2
 from bench import fleet
 from bench.calls import StartFailed
 from bench.coap import CoapClient, CoapServer
+from bench.echo import EchoClient, EchoServer
 from bench.load import Sample, closed_loop, summarize
 
-COAP, CACHED, UNCACHED = "aiocoap", "ndn-edge cached", "ndn-edge uncached"
-SUBJECTS = (COAP, CACHED, UNCACHED)
+ECHO, COAP, CACHED, UNCACHED = "udp echo", "aiocoap", "ndn-edge cached", "ndn-edge uncached"
+SUBJECTS = (ECHO, COAP, CACHED, UNCACHED)
 PARTS = ("calls", "discovery", "memory")
 DEVICE = "sim/1"
 DEVICE_NICENESS = 19  # discovery: the simulated devices yield the host's cores to the gateway
@@ -100,6 +101,31 @@ async def _reply_size(home: Path) -> int:
     return len(cbor2.dumps({"value": r.value, "cached": r.cached, "age_ms": r.age_ms, "stale": r.stale}))
 
 
+async def _request_size(home: Path) -> int:
+    """Bytes of a signed `temperature` request as the client sends it (the echo anchor's datagram size)."""
+    from ndn_edge.wire import client_protocol as cp
+
+    names = cp.request_name(fleet.SITE, cp.VERB_CALL, tuple(f"{DEVICE}/temperature".split("/")))
+    body = cbor2.dumps({"args": None, "timeout_ms": 4750})
+    packet, _ = cp.encode_request(names, body, bytes(32), cp.encoded_name(cp.client_key_name(fleet.SITE, "bench",
+                                                                                           bytes(32))),
+                                  1 << 50, time_ms=1 << 40, signature_nonce=bytes(8), nonce=bytes(4),
+                                  lifetime_ms=5000)
+    return len(packet)
+
+
+def _gateway_loop() -> str:
+    """The event loop the gateway runs on (ndn_edge.daemon.run_loop): the echo anchor runs on the same."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+GATEWAY_LOOP = _gateway_loop()
+
+
 async def _timed(call: Any, inflight: int, opts: Options, pids: dict[str, int]) -> tuple[Sample, dict]:
     """The timed closed-loop run, and the CPU seconds each process spent during it."""
     before = {role: fleet.cpu_s(pid) for role, pid in pids.items()}
@@ -107,15 +133,25 @@ async def _timed(call: Any, inflight: int, opts: Options, pids: dict[str, int]) 
     return sample, {role: fleet.cpu_s(pid) - before[role] for role, pid in pids.items()}
 
 
-async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: CoapServer,
-               tag: int, pids: dict[str, int]) -> tuple[Sample, dict]:
+async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: CoapServer, echo: EchoServer,
+               echo_size: int, tag: int, pids: dict[str, int]) -> tuple[Sample, dict]:
     """One warm-up and one timed closed-loop run of `subject`; (the sample, extra facts).
 
-    `pids` are the processes whose CPU time is counted: "client" (this one), "gateway", "device", "coap".
+    `pids` are the processes whose CPU time is counted: "client" (this one), "gateway", "device", "coap",
+    "echo".
     """
     from ndn_edge.client.api import Client
 
     extra: dict[str, Any] = {}
+    if subject == ECHO:
+        roles = {k: v for k, v in pids.items() if k in ("client", "echo")}
+        client = await EchoClient.open(echo.port, echo_size)
+        try:
+            await closed_loop(client.call, inflight, opts.warmup_s, opts.timeout_s)
+            sample, extra["cpu_s"] = await _timed(client.call, inflight, opts, roles)
+        finally:
+            client.close()
+        return sample, extra
     if subject == COAP:
         roles = {k: v for k, v in pids.items() if k in ("client", "coap")}
         async with CoapClient(coap.uri, coap.payload_bytes) as client:
@@ -151,7 +187,7 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
     port = fleet.group_port()
     gateway = fleet.GatewayProcess(home, port, scratch / "calls-gateway.log")
     procs: list[Any] = [gateway]
-    coap = None
+    coap = echo = None
     try:
         gateway.wait_ready()
         procs.append(fleet.SimProcess(home, port, 1, opts.heap, scratch / "calls-sim.log"))
@@ -159,8 +195,11 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
         payload = asyncio.run(_reply_size(home))
         coap = CoapServer(payload, scratch)
         coap.wait_ready()
+        echo = EchoServer(GATEWAY_LOOP, scratch)
+        echo.wait_ready()
+        echo_size = asyncio.run(_request_size(home))
         pids = {"client": os.getpid(), "gateway": gateway.pid, "device": procs[1].child_pid(),
-                "coap": coap.proc.pid}
+                "coap": coap.proc.pid, "echo": echo.proc.pid}
         samples: dict[tuple[str, int], list[Sample]] = {(s, n): [] for s in SUBJECTS for n in opts.inflight}
         extras: dict[str, dict] = {s: {} for s in SUBJECTS}
         cpu_totals: dict[tuple[str, int], dict[str, float]] = {}
@@ -168,7 +207,8 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
             for subject in SUBJECTS:
                 for n in opts.inflight:
                     log(f"round {r + 1}/{opts.rounds}: {subject}, {n} in flight")
-                    sample, extra = asyncio.run(_run(subject, n, opts, home, coap, r * 1000 + n, pids))
+                    sample, extra = asyncio.run(_run(subject, n, opts, home, coap, echo, echo_size, r * 1000 + n,
+                                                     pids))
                     samples[(subject, n)].append(sample)
                     cpu = cpu_totals.setdefault((subject, n), {})
                     for role, seconds in extra.pop("cpu_s").items():
@@ -178,7 +218,8 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
             for p in procs:
                 if not p.alive():
                     raise StartFailed(p.failure())
-        out: dict[str, Any] = {"payload_bytes": payload, "subjects": {}}
+        out: dict[str, Any] = {"payload_bytes": payload, "echo_bytes": echo_size, "echo_loop": GATEWAY_LOOP,
+                               "subjects": {}}
         for subject in SUBJECTS:
             out["subjects"][subject] = {str(n): summarize(samples[(subject, n)]) for n in opts.inflight}
             for n in opts.inflight:
@@ -192,6 +233,8 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
     finally:
         if coap is not None:
             coap.stop()
+        if echo is not None:
+            echo.stop()
         for p in reversed(procs):
             p.stop()
 

@@ -20,6 +20,7 @@ from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
+from ndn_edge.wire import tlv
 from tests.fakes import FakeDevices
 
 
@@ -122,7 +123,7 @@ def request(key: bytes, verb: str, target: tuple[str, ...] = (), params: Any = N
 def decode_reply(data: bytes, key: bytes) -> tuple[bool, Any]:
     """(ok, content) of a reply Data verified with `key`."""
     _, meta, content = wire.verify_data(data, key)
-    return meta.content_type != wire.CONTENT_NACK, cbor2.loads(content)
+    return meta.content_type != tlv.CONTENT_NACK, cbor2.loads(content)
 
 
 def creds(served: Served, name: str) -> bytes:

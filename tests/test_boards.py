@@ -28,7 +28,7 @@ import pytest
 from ndn_edge.client.api import Client
 from ndn_edge.errors import ConfigError
 from ndn_edge.state.home import Home
-from ndn_edge.state.store import Store
+from ndn_edge.state.store import Store, key_id
 from ndn_edge.tools import cmd_flash
 from ndn_edge.tools import micropython as mp
 from ndn_edge.tools.cli import main as cli_main
@@ -239,6 +239,43 @@ def test_mpremote_drives_a_vboard(vboards, tmp_path):
     assert run.returncode == 0, run
     assert "hello.py" in run.stdout and "hello from a file" in run.stdout
     assert (vb.flash / "hello.py").read_text() == local.read_text()
+    # `ls` shows sizes as on a board (the unix port's ilistdir leaves them out; they all read 0 before issue 15)
+    (vb.flash / "lib").mkdir()
+    (vb.flash / "lib" / "big.bin").write_bytes(bytes(1234))
+    run = subprocess.run([*mpremote, "fs", "ls", ":", "+", "fs", "ls", ":lib"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run
+    sizes = {line.split()[1]: int(line.split()[0]) for line in run.stdout.splitlines()
+             if len(line.split()) == 2 and line.split()[0].isdigit()}
+    assert sizes == {"hello.py": len(local.read_bytes()), "lib/": 0, "big.bin": 1234}, run.stdout
+
+
+def test_vboard_code_finds_the_heap_it_was_given(vboards, micropython, tmp_path):
+    """Issue 15: `_health` said mem_free 4960 on a 96K vboard; the vboard's own agent took about 7 KiB of the
+    heap the app was promised. Code on a vboard now finds the free heap of a bare interpreter with that heap."""
+    probe = "import gc\ngc.collect()\nprint(gc.mem_free())"
+    bare = subprocess.run([micropython, "-X", "heapsize=96K", "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    vb = vboards()
+    with serial_port(vb.port) as ser:
+        ser.write(b"\r\x03\x03\x01")
+        read_until(ser, RAW_PROMPT)
+        ser.write(probe.encode() + b"\x04")
+        reply = read_until(ser, b"\x04>")
+    free = int(reply.split(b"\x04")[0].removeprefix(b"OK").strip())
+    assert abs(free - int(bare.stdout)) <= 1536, (free, bare.stdout)
+
+
+def test_vboard_dir_that_is_a_file_is_one_clear_line(tmp_path, micropython, monkeypatch):
+    """It said `File exists` (a bare errno)."""
+    monkeypatch.setenv("MICROPYTHON", micropython)
+    not_a_folder = tmp_path / "vb"
+    not_a_folder.write_text("")
+    code, out, err = cli(tmp_path / "home", "vboard", "--dir", str(not_a_folder))
+    assert (code, out) == (2, "")
+    one_error_line(err, f"vboard: --dir {not_a_folder} is a file, not a folder")
+    assert not (tmp_path / "home").exists()
 
 
 # -- provision, deploy, call: end to end
@@ -321,6 +358,80 @@ def test_reprovision_with_yes_installs_a_new_key_and_wifi(gateway, vboards, env,
     assert config["key"] != old_key and config["wifi"] == {"ssid": "Home", "password": "hunter2"}
     with Client.connect_sync(home=home, client="alice", timeout=10) as alice:
         assert alice.call("lab/t1/setpoint") == 21.0  # the gateway signs with the new key
+    # The old key's replay state does not pile up on the board (issue 15): only the current key's is left.
+    new_kid = key_id(bytes.fromhex(config["key"]))
+    assert f"  remove  ndn_seq_{key_id(bytes.fromhex(old_key))}" in again.stdout
+    assert sorted(p.name for p in vb.flash.glob("ndn_seq_*")) == [f"ndn_seq_{new_kid}"]
+    (vb.flash / "ndn_seq_0badc0de").write_text("64 64\n")  # left by a provisioning before this fix
+    deployed = tool(env, home, "deploy", "--port", vb.port, "--app", str(THERMOSTAT))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "  remove  ndn_seq_0badc0de  (replay state of a key the board no longer holds)" in deployed.stdout
+    assert sorted(p.name for p in vb.flash.glob("ndn_seq_*")) == [f"ndn_seq_{new_kid}"]
+
+
+NO_DEVICE_APP = 'print("hello from an app that never starts a Device")\n'
+
+
+def test_provision_of_an_app_that_never_serves_is_rolled_back(gateway, vboards, env, tmp_path):
+    """Issue 15 item 3: the device stayed in the store as "unknown" for good. Now the failure is seen as soon as
+    the app ends (the board's REPL banner), and what provisioning recorded is undone."""
+    home = gateway.home
+    assert cli(home, "client", "add", "alice")[0] == 0
+    assert cli(home, "acl", "grant", "alice", "kitchen/**")[0] == 0
+    vb = vboards()
+    app = tmp_path / "nodevice.py"
+    app.write_text(NO_DEVICE_APP)
+    started = time.monotonic()
+    prov = tool(env, home, "provision", "--port", vb.port, "--name", "kitchen/th2", "--app", str(app), "--wait", "30")
+    assert prov.returncode == 1, prov.stdout + prov.stderr
+    assert time.monotonic() - started < 20  # not the whole --wait
+    one_error_line(prov.stderr, "the app ended without serving (the board is at its REPL)",
+                   "rolled back: /edge/kitchen/th2 is not in the store", "ndn_config.json was removed")
+    with Store(Home(home).db_path) as store:
+        assert store.device("/edge/kitchen/th2") is None
+    assert not (vb.flash / "ndn_config.json").exists()
+    assert not list(vb.flash.glob("ndn_seq_*"))
+    code, out, _ = cli(home, "devices", "--as", "alice", "--json")
+    assert code == 0 and json.loads(out)["items"] == []
+
+
+def test_an_app_that_does_not_compile_names_its_file_and_line(vboards, env, tmp_path):
+    """Issue 15 item 12: it said `SyntaxError: invalid syntax`, without the file and the line."""
+    vb = vboards()
+    app = tmp_path / "broken.py"
+    app.write_text("from device import Device\n\ndef handler(:\n    return 1\n")
+    for verb in (("provision", "--name", "kitchen/th3"), ("deploy",)):
+        run = tool(env, tmp_path / "home", *verb, "--port", vb.port, "--app", str(app))
+        assert run.returncode == 1, run.stdout + run.stderr
+        one_error_line(run.stderr, f"{verb[0]}: {app}, line 3: SyntaxError: invalid syntax: 'def handler(:'")
+    with Store(Home(tmp_path / "home").db_path) as store:
+        assert store.device("/edge/kitchen/th3") is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_provision_resets_the_board_and_says_so(vboards, env, tmp_path, sig):
+    """Issue 15 item 9: Ctrl-C printed nothing and left the board in its raw REPL, offline. SIGTERM is the same."""
+    vb = vboards("slow", "--baud", "38400")  # a serial line's speed: the copy takes a few seconds
+    temp = vb.flash / "lib" / "device" / f"__init__.mpy{TEMP_SUFFIX}"
+    proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(tmp_path / "home"), "provision",
+                             "--port", vb.port, "--name", "kitchen/th4", "--app", str(THERMOSTAT)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: temp.exists() or proc.poll() is not None, 30, what="the copy to start")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    one_error_line(err, "provision: interrupted while deploying the runtime and the app",
+                   "the board was reset and runs its main.py", "nothing was recorded", "run provision again")
+    with serial_port(vb.port) as ser:  # the friendly REPL answers a return with its prompt; the raw REPL would not
+        ser.write(b"\r")
+        read_until(ser, b">>> ", 10)
+    with Store(Home(tmp_path / "home").db_path) as store:
+        assert store.device("/edge/kitchen/th4") is None
 
 
 # -- robustness

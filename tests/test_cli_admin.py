@@ -45,9 +45,10 @@ def mode(path):
 
 
 def test_client_add_writes_private_credentials(run, tmp_path):
-    code, out, err = run("client", "add", "bob")
+    code, out, err = run("client", "add", "bob", "--json")
     assert (code, err) == (0, "")
-    path = Path(out.strip())
+    path = Path(json.loads(out)["credentials"])
+    assert json.loads(out) == {"name": "bob", "site": "edge", "credentials": str(tmp_path / "clients" / "bob.json")}
     assert path == tmp_path / "clients" / "bob.json"
     assert mode(path) == 0o600
     assert mode(tmp_path / "clients") == 0o700
@@ -136,7 +137,7 @@ def test_acl_grant_list_revoke(run):
     run("client", "add", "bob")
     run("client", "add", "alice")
     assert run("acl", "grant", "bob", "/kitchen/*/temperature")[0] == 0
-    assert run("acl", "grant", "bob", "garage/**") == (0, "", "")
+    assert run("acl", "grant", "bob", "garage/**") == (0, "bob may now call names matching garage/**\n", "")
     assert run("acl", "grant", "alice", "**")[0] == 0
     code, out, _ = run("acl", "list", "--json")
     assert code == 0
@@ -182,7 +183,8 @@ def test_acl_bad_pattern(run, pattern, fragment):
 def test_help_works_on_every_command(command, capsys):
     assert main([*command.split(), "--help"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(f"usage: ndn-edge {command}") and "--home DIR" in out and err == ""
+    assert out.startswith(f"usage: ndn-edge {command}") and err == ""
+    assert ("--home DIR" in out) == (command not in ("flash", "deploy"))  # issue 15: no option without a use
 
 
 def test_help_on_groups_and_top_level(capsys):
@@ -313,10 +315,10 @@ def test_home_before_or_after_the_verb(tmp_path, capsys):
 def test_real_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     base = [sys.executable, "-m", "ndn_edge.tools", "--home", str(tmp_path)]
-    ok = subprocess.run([*base, "client", "add", "bob"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=60)
+    ok = subprocess.run([*base, "client", "add", "bob", "--json"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    assert mode(ok.stdout.strip()) == 0o600
+    assert mode(json.loads(ok.stdout)["credentials"]) == 0o600
     dup = subprocess.run([*base, "client", "add", "bob"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
     assert dup.returncode != 0 and dup.stdout == ""
@@ -459,3 +461,116 @@ def test_a_gateway_for_another_site_is_refused_in_one_line(run):
     code, _, err = run("gateway", "--site", "lab")
     assert code != 0
     assert_one_error_line(err, "this home is for site 'edge'", "--site edge")
+
+
+# -- issue 15: the first five minutes, and every mistake after them
+
+
+READ_ONLY = [("client", "list"), ("client", "list", "--json"), ("acl", "list"), ("acl", "list", "--client", "bob"),
+             ("client", "remove", "bob"), ("acl", "revoke", "bob", "**"), ("devices",), ("services",),
+             ("call", "sim/1/temperature"), ("ops",), ("sub", "sim/**")]
+
+
+@pytest.mark.parametrize("argv", READ_ONLY, ids=" ".join)
+def test_a_command_that_only_reads_never_creates_a_home(tmp_path, capsys, argv):
+    """`client list --home /typo` created the folder (and said "no clients"): a mistyped home is an error."""
+    typo = tmp_path / "typo"
+    code = main(["--home", str(typo), *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert_one_error_line(err, str(typo))
+    assert not typo.exists()
+
+
+def test_reading_an_empty_home_creates_nothing_in_it(tmp_path, run):
+    """A home folder without a store yet lists nothing, and still gets no store."""
+    code, out, err = run("client", "list")
+    assert (code, out) == (0, "") and "no clients" in err
+    assert run("acl", "list", "--json") == (0, "[]\n", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_real_process_leaves_no_folder(tmp_path):
+    typo = tmp_path / "typo"
+    proc = subprocess.run([sys.executable, "-m", "ndn_edge.tools", "client", "list", "--home", str(typo)], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert_one_error_line(proc.stderr, "client list: there is no home at", "nothing was created")
+    assert not typo.exists()
+
+
+def test_client_add_and_acl_confirm_what_they_did(run, tmp_path):
+    code, out, err = run("client", "add", "alice")
+    assert (code, err) == (0, "")
+    assert out == (f"client alice added for site /edge, credentials in {tmp_path / 'clients' / 'alice.json'}; it "
+                   f"may call nothing until: ndn-edge acl grant alice PATTERN --home {tmp_path}\n")
+    assert run("acl", "grant", "alice", "/kitchen/**") == (0, "alice may now call names matching kitchen/**\n", "")
+    assert run("acl", "grant", "alice", "kitchen/**") == (0, "alice already had the rule kitchen/**; nothing "
+                                                              "changed\n", "")
+    assert run("acl", "revoke", "alice", "kitchen/**") == (0, "alice no longer has the rule kitchen/**\n", "")
+    assert run("client", "remove", "alice") == (0, "client alice removed: its key, rules and credentials file\n", "")
+
+
+def usage_home(tmp_path) -> Path:
+    """A home with one client and no gateway: nothing can be sent, so only what is checked first can answer."""
+    assert main(["--home", str(tmp_path), "client", "add", "bob"]) == 0
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("call", "sim//1/temperature"), "call: NAME: name 'sim//1/temperature'"),
+    (("call", "sim"), "is not like DEVICE/SERVICE"),
+    (("call", "sim/1/temperature", "--args", "{bad"), "call: --args is not valid JSON"),
+    (("call", "sim/1/temperature", "--args", "[1]"), "--args must be a JSON object"),
+    (("call", "--all", "sim//temperature"), "has an empty component"),
+    (("call", "--all", "sim/*"), "must end with a service name"),
+    (("call", "--notify", "a b/c"), "call: NAME: "),
+    (("sub", "sim//tick"), "sub: argument PATTERN: pattern 'sim//tick' has an empty component"),
+    (("services", "kitchen//th1"), "services: argument DEVICE: "),
+    (("acl", "grant", "bob", "a//b"), "acl grant: argument PATTERN:"),
+    (("call", "sim/1/temperature", "--as", "../x"), "invalid client name"),
+    (("call", "sim/1/temperature", "--as", "ghost"), "no client 'ghost'"),
+])
+def test_everything_wrong_before_a_request_is_sent_exits_2(tmp_path, capsys, argv, fragment):
+    """Issue 15 item 7: one rule. A bad name was 3 for `call`, a bad pattern 3 for `sub`, bad --args JSON 3."""
+    home = usage_home(tmp_path)
+    capsys.readouterr()
+    code = main(["--home", str(home), *argv])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert_one_error_line(err, fragment)
+
+
+def test_a_bad_client_name_in_the_environment_exits_2(tmp_path, capsys, monkeypatch):
+    """It was a traceback and exit status 70 (a ValueError deep in the home)."""
+    home = usage_home(tmp_path)
+    monkeypatch.setenv("NDN_EDGE_CLIENT", "a b")
+    assert main(["--home", str(home), "call", "sim/1/temperature"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "call: $NDN_EDGE_CLIENT: invalid client name 'a b'")
+
+
+def test_the_exit_code_rule_is_in_the_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "one rule: what is wrong before a request is sent exits 2" in out
+    assert "also `call --all` that matched nothing" in out
+    assert "interrupted (Ctrl-C or SIGTERM)" in out
+
+
+def test_several_clients_and_the_default_client(tmp_path, capsys, monkeypatch):
+    """Without --as: the home's default client (written by `up`), else a message that names the CLI's ways."""
+    monkeypatch.delenv("NDN_EDGE_CLIENT", raising=False)
+    for name in ("demo", "guest"):
+        assert main(["--home", str(tmp_path), "client", "add", name]) == 0
+    capsys.readouterr()
+    assert main(["--home", str(tmp_path), "devices"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "several clients", "(demo, guest)", "--as NAME", "$NDN_EDGE_CLIENT",
+                          str(tmp_path / "default-client"))
+    assert "client=NAME" not in err
+    (tmp_path / "default-client").write_text("demo\n")
+    assert main(["--home", str(tmp_path), "devices"]) == 2  # the client is chosen; the gateway is what is missing
+    assert_one_error_line(capsys.readouterr().err, "devices: no gateway running for home")
+    assert main(["--home", str(tmp_path), "client", "remove", "demo"]) == 0
+    assert "no longer the home's default client" in capsys.readouterr().out
+    assert not (tmp_path / "default-client").exists()

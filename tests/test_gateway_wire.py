@@ -35,26 +35,20 @@ def _client_request(params: bytes = b"\xa0", seq: int = 1795960666987412, **kw) 
 
 def _reference(packet: bytes):
     """python-ndn's view of a signed Interest, in the terms the server reads."""
-    name, _, params, sig = parse_interest(packet, with_tl=True)
+    name, interest, params, sig = parse_interest(packet, with_tl=True)
     info = sig.signature_info
-    return ([bytes(c) for c in name], bytes(params or b""), info.signature_type,
-            [bytes(c) for c in info.key_locator.name], info.signature_nonce, info.signature_time,
+    return (b"".join(bytes(c) for c in name[:-1]), bytes(name[-1])[2:], bytes(params or b""), info.signature_type,
+            b"".join(bytes(c) for c in info.key_locator.name), info.signature_nonce, info.signature_time,
             info.signature_seq_num, b"".join(bytes(p) for p in sig.signature_covered_part),
-            bytes(sig.signature_value_buf), b"".join(bytes(p) for p in sig.digest_covered_part),
-            bytes(sig.digest_value_buf))
+            bytes(sig.signature_value_buf), b"".join(bytes(p) for p in sig.digest_covered_part), interest.lifetime)
 
 
 def _ours(packet: bytes):
-    parsed = wire.parse_signed_interest(packet)
-    if parsed is None:
-        return None
-    name, params, sig = parsed
-    info = sig.signature_info
-    return ([bytes(c) for c in name], bytes(params), info.signature_type,
-            [bytes(c) for c in info.key_locator.name], info.signature_nonce, info.signature_time,
-            info.signature_seq_num, b"".join(bytes(p) for p in sig.signature_covered_part),
-            bytes(sig.signature_value_buf), b"".join(bytes(p) for p in sig.digest_covered_part),
-            bytes(sig.digest_value_buf))
+    r = wire.parse_signed_interest(packet)
+    if r is None or wire.split_components(r.prefix) is None or wire.split_components(r.key_locator) is None:
+        return None  # handed back, or a name that matches no route and no client key: dropped unread
+    return (r.prefix, r.digest, r.params, r.sig_type, r.key_locator, r.nonce, r.time_ms, r.seq, r.signed,
+            r.signature, r.digest_covered, r.lifetime_ms)
 
 
 # -- signed Interests

@@ -483,7 +483,8 @@ def test_fuzz_the_multicast_face_and_the_device(make_board, peer, store, mcast_p
                     raise AssertionError(f"no announcement processed after batch {batch}: {side.metrics()}")
                 assert (await side.call(board.name, "echo", {"batch": batch}, timeout_s=5.0)).value == {"batch": batch}
                 page = await patterns.pubsub.poll("alice", sub, ack=1 << 40, wait_ms=3000)
-                assert page["messages"], f"no publication after batch {batch}"
+                assert page["messages"], (f"no publication after batch {batch}: {patterns.intake.counters} "
+                                          f"{patterns.pubsub.counters}")
             grown = _rss_kib() - start_rss
             faults = (side.directory.counters["faults"], patterns.intake.counters["faults"])
             return grown, faults, side.metrics(), board.alive()

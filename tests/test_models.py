@@ -98,6 +98,40 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
     run(scenario, timeout_s=20)
 
 
+def test_a_new_boot_met_mid_stream_starts_there_and_a_small_number_waits(tmp_path):
+    # One publication of another boot, between two of the publisher's own, used to leave the stream at 0 when
+    # the publisher's boot came back: everything after it was held back for HOLD_S.
+    key = os.urandom(32)
+
+    async def scenario() -> None:
+        store = store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await intake_and_pubsub(store)
+        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+        intake.on_interest(publication(key, 10, 1, boot="aaaa0001"))
+        intake.on_interest(publication(key, 11, 2, boot="aaaa0001"))
+        intake.on_interest(publication(key, 12, 5, boot="bbbb0002"))  # restarted: 1..4 of this boot may come
+        await drain(intake)
+        page = await pubsub.poll("alice", sub, wait_ms=0)
+        assert [m["value"] for m in page["messages"]] == [1, 2]
+        intake.on_interest(publication(key, 13, 40, boot="cccc0003"))  # a new boot met at 40: starts there
+        await drain(intake)
+        page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
+        assert [(m["value"], m["boot"], m.get("gap")) for m in page["messages"]] == [
+            (5, "bbbb0002", 4), (40, "cccc0003", 39)]
+        intake.on_interest(publication(key, 14, 41, boot="cccc0003"))
+        intake.on_interest(publication(key, 15, 6, boot="bbbb0002"))  # late, of a boot met before: where it was
+        intake.on_interest(publication(key, 16, 3, boot="aaaa0001"))
+        intake.on_interest(publication(key, 17, 42, boot="cccc0003"))
+        await drain(intake)
+        page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
+        assert [(m["value"], m.get("gap")) for m in page["messages"]] == [(41, None), (6, None), (3, None),
+                                                                         (42, None)]
+        await pubsub.stop()
+        await intake.stop()
+        store.close()
+    run(scenario, timeout_s=20)
+
+
 def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
     # `client remove` runs in another process: it deletes the client's durable subscriptions from the store, the
     # running gateway stops queueing for them at once and forgets them, and a new client of the same name

@@ -18,8 +18,12 @@ these: the tools' `ToolsError`s, the gateway's `GatewayError`s (each carries its
 or controls (a path, a serial port, an address), printed as one line `ndn-edge: ...` on stderr. Anything else is a
 bug: its traceback, then one line asking for a report, exit status 70 (`EXIT_BUG`, sysexits' EX_SOFTWARE, kept apart
 from 1 so scripts can tell a bug from a failure). Rejected: catching every `ValueError` and `OSError` as a user
-error, which turned bugs into one line with no traceback. Ctrl-C exits 130 without a traceback. `State` owns what
-commands share (the home, a lazily opened store) and is closed in `finally`.
+error, which turned bugs into one line with no traceback. Ctrl-C exits 130 without a traceback, and so does
+SIGTERM: while a command runs it is turned into the same KeyboardInterrupt, so every command cleans up the same way
+for both (commands running an event loop cancel their main task instead: `ndn_edge.tools.procs.cancel_on_sigterm`).
+`State` owns what commands share (the home, a lazily opened store) and is closed in `finally`; a command that only
+reads the home (`client list`, `acl list`, ...) opens it with `State.existing_store`, which never creates one, so a
+mistyped `--home` is an error rather than a new empty home.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import argparse
 import errno
 import importlib
 import secrets
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -36,7 +42,15 @@ from ndn_edge import __version__
 from ndn_edge.errors import GatewayError, UnknownClient
 from ndn_edge.state.home import Home, validate_client_name
 from ndn_edge.tools.argtypes import checked
-from ndn_edge.tools.errors import EXIT_BUG, EXIT_CODES_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, CommandError, ToolsError
+from ndn_edge.tools.errors import (
+    EXIT_BUG,
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    CommandError,
+    ToolsError,
+    UsageError,
+)
 from ndn_edge.tools.output import print_json, print_table, time_text
 from ndn_edge.wire.protocol import DEFAULT_SITE, KEY_BYTES
 
@@ -73,6 +87,19 @@ class State:
             self._store = self.home.open_store()
         return self._store
 
+    def existing_store(self, verb: str) -> Store | None:
+        """The home's store for a command that must not create a home: None if the home has no store yet;
+        UsageError if the home folder itself does not exist (a mistyped --home, most likely)."""
+        if self._store is not None:
+            return self._store
+        if not self.home.db_path.exists():
+            if not self.home.path.is_dir():
+                raise UsageError(f"{verb}: there is no home at {self.home.path} (nothing was created); check "
+                                 f"--home or $NDN_EDGE_HOME, or start one with: "
+                                 f"{self.home.hint(f'{PROG} client add NAME')}")
+            return None
+        return self.store
+
     def close(self) -> None:
         """Release what the command opened."""
         if self._store is not None:
@@ -103,17 +130,21 @@ def do_client_add(state: State, args: argparse.Namespace) -> None:
     except BaseException:
         store.remove_client(name)
         raise
-    print(path)
+    if args.json:
+        print_json({"name": name, "site": site, "credentials": str(path)})
+    else:
+        print(f"client {name} added for site /{site}, credentials in {path}; it may call nothing until: "
+              f"{home.hint(f'{PROG} acl grant {name} PATTERN')}")
 
 
 def do_client_list(state: State, args: argparse.Namespace) -> None:
     """List client identities with their rules."""
-    store, home = state.store, state.home
+    store, home = state.existing_store("client list"), state.home
     patterns: dict[str, list[str]] = {}
-    for rule in store.rules():
+    for rule in store.rules() if store is not None else ():
         patterns.setdefault(rule.client, []).append(rule.pattern)
     rows: list[dict[str, Any]] = []
-    for client in store.list_clients():
+    for client in store.list_clients() if store is not None else ():
         path = home.client_file(client.name)
         rows.append({"name": client.name, "created_at": client.created_at,
                      "rules": patterns.get(client.name, []), "credentials": str(path) if path.exists() else None})
@@ -129,8 +160,11 @@ def do_client_list(state: State, args: argparse.Namespace) -> None:
 def do_client_remove(state: State, args: argparse.Namespace) -> None:
     """Forget a client: its key, its rules and its credentials file."""
     name = args.name
+    store = state.existing_store("client remove")
     try:
-        state.store.remove_client(name)
+        if store is None:
+            raise UnknownClient(name)
+        store.remove_client(name)
         known = True
     except UnknownClient:
         known = False
@@ -138,6 +172,11 @@ def do_client_remove(state: State, args: argparse.Namespace) -> None:
     if not known and not removed_file:
         raise CommandError(f"client remove: no client '{name}'; list clients with: "
                            f"{state.home.hint(f'{PROG} client list')}", exit_code=UnknownClient.exit_code)
+    from ndn_edge.tools.session import clear_default_client
+
+    was_default = clear_default_client(state.home, name)
+    print(f"client {name} removed: its key, rules and credentials file"
+          + (", and it is no longer the home's default client" if was_default else ""))
 
 
 # -- access rules
@@ -147,29 +186,38 @@ def do_acl_grant(state: State, args: argparse.Namespace) -> None:
     """Let a client call names matching a pattern."""
     client, pattern = args.client, args.pattern
     try:
-        state.store.grant(client, pattern)
+        added = state.store.grant(client, pattern)
     except UnknownClient:
         raise _no_client("acl grant", state, client) from None
+    print(f"{client} may now call names matching {pattern}" if added else
+          f"{client} already had the rule {pattern}; nothing changed")
 
 
 def do_acl_revoke(state: State, args: argparse.Namespace) -> None:
     """Remove one rule of a client."""
     client, pattern = args.client, args.pattern
+    store = state.existing_store("acl revoke")
     try:
-        removed = state.store.revoke(client, pattern)
+        if store is None:
+            raise UnknownClient(client)
+        removed = store.revoke(client, pattern)
     except UnknownClient:
         raise _no_client("acl revoke", state, client) from None
     if not removed:
         raise CommandError(f"acl revoke: client '{client}' has no rule '{pattern}'; see its rules with: "
                            f"{state.home.hint(f'{PROG} acl list --client {client}')}",
                            exit_code=UnknownClient.exit_code)
+    print(f"{client} no longer has the rule {pattern}")
 
 
 def do_acl_list(state: State, args: argparse.Namespace) -> None:
     """List access rules, of one client or of all."""
     client = args.client
+    store = state.existing_store("acl list")
     try:
-        rules = state.store.rules(client)
+        if store is None and client is not None:
+            raise UnknownClient(client)
+        rules = store.rules(client) if store is not None else []
     except UnknownClient:
         raise _no_client("acl list", state, client or "") from None
     if args.json:
@@ -200,6 +248,8 @@ def _args_client_add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", type=_client_name, help="client name: letters, digits, '_', '.', '-'")
     parser.add_argument("--site", type=_site_arg, default=None,
                         help=f"site the client talks to (default: the gateway's, else {DEFAULT_SITE})")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"name", "site", "credentials"} (the credentials file\'s path) for scripts')
 
 
 def _args_client_name(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +317,9 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
 }
 
+# Commands that never read or write a home: their help does not offer --home.
+NO_HOME = frozenset({"flash", "deploy"})
+
 GROUPS: dict[str, str] = {
     "client": "manage client identities (add, list, remove)",
     "acl": "manage access rules (grant, revoke, list)",
@@ -297,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command, (_, builder, help_text) in COMMANDS.items():
         words = command.split()
         if len(words) == 1:
-            sub = verbs.add_parser(command, parents=[common], help=help_text, description=help_text)
+            parents = [] if command in NO_HOME else [common]
+            sub = verbs.add_parser(command, parents=parents, help=help_text, description=help_text)
         else:
             group = groups.get(words[0])
             if group is None:
@@ -335,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     command: str = args.command
     state: State | None = None
+    restore = _sigterm_as_interrupt()
     try:
         handler = resolve_handler(command)
         state = State(Home.resolve(args.home))
@@ -353,8 +408,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug: keep its traceback
         return _bug(command, err)
     finally:
-        if state is not None:
-            state.close()
+        try:
+            if state is not None:
+                state.close()
+        finally:
+            restore()
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does; returns what puts the previous handler back. Only in
+    the main thread (the only one where Python may install signal handlers); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    return restore
 
 
 # -- output

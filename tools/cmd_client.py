@@ -12,9 +12,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ndn_edge.tools.argtypes import checked
 from ndn_edge.tools.errors import EXIT_CODES_HELP, CommandError
 from ndn_edge.tools.output import ago, print_json, print_table, value_text
-from ndn_edge.tools.session import add_client_options, parse_args_json, with_client
+from ndn_edge.tools.session import add_client_options, check, device_name, parse_args_json, service_name, with_client
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
@@ -40,7 +41,7 @@ def args_devices(parser: argparse.ArgumentParser) -> None:
 
 
 def args_services(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("device", metavar="DEVICE", nargs="?", default=None,
+    parser.add_argument("device", metavar="DEVICE", nargs="?", default=None, type=checked(device_name),
                         help="device name under the site, e.g. kitchen/th1 (default: every device)")
     client_options(parser)
 
@@ -117,6 +118,7 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
         from ndn_edge.tools.cmd_patterns import do_call_pattern
 
         return do_call_pattern(state, args)
+    check("call", "NAME", service_name, args.name)
     call_args = parse_args_json(args.args)
     result = with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
@@ -137,7 +139,7 @@ def _set_path(state: State, setting: str) -> None:
     """`--path DEVICE=MODE`: written to the home's store, where the gateway reads it (ndn_edge.devices.paths)."""
     from ndn_edge.devices import paths
     from ndn_edge.errors import ConfigError
-    from ndn_edge.tools.cmd_provision import device_name
+    from ndn_edge.tools.cmd_provision import device_name as full_name
     from ndn_edge.wire.protocol import DEFAULT_SITE
 
     device, _, mode = setting.partition("=")
@@ -149,7 +151,7 @@ def _set_path(state: State, setting: str) -> None:
     except ConfigError:
         site = DEFAULT_SITE
     try:
-        name = device_name(device, site)
+        name = full_name(device, site)
     except ValueError as err:
         raise CommandError(f"devices: --path {setting!r}: {err}", exit_code=2) from None
     if state.store.device(name) is None:

@@ -4,11 +4,15 @@
 
 Steps, each printed: connect (interrupting what runs, entering the raw REPL), read what the board is, build the
 files for it (tools/deploy.py), compare hashes, check free space, copy what differs (verified), remove leftovers,
-reset the board so it runs main.py. Also home of the serial-port options `provision` shares.
+reset the board so it runs main.py. Also home of the serial-port options `provision` shares, and of what both do
+when interrupted (Ctrl-C or SIGTERM) while talking to the board: stop the command on the board, reset it so it
+runs its main.py again (with `--no-reset`, leave it at its REPL), and say in one line what state it is in and how
+to finish, instead of leaving it silent in its raw REPL.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from ndn_edge.tools.argtypes import bounded
@@ -57,7 +61,7 @@ def args_deploy(parser: argparse.ArgumentParser) -> None:
 
 def do_deploy(state: State, args: argparse.Namespace) -> int:
     """Deploy the runtime and the app; reset the board."""
-    from ndn_edge.tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
+    from ndn_edge.tools.deploy import CONFIG_FILE, board_key_id, build, prune_replay_state, resolve_app, run_deploy
 
     state.close()
     app = resolve_app(args.app, "deploy")
@@ -65,17 +69,44 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
     try:
         bundle = build(info, app, "deploy")
         run_deploy(board, info, bundle)
-        if board.sha256([CONFIG_FILE])[CONFIG_FILE] is None:
+        identity = board_key_id(board)
+        if identity is None:
             print(f"deploy: note: the board has no {CONFIG_FILE}; give it an identity with: ndn-edge provision "
                   f"--port {args.port} --name NAME")
+        else:
+            prune_replay_state(board, *identity)
         if app is None:
             print("deploy: no app given (--app FILE) and no ./main.py: the board's app is unchanged")
         if not args.no_reset:
             board.reset()
             print("deploy: reset: the board restarts and runs main.py", flush=True)
+    except KeyboardInterrupt:
+        interrupted(board, "deploy", "copying files", "run deploy again to finish (it copies only what is missing)",
+                    reset=not args.no_reset)
+        raise
     finally:
         board.close()
     return 0
+
+
+def interrupted(board: Board, verb: str, doing: str, then: str, *, reset: bool = True) -> None:
+    """After Ctrl-C (or SIGTERM) while `doing`: stop the board's command and reset it (or leave it at its REPL),
+    then say so in one line on stderr, ending with `then` (how to finish)."""
+    from ndn_edge.tools.errors import ToolsError
+
+    try:
+        board.recover()
+        if reset:
+            board.reset()
+            state = "the board was reset and runs its main.py"
+        else:
+            board.leave_raw()
+            state = "the board is at its REPL"
+    except (ToolsError, OSError):
+        state = "the board did not answer and may still be in its raw REPL: press its reset button"
+    except KeyboardInterrupt:  # interrupted again: give up on the board, still say where it was left
+        state = "the board may still be in its raw REPL: press its reset button"
+    print(f"ndn-edge: {verb}: interrupted while {doing}; {state}; {then}", file=sys.stderr, flush=True)
 
 
 _seconds = bounded(float, 0, 3600, "timeout must be seconds from 0 to 3600", low_open=True)

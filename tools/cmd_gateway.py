@@ -1,15 +1,24 @@
 """`ndn-edge gateway`: run the gateway of a home in the foreground until Ctrl-C (or SIGTERM).
 
-Logs are structured lines on stderr (`--log-format kv|json`); one human line on stdout says where it listens.
-The site is `--site`, else the one the home's store recorded, else `edge`.
+Logs are structured lines (`--log-format kv|json`) on stderr, or in a file (`--log FILE`); one human line on
+stdout says where it listens and where it logs. The site is `--site`, else the one the home's store recorded,
+else `edge`.
+
+Decisions:
+- Started in the background of a terminal (`ndn-edge gateway &`: stderr is the terminal, but the process is not
+  in its foreground process group), the gateway logs to `HOME/gateway.log`, so its lines do not run into the
+  output of the commands typed next (the README's boards tour). Anywhere else stderr stays the default: a
+  service manager (systemd, a container) collects stderr, and a redirect (`2>FILE`) is the user's choice.
+  `--log -` is always stderr.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import contextlib
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from ndn_edge import __version__
 from ndn_edge.tools.netargs import add_network_args, listen_arg
@@ -18,6 +27,7 @@ if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
     from ndn_edge.tools.cli import State
 
+LOG_FILE = "gateway.log"
 
 
 def args_gateway(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +35,11 @@ def args_gateway(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
                         help="where clients reach the gateway (default 127.0.0.1:0, a free port; the address is "
                              "recorded in HOME/gateway.json)")
+    parser.add_argument("--log", metavar="FILE", default=None,
+                        help=f"append log lines to FILE ('-': stderr; default: stderr, or HOME/{LOG_FILE} when "
+                             "started in the background of a terminal, as with `ndn-edge gateway &`)")
     parser.add_argument("--log-format", choices=("kv", "json"), default="kv",
-                        help="log lines on stderr as key=value pairs (default) or JSON")
+                        help="log lines as key=value pairs (default) or JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log every dropped packet")
     parser.add_argument("--limit", metavar="NAME=VALUE", action="append", type=_limit, default=[],
                         help="a per-client quota or shared cap (repeatable): subscriptions_per_client (100), "
@@ -58,32 +71,46 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
 
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store
-    handler = logs.setup("debug" if args.verbose else "info", args.log_format)
-    gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
-                      site=site, limits=Limits.parse(args.limit))
-    try:
-        run_loop(_serve(gateway))
-    except asyncio.CancelledError:  # SIGTERM
-        return 0
-    finally:
-        logs.teardown(handler)
+    log_path = _log_path(args.log, state.home.path)
+    with contextlib.ExitStack() as stack:
+        stream: TextIO | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            # line-buffered: `tail -f` sees each line as it is logged
+            stream = stack.enter_context(open(log_path, "a", buffering=1))
+        handler = logs.setup("debug" if args.verbose else "info", args.log_format, stream)
+        stack.callback(logs.teardown, handler)
+        gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
+                          site=site, limits=Limits.parse(args.limit))
+        try:
+            run_loop(_serve(gateway, log_path))
+        except asyncio.CancelledError:  # SIGTERM
+            return 0
     return 0
 
 
-async def _serve(gateway: Gateway) -> None:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if task is not None:
-        try:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        except (NotImplementedError, RuntimeError):  # not on this platform / not the main thread
-            pass
+def _log_path(option: str | None, home: Path) -> Path | None:
+    """Where the log goes: None for stderr."""
+    from ndn_edge.tools.output import in_background
+
+    if option == "-":
+        return None
+    if option is not None:
+        return Path(option).expanduser()
+    return home / LOG_FILE if in_background(sys.stderr) else None
+
+
+async def _serve(gateway: Gateway, log_path: Path | None = None) -> None:
+    from ndn_edge.tools.procs import cancel_on_sigterm
+
+    cancel_on_sigterm()
     await gateway.start()
     try:
         host, port = gateway.address
+        where = f"; logs in {log_path}" if log_path is not None else ""
         print(f"ndn-edge gateway {__version__}: home {gateway.home.path}, site /{gateway.site}, "
               f"clients on {host}:{port}, "
-              f"devices on {gateway.group}:{gateway.port} via {gateway.iface}; Ctrl-C to stop", flush=True)
+              f"devices on {gateway.group}:{gateway.port} via {gateway.iface}{where}; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()
     finally:
         await gateway.stop()

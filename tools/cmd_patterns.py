@@ -14,10 +14,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ndn_edge.tools.argtypes import checked
 from ndn_edge.tools.cmd_client import client_options
-from ndn_edge.tools.errors import EXIT_USAGE, CommandError
+from ndn_edge.tools.errors import EXIT_NO_MATCH, EXIT_USAGE, CommandError
 from ndn_edge.tools.output import jsonable, print_json, print_table, value_text
-from ndn_edge.tools.session import parse_args_json, with_client
+from ndn_edge.tools.session import check, gather_pattern, parse_args_json, service_name, topic_pattern, with_client
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
@@ -41,7 +42,7 @@ def args_ops(parser: argparse.ArgumentParser) -> None:
 
 
 def args_sub(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", metavar="PATTERN",
+    parser.add_argument("pattern", metavar="PATTERN", type=checked(topic_pattern),
                         help="topics under the site, access-rule syntax: 'sim/*/tick', 'sim/**', '_members/**'")
     parser.add_argument("--durable", metavar="NAME", default=None,
                         help="a durable subscription: kept by the gateway while this command is not running; "
@@ -59,7 +60,8 @@ def add_call_pattern_args(parser: argparse.ArgumentParser) -> None:
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--all", action="store_true",
                      help="NAME is a pattern (e.g. 'sim/*/temperature'): call every matching device at once and "
-                          "print each one's answer by the deadline (--timeout)")
+                          "print each one's answer by the deadline (--timeout); no matching device is exit status "
+                          f"{EXIT_NO_MATCH}")
     how.add_argument("--notify", action="store_true", help="send a notification: at most once, no reply")
     how.add_argument("--start", action="store_true",
                      help="start a long-running service; prints the operation (see `ndn-edge ops`)")
@@ -129,6 +131,10 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
 
 def do_call_pattern(state: State, args: argparse.Namespace) -> int | None:
     """`call` with --all, --notify, --start or --persist."""
+    if args.all:
+        check("call", "NAME", gather_pattern, args.name)
+    else:
+        check("call", "NAME", service_name, args.name)
     call_args = parse_args_json(args.args)
     if args.ttl is not None and not args.persist:
         raise CommandError("call: --ttl goes with --persist", exit_code=EXIT_USAGE)
@@ -136,7 +142,7 @@ def do_call_pattern(state: State, args: argparse.Namespace) -> int | None:
         raise CommandError("call: --wait goes with --start or --persist", exit_code=EXIT_USAGE)
     if args.all:
         results = with_client(state, args, lambda c: c.gather(args.name, call_args, deadline=args.timeout))
-        return _print_gather(results, args.json)
+        return _print_gather(results, args.json, state.home.hint("ndn-edge devices"))
     if args.notify:
         with_client(state, args, lambda c: c.notify(args.name, call_args))
         if args.json:
@@ -198,14 +204,16 @@ def print_gather(results: dict[str, Any]) -> None:
     print_table(("DEVICE", "RESULT"), rows)
 
 
-def _print_gather(results: dict[str, Any], as_json: bool) -> int | None:
+def _print_gather(results: dict[str, Any], as_json: bool, devices_hint: str) -> int | None:
     if as_json:
         print_json({d: ({"value": o.value, "cached": o.cached, "age_ms": o.age_ms, "stale": o.stale} if o.ok
                          else {"error": o.error.to_wire()}) for d, o in results.items()})
-    elif not results:
-        print("no matching device offers that service (or this client may call none of them)", file=sys.stderr)
-    else:
+    elif results:
         print_gather(results)
+    if not results:  # the script asked for answers and got none: not a success
+        print("ndn-edge: call: no matching device offers that service (or this client may call none of them); "
+              f"see what it may call with: {devices_hint}", file=sys.stderr)
+        return EXIT_NO_MATCH
     failed = [o for o in results.values() if not o.ok]
     return failed[0].error.exit_code if failed else None
 

@@ -19,7 +19,13 @@ Decisions:
 - Secrets (key, Wi-Fi password) are never printed. The Wi-Fi password comes from a prompt or from a file that
   only its owner can read (0600), never from the command line (shell history, `ps`).
 - Waiting for the join reads the store the gateway keeps presence in (no client identity needed); a traceback
-  printed by the board ends the wait at once with the board's error.
+  printed by the board ends the wait at once with the board's error (and the file and line it names), and so does
+  the board's REPL banner, which means the app ended without serving a Device.
+- A join that fails rolls back a new name: its store record, and the board's `ndn_config.json` and replay state,
+  so no device is left "unknown" for good. A known name given a new key keeps it (board and store agree), so
+  deploying a fixed app is enough.
+- Ctrl-C or SIGTERM while the board is in its raw REPL: the board's command is stopped and the board reset (it
+  runs its main.py again), and one line says what was done, what was recorded and how to finish.
 """
 from __future__ import annotations
 
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
 DEFAULT_WAIT_S = 30.0
 ANY_IFACE = "0.0.0.0"
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TRACE_LINE = re.compile(r'File "([^"]*)", line (\d+)')
+_REPL_BANNER = 'Type "help()" for more information.'  # what a board prints when main.py has ended
 _POLL_S = 0.1
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -78,7 +86,7 @@ def args_provision(parser: argparse.ArgumentParser) -> None:
 def do_provision(state: State, args: argparse.Namespace) -> int:
     """Provision a board: identity, files, store, reset, join."""
     from ndn_edge.state.store import key_id
-    from ndn_edge.tools.deploy import CONFIG_FILE, build, resolve_app, run_deploy
+    from ndn_edge.tools.deploy import CONFIG_FILE, build, prune_replay_state, resolve_app, run_deploy
 
     verb = "provision"
     record = _gateway_record(state)
@@ -96,9 +104,11 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
     if existing is not None:
         _confirm_replace(name, existing.key_id, args.yes)
 
-    from ndn_edge.tools.cmd_deploy import connect
+    from ndn_edge.tools.cmd_deploy import connect, interrupted
 
     board, info = connect(args, verb)
+    doing = "deploying the runtime and the app"
+    recorded = False
     try:
         bundle = build(info, app, verb)
         run_deploy(board, info, bundle, verb=verb)
@@ -109,26 +119,74 @@ def do_provision(state: State, args: argparse.Namespace) -> int:
             config["gateway"] = f"{iface}:{mcast_port}"
         if wifi is not None:
             config["wifi"] = wifi
+        doing = f"writing {CONFIG_FILE}"
         board.write_file(CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
         print(f"{verb}: {CONFIG_FILE} written: {name}, new key (key-id {key_id(key)}), joins {group}:{mcast_port} "
               f"via {config['iface']}" + (f", unicast fallback {config['gateway']}" if "gateway" in config else "")
               + (f", Wi-Fi {wifi['ssid']!r}" if wifi else ""), flush=True)
         if wifi is not None and not info.network:
             print(f"{verb}: note: the board has no `network` module; the Wi-Fi settings are kept but unused")
+        prune_replay_state(board, key_id(key), str(config["state_dir"]))
+        doing = "recording the device"
         state.store.add_device(name, key, site, replace=existing is not None)
+        recorded = True
         print(f"{verb}: {name} recorded in {state.home.db_path}" + (" (its old key no longer works)"
                                                                      if existing is not None else ""), flush=True)
         has_app = app is not None or board.sha256(["main.py"])["main.py"] is not None
         since = time.time()
+        doing = "resetting the board"
         board.reset()
         print(f"{verb}: reset: the board restarts and runs main.py", flush=True)
+        doing = ""
         if not has_app:
             print(f"{verb}: no app on the board yet; deploy one with: ndn-edge deploy --port {args.port} --app FILE")
         elif args.wait > 0:
-            _wait_join(state, board, name, since, args.wait, verb)
+            try:
+                _wait_join(state, board, name, since, args.wait, verb)
+            except JoinFailed as failed:
+                if existing is not None:  # the board and the store hold the new key: a deploy of a fixed app joins
+                    raise CommandError(f"{failed}; the board and the store keep its new key, so deploying a fixed "
+                                       f"app is enough: ndn-edge deploy --port {args.port} --app FILE") from None
+                raise CommandError(f"{failed}; {_roll_back(state, board, name)}") from None
+    except KeyboardInterrupt:
+        if doing:
+            after = (f"{name} is recorded with the new key the board holds; " if recorded else
+                     "nothing was recorded; " if doing != f"writing {CONFIG_FILE}" else
+                     "the board may hold a key the store does not know; ")
+            interrupted(board, verb, doing, after + "run provision again to finish")
+        else:
+            print(f"ndn-edge: {verb}: interrupted while waiting for the gateway to see {name}; the board is "
+                  f"provisioned and runs its app; see whether it joined with: {state.home.hint('ndn-edge devices')}",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         board.close()
     return 0
+
+
+class JoinFailed(CommandError):
+    """The board did not join the gateway after provisioning (its app failed, ended, or never announced)."""
+
+
+def _roll_back(state: State, board: Board, name: str) -> str:
+    """Undo a new device's provisioning (its store record, the board's config and replay state); what was done."""
+    from ndn_edge.errors import UnknownDevice
+    from ndn_edge.tools.deploy import CONFIG_FILE, SEQ_PREFIX
+    from ndn_edge.tools.errors import ToolsError
+
+    try:
+        state.store.remove_device(name)
+    except UnknownDevice:
+        pass
+    try:
+        board.recover()  # stops the app
+        board.remove([CONFIG_FILE, *[p for p, size in board.listdir([""]).items()
+                                     if size is not None and p.startswith(SEQ_PREFIX)]])
+        board.leave_raw()
+        board_note = f"the board's {CONFIG_FILE} was removed and the board is at its REPL"
+    except (ToolsError, OSError) as err:
+        board_note = f"the board's {CONFIG_FILE} could not be removed ({err}); it holds a key nobody knows"
+    return (f"rolled back: {name} is not in the store and {board_note}; fix the app and run provision again")
 
 
 def device_name(text: str, site: str) -> str:
@@ -213,7 +271,10 @@ def _confirm_replace(name: str, kid: str, yes: bool) -> None:
 
 
 def _wait_join(state: State, board: Board, name: str, since: float, timeout_s: float, verb: str) -> None:
-    """Until the gateway reports `name` online after `since`, echoing the board's output; CommandError if not."""
+    """Until the gateway reports `name` online after `since`, echoing the board's output; JoinFailed if the app
+    fails (a traceback), ends (the board's REPL prompt) or is not seen in time."""
+    from ndn_edge.tools.repl import FRIENDLY_PROMPT
+
     record = _gateway_record(state)
     hint = state.home.hint("ndn-edge gateway")
     if record is None or (record.host in _LOCAL_HOSTS and not record.pid_alive()):
@@ -233,9 +294,11 @@ def _wait_join(state: State, board: Board, name: str, since: float, timeout_s: f
             output.append(line)
             print(f"  board | {line}", flush=True)
         if any(line.startswith("Traceback") for line in output):
-            error = next((line for line in reversed(output) if line and not line.startswith(" ")), "?")
-            raise CommandError(f"{verb}: the app failed on the board: {error}; see its output with: "
-                               f"mpremote connect {board.port} repl")
+            raise JoinFailed(f"{verb}: the app failed on the board: {_board_error(output)}; see its output with: "
+                             f"mpremote connect {board.port} repl")
+        if pending.endswith(FRIENDLY_PROMPT) or any(line.startswith(_REPL_BANNER) for line in output):
+            raise JoinFailed(f"{verb}: the app ended without serving (the board is at its REPL): it must create a "
+                             "Device and call dev.run(), as examples/thermostat.py does")
         rec = store.device(name)
         if rec is not None and rec.state == "online" and (rec.last_seen or 0) >= since - 1:
             services = len(rec.desc.get("services") or []) if isinstance(rec.desc, dict) else 0
@@ -246,9 +309,16 @@ def _wait_join(state: State, board: Board, name: str, since: float, timeout_s: f
                 return
         if time.monotonic() > deadline:
             last = output[-1] if output else "nothing"
-            raise CommandError(f"{verb}: the gateway did not see {name} within {timeout_s:g} s (the board last "
-                               f"printed: {last}); check the gateway's interface and group (ndn-edge devices) "
-                               f"and the board's output (mpremote connect {board.port} repl)")
+            raise JoinFailed(f"{verb}: the gateway did not see {name} within {timeout_s:g} s (the board last "
+                             f"printed: {last}); check the gateway's interface and group (ndn-edge devices) "
+                             f"and the board's output (mpremote connect {board.port} repl)")
+
+
+def _board_error(output: list[str]) -> str:
+    """The last line of the board's traceback, after the file and line it names (when it names one)."""
+    error = next((line for line in reversed(output) if line and not line.startswith(" ")), "?")
+    where = [m for m in (_TRACE_LINE.search(line) for line in output) if m]
+    return f"{where[-1].group(1)}, line {where[-1].group(2)}: {error}" if where else error
 
 
 def _wait_s(text: str) -> float:

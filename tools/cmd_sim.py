@@ -14,12 +14,18 @@ Decisions:
   full pipe would block a device.
 - Children get SIGINT to stop (they announce "leave"), SIGKILL after a grace period; on Linux they also die with
   the fleet's process (PR_SET_PDEATHSIG), so a killed `sim` leaves no orphans on the multicast group.
+- One fleet of a prefix per home at a time: `SimFleet.lock()` holds `HOME/sim/.PREFIX.lock` (flock, with the
+  holder's pid in it) before anything is provisioned, so a second `sim` (or `up`) on the same home and prefix is
+  refused in one line naming the running one's pid, and changes nothing. Two fleets with the same names and keys
+  would both answer every call, and run a non-idempotent one twice. Fleets of other prefixes do not collide.
 - MicroPython missing: the devices run on CPython, and the command says so (unless
   $NDN_EDGE_REQUIRE_MICROPYTHON=1, as in CI, which makes it an error).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
 import re
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ndn_edge.tools.argtypes import bounded
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.errors import EXIT_USAGE, CommandError
 from ndn_edge.tools.netargs import add_network_args
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, KEY_BYTES
 
@@ -96,6 +102,40 @@ class SimFleet:
         self.names = [f"/{site}/{prefix}/{i}" for i in self.numbers]
         self.interpreter = ""
         self.procs: dict[str, subprocess.Popen] = {}
+        self._lock_fd = -1
+
+    @property
+    def lock_path(self) -> Path:
+        """The file whose lock the running fleet of this home and prefix holds."""
+        return self.home.path / "sim" / f".{self.prefix.replace('/', '-')}.lock"
+
+    def lock(self, verb: str = "sim") -> None:
+        """Hold this fleet's lock until `stop()` or the process ends; CommandError (exit status 2) naming the pid
+        of the process that already runs these devices."""
+        if self._lock_fd >= 0:
+            return
+        _private_dir(self.home.path)
+        _private_dir(self.home.path / "sim")
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise CommandError(f"{verb}: the devices /{self.site}/{self.prefix}/* of home {self.home.path} already run "
+                               f"in another process (pid {holder}, an `ndn-edge sim` or `up`); nothing was changed. "
+                               "Stop that one first, or use another --prefix or --home", exit_code=EXIT_USAGE) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the fleet's lock (if held)."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def folder(self, number: int) -> Path:
         """Where device `number` (from 1) keeps its config, replay state and log."""
@@ -171,6 +211,7 @@ class SimFleet:
 
         stop_all(list(self.procs.values()), grace_s)
         self.procs.clear()
+        self.unlock()
 
     def _runtime(self, mpy_cross: str) -> Path:
         """HOME/sim/lib holding device/*.mpy, recompiled when a source is newer."""
@@ -207,10 +248,10 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     fleet = SimFleet(state.home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
                      lease_ms=args.lease_ms, sleepy=args.sleepy, tick=args.tick, seed=args.seed)
-    fleet.provision(state.store)
-    state.close()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    fleet.lock()  # before anything changes: a second fleet is refused here
     try:
+        fleet.provision(state.store)
+        state.close()
         how = fleet.start()
         print(f"ndn-edge sim: {fleet.count} devices on {how}", flush=True)
         print(f"ndn-edge sim: {' '.join(fleet.names)} on {fleet.group}:{fleet.port} via {fleet.iface}"
@@ -226,8 +267,7 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
             if len(reported) == fleet.count:
                 raise CommandError(f"sim: every device exited; see the logs in {state.home.path / 'sim'}")
     finally:
-        fleet.stop()
-        signal.signal(signal.SIGTERM, previous)
+        fleet.stop()  # SIGTERM too: `ndn-edge` turns it into the KeyboardInterrupt Ctrl-C raises
 
 
 def _loss_text(fleet: SimFleet) -> str:
@@ -235,10 +275,6 @@ def _loss_text(fleet: SimFleet) -> str:
     if not fleet.loss:
         return ""
     return f", loss {fleet.loss:g}" + (f" (seed {fleet.seed})" if fleet.seed is not None else "")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _die_with_parent() -> None:

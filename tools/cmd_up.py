@@ -2,10 +2,18 @@
 
 In one process: the gateway for the home (started in-process, as `ndn-edge gateway` would run it), simulated
 devices on MicroPython (`ndn_edge.tools.cmd_sim.SimFleet`, default 3), a client `demo` allowed everything and a client
-`guest` allowed nothing (created when missing). Once the devices are discovered it prints real calls with what
+`guest` allowed nothing (created when missing; `demo` is named the home's default client in `HOME/default-client`,
+so `ndn-edge devices` works there without `--as`). Once the devices are discovered it prints real calls with what
 they returned: the device list, services, a cached reading twice, echo, a non-idempotent counter, a denied call
-and an error. Then it keeps running (other terminals can use the CLI against the same home) until Ctrl-C, or
-exits after the tour with `--once`.
+and an error. Then it keeps running (other terminals can use the CLI against the same home) until Ctrl-C or
+SIGTERM, or exits after the tour with `--once`.
+
+Decisions:
+- Check first, change nothing on refusal: a gateway already serving the home, a fleet already running there
+  (`SimFleet.lock`), or a home holding other clients or devices (where a client allowed everything would be a
+  surprise: asked on a terminal, `--yes` in scripts) are refused before anything is written. The gateway starts
+  before the demo's clients and devices are recorded, so a gateway that cannot start plants nothing either.
+- SIGTERM cancels the tour like Ctrl-C: the devices are stopped and `gateway.json` removed.
 """
 from __future__ import annotations
 
@@ -15,10 +23,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
+    from ndn_edge.state.home import Home
+    from ndn_edge.state.store import Store
     from ndn_edge.tools.cli import State
     from ndn_edge.tools.cmd_sim import SimFleet
 
@@ -38,28 +48,36 @@ def args_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=("127.0.0.1", 0),
                         help="where clients reach the gateway (default 127.0.0.1:0, a free port)")
     parser.add_argument("--once", action="store_true", help="exit after the tour instead of running until Ctrl-C")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"add the client '{DEMO_CLIENT}' allowed to call everything even in a home that already "
+                             "holds other clients or devices (else asked on a terminal, refused in scripts)")
 
 
 def do_up(state: State, args: argparse.Namespace) -> int:
     """Start the gateway and simulated devices, show a tour, keep running (or exit with --once)."""
     from ndn_edge import logs
     from ndn_edge.daemon import run_loop
-    from ndn_edge.tools.cmd_gateway import resolve_site
     from ndn_edge.tools.cmd_sim import SimFleet
+    from ndn_edge.wire.protocol import DEFAULT_SITE
 
-    site = resolve_site(state, args.site)
     home = state.home
-    _ensure_client(state, DEMO_CLIENT, site, grant="**")
-    _ensure_client(state, GUEST_CLIENT, site, grant=None)
+    _refuse_running_gateway(home)
+    store = state.store if home.db_path.exists() else None  # read only: a refused `up` creates nothing
+    site = args.site or (store.get_meta("site") if store is not None else None) or DEFAULT_SITE
     fleet = SimFleet(home, count=args.devices, prefix=args.prefix, site=site, iface=args.iface,
                      group=args.group[0], port=args.group[1], loss=args.loss, heap=args.heap,
                      lease_ms=args.lease_ms, seed=args.seed)
-    fleet.provision(state.store)
+    if store is not None:
+        _confirm_demo_clients(store, fleet, home, args.yes)
     state.close()
+    fleet.lock("up")
     handler = logs.setup("warning")  # the tour is the output; the gateway only speaks up about problems
     try:
         run_loop(_up(state, args, fleet, site))
+    except asyncio.CancelledError:  # SIGTERM (see _up): stopped like Ctrl-C
+        return EXIT_INTERRUPTED
     finally:
+        fleet.stop()
         logs.teardown(handler)
     return 0
 
@@ -69,11 +87,19 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
     from ndn_edge.client.api import Client
     from ndn_edge.daemon import Gateway
     from ndn_edge.tools.cmd_sim import _loss_text
+    from ndn_edge.tools.procs import cancel_on_sigterm
+    from ndn_edge.tools.session import write_default_client
 
+    cancel_on_sigterm()
     home = state.home
     gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site)
     await gateway.start()
     try:
+        _ensure_client(state, DEMO_CLIENT, site, grant="**")
+        _ensure_client(state, GUEST_CLIENT, site, grant=None)
+        write_default_client(home, DEMO_CLIENT)
+        fleet.provision(state.store)
+        state.close()
         host, port = gateway.address
         print(f"home       {home.path}")
         print(f"gateway    ndn-edge {__version__}, clients on {host}:{port}, "
@@ -89,9 +115,9 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
         if args.once:
             return
         hint = home.hint
-        print("\nThe gateway keeps running; in another terminal try:")
-        print(f"  {hint('ndn-edge devices --as demo')}")
-        print(f"  {hint(f'ndn-edge call {_rel(fleet.names[0], site)}/temperature --as demo --json')}")
+        print(f"\nThe gateway keeps running; in another terminal try (as client {_default_client(home)}):")
+        print(f"  {hint('ndn-edge devices')}")
+        print(f"  {hint(f'ndn-edge call {_rel(fleet.names[0], site)}/temperature --json')}")
         grant = "ndn-edge acl grant alice 'sim/*/temperature'"
         print(f"  {hint('ndn-edge client add alice')}  then  {hint(grant)}")
         print("Ctrl-C to stop.", flush=True)
@@ -175,6 +201,64 @@ async def _watch(fleet: SimFleet) -> None:
                 reported.add(name)
                 print(f"ndn-edge up: {name} exited with code {code}; see "
                       f"{fleet.log_path(name)}", file=sys.stderr, flush=True)
+
+
+def _refuse_running_gateway(home: Home) -> None:
+    """CommandError (exit status 2) if a gateway already serves `home`: `up` runs its own."""
+    from ndn_edge.errors import ConfigError
+
+    try:
+        record = home.read_gateway_record()
+    except ConfigError:
+        return
+    if record.pid_alive():
+        raise CommandError(f"up: a gateway (pid {record.pid}) already serves home {home.path} at "
+                           f"{record.host}:{record.port}; nothing was changed. Stop it first, or use another home "
+                           "with --home DIR (python3 dev.py up uses its own)", exit_code=EXIT_USAGE)
+
+
+def _confirm_demo_clients(store: Store, fleet: SimFleet, home: Home, yes: bool) -> None:
+    """Ask before adding the demo's allow-everything client to a home that holds other clients or devices;
+    CommandError (exit status 2) when the answer is no or cannot be asked."""
+    if store.client(DEMO_CLIENT) is not None and any(r.pattern == "**" for r in store.rules(DEMO_CLIENT)):
+        return  # nothing new: the demo ran here before
+    others = [c.name for c in store.list_clients() if c.name not in (DEMO_CLIENT, GUEST_CLIENT)]
+    mine = f"/{fleet.site}/{fleet.prefix}/"
+    devices = [row[0] for row in store.query("SELECT name FROM devices WHERE substr(name, 1, ?) != ? ORDER BY name "
+                                             "LIMIT 4", (len(mine), mine))]
+    if not others and not devices:
+        return
+    held = " and ".join(_some(kind, names) for kind, names in (("client", others), ("device", devices)) if names)
+    why = (f"home {home.path} already holds {held}; the demo would add client '{DEMO_CLIENT}' allowed to call "
+           "everything there")
+    if yes:
+        return
+    if sys.stdin.isatty():
+        try:
+            answer = input(f"{why}. Add it? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in ("y", "yes"):
+            return
+        raise CommandError("up: nothing was changed; run the demo in another home with --home DIR (python3 dev.py up "
+                           "uses its own)", exit_code=EXIT_USAGE)
+    raise CommandError(f"up: {why}; nothing was changed. Pass --yes to add it, or use another home with --home DIR "
+                       "(python3 dev.py up uses its own)", exit_code=EXIT_USAGE)
+
+
+def _some(kind: str, names: list[str]) -> str:
+    """"clients a, b, c ..." (at most three names)."""
+    return f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+
+
+def _default_client(home: Home) -> str:
+    from ndn_edge.client.api import resolve_client_name
+    from ndn_edge.errors import ConfigError
+
+    try:
+        return resolve_client_name(home, None)
+    except ConfigError:  # only for a hint
+        return DEMO_CLIENT
 
 
 def _ensure_client(state: State, name: str, site: str, *, grant: str | None) -> None:

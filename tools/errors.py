@@ -9,16 +9,20 @@ Anything else reaching main is a bug: main prints its traceback and exits with `
 from __future__ import annotations
 
 EXIT_FAILURE = 1  # a failure the message explains (a file, a port, a board)
-EXIT_USAGE = 2  # anything wrong before a request is sent: options, names, patterns, home, credentials
+EXIT_USAGE = 2  # anything wrong before a request is sent: options, names, patterns, --args, home, credentials
+EXIT_NO_MATCH = 4  # NOT_FOUND's: `call --all` that matched no device a script could get an answer from
 EXIT_BUG = 70  # EX_SOFTWARE in sysexits.h: an internal error, reported with its traceback
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C, or SIGTERM
 
 EXIT_CODES_HELP = f"""exit codes:
+  one rule: what is wrong before a request is sent exits {EXIT_USAGE}; an answer of the gateway or
+  of a device exits with its wire code's number
   0    success
   {EXIT_FAILURE}    other failure, explained in one line (e.g. a file or serial port could not be opened)
-  {EXIT_USAGE}    usage or configuration: bad options, names or patterns, no home/credentials/gateway record
+  {EXIT_USAGE}    usage or configuration, found before anything is sent: bad options, names, patterns or
+       --args JSON, no home/credentials/gateway record, a home already in use
   3    INVALID_ARGUMENT    the arguments are not what the service takes
-  4    NOT_FOUND           no such client, device or service
+  4    NOT_FOUND           no such client, device or service; also `call --all` that matched nothing
   5    PERMISSION_DENIED   this client's rules do not allow it (see: ndn-edge acl list)
   6    UNAVAILABLE         the device or the gateway cannot be reached now
   7    DEADLINE_EXCEEDED   no answer in time (an unknown client or bad key also ends here: the
@@ -26,7 +30,7 @@ EXIT_CODES_HELP = f"""exit codes:
   8    RESOURCE_EXHAUSTED  the device or gateway is out of memory or too busy
   9    INTERNAL            the service raised, or the framework failed; the message says how
   {EXIT_BUG}   a bug in ndn-edge: a traceback, then a line asking for a report
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C or SIGTERM)
 """
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 
 def print_json(obj: Any) -> None:
@@ -46,3 +47,13 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     return str(value)
+
+
+def in_background(stream: IO[str]) -> bool:
+    """True if `stream` is this process's terminal and the process runs in the background of it (`cmd &` in an
+    interactive shell), where whatever it prints lands among the output of the commands typed next."""
+    try:
+        fd = stream.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) != os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # not a file, closed, or not our controlling terminal
+        return False

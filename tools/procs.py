@@ -1,8 +1,22 @@
-"""Child processes of the tools, tests and benchmarks: stopped the way a person would, Ctrl-C first."""
+"""Child processes of the tools, tests and benchmarks: stopped the way a person would, Ctrl-C first; and SIGTERM
+handled like Ctrl-C by commands that run an event loop."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
+
+
+def cancel_on_sigterm() -> None:
+    """Called in the coroutine `asyncio.run` (or `run_loop`) runs: SIGTERM cancels it, as asyncio does on Ctrl-C,
+    so its `finally` blocks run (devices stopped, `gateway.json` removed). The caller sees CancelledError."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # not on this platform / not the main thread
+        pass
 
 
 def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> int | None:

@@ -573,8 +573,8 @@ class Board:
                                  "reset or hung: run again")
         raise BadReply(f"garbage reply from the board on {self.port}: expected {what}, got {_shown(more)}")
 
-    def reset(self) -> None:
-        """Soft-reset into the friendly REPL, so the board runs boot.py then main.py as after power-on."""
+    def leave_raw(self) -> None:
+        """Back to the friendly REPL (`>>> `), without a reset."""
         self._write(b"\r" + CTRL_B)  # leave the raw REPL
         try:
             self._read_until(FRIENDLY_PROMPT, self.exec_timeout_s)
@@ -582,6 +582,21 @@ class Board:
             raise BadReply(f"the board on {self.port} did not leave the raw REPL (it printed {_shown(t.data)})") \
                 from None
         self.in_raw = False
+
+    def recover(self, timeout_s: float = 3.0) -> None:
+        """Stop whatever the board runs (a command cut short by Ctrl-C, a raw-paste transfer, an app) and enter
+        the raw REPL, without a reset, within about `timeout_s`; BoardError if it does not answer."""
+        saved = self.connect_timeout_s
+        self.connect_timeout_s = timeout_s
+        self._rx.clear()
+        try:
+            self.enter_raw(soft_reset=False)
+        finally:
+            self.connect_timeout_s = saved
+
+    def reset(self) -> None:
+        """Soft-reset into the friendly REPL, so the board runs boot.py then main.py as after power-on."""
+        self.leave_raw()
         self._write(CTRL_D)
         try:
             self._read_until(SOFT_REBOOT, self.exec_timeout_s)

@@ -15,6 +15,10 @@ here, speaking MicroPython's REPL protocol as `shared/runtime/pyexec.c` does on 
 Code runs in one persistent `micropython -X heapsize=HEAP` child per boot (`tools/onboard/vboard_agent.py`),
 which executes framed code blocks in one globals dict, so variables survive between raw-REPL commands as on a
 board, and `main.py` (the device app) runs inside it: a board in `while True` is interrupted by Ctrl-C.
+The agent's own code lives in that heap too (about 7.5 KiB on a 64-bit host); the interpreter gets that much on top
+of `--heap` (`AGENT_HEAP_BYTES`), so code on a vboard sees the free heap a board with that heap would have.
+`os.ilistdir` on the unix port yields (name, type, inode) where a board's file systems add the size; the agent
+gives it the size (`tools/onboard/vboard_os.py`), so `mpremote ls` shows sizes as on a board.
 
 Decisions:
 - Frames to the agent go on their own pipe and its replies ("started", "done") on another; the program's
@@ -28,12 +32,15 @@ Decisions:
 - `--reset-on-open` emulates boards whose USB-UART bridge resets the chip when the port is opened (DTR wired
   to EN): opening the port hard-resets the vboard, and input during its boot is lost. `--baud` throttles what
   the board reads to a serial line's rate. SIGUSR1 is the reset button.
+- Started in the background of a terminal (`ndn-edge vboard &`), its status lines after the first ones go to
+  `DIR/vboard.log`, so they do not run into the output of `provision` in the same terminal.
 Rejected: running each command in a fresh `micropython -c` (no shared state, no interruptible main.py), and a
 CPython emulation of the REPL's execution (the point is to run the real port's bytecode, heap and modules).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import os
@@ -50,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ndn_edge import resources
-from ndn_edge.tools.errors import CommandError
+from ndn_edge.tools.errors import CommandError, UsageError
 
 if TYPE_CHECKING:
     from ndn_edge.tools.cli import State
@@ -60,6 +67,11 @@ FLASH_DIR = "flash"
 PORT_LINK = "port"
 LOCK_FILE = ".vboard.lock"
 DEFAULT_HEAP = "96K"
+LOG_FILE = "vboard.log"
+# What the agent (vboard_agent.py, vboard_os.py: bytecode, globals, buffers) keeps in the interpreter's heap, added
+# to --heap so that code on a vboard finds the free heap of a board with that heap. Measured on a 64-bit unix port
+# (tests/test_boards.py checks the two stay within 1.5 KiB of each other).
+AGENT_HEAP_BYTES = 7680
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 0x01, 0x02, 0x03, 0x04, 0x05
 _BACKSPACES = (0x08, 0x7F)
@@ -108,6 +120,7 @@ class VirtualBoard:
         self.link = self.folder / PORT_LINK
         self.micropython = micropython
         self.heap = heap
+        self.heap_bytes = heap_bytes(heap)
         self.reset_on_open = reset_on_open
         self.log = log if log is not None else sys.stdout
         self.port_path = ""
@@ -146,6 +159,9 @@ class VirtualBoard:
     def open(self) -> str:
         """Create the flash folder and the pty, start the interpreter (power-on); returns the port path."""
         for folder in (self.folder, self.flash):  # private: the flash holds the device key
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"vboard: {folder} is a file, not a folder; pass --dir a folder (it is created if "
+                                 "missing)")
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
         self._lock()
@@ -638,8 +654,8 @@ class VirtualBoard:
         env = dict(os.environ, MICROPYPATH=".frozen:lib")
         try:
             proc = subprocess.Popen(
-                [self.micropython, "-X", f"heapsize={self.heap}", str(resources.file("onboard", AGENT)), str(cmd_r),
-                 str(ctl_w)],
+                [self.micropython, "-X", f"heapsize={self.heap_bytes + AGENT_HEAP_BYTES}",
+                 str(resources.file("onboard", AGENT)), str(cmd_r), str(ctl_w)],
                 cwd=self.flash, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 pass_fds=(cmd_r, ctl_w), start_new_session=True,  # only this process decides on SIGINT
                 preexec_fn=_child_setup)
@@ -831,10 +847,15 @@ def args_vboard(parser: argparse.ArgumentParser) -> None:
 def do_vboard(state: State, args: argparse.Namespace) -> int:
     """Run a virtual board until Ctrl-C."""
     from ndn_edge.tools import micropython as mp
+    from ndn_edge.tools.output import in_background
 
     micropython = mp.require("micropython", "vboard")
     folder = Path(args.dir).expanduser() if args.dir else state.home.path / "vboard"
     state.close()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"vboard: --dir {args.dir} is a file, not a folder; pass a folder (it is created if "
+                         "missing)")
+    background = in_background(sys.stdout)
     board = VirtualBoard(folder, micropython=micropython, heap=args.heap, baud=args.baud,
                          reset_on_open=args.reset_on_open)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
@@ -842,16 +863,21 @@ def do_vboard(state: State, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: board.stop())
     signal.signal(signal.SIGHUP, lambda *_: board.stop())
     signal.signal(signal.SIGUSR1, lambda *_: board.hard_reset())
-    try:
-        path = board.open()
-        print(f"ndn-edge vboard: serial port {path} (stable link: {board.link}); try: "
-              f"ndn-edge provision --port {board.link} --name lab/v1 --app examples/thermostat.py", flush=True)
-        print("ndn-edge vboard: Ctrl-C to stop; `kill -USR1 <pid>` presses the reset button", flush=True)
-        board.serve()
-    finally:
-        board.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with contextlib.ExitStack() as stack:
+        try:
+            path = board.open()
+            print(f"ndn-edge vboard: serial port {path} (stable link: {board.link}); try: "
+                  f"ndn-edge provision --port {board.link} --name lab/v1 --app examples/thermostat.py", flush=True)
+            print("ndn-edge vboard: Ctrl-C to stop; `kill -USR1 <pid>` presses the reset button", flush=True)
+            if background:
+                board.log = stack.enter_context(open(board.folder / LOG_FILE, "a", buffering=1))
+                print(f"ndn-edge vboard: in the background; what it does next is logged to "
+                      f"{board.folder / LOG_FILE}", flush=True)
+            board.serve()
+        finally:
+            board.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     print("ndn-edge vboard: stopped", flush=True)
     return 0
 
@@ -860,6 +886,12 @@ def _heap(text: str) -> str:
     if not _HEAP.fullmatch(text):
         raise argparse.ArgumentTypeError(f"heap must be a size such as 64K or 1M, got {text!r}")
     return text.upper()
+
+
+def heap_bytes(heap: str) -> int:
+    """A heap size as `-X heapsize=` takes it ("96K", "1M", "65536") in bytes."""
+    unit = {"K": 1024, "M": 1024 * 1024}.get(heap[-1:].upper(), 1)
+    return int(heap[:-1] if unit > 1 else heap) * unit
 
 
 def _baud(text: str) -> int:

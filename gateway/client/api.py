@@ -27,7 +27,8 @@ Decisions:
   anything is sent; a missing home, credentials or gateway record is a `ConfigError` saying what to run.
 - The blocking client runs a private event loop in a daemon thread and forwards each call to it, so it also works
   inside programs (notebooks) that already run a loop in the calling thread.
-- Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the only credentials file in the home.
+- Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the client named in `HOME/default-client`
+  (`ndn-edge up` names its `demo` client there), else the only credentials file in the home.
 """
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ import cbor2
 
 from ndn_edge.client.handles import Operation, Outcome, Subscription
 from ndn_edge.errors import CallError, ConfigError, DeadlineExceeded, Internal, InvalidArgument, Unavailable
-from ndn_edge.state.home import ClientCredentials, Home
+from ndn_edge.state.home import ClientCredentials, Home, validate_client_name
 from ndn_edge.wire import client_protocol as cw
-from ndn_edge.wire import framing
+from ndn_edge.wire import framing, tlv
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire.tlv import T
 
 ENV_CLIENT = "NDN_EDGE_CLIENT"
+DEFAULT_CLIENT_FILE = "default-client"  # in the home: the name of the client to sign as when none is chosen
 DEFAULT_TIMEOUT_S = 5.0
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 1.0
@@ -85,7 +87,7 @@ class _Face(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        digest = _reply_digest(data)
+        digest = cw.reply_digest(data) or _reply_digest(data)
         fut = self.waiting.get(digest) if digest is not None else None
         if fut is not None and not fut.done():
             fut.set_result(data)
@@ -134,7 +136,9 @@ class Client:
         self.site = credentials.site
         self.name = credentials.name
         self._key = credentials.key
-        self._key_name_tlv = cw.encoded_name(cw.client_key_name(self.site, self.name, self._key))
+        key_name = cw.client_key_name(self.site, self.name, self._key)
+        self._signer = wire.InterestSigner(self._key, cw.encoded_name(key_name))
+        self._replies = cw.ReplySigner(key_name, self._key)  # what the gateway's replies to this client carry
         self._face: _Face | None = None
         self._start_hint = hint
 
@@ -348,68 +352,92 @@ class Client:
             body = cbor2.dumps(params)
         except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError) as err:
             raise InvalidArgument(f"arguments cannot be encoded: {err}") from err
-        packet, digest = cw.encode_request(name, body, self._key, self._key_name_tlv, cw.SEQ.next(),
-                                           time_ms=int(time.time() * 1000), signature_nonce=os.urandom(8),
-                                           nonce=os.urandom(4), lifetime_ms=max(1, int(timeout_s * 1000)))
+        nonces = os.urandom(12)
+        packet, name_tlv = self._signer.sign(b"".join(name), body, cw.SEQ.next(), time_ms=int(time.time() * 1000),
+                                             signature_nonce=nonces[:8], nonce=nonces[8:],
+                                             lifetime_ms=max(1, int(timeout_s * 1000)))
         if len(packet) > cw.MAX_PACKET_BYTES:
             raise InvalidArgument(f"the request is {len(packet)} bytes, more than {cw.MAX_PACKET_BYTES}; "
                                   "send smaller arguments")
-        final = [bytes(c) for c in name] + [digest]
+        digest = name_tlv[-2 - tlv.DIGEST_BYTES:]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         interval = _RETRY_FIRST_S
         attempts = 0
-        fut: asyncio.Future = loop.create_future()
-        face.waiting[digest] = fut
         try:
             while True:
+                # One future per send: the reply completes it, or the timer with None (then send again). A
+                # timer, not wait_for: on a cached call that machinery was a tenth of the client's time.
+                fut: asyncio.Future = loop.create_future()
+                face.waiting[digest] = fut
                 face.transport.sendto(packet)
                 attempts += 1
-                wait_s = min(interval, deadline - loop.time())
-                try:
-                    data = await asyncio.wait_for(asyncio.shield(fut), max(wait_s, 0))
-                except asyncio.TimeoutError as err:
-                    if loop.time() >= deadline:
-                        raise DeadlineExceeded(
-                            f"no reply from the gateway at {_fmt(self.address)} within {timeout_s:g} s "
-                            f"({attempts} attempts); it ignores requests it cannot authenticate: check that it "
-                            f"runs ({self._start_hint}) and knows client '{self.name}'") from err
-                    interval = min(interval * 2, _RETRY_MAX_S)
-                    continue
-                except (ConnectionRefusedError, ConnectionResetError) as err:
-                    raise Unavailable(f"the gateway at {_fmt(self.address)} is not running ({err.strerror or err}); "
-                                      f"start it with: {self._start_hint}") from err
-                except OSError as err:
-                    raise Unavailable(f"cannot reach the gateway at {_fmt(self.address)}: "
-                                      f"{err.strerror or err}") from err
-                reply = self._verify(data, final)
-                if reply is not None:
-                    return reply
-                fut = loop.create_future()  # a reply that does not verify is ignored; keep waiting
-                face.waiting[digest] = fut
+                timer = loop.call_later(max(min(interval, deadline - loop.time()), 0), _silence, fut)
+                while True:
+                    try:
+                        data = await fut
+                    except (ConnectionRefusedError, ConnectionResetError) as err:
+                        raise Unavailable(f"the gateway at {_fmt(self.address)} is not running "
+                                          f"({err.strerror or err}); start it with: {self._start_hint}") from err
+                    except OSError as err:
+                        raise Unavailable(f"cannot reach the gateway at {_fmt(self.address)}: "
+                                          f"{err.strerror or err}") from err
+                    finally:
+                        if fut.done():
+                            timer.cancel()
+                    if data is None:
+                        break
+                    reply = self._reply(data, name_tlv)
+                    if reply is not _IGNORED:
+                        return reply
+                    # a reply that does not verify is ignored; keep waiting for the rest of this interval
+                    fut = loop.create_future()
+                    face.waiting[digest] = fut
+                    timer = loop.call_later(max(min(interval, deadline - loop.time()), 0), _silence, fut)
+                if loop.time() >= deadline:
+                    raise DeadlineExceeded(
+                        f"no reply from the gateway at {_fmt(self.address)} within {timeout_s:g} s "
+                        f"({attempts} attempts); it ignores requests it cannot authenticate: check that it "
+                        f"runs ({self._start_hint}) and knows client '{self.name}'")
+                interval = min(interval * 2, _RETRY_MAX_S)
         finally:
             face.waiting.pop(digest, None)
 
-    def _verify(self, data: bytes, final: list) -> Any:
-        """The decoded content of a verified reply to `final`, raising its error; None if it does not verify."""
-        try:
-            inner = framing.unwrap(data)
-            if inner is None:
-                return None
-            name, content_type, _, content = wire.verify_reply(inner, self._key)
-        except (wire.BadPacket, framing.FramingError):
-            return None
-        if [bytes(c) for c in name] != final:
-            return None
+    def _reply(self, data: bytes, name_tlv: bytes) -> Any:
+        """The decoded content of a verified reply to the request named `name_tlv`, raising its error;
+        `_IGNORED` if it does not verify."""
+        fast = cw.read_reply(data, name_tlv, self._replies)
+        if fast is not None:
+            nack, content = fast
+        else:
+            try:
+                inner = framing.unwrap(data)
+                if inner is None:
+                    return _IGNORED
+                name, content_type, _, content = wire.verify_reply(inner, self._key)
+            except (wire.BadPacket, framing.FramingError):
+                return _IGNORED
+            if tlv.tlv(T.NAME, b"".join(bytes(c) for c in name)) != name_tlv:
+                return _IGNORED
+            nack = content_type == tlv.CONTENT_NACK
         try:
             obj = cbor2.loads(content) if content else None
         except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as err:
             raise Internal(f"the gateway's reply is not valid CBOR: {err}") from err
-        if content_type == wire.CONTENT_NACK:
+        if nack:
             if not isinstance(obj, dict):
                 raise Internal(f"the gateway's error reply is not a map: {obj!r}")
             raise CallError.from_wire(obj.get("code"), obj.get("message", ""))
         return obj
+
+
+_IGNORED = object()  # a datagram that is not a verified reply
+
+
+def _silence(fut: asyncio.Future) -> None:
+    """The end of one wait for a reply: the request is sent again, or fails at its deadline."""
+    if not fut.done():
+        fut.set_result(None)
 
 
 class BlockingClient:
@@ -583,12 +611,27 @@ class BlockingSubscription:
 
 
 def resolve_client_name(home: Home, client: str | None) -> str:
-    """`client`, else $NDN_EDGE_CLIENT, else the home's only client; ConfigError saying how to choose."""
+    """`client`, else $NDN_EDGE_CLIENT, else the home's default client (`HOME/default-client`, when its
+    credentials exist), else the home's only client; ConfigError saying how to choose."""
     if client:
         return client
     env = os.environ.get(ENV_CLIENT)
     if env:
-        return env
+        try:
+            return validate_client_name(env)
+        except ValueError as err:
+            raise ConfigError(f"${ENV_CLIENT}: {err}") from None
+    marker = home.path / DEFAULT_CLIENT_FILE
+    try:
+        default = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        default = ""
+    if default:
+        try:
+            if home.client_file(default).exists():
+                return default
+        except ValueError:  # not a client name: the marker is ignored, as a missing one is
+            pass
     try:
         names = sorted(p.stem for p in home.clients_dir.glob("*.json") if not p.name.startswith("."))
     except OSError:
@@ -598,8 +641,8 @@ def resolve_client_name(home: Home, client: str | None) -> str:
     if not names:
         raise ConfigError(f"no client credentials in {home.clients_dir}; create a client with: "
                           f"{home.hint('ndn-edge client add NAME')}")
-    raise ConfigError(f"several clients in {home.clients_dir} ({', '.join(names)}); choose one with --as NAME "
-                      f"(or client=NAME, or ${ENV_CLIENT})")
+    raise ConfigError(f"several clients in {home.clients_dir} ({', '.join(names)}); choose one with --as NAME, "
+                      f"with ${ENV_CLIENT}, or by writing its name to {marker}")
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -77,8 +77,8 @@ from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
 from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import framing
-from ndn_edge.wire.packets import parse_signed_interest
-from ndn_edge.wire.tlv import T
+from ndn_edge.wire.packets import SignedRequest, parse_signed_interest, split_components
+from ndn_edge.wire.tlv import DIGEST_BYTES, T
 
 log = logging.getLogger("ndn_edge.server")
 
@@ -102,19 +102,15 @@ _RCVBUF = 1 << 20
 
 
 class _Request:
-    """A parsed request, before authentication."""
+    """A parsed request, before authentication: its parts, the name's components and the LP PIT token."""
 
-    __slots__ = ("lifetime_ms", "name", "name_tlv", "params", "pit", "sig", "signature")
+    __slots__ = ("components", "lifetime_ms", "parts", "pit")
 
-    def __init__(self, name: list, name_tlv: bytes, params: Any, sig: Any, pit: bytes | None,
-                 lifetime_ms: int | None) -> None:
-        self.name = name
-        self.name_tlv = name_tlv
-        self.params = params
-        self.sig = sig
+    def __init__(self, parts: SignedRequest, components: tuple[bytes, ...], pit: bytes | None) -> None:
+        self.parts = parts
+        self.components = components  # of the name without its digest: site, _gw, verb, target...
         self.pit = pit
-        self.signature = bytes(sig.signature_value_buf or b"")
-        self.lifetime_ms = min(lifetime_ms or _DEFAULT_LIFETIME_MS, cw.MAX_TIMEOUT_MS)
+        self.lifetime_ms = min(parts.lifetime_ms or _DEFAULT_LIFETIME_MS, cw.MAX_TIMEOUT_MS)
 
 
 class _Exchange:
@@ -233,8 +229,8 @@ class ClientFace:
         self._gw_comp = bytes(Component.from_str(cw.GW))
         self._client_comp = bytes(Component.from_str(cw.CLIENT))
         self._key_comp = bytes(Component.from_str("KEY"))
-        self._peers: dict[tuple[bytes, ...], _Peer] = {}
-        self._unknown: dict[tuple[bytes, ...], float] = {}
+        self._peers: dict[bytes, _Peer] = {}    # by the KeyLocator Name's value
+        self._unknown: dict[bytes, float] = {}
         self._clean: dict[str, int] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._inbox: asyncio.Queue[tuple[bytes, Any]] | None = None
@@ -355,8 +351,8 @@ class ClientFace:
         try:
             if log.isEnabledFor(logging.DEBUG):
                 event(log, "client_request", logging.DEBUG, client=peer.name, addr=_addr(addr), seq=ex.seq,
-                      name="/".join(Component.to_str(c) for c in request.name[2:-1]))
-            self._dispatch(peer, ex, request.name, request.params)
+                      name="/".join(Component.to_str(c) for c in request.components[2:]))
+            self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
         except Exception as err:  # accepted, so it must be answered; the bug goes to the log
             self.stats["internal"] += 1
             self._throttle.fault("client-dispatch", err, client=peer.name)
@@ -380,50 +376,43 @@ class ClientFace:
             pit = bytes(token) if token is not None else None
         if packet[:1] != bytes([T.INTEREST]):
             return self._drop("unsupported", addr, why="not an Interest")
-        fast = parse_signed_interest(packet)
-        if fast is not None:
-            name, app_params, sig = fast
-            lifetime_ms = sig.lifetime_ms
-        else:  # any layout but the usual one
+        parts = parse_signed_interest(packet)
+        if parts is None:  # any layout but the usual one
             try:
-                name, interest, app_params, sig = parse_interest(packet, with_tl=True)
+                parts = _from_python_ndn(packet)
             except _PARSE_ERRORS:
                 return self._drop("malformed", addr)
-            lifetime_ms = interest.lifetime
-        if not framing.components_ok(name):
+            if parts is None:
+                return self._drop("malformed", addr, why="a name component's length is wrong")
+        components = _components(parts.prefix)
+        if components is None:
             return self._drop("malformed", addr, why="a name component's length is wrong")
-        if (len(name) < 4 or bytes(name[1]) != self._gw_comp
-                or Component.get_type(name[-1]) != T.DIGEST_COMPONENT):
+        if len(components) < 3 or components[1] != self._gw_comp:
             return self._drop("unsupported", addr, why="not a gateway request")
-        info = sig.signature_info
-        if (info is None or info.signature_type != _HMAC_SHA256 or info.key_locator is None
-                or not info.key_locator.name):
+        if parts.sig_type != _HMAC_SHA256 or not parts.key_locator:
             return self._drop("unsupported", addr, why="not signed with HMAC-SHA256 and a key name")
-        if not framing.components_ok(info.key_locator.name):
-            return self._drop("malformed", addr, why="a key name component's length is wrong")
-        if info.signature_seq_num is None or info.signature_time is None or info.signature_nonce is None:
+        if parts.seq is None or parts.time_ms is None or parts.nonce is None:
             return self._drop("malformed", addr, why="SignatureSeqNum, SignatureTime and SignatureNonce are required")
-        name_tlv = framing.name_tlv(packet)
-        if name_tlv is None:  # python-ndn parsed it, so this cannot happen; refuse rather than guess
-            return self._drop("malformed", addr)
-        return _Request(name, name_tlv, app_params, sig, pit, lifetime_ms)
+        return _Request(parts, components, pit)
 
     def _authenticate(self, request: _Request, addr: Any) -> _Peer | None:
         """The client whose key signed the request, or None (dropped and counted)."""
-        sig = request.sig
-        if bytes(request.name[0]) != self._site_comp:
+        parts = request.parts
+        if request.components[0] != self._site_comp:
             return self._wrong_site(request, addr)
-        peer = self._peer(sig.signature_info.key_locator.name)
+        peer = self._peer(parts.key_locator)
         if peer is None:
+            if _components(parts.key_locator) is None:
+                return self._drop("malformed", addr, why="a key name component's length is wrong")
             return self._drop("unknown_client", addr)
-        fault = _fault(request, peer.key)
+        fault = parts.fault(peer.key)
         if fault is not None:
             return self._drop(fault, addr, client=peer.name)
-        info = sig.signature_info
-        skew_ms = info.signature_time - time.time() * 1000
+        assert parts.time_ms is not None and parts.seq is not None  # checked by _parse
+        skew_ms = parts.time_ms - time.time() * 1000
         if abs(skew_ms) > cw.TIME_WINDOW_MS:
             return self._drop("stale", addr, client=peer.name, skew_ms=int(skew_ms))
-        if info.signature_seq_num > (info.signature_time + cw.TIME_WINDOW_MS) * 1000:
+        if parts.seq > (parts.time_ms + cw.TIME_WINDOW_MS) * 1000:
             # Clients number in microseconds of their clock: a number far ahead of the signed time would lift
             # the high-water mark (persisted) past anything the client will send for years.
             return self._drop("stale", addr, client=peer.name, why="SignatureSeqNum ahead of SignatureTime")
@@ -433,35 +422,36 @@ class ClientFace:
         """A request for another site. From a client of this gateway, signed with its key (its credentials name
         the wrong site), it gets a signed answer saying so, at most once a second per client; anything else is
         dropped like any request from nobody."""
-        ident = tuple(bytes(c) for c in request.sig.signature_info.key_locator.name)
+        ident = _components(request.parts.key_locator) or ()
         record = None
         if len(ident) == 5 and ident[1] == self._client_comp and ident[3] == self._key_comp and \
                 all(Component.get_type(c) == T.GENERIC_COMPONENT for c in ident):
             record = self._store.client(Component.to_str(ident[2]))
             if record is not None and key_id(record.key) != Component.to_str(ident[4]):
                 record = None
-        if record is None or not _verifies(request, record.key):
+        if record is None or request.parts.fault(record.key) is not None:
             return self._drop("unknown_client", addr)
         now = time.monotonic()
         if now - self._wrong_site_answered.get(record.name, -1.0) < 1.0:
             return self._drop("unsupported", addr, why="wrong site, answered a moment ago")
         self._wrong_site_answered[record.name] = now
         self.stats["wrong_site"] += 1
-        theirs = Component.to_str(request.name[0])
+        theirs = Component.to_str(request.components[0])
         err = InvalidArgument(f"this gateway serves site '{self.site}', but client '{record.name}' signed for site "
                               f"'{theirs}': fix \"site\" in its credentials file, or remove and add the client "
                               "again")
         signer = cw.ReplySigner("/" + "/".join(Component.to_str(c) for c in ident), record.key)
-        self._send(cw.encode_reply(request.name_tlv, cbor2.dumps(err.to_wire()), signer, nack=True,
+        self._send(cw.encode_reply(request.parts.name_tlv, cbor2.dumps(err.to_wire()), signer, nack=True,
                                    pit_token=request.pit), addr)
         event(log, "wrong_site", logging.WARNING, client=record.name, site=theirs, addr=_addr(addr))
         return None
 
     def _admit(self, peer: _Peer, request: _Request, addr: Any) -> _Exchange | None:
         """A new exchange for a fresh request; None for a retransmission (answered here) or a replay (dropped)."""
-        info = request.sig.signature_info
-        seq, nonce = info.signature_seq_num, info.signature_nonce
-        verdict = self._replay_verdict(peer, seq, nonce, request.signature)
+        parts = request.parts
+        seq, nonce = parts.seq, parts.nonce
+        assert seq is not None and nonce is not None  # checked by _parse
+        verdict = self._replay_verdict(peer, seq, nonce, parts.signature)
         if verdict == "retransmission":
             ex = peer.recent[seq]
             self.stats["retransmissions"] += 1
@@ -472,7 +462,7 @@ class ClientFace:
         if verdict == "replay":
             return self._drop("replay", addr, client=peer.name, seq=seq)
         now = time.monotonic()
-        ex = _Exchange(seq, request.name_tlv, request.signature, addr, request.pit,
+        ex = _Exchange(seq, parts.name_tlv, parts.signature, addr, request.pit,
                        now + request.lifetime_ms / 1000 + _REPLY_SLACK_S)
         if not peer.take_token(self.limits, now):
             # Not admitted: the number stays unused, so the client's retransmission after a pause is served.
@@ -493,9 +483,10 @@ class ClientFace:
 
     # -- clients and replay state
 
-    def _peer(self, key_locator: Sequence[Any]) -> _Peer | None:
-        """The client owning this key name, from memory or (at most every refresh_s) the store."""
-        ident = tuple(bytes(c) for c in key_locator)
+    def _peer(self, key_locator: bytes) -> _Peer | None:
+        """The client owning this key name (the KeyLocator Name's value), from memory or (at most every
+        refresh_s) the store."""
+        ident = key_locator
         now = time.monotonic()
         peer = self._peers.get(ident)
         if peer is not None and now - peer.loaded_at < self._refresh_s:
@@ -504,10 +495,11 @@ class ClientFace:
         if missed is not None and now - missed < self._refresh_s:
             return None
         record = None
-        if (len(ident) == 5 and ident[0] == self._site_comp and ident[1] == self._client_comp
-                and ident[3] == self._key_comp and all(Component.get_type(c) == 8 for c in ident)):
-            client = Component.to_str(ident[2])
-            kid = Component.to_str(ident[4])
+        comps = _components(ident) or ()
+        if (len(comps) == 5 and comps[0] == self._site_comp and comps[1] == self._client_comp
+                and comps[3] == self._key_comp and all(Component.get_type(c) == T.GENERIC_COMPONENT for c in comps)):
+            client = Component.to_str(comps[2])
+            kid = Component.to_str(comps[4])
             try:
                 record = self._store.client(client)
             except StoreError as err:
@@ -599,9 +591,9 @@ class ClientFace:
 
     # -- verbs
 
-    def _dispatch(self, peer: _Peer, ex: _Exchange, name: list, app_params: Any) -> None:
+    def _dispatch(self, peer: _Peer, ex: _Exchange, prefix: bytes, app_params: bytes) -> None:
         try:
-            verb, target = _verb_and_target(tuple(bytes(c) for c in name[2:-1]))
+            verb, target = _verb_and_target(prefix)
             result = self._verbs.run(peer.caller, verb, target, _decode_params(app_params))
         except CallError as err:
             self._reply_error(peer, ex, err)
@@ -686,12 +678,21 @@ class ClientFace:
 
 
 @functools.lru_cache(maxsize=4096)
-def _verb_and_target(components: tuple[bytes, ...]) -> tuple[str, tuple[str, ...]]:
-    """The verb and the target of a request name's components after `/<site>/_gw` (the digest left out),
-    decoded once per distinct name: clients call the same few names again and again."""
-    if any(Component.get_type(c) != 8 for c in components[1:]):
+def _components(value: bytes) -> tuple[bytes, ...] | None:
+    """The components of a Name's value (a request's name, a key name), split once per distinct value: clients
+    send the same few again and again. None when one is malformed."""
+    return split_components(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verb_and_target(prefix: bytes) -> tuple[str, tuple[str, ...]]:
+    """The verb and the target of a request name (the value before its digest: `<site>/_gw/<verb>/<target...>`),
+    decoded once per distinct name."""
+    components = _components(prefix) or ()
+    rest = components[2:]
+    if any(Component.get_type(c) != T.GENERIC_COMPONENT for c in rest):
         raise InvalidArgument("name components must be generic components")
-    return Component.to_str(components[0]), tuple(Component.to_str(c) for c in components[1:])
+    return Component.to_str(rest[0]), tuple(Component.to_str(c) for c in rest[1:])
 
 
 def _decode_params(raw: Any) -> dict[str, Any]:
@@ -716,20 +717,25 @@ def _discard(work: Awaitable[Any]) -> None:
         close()
 
 
-def _fault(request: _Request, key: bytes) -> str | None:
-    """Why a signed request does not verify with `key` ("digest" or "signature"), or None when it does."""
-    sig = request.sig
-    if sig.digest_value_buf is None or not hmac.compare_digest(_sha256(sig.digest_covered_part),
-                                                               bytes(sig.digest_value_buf)):
-        return "digest"
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in sig.signature_covered_part:
-        mac.update(part)
-    return None if hmac.compare_digest(mac.digest(), request.signature) else "signature"
-
-
-def _verifies(request: _Request, key: bytes) -> bool:
-    return _fault(request, key) is None
+def _from_python_ndn(packet: bytes) -> SignedRequest | None:
+    """The parts of a signed Interest in any other layout, read by python-ndn; None when a name component is
+    malformed (python-ndn splits names without checking each component's length)."""
+    name, interest, app_params, sig = parse_interest(packet, with_tl=True)
+    info = sig.signature_info
+    locator = info.key_locator.name if info is not None and info.key_locator is not None else None
+    if not name or not framing.components_ok(name) or (locator and not framing.components_ok(locator)):
+        return None
+    last = bytes(name[-1])
+    name_tlv = framing.name_tlv(packet)
+    if len(last) != DIGEST_BYTES + 2 or last[0] != T.DIGEST_COMPONENT or name_tlv is None:
+        return None
+    return SignedRequest(
+        name_tlv, b"".join(bytes(c) for c in name[:-1]), last[2:], bytes(app_params or b""),
+        info.signature_type if info is not None else -1, b"".join(bytes(c) for c in locator or ()),
+        info.signature_nonce if info is not None else None, info.signature_time if info is not None else None,
+        info.signature_seq_num if info is not None else None, bytes(sig.signature_value_buf or b""),
+        b"".join(bytes(p) for p in sig.signature_covered_part or ()),
+        b"".join(bytes(p) for p in sig.digest_covered_part or ()), interest.lifetime)
 
 
 def _sha256(parts: Sequence[Any]) -> bytes:

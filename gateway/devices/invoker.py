@@ -63,6 +63,7 @@ from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgume
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire import packets as wire
+from ndn_edge.wire import tlv
 from ndn_edge.wire.framing import name_tlv
 
 log = logging.getLogger("ndn_edge.invoker")
@@ -768,7 +769,7 @@ class Invoker:
         _, meta, content = await self._exchange(record, link, "_desc", _EMPTY_MAP, False, True, deadline,
                                                 lambda raw: wire.verify_data(raw, record.key))
         try:
-            if meta is not None and meta.content_type == wire.CONTENT_NACK:
+            if meta is not None and meta.content_type == tlv.CONTENT_NACK:
                 err = cbor2.loads(content)
                 raise CallError.from_wire(err.get("code"), err.get("message"))
             desc = cbor2.loads(content)

@@ -31,7 +31,10 @@ Decisions:
 - First contact with a publisher (nothing in the store about it) starts its stream at the first number seen,
   without a gap (earlier messages were for whoever listened before), unless that number is small
   (`FIRST_CONTACT_SEQ`, the size of the device's outbox): then the publisher has just started, and its first
-  messages, if missing, are being retransmitted and are waited for.
+  messages, if missing, are being retransmitted and are waited for. A publisher's new `boot` starts the same
+  way, except that skipping its first messages is a `gap` (those subscribers knew the publisher); messages
+  before it that still arrive are `late`. A report of an earlier boot (a retransmission still on its way when
+  the publisher restarted) takes that boot's stream up where it was (the last `PAST_BOOTS` boots, in memory).
 - Retained values: the last message of each topic published with `retain`, in the store; a new subscription gets
   those its pattern and its client's rules match first, flagged `retained`.
 - Durable subscriptions (`durable=NAME`, per client) live in the store with their queue and acknowledged
@@ -81,6 +84,7 @@ MEMBERS = "_members"
 GATEWAY_PUBLISHER = "_gw"
 HOLD_S = 30.0             # how long a message waits for a missing predecessor
 FIRST_CONTACT_SEQ = 16    # a publisher first met at or below this number is taken to have started at 1
+PAST_BOOTS = 4            # earlier boots per publisher whose position is kept, for their late reports
 MEMORY_QUEUE = 10_000     # messages per in-memory subscription
 DURABLE_QUEUE = 100_000   # messages per durable subscription
 IDLE_S = 60.0             # an in-memory subscription ends this long after its last poll
@@ -158,7 +162,7 @@ Defer = Callable[[Callable[[], None]], None]
 class _Stream:
     """One publisher's numbering as the gateway follows it."""
 
-    __slots__ = ("boot", "held", "last", "pending_gap", "since")
+    __slots__ = ("boot", "held", "last", "past", "pending_gap", "since")
 
     def __init__(self, boot: str, last: int) -> None:
         self.boot = boot
@@ -166,6 +170,7 @@ class _Stream:
         self.held: dict[int, dict[str, Any]] = {}  # seq -> message (also in the store's pub_held)
         self.since = 0.0  # monotonic time the oldest held message arrived
         self.pending_gap = 0  # messages known lost, to report on the next one delivered
+        self.past: dict[str, int] = {}  # boot -> last delivered, of the boots before this one (in memory)
 
 
 class _Sub:
@@ -309,7 +314,16 @@ class PubSub:
             db, device, 0 if seq <= FIRST_CONTACT_SEQ else seq - 1, boot)
         if stream.boot != boot:  # the publisher restarted: what is held of the old boot will not be completed
             self._release(db, device, stream, math.inf, defer)
-            stream.boot, stream.last, stream.pending_gap = boot, 0, 0
+            stream.past[stream.boot] = stream.last
+            while len(stream.past) > PAST_BOOTS:
+                del stream.past[next(iter(stream.past))]
+            if boot in stream.past:  # back to a boot met before (a late report of it): where it was
+                stream.boot, stream.last, stream.pending_gap = boot, stream.past.pop(boot), 0
+            else:
+                # A new boot's first message met may not be its first: a low number waits for those before it
+                # (reordered on the way), a higher one starts the stream there, its predecessors a gap.
+                missed = 0 if seq <= FIRST_CONTACT_SEQ else seq - 1
+                stream.boot, stream.last, stream.pending_gap = boot, missed, missed
         return stream
 
     def _load_stream(self, db: Any, device: str, last: int, boot: str) -> _Stream:

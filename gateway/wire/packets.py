@@ -29,7 +29,17 @@ from ndn.security.signer.sha256_hmac_signer import HmacSha256Signer
 
 from ndn_edge.errors import GatewayError
 from ndn_edge.wire.protocol import ENC_LABEL
-from ndn_edge.wire.tlv import CONTENT_NACK, SIGNATURE_HMAC_SHA256, FramingError, T, nni, read_tl, tlv, tlv_head  # noqa: F401
+from ndn_edge.wire.tlv import (
+    CONTENT_NACK,
+    DIGEST_BYTES,
+    SIGNATURE_HMAC_SHA256,
+    FramingError,
+    T,
+    nni,
+    read_tl,
+    tlv,
+    tlv_head,
+)
 
 _INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTEREST_LIFETIME,
                     T.HOP_LIMIT, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
@@ -114,130 +124,138 @@ def call_interest(components: Sequence[bytes], params: bytes, key: bytes, key_na
     return packet
 
 
-class _KeyLocator:
-    __slots__ = ("name",)
+class SignedRequest:
+    """A signed Interest as the client face reads it: its parts as bytes, nothing verified yet.
 
-    def __init__(self, name: list) -> None:
-        self.name = name
+    `prefix` is the Name's value up to its ParametersSha256DigestComponent (`digest` is that component's 32-byte
+    value), `key_locator` the KeyLocator Name's value: both stay encoded, so a face keys its caches on them and
+    splits them into components only when it meets them first (`split_components`)."""
+
+    __slots__ = ("digest", "digest_covered", "key_locator", "lifetime_ms", "name_tlv", "nonce", "params", "prefix",
+                 "seq", "sig_type", "signature", "signed", "time_ms")
+
+    def __init__(self, name_tlv: bytes, prefix: bytes, digest: bytes, params: bytes, sig_type: int,
+                 key_locator: bytes, nonce: int | None, time_ms: int | None, seq: int | None, signature: bytes,
+                 signed: bytes, digest_covered: bytes, lifetime_ms: int | None) -> None:
+        self.name_tlv = name_tlv
+        self.prefix = prefix
+        self.digest = digest
+        self.params = params
+        self.sig_type = sig_type
+        self.key_locator = key_locator
+        self.nonce = nonce
+        self.time_ms = time_ms
+        self.seq = seq
+        self.signature = signature
+        self.signed = signed                  # what the HMAC covers
+        self.digest_covered = digest_covered  # what the ParametersSha256Digest covers
+        self.lifetime_ms = lifetime_ms
+
+    def fault(self, key: bytes) -> str | None:
+        """Why the request does not verify with `key` ("digest" or "signature"), or None when it does."""
+        if not hmac.compare_digest(hashlib.sha256(self.digest_covered).digest(), self.digest):
+            return "digest"
+        if not hmac.compare_digest(hmac.digest(key, self.signed, "sha256"), self.signature):
+            return "signature"
+        return None
 
 
-class _InterestSignatureInfo:
-    __slots__ = ("key_locator", "signature_nonce", "signature_seq_num", "signature_time", "signature_type")
-    signature_type: int
-    key_locator: _KeyLocator
-    signature_nonce: int | None
-    signature_time: int | None
-    signature_seq_num: int | None
+_NNI_WIDTHS = frozenset((1, 2, 4, 8))  # the widths python-ndn's NonNegativeInteger fields accept
 
 
-class SignedInterestPtrs:
-    """What `parse_signed_interest` found: the fields of python-ndn's `SignaturePtrs` that verification reads."""
+def parse_signed_interest(packet: bytes) -> SignedRequest | None:
+    """The parts of a signed Interest laid out as clients write it; None for any other layout, which the caller
+    hands to python-ndn (`SignedRequest`s are made from its result too).
 
-    __slots__ = ("digest_covered_part", "digest_value_buf", "lifetime_ms", "signature_covered_part",
-                 "signature_info", "signature_value_buf")
-    signature_info: _InterestSignatureInfo
-    lifetime_ms: int | None  # the InterestLifetime, when the Interest carries one
-    signature_covered_part: list[bytes]
-    signature_value_buf: bytes
-    digest_covered_part: list[bytes]
-    digest_value_buf: bytes
-
-
-# InterestSignatureInfo fields in order, with the widths python-ndn's UintFields accept (None: any NNI width)
-_ISI_NUMBERS = ((T.SIGNATURE_NONCE, "signature_nonce"), (T.SIGNATURE_TIME, "signature_time"),
-                (T.SIGNATURE_SEQ_NUM, "signature_seq_num"))
-_NNI_WIDTHS = (1, 2, 4, 8)
-
-
-def parse_signed_interest(packet: bytes) -> tuple[list, bytes, SignedInterestPtrs] | None:
-    """(name, ApplicationParameters, signature pointers) of a signed Interest laid out as clients write it,
-    shaped like python-ndn's `parse_interest(packet, with_tl=True)` (without the InterestParam); None for any
-    other layout, which the caller hands to python-ndn.
-
-    The hot path of every client request (python-ndn's parser costs about 90 us per request, this about 15 us).
-    Accepted: the elements of a v0.3 signed Interest in order, each at most once, with no ForwardingHint and
-    nothing unknown; a Name ending in its only ParametersSha256DigestComponent; an InterestSignatureInfo of
-    SignatureType, a KeyLocator Name and optionally SignatureNonce, SignatureTime, SignatureSeqNum. Nothing is
-    verified here; the caller checks digest and HMAC before believing anything.
+    The hot path of every client request (python-ndn's parser costs about 90 us per request). Accepted: the
+    elements of a v0.3 signed Interest in order, each at most once, with no ForwardingHint and nothing unknown; a
+    Name ending in its only ParametersSha256DigestComponent; an InterestSignatureInfo of SignatureType, a
+    KeyLocator Name and SignatureNonce, SignatureTime, SignatureSeqNum in that order. Name components are not
+    split here (`split_components`). Nothing is verified; the caller checks digest and HMAC before believing
+    anything.
     """
     try:
-        t, start, end = read_tl(packet, 0)
-        if t != T.INTEREST or end != len(packet):
+        end = len(packet)
+        t, i, e = read_tl(packet, 0, end)
+        if t != T.INTEREST or e != end:
             return None
         parts: dict[int, tuple[int, int, int]] = {}
-        i, rank = start, 0
+        rank = 0
+        fields = _INTEREST_FIELDS
         while i < end:
             t, vs, ve = read_tl(packet, i, end)
             try:
-                at = _INTEREST_FIELDS.index(t, rank)
+                at = fields.index(t, rank)
             except ValueError:  # unknown, repeated or out of order
                 return None
             rank = at + 1
             parts[t] = (i, vs, ve)
             i = ve
-        if any(k not in parts for k in (T.NAME, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
-                                        T.INTEREST_SIGNATURE_VALUE)):
+        name = parts.get(T.NAME)
+        app = parts.get(T.APPLICATION_PARAMETERS)
+        isi = parts.get(T.INTEREST_SIGNATURE_INFO)
+        isv = parts.get(T.INTEREST_SIGNATURE_VALUE)
+        if name is None or app is None or isi is None or isv is None:
             return None
         for k, width in ((T.NONCE, 4), (T.HOP_LIMIT, 1), (T.CAN_BE_PREFIX, 0), (T.MUST_BE_FRESH, 0)):
             if k in parts and parts[k][2] - parts[k][1] != width:
                 return None
-        if T.INTEREST_LIFETIME in parts and parts[T.INTEREST_LIFETIME][2] - parts[T.INTEREST_LIFETIME][1] \
-                not in _NNI_WIDTHS:
+        life = parts.get(T.INTEREST_LIFETIME)
+        if life is not None and life[2] - life[1] not in _NNI_WIDTHS:
             return None
-        _, ns, ne = parts[T.NAME]
-        name: list[bytes] = []
-        i = ns
-        while i < ne:
-            t, _, ce = read_tl(packet, i, ne)
-            name.append(packet[i:ce])
-            i = ce
-            if t == T.DIGEST_COMPONENT and i != ne:
-                return None
-        if not name or read_tl(name[-1], 0)[0] != T.DIGEST_COMPONENT or len(name[-1]) != 34:
+        n_at, ns, ne = name
+        d = ne - DIGEST_BYTES - 2  # the digest component: last, 34 bytes
+        if d < ns or packet[d] != T.DIGEST_COMPONENT or packet[d + 1] != DIGEST_BYTES:
             return None
-        info = _InterestSignatureInfo()
-        info.signature_nonce = info.signature_time = info.signature_seq_num = None
-        _, ss, se = parts[T.INTEREST_SIGNATURE_INFO]
+        _, ss, se = isi
         t, vs, ve = read_tl(packet, ss, se)
         if t != T.SIGNATURE_TYPE or ve - vs != 1:
             return None
-        info.signature_type = packet[vs]
+        sig_type = packet[vs]
         t, ks, ke = read_tl(packet, ve, se)
         if t != T.KEY_LOCATOR:
             return None
         t, ls, le = read_tl(packet, ks, ke)
         if t != T.NAME or le != ke:
             return None
-        locator = []
-        i = ls
-        while i < le:
-            _, _, ce = read_tl(packet, i, le)
-            locator.append(packet[i:ce])
-            i = ce
-        info.key_locator = _KeyLocator(locator)
+        numbers: list[int | None] = [None, None, None]
         i, rank = ke, 0
         while i < se:
             t, vs, ve = read_tl(packet, i, se)
-            found = next((n for n, (k, _) in enumerate(_ISI_NUMBERS) if k == t), None)
-            if found is None or found < rank or ve - vs not in _NNI_WIDTHS:
+            found = _ISI_NUMBERS.get(t, -1)
+            if found < rank or ve - vs not in _NNI_WIDTHS:
                 return None
-            at = found
-            rank = at + 1
-            setattr(info, _ISI_NUMBERS[at][1], int.from_bytes(packet[vs:ve], "big"))
+            rank = found + 1
+            numbers[found] = int.from_bytes(packet[vs:ve], "big")
             i = ve
-        ptrs = SignedInterestPtrs()
-        ptrs.signature_info = info
-        params_at, ps, pe = parts[T.APPLICATION_PARAMETERS]
-        _, vs, ve = parts[T.INTEREST_SIGNATURE_VALUE]
-        ptrs.signature_covered_part = [b"".join(name[:-1]), packet[params_at:se]]
-        ptrs.signature_value_buf = packet[vs:ve]
-        ptrs.digest_covered_part = [packet[params_at:ve]]
-        ptrs.digest_value_buf = name[-1][2:]
-        life = parts.get(T.INTEREST_LIFETIME)
-        ptrs.lifetime_ms = int.from_bytes(packet[life[1]:life[2]], "big") if life else None
-        return name, packet[ps:pe], ptrs
-    except FramingError:
+        app_at, ps, pe = app
+        _, vs, ve = isv
+        return SignedRequest(
+            packet[n_at:ne], packet[ns:d], packet[d + 2:ne], packet[ps:pe], sig_type, packet[ls:le],
+            numbers[0], numbers[1], numbers[2], packet[vs:ve], packet[ns:d] + packet[app_at:se],
+            packet[app_at:ve], int.from_bytes(packet[life[1]:life[2]], "big") if life else None)
+    except (FramingError, IndexError):
         return None
+
+
+# InterestSignatureInfo numbers in order: type -> index in (nonce, time, seq)
+_ISI_NUMBERS = {T.SIGNATURE_NONCE: 0, T.SIGNATURE_TIME: 1, T.SIGNATURE_SEQ_NUM: 2}
+
+
+def split_components(value: bytes) -> tuple[bytes, ...] | None:
+    """The encoded components (type and length included) of a Name's value; None when one is malformed."""
+    out = []
+    i, end = 0, len(value)
+    try:
+        while i < end:
+            t, _, e = read_tl(value, i, end)
+            if t == 0:
+                return None
+            out.append(value[i:e])
+            i = e
+    except (FramingError, IndexError):
+        return None
+    return tuple(out)
 
 
 def name_components(uri: str) -> list[bytes]:
@@ -379,29 +397,46 @@ def make_ack(name, key: bytes, owner: str) -> bytes:
 # Tests pin the bytes to python-ndn's output for the same fields.
 
 
+class InterestSigner:
+    """Signs Interests (docs/protocol.md "Signed Interests") with one HMAC-SHA256 key under one KeyLocator, the
+    fixed parts encoded once: every client request and every device call goes through `sign`."""
+
+    __slots__ = ("_info_head", "key")
+
+    def __init__(self, key: bytes, key_name_tlv: bytes) -> None:
+        self.key = key
+        self._info_head = tlv(T.SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])) + tlv(T.KEY_LOCATOR, key_name_tlv)
+
+    def sign(self, components: bytes, params: bytes, seq: int, *, time_ms: int, signature_nonce: bytes,
+             nonce: bytes, lifetime_ms: int) -> tuple[bytes, bytes]:
+        """(wire, encoded Name) of the Interest `<components>/<digest>` carrying `params` (the
+        ApplicationParameters value); `components` are the encoded name components, joined.
+
+        Byte for byte what python-ndn's `make_interest` writes for the same fields (pinned by a test)."""
+        params_tlv = tlv(T.APPLICATION_PARAMETERS, params)
+        info = tlv(T.INTEREST_SIGNATURE_INFO, b"".join((
+            self._info_head, tlv(T.SIGNATURE_NONCE, signature_nonce), tlv(T.SIGNATURE_TIME, nni(time_ms)),
+            tlv(T.SIGNATURE_SEQ_NUM, nni(seq)))))
+        value = _SIG_VALUE_HEAD + hmac.digest(self.key, components + params_tlv + info, "sha256")
+        name = tlv(T.NAME, components + _DIGEST_HEAD + hashlib.sha256(params_tlv + info + value).digest())
+        body = b"".join((name, _MUST_BE_FRESH, tlv(T.NONCE, nonce), tlv(T.INTEREST_LIFETIME, nni(lifetime_ms)),
+                         params_tlv, info, value))
+        return tlv(T.INTEREST, body), name
+
+
 def encode_signed_interest(components: Sequence[bytes], params: bytes, key: bytes, key_name_tlv: bytes,
                            seq: int, *, time_ms: int, signature_nonce: bytes, nonce: bytes,
                            lifetime_ms: int) -> tuple[bytes, bytes]:
-    """A signed Interest (docs/protocol.md "Signed Interests"), HMAC-SHA256 with `key` under the KeyLocator
-    `key_name_tlv` (an encoded Name): `components` are the encoded name components before the digest, `params`
-    the ApplicationParameters value; returns (wire, encoded digest component).
-
-    Byte for byte what python-ndn's `make_interest` writes for the same fields (pinned by a test).
-    """
-    params_tlv = tlv(T.APPLICATION_PARAMETERS, params)
-    info = tlv(T.INTEREST_SIGNATURE_INFO, b"".join((
-        tlv(T.SIGNATURE_TYPE, bytes([SIGNATURE_HMAC_SHA256])), tlv(T.KEY_LOCATOR, key_name_tlv),
-        tlv(T.SIGNATURE_NONCE, signature_nonce), tlv(T.SIGNATURE_TIME, nni(time_ms)),
-        tlv(T.SIGNATURE_SEQ_NUM, nni(seq)))))
-    comps = b"".join(components)
-    mac = hmac.new(key, comps + params_tlv + info, hashlib.sha256).digest()
-    value = tlv(T.INTEREST_SIGNATURE_VALUE, mac)
-    digest = tlv(T.DIGEST_COMPONENT, hashlib.sha256(params_tlv + info + value).digest())
-    body = b"".join((tlv(T.NAME, comps + digest), _MUST_BE_FRESH, tlv(T.NONCE, nonce),
-                     tlv(T.INTEREST_LIFETIME, nni(lifetime_ms)), params_tlv, info, value))
-    return tlv(T.INTEREST, body), digest
+    """One signed Interest (`InterestSigner.sign`) from a list of `components`; returns (wire, encoded digest
+    component)."""
+    packet, name = InterestSigner(key, key_name_tlv).sign(
+        b"".join(components), params, seq, time_ms=time_ms, signature_nonce=signature_nonce, nonce=nonce,
+        lifetime_ms=lifetime_ms)
+    return packet, name[-DIGEST_BYTES - 2:]
 
 
+_SIG_VALUE_HEAD = tlv_head(T.INTEREST_SIGNATURE_VALUE, DIGEST_BYTES)
+_DIGEST_HEAD = tlv_head(T.DIGEST_COMPONENT, DIGEST_BYTES)
 _MUST_BE_FRESH = tlv(T.MUST_BE_FRESH, b"")
 
 

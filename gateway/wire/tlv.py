@@ -81,6 +81,14 @@ def read_num(buf: Sequence[int], i: int) -> tuple[int, int]:
 def read_tl(buf: Sequence[int], i: int, end: int | None = None) -> tuple[int, int, int]:
     """(type, value start, value end) of the TLV at `buf[i]`; FramingError if it overruns `end`."""
     limit = len(buf) if end is None else end
+    if i + 1 < limit:  # the usual case, one-byte type and length, in one step: every packet read starts here
+        t = buf[i]
+        n = buf[i + 1]
+        if t < _NUM_1 and n < _NUM_1:
+            if i + 2 + n > limit:
+                raise FramingError(f"TLV type {t:#x} at offset {i} has length {n} but only {limit - i - 2} bytes "
+                                   "follow")
+            return t, i + 2, i + 2 + n
     t, j = read_num(buf, i)
     n, j = read_num(buf, j)
     if j + n > limit:

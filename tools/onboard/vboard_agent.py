@@ -83,11 +83,20 @@ def _run(out, g, kind, fid, body, agent):
     return status, text
 
 
+def _board_os(agent):
+    # `import os` gives vboard_os (next to this file): the unix port's os with a board's ilistdir.
+    sys.path[:] = [agent.rsplit("/", 1)[0] if "/" in agent else "."]
+    import vboard_os
+    sys.modules["os"] = vboard_os
+    del sys.modules["vboard_os"]
+
+
 def main():
     agent = __file__
     cmd = open(int(sys.argv[1]), "rb")
     out = open(int(sys.argv[2]), "wb")
     sys.argv[:] = []
+    _board_os(agent)
     sys.path[:] = ["", ".frozen", "lib"]  # a board's path, relative to its flash folder (the cwd)
     g = {"__name__": "__main__"}
     impl = sys.implementation

@@ -1,15 +1,14 @@
-# The device's boot-time control plane: declaring services and timers, setup, opening the face (and the
-# first announcement, sent by device/report.py, which renewals load alone), service descriptions. None of
-# it is on the per-invocation path, so the runtime imports this module when it needs it and releases it
-# right after (runtime.control()/release()): its code does not sit in the heap while serving.
-# (Declarations load it from the first @dev.service to setup.) What is needed later and rarely (_health,
-# _desc, configuration, sleep) is in device/manage.py, so that setup, the heap's busiest moment, loads
-# only this.
+# The device's boot-time control plane: declaring services and timers, setup, opening the face,
+# announcements, service descriptions. None of it is on the per-invocation path, so the runtime imports
+# this module when it needs it and releases it right after (runtime.control()/release()): its code does
+# not sit in the heap between announcements. (Declarations load it from the first @dev.service to
+# setup.) What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py,
+# so that setup, the heap's busiest moment, loads only this.
 #
 # No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
 from device import cbor, tlv, port
 from device.errors import DeviceError
-from device.port import const, ticks_ms, ticks_add
+from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
@@ -44,10 +43,10 @@ def every(dev, period_ms):
 
 def start(dev):
     # Open the face (device/netopen.py) and announce: Device.open.
-    from device import netopen, report
+    from device import netopen
     netopen.open_face(dev._face)
     dev._running = True
-    report.announce(dev, "up")
+    announce(dev, "up")
     f = dev._face
     print("ndn-edge device %s serving on %s group %s:%d" % (dev.name, f.iface, f.group, f.udp_port))
 
@@ -120,3 +119,17 @@ def describe(dev):
             d["long_running"] = True
         out.append(d)
     return {"name": dev.name, "services": out}
+
+
+def announce(dev, state, sleep_ms=None):
+    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
+    import binascii
+    from device import report
+    p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
+         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
+    if sleep_ms is not None:
+        p["sleep_ms"] = sleep_ms
+    s, e, _ = report.build(dev, report.ANNOUNCE, p)
+    dev._face.send(dev._txmv[s:e])
+    third = dev.lease_ms // 3
+    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

@@ -71,8 +71,7 @@ def framework(dev, name, args):
 def sleep(dev, ms):
     # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
     import time
-    from device import report
-    report.announce(dev, "sleep", ms)
+    control.announce(dev, "sleep", ms)
     dev._face.close()
     try:
         import machine
@@ -80,4 +79,4 @@ def sleep(dev, ms):
     except (ImportError, AttributeError):
         time.sleep(ms / 1000)
     dev._face.open()
-    report.announce(dev, "up")
+    control.announce(dev, "up")

@@ -1,8 +1,7 @@
 # Signed Interests the device sends on its own (announcements, operation reports, publications):
 # /<site>/<kind>/<digest>, parameters in CBOR, signed with the device key and its send counter.
-# Loaded when one is sent and released after (runtime.release()), unless the outbox holds it.
 from device import cbor, tlv, port
-from device.port import const, ticks_ms, ticks_add, ticks_diff
+from device.port import const
 from device.sign import sha256
 
 _T_NONCE = const(0x0A)
@@ -62,20 +61,6 @@ def build(dev, kind, params):
     tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
     buf[digest_at:digest_at + _DIGEST_LEN] = sha256(mv[params_s:e])
     return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
-
-
-def announce(dev, state, sleep_ms=None):
-    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal. Here,
-    # not in the control plane: a renewal after running out of memory then needs only this module loaded.
-    import binascii
-    p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
-    if sleep_ms is not None:
-        p["sleep_ms"] = sleep_ms
-    s, e, _ = build(dev, ANNOUNCE, p)
-    dev._face.send(dev._txmv[s:e])
-    third = dev.lease_ms // 3
-    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))
 
 
 def _bytes_back(buf, e, t, value):

@@ -354,8 +354,7 @@ class Device:
             self._renew_at = ticks_add(ticks_ms(), _RENEW_RETRY_MS)
 
     def _announce(self, state):
-        from device import report
-        report.announce(self, state)
+        control().announce(self, state)
         release()
 
     def _on_query(self):

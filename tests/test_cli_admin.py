@@ -574,3 +574,17 @@ def test_several_clients_and_the_default_client(tmp_path, capsys, monkeypatch):
     assert main(["--home", str(tmp_path), "client", "remove", "demo"]) == 0
     assert "no longer the home's default client" in capsys.readouterr().out
     assert not (tmp_path / "default-client").exists()
+
+
+def test_devices_marks_a_name_two_devices_announce(capsys):
+    """Issue 15 item 4: the directory's warning reaches `ndn-edge devices` (a mark in the table, the line below)."""
+    from ndn_edge.tools.cmd_client import print_devices
+
+    print_devices([{"name": "/edge/sim/1", "state": "online", "last_seen": None, "services": 3,
+                    "warning": "two devices announce this name in turn: a call may run on either; stop one"},
+                   {"name": "/edge/sim/2", "state": "online", "last_seen": None, "services": 3}])
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert rows[0].split() == ["NAME", "STATE", "LAST", "SEEN", "PATH", "SERVICES"]
+    assert "online (!)" in rows[1] and "(!)" not in rows[2]
+    assert err == "(!) /edge/sim/1: two devices announce this name in turn: a call may run on either; stop one\n"

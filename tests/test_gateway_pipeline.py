@@ -297,6 +297,51 @@ def _announcement(key: bytes, device: str, seq: int, **body) -> bytes:
     return bytes(make_interest("/edge/_sd/ann", InterestParam(lifetime=1000), params, signer=signer))
 
 
+def test_two_devices_announcing_one_name_are_reported_and_a_reboot_is_not(tmp_path, caplog):
+    """Issue 15 item 4: two devices with one name and key (a second sim of a home, a cloned board) ran side by
+    side unnoticed. Their uptimes alternate: back (like a reboot), then ahead again, which no reboot does."""
+    import logging
+
+    key = os.urandom(32)
+    now = [1_000_000.0]
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_device("/edge/d", key, "edge")
+
+        async def scenario():
+            events: list[dict] = []
+            d = Directory(store, MemoryFace(), "edge", on_event=events.append, clock=lambda: now[0])
+            await d.start()
+            try:
+                async def announce(seq: int, uptime_ms: int, after_s: float) -> None:
+                    now[0] += after_s
+                    d.on_interest(_announcement(key, "/edge/d", seq, uptime_ms=uptime_ms))
+                    await until(lambda: d.counters["announcements"] >= seq, 5.0, f"announcement {seq}")
+
+                await announce(1, 500_000, 0)
+                await announce(2, 510_000, 10)
+                await announce(3, 1_000, 10)  # a reboot: uptime back to 1 s
+                rebooted = [e for e in events if e["event"] == "join"]
+                honest = d.counters["duplicates"], d.devices()[0][0].get("warning")
+                await announce(4, 11_000, 10)  # and on from there: still one device
+                await announce(5, 540_000, 10)  # the old uptime again: a second device with the name
+                await announce(6, 31_000, 10)
+                await announce(7, 560_000, 10)
+                return events, rebooted, honest, d.counters["duplicates"], d.devices(), d.presence("d")
+            finally:
+                await d.stop()
+
+        with caplog.at_level(logging.WARNING, logger="ndn_edge.directory"):
+            events, rebooted, honest, duplicates, (page, _), presence = asyncio.run(scenario())
+    assert [e.get("rebooted", False) for e in rebooted] == [False, True]  # first join, then the reboot
+    assert honest == (0, None)
+    assert duplicates == 2
+    joins = [e for e in events if e["event"] == "join"]
+    assert len(joins) == 2  # the flip-flop is not reported as reboots
+    assert "a call may run on either" in page[0]["warning"] and presence["warning"] == page[0]["warning"]
+    warned = [r for r in caplog.records if r.getMessage() == "device_announced_twice"]
+    assert len(warned) == 1  # once a minute per device, not per announcement
+
+
 def test_directory_verifies_orders_and_expires_announcements(tmp_path):
     key = os.urandom(32)
     with Store(tmp_path / "s.sqlite") as store:

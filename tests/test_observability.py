@@ -223,8 +223,8 @@ def test_a_handler_that_raised_is_logged_with_its_calls_trace_over_the_air(make_
     board = make_board()
     board.start(peer)
     trace = bytes(range(1, 25))
-    name = wire.name_components(f"{board.name}/fail")
-    packet = wire.call_interest(name, b"\xa0", board.key, wire.encoded_name(wire.key_name(board.name, board.key)), 1,
+    signer = wire.InterestSigner(board.key, wire.encoded_name(wire.key_name(board.name, board.key)))
+    packet = wire.call_interest(signer, b"".join(wire.name_components(f"{board.name}/fail")), b"\xa0", 1,
                                 trace=tracing.DEVICE_HEAD + trace)
     from ndn.encoding import Name, parse_interest
 
@@ -239,9 +239,8 @@ def test_a_handler_that_raised_is_logged_with_its_calls_trace_over_the_air(make_
     assert (seq, level, text, tp) == (1, 40, "fail: INTERNAL: RuntimeError: boom", trace) and age_ms >= 0
     assert isinstance(params["boot"], str) and params["dropped"] == 0
     # a call with a trace context and arguments: the arguments are the map after it
-    packet = wire.call_interest(wire.name_components(f"{board.name}/add"), cbor2.dumps({"a": 2, "b": 3}), board.key,
-                                wire.encoded_name(wire.key_name(board.name, board.key)), 2,
-                                trace=tracing.DEVICE_HEAD + trace)
+    packet = wire.call_interest(signer, b"".join(wire.name_components(f"{board.name}/add")),
+                                cbor2.dumps({"a": 2, "b": 3}), 2, trace=tracing.DEVICE_HEAD + trace)
     peer.send(packet)
     reply = peer.recv_until(is_data_for(parse_interest(packet, with_tl=True)[0]), 5.0)
     assert reply is not None and wire.parse_reply(reply, board.key).value == 5

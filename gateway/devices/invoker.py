@@ -57,7 +57,8 @@ import cbor2
 
 from ndn_edge import names
 from ndn_edge.answers import Answer
-from ndn_edge.devices.descriptions import check_args, find_service, valid_description
+from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
+from ndn_edge.devices.paths import Paths
 from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
@@ -343,11 +344,14 @@ class Requester:
             pending.wake(Unavailable("the gateway is stopping"))
 
     async def request(self, packet: bytes, deadline: float, accept: Callable[[bytes], T], *, what: str,
-                      resign: Callable[[], bytes | None] | None = None, trace: Any = None) -> T:
+                      resign: Callable[[], bytes | None] | None = None,
+                      send: Callable[[bytes, int], None] | None = None,
+                      answered: Callable[[int], None] | None = None, trace: Any = None) -> T:
         """Send `packet` until `accept(reply)` returns or `deadline` (loop time) passes: DeadlineExceeded.
 
         `accept` raises wire.BadPacket for a reply that does not verify; waiting goes on. `resign`, asked before
-        each retransmission, may return a newly signed packet to send instead.
+        each retransmission, may return a newly signed packet to send instead. `send(packet, attempt)` sends
+        instead of the face (the device's path, `paths.Paths`); `answered(transmissions)` hears of the reply.
         """
         if self._closed:
             raise Unavailable("the gateway is stopping")
@@ -360,7 +364,10 @@ class Requester:
         sends = 0
         try:
             for delay in self._backoff.delays():
-                self._face.send(packet)
+                if send is None:
+                    self._face.send(packet)
+                else:
+                    send(packet, sends)
                 sends += 1
                 if trace is not None:
                     trace.sent(sends)
@@ -368,6 +375,8 @@ class Requester:
                 if result is not _NOTHING:
                     if trace is not None:
                         trace.replied()
+                    if answered is not None:
+                        answered(sends)
                     return result  # type: ignore[return-value]
                 if loop.time() >= deadline:
                     break
@@ -472,29 +481,28 @@ class _Window:
 
 
 class _Link:
-    """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
-    Interests carry (made once, not per call)."""
+    """What the invoker keeps per device: sequence counter, breaker, request window, and what its Interests
+    carry that does not change from call to call (the signer, the encoded names)."""
 
-    __slots__ = ("_names", "breaker", "counter", "key_name", "key_tlv", "window")
+    __slots__ = ("_names", "breaker", "counter", "key_name", "signer", "window")
 
-    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
-        self.counter = counter
+    def __init__(self, record: DeviceRecord, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.breaker = breaker
         self.window = window
-        self.rekey(key_name, counter)
+        self.rekey(record, counter)
 
-    def rekey(self, key_name: str, counter: Any) -> None:
+    def rekey(self, record: DeviceRecord, counter: Any) -> None:
         """A new key (the device was provisioned again): its own name and sequence space."""
-        self.key_name = key_name
-        self.key_tlv = wire.encoded_name(key_name)
+        self.key_name = record.key_name
+        self.signer = wire.InterestSigner(record.key, wire.encoded_name(record.key_name))
         self.counter = counter
-        self._names: dict[str, list[bytes]] = {}
+        self._names: dict[str, bytes] = {}
 
-    def name(self, device: str, service: str) -> list[bytes]:
-        """The encoded components of `<device>/<service>`."""
+    def name(self, device: str, service: str) -> bytes:
+        """The encoded components of `<device>/<service>`, joined."""
         comps = self._names.get(service)
         if comps is None:
-            comps = self._names[service] = wire.name_components(f"{device}/{service}")
+            comps = self._names[service] = b"".join(wire.name_components(f"{device}/{service}"))
         return comps
 
 
@@ -506,8 +514,9 @@ class Invoker:
 
     def __init__(self, store: Any, face: Any, directory: Any, *, site: str, cache: ResultCache | None = None,
                  backoff: Backoff | None = None, max_in_flight: int = 4, reply_cache: int = REPLY_CACHE,
-                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
+                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker, paths: Paths | None = None) -> None:
         self.site = site.strip("/")
+        self._paths = paths  # the way to each device (multicast or unicast); None: the face's group only
         self._store = store
         self._directory = directory
         self.cache = cache or ResultCache()
@@ -536,7 +545,10 @@ class Invoker:
 
     def device_joined(self, device: str) -> None:
         """The device announced itself again: let its breaker probe at once."""
-        link = self._links.get(self._directory.resolve(device))
+        name = self._directory.resolve(device)
+        if self._paths is not None:
+            self._paths.joined(name)
+        link = self._links.get(name)
         if link is not None:
             link.breaker.nudge()
 
@@ -745,7 +757,7 @@ class Invoker:
                 except StoreError as err:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
-                return wire.call_interest(link.name(record.name, service), params, record.key, link.key_tlv, seq[0],
+                return wire.call_interest(link.signer, link.name(record.name, service), params, seq[0],
                                           private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)),
                                           trace=head)
 
@@ -756,9 +768,16 @@ class Invoker:
                 return None
 
             self.metrics["device_requests"] += 1
+            paths = self._paths
             loop = asyncio.get_running_loop()
             started = loop.time()
-            reply = await self._requester.request(sign(), deadline, accept, what=what, resign=resign, trace=trace)
+            if paths is None:
+                reply = await self._requester.request(sign(), deadline, accept, what=what, resign=resign, trace=trace)
+            else:
+                reply = await self._requester.request(
+                    sign(), deadline, accept, what=what, resign=resign,
+                    send=lambda packet, attempt: paths.send(record.name, packet, attempt),
+                    answered=lambda sends: paths.answered(record.name, sends), trace=trace)
             self.round_trips.observe(record.name, loop.time() - started)
             return reply
         finally:
@@ -794,6 +813,7 @@ class Invoker:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
         if not valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
+        desc = with_defaults(desc)
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
             self._store.set_description(name, desc_hash, desc)
@@ -809,11 +829,11 @@ class Invoker:
     def _link(self, record: Any) -> _Link:
         link = self._links.get(record.name)
         if link is None:
-            link = _Link(record.key_name, self._counter(record.key_name), self._breaker_factory(),
+            link = _Link(record, self._counter(record.key_name), self._breaker_factory(),
                          _Window(self._reply_cache, self._max_in_flight))
             self._links[record.name] = link
         elif link.key_name != record.key_name:  # re-provisioned: a new key has its own sequence space
-            link.rekey(record.key_name, self._counter(record.key_name))
+            link.rekey(record, self._counter(record.key_name))
         return link
 
     def _record(self, name: str) -> Any:

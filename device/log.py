@@ -42,6 +42,18 @@ def level_of(level):
     return 40
 
 
+def failed(dev, e, tp, svc):
+    # The entry of a handler that raised: ERROR, or WARNING for a ServiceError (an answer the app
+    # chose), "service: CODE: message"; outside a handler (svc None): "uncaught: Type: text".
+    lg = dev._logs or dev._open_logs()
+    if svc is None:
+        text = "uncaught: %s: %s" % (type(e).__name__, e)
+    else:
+        text = "%s: %s: %s" % ((svc.name,) + dev._code(e))
+    from device.runtime import ServiceError
+    lg.add(30 if isinstance(e, ServiceError) else 40, text, tp)
+
+
 class Logs:
     def __init__(self, dev, size, level):
         self.dev = dev

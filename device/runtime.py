@@ -622,17 +622,13 @@ class Device:
             self._log_error(e, tp, svc or self._cur_svc)
 
     def _log_error(self, e, tp, svc):
-        # The automatic log entry of a handler that raised (ERROR; WARNING for a ServiceError, an
-        # answer the app chose), or of an exception outside a handler (svc None: an app timer's):
-        # never an error about the error, so everything here, formatting included, is in the try.
+        # The automatic log entry of a handler that raised, or of an exception outside a handler
+        # (svc None: an app timer's), written by device/log.py: never an error about the error.
+        if self.log_bytes <= 0:
+            return
         try:
-            lg = self._logs or self._open_logs()
-            if lg is not None:
-                if svc is None:
-                    text = "uncaught: %s: %s" % (type(e).__name__, e)
-                else:
-                    text = "%s: %s: %s" % ((svc.name,) + self._code(e))
-                lg.add(30 if isinstance(e, ServiceError) else 40, text, tp)
+            from device import log
+            log.failed(self, e, tp, svc)
         except MemoryError:
             self._oom()
         except Exception as x:  # a bug of the log itself: shown, and serving goes on

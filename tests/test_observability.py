@@ -545,3 +545,15 @@ def _printed(proc: subprocess.Popen, text: str) -> bool:
                 break
             _seen_output[proc.pid] = _seen_output.get(proc.pid, "") + chunk.decode(errors="replace")
     return text in _seen_output.get(proc.pid, "")
+
+
+def test_bad_usage_of_logs_and_trace_is_one_line_and_exit_2(tmp_path, capsys):
+    from ndn_edge.tools.cli import main
+
+    home = str(tmp_path / "home")
+    for argv in (["logs", "--since", "last tuesday"], ["logs", "--trace", "zz"], ["logs", "sim/**/x/**"],
+                 ["logs", "--level", "loud"], ["logs", "--lines", "0"], ["call", "sim/1/echo", "--trace", "--all"]):
+        code = main(["--home", home, *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("ndn-edge: "), (argv, err)
+    assert not os.path.exists(home)  # nothing was created or sent

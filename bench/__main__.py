@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="devices provisioned and announced for the memory figure (default %(default)s)")
     g.add_argument("--heap", default=gd.heap, help="MicroPython heap per simulated device (default %(default)s)")
     g.add_argument("--parts", default=",".join(gd.parts),
-                   help="which parts, comma-separated: calls, discovery, memory (default all)")
+                   help="which parts, comma-separated: calls, discovery, memory, path (default all)")
     return p.parse_args(argv)
 
 

@@ -131,6 +131,8 @@ def announce(dev, state, sleep_ms=None):
          "mem_free": port.mem_free()}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
     s, e, _ = report.build(dev, report.ANNOUNCE, p)
     dev._face.send(dev._txmv[s:e])
     third = dev.lease_ms // 3

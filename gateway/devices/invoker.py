@@ -59,7 +59,16 @@ from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
 from ndn_edge.devices.paths import Paths
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.state.store import DeviceRecord, SeqCounter
@@ -552,6 +561,14 @@ class Invoker:
         if link is not None:
             link.breaker.nudge()
 
+    def check_fits(self, device: str, packet: bytes, what: str) -> None:
+        """ResourceExhausted when `packet` is larger than the device reads (its mtu): it would be dropped unread,
+        and the call would end in a timeout that says nothing (and counts against a healthy device's breaker)."""
+        limit = self._directory.mtu(device)
+        if len(packet) > limit:
+            raise ResourceExhausted(f"the request to {what} is {len(packet):,} bytes, but the device reads at most "
+                                    f"{limit:,} (its mtu): send smaller arguments")
+
     def next_seq(self, record: Any, floor: int) -> int:
         """The next SignatureSeqNum of the device's key, at or above `floor`, for an Interest sent outside a call
         (a notification): one counter per key, shared with calls, or the device would see replays."""
@@ -767,15 +784,18 @@ class Invoker:
                     return sign()
                 return None
 
+            packet = sign()
+            self.check_fits(record.name, packet, what)
             self.metrics["device_requests"] += 1
             paths = self._paths
             loop = asyncio.get_running_loop()
             started = loop.time()
             if paths is None:
-                reply = await self._requester.request(sign(), deadline, accept, what=what, resign=resign, trace=trace)
+                reply = await self._requester.request(packet, deadline, accept, what=what, resign=resign,
+                                                      trace=trace)
             else:
                 reply = await self._requester.request(
-                    sign(), deadline, accept, what=what, resign=resign,
+                    packet, deadline, accept, what=what, resign=resign,
                     send=lambda packet, attempt: paths.send(record.name, packet, attempt),
                     answered=lambda sends: paths.answered(record.name, sends), trace=trace)
             self.round_trips.observe(record.name, loop.time() - started)

@@ -31,7 +31,7 @@ from typing import Any
 from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, UnknownDevice
-from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.interfaces import DeviceAccess, Router
 from ndn_edge.wire import client_protocol as cp
 
 SERVICE = "DEVICE/SERVICE"
@@ -105,6 +105,7 @@ class Verbs:
         self.patterns = patterns  # patterns.hub.Patterns, or None
         self.site = site.strip("/")
         self._counters = counters
+        self.router: Router | None = None  # a federation's (ndn_edge.federation): what is not served here
 
     def run(self, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any]) -> Result:
         """The reply content of `verb`, or an awaitable of it; CallError for a request that cannot be served."""
@@ -121,6 +122,10 @@ class Verbs:
         elif row.rule == RULE_METRICS and not names.allowed(caller.rules, cp.METRICS_TARGET):
             raise PermissionDenied(f"client '{caller.name}' may not read metrics; the operator can allow it with: "
                                    f"ndn-edge acl grant {caller.name} {'/'.join(cp.METRICS_TARGET)}")
+        if self.router is not None:
+            routed = self.router.route(caller, verb, target, params)
+            if routed is not None:
+                return routed
         return row.handler(self, Request(caller, verb, target, params))
 
     # -- helpers for handlers

@@ -59,6 +59,7 @@ from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.devices.descriptions import check_args, find_service, valid_description
 from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire import packets as wire
@@ -517,6 +518,10 @@ class Invoker:
         self._refreshing: set[str] = set()  # devices with a background refresh in flight
         self._refresh_due: dict[str, collections.OrderedDict[CacheKey, Ticket]] = {}  # per device, oldest first
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
+        # Hooks for ndn_edge.federation: sequence numbers from shared leases, and the journal that lets a gateway
+        # taking a device over send a non-idempotent call's signed request again instead of a new one.
+        self.counters: Callable[[str], SeqSource] | None = None
+        self.journal: CallJournal | None = None
 
     # -- face and directory hooks
 
@@ -723,7 +728,15 @@ class Invoker:
                 return None
 
             self.metrics["device_requests"] += 1
-            return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
+            identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
+            if identity is None:
+                return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
+            assert self.journal is not None
+            packet = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+            if packet is None:
+                packet = sign()
+                await self.journal.record(identity, packet)
+            return await self._requester.request(packet, deadline, accept, what=what, resign=resign)
         finally:
             link.window.release(ticket)
 
@@ -796,7 +809,9 @@ class Invoker:
             self._records[name] = (now, record)
         return record
 
-    def _counter(self, key_name: str) -> SeqCounter:
+    def _counter(self, key_name: str) -> SeqSource:
+        if self.counters is not None:
+            return self.counters(key_name)
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

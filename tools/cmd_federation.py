@@ -187,6 +187,8 @@ async def _view(config: FederationConfig, timeout_s: float) -> dict[str, Any]:
         served: dict[str, list[str]] = {}
         for name in await _keys(place):
             entry = await place.get(name)
+            if entry.value is None:
+                continue
             try:
                 record = json.loads(key.open(f"{config.bucket('place')}/{name}", entry.value))
                 from ndn_edge.federation.config import from_kv_key
@@ -196,6 +198,8 @@ async def _view(config: FederationConfig, timeout_s: float) -> dict[str, Any]:
                 continue
         for name in await _keys(gw):
             entry = await gw.get(name)
+            if entry.value is None:
+                continue
             try:
                 record = json.loads(key.open(f"{config.bucket('gw')}/{name}", entry.value))
             except Exception:

@@ -106,7 +106,8 @@ class Remote:
 
     # -- the client face's Forwarder
 
-    def forward(self, prefix: bytes, params: bytes, datagram: bytes, lifetime_ms: int) -> Awaitable[bytes | None] | None:
+    def forward(self, prefix: bytes, params: bytes, datagram: bytes,
+                lifetime_ms: int) -> Awaitable[bytes | None] | None:
         if not self._link.connected:
             return None
         found = verb_and_target(prefix)
@@ -190,8 +191,8 @@ class Remote:
             raise Internal("a gateway of the federation answered with something that does not verify")
         reply = cbor2.loads(answer)
         if "err" in reply:
-            err = reply["err"]
-            raise CallError.from_wire(err.get("code"), err.get("message"))
+            wire_err = reply["err"]
+            raise CallError.from_wire(wire_err.get("code"), wire_err.get("message"))
         return bytes(reply["ok"])
 
 

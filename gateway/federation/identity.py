@@ -89,7 +89,8 @@ class IdentitySync:
         self.counters: dict[str, int] = {"pushed": 0, "applied": 0, "bad_seal": 0, "deferred": 0, "resyncs": 0}
 
     async def start(self) -> None:
-        from ndn_edge.http.tokens import FEATURE as TOKENS, MIGRATIONS as TOKEN_MIGRATIONS
+        from ndn_edge.http.tokens import FEATURE as TOKENS
+        from ndn_edge.http.tokens import MIGRATIONS as TOKEN_MIGRATIONS
 
         self._store.ensure_schema(FEATURE, MIGRATIONS)
         self._store.ensure_schema(TOKENS, TOKEN_MIGRATIONS)

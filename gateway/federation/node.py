@@ -39,7 +39,7 @@ from ndn_edge.federation.keys import FederationKey
 from ndn_edge.federation.link import CONNECTED, NatsLink
 from ndn_edge.federation.placement import Placement
 from ndn_edge.federation.seqs import SharedSeqs
-from ndn_edge.logs import Throttle, event
+from ndn_edge.logs import Throttle
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import parse_signed_interest, split_components
 
@@ -79,6 +79,7 @@ class Federation:
         self._pending_desc: set[str] = set()
         self._report_keys: dict[bytes, str | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Future[Any]] = set()
         self._throttle = Throttle(log)
         self.counters: dict[str, int] = {"reports_ignored": 0, "desc_deferred": 0}
 
@@ -111,7 +112,8 @@ class Federation:
 
     async def attach(self, side: Any, patterns: Any, face: Any, http: Any = None) -> None:
         """After the faces are built: placement, relays, routing, publications."""
-        info = {"home": str(self.home), "listen": "%s:%d" % face.address, "version": __version__, "site": self.site,
+        host, port = face.address
+        info = {"home": str(self.home), "listen": f"{host}:{port}", "version": __version__, "site": self.site,
                 "pid": os.getpid(), "started": time.time()}
         if http is not None:
             info["http"] = http.url
@@ -141,10 +143,11 @@ class Federation:
         self._task = asyncio.create_task(self._report_state(), name="federation-state")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, *self._jobs) if t is not None]
+        self._task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for face in self._faces:
             face.forwarder = None
         if self.bridge is not None:
@@ -167,7 +170,12 @@ class Federation:
         await self.serve.serve(device, on)
         if on and device in self._pending_desc and self._side is not None:
             self._pending_desc.discard(device)
-            asyncio.ensure_future(self._fetch_description(device))
+            self._background(self._fetch_description(device))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
 
     async def _fetch_description(self, device: str) -> None:
         try:
@@ -212,7 +220,7 @@ class Federation:
     def _state_changed(self, state: str) -> None:
         if state == CONNECTED:
             self.identity.resync()
-            asyncio.ensure_future(self._reconnected())
+            self._background(self._reconnected())
         self._write_state()
 
     async def _reconnected(self) -> None:

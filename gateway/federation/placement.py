@@ -88,6 +88,7 @@ class Placement:
         self._seen: dict[str, float] = {}  # tag -> monotonic time its heartbeat was received
         self._published: dict[str, tuple[str, float, str | None]] = {}  # device -> (state, lease_until, desc)
         self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
         self._throttle = Throttle(log)
         self._beat = 0
@@ -252,7 +253,9 @@ class Placement:
             self.counters["lost"] += 1
             event(log, "federation_device_lost", logging.WARNING, device=device,
                   to=record.get("gw") if record else None)
-            asyncio.ensure_future(self._serve(device, False))
+            task = asyncio.ensure_future(self._serve(device, False))
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
         self._wake.set()
 
     def _store_description(self, device: str, desc_hash: str, desc: dict[str, Any]) -> None:
@@ -281,7 +284,7 @@ class Placement:
 
     async def _pass(self) -> None:
         """Claim what this gateway should serve; refresh the records of what it serves."""
-        descs = {name: h for name, h in self._store.query("SELECT name, desc_hash FROM devices")}
+        descs = dict(self._store.query("SELECT name, desc_hash FROM devices"))
         for device in descs:
             p = self._side.presence(device)
             heard = p is not None and p["state"] in HEARD

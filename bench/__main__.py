@@ -1,5 +1,5 @@
-"""`python -m bench device|gateway|pubsub|http|federation [--json FILE] ...`: run a benchmark, print its JSON report and a
-table."""
+"""`python -m bench device|gateway|pubsub|http|federation [--json FILE] ...`: run a benchmark, print its JSON
+report and a table."""
 from __future__ import annotations
 
 import argparse

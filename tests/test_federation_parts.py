@@ -29,7 +29,7 @@ def test_sealed_values_open_only_with_the_key_and_only_where_they_were_put():
         with pytest.raises(BadSeal):
             key.open("ndne_x_ident/d.abc", damaged)
     assert key.vouched(b"body", key.vouch(b"body")) and not other.vouched(b"body", key.vouch(b"body"))
-    assert "FederationKey(...)" == repr(key)
+    assert repr(key) == "FederationKey(...)"
 
 
 def test_enrolment_tokens_and_names_in_nats():

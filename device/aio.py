@@ -10,26 +10,37 @@ from device.port import MICROPYTHON
 
 async def serve(dev):
     dev.open()
-    timers = asyncio.create_task(_timers(dev))
+    tasks = [asyncio.create_task(_timers(dev))]
+    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads both sockets
+        tasks.append(asyncio.create_task(_reader(dev, True)))
     try:
-        while dev._running:
-            try:
-                try:
-                    if dev._next < dev._n:
-                        dev._walk()  # the rest of a read after a failed handler (Device._fault)
-                    else:
-                        await _readable(dev._face.sock)
-                        dev.receive()
-                    continue
-                except Exception as e:
-                    dev._fault(e)
-            except Exception as e:  # what handling it raised (see Device._lost)
-                dev._calling = False
-                dev._lost(e)
-            await asyncio.sleep(0)
+        await _reader(dev, False)
     finally:
-        timers.cancel()
+        for t in tasks:
+            t.cancel()
         dev.close()
+
+
+async def _reader(dev, unicast):
+    # Waits on the face's socket as it is now: a sleep (device/manage.py) closes and opens the face again.
+    while dev._running:
+        try:
+            try:
+                if dev._next < dev._n:
+                    dev._walk()  # the rest of a read after a failed handler (Device._fault)
+                else:
+                    sock = dev._face.usock if unicast else dev._face.sock
+                    if sock is None:
+                        return
+                    await _readable(sock)
+                    dev.receive()
+                continue
+            except Exception as e:
+                dev._fault(e)
+        except Exception as e:  # what handling it raised (see Device._lost)
+            dev._calling = False
+            dev._lost(e)
+        await asyncio.sleep(0)
 
 
 async def _timers(dev):

@@ -71,7 +71,8 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running):
+    # Made by @dev.service (device/control.py); defined here, as objects keep their class's module alive.
+    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running, is_async):
         self.fn = fn
         self.name = name
         self.cache_ms = cache_ms
@@ -81,12 +82,17 @@ class Service:
         self.idempotent = idempotent
         self.private = private
         self.long_running = long_running
-        self.is_async = port.is_async(fn)
+        self.is_async = is_async
 
 
 def control():
     from device import control
     return control
+
+
+def _rare():
+    from device import rare
+    return rare
 
 
 def manage():
@@ -100,7 +106,7 @@ def release():
     # stays alive through that reference.
     import sys
     import device
-    for name in ("control", "manage", "report"):
+    for name in ("control", "manage", "report", "rare", "netopen"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
@@ -137,10 +143,15 @@ class Device:
         self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
         self._tx = bytearray(mtu)
         self._txmv = memoryview(self._tx)
-        self._c_seq = [-1] * reply_cache  # the reply cache: request seq, signature tag, Data
+        # The reply cache (docs/protocol.md "Replay protection"): per answered request its seq, signature tag and
+        # Data, or None for an idempotent service's success, which is not kept: its retransmission runs the
+        # handler again (same effect, by definition) and is answered in the same slot (_slot).
+        self._c_seq = [-1] * reply_cache
         self._c_tag = [0] * reply_cache
         self._c_data = [None] * reply_cache
         self._cache_i = 0
+        self._slot = -1  # the slot a second run of an idempotent call answers in, else -1
+        self._keep = True  # whether the reply being sent is kept (_value clears it for idempotent services)
         self._svc = {}
         self._running = False
         self._async = False
@@ -170,29 +181,16 @@ class Device:
         release()
         return cls(**kw)
 
-    # -- declaring services --
-    def service(self, name, *, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
-                long_running=False):
-        if not name or name[0] == "_" or "/" in name:
-            raise DeviceError("service name %r: must be one component not starting with '_'" % name)
-
-        def register(fn):
-            s = Service(fn, name, cache_ms, doc, args, result, idempotent, private, long_running)
-            if long_running and not s.is_async:
-                raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
-            self._svc[name.encode()] = s
-            self._async = self._async or s.is_async
-            return fn
-        return register
+    # -- declaring services (device/control.py: loaded until setup) --
+    def service(self, name, **kw):
+        # Decorator: @dev.service(name, cache_ms=None, doc=None, args=None, result=None, idempotent=True,
+        # private=False, long_running=False); see control.service.
+        return control().service(self, name, **kw)
 
     def every(self, period_ms):
         # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
         # a timer whose fn returns False stops. May be used while serving.
-        def register(fn):
-            self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
-            self._wake()
-            return fn
-        return register
+        return control().every(self, period_ms)
 
     def publish(self, topic, value, retain=True):
         # Send value on topic (relative to the device); delivered at least once to the gateway.
@@ -245,11 +243,8 @@ class Device:
     def open(self):
         # Set up, open the face and announce; then call receive() when readable, tick() on time.
         self.setup()
-        self._face.open()
-        self._running = True
-        self._announce("up")
-        f = self._face
-        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, f.iface, f.group, f.udp_port))
+        control().start(self)
+        release()
 
     def close(self):
         face = self._face
@@ -269,10 +264,15 @@ class Device:
 
     def _poll_loop(self):
         import select
-        poller = select.poll()
-        poller.register(self._face.sock, select.POLLIN)
-        wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
+        sock = None
         while self._running:
+            if self._face.sock is not sock:  # opened (again, after a sleep): poll the new sockets
+                sock = self._face.sock
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                if self._face.usock is not None:  # unicast (device/net.py); receive() reads both sockets
+                    poller.register(self._face.usock, select.POLLIN)
+                wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
             try:
                 try:
                     self._walk()  # the rest of a read that a failed handler interrupted
@@ -474,21 +474,25 @@ class Device:
         if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return _RESENT if self._resend(p) else _REPLAY
+            return self._resend(p)
         self._seq.accept(p.seq)
         return _OK
 
     def _resend(self, p):
-        # A retransmission of an executed request: the cached reply, never a second run.
+        # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
+        # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
         tag = _sig_tag(p.mv, p.sv_s)
         for k in range(len(self._c_seq)):
             if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
                 data = self._c_data[k]
+                if data is None:
+                    self._slot = k
+                    return _OK
                 i = _REPLY_AT + p.pit_n
                 self._tx[i:i + len(data)] = data
                 self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
-                return True
-        return False
+                return _RESENT
+        return _REPLAY
 
     def _dispatch(self, p):
         self.requests += 1
@@ -525,6 +529,7 @@ class Device:
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
         if svc.is_async:
+            self._slot = -1  # answered later, when other replies may have taken the slot: a new one then
             from device import aio
             aio.finish_later(self, svc, value)  # value: the coroutine; not scheduled (no memory): answered
             self._calling = False
@@ -537,43 +542,22 @@ class Device:
         ops.begin(self, svc, args)
 
     def _framework(self, key, params):
+        # _desc, _health, ... and unknown names (NOT_FOUND): device/manage.py, loaded for the answer.
         try:
-            args = cbor.loads(params) if len(params) else {}
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-            return
-        try:
-            value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+            value = manage().value(self, key, params)  # None: answered with an error already
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()
             self._error("RESOURCE_EXHAUSTED", "out of memory")
             return
         release()
-        if value is None:
-            try:
-                key = str(key, "utf-8")
-            except UnicodeError:  # a name component need not be text
-                pass
-            self._error("NOT_FOUND", "no service %s" % key)
-        else:
+        if value is not None:
             self._send(0, 0, value)
 
     def _args(self, svc, params):
         # The call's keyword arguments, or None after answering INVALID_ARGUMENT.
         args = None if svc.private else _decode_args(params, svc.args)
-        return self._args_slow(svc, params) if args is None else args
-
-    def _args_slow(self, svc, params):
-        # Private arguments, and the error answer (decoding again to learn what is wrong).
-        try:
-            if svc.private:
-                from device import seal
-                params = seal.unseal(seal.key(self._mac), params)
-            return _arg_map(cbor.loads(params), svc.args)
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-        return None
+        return _rare().args(self, svc, params) if args is None else args
 
     def _failed(self, e):
         code, message = self._code(e)
@@ -601,19 +585,11 @@ class Device:
         self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
+        self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
         if svc.private:
-            self._sealed(svc, value)
+            _rare().sealed(self, svc, value)
         else:
             self._send(0, svc.cache_ms or 0, value)
-
-    def _sealed(self, svc, value):
-        try:
-            raw = cbor.dumps(value)
-        except (TypeError, ValueError) as e:
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-            return
-        from device import seal
-        self._send(0, svc.cache_ms or 0, None, seal.seal(seal.key(self._mac), raw))
 
     # -- replies --
     # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers
@@ -642,14 +618,7 @@ class Device:
             return self._encode_failed(value)
 
     def _encode_failed(self, value):
-        # Encodes again to learn why (an `except ... as` would put _encode's frame on the heap).
-        try:
-            encode(self._tx, self._at, value)
-        except (TypeError, ValueError) as e:
-            if "does not fit" in str(e):
-                return len(self._tx) + 1
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-        return 0
+        return _rare().encode_failed(self, value)  # device/rare.py says why
 
     def _sign(self, e):
         # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.
@@ -673,11 +642,15 @@ class Device:
         self._cache(s, e)
 
     def _cache(self, s, e):
-        k = self._cache_i
+        k = self._slot
+        if k < 0:
+            k = self._cache_i
+            self._cache_i = (k + 1) % len(self._c_seq)
         self._c_seq[k] = self._cur_seq
         self._c_tag[k] = self._cur_sig
-        self._c_data[k] = bytes(self._txmv[s:e])
-        self._cache_i = (k + 1) % len(self._c_seq)
+        self._c_data[k] = bytes(self._txmv[s:e]) if self._keep else None
+        self._slot = -1
+        self._keep = True
         self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):
@@ -706,9 +679,8 @@ def _arg_map(args, spec):
 
 
 def _sig_tag(mv, i):
-    # The first 7 bytes of a signature value as an int: identifies a retransmission.
-    v = 0
-    for k in range(i, i + 7):
-        v = (v << 8) | mv[k]
-    return v
+    # The first 30 bits of a signature value: with the sequence number, identifies a retransmission of an
+    # Interest whose signature verified (a different Interest with the same number is never signed). 30 bits
+    # stay a small int on 32-bit boards: 7 bytes, as before, made big ints there, several allocations per call.
+    return mv[i] << 22 | mv[i + 1] << 14 | mv[i + 2] << 6 | mv[i + 3] >> 2
 

@@ -62,6 +62,12 @@ class McastPeer:
         self.sock.close()
 
 
+def send_unicast(data: bytes, port: int, host: str = LOOPBACK) -> None:
+    """One datagram to host:port by unicast (a device listens on its port: the fallback where multicast fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(data, (host, port))
+
+
 def is_data_for(final_name):
     """Predicate: a Data (maybe LP-wrapped) whose name is final_name; returns the datagram."""
     from ndn.encoding import parse_data
@@ -130,7 +136,8 @@ class Board:
     """A board app in its own process: MicroPython (default) or CPython, on 127.0.0.1 only."""
 
     def __init__(self, interpreter: str, port: int, state_dir: Path, *, name: str = "/edge/lab/b1",
-                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000):
+                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000,
+                 gateway: str | None = None, micropypath: str | None = None):
         self.name = name
         self.key = key or secrets.token_bytes(32)
         self.port = port
@@ -139,6 +146,8 @@ class Board:
         self.heap = heap
         self.app = app
         self.lease_ms = lease_ms
+        self.gateway = gateway  # "host:port" the board also sends to (the unicast fallback), or None
+        self.micropypath = micropypath  # where its runtime comes from, instead of the tests' (mp_env)
         self.proc = None
         self.seq = 0
 
@@ -146,11 +155,13 @@ class Board:
         """Start and wait for the boot announcement; returns it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT),
-                   MICROPYPATH=os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
+                   MICROPYPATH=self.micropypath or os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
         cmd = [self.interpreter]
         if self.interpreter.endswith("micropython"):
             cmd += ["-X", f"heapsize={self.heap}"]
         cmd += [str(self.app), self.name, self.key.hex(), str(self.port), str(self.state_dir), str(self.lease_ms)]
+        if self.gateway:
+            cmd.append(self.gateway)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ann = peer.recv_until(self._my_announcement(), timeout_s)
         if ann is None:
@@ -285,6 +296,30 @@ def compile_runtime(out_dir: Path):
     from ndn_edge.tools import micropython as mp
     mpy_cross = mp.find("mpy-cross")
     return None if mpy_cross is None else mp.compile_runtime(out_dir, mpy_cross)
+
+
+_FEATURES: dict[str, dict] = {}
+
+
+def mp_features(micropython: str) -> dict:
+    """What the interpreter is: {"bits": its word size (32 or 64), "cryptolib": whether it has AES, "frozen":
+    whether it carries the runtime frozen in}. A 32-bit build's objects and GC blocks are half the size, so heaps
+    sized to run out of memory on 64 bits are halved; unix ports built without an SSL library (CI's 32-bit ones)
+    have no cryptolib, which private services need; a frozen runtime's code is not in the heap."""
+    if micropython not in _FEATURES:
+        code = ("import sys\ntry:\n import cryptolib\n c = 1\nexcept ImportError:\n c = 0\n"
+                "try:\n import device\n f = 1\nexcept ImportError:\n f = 0\n"
+                "print(64 if sys.maxsize > 2**32 else 32, c, f)")
+        done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, MICROPYPATH=".frozen"), cwd="/")
+        bits, crypto, frozen = done.stdout.split()
+        _FEATURES[micropython] = {"bits": int(bits), "cryptolib": crypto == "1", "frozen": frozen == "1"}
+    return _FEATURES[micropython]
+
+
+def scaled_heap(micropython: str, kib_64: int) -> str:
+    """A heap of kib_64 KiB on a 64-bit interpreter, half that on a 32-bit one (the same number of objects)."""
+    return f"{kib_64 if mp_features(micropython)['bits'] == 64 else kib_64 // 2}K"
 
 
 def mp_env():

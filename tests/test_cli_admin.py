@@ -585,5 +585,6 @@ def test_devices_marks_a_name_two_devices_announce(capsys):
                    {"name": "/edge/sim/2", "state": "online", "last_seen": None, "services": 3}])
     out, err = capsys.readouterr()
     rows = out.splitlines()
+    assert rows[0].split() == ["NAME", "STATE", "LAST", "SEEN", "PATH", "SERVICES"]
     assert "online (!)" in rows[1] and "(!)" not in rows[2]
     assert err == "(!) /edge/sim/1: two devices announce this name in turn: a call may run on either; stop one\n"

@@ -22,7 +22,7 @@ from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavail
 from ndn_edge.state.store import Store
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
-from tests.support import until
+from tests.support import run_scenario, until
 
 
 class FakeClock:
@@ -240,7 +240,7 @@ def test_window_keeps_a_waiting_request_within_the_device_reply_cache():
         w.release(b)
         return admitted, await w.acquire(far, "d/s")
 
-    admitted, last = asyncio.run(scenario())
+    admitted, last = run_scenario(scenario)
     assert admitted == [1, 2, 3] and last == 11
 
 
@@ -281,7 +281,7 @@ def test_requester_retransmits_same_bytes_skips_bad_replies_and_times_out():
             await req.request(packet, loop.time() + 0.1, lambda raw: raw, what="/edge/d/s")
         return value, sends, metrics
 
-    value, sends, metrics = asyncio.run(scenario())
+    value, sends, metrics = run_scenario(scenario)
     assert value == 5
     assert len(sends) >= 3 and all(s == packet for s in sends)
     assert metrics["bad_packets"] == 1 and metrics["unmatched_data"] == 1 and metrics["retries"] >= 2
@@ -331,7 +331,7 @@ def test_two_devices_announcing_one_name_are_reported_and_a_reboot_is_not(tmp_pa
                 await d.stop()
 
         with caplog.at_level(logging.WARNING, logger="ndn_edge.directory"):
-            events, rebooted, honest, duplicates, (page, _), presence = asyncio.run(scenario())
+            events, rebooted, honest, duplicates, (page, _), presence = run_scenario(scenario)
     assert [e.get("rebooted", False) for e in rebooted] == [False, True]  # first join, then the reboot
     assert honest == (0, None)
     assert duplicates == 2
@@ -384,7 +384,7 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
                 await d.stop()
             return events, online, fetched, d.counters, face.sent
 
-        events, online, fetched, counters, sent = asyncio.run(scenario())
+        events, online, fetched, counters, sent = run_scenario(scenario)
         assert [e["event"] for e in events] == ["join", "sleep", "join", "offline"]
         assert events[1]["sleep_until"] > events[1]["time"]
         assert online == (True, 70)

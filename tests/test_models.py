@@ -22,6 +22,7 @@ from ndn_edge.client.handles import OperationCancelled
 from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from tests.intake import SentFace, drain, intake_and_pubsub, publication, store_with_alice
 from tests.support import Cluster, wait_until
+from tests.support import run_scenario as run
 
 
 @pytest.fixture
@@ -31,10 +32,6 @@ def fleet(tmp_path, mcast_port, micropython):
     f.close()
 
 
-def run(coro_fn, timeout_s: float = 60.0):
-    async def main():
-        return await asyncio.wait_for(coro_fn(), timeout_s)
-    return asyncio.run(main())
 
 
 # -- in process: the report intake and pub/sub ordering, over a real store

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ndn_edge.tools.argtypes import checked
-from ndn_edge.tools.errors import EXIT_CODES_HELP
+from ndn_edge.tools.errors import EXIT_CODES_HELP, CommandError
 from ndn_edge.tools.output import ago, print_json, print_table, value_text
 from ndn_edge.tools.session import add_client_options, check, device_name, parse_args_json, service_name, with_client
 
@@ -34,6 +34,9 @@ def client_options(parser: argparse.ArgumentParser) -> None:
 def args_devices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", metavar="N", type=int, default=50, help="devices per page (default 50)")
     parser.add_argument("--page-token", metavar="T", default=None, help="the next_page_token of a previous page")
+    parser.add_argument("--path", metavar="DEVICE=MODE", action="append", default=[],
+                        help="how the gateway reaches DEVICE: auto (the group, unicast once multicast goes "
+                             "unanswered; the default), multicast or unicast; applies within a second")
     client_options(parser)
 
 
@@ -61,7 +64,9 @@ def args_call(parser: argparse.ArgumentParser) -> None:
 
 
 def do_devices(state: State, args: argparse.Namespace) -> None:
-    """List the devices this client may call."""
+    """List the devices this client may call (after setting the paths given with --path)."""
+    for setting in args.path:
+        _set_path(state, setting)
     page = with_client(state, args, lambda c: c.devices(args.page_size, args.page_token))
     if args.json:
         print_json({"items": list(page), "next_page_token": page.next_page_token})
@@ -130,6 +135,32 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
 # -- shared with `ndn-edge up`
 
 
+def _set_path(state: State, setting: str) -> None:
+    """`--path DEVICE=MODE`: written to the home's store, where the gateway reads it (ndn_edge.devices.paths)."""
+    from ndn_edge.devices import paths
+    from ndn_edge.errors import ConfigError
+    from ndn_edge.tools.cmd_provision import device_name as full_name
+    from ndn_edge.wire.protocol import DEFAULT_SITE
+
+    device, _, mode = setting.partition("=")
+    if mode not in paths.MODES:
+        raise CommandError(f"devices: --path takes DEVICE=MODE with MODE one of {', '.join(paths.MODES)}, "
+                           f"got {setting!r}", exit_code=2)
+    try:
+        site = state.home.read_gateway_record().site
+    except ConfigError:
+        site = DEFAULT_SITE
+    try:
+        name = full_name(device, site)
+    except ValueError as err:
+        raise CommandError(f"devices: --path {setting!r}: {err}", exit_code=2) from None
+    if state.store.device(name) is None:
+        raise CommandError(f"devices: --path: no device {name}; `ndn-edge devices` lists the known ones", exit_code=2)
+    paths.set_mode(state.store, name, mode)
+    print(f"devices: {name} is reached by {mode}" + (" (multicast, and unicast once multicast goes unanswered)"
+                                                       if mode == paths.AUTO else ""), file=sys.stderr)
+
+
 def print_devices(items: list[dict[str, Any]]) -> None:
     now = time.time()
     rows = []
@@ -144,8 +175,11 @@ def print_devices(items: list[dict[str, Any]]) -> None:
             state = f"asleep until {time.strftime('%H:%M:%S', time.localtime(item['sleep_until']))}"
         if item.get("warning"):
             state += " (!)"
-        rows.append((str(item.get("name", "?")), state, ago(item.get("last_seen"), now), summary or "-"))
-    print_table(("NAME", "STATE", "LAST SEEN", "SERVICES"), rows)
+        path = str(item.get("path") or "-")
+        if item.get("path_mode") not in (None, "auto"):
+            path += " (set)"
+        rows.append((str(item.get("name", "?")), state, ago(item.get("last_seen"), now), path, summary or "-"))
+    print_table(("NAME", "STATE", "LAST SEEN", "PATH", "SERVICES"), rows)
     for item in items:
         if item.get("warning"):
             print(f"(!) {item.get('name', '?')}: {item['warning']}", file=sys.stderr)

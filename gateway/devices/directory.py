@@ -128,12 +128,14 @@ class Directory:
         self.on_event = on_event
         # Set by the owner (DeviceSide) to the invoker's fetch_description: the directory never signs Interests.
         self.fetcher: Callable[[str], Awaitable[Any]] | None = None
+        # Set by the owner to hear where each verified announcement came from (paths.Paths.learn).
+        self.on_address: Callable[[str, Any], None] | None = None
         self._store = store
         self._face = face
         self._clock = clock
         self._ann_prefix = b"".join(bytes(c) for c in Name.from_str(f"/{self.site}/_sd/ann"))
         self._presence: dict[str, _Presence] = {}
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(ANN_QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue(ANN_QUEUE_SIZE)
         self._expiries: list[tuple[float, str]] = []
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,12 +188,13 @@ class Directory:
 
     # -- inbound (face callback: route only)
 
-    def on_interest(self, packet: bytes) -> None:
-        """Queue an announcement for verification; any other Interest (our own, looped back) is ignored."""
+    def on_interest(self, packet: bytes, addr: Any = None) -> None:
+        """Queue an announcement (and the address it came from) for verification; any other Interest (our own,
+        looped back) is ignored."""
         if not has_name_prefix(packet, self._ann_prefix):
             return
         try:
-            self._queue.put_nowait(packet)
+            self._queue.put_nowait((packet, addr))
         except asyncio.QueueFull:
             self.counters["queue_full"] += 1
 
@@ -261,9 +264,9 @@ class Directory:
     async def _announcements(self) -> None:
         # Survives anything one packet causes: counted, logged once per interval, and the next one is read.
         while True:
-            packet = await self._queue.get()
+            packet, addr = await self._queue.get()
             try:
-                self._handle(packet)
+                self._handle(packet, addr)
             except StoreError as err:
                 self.counters["faults"] += 1
                 self._throttle.event("store", "announcement_not_recorded", error=str(err))
@@ -275,7 +278,7 @@ class Directory:
         self.counters[reason] += 1
         emit(log, "announcement_dropped", logging.DEBUG, reason=reason, detail=detail)
 
-    def _handle(self, packet: bytes) -> None:
+    def _handle(self, packet: bytes, addr: Any = None) -> None:
         try:
             name, _, params, sig = parse_interest(packet, with_tl=True)
         except _PARSE_ERRORS as err:
@@ -315,6 +318,8 @@ class Directory:
         p.ann_seq = seq
         self._dirty.add(p.name)
         self.counters["announcements"] += 1
+        if self.on_address is not None:
+            self.on_address(p.name, addr)
         self._apply(p, state, lease_ms, sleep_ms, rx_floor, uptime_ms if isinstance(uptime_ms, int) else None,
                     desc if isinstance(desc, str) else None)
 

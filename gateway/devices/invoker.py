@@ -57,7 +57,8 @@ import cbor2
 
 from ndn_edge import names
 from ndn_edge.answers import Answer
-from ndn_edge.devices.descriptions import check_args, find_service, valid_description
+from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
+from ndn_edge.devices.paths import Paths
 from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
 from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
@@ -342,11 +343,14 @@ class Requester:
             pending.wake(Unavailable("the gateway is stopping"))
 
     async def request(self, packet: bytes, deadline: float, accept: Callable[[bytes], T], *, what: str,
-                      resign: Callable[[], bytes | None] | None = None) -> T:
+                      resign: Callable[[], bytes | None] | None = None,
+                      send: Callable[[bytes, int], None] | None = None,
+                      answered: Callable[[int], None] | None = None) -> T:
         """Send `packet` until `accept(reply)` returns or `deadline` (loop time) passes: DeadlineExceeded.
 
         `accept` raises wire.BadPacket for a reply that does not verify; waiting goes on. `resign`, asked before
-        each retransmission, may return a newly signed packet to send instead.
+        each retransmission, may return a newly signed packet to send instead. `send(packet, attempt)` sends
+        instead of the face (the device's path, `paths.Paths`); `answered(transmissions)` hears of the reply.
         """
         if self._closed:
             raise Unavailable("the gateway is stopping")
@@ -359,10 +363,15 @@ class Requester:
         sends = 0
         try:
             for delay in self._backoff.delays():
-                self._face.send(packet)
+                if send is None:
+                    self._face.send(packet)
+                else:
+                    send(packet, sends)
                 sends += 1
                 result = await self._wait(loop, pending, min(deadline, loop.time() + delay), accept)
                 if result is not _NOTHING:
+                    if answered is not None:
+                        answered(sends)
                     return result  # type: ignore[return-value]
                 if loop.time() >= deadline:
                     break
@@ -498,8 +507,9 @@ class Invoker:
 
     def __init__(self, store: Any, face: Any, directory: Any, *, site: str, cache: ResultCache | None = None,
                  backoff: Backoff | None = None, max_in_flight: int = 4, reply_cache: int = REPLY_CACHE,
-                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
+                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker, paths: Paths | None = None) -> None:
         self.site = site.strip("/")
+        self._paths = paths  # the way to each device (multicast or unicast); None: the face's group only
         self._store = store
         self._directory = directory
         self.cache = cache or ResultCache()
@@ -531,7 +541,10 @@ class Invoker:
 
     def device_joined(self, device: str) -> None:
         """The device announced itself again: let its breaker probe at once."""
-        link = self._links.get(self._directory.resolve(device))
+        name = self._directory.resolve(device)
+        if self._paths is not None:
+            self._paths.joined(name)
+        link = self._links.get(name)
         if link is not None:
             link.breaker.nudge()
 
@@ -730,13 +743,20 @@ class Invoker:
             self.metrics["device_requests"] += 1
             identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
             if identity is None:
-                return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
-            assert self.journal is not None
-            packet = await self.journal.recall(identity)  # signed already by the device's previous gateway?
-            if packet is None:
                 packet = sign()
-                await self.journal.record(identity, packet)
-            return await self._requester.request(packet, deadline, accept, what=what, resign=resign)
+            else:
+                assert self.journal is not None
+                recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+                packet = recalled if recalled is not None else sign()
+                if recalled is None:
+                    await self.journal.record(identity, packet)
+            paths = self._paths
+            if paths is None:
+                return await self._requester.request(packet, deadline, accept, what=what, resign=resign)
+            return await self._requester.request(
+                packet, deadline, accept, what=what, resign=resign,
+                send=lambda packet, attempt: paths.send(record.name, packet, attempt),
+                answered=lambda sends: paths.answered(record.name, sends))
         finally:
             link.window.release(ticket)
 
@@ -770,6 +790,7 @@ class Invoker:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
         if not valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
+        desc = with_defaults(desc)
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
             self._store.set_description(name, desc_hash, desc)

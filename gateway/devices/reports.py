@@ -2,7 +2,8 @@
 
 Owns the intake of `/<site>/_op/<digest>` and `/<site>/_pub/<digest>` signed Interests (docs/protocol.md,
 "Reports"): verification, processing exactly once, and the acknowledgement (a Data of the report's full name,
-signed with the device key, content `{"ok": true}`) sent on the multicast face.
+signed with the device key, content `{"ok": true}`) sent by the device's path (the group, or unicast to it:
+`DeviceSide.send_to`).
 
     intake = ReportIntake(store, face, "edge", handlers={OPERATION: ops.on_report, PUBLICATION: pubsub.on_report})
     face.on_packet -> intake.on_interest(packet)     # the raw Interest; anything else is ignored
@@ -137,8 +138,10 @@ class _Key:
 class ReportIntake:
     """Verifies, processes once and acknowledges the reports of one site's devices."""
 
-    def __init__(self, store: Any, face: Any, site: str, handlers: dict[str, Handler] | None = None) -> None:
+    def __init__(self, store: Any, face: Any, site: str, handlers: dict[str, Handler] | None = None, *,
+                 send_to: Callable[[str, bytes], None] | None = None) -> None:
         self.site = site.strip("/")
+        self._send_to = send_to  # by the device's path (DeviceSide.send_to); None: the face's group
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self._store = store
         self._face = face
@@ -204,12 +207,12 @@ class ReportIntake:
         """Send the acknowledgement of `report` (after its effect is committed), in as many copies as the
         device's acknowledgement loss calls for."""
         packet = cw.encode_reply(report.name_tlv, ACK_CONTENT, self._signer(report.device))
-        self._send(packet)
+        self._send(packet, report.device.name)
         copies = self._key(report.key_name).copies() if self._queue.qsize() < COPIES_MAX_BACKLOG else 1
         if copies > 1 and self._extra_copy_allowed():
             loop = asyncio.get_running_loop()
             for i in range(1, copies):
-                loop.call_later(ACK_COPY_SPACING_S * i, self._send, packet)
+                loop.call_later(ACK_COPY_SPACING_S * i, self._send, packet, report.device.name)
 
     def _extra_copy_allowed(self) -> bool:
         """A token bucket: extra copies repair lossy links, at most `EXTRA_COPIES_PER_S` so they never become
@@ -222,9 +225,12 @@ class ReportIntake:
         self._copy_tokens -= 1
         return True
 
-    def _send(self, packet: bytes) -> None:
+    def _send(self, packet: bytes, device: str) -> None:
         try:
-            self._face.send(packet)
+            if self._send_to is None:
+                self._face.send(packet)
+            else:
+                self._send_to(device, packet)
             self.counters["acks"] += 1
         except GatewayError as err:  # the face is closed: the device sends the report again
             event(log, "ack_not_sent", logging.DEBUG, error=str(err))

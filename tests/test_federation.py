@@ -190,7 +190,7 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
             a.ok("client", "add", "carol")
             a.ok("acl", "grant", "carol", "b/**")
         with _connect(a.home, b.address(), client="carol") as carol:
-            assert wait_for(lambda: carol.call("b/1/echo", {"c": 1}, timeout=2), 10, "carol on B") == {"c": 1}
+            assert wait_for(lambda: carol.call("b/1/echo", {"c": 1}, timeout=2), 20, "carol on B") == {"c": 1}
     finally:
         for site in sites:
             site.close()

@@ -57,6 +57,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 POLL_S = 0.1
+STALL_CHECK_S = 1.0
 _KIND_ORDER = {"c": 0, "d": 1, "r": 2, "t": 3}  # clients before what refers to them
 
 
@@ -84,6 +85,7 @@ class IdentitySync:
         self._task: asyncio.Task[None] | None = None
         self._resync = asyncio.Event()
         self._throttle = Throttle(log)
+        self._seen_rev = 0
         self.synced_at: float | None = None
         self.lag_s: list[float] = []  # recent replication lags (put elsewhere -> applied here)
         self.counters: dict[str, int] = {"pushed": 0, "applied": 0, "bad_seal": 0, "deferred": 0, "resyncs": 0}
@@ -129,14 +131,18 @@ class IdentitySync:
         watcher = await kv.watchall()
         try:
             self._remote = {}
+            self._seen_rev = 0
             while True:  # the bucket's current values, up to the end-of-initial-data marker
-                entry = await watcher.updates(timeout=10.0)
+                entry = await watcher.updates(timeout=5.0)
                 if entry is None:
                     break
+                self._seen_rev = max(self._seen_rev, int(entry.revision or 0))
                 self._take(entry, initial=True)
             self.counters["resyncs"] += 1
             await self._reconcile(kv, full=True)
             version = self._data_version()
+            stalled = 0
+            checked = time.monotonic()
             while not self._resync.is_set():
                 try:
                     entry = await watcher.updates(timeout=POLL_S)
@@ -147,7 +153,13 @@ class IdentitySync:
                         raise
                     entry = None
                 if entry is not None:
+                    self._seen_rev = max(self._seen_rev, int(entry.revision or 0))
                     self._take(entry, initial=False)
+                if time.monotonic() - checked > STALL_CHECK_S:
+                    checked = time.monotonic()
+                    stalled = stalled + 1 if await self._link.last_revision("ident") > self._seen_rev else 0
+                    if stalled >= 2:
+                        return  # the watch lost its consumer (a NATS server went away): start over
                 now = self._data_version()
                 if now != version:
                     version = now

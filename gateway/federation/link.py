@@ -87,6 +87,12 @@ class NatsLink:
             return False
         return True
 
+    async def last_revision(self, what: str) -> int:
+        """The last revision written to bucket `what` (its stream's last sequence): a watcher that saw less for
+        a while has stalled (its consumer lost with a NATS server) and is started again by its owner."""
+        info = await self.js.stream_info(f"KV_{self.config.bucket(what)}")
+        return int(info.state.last_seq)
+
     def kv(self, what: str) -> Any:
         """The bucket `what` (one of BUCKETS), once connected."""
         return self._kv[what]

@@ -188,13 +188,20 @@ class Placement:
             try:
                 watcher = await self._link.kv(what).watchall()
                 initial = True
+                seen, stalled = 0, 0
                 while self._link.connected:
                     try:
                         entry = await watcher.updates(timeout=1.0)
                     except Exception as err:
-                        if "timeout" in type(err).__name__.lower():
-                            continue
-                        raise
+                        if "timeout" not in type(err).__name__.lower():
+                            raise
+                        # Quiet for a second: a watch whose consumer went with a NATS server stays quiet.
+                        stalled = stalled + 1 if await self._link.last_revision(what) > seen else 0
+                        if stalled >= 2:
+                            break
+                        continue
+                    if entry is not None:
+                        seen = max(seen, int(entry.revision or 0))
                     if entry is None:
                         initial = False
                         self._wake.set()

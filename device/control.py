@@ -129,6 +129,8 @@ def announce(dev, state, sleep_ms=None):
          "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
     s, e, _ = report.build(dev, report.ANNOUNCE, p)
     dev._face.send(dev._txmv[s:e])
     third = dev.lease_ms // 3

@@ -4,7 +4,7 @@ from device import control, port
 from device.port import ticks_ms, ticks_diff
 
 _DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
-_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports")
+_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports", "mtu")
 
 
 def read_config(path, overrides):

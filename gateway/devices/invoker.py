@@ -59,7 +59,16 @@ from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
 from ndn_edge.devices.paths import Paths
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
 from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
 from ndn_edge.state.store import DeviceRecord, SeqCounter
@@ -548,6 +557,14 @@ class Invoker:
         if link is not None:
             link.breaker.nudge()
 
+    def check_fits(self, device: str, packet: bytes, what: str) -> None:
+        """ResourceExhausted when `packet` is larger than the device reads (its mtu): it would be dropped unread,
+        and the call would end in a timeout that says nothing (and counts against a healthy device's breaker)."""
+        limit = self._directory.mtu(device)
+        if len(packet) > limit:
+            raise ResourceExhausted(f"the request to {what} is {len(packet):,} bytes, but the device reads at most "
+                                    f"{limit:,} (its mtu): send smaller arguments")
+
     def next_seq(self, record: Any, floor: int) -> int:
         """The next SignatureSeqNum of the device's key, at or above `floor`, for an Interest sent outside a call
         (a notification): one counter per key, shared with calls, or the device would see replays."""
@@ -740,16 +757,17 @@ class Invoker:
                     return sign()
                 return None
 
-            self.metrics["device_requests"] += 1
             identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
-            if identity is None:
-                packet = sign()
-            else:
+            recalled = None
+            if identity is not None:
                 assert self.journal is not None
                 recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
-                packet = recalled if recalled is not None else sign()
-                if recalled is None:
-                    await self.journal.record(identity, packet)
+            packet = recalled if recalled is not None else sign()
+            self.check_fits(record.name, packet, what)
+            self.metrics["device_requests"] += 1
+            if identity is not None and recalled is None:
+                assert self.journal is not None
+                await self.journal.record(identity, packet)
             paths = self._paths
             if paths is None:
                 return await self._requester.request(packet, deadline, accept, what=what, resign=resign)

@@ -20,6 +20,9 @@ Decisions:
   asked for (`ndn_edge.http`, its own verb table over the same parts), the metrics listener when asked for,
   then the record (clients can only find a gateway that is ready). Stop in reverse; each part is stopped even
   if another fails.
+- With a federation (`federation`: the home's enrolment, `ndn_edge.federation`), the gateway also joins it: the
+  federation starts before the device side (its sequence leases and call journal are the invoker's), and is
+  attached to the faces once they exist. Without one nothing of it is imported, and nothing changes.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -42,6 +45,8 @@ from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, D
 if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
     from ndn_edge.devices.side import DeviceSide
+    from ndn_edge.federation.config import FederationConfig
+    from ndn_edge.federation.node import Federation
     from ndn_edge.http.server import HttpFace, HttpOptions
     from ndn_edge.observability.hub import Observability, ObservabilityOptions
     from ndn_edge.observability.metrics import MetricsFace
@@ -68,7 +73,8 @@ class Gateway:
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
                  site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None,
-                 observe: ObservabilityOptions | None = None, metrics: tuple[str, int] | None = None) -> None:
+                 observe: ObservabilityOptions | None = None, metrics: tuple[str, int] | None = None,
+                 federation: FederationConfig | None = None) -> None:
         self.home = home
         self.limits = limits or Limits()
         self.iface = iface
@@ -89,6 +95,8 @@ class Gateway:
         self.metrics: MetricsFace | None = None  # the metrics-only listener, when `metrics` is given
         self._record_written = False
         self._backups: asyncio.Task[None] | None = None
+        self.federation_config = federation
+        self.federation: Federation | None = None  # when `federation` is given (ndn_edge.federation)
 
     async def start(self) -> None:
         """Open the store, start both sides and write the address record."""
@@ -103,14 +111,22 @@ class Gateway:
         self.home.back_up(store)
         try:
             self.site = store.claim_site(self._requested_site)
+            if self.federation_config is not None:
+                from ndn_edge.federation.node import Federation
+
+                self.federation = Federation(self.home.path, self.federation_config, store, site=self.site)
+                await self.federation.start()
             self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
+            if self.federation is not None:
+                self.federation.attach_devices(self.devices)
             await self.devices.start()
             self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)
             await self.patterns.start()
             self.obs = Observability(store, self.devices, self.patterns, site=self.site,
                                      options=self.observe_options)
             await self.obs.start()
-            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
+            devices_view = self.devices if self.federation is None else self.federation.devices_view(self.devices)
+            self.clients = ClientFace.build(store, devices_view, self.patterns, site=self.site, listen=self.listen,
                                             limits=self.limits, obs=self.obs)
             host, port = await self.clients.start()
             view = None
@@ -119,7 +135,7 @@ class Gateway:
             if self.http_options is not None:
                 from ndn_edge.http.server import HttpFace
 
-                self.http = HttpFace.build(store, self.devices, self.patterns, site=self.site,
+                self.http = HttpFace.build(store, devices_view, self.patterns, site=self.site,
                                            options=self.http_options, limits=self.limits, obs=self.obs,
                                            metrics=view)
                 await self.http.start()
@@ -131,6 +147,8 @@ class Gateway:
                 self.metrics = MetricsFace(view, self.metrics_listen)
                 await self.metrics.start()
                 self.metrics.write_record(self.home.path)
+            if self.federation is not None:
+                await self.federation.attach(self.devices, self.patterns, self.clients, self.http)
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
@@ -161,6 +179,12 @@ class Gateway:
             await asyncio.gather(backups, return_exceptions=True)
         metrics, self.metrics = self.metrics, None
         http, self.http = self.http, None
+        federation, self.federation = self.federation, None
+        if federation is not None:
+            try:
+                await federation.stop()
+            except Exception as err:  # the rest must stop all the same
+                event(log, "federation_stop_failed", logging.WARNING, error=repr(err))
         clients, self.clients = self.clients, None
         obs, self.obs = self.obs, None
         patterns, self.patterns = self.patterns, None

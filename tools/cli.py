@@ -318,6 +318,12 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "flash": (".cmd_flash:do_flash", ".cmd_flash:args_flash", "write MicroPython firmware to a board"),
     "vboard": (".vboard:do_vboard", ".vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
+    "federation init": (".cmd_federation:do_federation_init", ".cmd_federation:args_init",
+                        "make a federation of gateways over NATS with this home's; print an enrolment token"),
+    "federation join": (".cmd_federation:do_federation_join", ".cmd_federation:args_join",
+                        "enrol this home in a federation (with the token `federation init` printed)"),
+    "federation status": (".cmd_federation:do_federation_status", ".cmd_federation:args_status",
+                          "show the federation: gateways, the devices they serve, NATS health"),
 }
 
 # Commands that never read or write a home: their help does not offer --home.
@@ -326,6 +332,7 @@ NO_HOME = frozenset({"flash", "deploy"})
 GROUPS: dict[str, str] = {
     "client": "manage client identities (add, list, remove, token)",
     "acl": "manage access rules (grant, revoke, list)",
+    "federation": "gateways sharing clients, rules and devices over NATS (init, join, status)",
 }
 
 

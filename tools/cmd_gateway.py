@@ -25,6 +25,7 @@ from ndn_edge.tools.netargs import add_network_args, listen_arg
 
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
+    from ndn_edge.federation.config import FederationConfig
     from ndn_edge.http.server import HttpOptions
     from ndn_edge.tools.cli import State
 
@@ -60,6 +61,10 @@ def args_gateway(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otlp", metavar="URL", default=None,
                         help="export spans of calls by OTLP over HTTP to URL (e.g. http://127.0.0.1:4318; needs "
                              "ndn-edge[otel]); default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no spans")
+    parser.add_argument("--federation", metavar="URL", default=None,
+                        help="join the home's federation through these NATS addresses, nats://HOST:PORT[,...] "
+                             "(default: those in HOME/federation.json; a home is enrolled with `ndn-edge federation "
+                             "init|join`)")
 
 
 def _limit(text: str) -> str:
@@ -102,6 +107,26 @@ def http_options(state: State, args: argparse.Namespace) -> HttpOptions | None:
     return HttpOptions(args.http, cert=args.http_cert, key=args.http_key)
 
 
+def federation_config(state: State, urls: str | None) -> FederationConfig | None:
+    """The home's enrolment (`ndn-edge federation init|join`), its NATS addresses replaced by `urls` when given;
+    None for a home that is not enrolled (a single gateway: nothing of the federation is imported)."""
+    from ndn_edge.federation.config import CONFIG_FILE, parse_urls, read_config
+    from ndn_edge.tools.errors import UsageError
+
+    if urls is None and not (state.home.path / CONFIG_FILE).exists():
+        return None
+    config = read_config(state.home.path)
+    if config is None:
+        raise UsageError(f"gateway: --federation needs an enrolled home; enrol {state.home.path} with `ndn-edge "
+                         "federation init --nats URL` or `ndn-edge federation join TOKEN`")
+    if urls is not None:
+        try:
+            config = config.with_nats(parse_urls(urls))
+        except Exception as err:
+            raise UsageError(f"gateway: --federation: {err}") from None
+    return config
+
+
 def do_gateway(state: State, args: argparse.Namespace) -> int:
     """Run the gateway in the foreground."""
     from ndn_edge import logs
@@ -112,6 +137,7 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store
     http = http_options(state, args)
+    federation = federation_config(state, args.federation)
     log_path = _log_path(args.log, state.home.path)
     with contextlib.ExitStack() as stack:
         stream: TextIO | None = None
@@ -124,7 +150,7 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
         observe = ObservabilityOptions(health_interval_s=args.health_interval, otlp=args.otlp)
         gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
                           site=site, limits=Limits.parse(args.limit), http=http, observe=observe,
-                          metrics=args.metrics)
+                          metrics=args.metrics, federation=federation)
         try:
             run_loop(_serve(gateway, log_path))
         except asyncio.CancelledError:  # SIGTERM

@@ -35,7 +35,7 @@ import cbor2
 from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.errors import CallError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, UnknownDevice
-from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.interfaces import DeviceAccess, Router
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import OK, CallStats
 from ndn_edge.observability.trace import TIMELINE, TRACEPARENT, CallTrace, Tracer
@@ -119,6 +119,7 @@ class Verbs:
         self.calls: CallStats = obs.calls if obs is not None else CallStats()
         self.tracer: Tracer = obs.tracer if obs is not None else Tracer()
         self.logs: Any = obs.logs if obs is not None else None
+        self.router: Router | None = None  # a federation's (ndn_edge.federation): what is not served here
 
     def _offers(self, row: Verb) -> bool:
         return (not row.pattern or self.patterns is not None) and (not row.logs or self.logs is not None)
@@ -138,6 +139,10 @@ class Verbs:
         elif row.rule == RULE_METRICS and not names.allowed(caller.rules, cp.METRICS_TARGET):
             raise PermissionDenied(f"client '{caller.name}' may not read metrics; the operator can allow it with: "
                                    f"ndn-edge acl grant {caller.name} {'/'.join(cp.METRICS_TARGET)}")
+        if self.router is not None:
+            routed = self.router.route(caller, verb, target, params)
+            if routed is not None:
+                return routed
         return row.handler(self, Request(caller, verb, target, params))
 
     # -- helpers for handlers

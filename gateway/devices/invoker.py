@@ -69,6 +69,7 @@ from ndn_edge.errors import (
     StoreError,
     Unavailable,
 )
+from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.state.store import DeviceRecord, SeqCounter
@@ -545,6 +546,10 @@ class Invoker:
         self._refreshing: set[str] = set()  # devices with a background refresh in flight
         self._refresh_due: dict[str, collections.OrderedDict[CacheKey, Ticket]] = {}  # per device, oldest first
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
+        # Hooks for ndn_edge.federation: sequence numbers from shared leases, and the journal that lets a gateway
+        # taking a device over send a non-idempotent call's signed request again instead of a new one.
+        self.counters: Callable[[str], SeqSource] | None = None
+        self.journal: CallJournal | None = None
 
     # -- face and directory hooks
 
@@ -784,9 +789,17 @@ class Invoker:
                     return sign()
                 return None
 
-            packet = sign()
+            identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
+            recalled = None
+            if identity is not None:
+                assert self.journal is not None
+                recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+            packet = recalled if recalled is not None else sign()
             self.check_fits(record.name, packet, what)
             self.metrics["device_requests"] += 1
+            if identity is not None and recalled is None:
+                assert self.journal is not None
+                await self.journal.record(identity, packet)
             paths = self._paths
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -873,7 +886,9 @@ class Invoker:
             self._records[name] = (now, record)
         return record
 
-    def _counter(self, key_name: str) -> SeqCounter:
+    def _counter(self, key_name: str) -> SeqSource:
+        if self.counters is not None:
+            return self.counters(key_name)
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

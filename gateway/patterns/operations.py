@@ -121,6 +121,7 @@ class Operations:
         self._checking: dict[str, asyncio.Task[None]] = {}
         self._due: set[str] = set()  # running operations to ask the device about when it is online
         self._task: asyncio.Task[None] | None = None
+        self.id_tag: str | None = None  # a federation's gateway tag (4 hex), ending every id: its owner is known
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
                                          "orphan_reports": 0, "reconciled": 0, "cancelled": 0, "over_quota": 0}
 
@@ -343,7 +344,7 @@ class Operations:
         if args is not None and not isinstance(args, dict):
             raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
         now = self._clock()
-        op_id = f"{int(now * 1000):012x}{os.urandom(4).hex()}"
+        op_id = f"{int(now * 1000):012x}{os.urandom(4 if self.id_tag is None else 2).hex()}{self.id_tag or ''}"
         with self._store.transaction() as db:
             db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
                        "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),

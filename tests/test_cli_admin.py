@@ -439,6 +439,7 @@ def test_bounded_number_arguments():
 def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path, mcast_port):
     """`ndn-edge gateway --site lab &` then at once `ndn-edge client add alice`: 19 of 20 credentials files said
     site edge, and every call then timed out blaming authentication."""
+    from ndn_edge.tools.procs import gateway_may_be_starting
     from tests.support import stop_process
 
     for attempt in range(3):
@@ -452,6 +453,10 @@ def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path
                                     "alice"], env=env, capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             assert json.loads((home / "clients" / "alice.json").read_text())["site"] == "lab"
+            # it waited because this home's gateway runs; a home without one is not kept waiting
+            assert gateway_may_be_starting(home)
+            assert gateway_may_be_starting(tmp_path / ".." / tmp_path.name / home.name)  # the same folder
+            assert not gateway_may_be_starting(tmp_path / "elsewhere")
         finally:
             stop_process(gateway)
 

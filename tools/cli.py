@@ -121,8 +121,14 @@ def do_client_add(state: State, args: argparse.Namespace) -> None:
     if path.exists():
         raise CommandError(f"client add: {path} exists but no client '{name}' is in the store; delete it with: "
                            f"{home.hint(f'{PROG} client remove {name}')}")
-    # A gateway started a moment ago may be about to decide the home's site: wait a little for it.
-    site = store.claim_site(args.site, wait_s=CLIENT_ADD_SITE_WAIT_S)
+    # A gateway started a moment ago may be about to decide the home's site: wait a little for it (only when
+    # one of this home runs, and the site is not decided yet).
+    wait_s = 0.0
+    if args.site is None and store.site() is None:
+        from ndn_edge.tools.procs import gateway_may_be_starting
+
+        wait_s = CLIENT_ADD_SITE_WAIT_S if gateway_may_be_starting(home.path) else 0.0
+    site = store.claim_site(args.site, wait_s=wait_s)
     key = secrets.token_bytes(KEY_BYTES)
     store.add_client(name, key)
     try:

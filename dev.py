@@ -57,7 +57,8 @@ def parallel_args(pytest_args: list[str]) -> list[str]:
     chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) or a.endswith("no:xdist") for a in pytest_args)
     if chosen or workers in ("", "0"):
         return []
-    return ["-n", workers]
+    # worksteal: an idle worker takes tests queued on a busy one, so a few long tests do not end the run alone
+    return ["-n", workers, "--dist", "worksteal"]
 
 
 def typecheck_tree() -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import GROUP, ROOT, free_udp_port, stop_process, wait_until
+from tests.support import GROUP, ROOT, free_tcp_port, free_udp_port, stop_process, wait_until
 
 
 def nats_server() -> str:
@@ -26,12 +26,6 @@ def nats_server() -> str:
             pytest.fail("nats-server is required (apt-get install nats-server; .ci/run installs it)")
         pytest.skip("nats-server is not installed")
     return str(found)
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NatsCluster:

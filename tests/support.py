@@ -333,25 +333,48 @@ _PORT_LOCKS = Path(tempfile.gettempdir()) / "ndn-edge-test-ports"
 _reserved: list = []  # lock files held until this process exits
 
 
-def free_udp_port():
-    """A UDP port that was free a moment ago and that no other test process holds: each test gets its own
-    multicast port. Every socket on the group shares its port (SO_REUSEADDR), so the OS cannot keep two tests
-    apart; a lock file per port does, across xdist workers and concurrent runs, until this process exits."""
+# Ports the tests bind later (a multicast group's, a nats-server's) come from below the kernel's ephemeral range
+# (ip_local_port_range, 32768-60999 by default), which connect() and bind(0) draw from: a port picked there while
+# free can be handed to another process's outgoing socket before the test binds it.
+_PORT_RANGE = (20000, 32000)
+
+
+def reserve_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port of `kind` (UDP or TCP) on 127.0.0.1 that is free now and that no other test process holds: a lock
+    file per port keeps xdist workers and concurrent runs apart until this process exits (every socket on a
+    multicast group shares its port with SO_REUSEADDR, so the OS cannot keep two tests apart)."""
     import fcntl
+    import random
 
     _PORT_LOCKS.mkdir(exist_ok=True)
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    rng = random.Random(os.getpid() * 1_000_003 + time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randrange(*_PORT_RANGE)
         lock = open(_PORT_LOCKS / str(port), "w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # another test process holds it
             lock.close()
             continue
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:  # something else uses it
+            lock.close()
+            continue
         _reserved.append(lock)
         return port
+    raise AssertionError(f"no free port in {_PORT_RANGE} after 1,000 tries")
+
+
+def free_udp_port() -> int:
+    """A UDP port of this test's own: see `reserve_port`."""
+    return reserve_port(socket.SOCK_DGRAM)
+
+
+def free_tcp_port() -> int:
+    """A TCP port of this test's own, for a server the test starts later: see `reserve_port`."""
+    return reserve_port(socket.SOCK_STREAM)
 
 
 def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):

@@ -27,7 +27,7 @@ from ndn_edge.observability import trace as tracing
 from ndn_edge.observability.stats import OTHER, CallStats
 from tests.httpclient import HttpCluster, request
 from tests.intake import SentFace, drain, store_with_alice
-from tests.support import ROOT, free_udp_port, start_board, until, wait_until
+from tests.support import ROOT, free_tcp_port, free_udp_port, start_board, until, wait_until
 
 PROMETHEUS = os.environ.get("NDN_EDGE_PROMETHEUS", "prometheus")
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -379,14 +379,6 @@ def _prometheus_or_skip() -> str:
     return path
 
 
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metric_names(exposition: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and line[0] != "#"}
 
@@ -432,7 +424,7 @@ def test_a_real_prometheus_scrapes_the_gateway_and_finds_the_calls(http_cluster,
     assert used and used <= served, used - served
 
     # a real Prometheus, two jobs: the metrics listener (no token) and the HTTP API (bearer token)
-    web = _free_tcp_port()
+    web = free_tcp_port()
     host_port = urllib.parse.urlsplit(metrics_url).netloc
     api_port = urllib.parse.urlsplit(cluster.url).netloc
     config = tmp_path / "prometheus.yml"

@@ -32,7 +32,7 @@ SCENARIO_S = 120  # a backstop: every step has its own deadline
 WRONG_TOKEN = "ndne_000000000000_" + "x" * 43
 
 # Elements that stick out of the viewport, or whose content spills out of their own box, each as "what: where";
-# inside a box that scrolls or clips on purpose (a result's <pre>), only that box has to fit.
+# a box that scrolls or clips on purpose (a result's <pre>) only has to fit itself, and what it holds is skipped.
 CUT_OFF = """(() => {
   const width = document.documentElement.clientWidth, found = [];
   const name = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
@@ -44,7 +44,8 @@ CUT_OFF = """(() => {
     if (box.width === 0 || box.height === 0 || scrolls(e)) continue;
     if (box.left < -0.5 || box.right > width + 0.5) {
       found.push(`${name(e)}: ${Math.round(box.left)}..${Math.round(box.right)} of ${width}`);
-    } else if (getComputedStyle(e).display !== "inline" && e.scrollWidth > e.clientWidth + 1) {
+    } else if (getComputedStyle(e).display !== "inline" && getComputedStyle(e).overflowX === "visible"
+               && e.scrollWidth > e.clientWidth + 1) {
       found.push(`${name(e)}: content ${e.scrollWidth} wide in ${e.clientWidth}`);
     }
   }

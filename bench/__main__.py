@@ -1,5 +1,5 @@
-"""`python -m bench device|gateway|pubsub|http [--json FILE] ...`: run a benchmark, print its JSON report and a
-table."""
+"""`python -m bench device|gateway|pubsub|http|federation [--json FILE] ...`: run a benchmark, print its JSON
+report and a table."""
 from __future__ import annotations
 
 import argparse
@@ -99,6 +99,10 @@ def main(argv: list[str]) -> int:
         from bench import pubsub
 
         return pubsub.main(argv[1:])
+    if argv[:1] == ["federation"]:  # calls through another gateway, fan-out across three (bench/federation.py)
+        from bench import federation
+
+        return federation.main(argv[1:])
     if argv[:1] == ["http"]:  # the HTTP API beside the Python client and aiocoap (bench/http.py)
         from bench import http
 

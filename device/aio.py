@@ -74,13 +74,15 @@ else:
 
 
 def finish_later(dev, svc, coro):
-    # The reply needs the request's name and token after the receive buffer has moved on: copy them.
+    # The reply needs the request's name and token after the receive buffer has moved on: copy them
+    # (and the call's trace context, for the log entry of a handler that raises).
     pit = dev._cur_pit
+    tp = dev._trace()  # (dev._calling is still True here)
     asyncio.create_task(_finish(dev, svc, coro, dev._cur_seq, dev._cur_sig, bytes(dev._cur_name),
-                                None if pit is None else bytes(pit)))
+                                None if pit is None else bytes(pit), None if tp is None else bytes(tp)))
 
 
-async def _finish(dev, svc, coro, seq, sig, name, pit):
+async def _finish(dev, svc, coro, seq, sig, name, pit, tp):
     try:
         value = await coro
         err = None
@@ -91,6 +93,6 @@ async def _finish(dev, svc, coro, seq, sig, name, pit):
         if err is None:
             dev._value(svc, value)
         else:
-            dev._failed(err)
+            dev._failed(err, tp, svc)
     except Exception as e:  # the reply itself failed (out of memory): the gateway retransmits
         dev._lost(e)

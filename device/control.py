@@ -118,7 +118,8 @@ def describe(dev):
         if s.long_running:
             d["long_running"] = True
         out.append(d)
-    return {"name": dev.name, "services": out}
+    # "trace": this runtime reads a trace context before the arguments (docs/protocol.md "Trace context")
+    return {"name": dev.name, "services": out, "trace": True}
 
 
 def announce(dev, state, sleep_ms=None):
@@ -126,9 +127,12 @@ def announce(dev, state, sleep_ms=None):
     import binascii
     from device import report
     p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
+         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot),
+         "mem_free": port.mem_free()}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
     s, e, _ = report.build(dev, report.ANNOUNCE, p)
     dev._face.send(dev._txmv[s:e])
     third = dev.lease_ms // 3

@@ -31,18 +31,29 @@ class Outbox:
     def send(self, kind, params, reliable=True):
         # Everything is allocated before the report is sent or kept: a MemoryError (raised to the
         # caller) leaves neither a report that went out but is not kept nor half an entry.
+        # Returns the digest that names a reliable report (see pending), None for the others.
         dev = self.dev
         s, e, d = report.build(dev, kind, params)
         pkt = bytes(dev._txmv[s:e])
+        digest = None
         if reliable:
             d -= s
-            item = [pkt[d:d + 32], pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)]
+            digest = pkt[d:d + 32]
+            item = [digest, pkt, 1, ticks_add(ticks_ms(), _FIRST_MS)]
             if len(self.items) >= self.capacity:
                 self.items.pop(0)
                 self.dropped += 1
             self.items.append(item)
         if dev._face.sock is not None:
             dev._face.send(pkt)
+        return digest
+
+    def pending(self, digest):
+        # True while the report `send` returned `digest` for waits for its acknowledgement.
+        for it in self.items:
+            if it[0] is digest:
+                return True
+        return False
 
     def publish(self, topic, value, retain):
         self.seq += 1

@@ -43,6 +43,11 @@ _REPLAY = const(6)
 _OK = const(-1)
 _RESENT = const(-2)
 
+# A call's trace context (docs/protocol.md "Trace context"): ApplicationParameters may start with a CBOR
+# byte string of 24 bytes, the trace id and the gateway's span id, before the arguments.
+_TRACE_HEAD = const(0x58)  # CBOR: a byte string, its length in the next byte
+_TRACE_LEN = const(24)
+
 # Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
 # LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
 _REPLY_AT = const(40)
@@ -115,7 +120,7 @@ def release():
 class Device:
     def __init__(self, name, key, *, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT,
                  state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8, max_ops=4,
-                 max_reports=16):
+                 max_reports=16, log_bytes=512, log_level=20):
         parts = [p for p in name.split("/") if p]
         if not name.startswith("/") or len(parts) < 2:
             raise DeviceError("device name must look like /site/device, got %r" % name)
@@ -134,6 +139,9 @@ class Device:
         # reports (at least 1) the oldest is dropped (device/outbox.py).
         self.max_ops = max_ops
         self.max_reports = max_reports
+        # dev.log() keeps entries in a ring of log_bytes (0: no logs) from log_level on (device/log.py).
+        self.log_bytes = log_bytes
+        self.log_level = log_level
         self.requests = 0
         self.errors = 0
         self.oom = 0  # MemoryErrors survived
@@ -157,6 +165,7 @@ class Device:
         self._async = False
         self._quiet = False  # the current request is a notification: no reply
         self._outbox = None
+        self._logs = None  # device/log.py's Logs, made by the first entry
         self._ops = {}
         self._timers = []  # [due_ticks, period_ms, fn]
         self._due = ticks_ms()  # when tick() next has work (see _run_due)
@@ -172,7 +181,8 @@ class Device:
         self._ncomp = self._room = self._boot = self._renew_at = 0
         self._query_at = self._last_query = None  # when a query was last answered
         self._cur_seq = self._cur_sig = self._at = self._ctype = self._fresh = 0
-        self._cur_name = self._cur_pit = None
+        self._cur_name = self._cur_pit = self._cur_svc = None
+        self._tp = -1  # offset of the current call's trace context in the receive buffer, or -1
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -196,10 +206,37 @@ class Device:
         # Send value on topic (relative to the device); delivered at least once to the gateway.
         self._reports().publish(topic, value, retain)
 
+    def log(self, level, msg):
+        # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
+        # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
+        lg = self._logs or self._open_logs()
+        if lg is not None:
+            lg.add(level, msg, self._trace())
+
+    def log_print(self, on=True):
+        # Also log what the app prints, at INFO (print() still prints).
+        lg = self._logs or self._open_logs()
+        if lg is not None:
+            lg.capture(on)
+
     def sleep(self, seconds):
         # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
         self._sleep_ms = int(seconds * 1000)
         self._wake()
+
+    def _open_logs(self):
+        # The log ring, made on first use; None when logs are off (log_bytes 0).
+        if self.log_bytes <= 0:
+            return None
+        from device.log import Logs
+        self._logs = Logs(self, self.log_bytes, self.log_level)
+        return self._logs
+
+    def _trace(self):
+        # The trace context of the call whose handler is running (a view of the receive buffer), or None.
+        if self._calling and self._tp >= 0:
+            return self._face.mv[self._tp:self._tp + _TRACE_LEN]
+        return None
 
     def _reports(self):
         if self._outbox is None:
@@ -327,6 +364,10 @@ class Device:
             w = self._outbox.tick(now)
             if w is not None:
                 wait = min(wait, w)
+        if self._logs is not None:
+            w = self._logs.tick(now)
+            if w is not None:
+                wait = min(wait, w)
         wait = max(0, min(wait, _MAX_WAIT_MS))
         self._due = ticks_add(now, wait)
         return wait
@@ -394,9 +435,10 @@ class Device:
         # MemoryError elsewhere loses the rest of the read (the gateway retransmits) and is counted;
         # anything else is a runtime bug, which must not stop the device: count it and go on.
         if self._calling:
+            tp = self._trace()
             self._calling = False
             self._next = self._pkt.next
-            self._failed(e)
+            self._failed(e, tp)
             return
         self._next = self._n
         if isinstance(e, MalformedError):
@@ -416,6 +458,7 @@ class Device:
         else:
             self.errors += 1
             port.print_exc(e)
+            self._log_error(e, None, None)
 
     def _oom(self):
         # Count a MemoryError the device survives. The allocator has already collected before it
@@ -501,12 +544,17 @@ class Device:
         self._cur_sig = _sig_tag(mv, p.sv_s)
         self._cur_name = mv[p.name_s:p.name_e]
         self._cur_pit = mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
+        s = p.params_vs
+        self._tp = -1
+        if p.params_ve - s >= _TRACE_LEN + 2 and mv[s] == _TRACE_HEAD and mv[s + 1] == _TRACE_LEN:
+            self._tp = s + 2  # a trace context, then the arguments
+            s += _TRACE_LEN + 2
         p.component(self._ncomp + 1 if self._quiet else self._ncomp)
         svc = self._find(mv[p.p:p.p + p.n])
         if svc is None:
-            self._framework(bytes(mv[p.p:p.p + p.n]), mv[p.params_vs:p.params_ve])
-        elif p.params_ve > p.params_vs:
-            self._call(svc, mv[p.params_vs:p.params_ve])
+            self._framework_at(p, s)
+        elif p.params_ve > s:
+            self._call(svc, mv[s:p.params_ve])
         else:
             self._call(svc, None)
 
@@ -526,6 +574,7 @@ class Device:
         if svc.long_running:
             self._start_op(svc, args)
             return
+        self._cur_svc = svc
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
         if svc.is_async:
@@ -540,6 +589,11 @@ class Device:
     def _start_op(self, svc, args):
         from device import ops
         ops.begin(self, svc, args)
+
+    def _framework_at(self, p, s):
+        # A framework service (or none): its name and its arguments from offset s (out of _dispatch,
+        # whose frame this would push onto the heap).
+        self._framework(bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])
 
     def _framework(self, key, params):
         # _desc, _health, ... and unknown names (NOT_FOUND): device/manage.py, loaded for the answer.
@@ -559,9 +613,26 @@ class Device:
         args = None if svc.private else _decode_args(params, svc.args)
         return _rare().args(self, svc, params) if args is None else args
 
-    def _failed(self, e):
+    def _failed(self, e, tp=None, svc=None):
+        # Answer the exception a handler raised, then log it (a MemoryError is only counted). Within
+        # 11 words of state: under memory pressure this must not need the heap for its frame.
         code, message = self._code(e)
         self._fail(code, message)
+        if not isinstance(e, MemoryError):
+            self._log_error(e, tp, svc or self._cur_svc)
+
+    def _log_error(self, e, tp, svc):
+        # The automatic log entry of a handler that raised, or of an exception outside a handler
+        # (svc None: an app timer's), written by device/log.py: never an error about the error.
+        if self.log_bytes <= 0:
+            return
+        try:
+            from device import log
+            log.failed(self, e, tp, svc)
+        except MemoryError:
+            self._oom()
+        except Exception as x:  # a bug of the log itself: shown, and serving goes on
+            port.print_exc(x)
 
     def _fail(self, code, message):
         # An error answer that counts as a device error (a handler, or a reply, that failed).

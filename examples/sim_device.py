@@ -4,9 +4,9 @@
 #
 #   micropython sim_device.py [ndn_config.json]
 #
-# Services: temperature (cacheable), echo, counter (not idempotent), slow (long-running), note (a
-# notification target) and notes, burst (publishes n messages); topic `tick` (a counter) every second, or every
-# "tick" seconds of the config.
+# Services: temperature (cacheable), echo, counter (not idempotent; logs each count), slow (long-running), note (a
+# notification target) and notes, burst (publishes n messages), fail (raises: its error is logged on the device
+# and shows in `ndn-edge logs`); topic `tick` (a counter) every second, or every "tick" seconds of the config.
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
 # "lease_ms"}, and the caps "max_ops" and "max_reports" where set) plus keys only the simulator reads: "index"
 # (the device number, from 1; varies the readings between devices), "tick" (seconds between publications on topic
@@ -28,7 +28,8 @@ with open(path) as f:
     cfg = json.load(f)
 # What Device.from_config does, from the config already read (one JSON parse: the heap is small).
 kw = {}
-for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports"):
+for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports", "log_bytes",
+          "log_level"):
     if k in cfg:
         kw[k] = cfg[k]
 dev = Device(cfg["name"], cfg["key"], **kw)
@@ -60,6 +61,7 @@ def echo(**kw):
              doc="Increments and returns a counter (runs once per call, even when retried)")
 def counter():
     count[0] += 1
+    dev.log("info", "counter now %d" % count[0])
     return count[0]
 
 
@@ -93,6 +95,11 @@ def start_burst(n=100, stamp=False):
         dev.every(10)(pace)  # paced while the burst lasts; idle devices keep no 10 ms timer
     burst[0], burst[1], burst[2] = 0, n, stamp
     return n
+
+
+@dev.service("fail", doc="Always fails (RuntimeError): the error answer, and its log entry on the host")
+def fail(why="on purpose"):
+    raise RuntimeError("failed %s" % why)
 
 
 def tick():

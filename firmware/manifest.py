@@ -44,6 +44,7 @@ package(
         "cbor.py",
         "control.py",
         "errors.py",
+        "log.py",
         "manage.py",
         "net.py",
         "netopen.py",

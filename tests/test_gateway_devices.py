@@ -331,6 +331,41 @@ def test_retransmitted_non_idempotent_calls_run_exactly_once(make_board, peer, s
     assert drops["replay"] == 0  # every retransmission was answered from the device's reply cache
 
 
+def test_a_request_larger_than_the_device_reads_is_refused_at_once(make_board, peer, store, mcast_port):
+    """A call whose arguments made an Interest above the device's 1,500-byte receive buffer was dropped unread
+    by the device: six transmissions, DEADLINE_EXCEEDED after the whole timeout, and a timeout counted against a
+    healthy device's breaker. Now it is RESOURCE_EXHAUSTED before anything is sent."""
+    from ndn_edge.errors import ResourceExhausted
+    from ndn_edge.patterns.notify import notify
+
+    board = make_board()
+
+    async def scenario():
+        side = DeviceSide(store, port=mcast_port)
+        await side.start()
+        try:
+            await start_board(board, peer)
+            await online_with_services(side, board)
+            fits = await side.call(board.name, "echo", {"x": "y" * 1000})
+            sent = side.metrics()["invoker_device_requests"]
+            started = time.monotonic()
+            with pytest.raises(ResourceExhausted, match=r"is 2,\d{3} bytes, but the device reads at most 1,500"):
+                await side.call(board.name, "echo", {"x": "y" * 2000}, timeout_s=3.0)
+            refused_in = time.monotonic() - started
+            with pytest.raises(ResourceExhausted, match="its mtu"):
+                await notify(side, board.name, "echo", {"x": "y" * 2000})
+            after = await side.call(board.name, "echo", {"after": True})
+            return fits.value, refused_in, side.metrics(), sent, after.value, side.invoker.breaker(board.name)
+        finally:
+            await side.stop()
+
+    value, refused_in, metrics, sent, after, breaker = run(scenario)
+    assert value == {"x": "y" * 1000} and after == {"after": True}
+    assert refused_in < 0.5
+    assert metrics["invoker_device_requests"] == sent + 1  # only the call after it went out
+    assert metrics["invoker_timeouts"] == 0 and breaker is not None and breaker.state == breaker.CLOSED
+
+
 def _data_name(packet: bytes):
     from ndn.encoding import parse_data
     return parse_data(packet, with_tl=True)

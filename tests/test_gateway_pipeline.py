@@ -365,12 +365,15 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
                             return
                         await asyncio.sleep(0.005)
                     raise AssertionError(f"directory did not process {n} announcements: {d.counters}")
-                d.on_interest(_announcement(key, "/edge/d", 5, rx_floor=70))
+                d.on_interest(_announcement(key, "/edge/d", 4, mtu=70_000))  # not a UDP datagram's size
+                await settle(1)
+                default_mtu = d.mtu("/edge/d")
+                d.on_interest(_announcement(key, "/edge/d", 5, rx_floor=70, mtu=4096))
                 d.on_interest(_announcement(key, "/edge/d", 5))  # same number: replay
                 d.on_interest(_announcement(os.urandom(32), "/edge/d", 9))  # the name's key id differs
                 d.on_interest(bytes(make_interest("/edge/other", InterestParam())))  # not an announcement
-                await settle(3)
-                online = d.is_online("d"), d.rx_floor("/edge/d")
+                await settle(4)
+                online = d.is_online("d"), d.rx_floor("/edge/d"), default_mtu, d.mtu("d")
                 d.on_interest(_announcement(key, "/edge/d", 6, state="sleep", sleep_ms=1000))
                 d.on_interest(_announcement(key, "/edge/d", 7, state="up", lease_ms=50, desc="11" * 8))
                 await settle(5)
@@ -387,8 +390,9 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
         events, online, fetched, counters, sent = run_scenario(scenario)
         assert [e["event"] for e in events] == ["join", "sleep", "join", "offline"]
         assert events[1]["sleep_until"] > events[1]["time"]
-        assert online == (True, 70)
+        assert online == (True, 70, 1500, 4096)  # the default until a device announces its mtu
         assert counters["replayed"] == 1 and counters["unknown_key"] == 1 and counters["announcements"] == 3
+        assert counters["malformed"] == 1  # the mtu that is no datagram's size
         assert fetched == ["/edge/d", "/edge/d"]  # the hash differed from the stored (none) each time
         assert store.device("/edge/d").state == "offline"
         assert store.get_meta("ann_seq:" + wire.key_name("/edge/d", key)) == "7"

@@ -68,7 +68,7 @@ def test_devices_services_and_calls(cluster):
     assert [d["name"] for d in first["items"]] == DEVICES[:2] and first["next_page_token"]
     second = cluster.get(f"/api/v1/devices?page_size=2&page_token={first['next_page_token']}").json()
     assert [d["name"] for d in second["items"]] == DEVICES[2:] and second["next_page_token"] is None
-    assert all(d["state"] == "online" and d["services"] == 7 for d in first["items"] + second["items"])
+    assert all(d["state"] == "online" and d["services"] == 8 for d in first["items"] + second["items"])
 
     services = cluster.get("/api/v1/devices/sim/2/services").json()
     assert services["device"] == "/edge/sim/2"

@@ -301,6 +301,7 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "ops": (".cmd_patterns:do_ops", ".cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
     "sub": (".cmd_patterns:do_sub", ".cmd_patterns:args_sub", "print messages published on matching topics"),
+    "logs": (".cmd_logs:do_logs", ".cmd_logs:args_logs", "print the devices' log entries (-f follows)"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name,
@@ -317,6 +318,12 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "flash": (".cmd_flash:do_flash", ".cmd_flash:args_flash", "write MicroPython firmware to a board"),
     "vboard": (".vboard:do_vboard", ".vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
+    "federation init": (".cmd_federation:do_federation_init", ".cmd_federation:args_init",
+                        "make a federation of gateways over NATS with this home's; print an enrolment token"),
+    "federation join": (".cmd_federation:do_federation_join", ".cmd_federation:args_join",
+                        "enrol this home in a federation (with the token `federation init` printed)"),
+    "federation status": (".cmd_federation:do_federation_status", ".cmd_federation:args_status",
+                          "show the federation: gateways, the devices they serve, NATS health"),
 }
 
 # Commands that never read or write a home: their help does not offer --home.
@@ -325,6 +332,7 @@ NO_HOME = frozenset({"flash", "deploy"})
 GROUPS: dict[str, str] = {
     "client": "manage client identities (add, list, remove, token)",
     "acl": "manage access rules (grant, revoke, list)",
+    "federation": "gateways sharing clients, rules and devices over NATS (init, join, status)",
 }
 
 

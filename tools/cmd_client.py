@@ -51,6 +51,9 @@ def args_call(parser: argparse.ArgumentParser) -> None:
                                                      "(with --all a pattern: sim/*/temperature)")
     parser.add_argument("--args", metavar="JSON", default=None,
                         help='arguments as a JSON object, e.g. \'{"celsius": 21.5}\'')
+    parser.add_argument("--trace", action="store_true",
+                        help="also print the call's trace id, its timeline (client and gateway) and the device's "
+                             "log entries of it")
     from ndn_edge.tools.cmd_patterns import add_call_pattern_args
 
     add_call_pattern_args(parser)
@@ -120,6 +123,8 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
         return do_call_pattern(state, args)
     check("call", "NAME", service_name, args.name)
     call_args = parse_args_json(args.args)
+    if args.trace:
+        return _call_traced(state, args, call_args)
     result = with_client(state, args, lambda c: c.call_ex(args.name, call_args))
     if args.json:
         print_json({"value": result.value, "cached": result.cached, "age_ms": result.age_ms,
@@ -130,6 +135,40 @@ def do_call(state: State, args: argparse.Namespace) -> int | None:
         print(f"ndn-edge: call: warning: stale value, {result.age_ms} ms old (the device did not answer)",
               file=sys.stderr)
     return None
+
+
+# How long `call --trace` waits for the device's log entries of the call (they come in a report after the reply).
+TRACE_LOGS_WAIT_S = 1.0
+
+
+def _call_traced(state: State, args: argparse.Namespace, call_args: dict[str, Any] | None) -> int | None:
+    from ndn_edge.tools.cmd_logs import print_trace
+
+    async def run(client: Client) -> Any:
+        traced = await client.trace_call(args.name, call_args)
+        # A handler that raised is logged by the device: wait a moment for that entry; others come if they are in.
+        wait = TRACE_LOGS_WAIT_S if traced.error is not None and traced.error.code in DEVICE_CODES else 0.3
+        entries = list(await client.logs(trace_id=traced.trace_id, wait=wait, limit=100))
+        if entries:
+            entries += await client.logs(trace_id=traced.trace_id, after=entries[-1]["id"], wait=0.2, limit=100)
+        return traced, entries
+
+    traced, entries = with_client(state, args, run)
+    if args.json:
+        print_json({"value": traced.result.value if traced.result else None,
+                    "error": traced.error.to_wire() if traced.error else None, "trace_id": traced.trace_id,
+                    "client": traced.client, "gateway": traced.gateway, "device_logs": entries})
+    else:
+        if traced.result is not None:
+            print(value_text(traced.result.value))
+        print_trace(traced, entries)
+    if traced.error is not None:
+        print(f"ndn-edge: call: {traced.error}", file=sys.stderr)
+        return traced.error.exit_code
+    return None
+
+
+DEVICE_CODES = frozenset({"INTERNAL", "INVALID_ARGUMENT", "PERMISSION_DENIED", "NOT_FOUND", "RESOURCE_EXHAUSTED"})
 
 
 # -- shared with `ndn-edge up`

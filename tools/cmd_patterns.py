@@ -151,6 +151,9 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
 
 def do_call_pattern(state: State, args: argparse.Namespace) -> int | None:
     """`call` with --all, --notify, --start or --persist."""
+    if getattr(args, "trace", False):
+        raise CommandError("call: --trace goes with a plain call (not --all, --notify, --start or --persist)",
+                           exit_code=EXIT_USAGE)
     if args.all:
         check("call", "NAME", gather_pattern, args.name)
     else:

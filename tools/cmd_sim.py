@@ -1,5 +1,5 @@
 """`ndn-edge sim`: simulated devices on this host, each a real MicroPython process running
-`examples/sim_device.py` (services `temperature`, `echo`, `counter`, `slow`, `note`, `notes`, `burst`; topic
+`examples/sim_device.py` (services `temperature`, `echo`, `counter`, `slow`, `note`, `notes`, `burst`, `fail`; topic
 `tick`; with `--sleepy S`, asleep every other S seconds).
 
 `SimFleet` owns the fleet: it provisions `/<site>/<prefix>/<i>`, i from 1 to N, in the home's store, writes each

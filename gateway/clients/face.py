@@ -35,6 +35,11 @@ Decisions:
   `ndn_edge.wire.packets.parse_signed_interest` when it has the usual layout of a signed request (a quarter of the cost
   of a cached call went to python-ndn's generic parser), by python-ndn otherwise; replies are encoded by
   `ndn_edge.wire.client_protocol`.
+- In a federation (`ndn_edge.federation`), a request for a device another gateway serves is authenticated and
+  admitted here as any other (so a replay to this gateway is dropped here), then relayed whole, its signed bytes
+  unchanged, to the serving gateway (`forwarder`); that gateway checks it again exactly as if the client were its
+  own (`receive_forwarded`: the same pipeline, with the NATS reply in place of a UDP address) and its signed reply
+  comes back to the client unchanged. A request relayed to this gateway is never relayed again.
 Rejected: answering unauthenticated requests with an error (turns the gateway into a reflector and an oracle),
 and a per-packet store read (SQLite on the hot path for every call).
 """
@@ -51,7 +56,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import cbor2
@@ -72,7 +77,7 @@ from ndn_edge.errors import (
     Unavailable,
     UnknownDevice,
 )
-from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.interfaces import REQUEST_ID, DeviceAccess, Forwarder
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
@@ -201,6 +206,18 @@ class _Peer:
                 self.recent_bytes -= len(old.reply)
 
 
+class Relayed:
+    """Where the reply to a request relayed by another gateway goes (in place of a UDP address)."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[bytes], None]) -> None:
+        self.deliver = deliver
+
+    def __str__(self) -> str:
+        return "federation"
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, server: ClientFace) -> None:
         self._server = server
@@ -241,21 +258,43 @@ class ClientFace:
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
                                       "over_quota": 0, "wrong_site": 0}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.forwarder: Forwarder | None = None  # set by a federation (ndn_edge.federation)
+
+    @property
+    def verbs(self) -> Verbs:
+        """The verb table this face runs."""
+        return self._verbs
+
+    def invalidate(self, client: str | None = None) -> None:
+        """Read `client`'s key and rules (every client's, for None) from the store at its next request, and
+        forget unknown key names: a federation applying a change made on another gateway calls this."""
+        for peer in self._peers.values():
+            if client is None or peer.name == client:
+                peer.loaded_at = -1e18
+        self._unknown.clear()
+
+    def receive_forwarded(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        """A client's request relayed by another gateway of the federation: served as if it came from the
+        client, the reply passed to `deliver` instead of sent on the socket."""
+        self._receive(data, Relayed(deliver))
 
     @classmethod
-    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,
+    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str, obs: Any = None,
               **options: Any) -> ClientFace:
-        """A client face whose verbs run on `devices` (and the communication `patterns`, when given), with the
-        metrics verb reporting the counters of all three."""
+        """A client face whose verbs run on `devices` (and the communication `patterns`, when given; calls
+        counted and traced by `obs`, ndn_edge.observability's Observability), with the metrics verb reporting
+        the counters of all of them."""
         face: ClientFace
 
         def counters() -> dict[str, Any]:
             out: dict[str, Any] = {"clients": face.metrics(), "devices": devices.metrics()}
             if patterns is not None:
                 out["patterns"] = patterns.metrics()
+            if obs is not None:
+                out["observability"] = obs.counters()
             return out
 
-        face = cls(store, Verbs(devices, patterns, site=site, counters=counters), site=site, **options)
+        face = cls(store, Verbs(devices, patterns, site=site, counters=counters, obs=obs), site=site, **options)
         return face
 
     # -- life cycle
@@ -334,6 +373,16 @@ class ClientFace:
         ex = self._admit(peer, request, addr)
         if ex is None:
             return
+        if self.forwarder is not None and not isinstance(addr, Relayed):
+            relay = self.forwarder.forward(request.parts.prefix, request.parts.params, data, request.lifetime_ms)
+            if relay is not None:
+                if len(self._tasks) >= self._max_in_flight:
+                    _discard(relay)
+                    self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
+                                                                  "flight; retry later"))
+                    return
+                self._spawn(self._relay(peer, ex, request, relay))
+                return
         try:
             if log.isEnabledFor(logging.DEBUG):
                 event(log, "client_request", logging.DEBUG, client=peer.name, addr=_addr(addr), seq=ex.seq,
@@ -592,9 +641,45 @@ class ClientFace:
             self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
                                                           "flight; retry later"))
             return
-        task = asyncio.create_task(self._run(peer, ex, result))
+        if self.forwarder is None:
+            self._spawn(self._run(peer, ex, result))
+            return
+        token = REQUEST_ID.set(ex.signature)  # the invoker's journal keys non-idempotent calls on it
+        try:
+            self._spawn(self._run(peer, ex, result))
+        finally:
+            REQUEST_ID.reset(token)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, peer: _Peer, ex: _Exchange, request: _Request, relay: Awaitable[bytes | None]) -> None:
+        """Wait for the serving gateway's reply and pass it on unchanged; serve here if this gateway became the
+        one to serve the target meanwhile (a takeover)."""
+        try:
+            wire = await relay
+        except CallError as err:
+            self._reply_error(peer, ex, err)
+            return
+        except asyncio.CancelledError:
+            self._reply_error(peer, ex, Unavailable("the gateway is shutting down; retry when it is back"))
+            raise
+        except Exception as err:  # the client must get an answer; the bug goes to the log
+            self.stats["internal"] += 1
+            self._throttle.fault("client-relay", err, client=peer.name)
+            self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
+            return
+        if wire is None:
+            self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
+            return
+        ex.reply = wire
+        if peer.recent.get(ex.seq) is ex:
+            peer.recent_bytes += len(wire)
+            peer.trim()
+        self.stats["replies"] += 1
+        self._send(wire, ex.addr)
 
     # -- replies
 
@@ -651,6 +736,9 @@ class ClientFace:
         self._send(wire, ex.addr)
 
     def _send(self, wire: bytes, addr: Any) -> None:
+        if isinstance(addr, Relayed):
+            addr.deliver(wire)
+            return
         if self._transport is not None:
             self._transport.sendto(wire, addr)
 

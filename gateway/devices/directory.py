@@ -72,6 +72,8 @@ SEQ_META_PREFIX = "ann_seq:"
 DESC_FETCHES_AT_ONCE = 16
 # A device whose announced uptime lags what our clock predicts by more than this rebooted (clock drift aside).
 REBOOT_SLACK_MS = 1000
+DEVICE_MTU = 1500  # a device's receive buffer unless it announces another (`mtu`, docs/protocol.md)
+MIN_MTU, MAX_MTU = 576, 65_507
 DUPLICATE_FLAG_S = 60.0  # how long `devices` warns after two devices last took turns announcing one name
 DUPLICATE_WINDOW_S = 600.0  # an uptime ahead of the clock this soon after one that went back: two devices
 DUPLICATE_WARNING = "two devices announce this name in turn: a call may run on either; stop one"
@@ -92,6 +94,8 @@ class _Presence:
         "key_name",
         "last_seen",
         "lease_until",
+        "mem_free",
+        "mtu",
         "name",
         "persisted_seq",
         "rx_floor",
@@ -113,6 +117,8 @@ class _Presence:
         self.rx_floor = rx_floor
         self.desc_hash = desc_hash
         self.uptime_ms: int | None = None
+        self.mem_free: int | None = None  # free heap, as the last announcement said
+        self.mtu = DEVICE_MTU  # the largest datagram the device reads (announced when not the default)
         self.went_back_at: float | None = None  # when the uptime last went back (a reboot, or another device)
         self.duplicate_until: float | None = None  # until when `devices` warns of two devices with this name
         self.ann_seq = ann_seq
@@ -224,6 +230,16 @@ class Directory:
             out["warning"] = warning
         return out
 
+    def snapshot(self) -> list[tuple[str, str, int | None, int | None, float | None]]:
+        """(name, state, uptime_ms, mem_free, last_seen) of every device met, as its last announcement said."""
+        return [(p.name, self._effective_state(p.state, p.lease_until), p.uptime_ms, p.mem_free, p.last_seen)
+                for p in list(self._presence.values())]
+
+    def mtu(self, device: str) -> int:
+        """The largest datagram the device reads: what it announced, else the protocol's default (1,500)."""
+        p = self._presence.get(device) or self._presence.get(self.resolve(device))
+        return p.mtu if p is not None else DEVICE_MTU
+
     def rx_floor(self, device: str) -> int:
         """The lowest SignatureSeqNum the device said it accepts (0 if unknown)."""
         p = self._presence.get(self.resolve(device))
@@ -312,10 +328,16 @@ class Directory:
             sleep_ms = _non_negative(body.get("sleep_ms", 0), "sleep_ms")
             rx_floor = _non_negative(body.get("rx_floor", 0), "rx_floor")
             uptime_ms = body.get("uptime_ms")
+            mem_free = body.get("mem_free")
             desc = body.get("desc")
+            mtu = body.get("mtu", DEVICE_MTU)
+            if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+                raise ValueError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU}, got {mtu!r}")
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             return self._drop("malformed", f"announcement parameters from {record.name}: {err!r}")
         p.ann_seq = seq
+        p.mem_free = mem_free if isinstance(mem_free, int) and not isinstance(mem_free, bool) else None
+        p.mtu = mtu
         self._dirty.add(p.name)
         self.counters["announcements"] += 1
         if self.on_address is not None:

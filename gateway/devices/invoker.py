@@ -59,8 +59,19 @@ from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
 from ndn_edge.devices.paths import Paths
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
+from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
+from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire import tlv
@@ -85,7 +96,7 @@ _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 class Ticket:
     """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    __slots__ = ("args", "device", "key", "params", "service")
+    __slots__ = ("args", "device", "key", "params", "service", "trace")
 
     def __init__(self, device: str, service: str, args: dict[str, Any] | None, params: bytes) -> None:
         self.device = device      # the full name
@@ -93,6 +104,7 @@ class Ticket:
         self.args = args          # checked against the service's description before anything is sent
         self.params = params      # the canonical CBOR of the arguments: the cache key and what is sent
         self.key: CacheKey = (device, service, params)
+        self.trace: Any = None    # the call's CallTrace (ndn_edge.observability.trace), set by the caller
 
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
@@ -344,7 +356,7 @@ class Requester:
     async def request(self, packet: bytes, deadline: float, accept: Callable[[bytes], T], *, what: str,
                       resign: Callable[[], bytes | None] | None = None,
                       send: Callable[[bytes, int], None] | None = None,
-                      answered: Callable[[int], None] | None = None) -> T:
+                      answered: Callable[[int], None] | None = None, trace: Any = None) -> T:
         """Send `packet` until `accept(reply)` returns or `deadline` (loop time) passes: DeadlineExceeded.
 
         `accept` raises wire.BadPacket for a reply that does not verify; waiting goes on. `resign`, asked before
@@ -367,8 +379,12 @@ class Requester:
                 else:
                     send(packet, sends)
                 sends += 1
+                if trace is not None:
+                    trace.sent(sends)
                 result = await self._wait(loop, pending, min(deadline, loop.time() + delay), accept)
                 if result is not _NOTHING:
+                    if trace is not None:
+                        trace.replied()
                     if answered is not None:
                         answered(sends)
                     return result  # type: ignore[return-value]
@@ -385,6 +401,8 @@ class Requester:
         finally:
             if self._pending.get(key) is pending:
                 del self._pending[key]
+        if trace is not None:
+            trace.replied("timeout")
         raise DeadlineExceeded(f"no reply from {what} within the deadline ({sends} transmissions)")
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, pending: _Pending, until: float,
@@ -517,6 +535,7 @@ class Invoker:
             "device_requests": 0, "retries": 0, "resigned": 0, "timeouts": 0, "bad_packets": 0,
             "unmatched_data": 0, "errors": 0, "early_refreshes": 0,
         }
+        self.round_trips = Histograms(RTT_BUCKETS_S)  # by device: first transmission to verified reply
         self._requester = Requester(face, self.metrics, backoff)
         self._max_in_flight = max_in_flight
         self._reply_cache = reply_cache
@@ -527,6 +546,10 @@ class Invoker:
         self._refreshing: set[str] = set()  # devices with a background refresh in flight
         self._refresh_due: dict[str, collections.OrderedDict[CacheKey, Ticket]] = {}  # per device, oldest first
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
+        # Hooks for ndn_edge.federation: sequence numbers from shared leases, and the journal that lets a gateway
+        # taking a device over send a non-idempotent call's signed request again instead of a new one.
+        self.counters: Callable[[str], SeqSource] | None = None
+        self.journal: CallJournal | None = None
 
     # -- face and directory hooks
 
@@ -543,10 +566,22 @@ class Invoker:
         if link is not None:
             link.breaker.nudge()
 
+    def check_fits(self, device: str, packet: bytes, what: str) -> None:
+        """ResourceExhausted when `packet` is larger than the device reads (its mtu): it would be dropped unread,
+        and the call would end in a timeout that says nothing (and counts against a healthy device's breaker)."""
+        limit = self._directory.mtu(device)
+        if len(packet) > limit:
+            raise ResourceExhausted(f"the request to {what} is {len(packet):,} bytes, but the device reads at most "
+                                    f"{limit:,} (its mtu): send smaller arguments")
+
     def next_seq(self, record: Any, floor: int) -> int:
         """The next SignatureSeqNum of the device's key, at or above `floor`, for an Interest sent outside a call
         (a notification): one counter per key, shared with calls, or the device would see replays."""
         return self._link(record).counter.next(floor)
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of every device called so far, by full name."""
+        return {name: link.breaker for name, link in list(self._links.items())}
 
     def breaker(self, device: str) -> CircuitBreaker | None:
         """The device's circuit breaker, once it has been called."""
@@ -569,11 +604,17 @@ class Invoker:
     # -- calls
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
-        """Call `service` of `device` with `args`; the answer, or the CallError the call ended in."""
+                   timeout_s: float = DEFAULT_TIMEOUT_S, trace: Any = None) -> Answer:
+        """Call `service` of `device` with `args`; the answer, or the CallError the call ended in. `trace` is
+        the call's CallTrace (ndn_edge.observability.trace), if any."""
         found = self.prepare(device, service, args)
         if isinstance(found, Answer):
+            if trace is not None:
+                trace.cache("hit")
             return found
+        if trace is not None:
+            trace.cache("miss")
+            found.trace = trace
         return await self.complete(found, timeout_s=timeout_s)
 
     def prepare(self, device: str, service: str, args: dict[str, Any] | None = None) -> Answer | Ticket:
@@ -606,8 +647,11 @@ class Invoker:
                 raise
             self.metrics["stale_served"] += 1
             answer = entry.answer(time.monotonic(), stale=True)
+            trace = ticket.trace
+            if trace is not None:
+                trace.cache("stale")
             event(log, "stale_served", device=ticket.device, service=ticket.service, age_ms=answer.age_ms,
-                  reason=err.code)
+                  reason=err.code, **(trace.log_fields() if trace is not None else {}))
             return answer
 
     def _refresh_early(self, ticket: Ticket, entry: CacheEntry) -> None:
@@ -675,6 +719,8 @@ class Invoker:
                              deadline, f"call {name}/{service}")
         else:
             self.metrics["coalesced"] += 1
+            if ticket.trace is not None:
+                ticket.trace.cache("coalesced")
         return await _await_shared(running, deadline, f"{name}/{service}")
 
     async def _miss(self, record: DeviceRecord, ticket: Ticket, private: bool, idempotent: bool,
@@ -687,7 +733,8 @@ class Invoker:
                               f"timed-out calls in a row; next probe in {link.breaker.retry_in_s():.1f}s")
         try:
             reply = await self._exchange(record, link, ticket.service, ticket.params, private, idempotent, deadline,
-                                         lambda raw: wire.parse_reply(raw, record.key, private=private))
+                                         lambda raw: wire.parse_reply(raw, record.key, private=private),
+                                         ticket.trace)
         except _NoSlot:
             link.breaker.release(permit)
             raise
@@ -697,7 +744,8 @@ class Invoker:
             link.breaker.record_timeout(permit)
             if link.breaker.state == CircuitBreaker.OPEN and was != CircuitBreaker.OPEN:
                 event(log, "circuit_open", logging.WARNING, device=record.name, timeouts=link.breaker.failures,
-                      probe_in_s=round(link.breaker.retry_in_s(), 1))
+                      probe_in_s=round(link.breaker.retry_in_s(), 1),
+                      **(ticket.trace.log_fields() if ticket.trace is not None else {}))
             raise
         except BaseException:
             link.breaker.release(permit)
@@ -713,11 +761,16 @@ class Invoker:
         raise err
 
     async def _exchange(self, record: DeviceRecord, link: _Link, service: str, params: bytes, private: bool,
-                        idempotent: bool, deadline: float, accept: Callable[[bytes], T]) -> T:
+                        idempotent: bool, deadline: float, accept: Callable[[bytes], T], trace: Any = None) -> T:
         what = f"{record.name}/{service}"
         ticket = await link.window.acquire(deadline, what)
         try:
             seq = [0]
+            head = b""  # the trace context, for a device that reads one (docs/protocol.md "Trace context")
+            if trace is not None:
+                trace.request_start()
+                if isinstance(record.desc, dict) and record.desc.get("trace") is True:
+                    head = trace.device_prefix()
 
             def sign() -> bytes:
                 floor = max(record.rx_floor, self._directory.rx_floor(record.name))
@@ -727,7 +780,8 @@ class Invoker:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
                 return wire.call_interest(link.signer, link.name(record.name, service), params, seq[0],
-                                          private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
+                                          private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)),
+                                          trace=head)
 
             def resign() -> bytes | None:
                 if idempotent and self._directory.rx_floor(record.name) > seq[0]:
@@ -735,14 +789,30 @@ class Invoker:
                     return sign()
                 return None
 
+            identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
+            recalled = None
+            if identity is not None:
+                assert self.journal is not None
+                recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+            packet = recalled if recalled is not None else sign()
+            self.check_fits(record.name, packet, what)
             self.metrics["device_requests"] += 1
+            if identity is not None and recalled is None:
+                assert self.journal is not None
+                await self.journal.record(identity, packet)
             paths = self._paths
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             if paths is None:
-                return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
-            return await self._requester.request(
-                sign(), deadline, accept, what=what, resign=resign,
-                send=lambda packet, attempt: paths.send(record.name, packet, attempt),
-                answered=lambda sends: paths.answered(record.name, sends))
+                reply = await self._requester.request(packet, deadline, accept, what=what, resign=resign,
+                                                      trace=trace)
+            else:
+                reply = await self._requester.request(
+                    packet, deadline, accept, what=what, resign=resign,
+                    send=lambda packet, attempt: paths.send(record.name, packet, attempt),
+                    answered=lambda sends: paths.answered(record.name, sends), trace=trace)
+            self.round_trips.observe(record.name, loop.time() - started)
+            return reply
         finally:
             link.window.release(ticket)
 
@@ -816,7 +886,9 @@ class Invoker:
             self._records[name] = (now, record)
         return record
 
-    def _counter(self, key_name: str) -> SeqCounter:
+    def _counter(self, key_name: str) -> SeqSource:
+        if self.counters is not None:
+            return self.counters(key_name)
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

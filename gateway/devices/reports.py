@@ -1,9 +1,9 @@
-"""What devices send on their own and need acknowledged: operation reports and publications.
+"""What devices send on their own and need acknowledged: operation reports, publications and device logs.
 
-Owns the intake of `/<site>/_op/<digest>` and `/<site>/_pub/<digest>` signed Interests (docs/protocol.md,
-"Reports"): verification, processing exactly once, and the acknowledgement (a Data of the report's full name,
-signed with the device key, content `{"ok": true}`) sent by the device's path (the group, or unicast to it:
-`DeviceSide.send_to`).
+Owns the intake of `/<site>/_op/<digest>`, `/<site>/_pub/<digest>` and `/<site>/_log/<digest>` signed Interests
+(docs/protocol.md, "Reports"): verification, processing exactly once, and the acknowledgement (a Data of the
+report's full name, signed with the device key, content `{"ok": true}`) sent by the device's path (the group, or
+unicast to it: `DeviceSide.send_to`).
 
     intake = ReportIntake(store, face, "edge", handlers={OPERATION: ops.on_report, PUBLICATION: pubsub.on_report})
     face.on_packet -> intake.on_interest(packet)     # the raw Interest; anything else is ignored
@@ -71,6 +71,8 @@ log = logging.getLogger("ndn_edge.reports")
 
 OPERATION = "_op"
 PUBLICATION = "_pub"
+LOG = "_log"  # device logs (ndn_edge.observability.devlogs)
+KINDS = (OPERATION, PUBLICATION, LOG)
 ACK, SILENT, LATER, DROP = "ack", "silent", "later", "drop"
 ACK_CONTENT = cbor2.dumps({"ok": True})
 QUEUE_SIZE = 8192
@@ -146,7 +148,7 @@ class ReportIntake:
         self._store = store
         self._face = face
         self._prefixes = {kind: b"".join(bytes(c) for c in Name.from_str(f"/{self.site}/{kind}"))
-                          for kind in (OPERATION, PUBLICATION)}
+                          for kind in KINDS}
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._keys: dict[str, _Key] = {}

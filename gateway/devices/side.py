@@ -105,9 +105,9 @@ class DeviceSide:
         await self.stop()
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+                   timeout_s: float = DEFAULT_TIMEOUT_S, trace: Any = None) -> Answer:
         """Call a device service; see Invoker.call."""
-        return await self.invoker.call(device, service, args, timeout_s=timeout_s)
+        return await self.invoker.call(device, service, args, timeout_s=timeout_s, trace=trace)
 
     def prepare(self, device: str, service: str, args: dict[str, Any] | None = None) -> Answer | Ticket:
         """A fresh cached answer at once, or a ticket for `complete`; see Invoker.prepare."""

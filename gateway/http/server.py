@@ -111,18 +111,21 @@ class HttpFace:
 
     @classmethod
     def build(cls, store: Any, devices: Any, patterns: Any, *, site: str, options: HttpOptions,
-              limits: Limits | None = None) -> HttpFace:
-        """A face whose routes run the verbs on `devices` and `patterns`."""
+              limits: Limits | None = None, obs: Any = None, metrics: Any = None) -> HttpFace:
+        """A face whose routes run the verbs on `devices` and `patterns` (calls counted and traced by `obs`);
+        `GET /metrics` serves `metrics` (a MetricsView) when given."""
         face: HttpFace
 
         def counters() -> dict[str, Any]:
             out: dict[str, Any] = {"http": face.api.metrics(), "devices": devices.metrics()}
             if patterns is not None:
                 out["patterns"] = patterns.metrics()
+            if obs is not None:
+                out["observability"] = obs.counters()
             return out
 
-        verbs = Verbs(devices, patterns, site=site, counters=counters)
-        face = cls(Api(verbs, Tokens(store), site=site, limits=limits), options)
+        verbs = Verbs(devices, patterns, site=site, counters=counters, obs=obs)
+        face = cls(Api(verbs, Tokens(store), site=site, limits=limits, metrics=metrics), options)
         return face
 
     async def start(self) -> str:

@@ -241,6 +241,8 @@ class PubSub:
         self._gw_boot = binascii.hexlify(os.urandom(4)).decode()
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
+        # A federation's (ndn_edge.federation.bridge): every message emitted here, after its transaction.
+        self.exporter: Callable[[dict[str, Any], bool], None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
                                          "malformed": 0, "membership": 0, "withheld": 0, "over_quota": 0}
 
@@ -360,8 +362,10 @@ class PubSub:
         db.execute("INSERT INTO publishers (device, boot, seq) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE "
                    "SET boot = excluded.boot, seq = excluded.seq", (device, stream.boot, stream.last))
 
-    def _emit(self, db: Any, msg: dict[str, Any], retain: bool, defer: Defer) -> None:
+    def _emit(self, db: Any, msg: dict[str, Any], retain: bool, defer: Defer, *, export: bool = True) -> None:
         """Retain and queue one message for every subscription that matches and may see it."""
+        if export and self.exporter is not None:
+            defer(functools.partial(self.exporter, msg, retain))
         parts = tuple(msg["topic"].split("/"))
         blob = cbor2.dumps(msg)
         if retain:
@@ -413,6 +417,13 @@ class PubSub:
             event(log, "membership_not_recorded", logging.WARNING, error=str(err))
             return
         self.counters["membership"] += 1
+        _run(later)
+
+    def deliver(self, msg: dict[str, Any], retain: bool) -> None:
+        """A message another gateway of a federation emitted: retained and queued here (not exported again)."""
+        later: list[Callable[[], None]] = []
+        with self._store.transaction() as db:
+            self._emit(db, msg, retain, later.append, export=False)
         _run(later)
 
     # -- subscriptions (client verbs)

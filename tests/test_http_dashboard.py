@@ -33,8 +33,10 @@ WRONG_TOKEN = "ndne_000000000000_" + "x" * 43
 
 # Elements that stick out of the viewport, or whose content spills out of their own box, each as "what: where";
 # a box that scrolls or clips on purpose (a result's <pre>) only has to fit itself, and what it holds is skipped.
+# `checked` counts the elements looked at, so that a page where everything was skipped cannot pass.
 CUT_OFF = """(() => {
   const width = document.documentElement.clientWidth, found = [];
+  let checked = 0;
   const name = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
     + (typeof e.className === "string" && e.className ? "." + e.className.trim().split(/\\s+/).join(".") : "");
   const scrolls = (e) => { for (let p = e.parentElement; p; p = p.parentElement) {
@@ -42,6 +44,7 @@ CUT_OFF = """(() => {
   for (const e of document.body.querySelectorAll("*")) {
     const box = e.getBoundingClientRect();
     if (box.width === 0 || box.height === 0 || scrolls(e)) continue;
+    checked += 1;
     if (box.left < -0.5 || box.right > width + 0.5) {
       found.push(`${name(e)}: ${Math.round(box.left)}..${Math.round(box.right)} of ${width}`);
     } else if (getComputedStyle(e).display !== "inline" && getComputedStyle(e).overflowX === "visible"
@@ -49,7 +52,7 @@ CUT_OFF = """(() => {
       found.push(`${name(e)}: content ${e.scrollWidth} wide in ${e.clientWidth}`);
     }
   }
-  return found;
+  return { checked, found };
 })()"""
 
 
@@ -143,7 +146,8 @@ async def dashboard_scenario(page: Page, cluster: HttpCluster, token: str, shots
     await page.evaluate("window.scrollTo(0, 0)")
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE[0], f"the page is {width} px wide on a {PHONE[0]} px phone"
-    assert await page.evaluate(CUT_OFF) == []
+    cut_off = await page.evaluate(CUT_OFF)
+    assert cut_off["found"] == [] and cut_off["checked"] > 50, cut_off
     await page.screenshot(shots / "06-phone.png")
     await page.screenshot(shots / "07-phone-whole-page.png", full_page=True)
     # the one expected failure: the wrong token's 401 (Chromium logs it; Firefox does not)

@@ -115,6 +115,7 @@ def test_the_dashboard_is_served_without_a_token(tmp_path):
         url = cluster.start_http_gateway()
         page = request(url, "GET", "/")
         assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["server"] == "ndn-edge", page.headers  # no Python or aiohttp version
         assert b"/static/app.js" in page.body and b"http://" not in page.body and b"https://" not in page.body
         for name, kind in (("app.js", "javascript"), ("app.css", "text/css")):
             asset = request(url, "GET", f"/static/{name}")

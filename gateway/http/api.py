@@ -30,6 +30,12 @@ Decisions:
 - Every error is a problem+json response (`ndn_edge.http.problems`): aiohttp's own (unknown route, wrong method,
   body too large) are converted, and an unexpected exception is logged and answered INTERNAL without its
   traceback.
+- Responses say `Server: ndn-edge`, with no versions: aiohttp's default names the Python and aiohttp versions,
+  which tells a scanner which published flaws to try. The application's responses (event streams and files
+  too) get it in `on_response_prepare`, aiohttp's hook for it. A request the parser refuses (a header line over
+  8 KiB, garbage) is answered by aiohttp before any application code runs, with its module default; aiohttp has
+  no setting for that one, so `neutral_server_header()` replaces the default when the face starts (a test pins
+  both paths, so an aiohttp upgrade that moves the default fails loudly).
 - Trace context: a call (`call`, `notify`, `start`, `enqueue`, `gather`, `health`) runs under the request's
   `traceparent` header when it has a valid one, else under a new trace; the response's `traceresponse` header
   names it, so a caller without tracing of its own can still find the device's log lines of its call.
@@ -48,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ndn_edge import __version__, names
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
@@ -79,6 +85,7 @@ DESC_TTL_S = 1.0                 # service descriptions are re-read from the sto
 MAX_WAIT_S = cp.MAX_TIMEOUT_MS / 1000
 STATIC = Path(__file__).resolve().parent / "static"
 JSON = "application/json"
+SERVER = "ndn-edge"              # the Server header: the product, no versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,6 +133,7 @@ class Api:
         """The aiohttp application: API routes, the dashboard, the middlewares."""
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth],
                               handler_args={"max_field_size": 8190, "max_line_size": 8190})
+        app.on_response_prepare.append(_server_header)
         r = app.router
         r.add_get(f"{API}/devices", self.devices)
         r.add_get(API + "/devices/{device:.+}/services", self.services)
@@ -439,6 +447,15 @@ class Api:
     def metrics(self) -> dict[str, int]:
         """Counters of the HTTP face."""
         return {**self.stats, "in_flight": self._in_flight, "open_streams": len(self.streams)}
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+def neutral_server_header() -> None:
+    """Make aiohttp's default Server header (used where no application runs: the parser's 400s) neutral too."""
+    web_response.SERVER_SOFTWARE = SERVER
 
 
 async def _body(request: web.Request, what: str = "the request body (the arguments)") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from ndn_edge.clients.verbs import Verbs
 from ndn_edge.errors import ConfigError, Unavailable
-from ndn_edge.http.api import Api
+from ndn_edge.http.api import Api, neutral_server_header
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
 from ndn_edge.logs import event
@@ -132,6 +132,7 @@ class HttpFace:
         """Listen; returns the base URL."""
         context = self.options.ssl_context()
         host, port = self.options.listen
+        neutral_server_header()
         runner = web.AppRunner(self.api.application(), access_log=None, shutdown_timeout=SHUTDOWN_S,
                                handle_signals=False)
         await runner.setup()

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Quick-start driver: `python3 dev.py up` (the demo) and `python3 dev.py test` (the suite); also
-`python3 dev.py lint` (ruff and mypy) and `python3 dev.py bench ...`.
+`python3 dev.py lint` (ruff and mypy), `python3 dev.py bench ...`, and `python3 dev.py firmware unix --micropython
+SRC [--32bit] [--stock]` (a MicroPython unix port built from a checkout or its source archive, with the runtime
+frozen in unless --stock; prints the interpreter's path) or `python3 dev.py firmware mip` (device/package.json).
 
 Creates ./.venv on first use and installs the project with what each job needs; needs only
 Python 3.10+ and the package index.
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-EXTRAS = {"up": "test", "test": "test", "bench": "test,bench", "lint": "test,lint"}
+EXTRAS = {"up": "test", "test": "test", "bench": "test,bench", "lint": "test,lint", "firmware": "test"}
 TYPECHECK = VENV / "typecheck"  # ndn_edge laid out as links to the repository's folders, for mypy
 DEMO_HOME = ROOT / ".demo"  # `up`'s home (git ignores it)
 DEMO_GROUP = "224.0.23.170"  # the default group, on a port of its own
@@ -55,7 +57,8 @@ def parallel_args(pytest_args: list[str]) -> list[str]:
     chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) or a.endswith("no:xdist") for a in pytest_args)
     if chosen or workers in ("", "0"):
         return []
-    return ["-n", workers]
+    # worksteal: an idle worker takes tests queued on a busy one, so a few long tests do not end the run alone
+    return ["-n", workers, "--dist", "worksteal"]
 
 
 def typecheck_tree() -> Path:
@@ -135,8 +138,8 @@ def replace_with(cmd: list[str], env: dict[str, str]) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
-        print("usage: python3 dev.py up [--keep-running] [ARGS...] | test [PYTEST ARGS...] | lint | bench [ARGS...]",
-              file=sys.stderr)
+        print("usage: python3 dev.py up [--keep-running] [ARGS...] | test [PYTEST ARGS...] | lint | bench [ARGS...] | "
+              "firmware unix --micropython SRC [--32bit] [--stock] | firmware mip", file=sys.stderr)
         return 2
     job, rest = argv[0], argv[1:]
     ensure_env(EXTRAS[job])
@@ -146,6 +149,8 @@ def main(argv: list[str]) -> int:
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *parallel_args(rest), *rest]
     elif job == "bench":
         cmd = [str(BIN / "python"), "-m", "bench", *rest]
+    elif job == "firmware":
+        cmd = [str(BIN / "python"), "-m", "ndn_edge.tools.micropython", *rest]
     elif job == "lint":
         return lint(env)
     else:

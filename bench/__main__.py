@@ -1,5 +1,5 @@
-"""`python -m bench device|gateway|pubsub|http [--json FILE] ...`: run a benchmark, print its JSON report and a
-table."""
+"""`python -m bench device|gateway|pubsub|http|federation [--json FILE] ...`: run a benchmark, print its JSON
+report and a table."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 
 from bench import device, report
 from bench.mpy import BuildFailed, ToolMissing
+from ndn_edge.tools.errors import ToolsError
 
 
 def positive(text: str) -> int:
@@ -28,9 +29,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"heap search range in KiB (default {defaults.min_heap_kib} {defaults.max_heap_kib})")
     d.add_argument("--measure-heap", type=positive, default=defaults.measure_heap_kib, metavar="KIB",
                    help="heap for throughput and allocation (default %(default)s)")
-    d.add_argument("--frozen", action="store_true",
-                   help="the interpreter ($MICROPYTHON) carries the ndn-edge runtime frozen in "
-                        "(firmware/unix/manifest.py): import it from there")
+    d.add_argument("--source", metavar="SRC",
+                   help="MicroPython's source (a checkout or its .tar.gz) to build the interpreters from "
+                        "(default: the archive in ../shared/micropython/)")
+    d.add_argument("--words", default="32,64", metavar="BITS",
+                   help="word sizes to measure, comma-separated (default 32,64; the targets are the 32-bit figures)")
     d.add_argument("--budget", type=float, default=defaults.budget_s, metavar="S",
                    help="seconds for all heap searches together (default %(default)s)")
     g = sub.add_parser("gateway", help="the gateway (cached and uncached calls, discovery, memory) vs aiocoap")
@@ -49,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="devices provisioned and announced for the memory figure (default %(default)s)")
     g.add_argument("--heap", default=gd.heap, help="MicroPython heap per simulated device (default %(default)s)")
     g.add_argument("--parts", default=",".join(gd.parts),
-                   help="which parts, comma-separated: calls, discovery, memory (default all)")
+                   help="which parts, comma-separated: calls, discovery, memory, path (default all)")
     return p.parse_args(argv)
 
 
@@ -88,10 +91,18 @@ def main_gateway(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["codec"]:  # the runtime's CBOR codec against micropython-lib's cbor2 (bench/codec.py)
+        from bench import codec
+
+        return codec.main(argv[1:])
     if argv[:1] == ["pubsub"]:  # pub/sub fan-out: its own options (bench/pubsub.py)
         from bench import pubsub
 
         return pubsub.main(argv[1:])
+    if argv[:1] == ["federation"]:  # calls through another gateway, fan-out across three (bench/federation.py)
+        from bench import federation
+
+        return federation.main(argv[1:])
     if argv[:1] == ["http"]:  # the HTTP API beside the Python client and aiocoap (bench/http.py)
         from bench import http
 
@@ -105,10 +116,14 @@ def main(argv: list[str]) -> int:
         else:
             table_of = report
             lo, hi = args.heap_range
+            words = tuple(int(w) for w in args.words.split(",") if w.strip())
+            if not words or set(words) - {32, 64}:
+                raise SystemExit(f"bench: --words takes 32 and/or 64, got {args.words!r}")
             opts = device.Options(calls=args.calls, min_heap_kib=lo, max_heap_kib=hi,
-                                  measure_heap_kib=args.measure_heap, budget_s=args.budget, frozen=args.frozen)
+                                  measure_heap_kib=args.measure_heap, budget_s=args.budget, source=args.source,
+                                  words=words)
             result = report.add_targets(device.run(opts))
-    except (ToolMissing, BuildFailed) as err:
+    except (ToolMissing, BuildFailed, ToolsError) as err:
         print(f"bench: {err}", file=sys.stderr)
         return 2
     except ImportError as err:

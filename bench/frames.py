@@ -46,8 +46,11 @@ def _uint(data: bytes, i: int) -> tuple[int, int]:
             return v, i
 
 
-def frames(mpy: bytes) -> list[Frame]:
-    """Every function in a .mpy (v6) file, depth first, with its frame size."""
+OBJ_FLOAT = 8  # py/persistentcode.h MP_PERSISTENT_OBJ_FLOAT: a float constant, stored as its repr text
+
+
+def _header(mpy: bytes) -> tuple[list[str], list[tuple[int, bytes]], int]:
+    """The qstrs, the constant objects as (kind, payload) with tuples flattened, and the offset of the code."""
     if mpy[:2] != b"M\x06":
         raise ValueError("not a .mpy v6 file")
     i = 4
@@ -61,22 +64,36 @@ def frames(mpy: bytes) -> list[Frame]:
             continue
         qstrs.append(mpy[i:i + (n >> 1)].decode())
         i += (n >> 1) + 1
+    objs: list[tuple[int, bytes]] = []
 
-    def skip_obj(i: int) -> int:
+    def read_obj(i: int) -> int:
         kind = mpy[i]
         i += 1
         if kind <= 4:  # fun table, None, False, True, Ellipsis
+            objs.append((kind, b""))
             return i
         if kind == 10:  # tuple
             n, i = _uint(mpy, i)
             for _ in range(n):
-                i = skip_obj(i)
+                i = read_obj(i)
             return i
         n, i = _uint(mpy, i)
+        objs.append((kind, mpy[i:i + n]))
         return i + n + (1 if kind in (5, 6) else 0)  # str and bytes are NUL-terminated
 
     for _ in range(n_obj):
-        i = skip_obj(i)
+        i = read_obj(i)
+    return qstrs, objs, i
+
+
+def float_constants(mpy: bytes) -> list[str]:
+    """The float constants of a .mpy (v6) file as the freezer writes them into C (their repr)."""
+    return [payload.decode() for kind, payload in _header(mpy)[1] if kind == OBJ_FLOAT]
+
+
+def frames(mpy: bytes) -> list[Frame]:
+    """Every function in a .mpy (v6) file, depth first, with its frame size."""
+    qstrs, _, i = _header(mpy)
     out: list[Frame] = []
 
     def raw_code(i: int, outer: str | None) -> int:

@@ -1,6 +1,6 @@
 """The gateway benchmark: the real gateway process beside an aiocoap server, in one run.
 
-Three parts (see bench/README.md for the method):
+Four parts (see bench/README.md for the method):
 1. `calls`: closed-loop load from this process at 1 and 64 in flight, for
    - `aiocoap`: NON GET of one resource of an aiocoap server process (no authentication);
    - `ndn-edge cached`: `sim/1/temperature` through `python -m tools gateway` with a `ndn_edge.client.api.Client`:
@@ -13,6 +13,8 @@ Three parts (see bench/README.md for the method):
    started; seconds until a client lists all of them online (and with their services described).
 3. `memory`: gateway RSS with no devices, then with N devices provisioned (with their descriptions) and present
    (signed announcements sent from here, as the devices would send them), per device and at 10,000 devices.
+4. `path`: the gateway's own CPU per cached and per uncached call, in this process (bench/gateway_path.py): a
+   figure the machine's other load barely moves, for comparing one version of the gateway with another.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from bench.load import Sample, closed_loop, summarize
 
 ECHO, COAP, CACHED, UNCACHED = "udp echo", "aiocoap", "ndn-edge cached", "ndn-edge uncached"
 SUBJECTS = (ECHO, COAP, CACHED, UNCACHED)
-PARTS = ("calls", "discovery", "memory")
+PARTS = ("calls", "discovery", "memory", "path")
 DEVICE = "sim/1"
 DEVICE_NICENESS = 19  # discovery: the simulated devices yield the host's cores to the gateway
 PI_DEVICES = 10_000
@@ -57,6 +59,7 @@ class Options:
     listed_s: float = 30.0  # for the gateway to list them
     memory_devices: int = 10_000
     announce_per_s: float = 4000.0
+    path_calls: int = 6400  # per path in part `path`
     parts: tuple[str, ...] = PARTS
 
 
@@ -450,7 +453,7 @@ def run(opts: Options) -> dict:
     with tempfile.TemporaryDirectory(prefix="ndn-edge-bench-gw-") as tmp:
         scratch = Path(tmp)
         for part, measure in (("calls", measure_calls), ("discovery", measure_discovery),
-                              ("memory", measure_memory)):
+                              ("memory", measure_memory), ("path", measure_path)):
             if part not in opts.parts:
                 continue
             log(f"{part} ...")
@@ -462,6 +465,12 @@ def run(opts: Options) -> dict:
             report[part]["seconds"] = round(time.monotonic() - t0, 1)
     report["seconds"] = round(time.monotonic() - began, 1)
     return report
+
+
+def measure_path(opts: Options, scratch: Path) -> dict:
+    from bench.gateway_path import measure_path as measure
+
+    return measure(opts.path_calls, scratch, GATEWAY_LOOP)
 
 
 def _aiocoap_version() -> str:

@@ -121,7 +121,12 @@ def notes(report: dict) -> list[str]:
                                for c in m["checkpoints"])
                    + f"; {m['kib_per_device']} KiB per device ({m['kib_per_device_second_half']} over the second "
                      f"half); store {m['store_bytes'] / 1e6:.1f} MB.")
-    for part in ("calls", "discovery", "memory"):
+    p = report.get("path", {})
+    if "uncached_us_per_call" in p:
+        out.append(f"path: the gateway's own CPU per call, in one process on {p['loop']}: cached "
+                   f"{p['cached_us_per_call']} us, uncached {p['uncached_us_per_call']} us (device answers in "
+                   f"process, not counted; {p['calls']:,} calls each, {p['batch']} at a time).")
+    for part in ("calls", "discovery", "memory", "path"):
         if "error" in report.get(part, {}):
             out.append(f"{part}: failed: {report[part]['error']}")
     return out

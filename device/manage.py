@@ -4,7 +4,8 @@ from device import control, port
 from device.port import ticks_ms, ticks_diff
 
 _DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
-_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports")
+_CONFIG_KEYS = ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports", "mtu",
+                "log_bytes", "log_level")
 
 
 def read_config(path, overrides):
@@ -22,6 +23,7 @@ def read_config(path, overrides):
 
 def health(dev):
     ob = dev._outbox
+    lg = dev._logs
     drops = {}
     for i in range(len(_DROP_NAMES)):
         drops[_DROP_NAMES[i]] = dev.drops[i]
@@ -29,10 +31,32 @@ def health(dev):
     if dev._ops:
         from device.ops import running
         ops = running(dev)
+    port.collect()  # mem_free is then what the device really has, not counting garbage
     return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
             "requests": dev.requests, "errors": dev.errors, "oom": dev.oom, "drops": drops,
             "seq_writes": dev._seq.writes, "ops_running": ops, "ops_refused": dev.refused,
-            "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0}
+            "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0,
+            "logs_dropped": lg.dropped if lg else 0}
+
+
+def value(dev, key, params):
+    # The answer of the framework service `key` (a name component starting with "_") called with the CBOR
+    # `params`; None after answering an error (arguments that do not decode, or NOT_FOUND).
+    from device import cbor
+    from device.errors import MalformedError
+    try:
+        args = cbor.loads(params) if len(params) else {}
+    except MalformedError as e:
+        dev._error("INVALID_ARGUMENT", "arguments: %s" % e)
+        return None
+    v = framework(dev, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+    if v is None:
+        try:
+            key = str(key, "utf-8")
+        except UnicodeError:  # a name component need not be text
+            pass
+        dev._error("NOT_FOUND", "no service %s" % key)
+    return v
 
 
 def framework(dev, name, args):

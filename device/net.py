@@ -1,7 +1,7 @@
-# The device's face: one non-blocking UDP socket joined to the multicast group on one interface,
-# one preallocated receive buffer; sends to the group (and to a gateway address when set).
-import socket
-from device import port
+# The device's face: the group's UDP socket (and, where the port needs one, a unicast socket), and one
+# preallocated receive buffer; sends to the group (and to a gateway address when set). Opened by
+# device/netopen.py, loaded only then: what stays in the heap while serving is reading and sending.
+from device.port import MICROPYTHON
 
 
 class MulticastFace:
@@ -9,45 +9,35 @@ class MulticastFace:
         self.iface = iface
         self.group = group
         self.udp_port = udp_port
+        self.gateway = gateway  # "host:port" for the unicast fallback, or None
         self.buf = buf
         self.mv = memoryview(self.buf)
-        self.sock = None
-        self._gateway = gateway  # "host:port" for the unicast fallback, or None
+        self.sock = None  # the group's socket (on lwIP it receives unicast too)
+        self.usock = None  # the unicast socket, where sock cannot receive unicast (device/netopen.py)
         self._gw_addr = None
         self._dest = None
-        self._read = None
+        self._read = self._uread = None
 
     def open(self):
-        add, ttl, mif, loop = port.mcast_options(socket)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ipproto = getattr(socket, "IPPROTO_IP", 0)
-        try:
-            # Binding the group address filters other groups' traffic on Linux; lwIP wants the wildcard.
-            s.bind(socket.getaddrinfo(self.group, self.udp_port)[0][-1])
-        except OSError:
-            s.bind(socket.getaddrinfo("0.0.0.0", self.udp_port)[0][-1])
-        ifaddr = port.ip4(self.iface)
-        s.setsockopt(ipproto, add, port.ip4(self.group) + ifaddr)
-        for opt, value in ((mif, ifaddr), (ttl, 1), (loop, 1)):
-            if opt is not None:  # None: the port's sockets cannot set it (see port.mcast_options)
-                s.setsockopt(ipproto, opt, value)
-        s.setblocking(False)
-        self.sock = s
-        # MicroPython's readinto keeps reading while datagrams are queued, so one read may hold
-        # several packets back to back; the parser walks them by their TLV framing.
-        self._read = getattr(s, "recv_into", None) or s.readinto
-        self._dest = socket.getaddrinfo(self.group, self.udp_port)[0][-1]
-        if self._gateway:
-            host, _, p = self._gateway.rpartition(":")
-            self._gw_addr = socket.getaddrinfo(host, int(p))[0][-1]
+        from device import netopen
+        netopen.open_face(self)
+
+    def opened(self, sock, usock, dest, gw_addr):
+        # What netopen.open_face made. MicroPython's readinto keeps reading while datagrams are queued, so
+        # one read may hold several packets back to back; the parser walks them by their TLV framing.
+        self.sock = sock
+        self.usock = usock
+        self._dest = dest
+        self._gw_addr = gw_addr
+        self._read = sock.readinto if MICROPYTHON else sock.recv_into
+        self._uread = None if usock is None else usock.readinto if MICROPYTHON else usock.recv_into
 
     def read(self):
-        # Bytes now in self.buf (0 when nothing was waiting).
-        try:
-            return self._read(self.buf) or 0
-        except OSError:
-            return 0
+        # Bytes now in self.buf (0 when nothing was waiting): the group's datagrams, then unicast ones.
+        n = _fill(self._read, self.buf)
+        if self._uread is not None and n < len(self.buf):
+            n += _fill(self._uread, self.mv[n:] if n else self.buf)
+        return n
 
     def send(self, data):
         try:
@@ -70,6 +60,14 @@ class MulticastFace:
         return True
 
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        for s in (self.sock, self.usock):
+            if s is not None:
+                s.close()
+        self.sock = self.usock = None
+
+
+def _fill(read, buf):
+    try:
+        return read(buf) or 0
+    except OSError:
+        return 0

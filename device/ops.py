@@ -25,6 +25,7 @@ class Operation:
         self.result = None
         self.error = None
         self.task = None
+        self.tp = None  # the trace context of the call that started it (for the log of its failure)
         self._dev = dev
 
     def progress(self, fraction, note=None):
@@ -81,6 +82,9 @@ def running(dev):
 def start(dev, svc, args):
     # Registered, then scheduled; a MemoryError on the way leaves nothing behind.
     op = Operation(dev, binascii.hexlify(urandom(4)).decode())
+    tp = dev._trace()
+    if tp is not None:
+        op.tp = bytes(tp)
     dev._ops[op.id] = op
     try:
         op.task = asyncio.create_task(_run(dev, svc, op, args))
@@ -117,6 +121,8 @@ async def _run(dev, svc, op, args):
             if err is not None:
                 code, message = dev._code(err)
                 op.error = {"code": code, "message": message}
+                if not isinstance(err, MemoryError):
+                    dev._log_error(err, op.tp, svc)
                 err = None
             _prune(dev, op)
             dev._reports().send(report.OPERATION, op.info())

@@ -22,8 +22,7 @@
 # read into the face's buffer. A third resend of a report forgets the address: nobody answers there.
 # Where the port cannot open a second socket, reports go out on the group's socket as before.
 import binascii
-import socket
-from device import report, port
+from device import report
 from device.port import const, ticks_ms, ticks_add, ticks_diff, urandom
 from device.sign import equal
 
@@ -52,9 +51,11 @@ class Outbox:
         # Everything is allocated before the report is sent or kept: a MemoryError (raised to the
         # caller) leaves neither a report that went out but is not kept nor half an entry. (Three
         # steps with small frames: a frame above 11 words would go on the heap at every report.)
+        # Returns the packet, which names a reliable report while it waits (see pending).
         r = report.build(self.dev, kind, params)  # (start, end, offset of the digest) in dev._tx
         r = self._keep(r, reliable)
         self._out(r, self.gw)
+        return r
 
     def _keep(self, r, reliable):
         # The report's packet, kept (when reliable) with the offset of its digest.
@@ -66,6 +67,13 @@ class Outbox:
                 self.dropped += 1
             self.items.append(r)
         return pkt
+
+    def pending(self, pkt):
+        # True while the reliable report whose packet `send` returned waits for its acknowledgement.
+        for it in self.items:
+            if it[0] is pkt:
+                return True
+        return False
 
     def publish(self, topic, value, retain):
         self.seq += 1
@@ -84,22 +92,13 @@ class Outbox:
             face.send_from(s, pkt, to)
 
     def _open(self):
-        # The report socket: the interface's address, any port; multicast options as the face's.
-        face = self.dev._face
-        _, ttl, mif, loop = port.mcast_options(socket)
-        ipproto = getattr(socket, "IPPROTO_IP", 0)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind(socket.getaddrinfo(face.iface, 0)[0][-1])
-            for opt, value in ((mif, port.ip4(face.iface)), (ttl, 1), (loop, 1)):
-                if opt is not None:
-                    s.setsockopt(ipproto, opt, value)
-            s.setblocking(False)
-        except OSError:
-            s.close()
-            return None
-        self.sock = s
-        self.dev._wake()  # the serving loop polls it from its next turn
+        # The report socket (device/netopen.py, loaded for this and released after), polled by the
+        # serving loop from its next turn; None where the port cannot open it.
+        from device import netopen, runtime
+        s = self.sock = netopen.report_socket(self.dev._face)
+        runtime.release()
+        if s is not None:
+            self.dev._wake()
         return s
 
     def close(self):

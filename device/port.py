@@ -1,6 +1,6 @@
-# What differs between MicroPython ports (unix, ESP32, RP2) and CPython, in one place:
-# ticks, free heap, socket option numbers, async detection. CPython-only code lives in
-# device/_cpython.py so that its bytecode is never loaded on a board.
+# What differs between MicroPython ports (unix, ESP32, RP2) and CPython: ticks, free heap, async
+# detection (the socket options are device/netopen.py's, needed only to open the face). CPython-only
+# code lives in device/_cpython.py so that its bytecode is never loaded on a board.
 import gc
 import os
 import sys
@@ -47,29 +47,6 @@ def is_async(fn):
     if MICROPYTHON:
         return type(fn).__name__ == "generator"
     return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)
-
-
-def mcast_options(socket):
-    # IPv4 multicast socket options (ADD_MEMBERSHIP, TTL, IF, LOOP). CPython and some ports export
-    # them; the unix port exports only IP_ADD_MEMBERSHIP. MicroPython's lwIP sockets (ESP32, RP2)
-    # implement only ADD_MEMBERSHIP (3) and print a warning for the others, so those are None (not set)
-    # unless the port exports them.
-    add = getattr(socket, "IP_ADD_MEMBERSHIP", None)
-    if add == 3:  # lwIP
-        return (3, getattr(socket, "IP_MULTICAST_TTL", None), getattr(socket, "IP_MULTICAST_IF", None),
-                getattr(socket, "IP_MULTICAST_LOOP", None))
-    if add == 12:  # BSD, macOS
-        return 12, 10, 9, 11
-    return (add or 35, getattr(socket, "IP_MULTICAST_TTL", 33),
-            getattr(socket, "IP_MULTICAST_IF", 32), getattr(socket, "IP_MULTICAST_LOOP", 34))
-
-
-def ip4(text):
-    # "a.b.c.d" -> 4 bytes; ports differ in whether inet_aton/inet_pton exist.
-    parts = text.split(".")
-    if len(parts) != 4:
-        raise ValueError("not an IPv4 address: %r" % text)
-    return bytes([int(p) for p in parts])
 
 
 def print_exc(e):

@@ -19,6 +19,7 @@ _LIFETIME_MS = const(1000)
 ANNOUNCE = b"\x08\x03_sd\x08\x03ann"
 OPERATION = b"\x08\x03_op"
 PUBLICATION = b"\x08\x04_pub"
+LOG = b"\x08\x04_log"
 
 
 def build(dev, kind, params):

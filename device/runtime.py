@@ -43,6 +43,11 @@ _REPLAY = const(6)
 _OK = const(-1)
 _RESENT = const(-2)
 
+# A call's trace context (docs/protocol.md "Trace context"): ApplicationParameters may start with a CBOR
+# byte string of 24 bytes, the trace id and the gateway's span id, before the arguments.
+_TRACE_HEAD = const(0x58)  # CBOR: a byte string, its length in the next byte
+_TRACE_LEN = const(24)
+
 # Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
 # LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
 _REPLY_AT = const(40)
@@ -71,7 +76,8 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running):
+    # Made by @dev.service (device/control.py); defined here, as objects keep their class's module alive.
+    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running, is_async):
         self.fn = fn
         self.name = name
         self.cache_ms = cache_ms
@@ -81,12 +87,17 @@ class Service:
         self.idempotent = idempotent
         self.private = private
         self.long_running = long_running
-        self.is_async = port.is_async(fn)
+        self.is_async = is_async
 
 
 def control():
     from device import control
     return control
+
+
+def _rare():
+    from device import rare
+    return rare
 
 
 def manage():
@@ -100,7 +111,7 @@ def release():
     # stays alive through that reference.
     import sys
     import device
-    for name in ("control", "manage", "report"):
+    for name in ("control", "manage", "report", "rare", "netopen"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
@@ -109,7 +120,7 @@ def release():
 class Device:
     def __init__(self, name, key, *, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT,
                  state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8, max_ops=4,
-                 max_reports=16):
+                 max_reports=16, log_bytes=512, log_level=20):
         parts = [p for p in name.split("/") if p]
         if not name.startswith("/") or len(parts) < 2:
             raise DeviceError("device name must look like /site/device, got %r" % name)
@@ -128,6 +139,9 @@ class Device:
         # reports (at least 1) the oldest is dropped (device/outbox.py).
         self.max_ops = max_ops
         self.max_reports = max_reports
+        # dev.log() keeps entries in a ring of log_bytes (0: no logs) from log_level on (device/log.py).
+        self.log_bytes = log_bytes
+        self.log_level = log_level
         self.requests = 0
         self.errors = 0
         self.oom = 0  # MemoryErrors survived
@@ -137,15 +151,21 @@ class Device:
         self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
         self._tx = bytearray(mtu)
         self._txmv = memoryview(self._tx)
-        self._c_seq = [-1] * reply_cache  # the reply cache: request seq, signature tag, Data
+        # The reply cache (docs/protocol.md "Replay protection"): per answered request its seq, signature tag and
+        # Data, or None for an idempotent service's success, which is not kept: its retransmission runs the
+        # handler again (same effect, by definition) and is answered in the same slot (_slot).
+        self._c_seq = [-1] * reply_cache
         self._c_tag = [0] * reply_cache
         self._c_data = [None] * reply_cache
         self._cache_i = 0
+        self._slot = -1  # the slot a second run of an idempotent call answers in, else -1
+        self._keep = True  # whether the reply being sent is kept (_value clears it for idempotent services)
         self._svc = {}
         self._running = False
         self._async = False
         self._quiet = False  # the current request is a notification: no reply
         self._outbox = None
+        self._logs = None  # device/log.py's Logs, made by the first entry
         self._ops = {}
         self._timers = []  # [due_ticks, period_ms, fn]
         self._due = ticks_ms()  # when tick() next has work (see _run_due)
@@ -161,7 +181,8 @@ class Device:
         self._ncomp = self._room = self._boot = self._renew_at = 0
         self._query_at = self._last_query = None  # when a query was last answered
         self._cur_seq = self._cur_sig = self._at = self._ctype = self._fresh = 0
-        self._cur_name = self._cur_pit = None
+        self._cur_name = self._cur_pit = self._cur_svc = None
+        self._tp = -1  # offset of the current call's trace context in the receive buffer, or -1
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -170,38 +191,52 @@ class Device:
         release()
         return cls(**kw)
 
-    # -- declaring services --
-    def service(self, name, *, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
-                long_running=False):
-        if not name or name[0] == "_" or "/" in name:
-            raise DeviceError("service name %r: must be one component not starting with '_'" % name)
-
-        def register(fn):
-            s = Service(fn, name, cache_ms, doc, args, result, idempotent, private, long_running)
-            if long_running and not s.is_async:
-                raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
-            self._svc[name.encode()] = s
-            self._async = self._async or s.is_async
-            return fn
-        return register
+    # -- declaring services (device/control.py: loaded until setup) --
+    def service(self, name, **kw):
+        # Decorator: @dev.service(name, cache_ms=None, doc=None, args=None, result=None, idempotent=True,
+        # private=False, long_running=False); see control.service.
+        return control().service(self, name, **kw)
 
     def every(self, period_ms):
         # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
         # a timer whose fn returns False stops. May be used while serving.
-        def register(fn):
-            self._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
-            self._wake()
-            return fn
-        return register
+        return control().every(self, period_ms)
 
     def publish(self, topic, value, retain=True):
         # Send value on topic (relative to the device); delivered at least once to the gateway.
         self._reports().publish(topic, value, retain)
 
+    def log(self, level, msg):
+        # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
+        # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
+        lg = self._logs or self._open_logs()
+        if lg is not None:
+            lg.add(level, msg, self._trace())
+
+    def log_print(self, on=True):
+        # Also log what the app prints, at INFO (print() still prints).
+        lg = self._logs or self._open_logs()
+        if lg is not None:
+            lg.capture(on)
+
     def sleep(self, seconds):
         # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
         self._sleep_ms = int(seconds * 1000)
         self._wake()
+
+    def _open_logs(self):
+        # The log ring, made on first use; None when logs are off (log_bytes 0).
+        if self.log_bytes <= 0:
+            return None
+        from device.log import Logs
+        self._logs = Logs(self, self.log_bytes, self.log_level)
+        return self._logs
+
+    def _trace(self):
+        # The trace context of the call whose handler is running (a view of the receive buffer), or None.
+        if self._calling and self._tp >= 0:
+            return self._face.mv[self._tp:self._tp + _TRACE_LEN]
+        return None
 
     def _reports(self):
         if self._outbox is None:
@@ -245,11 +280,8 @@ class Device:
     def open(self):
         # Set up, open the face and announce; then call receive() when readable, tick() on time.
         self.setup()
-        self._face.open()
-        self._running = True
-        self._announce("up")
-        f = self._face
-        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, f.iface, f.group, f.udp_port))
+        control().start(self)
+        release()
 
     def close(self):
         face = self._face
@@ -279,13 +311,14 @@ class Device:
                     w = self.tick()
                     ob = self._outbox
                     if self._face.sock is not sock or (ob is not None and ob.sock is not rs):
-                        # Opened again after a sleep, or the outbox opened its socket: poll what is open now.
-                        poller = select.poll()
-                        poller.register(self._face.sock, select.POLLIN)
-                        if ob is not None and ob.sock is not None:
-                            poller.register(ob.sock, select.POLLIN)
-                        wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
+                        # Opened (again, after a sleep), or the outbox opened its socket: poll what is open now;
+                        # receive() reads every socket.
                         sock, rs = self._face.sock, None if ob is None else ob.sock
+                        poller = select.poll()
+                        for s in (sock, self._face.usock, rs):  # group, unicast (device/net.py), reports
+                            if s is not None:
+                                poller.register(s, select.POLLIN)
+                        wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
                     for _ in wait(w):
                         self.receive()
                 except Exception as e:
@@ -335,6 +368,10 @@ class Device:
             wait = min(wait, ticks_diff(t[0], now))
         if self._outbox is not None:
             w = self._outbox.tick(now)
+            if w is not None:
+                wait = min(wait, w)
+        if self._logs is not None:
+            w = self._logs.tick(now)
             if w is not None:
                 wait = min(wait, w)
         wait = max(0, min(wait, _MAX_WAIT_MS))
@@ -410,9 +447,10 @@ class Device:
         # MemoryError elsewhere loses the rest of the read (the gateway retransmits) and is counted;
         # anything else is a runtime bug, which must not stop the device: count it and go on.
         if self._calling:
+            tp = self._trace()
             self._calling = False
             self._next = self._pkt.next
-            self._failed(e)
+            self._failed(e, tp)
             return
         self._next = self._n
         if isinstance(e, MalformedError):
@@ -432,6 +470,7 @@ class Device:
         else:
             self.errors += 1
             port.print_exc(e)
+            self._log_error(e, None, None)
 
     def _oom(self):
         # Count a MemoryError the device survives. The allocator has already collected before it
@@ -490,21 +529,25 @@ class Device:
         if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return _RESENT if self._resend(p) else _REPLAY
+            return self._resend(p)
         self._seq.accept(p.seq)
         return _OK
 
     def _resend(self, p):
-        # A retransmission of an executed request: the cached reply, never a second run.
+        # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
+        # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
         tag = _sig_tag(p.mv, p.sv_s)
         for k in range(len(self._c_seq)):
             if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
                 data = self._c_data[k]
+                if data is None:
+                    self._slot = k
+                    return _OK
                 i = _REPLY_AT + p.pit_n
                 self._tx[i:i + len(data)] = data
                 self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
-                return True
-        return False
+                return _RESENT
+        return _REPLAY
 
     def _dispatch(self, p):
         self.requests += 1
@@ -513,12 +556,17 @@ class Device:
         self._cur_sig = _sig_tag(mv, p.sv_s)
         self._cur_name = mv[p.name_s:p.name_e]
         self._cur_pit = mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
+        s = p.params_vs
+        self._tp = -1
+        if p.params_ve - s >= _TRACE_LEN + 2 and mv[s] == _TRACE_HEAD and mv[s + 1] == _TRACE_LEN:
+            self._tp = s + 2  # a trace context, then the arguments
+            s += _TRACE_LEN + 2
         p.component(self._ncomp + 1 if self._quiet else self._ncomp)
         svc = self._find(mv[p.p:p.p + p.n])
         if svc is None:
-            self._framework(bytes(mv[p.p:p.p + p.n]), mv[p.params_vs:p.params_ve])
-        elif p.params_ve > p.params_vs:
-            self._call(svc, mv[p.params_vs:p.params_ve])
+            self._framework_at(p, s)
+        elif p.params_ve > s:
+            self._call(svc, mv[s:p.params_ve])
         else:
             self._call(svc, None)
 
@@ -538,9 +586,11 @@ class Device:
         if svc.long_running:
             self._start_op(svc, args)
             return
+        self._cur_svc = svc
         self._calling = True  # what the handler raises reaches _fault
         value = svc.fn(**args)
         if svc.is_async:
+            self._slot = -1  # answered later, when other replies may have taken the slot: a new one then
             from device import aio
             aio.finish_later(self, svc, value)  # value: the coroutine; not scheduled (no memory): answered
             self._calling = False
@@ -552,48 +602,49 @@ class Device:
         from device import ops
         ops.begin(self, svc, args)
 
+    def _framework_at(self, p, s):
+        # A framework service (or none): its name and its arguments from offset s (out of _dispatch,
+        # whose frame this would push onto the heap).
+        self._framework(bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])
+
     def _framework(self, key, params):
+        # _desc, _health, ... and unknown names (NOT_FOUND): device/manage.py, loaded for the answer.
         try:
-            args = cbor.loads(params) if len(params) else {}
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-            return
-        try:
-            value = manage().framework(self, key, args) if key[:1] == b"_" and isinstance(args, dict) else None
+            value = manage().value(self, key, params)  # None: answered with an error already
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()
             self._error("RESOURCE_EXHAUSTED", "out of memory")
             return
         release()
-        if value is None:
-            try:
-                key = str(key, "utf-8")
-            except UnicodeError:  # a name component need not be text
-                pass
-            self._error("NOT_FOUND", "no service %s" % key)
-        else:
+        if value is not None:
             self._send(0, 0, value)
 
     def _args(self, svc, params):
         # The call's keyword arguments, or None after answering INVALID_ARGUMENT.
         args = None if svc.private else _decode_args(params, svc.args)
-        return self._args_slow(svc, params) if args is None else args
+        return _rare().args(self, svc, params) if args is None else args
 
-    def _args_slow(self, svc, params):
-        # Private arguments, and the error answer (decoding again to learn what is wrong).
-        try:
-            if svc.private:
-                from device import seal
-                params = seal.unseal(seal.key(self._mac), params)
-            return _arg_map(cbor.loads(params), svc.args)
-        except MalformedError as e:
-            self._error("INVALID_ARGUMENT", "arguments: %s" % e)
-        return None
-
-    def _failed(self, e):
+    def _failed(self, e, tp=None, svc=None):
+        # Answer the exception a handler raised, then log it (a MemoryError is only counted). Within
+        # 11 words of state: under memory pressure this must not need the heap for its frame.
         code, message = self._code(e)
         self._fail(code, message)
+        if not isinstance(e, MemoryError):
+            self._log_error(e, tp, svc or self._cur_svc)
+
+    def _log_error(self, e, tp, svc):
+        # The automatic log entry of a handler that raised, or of an exception outside a handler
+        # (svc None: an app timer's), written by device/log.py: never an error about the error.
+        if self.log_bytes <= 0:
+            return
+        try:
+            from device import log
+            log.failed(self, e, tp, svc)
+        except MemoryError:
+            self._oom()
+        except Exception as x:  # a bug of the log itself: shown, and serving goes on
+            port.print_exc(x)
 
     def _fail(self, code, message):
         # An error answer that counts as a device error (a handler, or a reply, that failed).
@@ -617,19 +668,11 @@ class Device:
         self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
+        self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
         if svc.private:
-            self._sealed(svc, value)
+            _rare().sealed(self, svc, value)
         else:
             self._send(0, svc.cache_ms or 0, value)
-
-    def _sealed(self, svc, value):
-        try:
-            raw = cbor.dumps(value)
-        except (TypeError, ValueError) as e:
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-            return
-        from device import seal
-        self._send(0, svc.cache_ms or 0, None, seal.seal(seal.key(self._mac), raw))
 
     # -- replies --
     # The content is written at a fixed offset of the transmit buffer (self._at), the Data's headers
@@ -658,14 +701,7 @@ class Device:
             return self._encode_failed(value)
 
     def _encode_failed(self, value):
-        # Encodes again to learn why (an `except ... as` would put _encode's frame on the heap).
-        try:
-            encode(self._tx, self._at, value)
-        except (TypeError, ValueError) as e:
-            if "does not fit" in str(e):
-                return len(self._tx) + 1
-            self._fail("INTERNAL", "result not encodable: %s" % e)
-        return 0
+        return _rare().encode_failed(self, value)  # device/rare.py says why
 
     def _sign(self, e):
         # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.
@@ -689,11 +725,15 @@ class Device:
         self._cache(s, e)
 
     def _cache(self, s, e):
-        k = self._cache_i
+        k = self._slot
+        if k < 0:
+            k = self._cache_i
+            self._cache_i = (k + 1) % len(self._c_seq)
         self._c_seq[k] = self._cur_seq
         self._c_tag[k] = self._cur_sig
-        self._c_data[k] = bytes(self._txmv[s:e])
-        self._cache_i = (k + 1) % len(self._c_seq)
+        self._c_data[k] = bytes(self._txmv[s:e]) if self._keep else None
+        self._slot = -1
+        self._keep = True
         self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):
@@ -722,9 +762,8 @@ def _arg_map(args, spec):
 
 
 def _sig_tag(mv, i):
-    # The first 7 bytes of a signature value as an int: identifies a retransmission.
-    v = 0
-    for k in range(i, i + 7):
-        v = (v << 8) | mv[k]
-    return v
+    # The first 30 bits of a signature value: with the sequence number, identifies a retransmission of an
+    # Interest whose signature verified (a different Interest with the same number is never signed). 30 bits
+    # stay a small int on 32-bit boards: 7 bytes, as before, made big ints there, several allocations per call.
+    return mv[i] << 22 | mv[i + 1] << 14 | mv[i + 2] << 6 | mv[i + 3] >> 2
 

@@ -4,9 +4,10 @@
 #
 #   micropython sim_device.py [ndn_config.json]
 #
-# Services: temperature (cacheable), echo, counter (not idempotent), slow (long-running), note (a
-# notification target) and notes, burst (publishes n messages, from a given time); topic `tick` (a counter)
-# every second, or every "tick" seconds of the config.
+# Services: temperature (cacheable), echo, counter (not idempotent; logs each count), slow (long-running), note (a
+# notification target) and notes, burst (publishes n messages, from a given time), fail (raises: its error is
+# logged on the device and shows in `ndn-edge logs`); topic `tick` (a counter) every second, or every "tick"
+# seconds of the config.
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
 # "lease_ms"}, and the caps "max_ops" and "max_reports" where set) plus keys only the simulator reads: "index"
 # (the device number, from 1; varies the readings between devices), "tick" (seconds between publications on topic
@@ -31,7 +32,8 @@ with open(path) as f:
     cfg = json.load(f)
 # What Device.from_config does, from the config already read (one JSON parse: the heap is small).
 kw = {}
-for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports"):
+for k in ("iface", "group", "port", "state_dir", "lease_ms", "gateway", "max_ops", "max_reports", "log_bytes",
+          "log_level"):
     if k in cfg:
         kw[k] = cfg[k]
 dev = Device(cfg["name"], cfg["key"], **kw)
@@ -64,6 +66,7 @@ def echo(**kw):
              doc="Increments and returns a counter (runs once per call, even when retried)")
 def counter():
     count[0] += 1
+    dev.log("info", "counter now %d" % count[0])
     return count[0]
 
 
@@ -116,6 +119,11 @@ def _pace_on_ack(ob):
 
     ob.on_data = on_data_then_pace
     burst[4] = 1
+
+
+@dev.service("fail", doc="Always fails (RuntimeError): the error answer, and its log entry on the host")
+def fail(why="on purpose"):
+    raise RuntimeError("failed %s" % why)
 
 
 def tick():

@@ -15,9 +15,14 @@ Decisions:
 - A second gateway on the same home is refused while the recorded pid is alive: two gateways would fight over
   sequence leases and the record.
 - Start-up order: store, device side (so discovery starts early), the communication patterns on it
-  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), the client face with its verbs, the HTTP face
-  when asked for (`ndn_edge.http`, its own verb table over the same parts), then the record (clients can only
-  find a gateway that is ready). Stop in reverse; each part is stopped even if another fails.
+  (`ndn_edge.patterns.hub`: report intake, operations, pub/sub), observability (`ndn_edge.observability`: device
+  logs into the intake, the health poller, the tracer), the client face with its verbs, the HTTP face when
+  asked for (`ndn_edge.http`, its own verb table over the same parts), the metrics listener when asked for,
+  then the record (clients can only find a gateway that is ready). Stop in reverse; each part is stopped even
+  if another fails.
+- With a federation (`federation`: the home's enrolment, `ndn_edge.federation`), the gateway also joins it: the
+  federation starts before the device side (its sequence leases and call journal are the invoker's), and is
+  attached to the faces once they exist. Without one nothing of it is imported, and nothing changes.
 - `run_loop` runs the gateway on uvloop where it is installed (a dependency on Linux and macOS): the same
   asyncio API, with sockets and callbacks in C, 5-15 % less gateway CPU per call (docs/operations.md).
   Elsewhere it is plain asyncio; the gateway uses nothing else.
@@ -40,7 +45,11 @@ from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, D
 if TYPE_CHECKING:
     from ndn_edge.clients.face import ClientFace
     from ndn_edge.devices.side import DeviceSide
+    from ndn_edge.federation.config import FederationConfig
+    from ndn_edge.federation.node import Federation
     from ndn_edge.http.server import HttpFace, HttpOptions
+    from ndn_edge.observability.hub import Observability, ObservabilityOptions
+    from ndn_edge.observability.metrics import MetricsFace
     from ndn_edge.patterns.hub import Patterns
     from ndn_edge.state.store import Store
 
@@ -63,7 +72,9 @@ class Gateway:
 
     def __init__(self, home: Home, *, iface: str = DEFAULT_IFACE, group: str = DEFAULT_GROUP,
                  port: int = DEFAULT_PORT, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None) -> None:
+                 site: str | None = None, limits: Limits | None = None, http: HttpOptions | None = None,
+                 observe: ObservabilityOptions | None = None, metrics: tuple[str, int] | None = None,
+                 federation: FederationConfig | None = None) -> None:
         self.home = home
         self.limits = limits or Limits()
         self.iface = iface
@@ -78,13 +89,20 @@ class Gateway:
         self.clients: ClientFace | None = None
         self.http_options = http
         self.http: HttpFace | None = None  # the REST API and dashboard (ndn_edge.http), when `http` is given
+        self.observe_options = observe
+        self.obs: Observability | None = None  # metrics, device logs, traces (ndn_edge.observability)
+        self.metrics_listen = metrics
+        self.metrics: MetricsFace | None = None  # the metrics-only listener, when `metrics` is given
         self._record_written = False
         self._backups: asyncio.Task[None] | None = None
+        self.federation_config = federation
+        self.federation: Federation | None = None  # when `federation` is given (ndn_edge.federation)
 
     async def start(self) -> None:
         """Open the store, start both sides and write the address record."""
         from ndn_edge.clients.face import ClientFace
         from ndn_edge.devices.side import DeviceSide
+        from ndn_edge.observability.hub import Observability
         from ndn_edge.patterns.hub import Patterns
 
         self._refuse_second_gateway()
@@ -93,20 +111,44 @@ class Gateway:
         self.home.back_up(store)
         try:
             self.site = store.claim_site(self._requested_site)
+            if self.federation_config is not None:
+                from ndn_edge.federation.node import Federation
+
+                self.federation = Federation(self.home.path, self.federation_config, store, site=self.site)
+                await self.federation.start()
             self.devices = DeviceSide(store, site=self.site, iface=self.iface, group=self.group, port=self.port)
+            if self.federation is not None:
+                self.federation.attach_devices(self.devices)
             await self.devices.start()
             self.patterns = Patterns(store, self.devices, site=self.site, limits=self.limits)
             await self.patterns.start()
-            self.clients = ClientFace.build(store, self.devices, self.patterns, site=self.site, listen=self.listen,
-                                            limits=self.limits)
+            self.obs = Observability(store, self.devices, self.patterns, site=self.site,
+                                     options=self.observe_options)
+            await self.obs.start()
+            devices_view = self.devices if self.federation is None else self.federation.devices_view(self.devices)
+            self.clients = ClientFace.build(store, devices_view, self.patterns, site=self.site, listen=self.listen,
+                                            limits=self.limits, obs=self.obs)
             host, port = await self.clients.start()
+            view = None
+            if self.http_options is not None or self.metrics_listen is not None:
+                view = self.obs.view(self)
             if self.http_options is not None:
                 from ndn_edge.http.server import HttpFace
 
-                self.http = HttpFace.build(store, self.devices, self.patterns, site=self.site,
-                                           options=self.http_options, limits=self.limits)
+                self.http = HttpFace.build(store, devices_view, self.patterns, site=self.site,
+                                           options=self.http_options, limits=self.limits, obs=self.obs,
+                                           metrics=view)
                 await self.http.start()
                 self.http.write_record(self.home.path)
+            if self.metrics_listen is not None:
+                from ndn_edge.observability.metrics import MetricsFace
+
+                assert view is not None
+                self.metrics = MetricsFace(view, self.metrics_listen)
+                await self.metrics.start()
+                self.metrics.write_record(self.home.path)
+            if self.federation is not None:
+                await self.federation.attach(self.devices, self.patterns, self.clients, self.http)
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
@@ -135,17 +177,29 @@ class Gateway:
         if backups is not None:
             backups.cancel()
             await asyncio.gather(backups, return_exceptions=True)
+        metrics, self.metrics = self.metrics, None
         http, self.http = self.http, None
+        federation, self.federation = self.federation, None
+        if federation is not None:
+            try:
+                await federation.stop()
+            except Exception as err:  # the rest must stop all the same
+                event(log, "federation_stop_failed", logging.WARNING, error=repr(err))
         clients, self.clients = self.clients, None
+        obs, self.obs = self.obs, None
         patterns, self.patterns = self.patterns, None
         devices, self.devices = self.devices, None
         try:
+            if metrics is not None:
+                await metrics.stop()
             if http is not None:
                 await http.stop()
             if clients is not None:
                 await clients.stop()
         finally:
             try:
+                if obs is not None:
+                    await obs.stop()
                 if patterns is not None:
                     await patterns.stop()
                 if devices is not None:

@@ -30,6 +30,7 @@ class CallError(GatewayError):
 
     code: str = "INTERNAL"
     exit_code: int = 9
+    trace: dict[str, Any] | None = None  # the gateway's timeline of the call, when the client asked for it
 
     def __init__(self, message: str = "", *, code: str | None = None) -> None:
         super().__init__(message)
@@ -40,8 +41,10 @@ class CallError(GatewayError):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
 
-    def to_wire(self) -> dict[str, str]:
-        """The NACK content map: `{"code": ..., "message": ...}`."""
+    def to_wire(self) -> dict[str, Any]:
+        """The NACK content map: `{"code": ..., "message": ...}` (and `"trace"`, when there is one)."""
+        if self.trace is not None:
+            return {"code": self.code, "message": self.message, "trace": self.trace}
         return {"code": self.code, "message": self.message}
 
     @staticmethod

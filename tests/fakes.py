@@ -35,7 +35,8 @@ class FakeDevices:
     async def complete(self, ticket: Any, *, timeout_s: float = 5.0) -> Answer:
         return await self.call(ticket.device, ticket.service, ticket.args, timeout_s=timeout_s)
 
-    async def call(self, device: str, service: str, args: Any = None, *, timeout_s: float = 5.0) -> Answer:
+    async def call(self, device: str, service: str, args: Any = None, *, timeout_s: float = 5.0,
+                   trace: Any = None) -> Answer:
         self.calls.append((device, service, args))
         if device not in self.names:
             raise NotFound(f"no device {device}")

@@ -62,6 +62,12 @@ class McastPeer:
         self.sock.close()
 
 
+def send_unicast(data: bytes, port: int, host: str = LOOPBACK) -> None:
+    """One datagram to host:port by unicast (a device listens on its port: the fallback where multicast fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(data, (host, port))
+
+
 def is_data_for(final_name):
     """Predicate: a Data (maybe LP-wrapped) whose name is final_name; returns the datagram."""
     from ndn.encoding import parse_data
@@ -130,7 +136,8 @@ class Board:
     """A board app in its own process: MicroPython (default) or CPython, on 127.0.0.1 only."""
 
     def __init__(self, interpreter: str, port: int, state_dir: Path, *, name: str = "/edge/lab/b1",
-                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000):
+                 key: bytes | None = None, heap: str = "256K", app: Path = BOARD_APP, lease_ms: int = 60000,
+                 gateway: str | None = None, micropypath: str | None = None):
         self.name = name
         self.key = key or secrets.token_bytes(32)
         self.port = port
@@ -139,6 +146,8 @@ class Board:
         self.heap = heap
         self.app = app
         self.lease_ms = lease_ms
+        self.gateway = gateway  # "host:port" the board also sends to (the unicast fallback), or None
+        self.micropypath = micropypath  # where its runtime comes from, instead of the tests' (mp_env)
         self.proc = None
         self.seq = 0
 
@@ -146,11 +155,13 @@ class Board:
         """Start and wait for the boot announcement; returns it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT),
-                   MICROPYPATH=os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
+                   MICROPYPATH=self.micropypath or os.environ.get("NDN_EDGE_MICROPYPATH", f"{ROOT}:.frozen"))
         cmd = [self.interpreter]
         if self.interpreter.endswith("micropython"):
             cmd += ["-X", f"heapsize={self.heap}"]
         cmd += [str(self.app), self.name, self.key.hex(), str(self.port), str(self.state_dir), str(self.lease_ms)]
+        if self.gateway:
+            cmd.append(self.gateway)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ann = peer.recv_until(self._my_announcement(), timeout_s)
         if ann is None:
@@ -287,6 +298,30 @@ def compile_runtime(out_dir: Path):
     return None if mpy_cross is None else mp.compile_runtime(out_dir, mpy_cross)
 
 
+_FEATURES: dict[str, dict] = {}
+
+
+def mp_features(micropython: str) -> dict:
+    """What the interpreter is: {"bits": its word size (32 or 64), "cryptolib": whether it has AES, "frozen":
+    whether it carries the runtime frozen in}. A 32-bit build's objects and GC blocks are half the size, so heaps
+    sized to run out of memory on 64 bits are halved; unix ports built without an SSL library (CI's 32-bit ones)
+    have no cryptolib, which private services need; a frozen runtime's code is not in the heap."""
+    if micropython not in _FEATURES:
+        code = ("import sys\ntry:\n import cryptolib\n c = 1\nexcept ImportError:\n c = 0\n"
+                "try:\n import device\n f = 1\nexcept ImportError:\n f = 0\n"
+                "print(64 if sys.maxsize > 2**32 else 32, c, f)")
+        done = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, MICROPYPATH=".frozen"), cwd="/")
+        bits, crypto, frozen = done.stdout.split()
+        _FEATURES[micropython] = {"bits": int(bits), "cryptolib": crypto == "1", "frozen": frozen == "1"}
+    return _FEATURES[micropython]
+
+
+def scaled_heap(micropython: str, kib_64: int) -> str:
+    """A heap of kib_64 KiB on a 64-bit interpreter, half that on a 32-bit one (the same number of objects)."""
+    return f"{kib_64 if mp_features(micropython)['bits'] == 64 else kib_64 // 2}K"
+
+
 def mp_env():
     """Environment for a MicroPython child: the compiled runtime, then the project root."""
     env = dict(os.environ)
@@ -298,25 +333,48 @@ _PORT_LOCKS = Path(tempfile.gettempdir()) / "ndn-edge-test-ports"
 _reserved: list = []  # lock files held until this process exits
 
 
-def free_udp_port():
-    """A UDP port that was free a moment ago and that no other test process holds: each test gets its own
-    multicast port. Every socket on the group shares its port (SO_REUSEADDR), so the OS cannot keep two tests
-    apart; a lock file per port does, across xdist workers and concurrent runs, until this process exits."""
+# Ports the tests bind later (a multicast group's, a nats-server's) come from below the kernel's ephemeral range
+# (ip_local_port_range, 32768-60999 by default), which connect() and bind(0) draw from: a port picked there while
+# free can be handed to another process's outgoing socket before the test binds it.
+_PORT_RANGE = (20000, 32000)
+
+
+def reserve_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port of `kind` (UDP or TCP) on 127.0.0.1 that is free now and that no other test process holds: a lock
+    file per port keeps xdist workers and concurrent runs apart until this process exits (every socket on a
+    multicast group shares its port with SO_REUSEADDR, so the OS cannot keep two tests apart)."""
     import fcntl
+    import random
 
     _PORT_LOCKS.mkdir(exist_ok=True)
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    rng = random.Random(os.getpid() * 1_000_003 + time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randrange(*_PORT_RANGE)
         lock = open(_PORT_LOCKS / str(port), "w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # another test process holds it
             lock.close()
             continue
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:  # something else uses it
+            lock.close()
+            continue
         _reserved.append(lock)
         return port
+    raise AssertionError(f"no free port in {_PORT_RANGE} after 1,000 tries")
+
+
+def free_udp_port() -> int:
+    """A UDP port of this test's own: see `reserve_port`."""
+    return reserve_port(socket.SOCK_DGRAM)
+
+
+def free_tcp_port() -> int:
+    """A TCP port of this test's own, for a server the test starts later: see `reserve_port`."""
+    return reserve_port(socket.SOCK_STREAM)
 
 
 def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what="condition"):

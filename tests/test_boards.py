@@ -30,6 +30,7 @@ from ndn_edge.errors import ConfigError
 from ndn_edge.state.home import Home
 from ndn_edge.state.store import Store, key_id
 from ndn_edge.tools import cmd_flash
+from ndn_edge.tools import micropython as mp
 from ndn_edge.tools.cli import main as cli_main
 from ndn_edge.tools.cmd_provision import device_name
 from ndn_edge.tools.repl import RAW_PROMPT, SOURCE_OF_SNIPPET, TEMP_SUFFIX, BoardInfo, RemoteError, remote_exception
@@ -408,10 +409,13 @@ def test_an_app_that_does_not_compile_names_its_file_and_line(vboards, env, tmp_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupting_provision_resets_the_board_and_says_so(vboards, env, tmp_path, sig):
+def test_interrupting_provision_resets_the_board_and_says_so(vboards, env, micropython, tmp_path, sig):
     """Issue 15 item 9: Ctrl-C printed nothing and left the board in its raw REPL, offline. SIGTERM is the same."""
+    from tests.support import mp_features
     vb = vboards("slow", "--baud", "38400")  # a serial line's speed: the copy takes a few seconds
-    temp = vb.flash / "lib" / "device" / f"__init__.mpy{TEMP_SUFFIX}"
+    # the first file copied: the runtime's, or on a board whose firmware carries it frozen in, the Wi-Fi start-up's
+    first = "lib/ndn_boot.mpy" if mp_features(micropython)["frozen"] else "lib/device/__init__.mpy"
+    temp = vb.flash / f"{first}{TEMP_SUFFIX}"
     proc = subprocess.Popen([sys.executable, "-m", "ndn_edge.tools", "--home", str(tmp_path / "home"), "provision",
                              "--port", vb.port, "--name", "kitchen/th4", "--app", str(THERMOSTAT)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -627,7 +631,10 @@ def test_the_board_tells_a_frozen_runtime_from_a_copied_one(run_mp):
     first, second = out.strip().splitlines()
     frozen, copied, missing = ast.literal_eval(first)
     assert frozen == ".frozen/asyncio" and missing == ""
-    assert "/device/__init__." in copied and not copied.startswith(".frozen")
+    if run_mp("import device\nprint(device.__file__)").strip() == "device/__init__.py":
+        assert copied == ".frozen/device"  # an interpreter built with the runtime frozen in (firmware/README.md)
+    else:
+        assert "/device/__init__." in copied and not copied.startswith(".frozen")
     assert second == "[]"  # unloaded again
 
 def test_device_names_are_checked():
@@ -859,3 +866,17 @@ def test_native_code_with_an_unreadable_mpy_cross_is_a_clear_error(tmp_path):
         _compiler_flags(str(broken), info, True, "deploy")
     flags, how = _compiler_flags(str(broken), info, False, "deploy")
     assert flags is None and "emits .mpy v?" in how
+
+
+def test_mpremote_installs_the_runtime_with_mip(vboards, http_root):
+    # `mpremote mip install URL/device/package.json`, as a user would from GitHub (github:OWNER/REPO/...): the
+    # compiled runtime lands in the board's lib/device/.
+    pytest.importorskip("mpremote", reason="mpremote is not installed (pip install mpremote)")
+    vb = vboards()
+    run = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.port, "mip", "install", "--target", "lib",
+                          f"{http_root}/device/package.json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Done" in run.stdout, run.stdout + run.stderr
+    installed = sorted(p.name for p in (vb.flash / "lib" / "device").iterdir())
+    assert installed == sorted(f"{p.stem}.mpy" for p in mp.runtime_sources())
+    assert (vb.flash / "lib" / "device" / "runtime.mpy").read_bytes() == \
+        (ROOT / "device" / mp.MIP_FOLDER / "runtime.mpy").read_bytes()

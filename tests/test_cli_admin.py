@@ -439,6 +439,7 @@ def test_bounded_number_arguments():
 def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path, mcast_port):
     """`ndn-edge gateway --site lab &` then at once `ndn-edge client add alice`: 19 of 20 credentials files said
     site edge, and every call then timed out blaming authentication."""
+    from ndn_edge.tools.procs import gateway_may_be_starting
     from tests.support import stop_process
 
     for attempt in range(3):
@@ -452,6 +453,10 @@ def test_a_client_added_while_the_gateway_starts_gets_the_gateways_site(tmp_path
                                     "alice"], env=env, capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             assert json.loads((home / "clients" / "alice.json").read_text())["site"] == "lab"
+            # it waited because this home's gateway runs; a home without one is not kept waiting
+            assert gateway_may_be_starting(home)
+            assert gateway_may_be_starting(tmp_path / ".." / tmp_path.name / home.name)  # the same folder
+            assert not gateway_may_be_starting(tmp_path / "elsewhere")
         finally:
             stop_process(gateway)
 
@@ -574,3 +579,17 @@ def test_several_clients_and_the_default_client(tmp_path, capsys, monkeypatch):
     assert main(["--home", str(tmp_path), "client", "remove", "demo"]) == 0
     assert "no longer the home's default client" in capsys.readouterr().out
     assert not (tmp_path / "default-client").exists()
+
+
+def test_devices_marks_a_name_two_devices_announce(capsys):
+    """Issue 15 item 4: the directory's warning reaches `ndn-edge devices` (a mark in the table, the line below)."""
+    from ndn_edge.tools.cmd_client import print_devices
+
+    print_devices([{"name": "/edge/sim/1", "state": "online", "last_seen": None, "services": 3,
+                    "warning": "two devices announce this name in turn: a call may run on either; stop one"},
+                   {"name": "/edge/sim/2", "state": "online", "last_seen": None, "services": 3}])
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert rows[0].split() == ["NAME", "STATE", "LAST", "SEEN", "PATH", "SERVICES"]
+    assert "online (!)" in rows[1] and "(!)" not in rows[2]
+    assert err == "(!) /edge/sim/1: two devices announce this name in turn: a call may run on either; stop one\n"

@@ -1,9 +1,10 @@
-"""The device runtime's heap budget per call (SPEC.md: <= 2 KiB per signed invocation), guarded on MicroPython.
+"""The device runtime's heap budget per call (SPEC.md: <= 1.2 KiB per signed invocation on 32 bits), guarded on
+MicroPython.
 
 Two checks: every function on the per-packet path keeps its call frame off the heap (read from the compiled
-.mpy, see bench/frames.py), and a device on real MicroPython allocates at most 2 KiB per call while serving
-the benchmark's three services (in-process, so the figure is the runtime's alone; the full benchmark, with
-sockets, is `python3 dev.py bench device`).
+.mpy, see bench/frames.py), and a device on real MicroPython allocates at most 1.2 KiB per call (32 bits; 2 KiB
+on 64) while serving the benchmark's three services (in-process, so the figure is the runtime's alone; the full
+benchmark, with sockets, is `python3 dev.py bench device`).
 """
 import struct
 
@@ -11,7 +12,7 @@ import pytest
 
 from bench.frames import compile_frames
 from ndn_edge.wire import packets as wire
-from tests.support import ROOT, find_mpy_cross
+from tests.support import ROOT, find_mpy_cross, mp_features
 
 DEV = "/edge/bench/b1"
 KEY = bytes(range(32))
@@ -100,18 +101,32 @@ print(per_call, face.sent, dev.drops, dev.errors)
 """
 
 
-def test_a_call_allocates_at_most_two_kib_on_micropython(run_mp, tmp_path):
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "with-trace-context"])
+def test_a_call_allocates_at_most_1_2_kib_on_a_32_bit_micropython(micropython, run_mp, tmp_path, traced):
+    # SPEC: 1.2 KiB per signed invocation, measured on a 32-bit build (boards are 32-bit; CI runs this on its 32-bit
+    # builds). A 64-bit interpreter's objects are twice the size: 2 KiB there.
+    # with-trace-context: every call carries the 24 bytes the gateway puts before the arguments
+    # (docs/protocol.md "Trace context"); reading them allocates nothing.
+    import cbor2
+
+    signer = wire.InterestSigner(KEY, wire.encoded_name(wire.key_name(DEV, KEY)))
     packets = bytearray()
     for seq in range(1, CALLS + 1):
         service = ("temperature", "echo", "counter")[seq % 3]
-        w, _ = wire.make_call(f"{DEV}/{service}", ECHO_ARGS if service == "echo" else None, KEY, seq,
-                              signer_owner=DEV)
+        if traced:
+            args = cbor2.dumps(ECHO_ARGS if service == "echo" else {}, canonical=True)
+            w = wire.call_interest(signer, b"".join(wire.name_components(f"{DEV}/{service}")), args, seq,
+                                   trace=b"\x58\x18" + bytes(range(24)))
+        else:
+            w, _ = wire.make_call(f"{DEV}/{service}", ECHO_ARGS if service == "echo" else None, KEY, seq,
+                                  signer_owner=DEV)
         packets += struct.pack(">H", len(w)) + w
     (tmp_path / "packets.bin").write_bytes(bytes(packets))
     out = run_mp(SERVE % {"dev": DEV, "key": KEY.hex(), "calls": CALLS, "warm": WARM_UP}, heap="1M").split()
     per_call, sent = int(out[0]), int(out[1])
     assert sent == CALLS and out[2:] == ["[0,", "0,", "0,", "0,", "0,", "0,", "0]", "0"]
-    assert per_call <= 2048, f"{per_call} B allocated per call"
+    limit = 1228 if mp_features(micropython)["bits"] == 32 else 2048
+    assert per_call <= limit, f"{per_call} B allocated per call (at most {limit} B)"
 
 
 def test_a_publication_allocates_less_than_before_reports_had_their_own_socket(micropython, tmp_path, monkeypatch):
@@ -129,7 +144,8 @@ def test_a_publication_allocates_less_than_before_reports_had_their_own_socket(m
     assert figures["device_drops"] == "[0, 0, 0, 0, 0, 0, 0]"
 
 
-def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micropython, tmp_path, monkeypatch):
+def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micropython, run_mp, tmp_path,
+                                                                              monkeypatch):
     # `python -m bench device --frozen` measures a unix port built with firmware/unix/manifest.py; on any other
     # interpreter it stops with one clear line instead of measuring the .mpy copies under the frozen label.
     from bench.mpy import Env, ToolMissing
@@ -140,6 +156,10 @@ def test_the_frozen_benchmark_needs_an_interpreter_that_carries_the_runtime(micr
     env = Env(tmp_path)
     env.use_frozen("anchor", "asyncio")  # the stock unix port freezes its asyncio
     assert env.path("anchor") == ".frozen"
+    if run_mp("import device\nprint(device.__file__)").strip() == "device/__init__.py":
+        env.use_frozen("ndn", "device")  # an interpreter built with firmware/unix/manifest.py (CI's 32-bit one)
+        assert env.path("ndn") == ".frozen"
+        return
     with pytest.raises(ToolMissing, match=r"does not carry `device` frozen in .*firmware/unix/manifest\.py"):
         env.use_frozen("ndn", "device")
     assert "ndn" not in env.frozen

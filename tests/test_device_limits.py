@@ -6,7 +6,7 @@ import pytest
 from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
-from tests.support import Board, is_data_for, report_of, wait_until
+from tests.support import Board, is_data_for, mp_features, report_of, wait_until
 
 DEFAULT_MAX_OPS = 4  # Device(max_ops=...), docs/operations.md
 
@@ -88,11 +88,42 @@ def test_caps_come_from_the_config_file_and_the_outbox_drops_its_oldest_report(r
     assert out == ["1", "3", "3", "2"]
 
 
+def _alive_or_known_crash(board, micropython) -> None:
+    # The 32-bit unix port with the runtime frozen in (CI's build) dies of SIGSEGV in about one run in six of
+    # the storm below, after "Task exception wasn't retrieved ... StopIteration" from its asyncio; the 32-bit
+    # stock build and the 64-bit builds, frozen or not, never did (8 runs each). An interpreter crash, not yet
+    # understood: reported as such (xfail) instead of failing CI at random; any other death fails.
+    if board.alive():
+        return
+    out = board.proc.communicate(timeout=5)
+    features = mp_features(micropython)
+    if board.proc.returncode == -11 and features["bits"] == 32 and features["frozen"]:
+        pytest.xfail(f"the 32-bit frozen interpreter crashed (SIGSEGV) under memory exhaustion: {out}")
+    raise AssertionError(f"the board died ({board.proc.returncode}): {out}")
+
+
+def _heap_leaving(micropython, peer, tmp_path, free_kib: int) -> str:
+    # A heap that leaves the board app free_kib KiB once it serves (_health's mem_free is measured after a
+    # collection), whatever the interpreter carries: the runtime as .mpy (its code in the heap) or frozen in, on 64
+    # or 32 bits.
+    probe = Board(micropython, peer.port, tmp_path / "probe", heap="256K")
+    probe.start(peer)
+    try:
+        free = probe.call(peer, "_health").value["mem_free"]
+    finally:
+        probe.stop()
+    return f"{256 - free // 1024 + free_kib}K"
+
+
 def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, tmp_path):
-    # 96 KiB (as `ndn-edge sim` runs devices) leaves this app about 16 KiB free. Coroutine calls that take 1.5 s
-    # are not capped; a few dozen in flight fill the heap, so the storm below runs the device out of memory
-    # wherever it happens to allocate: receiving, answering, starting an operation, renewing its announcement.
-    b = Board(micropython, peer.port, tmp_path / "flash", heap="96K", lease_ms=1500)
+    # The heap leaves this app 24 KiB free once it serves on 64 bits (as `ndn-edge sim`'s 96 KiB did with the
+    # runtime as .mpy), 16 KiB on 32 bits (objects are half the size there; the packets of pending reports are
+    # not). Coroutine calls that take 1.5 s are not capped; a few dozen in flight fill the heap, so the storm below
+    # runs the device out of memory wherever it happens to allocate: receiving, answering, starting an operation,
+    # renewing its announcement.
+    free_kib = 24 if mp_features(micropython)["bits"] == 64 else 16
+    b = Board(micropython, peer.port, tmp_path / "flash", heap=_heap_leaving(micropython, peer, tmp_path, free_kib),
+              lease_ms=1500)
     b.start(peer)
     try:
         answered = 0
@@ -101,7 +132,7 @@ def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, t
             finals += [send_call(b, peer, "slow", {"ms": 1500}) for _ in range(12)]
             finals += [send_call(b, peer, "counter") for _ in range(3)]
             answered += len(collect(b, peer, finals, 0.3))
-            assert b.alive(), b.proc.communicate(timeout=5)
+            _alive_or_known_crash(b, micropython)
         assert answered > 0
         # after the storm it answers calls
         reply = None
@@ -110,8 +141,9 @@ def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, t
             if reply is not None:
                 break
         assert reply is not None and reply.value == 21.5, "no answer after the storm"
-        # it still renews its announcement (every lease/3, about 0.5 s)
-        renewal = peer.recv_until(b._my_announcement(), 3.0)
+        # it still renews its announcement (every lease/3, about 0.5 s; a renewal that finds no memory is tried
+        # again every 0.5 s until the storm's coroutines have ended and freed it)
+        renewal = peer.recv_until(b._my_announcement(), 6.0)
         assert renewal is not None, "no announcement after the storm"
         assert cbor2.loads(bytes(parse_interest(renewal, with_tl=True)[2]))["state"] == "up"
         # its health counts the MemoryErrors it survived (answered RESOURCE_EXHAUSTED while memory is still short:

@@ -8,7 +8,7 @@ import pytest
 from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
-from tests.support import Board, is_announcement, report_of
+from tests.support import ROOT, Board, is_announcement, is_data_for, report_of, send_unicast
 
 
 @pytest.fixture
@@ -94,7 +94,19 @@ def test_publications_are_sequenced_and_resent_until_acknowledged(board, peer):
     assert pending == 0
 
 
-def test_sleep_announces_and_wakes(board, peer):
+@pytest.mark.parametrize("app", ["board.py", "lean.py"])
+def test_sleep_announces_and_wakes(micropython, peer, tmp_path, app):
+    # board.py serves through asyncio, lean.py (plain handlers only) from the poll loop: both serve the
+    # sockets the face opens again after the sleep, the group's and the unicast one
+    board = Board(micropython, peer.port, tmp_path / "flash", app=ROOT / "tests" / "apps" / app)
+    board.start(peer)
+    try:
+        _sleep_announces_and_wakes(board, peer)
+    finally:
+        board.stop()
+
+
+def _sleep_announces_and_wakes(board, peer):
     assert board.call(peer, "nap", {"ms": 300}).value == 300
     sleep = peer.recv_until(lambda d: is_announcement()(d) and cbor2.loads(
         bytes(parse_interest(d, with_tl=True)[2])).get("state") == "sleep" and d, 3.0)
@@ -104,6 +116,12 @@ def test_sleep_announces_and_wakes(board, peer):
         bytes(parse_interest(d, with_tl=True)[2])).get("state") == "up" and d, 3.0)
     assert up is not None
     assert board.call(peer, "temperature").value == 21.5
+    # and by unicast to its address and port (the reply goes to the group, where this test listens)
+    board.seq += 1
+    w, final = wire.make_call(f"{board.name}/temperature", None, board.key, board.seq, signer_owner=board.name)
+    send_unicast(w, board.port)
+    got = peer.recv_until(is_data_for(final), 3.0)
+    assert got is not None and wire.parse_reply(got, board.key).value == 21.5
 
 
 def _report_from(sock: socket.socket, check, timeout_s: float):

@@ -43,7 +43,7 @@ from ndn_edge.wire import client_protocol as cw
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire import tlv
 from tests.clientface import RawPeer, TimedSigner, creds, decode_reply, request, serving
-from tests.support import Cluster, until
+from tests.support import Cluster, until, wait_until
 from tests.support import run_scenario as run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,6 +565,17 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
     code, out, _ = cluster.cli("devices", "--json")
     listed = json.loads(out)
     assert code == 0 and [d["name"] for d in listed["items"]] == ["/edge/sim/1"] and listed["next_page_token"] is None
+    # how the gateway reaches each device: multicast here (one host: the gateway's own port is no device's address)
+    item = listed["items"][0]
+    assert (item["path"], item["path_mode"], item["address"]) == ("multicast", "auto", f"127.0.0.1:{cluster.port}")
+    code, out, err = cluster.cli("devices", "--path", "sim/1=unicast")
+    assert code == 0 and "/edge/sim/1 is reached by unicast" in err
+    assert out.splitlines()[0].split()[:5] == ["NAME", "STATE", "LAST", "SEEN", "PATH"]
+    # the gateway reads it within a second; set, but the device's address is the gateway's own here: the group
+    wait_until(lambda: "multicast (set)" in cluster.cli("devices")[1], 3.0, what="the path setting to apply")
+    code, out, err = cluster.cli("devices", "--path", "sim/1=sideways")
+    assert code == 2 and "MODE one of auto, multicast, unicast" in err
+    assert cluster.cli("devices", "--path", "sim/1=auto")[0] == 0
     code, out, _ = cluster.cli("services", "--json")
     assert code == 0 and {"counter", "echo", "temperature"} <= {s["name"] for s in json.loads(out)[0]["services"]}
 

@@ -22,7 +22,7 @@ from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavail
 from ndn_edge.state.store import Store
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire.framing import FramingError, has_name_prefix, name_tlv, unwrap
-from tests.support import until
+from tests.support import run_scenario, until
 
 
 class FakeClock:
@@ -240,7 +240,7 @@ def test_window_keeps_a_waiting_request_within_the_device_reply_cache():
         w.release(b)
         return admitted, await w.acquire(far, "d/s")
 
-    admitted, last = asyncio.run(scenario())
+    admitted, last = run_scenario(scenario)
     assert admitted == [1, 2, 3] and last == 11
 
 
@@ -281,7 +281,7 @@ def test_requester_retransmits_same_bytes_skips_bad_replies_and_times_out():
             await req.request(packet, loop.time() + 0.1, lambda raw: raw, what="/edge/d/s")
         return value, sends, metrics
 
-    value, sends, metrics = asyncio.run(scenario())
+    value, sends, metrics = run_scenario(scenario)
     assert value == 5
     assert len(sends) >= 3 and all(s == packet for s in sends)
     assert metrics["bad_packets"] == 1 and metrics["unmatched_data"] == 1 and metrics["retries"] >= 2
@@ -295,6 +295,51 @@ def _announcement(key: bytes, device: str, seq: int, **body) -> bytes:
                           **body})
     signer = wire.SeqSigner(wire.key_name(device, key), key, seq)
     return bytes(make_interest("/edge/_sd/ann", InterestParam(lifetime=1000), params, signer=signer))
+
+
+def test_two_devices_announcing_one_name_are_reported_and_a_reboot_is_not(tmp_path, caplog):
+    """Issue 15 item 4: two devices with one name and key (a second sim of a home, a cloned board) ran side by
+    side unnoticed. Their uptimes alternate: back (like a reboot), then ahead again, which no reboot does."""
+    import logging
+
+    key = os.urandom(32)
+    now = [1_000_000.0]
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_device("/edge/d", key, "edge")
+
+        async def scenario():
+            events: list[dict] = []
+            d = Directory(store, MemoryFace(), "edge", on_event=events.append, clock=lambda: now[0])
+            await d.start()
+            try:
+                async def announce(seq: int, uptime_ms: int, after_s: float) -> None:
+                    now[0] += after_s
+                    d.on_interest(_announcement(key, "/edge/d", seq, uptime_ms=uptime_ms))
+                    await until(lambda: d.counters["announcements"] >= seq, 5.0, f"announcement {seq}")
+
+                await announce(1, 500_000, 0)
+                await announce(2, 510_000, 10)
+                await announce(3, 1_000, 10)  # a reboot: uptime back to 1 s
+                rebooted = [e for e in events if e["event"] == "join"]
+                honest = d.counters["duplicates"], d.devices()[0][0].get("warning")
+                await announce(4, 11_000, 10)  # and on from there: still one device
+                await announce(5, 540_000, 10)  # the old uptime again: a second device with the name
+                await announce(6, 31_000, 10)
+                await announce(7, 560_000, 10)
+                return events, rebooted, honest, d.counters["duplicates"], d.devices(), d.presence("d")
+            finally:
+                await d.stop()
+
+        with caplog.at_level(logging.WARNING, logger="ndn_edge.directory"):
+            events, rebooted, honest, duplicates, (page, _), presence = run_scenario(scenario)
+    assert [e.get("rebooted", False) for e in rebooted] == [False, True]  # first join, then the reboot
+    assert honest == (0, None)
+    assert duplicates == 2
+    joins = [e for e in events if e["event"] == "join"]
+    assert len(joins) == 2  # the flip-flop is not reported as reboots
+    assert "a call may run on either" in page[0]["warning"] and presence["warning"] == page[0]["warning"]
+    warned = [r for r in caplog.records if r.getMessage() == "device_announced_twice"]
+    assert len(warned) == 1  # once a minute per device, not per announcement
 
 
 def test_directory_verifies_orders_and_expires_announcements(tmp_path):
@@ -320,12 +365,15 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
                             return
                         await asyncio.sleep(0.005)
                     raise AssertionError(f"directory did not process {n} announcements: {d.counters}")
-                d.on_interest(_announcement(key, "/edge/d", 5, rx_floor=70))
+                d.on_interest(_announcement(key, "/edge/d", 4, mtu=70_000))  # not a UDP datagram's size
+                await settle(1)
+                default_mtu = d.mtu("/edge/d")
+                d.on_interest(_announcement(key, "/edge/d", 5, rx_floor=70, mtu=4096))
                 d.on_interest(_announcement(key, "/edge/d", 5))  # same number: replay
                 d.on_interest(_announcement(os.urandom(32), "/edge/d", 9))  # the name's key id differs
                 d.on_interest(bytes(make_interest("/edge/other", InterestParam())))  # not an announcement
-                await settle(3)
-                online = d.is_online("d"), d.rx_floor("/edge/d")
+                await settle(4)
+                online = d.is_online("d"), d.rx_floor("/edge/d"), default_mtu, d.mtu("d")
                 d.on_interest(_announcement(key, "/edge/d", 6, state="sleep", sleep_ms=1000))
                 d.on_interest(_announcement(key, "/edge/d", 7, state="up", lease_ms=50, desc="11" * 8))
                 await settle(5)
@@ -339,11 +387,12 @@ def test_directory_verifies_orders_and_expires_announcements(tmp_path):
                 await d.stop()
             return events, online, fetched, d.counters, face.sent
 
-        events, online, fetched, counters, sent = asyncio.run(scenario())
+        events, online, fetched, counters, sent = run_scenario(scenario)
         assert [e["event"] for e in events] == ["join", "sleep", "join", "offline"]
         assert events[1]["sleep_until"] > events[1]["time"]
-        assert online == (True, 70)
+        assert online == (True, 70, 1500, 4096)  # the default until a device announces its mtu
         assert counters["replayed"] == 1 and counters["unknown_key"] == 1 and counters["announcements"] == 3
+        assert counters["malformed"] == 1  # the mtu that is no datagram's size
         assert fetched == ["/edge/d", "/edge/d"]  # the hash differed from the stored (none) each time
         assert store.device("/edge/d").state == "offline"
         assert store.get_meta("ann_seq:" + wire.key_name("/edge/d", key)) == "7"

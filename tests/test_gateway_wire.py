@@ -103,9 +103,9 @@ def _agrees(packet: bytes) -> None:
 
 
 def test_call_interest_is_what_make_call_signs():
-    comps = wire.name_components(f"{DEVICE}/echo")
-    key_tlv = wire.encoded_name(wire.key_name(DEVICE, KEY))
-    packet = wire.call_interest(comps, cbor2.dumps({"a": 1}), KEY, key_tlv, 42, lifetime_ms=1234)
+    comps = b"".join(wire.name_components(f"{DEVICE}/echo"))
+    signer = wire.InterestSigner(KEY, wire.encoded_name(wire.key_name(DEVICE, KEY)))
+    packet = wire.call_interest(signer, comps, cbor2.dumps({"a": 1}), 42, lifetime_ms=1234)
     name, param, params, sig = parse_interest(packet, with_tl=True)
     assert Name.to_str(name[:-1]) == f"{DEVICE}/echo" and cbor2.loads(bytes(params)) == {"a": 1}
     assert param.must_be_fresh and param.lifetime == 1234 and param.nonce is not None

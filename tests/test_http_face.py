@@ -90,6 +90,11 @@ def test_config_rate_limit_and_hostile_clients(tmp_path):
             assert answer[:10] in (b"HTTP/1.1 4", b"HTTP/1.0 4") or answer == b"", answer[:200]
         assert b"Traceback" not in _raw(url, b"POST /api/v1/gather HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
                                              b"Authorization: Bearer " + bob.encode() + b"\r\n\r\n{{{")
+        # ... and a flood of them does not fill the gateway's log: counted, one line a minute, no traceback
+        for _ in range(50):
+            _raw(url, b"NOT HTTP AT ALL\r\n\r\n")
+        gateway_log = cluster.log("gateway", "err")
+        assert "Traceback" not in gateway_log and gateway_log.count("http_request_malformed") == 1, gateway_log[-2000:]
 
         # slow clients: one trickling its headers, one holding a stream it never reads; the others are served
         slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
@@ -115,6 +120,7 @@ def test_the_dashboard_is_served_without_a_token(tmp_path):
         url = cluster.start_http_gateway()
         page = request(url, "GET", "/")
         assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["server"] == "ndn-edge", page.headers  # no Python or aiohttp version
         assert b"/static/app.js" in page.body and b"http://" not in page.body and b"https://" not in page.body
         for name, kind in (("app.js", "javascript"), ("app.css", "text/css")):
             asset = request(url, "GET", f"/static/{name}")

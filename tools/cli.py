@@ -121,8 +121,14 @@ def do_client_add(state: State, args: argparse.Namespace) -> None:
     if path.exists():
         raise CommandError(f"client add: {path} exists but no client '{name}' is in the store; delete it with: "
                            f"{home.hint(f'{PROG} client remove {name}')}")
-    # A gateway started a moment ago may be about to decide the home's site: wait a little for it.
-    site = store.claim_site(args.site, wait_s=CLIENT_ADD_SITE_WAIT_S)
+    # A gateway started a moment ago may be about to decide the home's site: wait a little for it (only when
+    # one of this home runs, and the site is not decided yet).
+    wait_s = 0.0
+    if args.site is None and store.site() is None:
+        from ndn_edge.tools.procs import gateway_may_be_starting
+
+        wait_s = CLIENT_ADD_SITE_WAIT_S if gateway_may_be_starting(home.path) else 0.0
+    site = store.claim_site(args.site, wait_s=wait_s)
     key = secrets.token_bytes(KEY_BYTES)
     store.add_client(name, key)
     try:
@@ -301,6 +307,7 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "ops": (".cmd_patterns:do_ops", ".cmd_patterns:args_ops",
             "list long-running operations and queued calls; show, wait for or cancel one"),
     "sub": (".cmd_patterns:do_sub", ".cmd_patterns:args_sub", "print messages published on matching topics"),
+    "logs": (".cmd_logs:do_logs", ".cmd_logs:args_logs", "print the devices' log entries (-f follows)"),
     "client add": (do_client_add, _args_client_add, "issue a client identity and write its credentials file"),
     "client list": (do_client_list, _args_json, "list client identities"),
     "client remove": (do_client_remove, _args_client_name,
@@ -317,6 +324,12 @@ COMMANDS: dict[str, tuple[HandlerSpec, Builder | str, str]] = {
     "flash": (".cmd_flash:do_flash", ".cmd_flash:args_flash", "write MicroPython firmware to a board"),
     "vboard": (".vboard:do_vboard", ".vboard:args_vboard",
                "run a virtual board (MicroPython behind a pseudo-terminal) for provision and deploy"),
+    "federation init": (".cmd_federation:do_federation_init", ".cmd_federation:args_init",
+                        "make a federation of gateways over NATS with this home's; print an enrolment token"),
+    "federation join": (".cmd_federation:do_federation_join", ".cmd_federation:args_join",
+                        "enrol this home in a federation (with the token `federation init` printed)"),
+    "federation status": (".cmd_federation:do_federation_status", ".cmd_federation:args_status",
+                          "show the federation: gateways, the devices they serve, NATS health"),
 }
 
 # Commands that never read or write a home: their help does not offer --home.
@@ -325,6 +338,7 @@ NO_HOME = frozenset({"flash", "deploy"})
 GROUPS: dict[str, str] = {
     "client": "manage client identities (add, list, remove, token)",
     "acl": "manage access rules (grant, revoke, list)",
+    "federation": "gateways sharing clients, rules and devices over NATS (init, join, status)",
 }
 
 

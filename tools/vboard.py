@@ -69,8 +69,9 @@ LOCK_FILE = ".vboard.lock"
 DEFAULT_HEAP = "96K"
 LOG_FILE = "vboard.log"
 # What the agent (vboard_agent.py, vboard_os.py: bytecode, globals, buffers) keeps in the interpreter's heap, added
-# to --heap so that code on a vboard finds the free heap of a board with that heap. Measured on a 64-bit unix port
-# (tests/test_boards.py checks the two stay within 1.5 KiB of each other).
+# to --heap so that code on a vboard finds the free heap of a board with that heap. Measured on a 64-bit unix port;
+# half of it on a 32-bit one, whose objects are half the size (tests/test_boards.py checks the two stay within
+# 1.5 KiB of each other, on both).
 AGENT_HEAP_BYTES = 7680
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 0x01, 0x02, 0x03, 0x04, 0x05
@@ -126,6 +127,7 @@ class VirtualBoard:
         self.port_path = ""
         self.version = ""
         self.machine = ""
+        self._agent_bytes: int | None = None
         self._rate = baud / 10.0 if baud else None  # bytes per second: 8N1 spends 10 bits per byte
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
@@ -654,7 +656,7 @@ class VirtualBoard:
         env = dict(os.environ, MICROPYPATH=".frozen:lib")
         try:
             proc = subprocess.Popen(
-                [self.micropython, "-X", f"heapsize={self.heap_bytes + AGENT_HEAP_BYTES}",
+                [self.micropython, "-X", f"heapsize={self.heap_bytes + self._agent_heap()}",
                  str(resources.file("onboard", AGENT)), str(cmd_r), str(ctl_w)],
                 cwd=self.flash, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 pass_fds=(cmd_r, ctl_w), start_new_session=True,  # only this process decides on SIGINT
@@ -672,6 +674,18 @@ class VirtualBoard:
         self._hello(child)
         self._poll.register(out_r, select.POLLIN)
         self._poll.register(ctl_r, select.POLLIN)
+
+    def _agent_heap(self) -> int:
+        """AGENT_HEAP_BYTES for a 64-bit interpreter, half for a 32-bit one (asked once)."""
+        if self._agent_bytes is None:
+            try:
+                done = subprocess.run([self.micropython, "-c", "import sys; print(sys.maxsize > 2**32)"],
+                                      capture_output=True, text=True, timeout=10)
+                wide = done.stdout.strip() != "False"
+            except (OSError, subprocess.TimeoutExpired):
+                wide = True  # _spawn then says what is wrong with the interpreter
+            self._agent_bytes = AGENT_HEAP_BYTES if wide else AGENT_HEAP_BYTES // 2
+        return self._agent_bytes
 
     def _hello(self, child: _Child) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S

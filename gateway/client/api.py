@@ -29,11 +29,17 @@ Decisions:
   inside programs (notebooks) that already run a loop in the calling thread.
 - Which client: the `client` argument, else $NDN_EDGE_CLIENT, else the client named in `HOME/default-client`
   (`ndn-edge up` names its `demo` client there), else the only credentials file in the home.
+- Every call (and notify, start, enqueue, gather) carries a W3C `traceparent` (docs/gateway-protocol.md): the
+  one given, else the application's current OpenTelemetry span when it traces with OpenTelemetry (only looked
+  up when `opentelemetry.trace` is already imported), else a new trace. The device's log entries for the call
+  carry its trace id (`ndn-edge logs`, `Client.logs(trace_id=...)`); `trace_call` also returns the gateway's
+  timeline of the call.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -65,6 +71,26 @@ class CallResult(NamedTuple):
     cached: bool = False
     age_ms: int = 0
     stale: bool = False
+
+
+class TracedCall(NamedTuple):
+    """A call made with `Client.trace_call`: its result or error, its trace id, and the timelines: the client's
+    (milliseconds since the first send, what, detail) and the gateway's (milliseconds since it started the
+    call)."""
+
+    result: CallResult | None
+    error: CallError | None
+    trace_id: str
+    client: list[tuple[float, str, str]]
+    gateway: list[tuple[float, str, str]]
+
+
+class LogPage(list):
+    """Device log entries, and `next`: the entry id to read on after (`Client.logs(after=page.next)`)."""
+
+    def __init__(self, items: list, next_id: int) -> None:
+        super().__init__(items)
+        self.next = next_id
 
 
 class Page(list):
@@ -220,16 +246,33 @@ class Client:
         return (await self.call_ex(name, args, timeout=timeout)).value
 
     async def call_ex(self, name: str, args: dict[str, Any] | None = None, *,
-                      timeout: float | None = None) -> CallResult:
+                      timeout: float | None = None, traceparent: str | None = None) -> CallResult:
         """Like `call`, returning the value with where it came from (`CallResult`)."""
         target = self._service_target(name, args)
         timeout_s = self._timeout(timeout)
-        params = {"args": args, "timeout_ms": _budget_ms(timeout_s)}
-        content = await self.request(cw.VERB_CALL, target, params, timeout_s)
-        if not isinstance(content, dict) or "value" not in content:
-            raise Internal(f"the gateway's reply to {name} has no value: {content!r}")
-        return CallResult(content["value"], bool(content.get("cached")), int(content.get("age_ms") or 0),
-                          bool(content.get("stale")))
+        params = {"args": args, "timeout_ms": _budget_ms(timeout_s), "traceparent": traceparent or new_traceparent()}
+        return _call_result(name, await self.request(cw.VERB_CALL, target, params, timeout_s))
+
+    async def trace_call(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+                         traceparent: str | None = None) -> TracedCall:
+        """Call `name` asking the gateway for its timeline (what `ndn-edge call --trace` prints); a failed call
+        is returned, not raised, with what the timelines saw."""
+        target = self._service_target(name, args)
+        timeout_s = self._timeout(timeout)
+        traceparent = traceparent or new_traceparent()
+        params = {"args": args, "timeout_ms": _budget_ms(timeout_s), "traceparent": traceparent, "timeline": True}
+        events: list[tuple[float, str, str]] = []
+        result, error, gateway = None, None, None
+        try:
+            content = await self.request(cw.VERB_CALL, target, params, timeout_s, events=events)
+            result = _call_result(name, content)
+            gateway = content.get("trace")
+        except CallError as err:
+            error, gateway = err, err.trace
+        steps = gateway.get("events") if isinstance(gateway, dict) else None
+        return TracedCall(result, error, traceparent[3:35], events,
+                          [tuple(e) for e in steps if isinstance(e, list) and len(e) == 3] if isinstance(steps, list)
+                          else [])
 
     async def devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
                       timeout: float | None = None) -> Page:
@@ -269,7 +312,8 @@ class Client:
     async def notify(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> None:
         """Invoke `name` ("DEVICE/SERVICE") once, without a reply: at most once; returns once the gateway sent it."""
         target = self._service_target(name, args)
-        await self.request(cw.VERB_NOTIFY, target, {"args": args}, self._timeout(timeout))
+        await self.request(cw.VERB_NOTIFY, target, {"args": args, "traceparent": new_traceparent()},
+                           self._timeout(timeout))
 
     async def start(self, name: str, args: dict[str, Any] | None = None, *,
                     timeout: float | None = None) -> Operation:
@@ -297,7 +341,8 @@ class Client:
             raise InvalidArgument(f"args must be a dict of argument names to values, got {type(args).__name__}")
         timeout_s = self._timeout(deadline)
         content = await self.request(cw.VERB_GATHER, (), {"pattern": pattern, "args": args,
-                                                            "timeout_ms": _budget_ms(timeout_s)}, timeout_s)
+                                                            "timeout_ms": _budget_ms(timeout_s),
+                                                            "traceparent": new_traceparent()}, timeout_s)
         items = content.get("results") if isinstance(content, dict) else None
         if not isinstance(items, list):
             raise Internal(f"the gateway's gather reply has no results: {content!r}")
@@ -314,8 +359,28 @@ class Client:
                               extra: dict[str, Any]) -> Operation:
         target = self._service_target(name, args)
         timeout_s = self._timeout(timeout)
-        params = {"args": args, "timeout_ms": _budget_ms(timeout_s), **{k: v for k, v in extra.items() if v}}
+        params = {"args": args, "timeout_ms": _budget_ms(timeout_s), "traceparent": new_traceparent(),
+                  **{k: v for k, v in extra.items() if v}}
         return Operation(self, await self.request(verb, target, params, timeout_s))
+
+    async def logs(self, pattern: str | None = None, *, after: int = 0, since: float | None = None,
+                   level: int | None = None, trace_id: str | None = None, limit: int = 100, wait: float = 0.0,
+                   tail: bool = False, timeout: float | None = None) -> LogPage:
+        """Device log entries (dicts: id, device, time, level, message, trace_id, ...) of the devices matching
+        `pattern` (`sim/*`; None: all this client may reach), oldest first, after the entry `after`; the page's
+        `next` is the `after` of the next call. `tail` (with no `after`): the newest `limit`. `wait`:
+        seconds to wait for one when there is none (following)."""
+        params: dict[str, Any] = {"pattern": pattern, "after": after, "max": limit, "tail": tail,
+                                  "wait_ms": int(wait * 1000)}
+        for key, value in (("since", since), ("level", level), ("trace", trace_id)):
+            if value is not None:
+                params[key] = value
+        timeout_s = self._timeout(timeout) + wait
+        content = await self.request(cw.VERB_LOGS, (), params, timeout_s)
+        if not isinstance(content, dict) or not isinstance(content.get("entries"), list):
+            raise Internal(f"the gateway's logs reply has no entries: {content!r}")
+        cursor = content.get("next")
+        return LogPage(content["entries"], cursor if isinstance(cursor, int) else after)
 
     def _service_target(self, name: str, args: Any) -> tuple[str, ...]:
         try:
@@ -334,9 +399,11 @@ class Client:
             raise InvalidArgument(f"timeout must be positive seconds, got {timeout!r}")
         return value
 
-    async def request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float) -> Any:
+    async def request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float, *,
+                      events: list[tuple[float, str, str]] | None = None) -> Any:
         """One signed request to the gateway (a verb of docs/gateway-protocol.md with its parameters), sent
-        again on silence until a verified reply or the deadline: what every method above is built on."""
+        again on silence until a verified reply or the deadline: what every method above is built on. `events`
+        collects (ms since the first send, what, detail) of each transmission and the reply."""
         if self._face is None:
             await self.open()
         face = self._face
@@ -361,7 +428,8 @@ class Client:
                                   "send smaller arguments")
         digest = name_tlv[-2 - tlv.DIGEST_BYTES:]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        started = loop.time()
+        deadline = started + timeout_s
         interval = _RETRY_FIRST_S
         attempts = 0
         try:
@@ -372,6 +440,8 @@ class Client:
                 face.waiting[digest] = fut
                 face.transport.sendto(packet)
                 attempts += 1
+                if events is not None:
+                    events.append((round((loop.time() - started) * 1000, 3), "sent", f"attempt {attempts}"))
                 timer = loop.call_later(max(min(interval, deadline - loop.time()), 0), _silence, fut)
                 while True:
                     try:
@@ -387,6 +457,8 @@ class Client:
                             timer.cancel()
                     if data is None:
                         break
+                    if events is not None:
+                        events.append((round((loop.time() - started) * 1000, 3), "reply", ""))
                     reply = self._reply(data, name_tlv)
                     if reply is not _IGNORED:
                         return reply
@@ -427,11 +499,33 @@ class Client:
         if nack:
             if not isinstance(obj, dict):
                 raise Internal(f"the gateway's error reply is not a map: {obj!r}")
-            raise CallError.from_wire(obj.get("code"), obj.get("message", ""))
+            error = CallError.from_wire(obj.get("code"), obj.get("message", ""))
+            if isinstance(obj.get("trace"), dict):
+                error.trace = obj["trace"]
+            raise error
         return obj
 
 
 _IGNORED = object()  # a datagram that is not a verified reply
+
+
+def new_traceparent() -> str:
+    """The trace context for a request: the application's current OpenTelemetry span, when it traces with
+    OpenTelemetry and one is current, else a new sampled trace."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is not None:
+        ctx = otel.get_current_span().get_span_context()
+        if ctx.is_valid:
+            return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
+
+
+def _call_result(name: str, content: Any) -> CallResult:
+    if not isinstance(content, dict) or "value" not in content:
+        raise Internal(f"the gateway's reply to {name} has no value: {content!r}")
+    return CallResult(content["value"], bool(content.get("cached")), int(content.get("age_ms") or 0),
+                      bool(content.get("stale")))
 
 
 def _silence(fut: asyncio.Future) -> None:
@@ -504,9 +598,19 @@ class BlockingClient:
         """See `Client.subscribe`: `for msg in c.subscribe(...)`; `with` closes it."""
         return BlockingSubscription(self, self._client.subscribe(pattern, durable=durable, batch=batch, wait=wait))
 
-    def call_ex(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> CallResult:
+    def call_ex(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+                traceparent: str | None = None) -> CallResult:
         """See `Client.call_ex`."""
-        return self._run(self._client.call_ex(name, args, timeout=timeout))
+        return self._run(self._client.call_ex(name, args, timeout=timeout, traceparent=traceparent))
+
+    def trace_call(self, name: str, args: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> TracedCall:
+        """See `Client.trace_call`."""
+        return self._run(self._client.trace_call(name, args, timeout=timeout))
+
+    def logs(self, pattern: str | None = None, **options: Any) -> LogPage:
+        """See `Client.logs`."""
+        return self._run(self._client.logs(pattern, **options))
 
     def devices(self, page_size: int = cw.DEFAULT_PAGE_SIZE, page_token: str | None = None, *,
                 timeout: float | None = None) -> Page:

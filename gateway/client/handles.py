@@ -194,6 +194,7 @@ class Subscription:
         self.durable = durable
         self.id: str | None = None
         self.created: bool | None = None
+        self.devices: int | None = None  # known devices that could publish on the pattern, when it was opened
         self.lost = 0             # messages the gateway dropped from this subscription's full queue
         self._batch = batch
         self._wait = max(0.0, min(float(wait), WAIT_S * 5))
@@ -219,6 +220,8 @@ class Subscription:
             if not isinstance(reply, dict) or not isinstance(reply.get("sub"), str):
                 raise Internal(f"the gateway's subscribe reply has no subscription id: {reply!r}")
             self.id, self.created = reply["sub"], bool(reply.get("created"))
+            devices = reply.get("devices")
+            self.devices = devices if isinstance(devices, int) and not isinstance(devices, bool) else None
         return self
 
     def __aiter__(self) -> Subscription:
@@ -246,6 +249,7 @@ class Subscription:
         error raised)."""
         await self.open()
         self._pumping = True
+        self._error = None  # of a poll that failed while nobody waited: the polls started now try again
         self._top_up(max(0.0, wait))
         if self._polls:
             await asyncio.wait(set(self._polls), return_when=asyncio.FIRST_COMPLETED)

@@ -10,11 +10,12 @@ Decisions:
 - Unauthenticated traffic gets no answer at all (unknown client, bad digest or signature, stale time, replay),
   only a counter, so the socket tells a scanner nothing. Once the signature checks, every outcome is a signed
   reply, errors included (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...).
-- The datagram callback only records the datagram in a bounded queue; one worker task parses, authenticates
-  and admits it (`_parse`, `_authenticate`, `_admit`: each drops and counts what fails). A verb that can answer
-  at once (a cache hit) is answered by the worker; any other runs in its own task, so slow devices never hold
-  up other clients. A full queue drops and
-  counts (`overload`); too many requests in flight answer `RESOURCE_EXHAUSTED`.
+- The datagram callback parses, authenticates and admits the datagram at once (`_parse`, `_authenticate`,
+  `_admit`: each drops and counts what fails), in about 25 us. A verb that can answer at once (a cache hit) is
+  answered there; any other runs in its own task, so slow devices never hold up other clients. Too many requests
+  in flight answer `RESOURCE_EXHAUSTED`. The socket's receive buffer is the only queue: under overload the kernel
+  drops, which costs the gateway nothing. Rejected: a queue and a worker task between callback and handling
+  (its hand-off cost a tenth of a cached call and bought nothing: the handling never waits).
 - Client keys and rules are read from the store and kept for `refresh_s` (1 s): `ndn-edge client remove` or
   `acl revoke` take effect within a second without a round trip to SQLite per packet. Unknown key names are
   cached negatively for the same time, so a flood of made-up names costs one query per name per second.
@@ -34,6 +35,11 @@ Decisions:
   `ndn_edge.wire.packets.parse_signed_interest` when it has the usual layout of a signed request (a quarter of the cost
   of a cached call went to python-ndn's generic parser), by python-ndn otherwise; replies are encoded by
   `ndn_edge.wire.client_protocol`.
+- In a federation (`ndn_edge.federation`), a request for a device another gateway serves is authenticated and
+  admitted here as any other (so a replay to this gateway is dropped here), then relayed whole, its signed bytes
+  unchanged, to the serving gateway (`forwarder`); that gateway checks it again exactly as if the client were its
+  own (`receive_forwarded`: the same pipeline, with the NATS reply in place of a UDP address) and its signed reply
+  comes back to the client unchanged. A request relayed to this gateway is never relayed again.
 Rejected: answering unauthenticated requests with an error (turns the gateway into a reflector and an oracle),
 and a per-packet store read (SQLite on the hot path for every call).
 """
@@ -50,7 +56,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import cbor2
@@ -71,7 +77,7 @@ from ndn_edge.errors import (
     Unavailable,
     UnknownDevice,
 )
-from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.interfaces import REQUEST_ID, DeviceAccess, Forwarder
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
@@ -83,13 +89,12 @@ from ndn_edge.wire.tlv import DIGEST_BYTES, T
 log = logging.getLogger("ndn_edge.server")
 
 DROP_REASONS = ("malformed", "oversized", "unsupported", "unknown_client", "digest", "signature", "stale",
-                "replay", "overload")
+                "replay")
 _SECURITY_REASONS = ("unknown_client", "digest", "signature", "stale", "replay")
 _PARSE_ERRORS = (ValueError, IndexError, TypeError, struct.error, DecodeError, OverflowError)
 _HMAC_SHA256 = 4
 _LEASE_BLOCK_US = 1_000_000       # one synced write per second of a client's numbering, at most
 _CLEAN_META = "client_rx_clean"   # exact high-water marks written at a clean stop
-_INBOX = 4096
 _RECENT_REPLIES = 65_536          # per client key, at most ...
 _RECENT_REPLY_BYTES = 8 << 20     # ... and this many bytes of replies
 _DEFAULT_LIFETIME_MS = 4000       # NDN's InterestLifetime when a request carries none
@@ -201,12 +206,24 @@ class _Peer:
                 self.recent_bytes -= len(old.reply)
 
 
+class Relayed:
+    """Where the reply to a request relayed by another gateway goes (in place of a UDP address)."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[bytes], None]) -> None:
+        self.deliver = deliver
+
+    def __str__(self) -> str:
+        return "federation"
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, server: ClientFace) -> None:
         self._server = server
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._server._enqueue(data, addr)
+        self._server._receive(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self._server.stats["send_errors"] += 1
@@ -233,30 +250,51 @@ class ClientFace:
         self._unknown: dict[bytes, float] = {}
         self._clean: dict[str, int] = {}
         self._transport: asyncio.DatagramTransport | None = None
-        self._inbox: asyncio.Queue[tuple[bytes, Any]] | None = None
-        self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
         self._throttle = Throttle(log, _WARN_EVERY_S)
         self._wrong_site_answered: dict[str, float] = {}
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
                                       "over_quota": 0, "wrong_site": 0}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.forwarder: Forwarder | None = None  # set by a federation (ndn_edge.federation)
+
+    @property
+    def verbs(self) -> Verbs:
+        """The verb table this face runs."""
+        return self._verbs
+
+    def invalidate(self, client: str | None = None) -> None:
+        """Read `client`'s key and rules (every client's, for None) from the store at its next request, and
+        forget unknown key names: a federation applying a change made on another gateway calls this."""
+        for peer in self._peers.values():
+            if client is None or peer.name == client:
+                peer.loaded_at = -1e18
+        self._unknown.clear()
+
+    def receive_forwarded(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        """A client's request relayed by another gateway of the federation: served as if it came from the
+        client, the reply passed to `deliver` instead of sent on the socket."""
+        self._receive(data, Relayed(deliver))
 
     @classmethod
-    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str,
+    def build(cls, store: Store, devices: DeviceAccess, patterns: Any = None, *, site: str, obs: Any = None,
               **options: Any) -> ClientFace:
-        """A client face whose verbs run on `devices` (and the communication `patterns`, when given), with the
-        metrics verb reporting the counters of all three."""
+        """A client face whose verbs run on `devices` (and the communication `patterns`, when given; calls
+        counted and traced by `obs`, ndn_edge.observability's Observability), with the metrics verb reporting
+        the counters of all of them."""
         face: ClientFace
 
         def counters() -> dict[str, Any]:
             out: dict[str, Any] = {"clients": face.metrics(), "devices": devices.metrics()}
             if patterns is not None:
                 out["patterns"] = patterns.metrics()
+            if obs is not None:
+                out["observability"] = obs.counters()
             return out
 
-        face = cls(store, Verbs(devices, patterns, site=site, counters=counters), site=site, **options)
+        face = cls(store, Verbs(devices, patterns, site=site, counters=counters, obs=obs), site=site, **options)
         return face
 
     # -- life cycle
@@ -265,7 +303,6 @@ class ClientFace:
         """Bind the socket and start serving; returns the bound (host, port)."""
         loop = asyncio.get_running_loop()
         self._load_clean_marks()
-        self._inbox = asyncio.Queue(_INBOX)
         try:
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=self._listen)
         except OSError as err:
@@ -273,13 +310,13 @@ class ClientFace:
             raise Unavailable(f"cannot listen for clients on {host}:{port}: {err.strerror or err}; "
                               "choose another address with --listen HOST:PORT") from err
         self._transport = transport
+        self._stopping = False
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             except OSError:
                 pass
-        self._worker = asyncio.create_task(self._serve(), name="ndn-edge client server")
         host, port = self.address
         event(log, "client_server_listening", host=host, port=port, site=self.site)
         return host, port
@@ -294,10 +331,7 @@ class ClientFace:
 
     async def stop(self) -> None:
         """Stop serving: requests in flight are answered UNAVAILABLE; exact replay marks are saved."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        self._stopping = True  # no new requests; those in flight get their answer
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -315,27 +349,18 @@ class ClientFace:
 
     # -- receive path
 
-    def _enqueue(self, data: bytes, addr: Any) -> None:
+    def _receive(self, data: bytes, addr: Any) -> None:
+        if self._stopping:
+            return
         self.stats["received"] += 1
         if len(data) > cw.MAX_PACKET_BYTES:
             self._drop("oversized", addr, size=len(data))
             return
-        assert self._inbox is not None
         try:
-            self._inbox.put_nowait((data, addr))
-        except asyncio.QueueFull:
-            self._drop("overload", addr)
-
-    async def _serve(self) -> None:
-        assert self._inbox is not None
-        inbox = self._inbox
-        while True:
-            data, addr = await inbox.get()
-            try:
-                self._handle(data, addr)
-            except Exception as err:  # a bug in one packet's handling must not stop the face
-                self.stats["internal"] += 1
-                self._throttle.fault("client-packet", err, addr=_addr(addr))
+            self._handle(data, addr)
+        except Exception as err:  # a bug in one packet's handling must not stop the face
+            self.stats["internal"] += 1
+            self._throttle.fault("client-packet", err, addr=_addr(addr))
 
     def _handle(self, data: bytes, addr: Any) -> None:
         """One datagram: parse, authenticate, admit (replay check), dispatch."""
@@ -348,6 +373,16 @@ class ClientFace:
         ex = self._admit(peer, request, addr)
         if ex is None:
             return
+        if self.forwarder is not None and not isinstance(addr, Relayed):
+            relay = self.forwarder.forward(request.parts.prefix, request.parts.params, data, request.lifetime_ms)
+            if relay is not None:
+                if len(self._tasks) >= self._max_in_flight:
+                    _discard(relay)
+                    self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
+                                                                  "flight; retry later"))
+                    return
+                self._spawn(self._relay(peer, ex, request, relay))
+                return
         try:
             if log.isEnabledFor(logging.DEBUG):
                 event(log, "client_request", logging.DEBUG, client=peer.name, addr=_addr(addr), seq=ex.seq,
@@ -606,9 +641,45 @@ class ClientFace:
             self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
                                                           "flight; retry later"))
             return
-        task = asyncio.create_task(self._run(peer, ex, result))
+        if self.forwarder is None:
+            self._spawn(self._run(peer, ex, result))
+            return
+        token = REQUEST_ID.set(ex.signature)  # the invoker's journal keys non-idempotent calls on it
+        try:
+            self._spawn(self._run(peer, ex, result))
+        finally:
+            REQUEST_ID.reset(token)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, peer: _Peer, ex: _Exchange, request: _Request, relay: Awaitable[bytes | None]) -> None:
+        """Wait for the serving gateway's reply and pass it on unchanged; serve here if this gateway became the
+        one to serve the target meanwhile (a takeover)."""
+        try:
+            wire = await relay
+        except CallError as err:
+            self._reply_error(peer, ex, err)
+            return
+        except asyncio.CancelledError:
+            self._reply_error(peer, ex, Unavailable("the gateway is shutting down; retry when it is back"))
+            raise
+        except Exception as err:  # the client must get an answer; the bug goes to the log
+            self.stats["internal"] += 1
+            self._throttle.fault("client-relay", err, client=peer.name)
+            self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
+            return
+        if wire is None:
+            self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
+            return
+        ex.reply = wire
+        if peer.recent.get(ex.seq) is ex:
+            peer.recent_bytes += len(wire)
+            peer.trim()
+        self.stats["replies"] += 1
+        self._send(wire, ex.addr)
 
     # -- replies
 
@@ -665,6 +736,9 @@ class ClientFace:
         self._send(wire, ex.addr)
 
     def _send(self, wire: bytes, addr: Any) -> None:
+        if isinstance(addr, Relayed):
+            addr.deliver(wire)
+            return
         if self._transport is not None:
             self._transport.sendto(wire, addr)
 

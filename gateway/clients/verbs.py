@@ -24,15 +24,24 @@ this replaces.
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
+
 from ndn_edge import names
 from ndn_edge.answers import Answer
-from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, UnknownDevice
-from ndn_edge.interfaces import DeviceAccess
+from ndn_edge.errors import CallError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, UnknownDevice
+from ndn_edge.interfaces import DeviceAccess, Router
+from ndn_edge.logs import event
+from ndn_edge.observability.stats import OK, CallStats
+from ndn_edge.observability.trace import TIMELINE, TRACEPARENT, CallTrace, Tracer
 from ndn_edge.wire import client_protocol as cp
+
+log = logging.getLogger("ndn_edge.calls")
 
 SERVICE = "DEVICE/SERVICE"
 NOTHING = "nothing"
@@ -94,23 +103,32 @@ class Verb:
     takes: str      # SERVICE or NOTHING
     rule: str       # RULE_SERVICE, RULE_METRICS or RULE_PER_ITEM
     pattern: bool = False  # needs the communication patterns
+    logs: bool = False  # needs the device logs (ndn_edge.observability)
 
 
 class Verbs:
     """Runs the verbs of authenticated requests against the device side and the communication patterns."""
 
     def __init__(self, devices: DeviceAccess, patterns: Any = None, *, site: str,
-                 counters: Callable[[], dict[str, Any]] | None = None) -> None:
+                 counters: Callable[[], dict[str, Any]] | None = None, obs: Any = None) -> None:
         self.devices = devices
         self.patterns = patterns  # patterns.hub.Patterns, or None
         self.site = site.strip("/")
         self._counters = counters
+        # ndn_edge.observability's Observability, or None: calls are then counted here only, and not traced
+        self.calls: CallStats = obs.calls if obs is not None else CallStats()
+        self.tracer: Tracer = obs.tracer if obs is not None else Tracer()
+        self.logs: Any = obs.logs if obs is not None else None
+        self.router: Router | None = None  # a federation's (ndn_edge.federation): what is not served here
+
+    def _offers(self, row: Verb) -> bool:
+        return (not row.pattern or self.patterns is not None) and (not row.logs or self.logs is not None)
 
     def run(self, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any]) -> Result:
         """The reply content of `verb`, or an awaitable of it; CallError for a request that cannot be served."""
         row = TABLE.get(verb)
-        if row is None or (row.pattern and self.patterns is None):
-            available = ", ".join(v for v, r in TABLE.items() if not r.pattern or self.patterns is not None)
+        if row is None or not self._offers(row):
+            available = ", ".join(v for v, r in TABLE.items() if self._offers(r))
             raise NotFound(f"no gateway verb {verb!r}; the verbs are {available}")
         if row.takes == SERVICE and len(target) < 2:
             raise InvalidArgument(f"{verb} needs DEVICE/SERVICE, got {'/'.join(target) or 'nothing'}")
@@ -121,6 +139,10 @@ class Verbs:
         elif row.rule == RULE_METRICS and not names.allowed(caller.rules, cp.METRICS_TARGET):
             raise PermissionDenied(f"client '{caller.name}' may not read metrics; the operator can allow it with: "
                                    f"ndn-edge acl grant {caller.name} {'/'.join(cp.METRICS_TARGET)}")
+        if self.router is not None:
+            routed = self.router.route(caller, verb, target, params)
+            if routed is not None:
+                return routed
         return row.handler(self, Request(caller, verb, target, params))
 
     # -- helpers for handlers
@@ -154,19 +176,67 @@ def _call(verbs: Verbs, req: Request) -> Result:
     device, service = verbs.device_of(req.target)
     args = req.args()
     timeout_s = req.timeout_s()
-    found = verbs.devices.prepare(device, service, args)
-    if isinstance(found, Answer):
-        return Encoded(cp.encode_call_result(found))
-    return _complete(verbs, found, timeout_s)
-
-
-async def _complete(verbs: Verbs, ticket: Any, timeout_s: float) -> Encoded:
+    params = req.params
+    started = time.monotonic()
+    timeline = params.get(TIMELINE) is True
     try:
-        answer = await _within(verbs.devices.complete(ticket, timeout_s=timeout_s), timeout_s + DEADLINE_SLACK_S)
-    except TimeoutError as err:
-        raise DeadlineExceeded(f"{ticket.device}/{ticket.service} did not answer within "
-                               f"{timeout_s * 1000:.0f} ms") from err
+        found = verbs.devices.prepare(device, service, args)
+    except CallError as err:
+        verbs.calls.record(device, service, err.code, time.monotonic() - started)
+        if timeline or verbs.tracer.on:
+            trace = _trace(verbs, req, device, service, timeline)
+            trace.end(err.code, err.message)
+            if timeline:
+                err.trace = trace.timeline()
+        raise
+    if isinstance(found, Answer):
+        verbs.calls.record(device, service, OK, time.monotonic() - started)
+        if timeline or verbs.tracer.on:  # traced hits only then: a hit otherwise costs no trace
+            trace = _trace(verbs, req, device, service, timeline)
+            trace.cache("hit")
+            trace.end(OK, cached=True)
+            if timeline:
+                return _with_timeline(found, trace)
+        return Encoded(cp.encode_call_result(found))
+    found.trace = trace = _trace(verbs, req, device, service, timeline)
+    trace.cache("miss")
+    return _complete(verbs, found, timeout_s, started, timeline)
+
+
+def _trace(verbs: Verbs, req: Request, device: str, service: str, timeline: bool) -> CallTrace:
+    return verbs.tracer.start(req.params.get(TRACEPARENT), req.verb, device, service, timeline=timeline,
+                              client=req.caller.name)
+
+
+async def _complete(verbs: Verbs, ticket: Any, timeout_s: float, started: float, timeline: bool) -> Any:
+    trace: CallTrace = ticket.trace
+    try:
+        try:
+            answer = await _within(verbs.devices.complete(ticket, timeout_s=timeout_s),
+                                   timeout_s + DEADLINE_SLACK_S)
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"{ticket.device}/{ticket.service} did not answer within "
+                                   f"{timeout_s * 1000:.0f} ms") from err
+    except CallError as err:
+        elapsed = time.monotonic() - started
+        verbs.calls.record(ticket.device, ticket.service, err.code, elapsed)
+        trace.end(err.code, err.message)
+        event(log, "call_failed", logging.DEBUG, device=ticket.device, service=ticket.service, code=err.code,
+              ms=round(elapsed * 1000, 1), **trace.log_fields())
+        if timeline:
+            err.trace = trace.timeline()
+        raise
+    verbs.calls.record(ticket.device, ticket.service, OK, time.monotonic() - started)
+    trace.end(OK, cached=bool(answer.cached), stale=bool(answer.stale) or None)
+    if timeline:
+        return _with_timeline(answer, trace)
     return Encoded(cp.encode_call_result(answer))
+
+
+def _with_timeline(answer: Answer, trace: CallTrace) -> dict[str, Any]:
+    """A call's reply content with the gateway's timeline of it (a client asked: `ndn-edge call --trace`)."""
+    return {"value": cbor2.loads(answer.cbor), "cached": bool(answer.cached), "age_ms": int(answer.age_ms),
+            "stale": bool(answer.stale), "trace": trace.timeline()}
 
 
 def _devices(verbs: Verbs, req: Request) -> dict[str, Any]:
@@ -215,8 +285,23 @@ def _notify(verbs: Verbs, req: Request) -> Result:
 
 def _start(verbs: Verbs, req: Request) -> Result:
     device, service = verbs.device_of(req.target)
-    return verbs.patterns.operations.start_op(req.caller.name, device, service, req.args(),
-                                              timeout_s=req.timeout_s())
+    trace = verbs.tracer.start(req.params.get(TRACEPARENT), req.verb, device, service, client=req.caller.name)
+    return _ending(verbs.patterns.operations.start_op(req.caller.name, device, service, req.args(),
+                                                      timeout_s=req.timeout_s(), trace=trace), trace)
+
+
+async def _ending(work: Awaitable[Any], trace: CallTrace) -> Any:
+    """`work`'s result, ending `trace` with its outcome."""
+    try:
+        result = await work
+    except CallError as err:
+        trace.end(err.code, err.message)
+        raise
+    except BaseException as err:
+        trace.end("INTERNAL", type(err).__name__)
+        raise
+    trace.end(OK)
+    return result
 
 
 def _enqueue(verbs: Verbs, req: Request) -> Result:
@@ -259,9 +344,15 @@ async def _gather(verbs: Verbs, req: Request) -> dict[str, Any]:
 
     pattern, service = split_pattern(req.params.get("pattern"))  # type: ignore[arg-type]
     rules = req.caller.rules
-    results = await gather(verbs.patterns.devices, site=verbs.site, pattern=pattern, service=service,
-                           args=req.args(), timeout_s=req.timeout_s(),
-                           allowed=lambda name: names.allowed(rules, name))
+    traceparent = req.params.get(TRACEPARENT)
+    trace = None
+    if traceparent is not None or verbs.tracer.on:
+        trace = verbs.tracer.start(traceparent, req.verb, names.format_pattern(pattern), service,
+                                   client=req.caller.name)
+    work = gather(verbs.patterns.devices, site=verbs.site, pattern=pattern, service=service, args=req.args(),
+                  timeout_s=req.timeout_s(), allowed=lambda name: names.allowed(rules, name), tracer=verbs.tracer,
+                  trace=trace)
+    results = await (work if trace is None else _ending(work, trace))
     return {"results": results}
 
 
@@ -284,6 +375,55 @@ def _unsubscribe(verbs: Verbs, req: Request) -> dict[str, Any]:
     return verbs.patterns.pubsub.unsubscribe(req.caller.name, req.params.get("sub"))
 
 
+# -- device logs (observability/devlogs.py)
+
+MAX_LOGS = 500
+
+
+def _logs(verbs: Verbs, req: Request) -> Result:
+    params = req.params
+    pattern = params.get("pattern")
+    parts = None
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise InvalidArgument(f"pattern must be text such as 'sim/*', got {type(pattern).__name__}")
+        try:
+            parts = names.parse_pattern(pattern)
+        except ValueError as err:
+            raise InvalidArgument(f"logs pattern: {err}") from err
+    since = params.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+        raise InvalidArgument(f"since must be seconds since the epoch, got {since!r}")
+    trace_id = params.get("trace")
+    if trace_id is not None and (not isinstance(trace_id, str) or len(trace_id) != 32
+                                 or trace_id.strip("0123456789abcdef")):
+        raise InvalidArgument(f"trace must be a trace id (32 lowercase hex digits), got {trace_id!r}")
+    tail = params.get("tail", False)
+    if not isinstance(tail, bool):
+        raise InvalidArgument(f"tail must be true or false, got {tail!r}")
+    rules = req.caller.rules
+    query: dict[str, Any] = {
+        "visible": lambda rel: names.may_reach(rules, rel), "pattern": parts,
+        "after": req.int_param("after", 0, 0, 1 << 62), "since": since, "level": req.int_param("level", 0, 0, 100),
+        "trace_id": trace_id, "limit": req.int_param("max", DEFAULT_POLL_MAX, 1, MAX_LOGS), "tail": tail}
+    wait_ms = req.int_param("wait_ms", 0, 0, cp.MAX_TIMEOUT_MS)
+    entries, cursor = verbs.logs.query(**query)
+    if entries or not wait_ms:
+        return {"entries": entries, "next": cursor}
+    return _follow_logs(verbs, query, cursor, wait_ms / 1000)
+
+
+async def _follow_logs(verbs: Verbs, query: dict[str, Any], cursor: int, wait_s: float) -> dict[str, Any]:
+    """The entries after `cursor` as soon as there are some, or none after `wait_s`."""
+    loop_time = time.monotonic
+    until = loop_time() + wait_s
+    entries: list[dict[str, Any]] = []
+    while not entries and loop_time() < until:
+        await verbs.logs.wait(until - loop_time())
+        entries, cursor = verbs.logs.query(**dict(query, after=cursor, tail=False))
+    return {"entries": entries, "next": cursor}
+
+
 TABLE: dict[str, Verb] = {
     cp.VERB_CALL: Verb(_call, SERVICE, RULE_SERVICE),
     cp.VERB_DEVICES: Verb(_devices, NOTHING, RULE_PER_ITEM),
@@ -299,6 +439,7 @@ TABLE: dict[str, Verb] = {
     cp.VERB_SUBSCRIBE: Verb(_subscribe, NOTHING, RULE_PER_ITEM, pattern=True),
     cp.VERB_POLL: Verb(_poll, NOTHING, RULE_PER_ITEM, pattern=True),
     cp.VERB_UNSUBSCRIBE: Verb(_unsubscribe, NOTHING, RULE_PER_ITEM, pattern=True),
+    cp.VERB_LOGS: Verb(_logs, NOTHING, RULE_PER_ITEM, logs=True),
 }
 
 

@@ -1,5 +1,6 @@
-"""Service descriptions as devices publish them (`_desc`, docs/protocol.md "Service descriptions"): finding a
-service, and checking a call's arguments against what the service declares, before anything is sent.
+"""Service descriptions as devices publish them (`_desc`, docs/protocol.md "Service descriptions"): the defaults
+of the keys a device leaves out, finding a service, and checking a call's arguments against what the service
+declares, before anything is sent.
 
     svc = find_service(desc, "setpoint")
     check_args(svc, {"celsius": "hot"}, "kitchen/th1/setpoint")
@@ -35,6 +36,18 @@ def find_service(desc: Any, service: str) -> dict[str, Any] | None:
         if isinstance(s, dict) and s.get("name") == service:
             return s
     return None
+
+
+# What a service entry means by a key it leaves out: a device writes only the keys that differ from these, so
+# that its _desc reply fits one datagram.
+SERVICE_DEFAULTS: dict[str, Any] = {"doc": None, "args": None, "result": None, "cache_ms": None, "idempotent": True,
+                                    "private": False, "long_running": False}
+
+
+def with_defaults(desc: dict[str, Any]) -> dict[str, Any]:
+    """The (valid) description with every service's left-out keys filled in with their defaults, as it is stored
+    and shown: readers of a service entry never see a missing key."""
+    return {**desc, "services": [{**SERVICE_DEFAULTS, **s} for s in desc["services"]]}
 
 
 def valid_description(desc: Any) -> bool:

@@ -27,6 +27,9 @@ Decisions:
 - A reboot (an `up` announcement whose `uptime_ms` is well behind the previous one plus the time elapsed since
   it) is reported as a `join`, so subscribers and the
   invoker's circuit breaker learn that the device is back even when no lease lapsed in between.
+- Two devices announcing one name and key (a second simulator of the same home, a cloned board) show as an
+  uptime that goes back and then ahead again; a reboot only goes back. Reported in `devices` (`warning`) and
+  the log, counted in `duplicates`; the reboot `join`s the flip-flop would emit are not.
 - A sleeping device holds its lease until it should wake plus one lease period; then it is marked offline.
 - At most `DESC_FETCHES_AT_ONCE` `_desc` fetches run at a time: after a start-up query every device answers
   within a second, and a fetch (with its retransmissions) for each at once would be the gateway's own
@@ -69,6 +72,11 @@ SEQ_META_PREFIX = "ann_seq:"
 DESC_FETCHES_AT_ONCE = 16
 # A device whose announced uptime lags what our clock predicts by more than this rebooted (clock drift aside).
 REBOOT_SLACK_MS = 1000
+DEVICE_MTU = 1500  # a device's receive buffer unless it announces another (`mtu`, docs/protocol.md)
+MIN_MTU, MAX_MTU = 576, 65_507
+DUPLICATE_FLAG_S = 60.0  # how long `devices` warns after two devices last took turns announcing one name
+DUPLICATE_WINDOW_S = 600.0  # an uptime ahead of the clock this soon after one that went back: two devices
+DUPLICATE_WARNING = "two devices announce this name in turn: a call may run on either; stop one"
 REBOOT_SLACK_RATIO = 0.1
 _ANN_STATES = {"up": "online", "sleep": "asleep", "leave": "left"}
 _PARSE_ERRORS = (DecodeError, ValueError, IndexError, TypeError, KeyError, struct.error)
@@ -82,15 +90,19 @@ class _Presence:
     __slots__ = (
         "ann_seq",
         "desc_hash",
+        "duplicate_until",
         "key_name",
         "last_seen",
         "lease_until",
+        "mem_free",
+        "mtu",
         "name",
         "persisted_seq",
         "rx_floor",
         "sleep_until",
         "state",
         "uptime_ms",
+        "went_back_at",
     )
 
     def __init__(self, name: str, key_name: str, state: str = "unknown", last_seen: float | None = None,
@@ -105,6 +117,10 @@ class _Presence:
         self.rx_floor = rx_floor
         self.desc_hash = desc_hash
         self.uptime_ms: int | None = None
+        self.mem_free: int | None = None  # free heap, as the last announcement said
+        self.mtu = DEVICE_MTU  # the largest datagram the device reads (announced when not the default)
+        self.went_back_at: float | None = None  # when the uptime last went back (a reboot, or another device)
+        self.duplicate_until: float | None = None  # until when `devices` warns of two devices with this name
         self.ann_seq = ann_seq
         self.persisted_seq = ann_seq
 
@@ -118,12 +134,14 @@ class Directory:
         self.on_event = on_event
         # Set by the owner (DeviceSide) to the invoker's fetch_description: the directory never signs Interests.
         self.fetcher: Callable[[str], Awaitable[Any]] | None = None
+        # Set by the owner to hear where each verified announcement came from (paths.Paths.learn).
+        self.on_address: Callable[[str, Any], None] | None = None
         self._store = store
         self._face = face
         self._clock = clock
         self._ann_prefix = b"".join(bytes(c) for c in Name.from_str(f"/{self.site}/_sd/ann"))
         self._presence: dict[str, _Presence] = {}
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(ANN_QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue(ANN_QUEUE_SIZE)
         self._expiries: list[tuple[float, str]] = []
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,6 +151,7 @@ class Directory:
         self.counters: dict[str, int] = {
             "announcements": 0, "unknown_key": 0, "digest": 0, "bad_signature": 0, "replayed": 0,
             "malformed": 0, "queue_full": 0, "queries": 0, "desc_fetches": 0, "desc_failures": 0, "faults": 0,
+            "duplicates": 0,
         }
         self._throttle = Throttle(log)
 
@@ -175,12 +194,13 @@ class Directory:
 
     # -- inbound (face callback: route only)
 
-    def on_interest(self, packet: bytes) -> None:
-        """Queue an announcement for verification; any other Interest (our own, looped back) is ignored."""
+    def on_interest(self, packet: bytes, addr: Any = None) -> None:
+        """Queue an announcement (and the address it came from) for verification; any other Interest (our own,
+        looped back) is ignored."""
         if not has_name_prefix(packet, self._ann_prefix):
             return
         try:
-            self._queue.put_nowait(packet)
+            self._queue.put_nowait((packet, addr))
         except asyncio.QueueFull:
             self.counters["queue_full"] += 1
 
@@ -203,8 +223,22 @@ class Directory:
         p = self._presence.get(self.resolve(device))
         if p is None:
             return None
-        return {"state": self._effective_state(p.state, p.lease_until), "last_seen": p.last_seen,
-                "lease_until": p.lease_until, "sleep_until": p.sleep_until}
+        out = {"state": self._effective_state(p.state, p.lease_until), "last_seen": p.last_seen,
+               "lease_until": p.lease_until, "sleep_until": p.sleep_until}
+        warning = self._warning(p.name)
+        if warning is not None:
+            out["warning"] = warning
+        return out
+
+    def snapshot(self) -> list[tuple[str, str, int | None, int | None, float | None]]:
+        """(name, state, uptime_ms, mem_free, last_seen) of every device met, as its last announcement said."""
+        return [(p.name, self._effective_state(p.state, p.lease_until), p.uptime_ms, p.mem_free, p.last_seen)
+                for p in list(self._presence.values())]
+
+    def mtu(self, device: str) -> int:
+        """The largest datagram the device reads: what it announced, else the protocol's default (1,500)."""
+        p = self._presence.get(device) or self._presence.get(self.resolve(device))
+        return p.mtu if p is not None else DEVICE_MTU
 
     def rx_floor(self, device: str) -> int:
         """The lowest SignatureSeqNum the device said it accepts (0 if unknown)."""
@@ -217,9 +251,13 @@ class Directory:
         out = []
         for r in records:
             services = r.desc.get("services") if isinstance(r.desc, dict) else None
-            out.append({"name": r.name, "state": self._effective_state(r.state, r.lease_until),
-                        "last_seen": r.last_seen, "lease_until": r.lease_until, "sleep_until": r.sleep_until,
-                        "services": len(services) if isinstance(services, list) else 0})
+            item = {"name": r.name, "state": self._effective_state(r.state, r.lease_until),
+                    "last_seen": r.last_seen, "lease_until": r.lease_until, "sleep_until": r.sleep_until,
+                    "services": len(services) if isinstance(services, list) else 0}
+            warning = self._warning(r.name)
+            if warning is not None:
+                item["warning"] = warning
+            out.append(item)
         return out, token
 
     def services(self, device: str) -> list[dict[str, Any]]:
@@ -242,9 +280,9 @@ class Directory:
     async def _announcements(self) -> None:
         # Survives anything one packet causes: counted, logged once per interval, and the next one is read.
         while True:
-            packet = await self._queue.get()
+            packet, addr = await self._queue.get()
             try:
-                self._handle(packet)
+                self._handle(packet, addr)
             except StoreError as err:
                 self.counters["faults"] += 1
                 self._throttle.event("store", "announcement_not_recorded", error=str(err))
@@ -256,7 +294,7 @@ class Directory:
         self.counters[reason] += 1
         emit(log, "announcement_dropped", logging.DEBUG, reason=reason, detail=detail)
 
-    def _handle(self, packet: bytes) -> None:
+    def _handle(self, packet: bytes, addr: Any = None) -> None:
         try:
             name, _, params, sig = parse_interest(packet, with_tl=True)
         except _PARSE_ERRORS as err:
@@ -290,12 +328,20 @@ class Directory:
             sleep_ms = _non_negative(body.get("sleep_ms", 0), "sleep_ms")
             rx_floor = _non_negative(body.get("rx_floor", 0), "rx_floor")
             uptime_ms = body.get("uptime_ms")
+            mem_free = body.get("mem_free")
             desc = body.get("desc")
+            mtu = body.get("mtu", DEVICE_MTU)
+            if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+                raise ValueError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU}, got {mtu!r}")
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             return self._drop("malformed", f"announcement parameters from {record.name}: {err!r}")
         p.ann_seq = seq
+        p.mem_free = mem_free if isinstance(mem_free, int) and not isinstance(mem_free, bool) else None
+        p.mtu = mtu
         self._dirty.add(p.name)
         self.counters["announcements"] += 1
+        if self.on_address is not None:
+            self.on_address(p.name, addr)
         self._apply(p, state, lease_ms, sleep_ms, rx_floor, uptime_ms if isinstance(uptime_ms, int) else None,
                     desc if isinstance(desc, str) else None)
 
@@ -303,11 +349,21 @@ class Directory:
                desc: str | None) -> None:
         now = self._clock()
         old = self._effective_state(p.state, p.lease_until)
-        rebooted = False
+        rebooted = ahead = False
         if uptime_ms is not None and p.uptime_ms is not None and p.last_seen is not None:
             # The device's uptime should have advanced with our clock since its last announcement.
-            expected_ms = p.uptime_ms + (now - p.last_seen) * 1000
-            rebooted = uptime_ms + max(REBOOT_SLACK_MS, REBOOT_SLACK_RATIO * (now - p.last_seen) * 1000) < expected_ms
+            elapsed_ms = (now - p.last_seen) * 1000
+            expected_ms = p.uptime_ms + elapsed_ms
+            slack_ms = max(REBOOT_SLACK_MS, REBOOT_SLACK_RATIO * elapsed_ms)
+            rebooted = uptime_ms + slack_ms < expected_ms
+            ahead = uptime_ms > expected_ms + slack_ms
+        if ahead and p.went_back_at is not None and now - p.went_back_at < DUPLICATE_WINDOW_S:
+            # back, then ahead again: two devices take turns announcing this name (no reboot runs time faster)
+            self._duplicate(p, now)
+        elif rebooted:
+            p.went_back_at = now
+            if p.duplicate_until is not None and now < p.duplicate_until:
+                rebooted = False  # the other one's turn, not a reboot
         if state == "online":
             lease_until: float | None = now + lease_ms / 1000
             sleep_until: float | None = None
@@ -331,6 +387,22 @@ class Directory:
             self._emit("sleep", p.name, now, sleep_until=sleep_until)
         elif state == "left" and old != "left":
             self._emit("leave", p.name, now)
+
+    def _duplicate(self, p: _Presence, now: float) -> None:
+        """Two devices announce with one name and key (a second `ndn-edge sim` of the same home, a board cloned
+        with its config): each may run calls meant for the other. Counted, flagged in `devices` for
+        `DUPLICATE_FLAG_S`, and logged as a warning at most once a minute per device."""
+        self.counters["duplicates"] += 1
+        p.duplicate_until = now + DUPLICATE_FLAG_S
+        self._throttle.event(f"duplicate:{p.name}", "device_announced_twice", logging.WARNING, device=p.name,
+                             note="two devices announce this name and key in turn (their uptimes alternate); a "
+                                  "call may run on either: stop one, or provision it under another name")
+
+    def _warning(self, name: str) -> str | None:
+        p = self._presence.get(name)
+        if p is None or p.duplicate_until is None or self._clock() >= p.duplicate_until:
+            return None
+        return DUPLICATE_WARNING
 
     def _presence_for(self, record: Any) -> _Presence:
         p = self._presence.get(record.name)

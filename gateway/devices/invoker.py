@@ -57,9 +57,21 @@ import cbor2
 
 from ndn_edge import names
 from ndn_edge.answers import Answer
-from ndn_edge.devices.descriptions import check_args, find_service, valid_description
-from ndn_edge.errors import CallError, DeadlineExceeded, Internal, InvalidArgument, NotFound, StoreError, Unavailable
+from ndn_edge.devices.descriptions import check_args, find_service, valid_description, with_defaults
+from ndn_edge.devices.paths import Paths
+from ndn_edge.errors import (
+    CallError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
+from ndn_edge.interfaces import REQUEST_ID, CallJournal, SeqSource
 from ndn_edge.logs import event
+from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.state.store import DeviceRecord, SeqCounter
 from ndn_edge.wire import packets as wire
 from ndn_edge.wire import tlv
@@ -84,7 +96,7 @@ _EMPTY_MAP = b"\xa0"  # the canonical CBOR of no arguments
 class Ticket:
     """A call that the cache could not answer: what `Invoker.complete` needs to ask the device."""
 
-    __slots__ = ("args", "device", "key", "params", "service")
+    __slots__ = ("args", "device", "key", "params", "service", "trace")
 
     def __init__(self, device: str, service: str, args: dict[str, Any] | None, params: bytes) -> None:
         self.device = device      # the full name
@@ -92,6 +104,7 @@ class Ticket:
         self.args = args          # checked against the service's description before anything is sent
         self.params = params      # the canonical CBOR of the arguments: the cache key and what is sent
         self.key: CacheKey = (device, service, params)
+        self.trace: Any = None    # the call's CallTrace (ndn_edge.observability.trace), set by the caller
 
 
 def canonical_args(args: dict[str, Any] | None) -> bytes:
@@ -341,11 +354,14 @@ class Requester:
             pending.wake(Unavailable("the gateway is stopping"))
 
     async def request(self, packet: bytes, deadline: float, accept: Callable[[bytes], T], *, what: str,
-                      resign: Callable[[], bytes | None] | None = None) -> T:
+                      resign: Callable[[], bytes | None] | None = None,
+                      send: Callable[[bytes, int], None] | None = None,
+                      answered: Callable[[int], None] | None = None, trace: Any = None) -> T:
         """Send `packet` until `accept(reply)` returns or `deadline` (loop time) passes: DeadlineExceeded.
 
         `accept` raises wire.BadPacket for a reply that does not verify; waiting goes on. `resign`, asked before
-        each retransmission, may return a newly signed packet to send instead.
+        each retransmission, may return a newly signed packet to send instead. `send(packet, attempt)` sends
+        instead of the face (the device's path, `paths.Paths`); `answered(transmissions)` hears of the reply.
         """
         if self._closed:
             raise Unavailable("the gateway is stopping")
@@ -358,10 +374,19 @@ class Requester:
         sends = 0
         try:
             for delay in self._backoff.delays():
-                self._face.send(packet)
+                if send is None:
+                    self._face.send(packet)
+                else:
+                    send(packet, sends)
                 sends += 1
+                if trace is not None:
+                    trace.sent(sends)
                 result = await self._wait(loop, pending, min(deadline, loop.time() + delay), accept)
                 if result is not _NOTHING:
+                    if trace is not None:
+                        trace.replied()
+                    if answered is not None:
+                        answered(sends)
                     return result  # type: ignore[return-value]
                 if loop.time() >= deadline:
                     break
@@ -376,6 +401,8 @@ class Requester:
         finally:
             if self._pending.get(key) is pending:
                 del self._pending[key]
+        if trace is not None:
+            trace.replied("timeout")
         raise DeadlineExceeded(f"no reply from {what} within the deadline ({sends} transmissions)")
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, pending: _Pending, until: float,
@@ -464,29 +491,28 @@ class _Window:
 
 
 class _Link:
-    """What the invoker keeps per device: sequence counter, breaker, request window, and the encoded names its
-    Interests carry (made once, not per call)."""
+    """What the invoker keeps per device: sequence counter, breaker, request window, and what its Interests
+    carry that does not change from call to call (the signer, the encoded names)."""
 
-    __slots__ = ("_names", "breaker", "counter", "key_name", "key_tlv", "window")
+    __slots__ = ("_names", "breaker", "counter", "key_name", "signer", "window")
 
-    def __init__(self, key_name: str, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
-        self.counter = counter
+    def __init__(self, record: DeviceRecord, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
         self.breaker = breaker
         self.window = window
-        self.rekey(key_name, counter)
+        self.rekey(record, counter)
 
-    def rekey(self, key_name: str, counter: Any) -> None:
+    def rekey(self, record: DeviceRecord, counter: Any) -> None:
         """A new key (the device was provisioned again): its own name and sequence space."""
-        self.key_name = key_name
-        self.key_tlv = wire.encoded_name(key_name)
+        self.key_name = record.key_name
+        self.signer = wire.InterestSigner(record.key, wire.encoded_name(record.key_name))
         self.counter = counter
-        self._names: dict[str, list[bytes]] = {}
+        self._names: dict[str, bytes] = {}
 
-    def name(self, device: str, service: str) -> list[bytes]:
-        """The encoded components of `<device>/<service>`."""
+    def name(self, device: str, service: str) -> bytes:
+        """The encoded components of `<device>/<service>`, joined."""
         comps = self._names.get(service)
         if comps is None:
-            comps = self._names[service] = wire.name_components(f"{device}/{service}")
+            comps = self._names[service] = b"".join(wire.name_components(f"{device}/{service}"))
         return comps
 
 
@@ -498,8 +524,9 @@ class Invoker:
 
     def __init__(self, store: Any, face: Any, directory: Any, *, site: str, cache: ResultCache | None = None,
                  backoff: Backoff | None = None, max_in_flight: int = 4, reply_cache: int = REPLY_CACHE,
-                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
+                 breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker, paths: Paths | None = None) -> None:
         self.site = site.strip("/")
+        self._paths = paths  # the way to each device (multicast or unicast); None: the face's group only
         self._store = store
         self._directory = directory
         self.cache = cache or ResultCache()
@@ -508,6 +535,7 @@ class Invoker:
             "device_requests": 0, "retries": 0, "resigned": 0, "timeouts": 0, "bad_packets": 0,
             "unmatched_data": 0, "errors": 0, "early_refreshes": 0,
         }
+        self.round_trips = Histograms(RTT_BUCKETS_S)  # by device: first transmission to verified reply
         self._requester = Requester(face, self.metrics, backoff)
         self._max_in_flight = max_in_flight
         self._reply_cache = reply_cache
@@ -518,6 +546,10 @@ class Invoker:
         self._refreshing: set[str] = set()  # devices with a background refresh in flight
         self._refresh_due: dict[str, collections.OrderedDict[CacheKey, Ticket]] = {}  # per device, oldest first
         self._desc_inflight: dict[str, _Shared[dict[str, Any]]] = {}
+        # Hooks for ndn_edge.federation: sequence numbers from shared leases, and the journal that lets a gateway
+        # taking a device over send a non-idempotent call's signed request again instead of a new one.
+        self.counters: Callable[[str], SeqSource] | None = None
+        self.journal: CallJournal | None = None
 
     # -- face and directory hooks
 
@@ -527,14 +559,29 @@ class Invoker:
 
     def device_joined(self, device: str) -> None:
         """The device announced itself again: let its breaker probe at once."""
-        link = self._links.get(self._directory.resolve(device))
+        name = self._directory.resolve(device)
+        if self._paths is not None:
+            self._paths.joined(name)
+        link = self._links.get(name)
         if link is not None:
             link.breaker.nudge()
+
+    def check_fits(self, device: str, packet: bytes, what: str) -> None:
+        """ResourceExhausted when `packet` is larger than the device reads (its mtu): it would be dropped unread,
+        and the call would end in a timeout that says nothing (and counts against a healthy device's breaker)."""
+        limit = self._directory.mtu(device)
+        if len(packet) > limit:
+            raise ResourceExhausted(f"the request to {what} is {len(packet):,} bytes, but the device reads at most "
+                                    f"{limit:,} (its mtu): send smaller arguments")
 
     def next_seq(self, record: Any, floor: int) -> int:
         """The next SignatureSeqNum of the device's key, at or above `floor`, for an Interest sent outside a call
         (a notification): one counter per key, shared with calls, or the device would see replays."""
         return self._link(record).counter.next(floor)
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of every device called so far, by full name."""
+        return {name: link.breaker for name, link in list(self._links.items())}
 
     def breaker(self, device: str) -> CircuitBreaker | None:
         """The device's circuit breaker, once it has been called."""
@@ -557,11 +604,17 @@ class Invoker:
     # -- calls
 
     async def call(self, device: str, service: str, args: dict[str, Any] | None = None, *,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
-        """Call `service` of `device` with `args`; the answer, or the CallError the call ended in."""
+                   timeout_s: float = DEFAULT_TIMEOUT_S, trace: Any = None) -> Answer:
+        """Call `service` of `device` with `args`; the answer, or the CallError the call ended in. `trace` is
+        the call's CallTrace (ndn_edge.observability.trace), if any."""
         found = self.prepare(device, service, args)
         if isinstance(found, Answer):
+            if trace is not None:
+                trace.cache("hit")
             return found
+        if trace is not None:
+            trace.cache("miss")
+            found.trace = trace
         return await self.complete(found, timeout_s=timeout_s)
 
     def prepare(self, device: str, service: str, args: dict[str, Any] | None = None) -> Answer | Ticket:
@@ -594,8 +647,11 @@ class Invoker:
                 raise
             self.metrics["stale_served"] += 1
             answer = entry.answer(time.monotonic(), stale=True)
+            trace = ticket.trace
+            if trace is not None:
+                trace.cache("stale")
             event(log, "stale_served", device=ticket.device, service=ticket.service, age_ms=answer.age_ms,
-                  reason=err.code)
+                  reason=err.code, **(trace.log_fields() if trace is not None else {}))
             return answer
 
     def _refresh_early(self, ticket: Ticket, entry: CacheEntry) -> None:
@@ -663,6 +719,8 @@ class Invoker:
                              deadline, f"call {name}/{service}")
         else:
             self.metrics["coalesced"] += 1
+            if ticket.trace is not None:
+                ticket.trace.cache("coalesced")
         return await _await_shared(running, deadline, f"{name}/{service}")
 
     async def _miss(self, record: DeviceRecord, ticket: Ticket, private: bool, idempotent: bool,
@@ -675,7 +733,8 @@ class Invoker:
                               f"timed-out calls in a row; next probe in {link.breaker.retry_in_s():.1f}s")
         try:
             reply = await self._exchange(record, link, ticket.service, ticket.params, private, idempotent, deadline,
-                                         lambda raw: wire.parse_reply(raw, record.key, private=private))
+                                         lambda raw: wire.parse_reply(raw, record.key, private=private),
+                                         ticket.trace)
         except _NoSlot:
             link.breaker.release(permit)
             raise
@@ -685,7 +744,8 @@ class Invoker:
             link.breaker.record_timeout(permit)
             if link.breaker.state == CircuitBreaker.OPEN and was != CircuitBreaker.OPEN:
                 event(log, "circuit_open", logging.WARNING, device=record.name, timeouts=link.breaker.failures,
-                      probe_in_s=round(link.breaker.retry_in_s(), 1))
+                      probe_in_s=round(link.breaker.retry_in_s(), 1),
+                      **(ticket.trace.log_fields() if ticket.trace is not None else {}))
             raise
         except BaseException:
             link.breaker.release(permit)
@@ -701,11 +761,16 @@ class Invoker:
         raise err
 
     async def _exchange(self, record: DeviceRecord, link: _Link, service: str, params: bytes, private: bool,
-                        idempotent: bool, deadline: float, accept: Callable[[bytes], T]) -> T:
+                        idempotent: bool, deadline: float, accept: Callable[[bytes], T], trace: Any = None) -> T:
         what = f"{record.name}/{service}"
         ticket = await link.window.acquire(deadline, what)
         try:
             seq = [0]
+            head = b""  # the trace context, for a device that reads one (docs/protocol.md "Trace context")
+            if trace is not None:
+                trace.request_start()
+                if isinstance(record.desc, dict) and record.desc.get("trace") is True:
+                    head = trace.device_prefix()
 
             def sign() -> bytes:
                 floor = max(record.rx_floor, self._directory.rx_floor(record.name))
@@ -714,8 +779,9 @@ class Invoker:
                 except StoreError as err:
                     raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
                 remaining_ms = (deadline - asyncio.get_running_loop().time()) * 1000
-                return wire.call_interest(link.name(record.name, service), params, record.key, link.key_tlv, seq[0],
-                                          private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)))
+                return wire.call_interest(link.signer, link.name(record.name, service), params, seq[0],
+                                          private=private, lifetime_ms=max(1, min(int(remaining_ms), 60_000)),
+                                          trace=head)
 
             def resign() -> bytes | None:
                 if idempotent and self._directory.rx_floor(record.name) > seq[0]:
@@ -723,8 +789,30 @@ class Invoker:
                     return sign()
                 return None
 
+            identity = REQUEST_ID.get() if self.journal is not None and not idempotent else None
+            recalled = None
+            if identity is not None:
+                assert self.journal is not None
+                recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+            packet = recalled if recalled is not None else sign()
+            self.check_fits(record.name, packet, what)
             self.metrics["device_requests"] += 1
-            return await self._requester.request(sign(), deadline, accept, what=what, resign=resign)
+            if identity is not None and recalled is None:
+                assert self.journal is not None
+                await self.journal.record(identity, packet)
+            paths = self._paths
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            if paths is None:
+                reply = await self._requester.request(packet, deadline, accept, what=what, resign=resign,
+                                                      trace=trace)
+            else:
+                reply = await self._requester.request(
+                    packet, deadline, accept, what=what, resign=resign,
+                    send=lambda packet, attempt: paths.send(record.name, packet, attempt),
+                    answered=lambda sends: paths.answered(record.name, sends), trace=trace)
+            self.round_trips.observe(record.name, loop.time() - started)
+            return reply
         finally:
             link.window.release(ticket)
 
@@ -758,6 +846,7 @@ class Invoker:
             raise Internal(f"device {name} sent a _desc reply that is not CBOR: {err}") from err
         if not valid_description(desc):
             raise Internal(f"device {name} sent service descriptions without a list of named services")
+        desc = with_defaults(desc)
         desc_hash = hashlib.sha256(content).digest()[:8].hex()
         try:
             self._store.set_description(name, desc_hash, desc)
@@ -773,11 +862,11 @@ class Invoker:
     def _link(self, record: Any) -> _Link:
         link = self._links.get(record.name)
         if link is None:
-            link = _Link(record.key_name, self._counter(record.key_name), self._breaker_factory(),
+            link = _Link(record, self._counter(record.key_name), self._breaker_factory(),
                          _Window(self._reply_cache, self._max_in_flight))
             self._links[record.name] = link
         elif link.key_name != record.key_name:  # re-provisioned: a new key has its own sequence space
-            link.rekey(record.key_name, self._counter(record.key_name))
+            link.rekey(record, self._counter(record.key_name))
         return link
 
     def _record(self, name: str) -> Any:
@@ -797,7 +886,9 @@ class Invoker:
             self._records[name] = (now, record)
         return record
 
-    def _counter(self, key_name: str) -> SeqCounter:
+    def _counter(self, key_name: str) -> SeqSource:
+        if self.counters is not None:
+            return self.counters(key_name)
         return SeqCounter(self._store, key=key_name, block=SEQ_BLOCK)
 
     def _why_down(self, name: str) -> str:

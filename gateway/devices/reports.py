@@ -1,11 +1,12 @@
-"""What devices send on their own and need acknowledged: operation reports and publications.
+"""What devices send on their own and need acknowledged: operation reports, publications and device logs.
 
-Owns the intake of `/<site>/_op/<digest>` and `/<site>/_pub/<digest>` signed Interests (docs/protocol.md,
-"Reports"): verification, processing exactly once, and the acknowledgement (a Data of the report's full name,
-signed with the device key, content `{"ok": true}`) sent on the multicast face.
+Owns the intake of `/<site>/_op/<digest>`, `/<site>/_pub/<digest>` and `/<site>/_log/<digest>` signed Interests
+(docs/protocol.md, "Reports"): verification, processing exactly once, and the acknowledgement (a Data of the
+report's full name, signed with the device key, content `{"ok": true}`) sent back to where the report came from
+(see Decisions).
 
     intake = ReportIntake(store, face, "edge", handlers={OPERATION: ops.on_report, PUBLICATION: pubsub.on_report})
-    face.on_packet -> intake.on_interest(packet)     # the raw Interest (its sender in face.last_addr); else ignored
+    side.on_report -> intake.on_interest(packet, addr)  # the raw Interest and its sender; anything else is ignored
     await intake.start() ... await intake.stop()     # start() opens the intake's unicast socket (face.iface)
 
 A handler is called inside the store transaction of its batch, as `handler(db, report)`, and returns what to do
@@ -44,7 +45,8 @@ Decisions:
   fraction of python-ndn's cost; the device checks the name and the HMAC only.
 - Acknowledgements go back to where the report came from, over a unicast socket of the intake's own (the
   interface's address, a port of the system's choosing), unless the report came from the group's port (a device's
-  group socket, which on Linux is bound to the group address and cannot receive unicast): then to the group.
+  group socket, which on Linux is bound to the group address and cannot receive unicast): then by the device's
+  path (the group, or unicast to a device on the fallback: `DeviceSide.send_to`).
   A device sends its reports from a socket of its own (device/outbox.py) and, once an acknowledgement has come
   back from this socket, sends its new reports straight to it; so a publishing device costs the others nothing.
   Before, every report and every acknowledgement went to the group: every device read all of them (a foreign
@@ -87,6 +89,8 @@ log = logging.getLogger("ndn_edge.reports")
 
 OPERATION = "_op"
 PUBLICATION = "_pub"
+LOG = "_log"  # device logs (ndn_edge.observability.devlogs)
+KINDS = (OPERATION, PUBLICATION, LOG)
 ACK, SILENT, LATER, DROP = "ack", "silent", "later", "drop"
 ACK_CONTENT = cbor2.dumps({"ok": True})
 QUEUE_SIZE = 8192
@@ -178,13 +182,15 @@ class _Key:
 class ReportIntake:
     """Verifies, processes once and acknowledges the reports of one site's devices."""
 
-    def __init__(self, store: Any, face: Any, site: str, handlers: dict[str, Handler] | None = None) -> None:
+    def __init__(self, store: Any, face: Any, site: str, handlers: dict[str, Handler] | None = None, *,
+                 send_to: Callable[[str, bytes], None] | None = None) -> None:
         self.site = site.strip("/")
+        self._send_to = send_to  # by the device's path (DeviceSide.send_to); None: the face's group
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self._store = store
         self._face = face
         self._prefixes = {kind: b"".join(bytes(c) for c in Name.from_str(f"/{self.site}/{kind}"))
-                          for kind in (OPERATION, PUBLICATION)}
+                          for kind in KINDS}
         self._kinds = {prefix: kind for kind, prefix in self._prefixes.items()}
         self._queue: asyncio.Queue[tuple[bytes, Address | None, float]] = asyncio.Queue(QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
@@ -291,12 +297,12 @@ class ReportIntake:
         device's acknowledgement loss calls for."""
         packet = cw.encode_reply(report.name_tlv, ACK_CONTENT, self._signer(report.device))
         addr = report.addr if report.addr is not None and report.addr[1] != self._group_port else None
-        self._send(packet, addr)
+        self._send(packet, report.device.name, addr)
         copies = self._key(report.key_name).copies() if self._queue.qsize() < COPIES_MAX_BACKLOG else 1
         if copies > 1 and self._extra_copy_allowed():
             loop = asyncio.get_running_loop()
             for i in range(1, copies):
-                loop.call_later(ACK_COPY_SPACING_S * i, self._send, packet, addr)
+                loop.call_later(ACK_COPY_SPACING_S * i, self._send, packet, report.device.name, addr)
 
     def _extra_copy_allowed(self) -> bool:
         """A token bucket: extra copies repair lossy links, at most `EXTRA_COPIES_PER_S` so they never become
@@ -309,14 +315,17 @@ class ReportIntake:
         self._copy_tokens -= 1
         return True
 
-    def _send(self, packet: bytes, addr: Address | None) -> None:
-        """To `addr` over the unicast socket, or to the group (no address, or no unicast socket)."""
+    def _send(self, packet: bytes, device: str, addr: Address | None) -> None:
+        """To `addr` over the intake's unicast socket; without one (no address, or no socket), by the device's
+        path."""
         try:
             if addr is not None and self._unicast is not None:
                 self._unicast.sendto(packet, addr)
                 self.counters["acks_unicast"] += 1
-            else:
+            elif self._send_to is None:
                 self._face.send(packet)
+            else:
+                self._send_to(device, packet)
             self.counters["acks"] += 1
         except GatewayError as err:  # the face is closed: the device sends the report again
             event(log, "ack_not_sent", logging.DEBUG, error=str(err))

@@ -13,7 +13,9 @@
 | `GET /operations`, `GET /operations/{op}?wait=S`, `DELETE /operations/{op}` | `ops`, `op_get`, `op_cancel` |
 | `POST /gather` `{"pattern", "args", "deadline_s"}` | `gather` |
 | `GET /events?topic=P` (Server-Sent Events, `ndn_edge.http.events`) | `subscribe`, `poll`, `unsubscribe` |
+| `GET /logs?device=P&after=&since=&level=&trace=&limit=&wait=` (device logs) | `logs` |
 | `GET /openapi.json` (`ndn_edge.http.openapi`) | `devices`, `services` |
+| `GET /metrics` (outside /api/v1: Prometheus; a token whose client may read metrics) | `metrics`' rule |
 
 Decisions:
 - Authentication is a middleware: every `/api/v1` request carries `Authorization: Bearer <token>`
@@ -28,6 +30,15 @@ Decisions:
 - Every error is a problem+json response (`ndn_edge.http.problems`): aiohttp's own (unknown route, wrong method,
   body too large) are converted, and an unexpected exception is logged and answered INTERNAL without its
   traceback.
+- Responses say `Server: ndn-edge`, with no versions: aiohttp's default names the Python and aiohttp versions,
+  which tells a scanner which published flaws to try. The application's responses (event streams and files
+  too) get it in `on_response_prepare`, aiohttp's hook for it. A request the parser refuses (a header line over
+  8 KiB, garbage) is answered by aiohttp before any application code runs, with its module default; aiohttp has
+  no setting for that one, so `neutral_server_header()` replaces the default when the face starts (a test pins
+  both paths, so an aiohttp upgrade that moves the default fails loudly).
+- Trace context: a call (`call`, `notify`, `start`, `enqueue`, `gather`, `health`) runs under the request's
+  `traceparent` header when it has a valid one, else under a new trace; the response's `traceresponse` header
+  names it, so a caller without tracing of its own can still find the device's log lines of its call.
 Rejected: a second implementation of listing, calling and access checks for HTTP (two places to get a rule
 wrong); sessions or cookies for the dashboard (a bearer token in JavaScript memory needs no CSRF defence).
 """
@@ -43,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ndn_edge import __version__, names
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
@@ -62,6 +73,7 @@ from ndn_edge.http import openapi, problems, values
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle
+from ndn_edge.observability import trace as tracing
 from ndn_edge.wire import client_protocol as cp
 
 log = logging.getLogger("ndn_edge.http")
@@ -73,6 +85,7 @@ DESC_TTL_S = 1.0                 # service descriptions are re-read from the sto
 MAX_WAIT_S = cp.MAX_TIMEOUT_MS / 1000
 STATIC = Path(__file__).resolve().parent / "static"
 JSON = "application/json"
+SERVER = "ndn-edge"              # the Server header: the product, no versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,8 +112,10 @@ class _Bucket:
 class Api:
     """The `/api/v1` routes over one verb table, and the dashboard's files."""
 
-    def __init__(self, verbs: Verbs, tokens: Tokens, *, site: str, limits: Limits | None = None) -> None:
+    def __init__(self, verbs: Verbs, tokens: Tokens, *, site: str, limits: Limits | None = None,
+                 metrics: Any = None) -> None:
         self.verbs = verbs
+        self.metrics_view = metrics  # ndn_edge.observability.metrics.MetricsView, for GET /metrics
         self.tokens = tokens
         self.site = site.strip("/")
         self.limits = limits or Limits()
@@ -118,6 +133,7 @@ class Api:
         """The aiohttp application: API routes, the dashboard, the middlewares."""
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth],
                               handler_args={"max_field_size": 8190, "max_line_size": 8190})
+        app.on_response_prepare.append(_server_header)
         r = app.router
         r.add_get(f"{API}/devices", self.devices)
         r.add_get(API + "/devices/{device:.+}/services", self.services)
@@ -131,7 +147,9 @@ class Api:
         r.add_delete(API + "/operations/{op}", self.cancel)
         r.add_post(f"{API}/gather", self.gather)
         r.add_get(f"{API}/events", self.events)
+        r.add_get(f"{API}/logs", self.logs)
         r.add_get(f"{API}/openapi.json", self.openapi)
+        r.add_get("/metrics", self.prometheus)
         r.add_get("/", self.index)
         r.add_get("/static/{name}", self.static)
         return app
@@ -140,6 +158,13 @@ class Api:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._answer(request, handler)
+        traceparent = request.get(tracing.TRACEPARENT)
+        if traceparent is not None and not response.prepared:
+            response.headers["traceresponse"] = traceparent
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except CallError as err:
@@ -242,6 +267,15 @@ class Api:
             cached = self._descs[device] = (services, now)
         return find_service({"services": cached[0]}, target[-1])
 
+    def traced(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` with the request's trace context: its `traceparent` header when valid, else a new trace."""
+        traceparent = request.get(tracing.TRACEPARENT)
+        if traceparent is None:
+            ctx = tracing.parse(request.headers.get(tracing.TRACEPARENT)) or tracing.new()
+            traceparent = request[tracing.TRACEPARENT] = ctx.header()
+        params[tracing.TRACEPARENT] = traceparent
+        return params
+
     # -- routes
 
     async def devices(self, request: web.Request) -> web.Response:
@@ -256,7 +290,7 @@ class Api:
         target = (*self.target(request, "device"), "_health")
         params = {"args": None, "timeout_ms": _int(request, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                    cp.MAX_TIMEOUT_MS)}
-        return _json(await self.run(request["caller"], cp.VERB_CALL, target, params))
+        return _json(await self.run(request["caller"], cp.VERB_CALL, target, self.traced(request, params)))
 
     async def call(self, request: web.Request) -> web.Response:
         caller: Caller = request["caller"]
@@ -277,19 +311,21 @@ class Api:
                 args = values.decode_bytes_args(args, self.service(target) if len(target) >= 2 else None)
         else:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
-        return _json(await self.run(caller, cp.VERB_CALL, target, {"args": args, "timeout_ms": timeout_ms}))
+        return _json(await self.run(caller, cp.VERB_CALL, target,
+                                    self.traced(request, {"args": args, "timeout_ms": timeout_ms})))
 
     async def notify(self, request: web.Request) -> web.Response:
         target = self.target(request)
         args = (await _body(request)) or None
-        return _json(await self.run(request["caller"], cp.VERB_NOTIFY, target, {"args": args}), status=202)
+        return _json(await self.run(request["caller"], cp.VERB_NOTIFY, target, self.traced(request, {"args": args})),
+                     status=202)
 
     async def start(self, request: web.Request) -> web.Response:
         target = self.target(request)
         args = (await _body(request)) or None
         params = {"args": args, "timeout_ms": _int(request, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                    cp.MAX_TIMEOUT_MS)}
-        op = await self.run(request["caller"], cp.VERB_START, target, params)
+        op = await self.run(request["caller"], cp.VERB_START, target, self.traced(request, params))
         return _json(op, status=202, headers={"Location": f"{API}/operations/{op['op']}"})
 
     async def enqueue(self, request: web.Request) -> web.Response:
@@ -297,7 +333,7 @@ class Api:
         args = (await _body(request)) or None
         ttl_s = _number(request, "ttl_s", 300.0, 0.001, 7 * 86400.0)
         op = await self.run(request["caller"], cp.VERB_ENQUEUE, target,
-                            {"args": args, "ttl_ms": max(1, int(ttl_s * 1000))})
+                            self.traced(request, {"args": args, "ttl_ms": max(1, int(ttl_s * 1000))}))
         return _json(op, status=202, headers={"Location": f"{API}/operations/{op['op']}"})
 
     async def operations(self, request: web.Request) -> web.Response:
@@ -328,12 +364,45 @@ class Api:
             raise InvalidArgument(f"deadline_s must be a number of seconds above 0, at most {MAX_WAIT_S:g}, got "
                                   f"{deadline_s!r}")
         params = {"pattern": pattern, "args": args, "timeout_ms": max(1, int(deadline_s * 1000))}
-        return _json(await self.run(request["caller"], cp.VERB_GATHER, (), params))
+        return _json(await self.run(request["caller"], cp.VERB_GATHER, (), self.traced(request, params)))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         from ndn_edge.http import events
 
         return await events.stream(self, request)
+
+    async def logs(self, request: web.Request) -> web.Response:
+        """Device log entries: `{"entries", "next"}` (pass `next` as `after` to read on)."""
+        params: dict[str, Any] = {"pattern": request.query.get("device"),
+                                  "after": _int(request, "after", 0, 0, 1 << 62),
+                                  "max": _int(request, "limit", 100, 1, 500),
+                                  "wait_ms": int(_number(request, "wait", 0.0, 0.0, MAX_WAIT_S) * 1000),
+                                  "tail": request.query.get("tail", "false").lower() in ("1", "true", "yes")}
+        since = request.query.get("since")
+        if since is not None:
+            params["since"] = _number(request, "since", 0.0, 0.0, 1e11)
+        level = request.query.get("level")
+        if level is not None:
+            params["level"] = values.log_level(level)
+        if request.query.get("trace") is not None:
+            params["trace"] = request.query["trace"]
+        return _json(await self.run(request["caller"], cp.VERB_LOGS, (), params))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """The Prometheus text exposition, for a token whose client may read metrics."""
+        if self.metrics_view is None:
+            raise web.HTTPNotFound()
+        found = self.tokens.caller(request.headers.get("Authorization"))
+        if found is None:
+            self.stats["unauthenticated"] += 1
+            return problems.unauthenticated("/metrics needs `Authorization: Bearer <token>` of a client that may "
+                                            "read metrics; issue one with: ndn-edge client token NAME")
+        caller, _ = found
+        if not names.allowed(caller.rules, cp.METRICS_TARGET):
+            raise PermissionDenied(f"client '{caller.name}' may not read metrics; the operator can allow it with: "
+                                   f"ndn-edge acl grant {caller.name} {'/'.join(cp.METRICS_TARGET)}")
+        body, content_type = self.metrics_view.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         caller: Caller = request["caller"]
@@ -378,6 +447,15 @@ class Api:
     def metrics(self) -> dict[str, int]:
         """Counters of the HTTP face."""
         return {**self.stats, "in_flight": self._in_flight, "open_streams": len(self.streams)}
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+def neutral_server_header() -> None:
+    """Make aiohttp's default Server header (used where no application runs: the parser's 400s) neutral too."""
+    web_response.SERVER_SOFTWARE = SERVER
 
 
 async def _body(request: web.Request, what: str = "the request body (the arguments)") -> dict[str, Any]:

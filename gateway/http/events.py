@@ -1,12 +1,16 @@
 """Subscriptions as Server-Sent Events: `GET /api/v1/events?topic=PATTERN[&topic=...][&members=false]
-[&durable=NAME]`, over the pub/sub verbs (`subscribe`, `poll`, `unsubscribe`), so delivery, order, retained
-values and access rules are pub/sub's own (docs/models.md).
+[&durable=NAME][&logs=DEVICES]`, over the pub/sub verbs (`subscribe`, `poll`, `unsubscribe`), so delivery, order,
+retained values and access rules are pub/sub's own (docs/models.md); with `logs`, the log entries of the devices
+matching that pattern (`**`: all it may reach) as they arrive, over the `logs` verb.
 
     event: message                 a publication: {"topic", "publisher", "value", "seq", "boot", "time", "pos", ...}
     id: 17                         (durable streams only: the message's position)
     data: {...}
 
     event: member                  a membership event: the `_members/<device>` message, value {"event", "device", ...}
+    data: {...}
+
+    event: log                     a device log entry: {"id", "device", "level", "message", "trace_id", ...}
     data: {...}
 
 Decisions:
@@ -53,10 +57,15 @@ async def stream(api: Api, request: web.Request) -> web.StreamResponse:
     topics = request.query.getall("topic", [])
     members = _flag(request.query.get("members"), "members", True)
     durable = request.query.get("durable")
+    logs = request.query.get("logs")
     if len(topics) > MAX_TOPICS:
         raise InvalidArgument(f"at most {MAX_TOPICS} topic patterns per stream, got {len(topics)}")
-    if not topics and not members:
-        raise InvalidArgument("nothing to stream: give topic=PATTERN (e.g. sim/*/tick) or members=true")
+    if not topics and not members and logs is None:
+        raise InvalidArgument("nothing to stream: give topic=PATTERN (e.g. sim/*/tick), members=true or "
+                              "logs=PATTERN")
+    after = 0
+    if logs is not None:  # checked (pattern, rules) before the stream starts; from the newest entry on
+        after = (await api.run(caller, cp.VERB_LOGS, (), {"pattern": logs, "tail": True, "max": 1}))["next"]
     if durable is not None and len(topics) != 1:
         raise InvalidArgument("a durable stream follows exactly one topic pattern")
     resume = _last_event_id(request.headers.get("Last-Event-ID")) if durable is not None else 0
@@ -89,6 +98,8 @@ async def stream(api: Api, request: web.Request) -> web.StreamResponse:
             skip_members = name == "message" and members
             pollers.append(asyncio.create_task(_follow(api, caller, response, lock, sub_id, name, is_durable,
                                                        resume if is_durable else 0, skip_members)))
+        if logs is not None:
+            pollers.append(asyncio.create_task(_follow_logs(api, caller, response, lock, logs, after)))
         done, _ = await asyncio.wait(pollers, return_when=asyncio.FIRST_COMPLETED)
         for finished in done:
             if not finished.cancelled() and finished.exception() is not None:
@@ -126,6 +137,21 @@ async def _follow(api: Api, caller: Caller, response: web.StreamResponse, lock: 
             chunks.append(head + "data: " + json.dumps(jsonable(msg), separators=(",", ":")) + "\n\n")
         if chunks:
             await _write(response, lock, "".join(chunks))
+
+
+async def _follow_logs(api: Api, caller: Caller, response: web.StreamResponse, lock: asyncio.Lock, pattern: str,
+                       after: int) -> None:
+    """Long-poll the device logs and write each entry as an `event: log`."""
+    while True:
+        page = await api.run(caller, cp.VERB_LOGS, (), {"pattern": pattern, "after": after, "max": POLL_MAX,
+                                                        "wait_ms": int(HEARTBEAT_S * 1000)})
+        after = page["next"]
+        entries = page.get("entries") or []
+        if not entries:
+            await _write(response, lock, ": keep-alive\n\n")
+            continue
+        await _write(response, lock, "".join("event: log\ndata: " + json.dumps(jsonable(e), separators=(",", ":"))
+                                             + "\n\n" for e in entries))
 
 
 async def _write(response: web.StreamResponse, lock: asyncio.Lock, text: str) -> None:

@@ -28,19 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ndn_edge.clients.verbs import Verbs
 from ndn_edge.errors import ConfigError, Unavailable
-from ndn_edge.http.api import Api
+from ndn_edge.http.api import Api, neutral_server_header
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
-from ndn_edge.logs import event
+from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.http")
 
 RECORD = "http.json"
 CONFIG = "config.json"
 SHUTDOWN_S = 1.0
+MALFORMED_LOG_EVERY_S = 60.0  # one line a minute about requests the HTTP parser refused (they are counted)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _MalformedRequests(logging.Filter):
+    """On aiohttp's server logger: a request its parser refuses (an oversized header, a bad method, garbage) is
+    answered 400 by aiohttp before any route runs, and logged with a full traceback, each time. Anyone who can
+    reach the port could fill the log with them. Here they are counted (`malformed` in the face's stats) and
+    logged as one line at most once a minute; anything else aiohttp logs (a bug) passes unchanged."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        super().__init__()
+        self._stats = stats
+        self._throttle = Throttle(log, MALFORMED_LOG_EVERY_S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self._stats["malformed"] = self._stats.get("malformed", 0) + 1
+        self._throttle.event("malformed", "http_request_malformed", logging.INFO,
+                             error=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"[:200])
+        return False
+
+
 class HttpFace:
     """The REST API and the dashboard, served by aiohttp on one listening socket."""
 
@@ -108,27 +131,35 @@ class HttpFace:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._record: Path | None = None
+        self._malformed: _MalformedRequests | None = None
 
     @classmethod
     def build(cls, store: Any, devices: Any, patterns: Any, *, site: str, options: HttpOptions,
-              limits: Limits | None = None) -> HttpFace:
-        """A face whose routes run the verbs on `devices` and `patterns`."""
+              limits: Limits | None = None, obs: Any = None, metrics: Any = None) -> HttpFace:
+        """A face whose routes run the verbs on `devices` and `patterns` (calls counted and traced by `obs`);
+        `GET /metrics` serves `metrics` (a MetricsView) when given."""
         face: HttpFace
 
         def counters() -> dict[str, Any]:
             out: dict[str, Any] = {"http": face.api.metrics(), "devices": devices.metrics()}
             if patterns is not None:
                 out["patterns"] = patterns.metrics()
+            if obs is not None:
+                out["observability"] = obs.counters()
             return out
 
-        verbs = Verbs(devices, patterns, site=site, counters=counters)
-        face = cls(Api(verbs, Tokens(store), site=site, limits=limits), options)
+        verbs = Verbs(devices, patterns, site=site, counters=counters, obs=obs)
+        face = cls(Api(verbs, Tokens(store), site=site, limits=limits, metrics=metrics), options)
         return face
 
     async def start(self) -> str:
         """Listen; returns the base URL."""
         context = self.options.ssl_context()
         host, port = self.options.listen
+        neutral_server_header()
+        if self._malformed is None:
+            self._malformed = _MalformedRequests(self.api.stats)
+            logging.getLogger("aiohttp.server").addFilter(self._malformed)
         runner = web.AppRunner(self.api.application(), access_log=None, shutdown_timeout=SHUTDOWN_S,
                                handle_signals=False)
         await runner.setup()
@@ -193,6 +224,9 @@ class HttpFace:
         if runner is not None:
             await runner.cleanup()
             event(log, "http_stopped", **self.api.stats)
+        if self._malformed is not None:
+            logging.getLogger("aiohttp.server").removeFilter(self._malformed)
+            self._malformed = None
 
 
 def read_record(home_path: Path) -> str | None:

@@ -124,6 +124,12 @@ class Tokens:
             return None
         return entry.caller, tid
 
+    def invalidate(self) -> None:
+        """Read every token and its rules from the store again at its next use (a federation applying a change
+        made on another gateway)."""
+        self._entries.clear()
+        self._unknown.clear()
+
     def _entry(self, tid: str) -> _Entry | None:
         now = time.monotonic()
         entry = self._entries.get(tid)

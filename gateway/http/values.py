@@ -181,3 +181,19 @@ def to_json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError):
         return json.dumps(jsonable(value), separators=(",", ":"), allow_nan=False).encode()
+
+
+def log_level(text: str) -> int:
+    """A `level=` query value: debug, info, warning, error, or a number from 0 to 100."""
+    names = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
+    lowered = text.strip().lower()
+    if lowered in names:
+        return names[lowered]
+    try:
+        value = int(lowered, 10)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise InvalidArgument(f"level must be debug, info, warning, error or a number from 0 to 100, got "
+                              f"{text[:40]!r}")
+    return value

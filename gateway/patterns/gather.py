@@ -43,14 +43,18 @@ def split_pattern(text: str) -> tuple[tuple[str, ...], str]:
 
 
 async def gather(devices: Any, *, site: str, pattern: tuple[str, ...], service: str, args: dict[str, Any] | None,
-                 timeout_s: float, allowed: Callable[[tuple[str, ...]], bool]) -> list[dict[str, Any]]:
-    """Call `service` on every matching device; each device's answer or error, by `timeout_s`."""
+                 timeout_s: float, allowed: Callable[[tuple[str, ...]], bool], tracer: Any = None,
+                 trace: Any = None) -> list[dict[str, Any]]:
+    """Call `service` on every matching device; each device's answer or error, by `timeout_s`. With `trace`
+    (the gather's CallTrace), each device's call is traced under it by `tracer`."""
     targets = list(_targets(devices.store, site, pattern, service, allowed))
     results: dict[str, dict[str, Any]] = {}
     tasks: dict[asyncio.Task[Any], str] = {}
     for name, rel in targets:
         if devices.is_online(name):
-            tasks[asyncio.create_task(devices.call(name, service, args, timeout_s=timeout_s))] = rel
+            child = tracer.start(None, "call", name, service, parent=trace) if trace is not None else None
+            tasks[asyncio.create_task(_traced(devices.call(name, service, args, timeout_s=timeout_s, trace=child),
+                                              child))] = rel
         else:
             results[rel] = {"device": rel, "error": Unavailable(why_down(devices.directory, name)).to_wire()}
     if tasks:
@@ -71,6 +75,22 @@ async def gather(devices: Any, *, site: str, pattern: tuple[str, ...], service: 
                 continue
             results[rel] = {"device": rel, "error": err.to_wire()}
     return [results[rel] for rel in sorted(results)]
+
+
+async def _traced(call: Any, trace: Any) -> Any:
+    """`call`'s answer, ending `trace` (a device's call in a traced gather) with its outcome."""
+    if trace is None:
+        return await call
+    try:
+        answer = await call
+    except CallError as err:
+        trace.end(err.code, err.message)
+        raise
+    except BaseException:
+        trace.end(DeadlineExceeded.code, "no answer by the deadline")
+        raise
+    trace.end("OK", cached=bool(answer.cached))
+    return answer
 
 
 def _targets(store: Any, site: str, pattern: tuple[str, ...], service: str,

@@ -28,7 +28,7 @@ class Patterns:
         self.site = site.strip("/")
         self.store = store
         self.devices = devices
-        self.intake = ReportIntake(store, devices.face, self.site)
+        self.intake = ReportIntake(store, devices.face, self.site, send_to=devices.send_to)
         self.pubsub = PubSub(store, site=self.site, intake=self.intake, limits=limits)
         self.operations = Operations(store, devices, site=self.site, limits=limits)
         self.intake.handlers = {OPERATION: self.operations.on_report, PUBLICATION: self.pubsub.on_report}

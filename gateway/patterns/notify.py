@@ -46,5 +46,6 @@ async def notify(devices: Any, device: str, service: str, args: dict[str, Any] |
         raise Internal(f"cannot lease sequence numbers for {record.key_name}: {err}") from err
     packet, _ = wire.make_call(f"{name}/_n/{service}", args, record.key, seq, signer_owner=name,
                                private=bool(svc and svc.get("private")), lifetime_ms=LIFETIME_MS)
-    devices.face.send(packet)
+    devices.invoker.check_fits(name, packet, f"{name}/{service}")
+    devices.send_to(name, packet)  # by the device's path (multicast or unicast)
     return {"device": name, "service": service, "sent": True}

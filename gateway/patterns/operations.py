@@ -121,6 +121,7 @@ class Operations:
         self._checking: dict[str, asyncio.Task[None]] = {}
         self._due: set[str] = set()  # running operations to ask the device about when it is online
         self._task: asyncio.Task[None] | None = None
+        self.id_tag: str | None = None  # a federation's gateway tag (4 hex), ending every id: its owner is known
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
                                          "orphan_reports": 0, "reconciled": 0, "cancelled": 0, "over_quota": 0}
 
@@ -161,7 +162,7 @@ class Operations:
     # -- client verbs
 
     async def start_op(self, client: str, device: str, service: str, args: dict[str, Any] | None, *,
-                       timeout_s: float) -> dict[str, Any]:
+                       timeout_s: float, trace: Any = None) -> dict[str, Any]:
         """Start a long-running service; the operation's info once the device has accepted it."""
         name = self._resolve(device)
         self._within_quota(client, "kind = 'op' AND state IN ('starting', 'running')",
@@ -174,7 +175,7 @@ class Operations:
         check_args(svc, args, f"{self._rel(name)}/{service}")
         op_id = self._insert("op", client, name, service, args, "starting")
         try:
-            reply = await self._devices.call(name, service, args, timeout_s=timeout_s)
+            reply = await self._devices.call(name, service, args, timeout_s=timeout_s, trace=trace)
         except BaseException:
             self._delete(op_id)
             raise
@@ -343,7 +344,7 @@ class Operations:
         if args is not None and not isinstance(args, dict):
             raise InvalidArgument(f"args must be a map, got {type(args).__name__}")
         now = self._clock()
-        op_id = f"{int(now * 1000):012x}{os.urandom(4).hex()}"
+        op_id = f"{int(now * 1000):012x}{os.urandom(4 if self.id_tag is None else 2).hex()}{self.id_tag or ''}"
         with self._store.transaction() as db:
             db.execute(f"INSERT INTO operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, "
                        "NULL, NULL, ?, ?, ?)", (op_id, kind, client, device, service, cbor2.dumps(args or {}),

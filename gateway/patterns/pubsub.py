@@ -236,7 +236,7 @@ class _Batch:
     position, each topic's last retained message, the rows of durable queues) and handed out after its commit
     (`PubSub._deliver`: in-memory queues, waking pollers)."""
 
-    __slots__ = ("durable", "memory", "positions", "retained", "stored")
+    __slots__ = ("durable", "exported", "memory", "positions", "retained", "stored")
 
     def __init__(self) -> None:
         self.positions: dict[str, tuple[str, int]] = {}  # device -> (boot, last delivered)
@@ -244,6 +244,7 @@ class _Batch:
         self.retained: dict[str, bytes] = {}  # topic -> its last retained message
         self.durable: dict[_Sub, list[bytes]] = {}
         self.memory: list[tuple[list[_Sub], dict[str, Any], tuple[str, ...], int]] = []
+        self.exported: list[tuple[dict[str, Any], bool]] = []  # for a federation's exporter (PubSub.exporter)
 
 
 class PubSub:
@@ -266,6 +267,8 @@ class PubSub:
         self._gw_boot = binascii.hexlify(os.urandom(4)).decode()
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
+        # A federation's (ndn_edge.federation.bridge): every message emitted here, after its transaction.
+        self.exporter: Callable[[dict[str, Any], bool], None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
                                          "malformed": 0, "membership": 0, "withheld": 0, "over_quota": 0}
 
@@ -412,8 +415,11 @@ class PubSub:
         stream.since = time.monotonic() if stream.held else 0.0
         batch.positions[device] = (stream.boot, stream.last)
 
-    def _emit(self, msg: dict[str, Any], retain: bool, batch: _Batch) -> None:
-        """Retain and queue one message for every subscription that matches and may see it (in `batch`)."""
+    def _emit(self, msg: dict[str, Any], retain: bool, batch: _Batch, *, export: bool = True) -> None:
+        """Retain and queue one message for every subscription that matches and may see it (in `batch`); with
+        `export`, hand it to a federation's exporter too (after the commit)."""
+        if export and self.exporter is not None:
+            batch.exported.append((msg, retain))
         topic = msg["topic"]
         parts = tuple(topic.split("/"))
         blob = cbor2.dumps(msg)
@@ -452,14 +458,16 @@ class PubSub:
         for sub, blobs in batch.durable.items():
             self._enqueue_durable(db, sub, blobs)
 
-    @staticmethod
-    def _deliver(batch: _Batch) -> None:
-        """After the commit: queue in memory, wake the pollers of durable subscriptions."""
+    def _deliver(self, batch: _Batch) -> None:
+        """After the commit: queue in memory, wake the pollers of durable subscriptions, export."""
         for subs, msg, parts, size in batch.memory:
             for sub in subs:
                 sub.push(msg, parts, size)
         for sub in batch.durable:
             sub.wake()
+        if self.exporter is not None:
+            for msg, retain in batch.exported:
+                self.exporter(msg, retain)
 
     def _enqueue_durable(self, db: Any, sub: _Sub, blobs: list[bytes]) -> None:
         # Only while the subscription is in the store: `client remove` (another process) deletes a client's
@@ -500,6 +508,14 @@ class PubSub:
             event(log, "membership_not_recorded", logging.WARNING, error=str(err))
             return
         self.counters["membership"] += 1
+        _run([functools.partial(self._deliver, batch)])
+
+    def deliver(self, msg: dict[str, Any], retain: bool) -> None:
+        """A message another gateway of a federation emitted: retained and queued here (not exported again)."""
+        batch = _Batch()
+        with self._store.transaction() as db:
+            self._emit(msg, retain, batch, export=False)
+            self._write(db, batch)
         _run([functools.partial(self._deliver, batch)])
 
     # -- subscriptions (client verbs)

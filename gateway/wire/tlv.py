@@ -109,12 +109,17 @@ def var_num(n: int) -> bytes:
 
 def tlv_head(typ: int, length: int) -> bytes:
     """TLV-TYPE and TLV-LENGTH as NDN variable-size numbers."""
+    if typ < _NUM_1 and length < _NUM_1:  # one byte each: nearly every element of a packet
+        return bytes((typ, length))
     return var_num(typ) + var_num(length)
 
 
 def tlv(typ: int, value: bytes) -> bytes:
     """One TLV element."""
-    return tlv_head(typ, len(value)) + value
+    n = len(value)
+    if typ < _NUM_1 and n < _NUM_1:
+        return bytes((typ, n)) + value
+    return var_num(typ) + var_num(n) + value
 
 
 def nni(n: int) -> bytes:

@@ -1,11 +1,12 @@
-# Test board app: runs on MicroPython (and CPython). argv: name key_hex port state_dir [lease_ms]
+# Test board app: runs on MicroPython (and CPython). argv: name key_hex port state_dir [lease_ms [gateway]]
 import sys
 import asyncio
 from device import Device, ServiceError
 
 name, key, port, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 lease_ms = int(sys.argv[5]) if len(sys.argv) > 5 else 60000
-dev = Device(name, key, iface="127.0.0.1", port=port, state_dir=state, lease_ms=lease_ms)
+gateway = sys.argv[6] if len(sys.argv) > 6 else None  # "host:port": the unicast fallback
+dev = Device(name, key, iface="127.0.0.1", port=port, state_dir=state, lease_ms=lease_ms, gateway=gateway)
 count = [0]
 
 

@@ -23,6 +23,12 @@ def reading(n=0):
     return n
 
 
+@dev.service("nap")
+def nap(ms=100):
+    dev.sleep(ms / 1000)  # done by the serving loop after this answer
+    return ms
+
+
 @dev.service("modules")
 def modules():
     return sorted(k for k in sys.modules if k.startswith("device") or k == "asyncio")

@@ -1,0 +1,206 @@
+"""The gateway's connection to the federation's NATS cluster: connecting, reconnecting, the buckets and the
+stream, and the answer to "are we partitioned?".
+
+    link = NatsLink(config, on_state=print)
+    await link.start()          # returns at once; connects in the background, retrying
+    kv = link.kv("ident")       # a bucket, once connected
+    link.state                  # "connecting" | "connected" | "partitioned"
+
+Decisions:
+- The gateway never waits for NATS to start or to serve its own LAN: `start` returns at once and the first
+  connection is retried every `RETRY_S` in a task; nats-py reconnects by itself afterwards. A gateway that lost
+  its connection is `partitioned`: it goes on serving its LAN with the clients and rules it has (they are in
+  its SQLite store), says so (log event, `federation status`, the metrics verb), and catches up when the
+  connection returns (the owners of each bucket resynchronise on `on_state("connected")`).
+- Pings every second, two outstanding at most: a connection whose peer went silent is noticed in about 3 s.
+- Buckets are replicated on three servers where the cluster has three, else one (a single test server).
+- Errors of the client library reach the log once per interval, never a traceback per packet.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ndn_edge.federation.config import FederationConfig
+from ndn_edge.logs import Throttle, event
+
+log = logging.getLogger("ndn_edge.federation")
+
+RETRY_S = 1.0
+PING_S = 1
+CONNECT_TIMEOUT_S = 2
+CALLS_TTL_S = 180.0
+STREAM_MAX_AGE_S = 24 * 3600.0
+STREAM_MAX_BYTES = 64 << 20
+BUCKETS = ("ident", "place", "gw", "seq", "calls")
+
+CONNECTING, CONNECTED, PARTITIONED = "connecting", "connected", "partitioned"
+
+
+class NatsLink:
+    """One NATS connection for one gateway, with its JetStream buckets."""
+
+    def __init__(self, config: FederationConfig, *, name: str = "ndn-edge",
+                 on_state: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.name = name
+        self.on_state = on_state
+        self.state = CONNECTING
+        self.since = time.time()
+        self.nc: Any = None
+        self.js: Any = None
+        self._kv: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._throttle = Throttle(log)
+        self.counters: dict[str, int] = {"connects": 0, "disconnects": 0, "errors": 0}
+
+    async def start(self) -> None:
+        """Connect in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect_loop(), name="federation-connect")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        nc, self.nc = self.nc, None
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 2.0)
+            except Exception as err:  # closing a broken connection: nothing left to do
+                event(log, "federation_close_failed", logging.DEBUG, error=repr(err))
+
+    @property
+    def connected(self) -> bool:
+        return self.state == CONNECTED and self.nc is not None and self.nc.is_connected
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once connected (within `timeout_s`)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def last_revision(self, what: str) -> int:
+        """The last revision written to bucket `what` (its stream's last sequence): a watcher that saw less for
+        a while has stalled (its consumer lost with a NATS server) and is started again by its owner."""
+        info = await self.js.stream_info(f"KV_{self.config.bucket(what)}")
+        return int(info.state.last_seq)
+
+    def kv(self, what: str) -> Any:
+        """The bucket `what` (one of BUCKETS), once connected."""
+        return self._kv[what]
+
+    # -- connection
+
+    async def _connect_loop(self) -> None:
+        import nats
+
+        while True:
+            try:
+                nc = await nats.connect(
+                    list(self.config.nats), name=self.name, connect_timeout=CONNECT_TIMEOUT_S,
+                    reconnect_time_wait=RETRY_S, max_reconnect_attempts=-1, ping_interval=PING_S,
+                    max_outstanding_pings=2, allow_reconnect=True, error_cb=self._error,
+                    disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # unreachable, refused, bad credentials: retried, logged once a while
+                self._throttle.event("connect", "federation_unreachable", logging.WARNING,
+                                     nats=",".join(_safe(u) for u in self.config.nats), error=str(err) or repr(err))
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.nc = nc
+            self.js = nc.jetstream()
+            try:
+                await self._ensure_buckets()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # JetStream not ready yet (a cluster electing its leaders)
+                self._throttle.event("buckets", "federation_buckets_not_ready", logging.WARNING, error=repr(err))
+                await _close_quietly(nc)
+                self.nc = None
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.counters["connects"] += 1
+            self._set(CONNECTED)
+            self._ready.set()
+            return
+
+    async def _ensure_buckets(self) -> None:
+        from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+
+        for what in BUCKETS:
+            if what in self._kv:
+                continue
+            name = self.config.bucket(what)
+            try:
+                self._kv[what] = await self.js.key_value(name)
+                continue
+            except Exception:  # not there yet: create it
+                pass
+            ttl = CALLS_TTL_S if what == "calls" else None
+            last: Exception | None = None
+            for replicas in (3, 1):
+                try:
+                    self._kv[what] = await self.js.create_key_value(KeyValueConfig(
+                        bucket=name, history=1, replicas=replicas, ttl=ttl, storage=StorageType.FILE))
+                    break
+                except Exception as err:  # fewer servers than replicas: try one
+                    last = err
+            else:
+                raise last or RuntimeError(f"cannot create bucket {name}")
+        last_err: Exception = RuntimeError(f"cannot create stream {self.config.stream}")
+        for replicas in (3, 1):
+            try:
+                await self.js.add_stream(StreamConfig(
+                    name=self.config.stream, subjects=[self.config.pub_subjects], max_age=STREAM_MAX_AGE_S,
+                    max_bytes=STREAM_MAX_BYTES, num_replicas=replicas, storage=StorageType.FILE))
+                return
+            except Exception as err:
+                if "already in use" in str(err).lower() or "exists" in str(err).lower():
+                    return
+                last_err = err
+        raise last_err
+
+    async def _error(self, err: Exception) -> None:
+        self.counters["errors"] += 1
+        self._throttle.event("error", "federation_nats_error", logging.WARNING, error=str(err) or repr(err))
+
+    async def _disconnected(self) -> None:
+        if self.state == CONNECTED:
+            self.counters["disconnects"] += 1
+            self._set(PARTITIONED)
+
+    async def _reconnected(self) -> None:
+        self._set(CONNECTED)
+
+    def _set(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state, self.since = state, time.time()
+        level = logging.WARNING if state == PARTITIONED else logging.INFO
+        event(log, f"federation_{state}", level, nats=",".join(_safe(u) for u in self.config.nats),
+              note="serving this LAN with the clients and rules it has; catching up when NATS returns"
+              if state == PARTITIONED else "")
+        if self.on_state is not None:
+            self.on_state(state)
+
+
+def _safe(url: str) -> str:
+    """A NATS URL without its user and password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+async def _close_quietly(nc: Any) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 2.0)
+    except Exception:  # already broken
+        pass

@@ -1,0 +1,259 @@
+"""Gateways federated over a real three-node nats-server cluster with JetStream on 127.0.0.1: three gateways on
+three multicast groups ("LANs") with MicroPython devices behind each, a standby gateway on one LAN, a gateway
+reaching NATS through a relay that can cut it off (docs/operations.md "More than one gateway").
+
+Two scenarios, each with its own cluster (they may run on two workers at once), each a sequence of checks on the
+same running parts: starting a federation costs a few seconds, checking one more thing on it very little."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import cbor2
+import pytest
+
+from ndn_edge.errors import PermissionDenied
+from tests.federation import NatsCluster, Relay, Site, enrol, wait_for
+
+pytestmark = pytest.mark.soak  # long multi-process scenarios: started first
+
+
+def _connect(site_home, gateway: str, client: str = "alice", timeout: float = 10.0):
+    from ndn_edge.client.api import Client
+
+    return Client.connect_sync(home=site_home, client=client, gateway=gateway, timeout=timeout)
+
+
+def _online(client, names: list[str]) -> bool:
+    seen = {d["name"] for d in client.devices() if d["state"] == "online" and d["services"]}
+    return set(names) <= seen
+
+
+async def _nats_values(urls: str) -> list[bytes]:
+    """Every value of every bucket and every message of every stream, read by a NATS client without the key."""
+    import nats
+
+    nc = await nats.connect(urls.split(","))
+    out: list[bytes] = []
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name
+            last = info.state.last_seq
+            for seq in range(max(1, info.state.first_seq), last + 1):
+                try:
+                    msg = await js.get_msg(name, seq)
+                except Exception:  # deleted (a KV value replaced): nothing to read
+                    continue
+                out.append(bytes(msg.data or b""))
+    finally:
+        await nc.close()
+    return out
+
+
+async def _hostile(urls: str, subject: str) -> None:
+    """Garbage and forged vouched requests on a device's subject: none answered."""
+    import nats
+
+    nc = await nats.connect(urls.split(","))
+    try:
+        for payload in (b"", b"\x00garbage", b"\x05\x01\x00", b"V1" + bytes(32) + cbor2.dumps({"c": "alice"}),
+                        b"V1" + b"x" * 300):
+            try:
+                await nc.request(subject, payload, timeout=0.3)
+                raise AssertionError(f"a hostile message {payload[:8]!r} was answered")
+            except nats.errors.TimeoutError:
+                pass
+    finally:
+        await nc.close()
+
+
+def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
+    cluster = NatsCluster(tmp_path / "nats")
+    a, b, c = sites = [Site(tmp_path, name) for name in ("a", "b", "c")]
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        enrol(sites, cluster.urls)
+        a.ok("client", "add", "alice")
+        a.ok("acl", "grant", "alice", "**")
+        a.start_gateway("--http", "127.0.0.1:0")
+        b.start_gateway()
+        c.start_gateway()
+        a.start_sim(1, "a", "--tick", "0")
+        b.start_sim(1, "b", "--tick", "0")
+        c.start_sim(1, "c", "--tick", "0.5")
+
+        with _connect(a.home, a.address()) as alice:
+            # Clients and rules made on A reach every gateway; devices of every LAN are listed on A.
+            wait_for(lambda: _online(alice, ["/edge/a/1", "/edge/b/1", "/edge/c/1"]), 40, "every device on A")
+            listed = {d["name"]: d for d in alice.devices()}
+            assert listed["/edge/c/1"]["gateway"] == c.state()["gateway"]
+
+            # Request/response across gateways: a non-idempotent counter moves by one per call.
+            first = wait_for(lambda: alice.call("c/1/counter"), 10, "a call through A to C")
+            assert [alice.call("c/1/counter") for _ in range(3)] == [first + 1, first + 2, first + 3]
+            assert alice.call("b/1/echo", {"x": [1, "two"]}) == {"x": [1, "two"]}
+            assert alice.call_ex("c/1/temperature").value == alice.call_ex("c/1/temperature").value
+
+            # A long-running operation started through A on C's device, its handle read through B.
+            op = alice.start("c/1/slow", {"seconds": 1})
+            assert op.id.endswith(c.state()["gateway"])
+            with _connect(a.home, b.address()) as via_b:
+                assert via_b.operation(op.id).result(timeout=15) == 1
+
+            # Scatter/gather over the three LANs.
+            outcomes = alice.gather("*/*/temperature", deadline=5)
+            assert set(outcomes) == {"a/1", "b/1", "c/1"}
+            assert all(o.error is None and isinstance(o.value, float) for o in outcomes.values()), outcomes
+
+            metrics = alice.metrics()["federation"]
+            assert metrics["state"] == "connected" and metrics["remote_relayed"] >= 4 and metrics["gateways"] == 3
+
+        # Pub/sub: a subscriber on A gets C's publications, in order.
+        async def subscribe() -> list[int]:
+            from ndn_edge.client.api import Client
+
+            async with Client.connect(home=a.home, client="alice", gateway=a.address(), timeout=10) as client:
+                seqs: list[int] = []
+                async with asyncio.timeout(20):
+                    async for msg in client.subscribe("c/*/tick"):
+                        if not msg.retained:
+                            seqs.append(msg.seq)
+                        if len(seqs) == 3:
+                            return seqs
+            return seqs
+        seqs = asyncio.run(subscribe())
+        assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+        # A rule revoked on B stops a call through A (to C's device) within a second.
+        with _connect(a.home, a.address()) as alice:
+            alice.call("c/1/echo", {"n": 1})
+            b.ok("acl", "revoke", "alice", "**")
+            revoked = time.monotonic()
+
+            def denied() -> bool:
+                try:
+                    alice.call("c/1/echo", {"n": 2}, timeout=2)
+                except PermissionDenied:
+                    return True
+                return False
+            wait_for(denied, 5, "the revoke to apply through A", interval_s=0.02)
+            assert time.monotonic() - revoked < 1.0
+            b.ok("acl", "grant", "alice", "**")
+            wait_for(lambda: alice.call("c/1/echo", {"n": 3}, timeout=2) == {"n": 3}, 5, "the grant to apply")
+
+        # The HTTP API on A, with a token issued on B, calls C's device.
+        token = c.ok("client", "token", "alice").strip().split()[-1]
+        url = json.loads((a.home / "http.json").read_text())["url"]
+
+        def http_call() -> dict:
+            req = urllib.request.Request(f"{url}/api/v1/call/c/1/echo", data=b'{"h": 1}', method="POST",
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # the token has not reached A yet
+                    return {}
+                raise
+        assert wait_for(http_call, 5, "an HTTP call through A")["value"] == {"h": 1}
+
+        # A NATS client without the federation key reads no secret: no device or client key, in any form.
+        from ndn_edge.state.store import Store
+
+        with Store(a.home / "gateway.db") as store:
+            secrets = [d.key for d in store.list_devices(1000)[0]] + [cl.key for cl in store.list_clients()]
+        values = asyncio.run(_nats_values(cluster.urls))
+        assert len(values) > 10
+        for secret in secrets:
+            for form in (secret, secret.hex().encode(), secret.hex().upper().encode()):
+                assert not any(form in v for v in values)
+
+        # Hostile messages on a device's subject are dropped and counted, never answered; C serves on.
+        fed = json.loads((a.home / "federation.json").read_text())["federation"]
+        asyncio.run(_hostile(cluster.urls, f"ndne.{fed}.d.edge.c.1"))
+        with _connect(a.home, c.address()) as on_c:
+            counters = on_c.metrics()
+            assert counters["federation"]["serve_dropped"] >= 4  # not a packet, or a vouched request forged
+            assert counters["clients"]["drops"]["malformed"] >= 1  # a packet, relayed to the face, dropped there
+            assert on_c.call("c/1/echo", {"ok": True}) == {"ok": True}
+
+        # One NATS node killed: everything goes on.
+        cluster.kill(1)
+        with _connect(a.home, a.address()) as alice:
+            value = wait_for(lambda: alice.call("c/1/counter", timeout=5), 20, "a call with a NATS node down")
+            assert alice.call("c/1/counter") == value + 1
+            a.ok("client", "add", "carol")
+            a.ok("acl", "grant", "carol", "b/**")
+        with _connect(a.home, b.address(), client="carol") as carol:
+            assert wait_for(lambda: carol.call("b/1/echo", {"c": 1}, timeout=2), 20, "carol on B") == {"c": 1}
+    finally:
+        for site in sites:
+            site.close()
+        cluster.close()
+
+
+def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
+    cluster = NatsCluster(tmp_path / "nats")
+    lan = Site(tmp_path, "a")
+    standby = Site(tmp_path, "a2", port=lan.port)  # the same multicast group: it hears the same devices
+    b = Site(tmp_path, "b")
+    relay = None
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        enrol([lan, standby, b], cluster.urls)
+        lan.ok("client", "add", "alice")
+        lan.ok("acl", "grant", "alice", "**")
+        lan.start_gateway()
+        lan.start_sim(1, "a", "--tick", "0")
+        with _connect(lan.home, lan.address()) as alice:
+            wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
+            wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
+        standby.start_gateway()
+        relay = Relay(cluster.ports[0])
+        b.start_gateway("--federation", relay.url)
+        b.start_sim(1, "b", "--tick", "0")
+
+        # Kill A: its standby takes a/1 over; every call, the one in flight included, runs exactly once.
+        async def through_failover() -> tuple[list[int], float]:
+            from ndn_edge.client.api import Client
+
+            async with Client.connect(home=lan.home, client="alice", gateway=standby.address(),
+                                      timeout=20) as client:
+                values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A
+                in_flight = asyncio.create_task(client.call("a/1/counter"))
+                lan.kill_gateway()
+                killed = time.monotonic()
+                values.append(await in_flight)
+                recovered = time.monotonic() - killed
+                values += [await client.call("a/1/counter") for _ in range(3)]
+                return values, recovered
+        values, recovered_s = asyncio.run(through_failover())
+        assert values == list(range(values[0], values[0] + len(values))), values
+        assert recovered_s < 10, f"the standby answered {recovered_s:.1f} s after A died"
+        wait_for(lambda: "/edge/a/1" in standby.state()["local"]["served"], 5, "the standby to say it serves a/1")
+
+        # Partition B from NATS: it says so, serves its LAN with the rules it has, and catches up after.
+        with _connect(lan.home, b.address()) as on_b:
+            wait_for(lambda: _online(on_b, ["/edge/b/1"]), 30, "b/1 on B")
+            wait_for(lambda: b.state()["local"]["state"] == "connected", 10, "B connected")
+            relay.cut()
+            wait_for(lambda: b.state()["local"]["state"] == "partitioned", 10, "B to say it is partitioned")
+            assert on_b.call("b/1/echo", {"p": 1}) == {"p": 1}
+            standby.ok("client", "add", "bob")
+            standby.ok("acl", "grant", "bob", "b/**")
+            relay.heal()
+            wait_for(lambda: b.state()["local"]["state"] == "connected", 15, "B to reconnect")
+        with _connect(standby.home, b.address(), client="bob") as bob:
+            assert wait_for(lambda: bob.call("b/1/echo", {"bob": 1}, timeout=2), 15, "bob on B") == {"bob": 1}
+    finally:
+        if relay is not None:
+            relay.close()
+        for site in (lan, standby, b):
+            site.close()
+        cluster.close()

@@ -1,0 +1,105 @@
+"""The federation's parts that need no NATS: sealing, tokens, names in NATS, the command line's refusals, and a
+single gateway that never imports the federation (docs/operations.md "More than one gateway")."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ndn_edge.errors import ConfigError
+from ndn_edge.federation import config as fc
+from ndn_edge.federation.keys import BadSeal, FederationKey
+from tests.support import ROOT
+
+
+def test_sealed_values_open_only_with_the_key_and_only_where_they_were_put():
+    key, other = FederationKey(os.urandom(32)), FederationKey(os.urandom(32))
+    secret = os.urandom(32)
+    sealed = key.seal("ndne_x_ident/d.abc", secret)
+    assert secret not in sealed and secret.hex().encode() not in sealed
+    assert key.open("ndne_x_ident/d.abc", sealed) == secret
+    with pytest.raises(BadSeal):
+        other.open("ndne_x_ident/d.abc", sealed)
+    with pytest.raises(BadSeal):
+        key.open("ndne_x_ident/d.other", sealed)  # moved to another key
+    for damaged in (sealed[:-1] + bytes([sealed[-1] ^ 1]), sealed[:10], b"", b"\x02" + sealed[1:]):
+        with pytest.raises(BadSeal):
+            key.open("ndne_x_ident/d.abc", damaged)
+    assert key.vouched(b"body", key.vouch(b"body")) and not other.vouched(b"body", key.vouch(b"body"))
+    assert repr(key) == "FederationKey(...)"
+
+
+def test_enrolment_tokens_and_names_in_nats():
+    config = fc.new_config("edge", fc.parse_urls("127.0.0.1:4222,nats://u:p@10.0.0.2:4223"))
+    assert config.nats == ("nats://127.0.0.1:4222", "nats://u:p@10.0.0.2:4223")
+    joined = fc.config_from_token(fc.token_of(config))
+    assert (joined.federation, joined.site, joined.nats, joined.key) == \
+        (config.federation, config.site, config.nats, config.key)
+    assert joined.gateway != config.gateway or len(joined.gateway) == 4
+    assert config.key.hex() not in repr(config)
+    for bad in ("", "hello", fc.TOKEN_PREFIX + "!!!", fc.token_of(config)[:-8]):
+        with pytest.raises(ConfigError):
+            fc.config_from_token(bad)
+    for bad in ("http://x:1", "nats://nohost", "", ","):
+        with pytest.raises(ConfigError):
+            fc.parse_urls(bad)
+    assert config.device_subject("/edge/kitchen/th1") == f"ndne.{config.federation}.d.edge.kitchen.th1"
+    odd = config.device_subject("/edge/a.b/*/ü")
+    assert odd.count(".") == 6 and "*" not in odd and ">" not in odd
+    assert fc.from_kv_key(fc.kv_key("/edge/a b/ü")) == "/edge/a b/ü"
+
+
+def test_the_federation_file_is_private_and_checked(tmp_path):
+    config = fc.new_config("edge", ("nats://127.0.0.1:4222",))
+    path = fc.write_config(tmp_path, config)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert fc.read_config(tmp_path) == config
+    with pytest.raises(ConfigError, match="enrolled in a federation already"):
+        fc.write_config(tmp_path, config)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        fc.read_config(tmp_path)
+    path.chmod(0o600)
+    path.write_text(json.dumps({"federation": "zz"}))
+    with pytest.raises(ConfigError, match="federation join"):
+        fc.read_config(tmp_path)
+    assert fc.read_config(tmp_path / "nowhere") is None
+
+
+def _cli(home, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ndn_edge.tools", "--home", str(home), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_bad_federation_usage_is_one_line_and_exit_2(tmp_path):
+    home = tmp_path / "home"
+    for args, says in ((("federation", "join", "not-a-token"), "not an enrolment token"),
+                       (("federation", "status"), "not enrolled"),
+                       (("federation", "init", "--nats", "http://x:1"), "must start with nats://"),
+                       (("gateway", "--federation", "nats://127.0.0.1:1"), "needs an enrolled home")):
+        done = _cli(home, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and says in done.stderr and done.stdout == "", (args, done.stderr)
+    token = fc.token_of(fc.new_config("other", ("nats://127.0.0.1:4222",)))
+    assert _cli(home, "client", "add", "alice").returncode == 0  # the home is for site edge now
+    done = _cli(home, "federation", "join", token)
+    assert done.returncode == 2 and "site" in done.stderr
+
+
+def test_a_single_gateway_never_imports_the_federation(tmp_path):
+    code = (
+        "import asyncio, sys\n"
+        "from ndn_edge.daemon import Gateway\n"
+        "from ndn_edge.state.home import Home\n"
+        "async def main():\n"
+        f"    gw = Gateway(Home({str(tmp_path / 'home')!r}), iface='127.0.0.1', port=0)\n"
+        "    await gw.start()\n"
+        "    await gw.stop()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'nats' or m.startswith('ndn_edge.federation')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -13,9 +13,9 @@ async def serve(dev):
     acks = [None, None]  # the outbox's socket (device/outbox.py) and the task that reads it
     tasks = [asyncio.create_task(_timers(dev, acks))]
     if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads every socket
-        tasks.append(asyncio.create_task(_reader(dev, _unicast, acks)))
+        tasks.append(asyncio.create_task(_reader(dev, 1, acks)))
     try:
-        await _reader(dev, _group, acks)
+        await _reader(dev, 0, acks)
     finally:
         for t in tasks:
             t.cancel()
@@ -24,20 +24,15 @@ async def serve(dev):
         dev.close()
 
 
-def _group(dev):
-    return dev._face.sock
+def _sock(dev, which):
+    # 0: the group's socket, 1: the unicast one, 2: the outbox's (None when not open)
+    if which == 2:
+        ob = dev._outbox
+        return None if ob is None else ob.sock
+    return dev._face.usock if which else dev._face.sock
 
 
-def _unicast(dev):
-    return dev._face.usock
-
-
-def _reports(dev):
-    ob = dev._outbox
-    return None if ob is None else ob.sock
-
-
-async def _reader(dev, socket_of, acks):
+async def _reader(dev, which, acks):
     # Waits on a socket as it is now (a sleep, device/manage.py, closes and opens the face again) and
     # ends when it is closed. Device.receive reads every socket, whichever woke.
     while dev._running:
@@ -46,7 +41,7 @@ async def _reader(dev, socket_of, acks):
                 if dev._next < dev._n:
                     dev._walk()  # the rest of a read after a failed handler (Device._fault)
                 else:
-                    sock = socket_of(dev)
+                    sock = _sock(dev, which)
                     if sock is None:
                         return
                     await _readable(sock)
@@ -76,11 +71,11 @@ async def _timers(dev, acks):
 def _follow(dev, acks):
     # Read the outbox's socket from a task of its own once it is open (a report was sent), and again
     # after a sleep reopened it.
-    s = _reports(dev)
+    s = _sock(dev, 2)
     if s is not acks[0]:
         if acks[1] is not None:
             acks[1].cancel()
-        acks[1] = None if s is None else asyncio.create_task(_reader(dev, _reports, acks))
+        acks[1] = None if s is None else asyncio.create_task(_reader(dev, 2, acks))
         acks[0] = s
 
 

@@ -10,30 +10,43 @@ from device.port import MICROPYTHON
 
 async def serve(dev):
     dev.open()
-    tasks = [asyncio.create_task(_timers(dev))]
-    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads both sockets
-        tasks.append(asyncio.create_task(_reader(dev, True)))
+    acks = [None, None]  # the outbox's socket (device/outbox.py) and the task that reads it
+    tasks = [asyncio.create_task(_timers(dev, acks))]
+    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads every socket
+        tasks.append(asyncio.create_task(_reader(dev, 1, acks)))
     try:
-        await _reader(dev, False)
+        await _reader(dev, 0, acks)
     finally:
         for t in tasks:
             t.cancel()
+        if acks[1] is not None:
+            acks[1].cancel()
         dev.close()
 
 
-async def _reader(dev, unicast):
-    # Waits on the face's socket as it is now: a sleep (device/manage.py) closes and opens the face again.
+def _sock(dev, which):
+    # 0: the group's socket, 1: the unicast one, 2: the outbox's (None when not open)
+    if which == 2:
+        ob = dev._outbox
+        return None if ob is None else ob.sock
+    return dev._face.usock if which else dev._face.sock
+
+
+async def _reader(dev, which, acks):
+    # Waits on a socket as it is now (a sleep, device/manage.py, closes and opens the face again) and
+    # ends when it is closed. Device.receive reads every socket, whichever woke.
     while dev._running:
         try:
             try:
                 if dev._next < dev._n:
                     dev._walk()  # the rest of a read after a failed handler (Device._fault)
                 else:
-                    sock = dev._face.usock if unicast else dev._face.sock
+                    sock = _sock(dev, which)
                     if sock is None:
                         return
                     await _readable(sock)
                     dev.receive()
+                    _follow(dev, acks)
                 continue
             except Exception as e:
                 dev._fault(e)
@@ -43,14 +56,27 @@ async def _reader(dev, unicast):
         await asyncio.sleep(0)
 
 
-async def _timers(dev):
+async def _timers(dev, acks):
     # Device.tick moves its due time a second ahead before it runs anything, so a tick that raised
     # is retried a second later at most (a renewal out of memory is retried by tick itself).
     while dev._running:
         try:
-            await _sleep_ms(dev.tick())
+            w = dev.tick()
+            _follow(dev, acks)
+            await _sleep_ms(w)
         except Exception as e:
             dev._lost(e)
+
+
+def _follow(dev, acks):
+    # Read the outbox's socket from a task of its own once it is open (a report was sent), and again
+    # after a sleep reopened it.
+    s = _sock(dev, 2)
+    if s is not acks[0]:
+        if acks[1] is not None:
+            acks[1].cancel()
+        acks[1] = None if s is None else asyncio.create_task(_reader(dev, 2, acks))
+        acks[0] = s
 
 
 if MICROPYTHON:

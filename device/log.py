@@ -63,7 +63,7 @@ class Logs:
         self.seq = 0  # of the last entry logged
         self.dropped = 0  # entries lost: pushed out of the full buffer, or too long for it
         self.level = level  # entries below it are not kept
-        self.sent = None  # the digest of the report in flight
+        self.sent = None  # the report in flight (its packet, as Outbox.send returned it)
         self.next_ms = ticks_ms()  # no report before this
         self.orig = None  # the print() that capture() replaced
 

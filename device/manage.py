@@ -1,6 +1,8 @@
 # The device's management plane: the framework services (_desc, _health, _op_get, _op_cancel), the
 # configuration file and sleep. Imported when needed and released right after, like device/control.py.
-from device import control, port
+# The control plane is imported only by what needs it (_desc, sleep): _health, _op_get and _op_cancel
+# run without loading its code, on a device that may be short of memory.
+from device import port
 from device.port import ticks_ms, ticks_diff
 
 _DROP_NAMES = ("malformed", "oversized", "unsupported", "key", "digest", "signature", "replay")
@@ -62,6 +64,7 @@ def value(dev, key, params):
 def framework(dev, name, args):
     # The value of a framework service, or None when there is no such service (or operation).
     if name == b"_desc":
+        from device import control
         return control.describe(dev)
     if name == b"_health":
         return health(dev)
@@ -74,7 +77,10 @@ def framework(dev, name, args):
 def sleep(dev, ms):
     # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
     import time
+    from device import control
     control.announce(dev, "sleep", ms)
+    if dev._outbox is not None:
+        dev._outbox.close()  # opened again by the next report
     dev._face.close()
     try:
         import machine

@@ -48,6 +48,17 @@ class MulticastFace:
             return False  # a full send queue loses a datagram; the sender retries
         return True
 
+    def send_from(self, sock, data, to=None):
+        # As send, or to the address `to`, from another socket (the outbox's, device/outbox.py): its
+        # own method, so that send's frame stays off the heap.
+        try:
+            sock.sendto(data, to or self._dest)
+            if to is None and self._gw_addr is not None:
+                sock.sendto(data, self._gw_addr)
+        except OSError:
+            return False
+        return True
+
     def close(self):
         for s in (self.sock, self.usock):
             if s is not None:

@@ -54,6 +54,23 @@ def _unicast(face, ipproto):
     return u
 
 
+def report_socket(face):
+    # The outbox's own socket (device/outbox.py): the interface's address, a port of the system's
+    # choosing, multicast options as the group's socket has; None where the port cannot open it.
+    _, ttl, mif, loop = mcast_options(socket)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(socket.getaddrinfo(face.iface, 0)[0][-1])
+        for opt, value in ((mif, ip4(face.iface)), (ttl, 1), (loop, 1)):
+            if opt is not None:
+                s.setsockopt(getattr(socket, "IPPROTO_IP", 0), opt, value)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
 def mcast_options(socket):
     # IPv4 multicast socket options (ADD_MEMBERSHIP, TTL, IF, LOOP). CPython and some ports export
     # them; the unix port exports only IP_ADD_MEMBERSHIP. MicroPython's lwIP sockets (ESP32, RP2)

@@ -2,6 +2,7 @@
 # detection (the socket options are device/netopen.py's, needed only to open the face). CPython-only
 # code lives in device/_cpython.py so that its bytecode is never loaded on a board.
 import gc
+import os
 import sys
 import time
 
@@ -30,7 +31,8 @@ collect = gc.collect  # called when a MemoryError was caught: no frame, no impor
 
 
 def urandom(n):
-    import os
+    # (os imported above, not here: an import statement of an extensible built-in module, such as os, looks
+    # for a file of that name on every path entry each time it runs, a dozen failed stat calls per report)
     return os.urandom(n)
 
 

@@ -285,6 +285,8 @@ class Device:
 
     def close(self):
         face = self._face
+        if self._outbox is not None:
+            self._outbox.close()
         if face.sock is not None:
             try:
                 self._announce("leave")
@@ -301,19 +303,23 @@ class Device:
 
     def _poll_loop(self):
         import select
-        sock = None
+        sock = rs = wait = None
         while self._running:
-            if self._face.sock is not sock:  # opened (again, after a sleep): poll the new sockets
-                sock = self._face.sock
-                poller = select.poll()
-                poller.register(sock, select.POLLIN)
-                if self._face.usock is not None:  # unicast (device/net.py); receive() reads both sockets
-                    poller.register(self._face.usock, select.POLLIN)
-                wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
             try:
                 try:
                     self._walk()  # the rest of a read that a failed handler interrupted
-                    for _ in wait(self.tick()):
+                    w = self.tick()
+                    ob = self._outbox
+                    if self._face.sock is not sock or (ob is not None and ob.sock is not rs):
+                        # Opened (again, after a sleep), or the outbox opened its socket: poll what is open now;
+                        # receive() reads every socket.
+                        sock, rs = self._face.sock, None if ob is None else ob.sock
+                        poller = select.poll()
+                        for s in (sock, self._face.usock, rs):  # group, unicast (device/net.py), reports
+                            if s is not None:
+                                poller.register(s, select.POLLIN)
+                        wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
+                    for _ in wait(w):
                         self.receive()
                 except Exception as e:
                     self._fault(e)
@@ -415,10 +421,16 @@ class Device:
     # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
     # also the reused locals, and no try in this path: the serving loop catches (see _fault).
     def receive(self):
-        # Handle what one read returns. The serving loop catches what this raises (see _fault).
+        # Handle what one read of the group's socket returns, then one of the outbox's socket
+        # (acknowledgements, device/outbox.py). The serving loop catches what this raises (see _fault).
         self._next = 0
         self._n = self._face.read()
         self._walk()
+        ob = self._outbox
+        if ob is not None and ob.sock is not None:
+            self._next = 0
+            self._n = ob.read()
+            self._walk()
 
     def _walk(self):
         # The packets of the last read from self._next on: one read may hold several datagrams

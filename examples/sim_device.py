@@ -5,8 +5,9 @@
 #   micropython sim_device.py [ndn_config.json]
 #
 # Services: temperature (cacheable), echo, counter (not idempotent; logs each count), slow (long-running), note (a
-# notification target) and notes, burst (publishes n messages), fail (raises: its error is logged on the device
-# and shows in `ndn-edge logs`); topic `tick` (a counter) every second, or every "tick" seconds of the config.
+# notification target) and notes, burst (publishes n messages, from a given time), fail (raises: its error is
+# logged on the device and shows in `ndn-edge logs`); topic `tick` (a counter) every second, or every "tick"
+# seconds of the config.
 # The config is the file provisioning writes ({"name", "key", "iface", "group", "port", "state_dir",
 # "lease_ms"}, and the caps "max_ops" and "max_reports" where set) plus keys only the simulator reads: "index"
 # (the device number, from 1; varies the readings between devices), "tick" (seconds between publications on topic
@@ -17,11 +18,14 @@
 import gc
 import sys
 import json
+import time
 import asyncio
 from device import Device
 from device.port import ticks_ms, ticks_add, ticks_diff, random_below
 
 _LOSS_SCALE = 10000
+_PACE_MS = 5  # a burst's timer
+_WINDOW = 8  # a burst's reports in flight, by default
 
 path = sys.argv[1] if len(sys.argv) > 1 else "ndn_config.json"
 with open(path) as f:
@@ -41,7 +45,8 @@ tick_ms = int(float(cfg.get("tick", 1)) * 1000)
 count = [0]
 notes = []
 ticks = [0]
-burst = [0, 0, 0]  # published, to publish, with a timestamp
+# a burst: published, to publish, with a timestamp, not before (ms since the epoch), paced on acks, window
+burst = [0, 0, 0, 0, 0, _WINDOW]
 del cfg, kw
 
 
@@ -87,14 +92,33 @@ def get_notes():
     return notes
 
 
-@dev.service("burst", idempotent=False, args={"n": "int", "stamp": "bool"}, result="int",
+@dev.service("burst", idempotent=False, args={"n": "int", "stamp": "bool", "at": "int", "window": "int"},
+             result="int",
              doc="Publishes n messages on topic `burst` (values 1..n, or [i, ms since epoch] with stamp), "
-                 "paced by the outbox")
-def start_burst(n=100, stamp=False):
+                 "as fast as the outbox's acknowledgements allow with at most `window` (default 8) unacknowledged, "
+                 "from `at` (ms since the epoch; the host's clock: simulated devices share it) or now")
+def start_burst(n=100, stamp=False, at=0, window=_WINDOW):
     if burst[0] >= burst[1]:
-        dev.every(10)(pace)  # paced while the burst lasts; idle devices keep no 10 ms timer
-    burst[0], burst[1], burst[2] = 0, n, stamp
+        dev.every(_PACE_MS)(pace)  # while the burst lasts; idle devices keep no timer
+        if not burst[4]:
+            _pace_on_ack(dev._reports())
+    burst[0], burst[1], burst[2], burst[3], burst[5] = 0, n, stamp, at, max(1, min(window, dev.max_reports - 4))
     return n
+
+
+def _pace_on_ack(ob):
+    # A burst's next message goes out as soon as an acknowledgement frees the window (as an MQTT publisher's
+    # next publish follows its PUBACK), not at the next turn of the timer.
+    on_data = ob.on_data
+
+    def on_data_then_pace(p, mv):
+        n = len(ob.items)
+        on_data(p, mv)
+        if len(ob.items) < n and burst[0] < burst[1]:
+            pace()
+
+    ob.on_data = on_data_then_pace
+    burst[4] = 1
 
 
 @dev.service("fail", doc="Always fails (RuntimeError): the error answer, and its log entry on the host")
@@ -112,19 +136,23 @@ if tick_ms > 0:
 
 
 def pace():
-    # At most max_reports - 4 unacknowledged reports (12 by default): the outbox drops the oldest when full.
-    # One per tick: a train of sends would come back to the device (multicast loopback) as one read, and
-    # a read that fills the receive buffer loses its tail, acknowledgements included.
-    ob = dev._outbox
-    if burst[0] >= burst[1]:
-        return False  # done: stop the timer
-    if ob is None or len(ob.items) < max(1, dev.max_reports - 4):
+    # Publish while fewer than `window` reports wait for their acknowledgement (at most max_reports - 4, leaving
+    # room for `tick`: a full outbox drops its oldest report; and keep it below 10: that many acknowledgements
+    # fill one read of the device's receive buffer, which takes every datagram queued at once).
+    # Until the first acknowledgement has taught the outbox the gateway's address, one at a time: its reports go to
+    # the group meanwhile, where every device reads them (device/outbox.py).
+    if burst[3] and _now_ms() < burst[3]:
+        return None  # not yet
+    while burst[0] < burst[1]:
+        ob = dev._outbox
+        if ob is not None and len(ob.items) >= (burst[5] if ob.acked else 1):
+            return None
         burst[0] += 1
         dev.publish("burst", [burst[0], _now_ms()] if burst[2] else burst[0])
+    return False  # done: stop the timer
 
 
 def _now_ms():
-    import time
     return time.time_ns() // 1000000
 
 
@@ -158,11 +186,14 @@ def _seeded(seed):
     return below
 
 
-def _lossy(face, permille, draw):
-    # Wrap the runtime's face (device/ is left untouched): drop a datagram with probability
-    # permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it left).
+def _lossy(face, outbox, permille, draw):
+    # Wrap the runtime's face and its outbox's socket (device/ is left untouched): drop a datagram with
+    # probability permille / _LOSS_SCALE on the way in (report "nothing read") and on the way out (pretend it
+    # left).
     read = face.read
     send = face.send
+    send_from = face.send_from
+    read_reports = outbox.read
 
     def lossy_read():
         n = read()
@@ -175,13 +206,26 @@ def _lossy(face, permille, draw):
             return True
         return send(data)
 
+    def lossy_send_from(sock, data, to=None):
+        if draw(_LOSS_SCALE) < permille:
+            return True
+        return send_from(sock, data, to)
+
+    def lossy_read_reports():
+        n = read_reports()
+        if n and draw(_LOSS_SCALE) < permille:
+            return 0
+        return n
+
     face.read = lossy_read
     face.send = lossy_send
+    face.send_from = lossy_send_from
+    outbox.read = lossy_read_reports
 
 
 if loss > 0:
-    dev.setup()  # creates dev._face; run() reuses it
-    _lossy(dev._face, loss, random_below if seed is None else _seeded(int(seed)))
+    # dev._face and the outbox now (run() reuses both), so that their datagrams can be lost
+    _lossy(dev._face, dev._reports(), loss, random_below if seed is None else _seeded(int(seed)))
     print("simulating %d/%d datagram loss%s" % (loss, _LOSS_SCALE, "" if seed is None else ", seed %d" % seed))
 
 gc.collect()  # the parser's and json's garbage, before the runtime preallocates its buffers

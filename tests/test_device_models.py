@@ -1,5 +1,8 @@
 """Notifications, long-running operations, publications and sleep on the real MicroPython device,
 with this test playing the gateway: it parses and verifies the device's reports and acknowledges them."""
+import socket
+import time
+
 import cbor2
 import pytest
 from ndn.encoding import parse_interest
@@ -119,3 +122,59 @@ def _sleep_announces_and_wakes(board, peer):
     send_unicast(w, board.port)
     got = peer.recv_until(is_data_for(final), 3.0)
     assert got is not None and wire.parse_reply(got, board.key).value == 21.5
+
+
+def _report_from(sock: socket.socket, check, timeout_s: float):
+    """The next datagram on `sock` that `check` accepts: (its value, the sender's address), or None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data, addr = sock.recvfrom(65536)
+        except TimeoutError:
+            return None
+        value = check(data)
+        if value:
+            return value, addr
+        if time.monotonic() > deadline:
+            return None
+
+
+def test_reports_go_to_the_gateway_that_acknowledged_one_and_follow_another_that_answers_a_resend(board, peer):
+    """device/outbox.py: reports leave from a socket of their own. Until an acknowledgement came back to it they
+    go to the group; then new reports go to where it came from (here a stand-in gateway's unicast socket), and
+    only resends to the group. When another gateway acknowledges a resend (the first one went silent), new
+    reports follow it. The gateway's hand parser reads what the device sends as python-ndn does."""
+    gw1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gw2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (gw1, gw2):
+        s.bind(("127.0.0.1", 0))
+    mine = report_of(board, "_pub")
+
+    def newer_than(seq):
+        return lambda d: (lambda g: g if g and g[1]["seq"] > seq else None)(mine(d))
+    try:
+        assert board.call(peer, "ticks").value is True
+        got = _report_from(peer.sock, mine, 3.0)
+        assert got is not None
+        (first, params, data), source = got
+        assert source[1] != peer.port  # not from the group's socket
+        req = wire.parse_signed_interest(data)
+        _, _, app, sig = parse_interest(data, with_tl=True)
+        assert req is not None and req.seq == sig.signature_info.signature_seq_num and not req.fault(board.key)
+        assert cbor2.loads(req.params) == cbor2.loads(bytes(app)) == params
+        gw1.sendto(wire.make_ack(first, board.key, board.name), source)
+        # the next new report comes straight to the gateway that acknowledged
+        got = _report_from(gw1, newer_than(params["seq"]), 3.0)
+        assert got is not None and got[1] == source
+        (silent, silent_params, _), _ = got
+        # gw1 goes silent: that report is resent to the group, and another gateway acknowledges the resend
+        got = _report_from(peer.sock, lambda d: (lambda g: g if g and g[0] == silent else None)(mine(d)), 3.0)
+        assert got is not None and got[1] == source
+        gw2.sendto(wire.make_ack(silent, board.key, board.name), source)
+        got = _report_from(gw2, newer_than(silent_params["seq"]), 3.0)
+        assert got is not None, "new reports did not follow the gateway that answered"
+        assert board.call(peer, "ticks", {"on": False}).value is False
+    finally:
+        gw1.close()
+        gw2.close()

@@ -587,8 +587,8 @@ def test_e2e_cli_json_output_and_exit_codes(cluster):
         # checked against the description by the gateway, before anything is sent (issue 15 item 10)
         (("call", "sim/1/burst", "--args", '{"n": "many"}'), 3, "argument 'n' of sim/1/burst must be int, "
                                                                 "got str 'many'"),
-        (("call", "sim/1/burst", "--args", '{"wrong": 1}'), 3, "takes no argument 'wrong'; it takes: n (int), "
-                                                               "stamp (bool)"),
+        (("call", "sim/1/burst", "--args", '{"wrong": 1}'), 3, "takes no argument 'wrong'; it takes: at (int), "
+                                                               "n (int), stamp (bool), window (int)"),
         (("call", "sim/1/echo", "--args", "[1]"), 2, "--args must be a JSON object"),  # nothing sent: usage
         (("call", "sim/1/echo", "--as", "nobody"), 2, "no client 'nobody'"),
     ]:

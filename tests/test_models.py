@@ -85,8 +85,7 @@ def test_reports_are_verified_processed_once_and_reordered(tmp_path):
         page = await pubsub2.poll("alice", sub2, ack=retained[-1]["pos"], wait_ms=0)
         assert page["messages"] == []  # 5 waits for 4
         stream = pubsub2._streams["/edge/sim/1"]
-        with store.transaction() as db:  # what the sweeper does once the hold has lasted HOLD_S
-            pubsub2._release(db, "/edge/sim/1", stream, max(stream.held), lambda fn: fn())
+        pubsub2._release_held([("/edge/sim/1", stream)])  # what the sweeper does once the hold has lasted HOLD_S
         page = await pubsub2.poll("alice", sub2, wait_ms=0)
         assert [(m["value"], m.get("gap")) for m in page["messages"]] == [(5, 1)]
         await pubsub2.stop()
@@ -169,6 +168,158 @@ def test_a_removed_clients_durable_subscription_goes_with_it(tmp_path):
         await pubsub.stop()
         await intake.stop()
         store.close()
+
+    run(scenario)
+
+
+def test_reports_are_acknowledged_to_where_they_came_from(tmp_path):
+    # gateway/devices/reports.py: a report that came from a device's own report socket (any port but the group's)
+    # is acknowledged there alone, over the intake's unicast socket, also when it came in on the group; one from
+    # the group's port (a device's group socket, which cannot receive unicast) is acknowledged to the group.
+    import socket
+
+    from ndn_edge.devices import reports
+    from ndn_edge.wire import client_protocol as cw
+
+    key = os.urandom(32)
+    group_port = 56999
+
+    class GroupFace(SentFace):
+        iface, port, last_addr = "127.0.0.1", group_port, None
+
+    async def scenario() -> None:
+        store = store_with_alice(tmp_path / "store.db", key)
+        face = GroupFace()
+        intake, pubsub = await intake_and_pubsub(store, face)
+        device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        device.bind(("127.0.0.1", 0))
+        device.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            assert intake.address is not None and intake.address[0] == "127.0.0.1"
+            first = publication(key, 10, 1)
+            device.sendto(first, intake.address)  # straight to the gateway
+            ack = await asyncio.wait_for(loop.sock_recv(device, 2048), 5)
+            signer = cw.ReplySigner(store.device("/edge/sim/1").key_name, key)
+            from ndn_edge.wire.framing import name_tlv
+            assert ack == cw.encode_reply(name_tlv(first), reports.ACK_CONTENT, signer)
+            face.last_addr = device.getsockname()  # in on the group, from the device's report socket
+            intake.on_interest(publication(key, 11, 2))
+            ack = await asyncio.wait_for(loop.sock_recv(device, 2048), 5)
+            assert ack[0] == 0x06 and face.sent == []
+            face.last_addr = ("127.0.0.1", group_port)  # from a device's group socket
+            intake.on_interest(publication(key, 12, 3))
+            await drain(intake)
+            assert len(face.sent) == 1 and intake.counters["acks_unicast"] == 2
+            page = await pubsub.poll("alice", pubsub.subscribe("alice", "sim/1/*")["sub"], wait_ms=0)
+            assert [(m["value"], m.get("retained")) for m in page["messages"]] == [(3, True)]
+        finally:
+            device.close()
+            await pubsub.stop()
+            await intake.stop()
+            store.close()
+
+    run(scenario)
+
+
+def test_pipelined_polls_share_messages_out_once_and_a_new_start_silences_the_waiting_ones(tmp_path):
+    # gateway/patterns/pubsub.py `poll(after=...)`: two polls waiting at once are answered with different
+    # messages, each saying where its messages start (`from`); a poll without `after` (a client starting again)
+    # answers from the acknowledged position, and pipelined polls waiting since then get nothing when they wake.
+    key = os.urandom(32)
+
+    async def scenario() -> None:
+        store = store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await intake_and_pubsub(store)
+        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+
+        def pipelined(after: int) -> asyncio.Task:
+            return asyncio.create_task(pubsub.poll("alice", sub, after=after, wait_ms=5000))
+
+        async def waiting(*tasks: asyncio.Task) -> None:
+            for _ in range(100):  # until each waits at the gateway (bounded)
+                if pubsub._subs[("alice", sub)].waiting == len(tasks):
+                    return
+                await asyncio.sleep(0)
+            raise AssertionError("the polls are not waiting")
+
+        a, b = pipelined(0), pipelined(0)
+        await waiting(a, b)
+        intake.on_interest(publication(key, 10, 1))
+        page = await asyncio.wait_for(a, 5)
+        assert [m["value"] for m in page["messages"]] == [1] and page["from"] == 0
+        assert not b.done()  # woken too, with nothing new for it: waiting on
+        intake.on_interest(publication(key, 11, 2))
+        page = await asyncio.wait_for(b, 5)
+        assert [m["value"] for m in page["messages"]] == [2] and page["from"] == 1
+        c = pipelined(2)
+        await waiting(c)
+        again = await pubsub.poll("alice", sub, ack=1, wait_ms=0)  # starts again after the acknowledged 1
+        assert [m["value"] for m in again["messages"]] == [2] and "from" not in again
+        intake.on_interest(publication(key, 12, 3))
+        assert (await asyncio.wait_for(c, 5))["messages"] == []  # of the epoch before: silent
+        page = await pubsub.poll("alice", sub, after=2, wait_ms=5000)
+        assert [m["value"] for m in page["messages"]] == [3] and page["from"] == 2
+        await pubsub.stop()
+        await intake.stop()
+        store.close()
+
+    run(scenario)
+
+
+def test_a_subscription_keeps_two_polls_in_flight_and_puts_replies_back_in_order(tmp_path):
+    # gateway/client/handles.py: once a poll succeeded, two are in flight, the second saying how far the client
+    # got (`after`); a reply that overtakes the one before it (its `from` not reached yet) is held until that one
+    # is in, so messages come out in order, each once.
+    from ndn_edge.client.handles import Subscription
+    from ndn_edge.wire import client_protocol as cw
+
+    def msg(pos: int) -> dict:
+        return {"topic": "sim/1/t", "publisher": "sim/1", "value": pos, "seq": pos, "boot": "b", "time": 0.0,
+                "pos": pos}
+
+    class Gateway:
+        """The client side of the gateway: records each poll and answers it when the test says."""
+
+        timeout = 5.0
+
+        def __init__(self) -> None:
+            self.polls: list[tuple[dict, asyncio.Future]] = []
+
+        async def request(self, verb: str, target: tuple, params: dict, timeout_s: float) -> dict:
+            if verb == cw.VERB_SUBSCRIBE:
+                return {"sub": "m:1", "created": True}
+            fut = asyncio.get_running_loop().create_future()
+            self.polls.append((params, fut))
+            return await fut
+
+    async def polls(gw: Gateway, n: int) -> None:
+        for _ in range(100):
+            if len(gw.polls) >= n:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"{len(gw.polls)} polls, {n} expected")
+
+    async def scenario() -> None:
+        gw = Gateway()
+        sub = Subscription(gw, "sim/1/*")
+        reader = asyncio.create_task(sub.next(5))
+        await polls(gw, 1)
+        assert "after" not in gw.polls[0][0]  # alone and from the acknowledged position
+        gw.polls[0][1].set_result({"messages": [msg(1)], "lost": 0})
+        assert (await reader).value == 1
+        reader = asyncio.create_task(sub.next(5))
+        await polls(gw, 3)
+        (p2, f2), (p3, f3) = gw.polls[1:3]
+        assert p2["after"] == p3["after"] == 1  # (started as 1 came in: fetched ahead, acknowledged by the next)
+        f3.set_result({"messages": [msg(4)], "lost": 0, "from": 3})  # overtook the reply with 2 and 3
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not reader.done()
+        f2.set_result({"messages": [msg(2), msg(3)], "lost": 0, "from": 1})
+        got = [(await reader).value, (await sub.next(5)).value, (await sub.next(5)).value]
+        assert got == [2, 3, 4]
+        await sub._stop_polls()
 
     run(scenario)
 

@@ -364,9 +364,11 @@ def _subscribe(verbs: Verbs, req: Request) -> dict[str, Any]:
 
 
 def _poll(verbs: Verbs, req: Request) -> Result:
+    after = req.int_param("after", -1, -1, 1 << 62)
     return verbs.patterns.pubsub.poll(req.caller.name, req.params.get("sub"), ack=req.int_param("ack", 0, 0, 1 << 62),
                                       max_messages=req.int_param("max", DEFAULT_POLL_MAX, 1, MAX_POLL_MAX),
-                                      wait_ms=req.int_param("wait_ms", 0, 0, cp.MAX_TIMEOUT_MS))
+                                      wait_ms=req.int_param("wait_ms", 0, 0, cp.MAX_TIMEOUT_MS),
+                                      after=None if after < 0 else after)
 
 
 def _unsubscribe(verbs: Verbs, req: Request) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class DeviceSide:
         self.directory.fetcher = self.invoker.fetch_description
         self.directory.on_address = self.paths.learn
         # Hooks for ndn_edge.patterns.hub: device reports (/<site>/_op, /<site>/_pub) and more event listeners.
-        self.on_report: Callable[[bytes], None] | None = None
+        self.on_report: Callable[[bytes, Any], None] | None = None  # (packet, sender's address)
         self.listeners: list[Callable[[Event], None]] = []
         self._started = False
 
@@ -171,7 +171,7 @@ class DeviceSide:
         elif packet[0] == T.INTEREST:
             self.directory.on_interest(packet, addr)
             if self.on_report is not None:
-                self.on_report(packet)
+                self.on_report(packet, addr)
 
     def _event(self, event: Event) -> None:
         if event["event"] == "join":

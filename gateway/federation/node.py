@@ -184,13 +184,13 @@ class Federation:
             self._throttle.event("desc", "desc_not_fetched", logging.DEBUG, device=device, error=repr(err))
 
     def _reports_to(self, intake: Any) -> Any:
-        def filtered(packet: bytes) -> None:
+        def filtered(packet: bytes, addr: Any = None) -> None:
             device = self._reporter(packet)
             if device is not None and self.link.connected and self.placement is not None and \
                     device not in self.placement.served:
                 self.counters["reports_ignored"] += 1  # the serving gateway takes it
                 return
-            intake(packet)
+            intake(packet, addr)
         return filtered
 
     def _reporter(self, packet: bytes) -> str | None:

@@ -91,6 +91,7 @@ IDLE_S = 60.0             # an in-memory subscription ends this long after its l
 RULES_TTL_S = 1.0
 SWEEP_S = 1.0
 REPLY_BUDGET = 48_000     # bytes of messages in one poll reply (replies are at most 60,000)
+ROUTES = 10_000           # topics whose subscriptions (and visibility per client) are remembered
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # This module's own tables (Store.ensure_schema): MIGRATIONS[i] takes them from version i to i+1.
@@ -156,18 +157,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-Defer = Callable[[Callable[[], None]], None]
+_Queued = tuple[int, dict[str, Any], tuple[str, ...], int]  # position, message, its topic's parts, encoded size
 
 
 class _Stream:
     """One publisher's numbering as the gateway follows it."""
 
-    __slots__ = ("boot", "held", "last", "past", "pending_gap", "since")
+    __slots__ = ("boot", "held", "in_store", "last", "past", "pending_gap", "since")
 
     def __init__(self, boot: str, last: int) -> None:
         self.boot = boot
         self.last = last  # the last number delivered
         self.held: dict[int, dict[str, Any]] = {}  # seq -> message (also in the store's pub_held)
+        self.in_store = False  # pub_held has rows of this publisher
         self.since = 0.0  # monotonic time the oldest held message arrived
         self.pending_gap = 0  # messages known lost, to report on the next one delivered
         self.past: dict[str, int] = {}  # boot -> last delivered, of the boots before this one (in memory)
@@ -180,6 +182,7 @@ class _Sub:
         "acked",
         "client",
         "db_id",
+        "epoch",
         "event",
         "id",
         "last_poll",
@@ -188,6 +191,7 @@ class _Sub:
         "next_pos",
         "pattern",
         "queue",
+        "sent",
         "size",
         "waiting",
     )
@@ -199,7 +203,7 @@ class _Sub:
         self.pattern = pattern
         self.name = name
         self.db_id = db_id
-        self.queue: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self.queue: collections.deque[_Queued] = collections.deque()  # in-memory subscriptions
         self.next_pos = next_pos
         self.acked = acked
         self.size = size
@@ -207,6 +211,8 @@ class _Sub:
         self.event = asyncio.Event()
         self.last_poll = time.monotonic()
         self.waiting = 0
+        self.sent = 0  # the last position a pipelined poll was answered with (PubSub.poll)
+        self.epoch = 0  # polls without `after` so far: pipelined polls of an earlier epoch get nothing
 
     @property
     def durable(self) -> bool:
@@ -215,14 +221,30 @@ class _Sub:
     def wake(self) -> None:
         self.event.set()
 
-    def push(self, msg: dict[str, Any]) -> None:
-        """Queue a message (in-memory subscriptions)."""
-        self.queue.append((self.next_pos, msg))
+    def push(self, msg: dict[str, Any], parts: tuple[str, ...], size: int) -> None:
+        """Queue a message (in-memory subscriptions): its topic's parts and encoded size go with it."""
+        self.queue.append((self.next_pos, msg, parts, size))
         self.next_pos += 1
         if len(self.queue) > MEMORY_QUEUE:
             self.queue.popleft()
             self.lost += 1
         self.event.set()
+
+
+class _Batch:
+    """What one transaction's publications change: written once at its end (`PubSub._write`: each publisher's
+    position, each topic's last retained message, the rows of durable queues) and handed out after its commit
+    (`PubSub._deliver`: in-memory queues, waking pollers)."""
+
+    __slots__ = ("durable", "exported", "memory", "positions", "retained", "stored")
+
+    def __init__(self) -> None:
+        self.positions: dict[str, tuple[str, int]] = {}  # device -> (boot, last delivered)
+        self.stored: set[str] = set()  # devices whose held messages up to that position leave the store
+        self.retained: dict[str, bytes] = {}  # topic -> its last retained message
+        self.durable: dict[_Sub, list[bytes]] = {}
+        self.memory: list[tuple[list[_Sub], dict[str, Any], tuple[str, ...], int]] = []
+        self.exported: list[tuple[dict[str, Any], bool]] = []  # for a federation's exporter (PubSub.exporter)
 
 
 class PubSub:
@@ -237,7 +259,11 @@ class PubSub:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._subs: dict[tuple[str, str], _Sub] = {}
-        self._rules: dict[str, tuple[tuple[tuple[str, ...], ...], float]] = {}
+        self._rules: dict[str, tuple[tuple[tuple[str, ...], ...], float, dict[tuple[str, ...], bool]]] = {}
+        self._routes: dict[tuple[str, ...], list[_Sub]] = {}  # topic -> subscriptions whose pattern matches it
+        self._batch: _Batch | None = None  # of the intake's current transaction
+        self._stopped = False
+        self._batch_token = -1
         self._gw_boot = binascii.hexlify(os.urandom(4)).decode()
         self._gw_seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -252,6 +278,7 @@ class PubSub:
         """Load the durable subscriptions; start the sweeper (held messages, idle subscriptions)."""
         if self._task is not None:
             return
+        self._stopped = False
         self._store.ensure_schema("pubsub", MIGRATIONS, adopt="subscriptions")
         for db_id, client, name, pattern, acked, lost in self._store.query(
                 "SELECT id, client, name, pattern, acked, lost FROM subscriptions"):
@@ -259,6 +286,7 @@ class PubSub:
             sub = _Sub(_durable_id(name), client, acl.parse_pattern(pattern), name=name, db_id=db_id,
                        next_pos=max(acked, top or 0) + 1, acked=acked, size=size, lost=lost)
             self._subs[(client, sub.id)] = sub
+        self._routes.clear()
         for (device,) in self._store.query("SELECT DISTINCT device FROM pub_held"):
             with self._store.transaction() as db:  # so that the sweeper releases them in time
                 self._load_stream(db, device, 0, "")
@@ -266,6 +294,7 @@ class PubSub:
 
     async def stop(self) -> None:
         """Stop the sweeper; wake pollers (they answer with what they have)."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -290,12 +319,21 @@ class PubSub:
         msg = {"topic": f"{publisher}/{topic}", "publisher": publisher, "value": p.get("value"), "seq": seq,
                "boot": boot, "time": report.received}
         retain = p.get("retain", True) is not False
-        defer = self._intake.after_commit if self._intake is not None else _now
-        stream = self._stream(db, report.device.name, boot, seq, defer)
+        batch = self._intake_batch()
+        verdict = self._order(db, report.device.name, msg, boot, seq, retain, batch)
+        if self._intake is None:  # (no transaction of the intake's to join: written and handed out now)
+            self._write(db, batch)
+            self._deliver(batch)
+        return verdict
+
+    def _order(self, db: Any, device: str, msg: dict[str, Any], boot: str, seq: int, retain: bool,
+               batch: _Batch) -> str:
+        """Deliver, hold back or release one publication of `device` by its number; the intake's verdict."""
+        stream = self._stream(db, device, boot, seq, batch)
         if seq <= stream.last:
             self.counters["late"] += 1
             msg["late"] = True
-            self._emit(db, msg, retain, defer)
+            self._emit(msg, retain, batch)
             return ACK
         if seq in stream.held:
             return ACK  # cannot happen (the intake passes a report once), but would be harmless
@@ -306,16 +344,29 @@ class PubSub:
         if seq > stream.last + 1:
             self.counters["held"] += 1
             db.execute("INSERT OR REPLACE INTO pub_held (device, seq, message) VALUES (?, ?, ?)",
-                       (report.device.name, seq, cbor2.dumps(held)))
+                       (device, seq, cbor2.dumps(held)))
+            stream.in_store = True
             return ACK
-        self._release(db, report.device.name, stream, stream.last, defer)
+        self._release(db, device, stream, stream.last, batch)
         return ACK
 
-    def _stream(self, db: Any, device: str, boot: str, seq: int, defer: Defer) -> _Stream:
+    def _intake_batch(self) -> _Batch:
+        """The batch of the intake's current transaction: written before its commit, handed out after."""
+        intake = self._intake
+        if intake is None:
+            return _Batch()
+        if self._batch is None or self._batch_token != intake.batch:
+            batch = self._batch = _Batch()
+            self._batch_token = intake.batch
+            intake.before_commit(lambda db: self._write(db, batch))
+            intake.after_commit(lambda: self._deliver(batch))
+        return self._batch
+
+    def _stream(self, db: Any, device: str, boot: str, seq: int, batch: _Batch) -> _Stream:
         stream = self._streams.get(device) or self._load_stream(
             db, device, 0 if seq <= FIRST_CONTACT_SEQ else seq - 1, boot)
         if stream.boot != boot:  # the publisher restarted: what is held of the old boot will not be completed
-            self._release(db, device, stream, math.inf, defer)
+            self._release(db, device, stream, math.inf, batch)
             stream.past[stream.boot] = stream.last
             while len(stream.past) > PAST_BOOTS:
                 del stream.past[next(iter(stream.past))]
@@ -334,11 +385,12 @@ class PubSub:
         stream = _Stream(row[0], row[1]) if row is not None else _Stream(boot, last)
         for seq, blob in db.execute("SELECT seq, message FROM pub_held WHERE device = ?", (device,)).fetchall():
             stream.held[seq] = cbor2.loads(blob)
+        stream.in_store = bool(stream.held)
         stream.since = time.monotonic() if stream.held else 0.0
         self._streams[device] = stream
         return stream
 
-    def _release(self, db: Any, device: str, stream: _Stream, horizon: float, defer: Defer) -> None:
+    def _release(self, db: Any, device: str, stream: _Stream, horizon: float, batch: _Batch) -> None:
         """Deliver held messages in order: each one that follows the last delivered, and any at or below
         `horizon` (what is missing at or below it is gone)."""
         while stream.held:
@@ -355,43 +407,81 @@ class PubSub:
             if gap > 0:
                 msg["gap"] = gap
                 self.counters["gaps"] += 1
-            self._emit(db, msg, msg.pop("_retain"), defer)
+            self._emit(msg, msg.pop("_retain"), batch)
             stream.last = s
-        db.execute("DELETE FROM pub_held WHERE device = ? AND seq <= ?", (device, stream.last))
+        if stream.in_store:
+            db.execute("DELETE FROM pub_held WHERE device = ? AND seq <= ?", (device, stream.last))
+            stream.in_store = bool(stream.held)
         stream.since = time.monotonic() if stream.held else 0.0
-        db.execute("INSERT INTO publishers (device, boot, seq) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE "
-                   "SET boot = excluded.boot, seq = excluded.seq", (device, stream.boot, stream.last))
+        batch.positions[device] = (stream.boot, stream.last)
 
-    def _emit(self, db: Any, msg: dict[str, Any], retain: bool, defer: Defer, *, export: bool = True) -> None:
-        """Retain and queue one message for every subscription that matches and may see it."""
+    def _emit(self, msg: dict[str, Any], retain: bool, batch: _Batch, *, export: bool = True) -> None:
+        """Retain and queue one message for every subscription that matches and may see it (in `batch`); with
+        `export`, hand it to a federation's exporter too (after the commit)."""
         if export and self.exporter is not None:
-            defer(functools.partial(self.exporter, msg, retain))
-        parts = tuple(msg["topic"].split("/"))
+            batch.exported.append((msg, retain))
+        topic = msg["topic"]
+        parts = tuple(topic.split("/"))
         blob = cbor2.dumps(msg)
         if retain:
-            db.execute("INSERT INTO retained (topic, message) VALUES (?, ?) ON CONFLICT (topic) DO UPDATE SET "
-                       "message = excluded.message", (msg["topic"], blob))
-        for sub in list(self._subs.values()):
-            if not acl.matches(sub.pattern, parts) or not self._visible(sub.client, parts):
+            batch.retained[topic] = blob
+        memory = []
+        for sub in self._route(parts):
+            if not self._visible(sub.client, parts):
                 continue
             self.counters["delivered"] += 1
             if sub.durable:
-                self._enqueue_durable(db, sub, blob)
-                defer(sub.wake)
+                batch.durable.setdefault(sub, []).append(blob)
             else:
-                defer(functools.partial(sub.push, msg))
+                memory.append(sub)
+        if memory:
+            batch.memory.append((memory, msg, parts, len(blob)))
 
-    def _enqueue_durable(self, db: Any, sub: _Sub, blob: bytes) -> None:
+    def _route(self, parts: tuple[str, ...]) -> list[_Sub]:
+        """The subscriptions whose pattern matches the topic (cached until the subscriptions change)."""
+        subs = self._routes.get(parts)
+        if subs is None:
+            if len(self._routes) >= ROUTES:
+                self._routes.clear()
+            subs = self._routes[parts] = [sub for sub in self._subs.values() if acl.matches(sub.pattern, parts)]
+        return subs
+
+    def _write(self, db: Any, batch: _Batch) -> None:
+        """Write what `batch` changed, inside its transaction."""
+        if batch.positions:
+            db.executemany("INSERT INTO publishers (device, boot, seq) VALUES (?, ?, ?) ON CONFLICT (device) DO "
+                           "UPDATE SET boot = excluded.boot, seq = excluded.seq",
+                           [(device, boot, seq) for device, (boot, seq) in batch.positions.items()])
+        if batch.retained:
+            db.executemany("INSERT INTO retained (topic, message) VALUES (?, ?) ON CONFLICT (topic) DO UPDATE SET "
+                           "message = excluded.message", list(batch.retained.items()))
+        for sub, blobs in batch.durable.items():
+            self._enqueue_durable(db, sub, blobs)
+
+    def _deliver(self, batch: _Batch) -> None:
+        """After the commit: queue in memory, wake the pollers of durable subscriptions, export."""
+        for subs, msg, parts, size in batch.memory:
+            for sub in subs:
+                sub.push(msg, parts, size)
+        for sub in batch.durable:
+            sub.wake()
+        if self.exporter is not None:
+            for msg, retain in batch.exported:
+                self.exporter(msg, retain)
+
+    def _enqueue_durable(self, db: Any, sub: _Sub, blobs: list[bytes]) -> None:
         # Only while the subscription is in the store: `client remove` (another process) deletes a client's
         # subscriptions, and the sweeper then forgets them here (_forget_removed).
-        if db.execute("INSERT INTO sub_queue (sub, pos, message) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM "
-                      "subscriptions WHERE id = ?)", (sub.db_id, sub.next_pos, blob, sub.db_id)).rowcount == 0:
+        if db.execute("SELECT 1 FROM subscriptions WHERE id = ?", (sub.db_id,)).fetchone() is None:
             return
-        sub.next_pos += 1
-        sub.size += 1
+        first = sub.next_pos
+        db.executemany("INSERT INTO sub_queue (sub, pos, message) VALUES (?, ?, ?)",
+                       [(sub.db_id, first + k, blob) for k, blob in enumerate(blobs)])
+        sub.next_pos += len(blobs)
+        sub.size += len(blobs)
         if sub.size > DURABLE_QUEUE:
-            cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos = (SELECT MIN(pos) FROM sub_queue WHERE "
-                             "sub = ?)", (sub.db_id, sub.db_id))
+            cur = db.execute("DELETE FROM sub_queue WHERE sub = ? AND pos IN (SELECT pos FROM sub_queue WHERE "
+                             "sub = ? ORDER BY pos LIMIT ?)", (sub.db_id, sub.db_id, sub.size - DURABLE_QUEUE))
             sub.size -= cur.rowcount
             sub.lost += cur.rowcount
             db.execute("UPDATE subscriptions SET lost = ? WHERE id = ?", (sub.lost, sub.db_id))
@@ -409,22 +499,24 @@ class PubSub:
         value["device"] = rel
         msg = {"topic": f"{MEMBERS}/{rel}", "publisher": GATEWAY_PUBLISHER, "value": value, "seq": self._gw_seq,
                "boot": self._gw_boot, "time": change.get("time", self._clock())}
-        later: list[Callable[[], None]] = []
+        batch = _Batch()
         try:
             with self._store.transaction() as db:
-                self._emit(db, msg, True, later.append)
+                self._emit(msg, True, batch)
+                self._write(db, batch)
         except (StoreError, sqlite3.Error) as err:
             event(log, "membership_not_recorded", logging.WARNING, error=str(err))
             return
         self.counters["membership"] += 1
-        _run(later)
+        _run([functools.partial(self._deliver, batch)])
 
     def deliver(self, msg: dict[str, Any], retain: bool) -> None:
         """A message another gateway of a federation emitted: retained and queued here (not exported again)."""
-        later: list[Callable[[], None]] = []
+        batch = _Batch()
         with self._store.transaction() as db:
-            self._emit(db, msg, retain, later.append, export=False)
-        _run(later)
+            self._emit(msg, retain, batch, export=False)
+            self._write(db, batch)
+        _run([functools.partial(self._deliver, batch)])
 
     # -- subscriptions (client verbs)
 
@@ -468,38 +560,57 @@ class PubSub:
         if durable is None:
             sub = _Sub("m:" + binascii.hexlify(os.urandom(8)).decode(), client, parts)
             for m in retained:
-                sub.push(m)
+                sub.push(m, tuple(m["topic"].split("/")), len(cbor2.dumps(m)))
         else:
             with self._store.transaction() as db:
                 cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
                                  "(?, ?, ?, ?)", (client, durable, acl.format_pattern(parts), self._clock()))
                 sub = _Sub(_durable_id(durable), client, parts, name=durable, db_id=cur.lastrowid)
-                for m in retained:
-                    self._enqueue_durable(db, sub, cbor2.dumps(m))
+                if retained:
+                    self._enqueue_durable(db, sub, [cbor2.dumps(m) for m in retained])
         self._subs[(client, sub.id)] = sub
+        self._routes.clear()
         return {"sub": sub.id, "created": True, "pattern": acl.format_pattern(parts),
                 "devices": self._publishers(parts)}
 
-    async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100,
-                   wait_ms: int = 0) -> dict[str, Any]:
-        """Acknowledge up to `ack`, then the messages after it (up to `max_messages`), waiting up to `wait_ms`."""
+    async def poll(self, client: str, sub_id: str, *, ack: int = 0, max_messages: int = 100, wait_ms: int = 0,
+                   after: int | None = None) -> dict[str, Any]:
+        """Acknowledge up to `ack`, then the messages after it (up to `max_messages`), waiting up to `wait_ms`.
+
+        With `after` (pipelined polls: the client has received up to there), the messages after it that no other
+        poll of this subscription was answered with, and `from`: the position they follow (a client that gets
+        replies out of order holds one whose `from` it has not reached). A poll without `after` starts the
+        pipeline again from the acknowledged position: polls with `after` that were waiting then (a closed
+        client's, or those around a failed one) are answered empty when they wake, never with messages."""
         sub = self._sub(client, sub_id)
         sub.last_poll = time.monotonic()
         self._ack(sub, ack)
-        sub.event.clear()
-        messages = self._peek(sub, max_messages)
-        if not messages and wait_ms > 0:
+        if after is None:
+            sub.epoch += 1
+        epoch = sub.epoch
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            sub.event.clear()
+            start = sub.acked if after is None else max(after, sub.acked, sub.sent)
+            messages = [] if epoch != sub.epoch else self._peek(sub, max_messages, start)
+            left = deadline - time.monotonic()
+            if (messages or left <= 0 or epoch != sub.epoch or self._stopped
+                    or self._subs.get((client, sub_id)) is not sub):
+                break  # (woken with nothing new, as when another poll took the messages: wait on)
             sub.waiting += 1
             try:
-                await asyncio.wait_for(sub.event.wait(), wait_ms / 1000)
+                await asyncio.wait_for(sub.event.wait(), left)
             except asyncio.TimeoutError:
                 pass
             finally:
                 sub.waiting -= 1
                 sub.last_poll = time.monotonic()
-            if self._subs.get((client, sub_id)) is sub:
-                messages = self._peek(sub, max_messages)
-        return {"messages": messages, "lost": sub.lost}
+        if after is None:  # pipelined polls go on from what this one returns
+            sub.sent = messages[-1]["pos"] if messages else sub.acked
+            return {"messages": messages, "lost": sub.lost}
+        if messages:
+            sub.sent = max(sub.sent, messages[-1]["pos"])
+        return {"messages": messages, "lost": sub.lost, "from": start}
 
     def unsubscribe(self, client: str, sub_id: str) -> dict[str, Any]:
         """End a subscription; a durable one is deleted with its queue."""
@@ -509,6 +620,7 @@ class PubSub:
                 db.execute("DELETE FROM sub_queue WHERE sub = ?", (sub.db_id,))
                 db.execute("DELETE FROM subscriptions WHERE id = ?", (sub.db_id,))
         del self._subs[(client, sub_id)]
+        self._routes.clear()
         sub.wake()
         return {"sub": sub_id, "removed": True}
 
@@ -539,15 +651,15 @@ class PubSub:
                 sub.queue.popleft()
         sub.acked = ack
 
-    def _peek(self, sub: _Sub, max_messages: int) -> list[dict[str, Any]]:
-        """The next messages of `sub`, checked against its client's rules as they are now: a message queued
-        before a rule was revoked is withheld (and dropped from the queue), never delivered."""
+    def _peek(self, sub: _Sub, max_messages: int, start: int) -> list[dict[str, Any]]:
+        """The messages of `sub` after position `start`, checked against its client's rules as they are now: a
+        message queued before a rule was revoked is withheld (and dropped from the queue), never delivered."""
         out: list[dict[str, Any]] = []
         withheld: list[int] = []
         budget = REPLY_BUDGET
         if sub.durable:
             rows = self._store.query("SELECT pos, message FROM sub_queue WHERE sub = ? AND pos > ? ORDER BY pos "
-                                     "LIMIT ?", (sub.db_id, sub.acked, max_messages))
+                                     "LIMIT ?", (sub.db_id, start, max_messages))
             for pos, blob in rows:
                 msg = cbor2.loads(blob)
                 if not self._visible(sub.client, tuple(str(msg.get("topic")).split("/"))):
@@ -558,15 +670,15 @@ class PubSub:
                     break
                 out.append(dict(msg, pos=pos))
         else:
-            for pos, msg in sub.queue:
-                if pos <= sub.acked:
+            for pos, msg, parts, size in sub.queue:
+                if pos <= start:
                     continue
                 if len(out) >= max_messages:
                     break
-                if not self._visible(sub.client, tuple(msg["topic"].split("/"))):
+                if not self._visible(sub.client, parts):
                     withheld.append(pos)
                     continue
-                budget -= len(cbor2.dumps(msg)) + 8
+                budget -= size + 8
                 if budget < 0 and out:
                     break
                 out.append(dict(msg, pos=pos))
@@ -590,6 +702,7 @@ class PubSub:
 
     def _forget(self, sub: _Sub) -> None:
         self._subs.pop((sub.client, sub.id), None)
+        self._routes.clear()
         sub.wake()
 
     def _forget_removed(self) -> None:
@@ -603,13 +716,17 @@ class PubSub:
                 self._forget(sub)
 
     def _visible(self, client: str, topic: tuple[str, ...]) -> bool:
-        rules = self._rules_of(client)
-        if acl.allowed(rules, topic):
-            return True
-        if topic[:1] == (MEMBERS,):
-            device = topic[1:]
-            return any(_reaches(rule, device) for rule in rules)
-        return False
+        """Whether the client's rules (as read at most RULES_TTL_S ago) let it see `topic`; decided once per topic
+        while those rules are kept."""
+        rules, _, seen = self._rules_entry(client)
+        visible = seen.get(topic)
+        if visible is None:
+            visible = acl.allowed(rules, topic) or (
+                topic[:1] == (MEMBERS,) and any(_reaches(rule, topic[1:]) for rule in rules))
+            if len(seen) >= ROUTES:
+                seen.clear()
+            seen[topic] = visible
+        return visible
 
     def _could_see(self, client: str, pattern: tuple[str, ...]) -> bool:
         """True if some topic `pattern` matches is one the client's rules let it see (a publication's topic, or
@@ -633,16 +750,21 @@ class PubSub:
                 return count
 
     def _rules_of(self, client: str, *, fresh: bool = False) -> tuple[tuple[str, ...], ...]:
+        return self._rules_entry(client, fresh=fresh)[0]
+
+    def _rules_entry(self, client: str, *, fresh: bool = False) -> tuple[tuple[tuple[str, ...], ...], float,
+                                                                         dict[tuple[str, ...], bool]]:
+        """The client's rules, when they were read, and the visibility of the topics met since."""
         now = time.monotonic()
         cached = self._rules.get(client)
         if cached is not None and now - cached[1] < RULES_TTL_S and not fresh:
-            return cached[0]
+            return cached
         try:
             rules = tuple(rule.parts for rule in self._store.rules(client))
         except UnknownClient:
             rules = ()
-        self._rules[client] = (rules, now)
-        return rules
+        entry = self._rules[client] = (rules, now, {})
+        return entry
 
     def _relative(self, name: str) -> str:
         parts = [p for p in name.split("/") if p]
@@ -655,22 +777,27 @@ class PubSub:
             for key, sub in list(self._subs.items()):
                 if not sub.durable and not sub.waiting and now - sub.last_poll > IDLE_S:
                     del self._subs[key]
+                    self._routes.clear()
             try:
                 self._forget_removed()
             except (StoreError, sqlite3.Error) as err:
                 event(log, "subscriptions_not_checked", logging.WARNING, error=str(err))
             due = [(device, s) for device, s in self._streams.items() if s.held and now - s.since > HOLD_S]
-            if not due:
-                continue
-            later: list[Callable[[], None]] = []
-            try:
-                with self._store.transaction() as db:
-                    for device, stream in due:
-                        self._release(db, device, stream, max(stream.held), later.append)
-            except (StoreError, sqlite3.Error) as err:
-                event(log, "held_messages_not_released", logging.WARNING, error=str(err))
-                continue
-            _run(later)
+            if due:
+                self._release_held(due)
+
+    def _release_held(self, due: list[tuple[str, _Stream]]) -> None:
+        """Deliver what these publishers hold, their missing messages taken as lost (the hold lasted HOLD_S)."""
+        batch = _Batch()
+        try:
+            with self._store.transaction() as db:
+                for device, stream in due:
+                    self._release(db, device, stream, max(stream.held), batch)
+                self._write(db, batch)
+        except (StoreError, sqlite3.Error) as err:
+            event(log, "held_messages_not_released", logging.WARNING, error=str(err))
+            return
+        _run([functools.partial(self._deliver, batch)])
 
 
 def _durable_id(name: str) -> str:
@@ -684,10 +811,6 @@ def _reaches(pattern: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
         if (k < len(pattern) or (k and head[-1] == acl.ANY)) and acl.matches(head, prefix):
             return True
     return False
-
-
-def _now(fn: Callable[[], None]) -> None:
-    fn()
 
 
 def _run(fns: list[Callable[[], None]]) -> None:

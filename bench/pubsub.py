@@ -231,7 +231,8 @@ class NdnSubject:
             subs = Subscribers(NDN, count, {"home": str(self.home.path), "total": total, "quiet_s": opts.quiet_s,
                                             "durable": f"bench-{tag}" if durable else None}, workdir)
             try:
-                counted = (await admin.metrics()).get("patterns", {})
+                start = await admin.metrics()
+                counted, counted_clients = start.get("patterns", {}), start.get("clients", {})
                 pids = [p.pid for p in self.fleet.procs.values()]
                 before = cpu_sample(self.gateway.pid, pids)
                 # Every device starts at the same moment, as the MQTT publishers do on "go": the gather's calls
@@ -254,7 +255,10 @@ class NdnSubject:
             "device_to_gateway_ms": _percentiles(sorted(got["to_gateway_ms"])),
             "gateway": {k: patterns.get(k, 0) - counted.get(k, 0)
                         for k in ("reports_received", "reports_processed", "reports_duplicates", "reports_acks",
-                                  "reports_acks_unicast", "pubsub_held", "pubsub_gaps", "pubsub_late")},
+                                  "reports_acks_unicast", "reports_ack_datagrams", "reports_batches", "pubsub_held",
+                                  "pubsub_gaps", "pubsub_late")},
+            "client_face": {k: metrics.get("clients", {}).get(k, 0) - counted_clients.get(k, 0)
+                            for k in ("received", "replies")},
             "devices": {"oversized_reads": sum(h["drops"].get("oversized", 0) for h in self.health),
                         "reports_dropped": sum(h.get("reports_dropped", 0) for h in self.health)},
             "lost_by_queue": got["lost_by_queue"],

@@ -12,7 +12,7 @@ async def serve(dev):
     dev.open()
     acks = [None, None]  # the outbox's socket (device/outbox.py) and the task that reads it
     tasks = [asyncio.create_task(_timers(dev, acks))]
-    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter; receive() reads every socket
+    if dev._face.usock is not None:  # unicast (device/net.py): its own waiter
         tasks.append(asyncio.create_task(_reader(dev, 1, acks)))
     try:
         await _reader(dev, 0, acks)
@@ -34,7 +34,7 @@ def _sock(dev, which):
 
 async def _reader(dev, which, acks):
     # Waits on a socket as it is now (a sleep, device/manage.py, closes and opens the face again) and
-    # ends when it is closed. Device.receive reads every socket, whichever woke.
+    # ends when it is closed. Device.receive reads the face's sockets or the outbox's.
     while dev._running:
         try:
             try:
@@ -45,7 +45,7 @@ async def _reader(dev, which, acks):
                     if sock is None:
                         return
                     await _readable(sock)
-                    dev.receive()
+                    dev.receive(which >> 1)  # the face's sockets (0, 1) or the outbox's (2)
                     _follow(dev, acks)
                 continue
             except Exception as e:

@@ -30,7 +30,7 @@ _FIRST_MS = const(300)
 _MAX_MS = const(5000)
 _MAX_SENDS = const(12)
 _DIGEST_LEN = const(32)
-_ACK_MAX = const(256)  # an acknowledgement is about 130 bytes
+_ACK_MAX = const(512)  # an acknowledgement is about 130 bytes; the gateway sends up to 512 back to back
 
 
 class Outbox:
@@ -115,8 +115,8 @@ class Outbox:
 
     def _learn(self, buf):
         # One datagram and its sender, who is learned if it proves to be the gateway (on_data). recvfrom
-        # allocates what it reads, so it reads at most an acknowledgement's size (the rest of a longer
-        # datagram is lost: it is no acknowledgement); when even that finds no memory, the datagram is
+        # allocates what it reads, so it reads at most what the gateway sends in one datagram (a few
+        # acknowledgements back to back; the rest of a longer one is lost); when that finds no memory, the datagram is
         # read into the buffer all the same (the ack counts, nothing is learned) rather than left queued:
         # a serving loop would find it readable again at once, and fail again.
         try:

@@ -311,16 +311,17 @@ class Device:
                     w = self.tick()
                     ob = self._outbox
                     if self._face.sock is not sock or (ob is not None and ob.sock is not rs):
-                        # Opened (again, after a sleep), or the outbox opened its socket: poll what is open now;
-                        # receive() reads every socket.
+                        # Opened (again, after a sleep), or the outbox opened its socket: poll what is open now.
                         sock, rs = self._face.sock, None if ob is None else ob.sock
                         poller = select.poll()
                         for s in (sock, self._face.usock, rs):  # group, unicast (device/net.py), reports
                             if s is not None:
                                 poller.register(s, select.POLLIN)
                         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
-                    for _ in wait(w):
-                        self.receive()
+                        # what poll names the outbox's socket by: the object (MicroPython), its number (CPython)
+                        rkey = rs if rs is None or port.MICROPYTHON else rs.fileno()
+                    for ev in wait(w):  # read only the socket that woke: an acknowledgement is one read, not three
+                        self.receive(1 if ev[0] == rkey else 0)
                 except Exception as e:
                     self._fault(e)
             except Exception as e:  # what handling it raised: see _lost
@@ -420,14 +421,16 @@ class Device:
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
     # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
     # also the reused locals, and no try in this path: the serving loop catches (see _fault).
-    def receive(self):
-        # Handle what one read of the group's socket returns, then one of the outbox's socket
-        # (acknowledgements, device/outbox.py). The serving loop catches what this raises (see _fault).
-        self._next = 0
-        self._n = self._face.read()
-        self._walk()
+    def receive(self, which=None):
+        # Handle what one read of the face's sockets returns (which=0), then one of the outbox's socket
+        # (acknowledgements, device/outbox.py; which=1); both when which is None. The serving loop
+        # catches what this raises (see _fault).
+        if which != 1:
+            self._next = 0
+            self._n = self._face.read()
+            self._walk()
         ob = self._outbox
-        if ob is not None and ob.sock is not None:
+        if which != 0 and ob is not None and ob.sock is not None:
             self._next = 0
             self._n = ob.read()
             self._walk()

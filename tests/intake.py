@@ -4,7 +4,9 @@ wires them (`intake_and_pubsub`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 
 
 class SentFace:
@@ -61,3 +63,30 @@ async def drain(intake) -> None:
         await asyncio.sleep(0)
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+class GroupFace(SentFace):
+    """A multicast face stand-in with an interface and a group port (the intake opens its unicast socket on the
+    interface); `last_addr` is the sender the next `on_interest` is taken to come from."""
+
+    def __init__(self, port: int = 1) -> None:
+        super().__init__()
+        self.iface, self.port, self.last_addr = "127.0.0.1", port, None
+
+
+@contextlib.asynccontextmanager
+async def reporting_device(path, key: bytes, face: GroupFace):
+    """A store with alice and /edge/sim/1 at `path`, the intake and pub/sub on `face`, and a device's report socket
+    on 127.0.0.1 (non-blocking): yields (store, intake, pubsub, socket); closes them after."""
+    store = store_with_alice(path, key)
+    intake, pubsub = await intake_and_pubsub(store, face)
+    device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    device.bind(("127.0.0.1", 0))
+    device.setblocking(False)
+    try:
+        yield store, intake, pubsub, device
+    finally:
+        device.close()
+        await pubsub.stop()
+        await intake.stop()
+        store.close()

@@ -178,3 +178,48 @@ def test_reports_go_to_the_gateway_that_acknowledged_one_and_follow_another_that
     finally:
         gw1.close()
         gw2.close()
+
+
+ACKS_BACK_TO_BACK = """
+import socket
+from device import Device, tlv
+from device.sign import Hmac
+
+KEY = bytes(range(32))
+dev = Device("/edge/t/1", KEY, iface="127.0.0.1", port=%(port)d, state_dir=".")
+dev.setup()
+dev._face.open()
+gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+gw_addr = socket.getaddrinfo("127.0.0.1", %(gw_port)d)[0][-1]
+gw.bind(gw_addr)
+gw.settimeout(5)
+mac = Hmac(KEY)
+content = b"\\x15\\x05\\xa1\\x62ok\\xf5"
+ob = dev._reports()
+ob._open()
+ob.gw = gw_addr
+for i in range(3):
+    dev.publish("t", i)
+acks = []
+for _ in range(3):  # the stand-in gateway reads the three reports, then acknowledges them in one datagram
+    data, addr = gw.recvfrom(1500)
+    p = tlv.Packet()
+    p.parse(memoryview(data), 0, len(data))
+    signed = bytes(data[p.name_s - 2:p.name_e]) + content + dev._sig_info
+    body = signed + b"\\x17\\x20" + mac.mac(signed)
+    acks.append(bytes([6, len(body)]) + body)
+gw.sendto(b"".join(acks), addr)
+for _ in range(1000):  # until that one datagram is read (bounded)
+    if dev.receive(1) is None and len(ob.items) < 3:
+        break
+print(len(ob.items), ob.acked)
+"""
+
+
+def test_acknowledgements_back_to_back_in_one_datagram_are_all_taken(run_mp, mcast_port):
+    # docs/protocol.md "Reports": a gateway sends a batch's acknowledgements for one report socket back to back in
+    # one datagram; the device reads it once and takes every packet in it.
+    from tests.support import free_udp_port
+
+    out = run_mp(ACKS_BACK_TO_BACK % {"port": mcast_port, "gw_port": free_udp_port()}).split()
+    assert out == ["0", "3"]

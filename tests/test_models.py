@@ -20,7 +20,7 @@ import pytest
 from ndn_edge.client.api import BlockingClient, Client
 from ndn_edge.client.handles import OperationCancelled
 from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from tests.intake import SentFace, drain, intake_and_pubsub, publication, store_with_alice
+from tests.intake import GroupFace, SentFace, drain, intake_and_pubsub, publication, reporting_device, store_with_alice
 from tests.support import Cluster, wait_until
 from tests.support import run_scenario as run
 
@@ -176,32 +176,22 @@ def test_reports_are_acknowledged_to_where_they_came_from(tmp_path):
     # gateway/devices/reports.py: a report that came from a device's own report socket (any port but the group's)
     # is acknowledged there alone, over the intake's unicast socket, also when it came in on the group; one from
     # the group's port (a device's group socket, which cannot receive unicast) is acknowledged to the group.
-    import socket
-
     from ndn_edge.devices import reports
     from ndn_edge.wire import client_protocol as cw
+    from ndn_edge.wire.framing import name_tlv
 
     key = os.urandom(32)
-    group_port = 56999
-
-    class GroupFace(SentFace):
-        iface, port, last_addr = "127.0.0.1", group_port, None
+    group_port = 56999  # (never bound: the face is a stand-in)
+    face = GroupFace(group_port)
 
     async def scenario() -> None:
-        store = store_with_alice(tmp_path / "store.db", key)
-        face = GroupFace()
-        intake, pubsub = await intake_and_pubsub(store, face)
-        device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        device.bind(("127.0.0.1", 0))
-        device.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
+        async with reporting_device(tmp_path / "store.db", key, face) as (store, intake, pubsub, device):
+            loop = asyncio.get_running_loop()
             assert intake.address is not None and intake.address[0] == "127.0.0.1"
             first = publication(key, 10, 1)
             device.sendto(first, intake.address)  # straight to the gateway
             ack = await asyncio.wait_for(loop.sock_recv(device, 2048), 5)
             signer = cw.ReplySigner(store.device("/edge/sim/1").key_name, key)
-            from ndn_edge.wire.framing import name_tlv
             assert ack == cw.encode_reply(name_tlv(first), reports.ACK_CONTENT, signer)
             face.last_addr = device.getsockname()  # in on the group, from the device's report socket
             intake.on_interest(publication(key, 11, 2))
@@ -213,11 +203,38 @@ def test_reports_are_acknowledged_to_where_they_came_from(tmp_path):
             assert len(face.sent) == 1 and intake.counters["acks_unicast"] == 2
             page = await pubsub.poll("alice", pubsub.subscribe("alice", "sim/1/*")["sub"], wait_ms=0)
             assert [(m["value"], m.get("retained")) for m in page["messages"]] == [(3, True)]
-        finally:
-            device.close()
-            await pubsub.stop()
-            await intake.stop()
-            store.close()
+
+    run(scenario)
+
+
+def test_a_batchs_acknowledgements_to_one_report_socket_travel_back_to_back(tmp_path):
+    # gateway/devices/reports.py: the acknowledgements of one batch for the same report socket go in as few
+    # datagrams as ACK_DATAGRAM_MAX allows, each the packets back to back, in the reports' order.
+    from ndn_edge.devices import reports
+    from ndn_edge.wire import client_protocol as cw
+    from ndn_edge.wire.framing import name_tlv
+
+    key = os.urandom(32)
+    face = GroupFace()
+
+    async def scenario() -> None:
+        async with reporting_device(tmp_path / "store.db", key, face) as (store, intake, _, device):
+            loop = asyncio.get_running_loop()
+            face.last_addr = device.getsockname()
+            sent = [publication(key, 20 + i, i + 1) for i in range(6)]
+            for packet in sent:  # queued before the intake's task runs: one batch
+                intake.on_interest(packet)
+            signer = cw.ReplySigner(store.device("/edge/sim/1").key_name, key)
+            acks = [cw.encode_reply(name_tlv(p), reports.ACK_CONTENT, signer) for p in sent]
+            per = reports.ACK_DATAGRAM_MAX // len(acks[0])
+            assert 2 <= per < len(acks)
+            got: list[bytes] = []
+            while sum(len(d) for d in got) < sum(len(a) for a in acks):  # bounded by the wait_for below
+                got.append(await asyncio.wait_for(loop.sock_recv(device, 2048), 5))
+            assert got == [b"".join(acks[k:k + per]) for k in range(0, len(acks), per)]
+            assert all(len(d) <= reports.ACK_DATAGRAM_MAX for d in got) and face.sent == []
+            assert intake.counters["acks"] == intake.counters["acks_unicast"] == 6
+            assert intake.counters["ack_datagrams"] == len(got) and intake.counters["batches"] == 1
 
     run(scenario)
 

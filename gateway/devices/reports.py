@@ -93,6 +93,8 @@ LOG = "_log"  # device logs (ndn_edge.observability.devlogs)
 KINDS = (OPERATION, PUBLICATION, LOG)
 ACK, SILENT, LATER, DROP = "ack", "silent", "later", "drop"
 ACK_CONTENT = cbor2.dumps({"ok": True})
+ACK_DATAGRAM_MAX = 512  # bytes of acknowledgements (about 130 each) sent back to back in one datagram; the
+#                         device reads at most this much from an address it is still learning (device/outbox.py)
 QUEUE_SIZE = 8192
 BATCH = 256
 KEEP_SEEN = 4096          # processed numbers kept per key in the store
@@ -202,6 +204,7 @@ class ReportIntake:
         self._locators: dict[bytes, str | None] = {}
         self._signers: dict[str, tuple[bytes, cw.ReplySigner]] = {}
         self._after: list[Callable[[], None]] = []
+        self._gathered: dict[Address, list[bytes]] | None = None  # a batch's unicast acknowledgements, by address
         self._before: list[Callable[[Any], None]] = []
         self._seen_rows: list[tuple[str, int, bytes]] = []
         self._in_batch = False
@@ -211,7 +214,7 @@ class ReportIntake:
         self.counters: dict[str, int] = {
             "received": 0, "processed": 0, "duplicates": 0, "acks": 0, "later": 0, "unknown_key": 0,
             "digest": 0, "bad_signature": 0, "stale": 0, "malformed": 0, "queue_full": 0, "errors": 0,
-            "faults": 0, "acks_unicast": 0,
+            "faults": 0, "acks_unicast": 0, "ack_datagrams": 0, "batches": 0,
         }
         self._throttle = Throttle(log)
 
@@ -320,7 +323,11 @@ class ReportIntake:
         path."""
         try:
             if addr is not None and self._unicast is not None:
+                if self._gathered is not None:  # a batch's: sent together when it is done (_send_gathered)
+                    self._gathered.setdefault(addr, []).append(packet)
+                    return
                 self._unicast.sendto(packet, addr)
+                self.counters["ack_datagrams"] += 1
                 self.counters["acks_unicast"] += 1
             elif self._send_to is None:
                 self._face.send(packet)
@@ -353,6 +360,7 @@ class ReportIntake:
 
     def _process(self, batch: list[tuple[bytes, Address | None, float]]) -> None:
         self.batch += 1
+        self.counters["batches"] += 1
         self._after = []
         self._before = []
         self._seen_rows = []
@@ -370,8 +378,30 @@ class ReportIntake:
                 fn()
             except Exception as err:
                 self._throttle.fault("report-after-commit", err)
-        for report in acks:
-            self.ack(report)
+        self._gathered = {}
+        try:
+            for report in acks:
+                self.ack(report)
+        finally:
+            gathered, self._gathered = self._gathered, None
+            self._send_gathered(gathered)
+
+    def _send_gathered(self, gathered: dict[Address, list[bytes]]) -> None:
+        """The acknowledgements of one batch to each report socket, back to back in as few datagrams as
+        `ACK_DATAGRAM_MAX` allows (the device walks a datagram's packets one after another)."""
+        assert self._unicast is not None or not gathered
+        for addr, packets in gathered.items():
+            first = 0
+            while first < len(packets):
+                end, size = first + 1, len(packets[first])
+                while end < len(packets) and size + len(packets[end]) <= ACK_DATAGRAM_MAX:
+                    size += len(packets[end])
+                    end += 1
+                self._unicast.sendto(b"".join(packets[first:end]), addr)  # type: ignore[union-attr]
+                self.counters["ack_datagrams"] += 1
+                self.counters["acks_unicast"] += end - first
+                self.counters["acks"] += end - first
+                first = end
 
     def _batch(self, db: Any, batch: list[tuple[bytes, Address | None, float]], acks: list[Report],
                seen_now: dict[tuple[str, int], bytes]) -> None:

@@ -13,6 +13,9 @@ _T_SIG_NONCE = const(0x26)
 _T_SIG_SEQ = const(0x2A)
 _DIGEST_LEN = const(32)
 _LIFETIME_MS = const(1000)
+# room in front of the parameters for the Interest's and Name's type and length (4 each at most), the digest
+# component (34), Nonce (6), InterestLifetime (4) and the parameters' type and length (4); plus site and kind
+_HEAD_ROOM = const(56)
 
 
 # name components after /<site> (GenericNameComponent TLVs)
@@ -23,25 +26,29 @@ LOG = b"\x08\x04_log"
 
 
 def build(dev, kind, params):
-    # The signed Interest /<site>/<kind>/<digest> with params, written backwards into the end of dev._tx
-    # (as replies are: no sizes computed twice). Returns (start, end, offset of the 32-byte
-    # ParametersSha256DigestComponent value, which names the report).
+    # The signed Interest /<site>/<kind>/<digest> with params in dev._tx, as replies are built: the
+    # parameters encoded in place at an offset that leaves room for the headers, which are written
+    # backwards in front of them, and the signature after them (no copy of the encoding, no sizes
+    # computed twice). Returns (start, end, offset of the 32-byte ParametersSha256DigestComponent
+    # value, which names the report).
     buf = dev._tx
     mv = dev._txmv
-    params = cbor.dumps(params)
-    if len(params) + len(dev._sig_base) + len(dev._site_val) + len(kind) + 120 > len(buf):
-        raise ValueError("report of %d bytes does not fit the datagram buffer" % len(params))
-    e = len(buf)
-    sv = e - 2 - _DIGEST_LEN  # InterestSignatureValue, filled last
-    # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}
-    i = tlv.nni_back(buf, sv, _T_SIG_SEQ, dev._seq.next_tx())
+    base = dev._sig_base
+    at = len(dev._site_val) + len(kind) + _HEAD_ROOM
+    pe = cbor.encode(buf, at, params)  # ValueError when the encoding alone does not fit
+    n = len(base) + 20  # InterestSignatureInfo's value with the longest SignatureSeqNum
+    if pe + n + 4 + 2 + _DIGEST_LEN > len(buf):
+        raise ValueError("report of %d bytes does not fit the datagram buffer" % (pe - at))
+    seq = dev._seq.next_tx()
+    n -= 8 - tlv.size_nni(seq)
+    sv = pe + n + (2 if n < 253 else 4)  # InterestSignatureValue, after the info that follows the parameters
+    # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}, ending at sv
+    i = tlv.nni_back(buf, sv, _T_SIG_SEQ, seq)
     i = _bytes_back(buf, i, _T_SIG_NONCE, port.urandom(8))
-    n = len(dev._sig_base)
-    buf[i - n:i] = dev._sig_base
-    i = tlv.tl_back(buf, i - n, _T_ISIG_INFO, sv - i + n)
-    i = _bytes_back(buf, i, _T_APP_PARAMS, params)
-    params_s = i
-    i = tlv.nni_back(buf, i, _T_LIFETIME, _LIFETIME_MS)
+    buf[i - len(base):i] = base
+    tlv.tl_back(buf, i - len(base), _T_ISIG_INFO, n)
+    params_s = tlv.tl_back(buf, at, _T_APP_PARAMS, pe - at)
+    i = tlv.nni_back(buf, params_s, _T_LIFETIME, _LIFETIME_MS)
     i = _bytes_back(buf, i, _T_NONCE, port.urandom(4))
     # Name{<site>, <kind>..., ParametersSha256DigestComponent}
     name_e = i
@@ -59,7 +66,7 @@ def build(dev, kind, params):
     h = dev._mac.start()
     h.update(mv[comps_s:comps_e])
     h.update(mv[params_s:sv])
-    tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
+    e = tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
     buf[digest_at:digest_at + _DIGEST_LEN] = sha256(mv[params_s:e])
     return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
 

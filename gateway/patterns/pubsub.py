@@ -260,7 +260,8 @@ class PubSub:
         self._streams: dict[str, _Stream] = {}
         self._subs: dict[tuple[str, str], _Sub] = {}
         self._rules: dict[str, tuple[tuple[tuple[str, ...], ...], float, dict[tuple[str, ...], bool]]] = {}
-        self._routes: dict[tuple[str, ...], list[_Sub]] = {}  # topic -> subscriptions whose pattern matches it
+        # topic -> (subscriptions whose pattern matches it and whose client may see it, until when: PubSub._route)
+        self._routes: dict[tuple[str, ...], tuple[list[_Sub], float]] = {}
         self._batch: _Batch | None = None  # of the intake's current transaction
         self._stopped = False
         self._batch_token = -1
@@ -426,10 +427,9 @@ class PubSub:
         if retain:
             batch.retained[topic] = blob
         memory = []
-        for sub in self._route(parts):
-            if not self._visible(sub.client, parts):
-                continue
-            self.counters["delivered"] += 1
+        subs = self._route(parts)
+        self.counters["delivered"] += len(subs)
+        for sub in subs:
             if sub.durable:
                 batch.durable.setdefault(sub, []).append(blob)
             else:
@@ -438,12 +438,22 @@ class PubSub:
             batch.memory.append((memory, msg, parts, len(blob)))
 
     def _route(self, parts: tuple[str, ...]) -> list[_Sub]:
-        """The subscriptions whose pattern matches the topic (cached until the subscriptions change)."""
-        subs = self._routes.get(parts)
-        if subs is None:
-            if len(self._routes) >= ROUTES:
-                self._routes.clear()
-            subs = self._routes[parts] = [sub for sub in self._subs.values() if acl.matches(sub.pattern, parts)]
+        """The subscriptions whose pattern matches the topic and whose client may see it: decided once per topic
+        until the subscriptions change or the oldest rules it was decided with are due to be read again."""
+        now = time.monotonic()
+        cached = self._routes.get(parts)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        if cached is None and len(self._routes) >= ROUTES:
+            self._routes.clear()
+        subs = []
+        expires = now + RULES_TTL_S
+        for sub in self._subs.values():
+            if acl.matches(sub.pattern, parts):
+                if self._visible(sub.client, parts):
+                    subs.append(sub)
+                expires = min(expires, self._rules[sub.client][1] + RULES_TTL_S)
+        self._routes[parts] = (subs, expires)
         return subs
 
     def _write(self, db: Any, batch: _Batch) -> None:
@@ -670,12 +680,16 @@ class PubSub:
                     break
                 out.append(dict(msg, pos=pos))
         else:
+            seen: dict[tuple[str, ...], bool] = {}  # (a reply's messages come from a few topics)
             for pos, msg, parts, size in sub.queue:
                 if pos <= start:
                     continue
                 if len(out) >= max_messages:
                     break
-                if not self._visible(sub.client, parts):
+                visible = seen.get(parts)
+                if visible is None:
+                    visible = seen[parts] = self._visible(sub.client, parts)
+                if not visible:
                     withheld.append(pos)
                     continue
                 budget -= size + 8

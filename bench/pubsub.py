@@ -260,7 +260,9 @@ class NdnSubject:
             "client_face": {k: metrics.get("clients", {}).get(k, 0) - counted_clients.get(k, 0)
                             for k in ("received", "replies")},
             "devices": {"oversized_reads": sum(h["drops"].get("oversized", 0) for h in self.health),
-                        "reports_dropped": sum(h.get("reports_dropped", 0) for h in self.health)},
+                        "reports_dropped": sum(h.get("reports_dropped", 0) for h in self.health),
+                        "oom": sum(h.get("oom", 0) for h in self.health),
+                        "mem_free_min": min((h.get("mem_free", 0) for h in self.health), default=0)},
             "lost_by_queue": got["lost_by_queue"],
         }
         return {"records": got["records"], "cpu": (before, after, got["cpu_s"]), "extra": extra}

@@ -1,7 +1,8 @@
 # Signed Interests the device sends on its own (announcements, operation reports, publications):
 # /<site>/<kind>/<digest>, parameters in CBOR, signed with the device key and its send counter.
+# Loaded for an announcement and released after (runtime.release()), unless the outbox holds it.
 from device import cbor, tlv, port
-from device.port import const
+from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
 _T_NONCE = const(0x0A)
@@ -28,16 +29,17 @@ def build(dev, kind, params):
     # ParametersSha256DigestComponent value, which names the report).
     buf = dev._tx
     mv = dev._txmv
+    c = dev.conf
     params = cbor.dumps(params)
-    if len(params) + len(dev._sig_base) + len(dev._site_val) + len(kind) + 120 > len(buf):
+    if len(params) + len(c.sig_base) + len(c.site_val) + len(kind) + 120 > len(buf):
         raise ValueError("report of %d bytes does not fit the datagram buffer" % len(params))
     e = len(buf)
     sv = e - 2 - _DIGEST_LEN  # InterestSignatureValue, filled last
     # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}
     i = tlv.nni_back(buf, sv, _T_SIG_SEQ, dev._seq.next_tx())
     i = _bytes_back(buf, i, _T_SIG_NONCE, port.urandom(8))
-    n = len(dev._sig_base)
-    buf[i - n:i] = dev._sig_base
+    n = len(c.sig_base)
+    buf[i - n:i] = c.sig_base
     i = tlv.tl_back(buf, i - n, _T_ISIG_INFO, sv - i + n)
     i = _bytes_back(buf, i, _T_APP_PARAMS, params)
     params_s = i
@@ -51,8 +53,8 @@ def build(dev, kind, params):
     n = len(kind)
     buf[i - n:i] = kind
     i -= n
-    n = len(dev._site_val)
-    buf[i - n:i] = dev._site_val
+    n = len(c.site_val)
+    buf[i - n:i] = c.site_val
     i -= n
     comps_s = i
     i = tlv.tl_back(buf, i, tlv.T_NAME, name_e - i)
@@ -68,3 +70,20 @@ def _bytes_back(buf, e, t, value):
     n = len(value)
     buf[e - n:e] = value
     return tlv.tl_back(buf, e - n, t, n)
+
+
+def announce(dev, state, sleep_ms=None):
+    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
+    import binascii
+    c = dev.conf
+    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.rx_floor(),
+         "desc": binascii.hexlify(c.desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), c.boot),
+         "mem_free": port.mem_free()}
+    if sleep_ms is not None:
+        p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
+    s, e, _ = build(dev, ANNOUNCE, p)
+    dev._face.send(dev._txmv[s:e])
+    third = c.lease_ms // 3
+    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

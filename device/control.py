@@ -1,17 +1,91 @@
-# The device's boot-time control plane: declaring services and timers, setup, opening the face,
-# announcements, service descriptions. None of it is on the per-invocation path, so the runtime imports
-# this module when it needs it and releases it right after (runtime.control()/release()): its code does
-# not sit in the heap between announcements. (Declarations load it from the first @dev.service to
-# setup.) What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py,
-# so that setup, the heap's busiest moment, loads only this.
+# The device's boot-time control plane: Device(), declaring services and timers, setup, service descriptions.
+# None of it is on the per-invocation path, so the runtime imports this module when it needs it and releases it
+# right after (runtime.control()/release()): its code does not sit in the heap while serving. (Device() loads it,
+# and the @dev.service declarations keep it, until setup.) Announcements are device/report.py's: a renewal loads
+# only that. What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py, so
+# that setup, the heap's busiest moment, loads only this.
 #
 # No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
-from device import cbor, tlv, port
+from device import cbor, tlv, net, port
 from device.errors import DeviceError
-from device.port import const, ticks_ms, ticks_add, ticks_diff
+from device.port import const, ticks_ms, ticks_add
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
+_DEFAULT_PORT = const(56363)
+_DEFAULT_GROUP = "224.0.23.170"
+
+
+def init(dev, name, key, rx, tx, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT, state_dir=".",
+         lease_ms=60000, gateway=None, reply_cache=8, max_ops=4, max_reports=16, log_bytes=512, log_level=20):
+    # Device(...), with the receive and transmit buffers it allocated (mtu bytes each): checks the name and key,
+    # keeps them and the settings in the cold state (runtime.Conf) and creates every hot field, so that the
+    # device's attribute table reaches its final size now.
+    from device.runtime import Conf
+    parts = [p for p in name.split("/") if p]
+    if not name.startswith("/") or len(parts) < 2:
+        raise DeviceError("device name must look like /site/device, got %r" % name)
+    if isinstance(key, str):
+        import binascii
+        key = binascii.unhexlify(key)
+    if len(key) != 32:
+        raise DeviceError("device key must be 32 bytes, got %d" % len(key))
+    c = dev.conf = Conf()
+    c.key = bytes(key)
+    c.site = parts[0]
+    c.state_dir = state_dir
+    c.lease_ms = lease_ms
+    # dev.log() keeps entries in a ring of log_bytes (0: no logs) from log_level on (device/log.py).
+    c.log_bytes = log_bytes
+    c.log_level = log_level
+    c.name_val = c.site_val = c.sig_base = c.desc_hash = None  # made by setup
+    c.boot = 0
+    dev.name = "/" + "/".join(parts)
+    # Caps on what outlives a request (docs/protocol.md "Limits and memory"): a start beyond max_ops
+    # running operations is answered RESOURCE_EXHAUSTED (device/ops.py); beyond max_reports pending
+    # reports (at least 1) the oldest is dropped (device/outbox.py).
+    dev.max_ops = max_ops
+    dev.max_reports = max_reports
+    dev.requests = 0
+    dev.errors = 0
+    dev.oom = 0  # MemoryErrors survived
+    dev.refused = 0  # operation starts refused at max_ops
+    dev.drops = [0] * 7
+    # The face reads into rx; it opens its socket later (device/netopen.py). Replies and reports are built in tx.
+    dev._face = net.MulticastFace(iface, group, port, rx, gateway)
+    dev._tx = tx
+    dev._txmv = memoryview(dev._tx)
+    # The reply cache (docs/protocol.md "Replay protection"): per answered request its seq, signature tag and
+    # Data, or None for an idempotent service's success, which is not kept: its retransmission runs the
+    # handler again (same effect, by definition) and is answered in the same slot (Device._slot).
+    dev._c_seq = [-1] * reply_cache
+    dev._c_tag = [0] * reply_cache
+    dev._c_data = [None] * reply_cache
+    dev._cache_i = 0
+    dev._slot = -1  # the slot a second run of an idempotent call answers in, else -1
+    dev._keep = True  # whether the reply being sent is kept (_value clears it for idempotent services)
+    dev._svc = {}
+    dev._running = False
+    dev._async = False
+    dev._quiet = False  # the current request is a notification: no reply
+    dev._outbox = None
+    dev._logs = None  # device/log.py's Logs, made by the first entry
+    dev._ops = {}
+    dev._timers = []  # [due_ticks, period_ms, fn]
+    dev._due = ticks_ms()  # when tick() next has work (see Device._run_due)
+    dev._next = 0  # offset of the next packet of the last read
+    dev._n = 0  # bytes of the last read
+    dev._calling = False  # a handler is running
+    dev._sleep_ms = 0
+    # Set by setup(), and per request.
+    dev._mac = dev._seq = dev._query_val = None
+    dev._pkt = tlv.Packet()  # its prefixes are set by setup()
+    dev._key_name = dev._sig_info = None
+    dev._ncomp = dev._room = dev._renew_at = 0
+    dev._query_at = dev._last_query = None  # when a query was last answered
+    dev._cur_seq = dev._cur_sig = dev._at = dev._ctype = dev._fresh = 0
+    dev._cur_name = dev._cur_pit = dev._cur_svc = None
+    dev._tp = -1  # offset of the current call's trace context in the receive buffer, or -1
 
 
 def service(dev, name, cache_ms=None, doc=None, args=None, result=None, idempotent=True, private=False,
@@ -41,16 +115,6 @@ def every(dev, period_ms):
     return register
 
 
-def start(dev):
-    # Open the face (device/netopen.py) and announce: Device.open.
-    from device import netopen
-    netopen.open_face(dev._face)
-    dev._running = True
-    announce(dev, "up")
-    f = dev._face
-    print("ndn-edge device %s serving on %s group %s:%d" % (dev.name, f.iface, f.group, f.udp_port))
-
-
 def encode_name(uri):
     # "/edge/kitchen/th1" -> value bytes of a Name: one GenericNameComponent per segment.
     out = bytearray()
@@ -72,23 +136,21 @@ def setup(dev):
     # Everything derived once from the name and key; buffers allocated once, before serving.
     from device.replay import SeqState
     from device.sign import Hmac, key_id
-    dev._name_val = encode_name(dev.name)
+    c = dev.conf
+    c.name_val = encode_name(dev.name)
     dev._ncomp = dev.name.count("/")
-    dev._query_val = encode_name("/%s/_sd/query" % dev.site)
-    dev._site_val = encode_name("/" + dev.site)
-    kid = key_id(dev.key)
+    dev._query_val = encode_name("/%s/_sd/query" % c.site)
+    c.site_val = encode_name("/" + c.site)
+    kid = key_id(c.key)
     dev._key_name = encode_name(dev.name + "/KEY/" + kid)
-    dev._sig_base = tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + \
-        tlv_bytes(tlv.T_KEY_LOCATOR, tlv_bytes(tlv.T_NAME, dev._key_name))
-    dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, dev._sig_base)
-    dev._mac = Hmac(dev.key)
-    dev._seq = SeqState(dev.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
-    dev._pkt.prefixes = (dev._name_val, dev._query_val)
+    c.sig_base = tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + tlv_bytes(tlv.T_KEY_LOCATOR, tlv_bytes(tlv.T_NAME, dev._key_name))
+    dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, c.sig_base)
+    dev._mac = Hmac(c.key)
+    dev._seq = SeqState(c.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
+    dev._pkt.prefixes = (c.name_val, dev._query_val)
     dev._room = len(dev._tx) - len(dev._sig_info) - 2 - 32  # the most content a reply can carry ends here
-    dev._boot = ticks_ms()
-    dev._renew_at = dev._boot
-    dev._due = dev._boot
-    dev._desc_hash = desc_hash(dev)
+    c.boot = dev._renew_at = dev._due = ticks_ms()
+    c.desc_hash = desc_hash(dev)
 
 
 def desc_hash(dev):
@@ -120,20 +182,3 @@ def describe(dev):
         out.append(d)
     # "trace": this runtime reads a trace context before the arguments (docs/protocol.md "Trace context")
     return {"name": dev.name, "services": out, "trace": True}
-
-
-def announce(dev, state, sleep_ms=None):
-    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
-    import binascii
-    from device import report
-    p = {"state": state, "lease_ms": dev.lease_ms, "rx_floor": dev._seq.rx_floor(),
-         "desc": binascii.hexlify(dev._desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), dev._boot),
-         "mem_free": port.mem_free()}
-    if sleep_ms is not None:
-        p["sleep_ms"] = sleep_ms
-    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
-        p["mtu"] = len(dev._tx)
-    s, e, _ = report.build(dev, report.ANNOUNCE, p)
-    dev._face.send(dev._txmv[s:e])
-    third = dev.lease_ms // 3
-    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

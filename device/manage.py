@@ -1,6 +1,6 @@
 # The device's management plane: the framework services (_desc, _health, _op_get, _op_cancel), the
 # configuration file and sleep. Imported when needed and released right after, like device/control.py.
-# The control plane is imported only by what needs it (_desc, sleep): _health, _op_get and _op_cancel
+# The control plane is imported only by what needs it (_desc): _health, _op_get and _op_cancel
 # run without loading its code, on a device that may be short of memory.
 from device import port
 from device.port import ticks_ms, ticks_diff
@@ -34,7 +34,7 @@ def health(dev):
         from device.ops import running
         ops = running(dev)
     port.collect()  # mem_free is then what the device really has, not counting garbage
-    return {"uptime_ms": ticks_diff(ticks_ms(), dev._boot), "mem_free": port.mem_free(),
+    return {"uptime_ms": ticks_diff(ticks_ms(), dev.conf.boot), "mem_free": port.mem_free(),
             "requests": dev.requests, "errors": dev.errors, "oom": dev.oom, "drops": drops,
             "seq_writes": dev._seq.writes, "ops_running": ops, "ops_refused": dev.refused,
             "reports_pending": len(ob.items) if ob else 0, "reports_dropped": ob.dropped if ob else 0,
@@ -77,8 +77,8 @@ def framework(dev, name, args):
 def sleep(dev, ms):
     # Announce the sleep, close the socket, sleep (lightly where the port can), wake, announce.
     import time
-    from device import control
-    control.announce(dev, "sleep", ms)
+    from device import report
+    report.announce(dev, "sleep", ms)
     if dev._outbox is not None:
         dev._outbox.close()  # opened again by the next report
     dev._face.close()
@@ -88,4 +88,4 @@ def sleep(dev, ms):
     except (ImportError, AttributeError):
         time.sleep(ms / 1000)
     dev._face.open()
-    control.announce(dev, "up")
+    report.announce(dev, "up")

@@ -1,7 +1,8 @@
 # Signed Interests the device sends on its own (announcements, operation reports, publications):
 # /<site>/<kind>/<digest>, parameters in CBOR, signed with the device key and its send counter.
+# Loaded for an announcement and released after (runtime.release()), unless the outbox holds it.
 from device import cbor, tlv, port
-from device.port import const
+from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
 _T_NONCE = const(0x0A)
@@ -33,8 +34,9 @@ def build(dev, kind, params):
     # value, which names the report).
     buf = dev._tx
     mv = dev._txmv
-    base = dev._sig_base
-    at = len(dev._site_val) + len(kind) + _HEAD_ROOM
+    c = dev.conf
+    base = c.sig_base
+    at = len(c.site_val) + len(kind) + _HEAD_ROOM
     pe = cbor.encode(buf, at, params)  # ValueError when the encoding alone does not fit
     n = len(base) + 20  # InterestSignatureInfo's value with the longest SignatureSeqNum
     if pe + n + 4 + 2 + _DIGEST_LEN > len(buf):
@@ -58,8 +60,8 @@ def build(dev, kind, params):
     n = len(kind)
     buf[i - n:i] = kind
     i -= n
-    n = len(dev._site_val)
-    buf[i - n:i] = dev._site_val
+    n = len(c.site_val)
+    buf[i - n:i] = c.site_val
     i -= n
     comps_s = i
     i = tlv.tl_back(buf, i, tlv.T_NAME, name_e - i)
@@ -75,3 +77,20 @@ def _bytes_back(buf, e, t, value):
     n = len(value)
     buf[e - n:e] = value
     return tlv.tl_back(buf, e - n, t, n)
+
+
+def announce(dev, state, sleep_ms=None):
+    # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
+    import binascii
+    c = dev.conf
+    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.rx_floor(),
+         "desc": binascii.hexlify(c.desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), c.boot),
+         "mem_free": port.mem_free()}
+    if sleep_ms is not None:
+        p["sleep_ms"] = sleep_ms
+    if len(dev._tx) != 1500:  # the largest datagram it reads, when not the protocol's default
+        p["mtu"] = len(dev._tx)
+    s, e, _ = build(dev, ANNOUNCE, p)
+    dev._face.send(dev._txmv[s:e])
+    third = c.lease_ms // 3
+    dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))

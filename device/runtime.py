@@ -16,6 +16,23 @@
 # - Long-running operations and pending reports are capped (max_ops, max_reports): their state lives
 #   as long as they do, so without a cap a client could fill the heap. Both checks are off the
 #   plain-call path (in _start_op and the outbox).
+#
+# Who writes what (issue 10, item 4). Cold state, one owner: `dev.conf` (Conf: key, site, state_dir, lease_ms,
+# log settings, and setup's name_val, site_val, sig_base, desc_hash, boot), written by control.init and
+# control.setup only, read by report.py and manage.py. Public: name, max_ops, max_reports (control.init) and the
+# counters requests, errors, oom, refused, drops (this module; ops.py counts refused). Hot fields, each with one
+# writer besides control.init, which creates them all (so the attribute table has its final size before serving):
+# - setup (control.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
+#   _pkt.prefixes;
+# - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
+# - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py via _open_logs: _logs;
+#   _reports: _outbox;
+# - the serving loop and the receive path (this module): _running (also open/close/stop), _due, _renew_at,
+#   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
+#   (_c_seq, _c_tag, _c_data, _cache_i) and the reply context _cur_seq, _cur_sig, _cur_name, _cur_pit, _cur_svc,
+#   _at, _ctype, _fresh. aio.py saves and restores the reply context around an awaited handler (_finish), and
+#   ops.py and aio.py set _calling around the handlers they run, and report.announce sets the next renewal
+#   (_renew_at): the only writes from outside.
 from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
@@ -24,8 +41,6 @@ from device.tlv import tl_back, nni_back, put_sig, starts
 from device.cbor import encode, loads
 from device.sign import equal, sha256
 
-_DEFAULT_GROUP = "224.0.23.170"
-_DEFAULT_PORT = const(56363)
 _SIG_LEN = const(32)
 _QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
@@ -117,72 +132,22 @@ def release():
             delattr(device, name)
 
 
+class Conf:
+    # The device's cold state, one owner (issue 10, item 4): its key and settings (control.init), and the names and
+    # signature parts derived from them once (control.setup). Nothing on the per-packet path reads it; what that
+    # path needs is derived into Device's hot fields (see "Who writes what" above). No methods: its code is this.
+    pass
+
+
 class Device:
-    def __init__(self, name, key, *, iface="0.0.0.0", group=_DEFAULT_GROUP, port=_DEFAULT_PORT,
-                 state_dir=".", lease_ms=60000, gateway=None, mtu=1500, reply_cache=8, max_ops=4,
-                 max_reports=16, log_bytes=512, log_level=20):
-        parts = [p for p in name.split("/") if p]
-        if not name.startswith("/") or len(parts) < 2:
-            raise DeviceError("device name must look like /site/device, got %r" % name)
-        if isinstance(key, str):
-            import binascii
-            key = binascii.unhexlify(key)
-        if len(key) != 32:
-            raise DeviceError("device key must be 32 bytes, got %d" % len(key))
-        self.name = "/" + "/".join(parts)
-        self.site = parts[0]
-        self.key = bytes(key)
-        self.state_dir = state_dir
-        self.lease_ms = lease_ms
-        # Caps on what outlives a request (docs/protocol.md "Limits and memory"): a start beyond max_ops
-        # running operations is answered RESOURCE_EXHAUSTED (device/ops.py); beyond max_reports pending
-        # reports (at least 1) the oldest is dropped (device/outbox.py).
-        self.max_ops = max_ops
-        self.max_reports = max_reports
-        # dev.log() keeps entries in a ring of log_bytes (0: no logs) from log_level on (device/log.py).
-        self.log_bytes = log_bytes
-        self.log_level = log_level
-        self.requests = 0
-        self.errors = 0
-        self.oom = 0  # MemoryErrors survived
-        self.refused = 0  # operation starts refused at max_ops
-        self.drops = [0] * 7
-        # Buffers and the face first, while the heap is still in one piece; the face opens its socket later.
-        self._face = net.MulticastFace(iface, group, port, bytearray(mtu), gateway)
-        self._tx = bytearray(mtu)
-        self._txmv = memoryview(self._tx)
-        # The reply cache (docs/protocol.md "Replay protection"): per answered request its seq, signature tag and
-        # Data, or None for an idempotent service's success, which is not kept: its retransmission runs the
-        # handler again (same effect, by definition) and is answered in the same slot (_slot).
-        self._c_seq = [-1] * reply_cache
-        self._c_tag = [0] * reply_cache
-        self._c_data = [None] * reply_cache
-        self._cache_i = 0
-        self._slot = -1  # the slot a second run of an idempotent call answers in, else -1
-        self._keep = True  # whether the reply being sent is kept (_value clears it for idempotent services)
-        self._svc = {}
-        self._running = False
-        self._async = False
-        self._quiet = False  # the current request is a notification: no reply
-        self._outbox = None
-        self._logs = None  # device/log.py's Logs, made by the first entry
-        self._ops = {}
-        self._timers = []  # [due_ticks, period_ms, fn]
-        self._due = ticks_ms()  # when tick() next has work (see _run_due)
-        self._next = 0  # offset of the next packet of the last read
-        self._n = 0  # bytes of the last read
-        self._calling = False  # a handler is running
-        self._sleep_ms = 0
-        # Set by setup() (device/control.py), and per request. Created here so that this object's
-        # attribute table reaches its final size now, not while the control plane is in the heap.
-        self._mac = self._seq = self._name_val = self._query_val = self._site_val = None
-        self._pkt = tlv.Packet()  # its prefixes are set by setup()
-        self._key_name = self._sig_base = self._sig_info = self._desc_hash = None
-        self._ncomp = self._room = self._boot = self._renew_at = 0
-        self._query_at = self._last_query = None  # when a query was last answered
-        self._cur_seq = self._cur_sig = self._at = self._ctype = self._fresh = 0
-        self._cur_name = self._cur_pit = self._cur_svc = None
-        self._tp = -1  # offset of the current call's trace context in the receive buffer, or -1
+    def __init__(self, name, key, **kw):
+        # Device(name, key, *, iface="0.0.0.0", group="224.0.23.170", port=56363, state_dir=".", lease_ms=60000,
+        # gateway=None, mtu=1500, reply_cache=8, max_ops=4, max_reports=16, log_bytes=512, log_level=20):
+        # checked and set by control.init (docs/operations.md; firmware/README.md "Memory" sizes mtu and
+        # reply_cache). The buffers are allocated first, while the heap after the imports is still in one
+        # piece; the control plane stays loaded for the @dev.service declarations that follow, until setup.
+        n = kw.pop("mtu", 1500)
+        control().init(self, name, key, bytearray(n), bytearray(n), **kw)
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -226,10 +191,10 @@ class Device:
 
     def _open_logs(self):
         # The log ring, made on first use; None when logs are off (log_bytes 0).
-        if self.log_bytes <= 0:
+        if self.conf.log_bytes <= 0:
             return None
         from device.log import Logs
-        self._logs = Logs(self, self.log_bytes, self.log_level)
+        self._logs = Logs(self, self.conf.log_bytes, self.conf.log_level)
         return self._logs
 
     def _trace(self):
@@ -278,10 +243,15 @@ class Device:
             release()
 
     def open(self):
-        # Set up, open the face and announce; then call receive() when readable, tick() on time.
+        # Set up, open the face and announce; then call receive() when readable, tick() on time. Each step
+        # loads what it needs and releases it (control, netopen, report), so they are never in the heap together.
         self.setup()
-        control().start(self)
+        f = self._face
+        f.open()
         release()
+        self._running = True
+        self._announce("up")
+        print("ndn-edge device %s serving on %s group %s:%d" % (self.name, f.iface, f.group, f.udp_port))
 
     def close(self):
         face = self._face
@@ -402,7 +372,8 @@ class Device:
             self._renew_at = ticks_add(ticks_ms(), _RENEW_RETRY_MS)
 
     def _announce(self, state):
-        control().announce(self, state)
+        from device import report
+        report.announce(self, state)
         release()
 
     def _on_query(self):
@@ -416,7 +387,7 @@ class Device:
 
     # -- receive path --
     # Per packet: receive -> _walk -> _packet -> _interest -> _check -> _verify -> _dispatch -> _call
-    # -> _value -> _send -> _encode, _sign -> _cache -> _emit. MicroPython puts a call's frame on the
+    # -> _value -> _send -> _encode, _sign -> _cache, _seal -> _emit. MicroPython puts a call's frame on the
     # heap when its state (arguments, locals, value stack, three words per active exception handler)
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
     # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
@@ -546,11 +517,19 @@ class Device:
                 if data is None:
                     self._slot = k
                     return _OK
-                i = _REPLY_AT + p.pit_n
-                self._tx[i:i + len(data)] = data
-                self._emit(i, i + len(data), p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None)
+                self._again(p, data)
                 return _RESENT
         return _REPLAY
+
+    def _again(self, p, data):
+        # The kept reply to this retransmission: its MetaInfo and Content, in the Data that _seal makes around them
+        # again with the request's name (the same Interest: its signature verified) and a new signature (HMAC is
+        # deterministic: the same bytes as the first time).
+        self._cur_name = p.mv[p.name_s:p.name_e]
+        self._cur_pit = p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
+        i = _REPLY_AT + len(self._cur_name) + p.pit_n
+        self._tx[i:i + len(data)] = data
+        self._seal(i, i + len(data))
 
     def _dispatch(self, p):
         self.requests += 1
@@ -567,7 +546,7 @@ class Device:
         p.component(self._ncomp + 1 if self._quiet else self._ncomp)
         svc = self._find(mv[p.p:p.p + p.n])
         if svc is None:
-            self._framework_at(p, s)
+            self._framework(p, s)
         elif p.params_ve > s:
             self._call(svc, mv[s:p.params_ve])
         else:
@@ -605,15 +584,12 @@ class Device:
         from device import ops
         ops.begin(self, svc, args)
 
-    def _framework_at(self, p, s):
-        # A framework service (or none): its name and its arguments from offset s (out of _dispatch,
-        # whose frame this would push onto the heap).
-        self._framework(bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])
-
-    def _framework(self, key, params):
-        # _desc, _health, ... and unknown names (NOT_FOUND): device/manage.py, loaded for the answer.
+    def _framework(self, p, s):
+        # A framework service (_desc, _health, ...) or none (NOT_FOUND): its name and its arguments from offset s,
+        # answered by device/manage.py, loaded for the answer. Out of _dispatch, whose frame this would push onto
+        # the heap.
         try:
-            value = manage().value(self, key, params)  # None: answered with an error already
+            value = manage().value(self, bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])  # None: answered
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()
@@ -639,7 +615,7 @@ class Device:
     def _log_error(self, e, tp, svc):
         # The automatic log entry of a handler that raised, or of an exception outside a handler
         # (svc None: an app timer's), written by device/log.py: never an error about the error.
-        if self.log_bytes <= 0:
+        if self.conf.log_bytes <= 0:
             return
         try:
             from device import log
@@ -707,7 +683,7 @@ class Device:
         return _rare().encode_failed(self, value)  # device/rare.py says why
 
     def _sign(self, e):
-        # Headers in front of the content at tx[self._at:e], SignatureInfo and SignatureValue after.
+        # Headers in front of the content at tx[self._at:e]; kept (_cache) and sent (_seal).
         i = tl_back(self._tx, self._at, _T_CONTENT, e - self._at)
         s = i
         if self._fresh:
@@ -715,6 +691,25 @@ class Device:
         if self._ctype:
             i = nni_back(self._tx, i, _T_CONTENT_TYPE, self._ctype)
         i = tl_back(self._tx, i, _T_META_INFO, s - i)
+        self._cache(i, e)
+        self._seal(i, e)
+
+    def _cache(self, i, e):
+        # Remember the reply's MetaInfo and Content (tx[i:e], a few bytes: the name and signature are made again
+        # for a retransmission, see _again), or None when it is not kept.
+        k = self._slot
+        if k < 0:
+            k = self._cache_i
+            self._cache_i = (k + 1) % len(self._c_seq)
+        self._c_seq[k] = self._cur_seq
+        self._c_tag[k] = self._cur_sig
+        self._c_data[k] = bytes(self._txmv[i:e]) if self._keep else None
+        self._slot = -1
+        self._keep = True
+
+    def _seal(self, i, e):
+        # The Data around MetaInfo and Content at tx[i:e]: the request's name in front, SignatureInfo and
+        # SignatureValue after; sent.
         s = i - len(self._cur_name)
         self._tx[s:i] = self._cur_name
         s = tl_back(self._tx, s, _T_NAME, i - s)
@@ -725,18 +720,6 @@ class Device:
         i.update(self._txmv[s:e])
         e = put_sig(self._tx, e, _T_SIG_VALUE, self._mac.finish(i))
         s = tl_back(self._tx, s, _T_DATA, e - s)
-        self._cache(s, e)
-
-    def _cache(self, s, e):
-        k = self._slot
-        if k < 0:
-            k = self._cache_i
-            self._cache_i = (k + 1) % len(self._c_seq)
-        self._c_seq[k] = self._cur_seq
-        self._c_tag[k] = self._cur_sig
-        self._c_data[k] = bytes(self._txmv[s:e]) if self._keep else None
-        self._slot = -1
-        self._keep = True
         self._emit(s, e, self._cur_pit)
 
     def _emit(self, s, e, pit):

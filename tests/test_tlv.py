@@ -223,12 +223,12 @@ def test_a_renewal_out_of_memory_is_counted_and_retried_half_a_second_later_and_
     dev = _served_device(tmp_path)
     ran = []
     dev.every(100)(lambda: ran.append(1))
-    dev._renew_at = dev._due = dev._boot  # the announcement is due, and so is the timer
+    dev._renew_at = dev._due = dev.conf.boot  # the announcement is due, and so is the timer
 
     def broken(state):
         raise MemoryError("no heap for the control plane")
     dev._announce = broken
-    dev._timers[0][0] = dev._boot
+    dev._timers[0][0] = dev.conf.boot
     assert 0 < dev.tick() <= 100  # caught in tick, not at once again: the loop polls for packets in between
     assert dev.oom == 1 and ran == [1]  # counted; the app timer ran all the same (it may be what frees the heap)
     assert 400 <= ticks_diff(dev._renew_at, ticks_ms()) <= 500
@@ -236,7 +236,7 @@ def test_a_renewal_out_of_memory_is_counted_and_retried_half_a_second_later_and_
 
 def test_a_tick_that_raises_is_retried_a_second_later_not_at_once(tmp_path):
     dev = _served_device(tmp_path)
-    dev._due = dev._boot
+    dev._due = dev.conf.boot
 
     def broken():
         raise MemoryError("no heap for _run_due's frame")
@@ -438,8 +438,9 @@ def test_the_devices_defaults_and_error_codes_are_the_hosts():
     from ndn_edge.wire import protocol
 
     runtime = (ROOT / "device" / "runtime.py").read_text()
-    assert _device_constants()[("runtime.py", "_DEFAULT_PORT")] == protocol.DEFAULT_PORT
-    assert re.search(r'^_DEFAULT_GROUP = "([0-9.]+)"', runtime, re.M).group(1) == protocol.DEFAULT_GROUP
+    control = (ROOT / "device" / "control.py").read_text()  # Device()'s defaults are control.init's
+    assert _device_constants()[("control.py", "_DEFAULT_PORT")] == protocol.DEFAULT_PORT
+    assert re.search(r'^_DEFAULT_GROUP = "([0-9.]+)"', control, re.M).group(1) == protocol.DEFAULT_GROUP
     codes = eval(re.search(r"^CODES = (\(.*?\))", runtime, re.M | re.S).group(1))
     assert set(codes) == {cls.code for cls in CallError.__subclasses__() if cls.code != "CANCELLED"}
     assert (ROOT / "device" / "seal.py").read_text().count('b"ndn-edge enc"') == 1

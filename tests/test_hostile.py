@@ -113,8 +113,11 @@ def test_entries_filled_together_never_expire_into_a_burst_at_the_device(make_bo
             await start_board(board, peer)
             await online_with_services(side, board, 10.0)
             before = (await side.call(board.name, "_health")).value["requests"]
+            retries = side.metrics()["invoker_retries"]
             await asyncio.gather(*(side.call(board.name, "reading", {"n": n}) for n in range(entries)))
             filled = (await side.call(board.name, "_health")).value["requests"] - before - 1
+            # (a request the device answered late on a loaded machine was sent again: it may count twice there)
+            filled = (filled, side.metrics()["invoker_retries"] - retries)
             loop = asyncio.get_running_loop()
             end = loop.time() + 6.5  # three freshness periods of 2 s, and a bit
             misses = rounds = 0
@@ -130,11 +133,11 @@ def test_entries_filled_together_never_expire_into_a_burst_at_the_device(make_bo
             await side.stop()
 
     filled, misses, rounds, reads, metrics = run(scenario, 40.0)
-    assert filled == entries
+    assert entries <= filled[0] <= entries + filled[1], filled
     assert rounds > 100
     assert misses == 0, f"{misses} callers waited for the device; {metrics}"
     # each entry renewed once per period: 3 periods -> about 3 * 40 requests, never a read per call
-    assert 2 * entries <= reads - filled <= 4 * entries, (reads, metrics)
+    assert 2 * entries <= reads - filled[0] <= 4 * entries, (reads, metrics)
     assert metrics["invoker_early_refreshes"] >= 2 * entries
 
 

@@ -60,6 +60,7 @@ import asyncio
 import binascii
 import collections
 import functools
+import itertools
 import logging
 import math
 import os
@@ -222,13 +223,13 @@ class _Sub:
         self.event.set()
 
     def push(self, msg: dict[str, Any], parts: tuple[str, ...], size: int) -> None:
-        """Queue a message (in-memory subscriptions): its topic's parts and encoded size go with it."""
+        """Queue a message (in-memory subscriptions): its topic's parts and encoded size go with it. The pollers
+        are woken by `wake`, once for all a batch queued."""
         self.queue.append((self.next_pos, msg, parts, size))
         self.next_pos += 1
         if len(self.queue) > MEMORY_QUEUE:
             self.queue.popleft()
             self.lost += 1
-        self.event.set()
 
 
 class _Batch:
@@ -430,7 +431,7 @@ class PubSub:
         subs = self._route(parts)
         self.counters["delivered"] += len(subs)
         for sub in subs:
-            if sub.durable:
+            if sub.db_id is not None:  # (durable, without a property's call per subscription and message)
                 batch.durable.setdefault(sub, []).append(blob)
             else:
                 memory.append(sub)
@@ -470,10 +471,12 @@ class PubSub:
 
     def _deliver(self, batch: _Batch) -> None:
         """After the commit: queue in memory, wake the pollers of durable subscriptions, export."""
+        woken: set[_Sub] = set(batch.durable)
         for subs, msg, parts, size in batch.memory:
             for sub in subs:
                 sub.push(msg, parts, size)
-        for sub in batch.durable:
+            woken.update(subs)
+        for sub in woken:
             sub.wake()
         if self.exporter is not None:
             for msg, retain in batch.exported:
@@ -571,6 +574,7 @@ class PubSub:
             sub = _Sub("m:" + binascii.hexlify(os.urandom(8)).decode(), client, parts)
             for m in retained:
                 sub.push(m, tuple(m["topic"].split("/")), len(cbor2.dumps(m)))
+            sub.wake()
         else:
             with self._store.transaction() as db:
                 cur = db.execute("INSERT INTO subscriptions (client, name, pattern, created_at) VALUES "
@@ -680,15 +684,21 @@ class PubSub:
                     break
                 out.append(dict(msg, pos=pos))
         else:
-            seen: dict[tuple[str, ...], bool] = {}  # (a reply's messages come from a few topics)
-            for pos, msg, parts, size in sub.queue:
+            seen = self._rules_entry(sub.client)[2]  # what the rules as read now decided, per topic (_visible)
+            queue = sub.queue
+            # From the first message after `start`: positions rise along the queue, one apart unless messages
+            # were withheld from it, so that message is at most `start + 1 - first` in
+            k = min(max(0, start + 1 - queue[0][0]), len(queue)) if queue else 0
+            while k > 0 and queue[k - 1][0] > start:
+                k -= 1
+            for pos, msg, parts, size in itertools.islice(queue, k, None):
                 if pos <= start:
                     continue
                 if len(out) >= max_messages:
                     break
                 visible = seen.get(parts)
                 if visible is None:
-                    visible = seen[parts] = self._visible(sub.client, parts)
+                    visible = self._visible(sub.client, parts)
                 if not visible:
                     withheld.append(pos)
                     continue

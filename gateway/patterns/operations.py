@@ -132,7 +132,14 @@ class Operations:
         if self._task is not None:
             return
         self._store.ensure_schema("operations", MIGRATIONS, adopt="operations")
-        for row in self._rows("WHERE state IN ('starting', 'running')"):
+        self._recover(self._rows("WHERE state IN ('starting', 'running')"))
+        self._task = asyncio.create_task(self._sweep(), name="operations-sweep")
+
+    def _recover(self, rows: list[tuple[Any, ...]]) -> None:
+        """Operations this gateway finds in the middle of something it did not see end (a restart, a takeover):
+        one being started fails, a call being delivered is queued again if idempotent (else fails), a running
+        operation is asked about as soon as its device is online."""
+        for row in rows:
             op = _Row(row)
             if op.state == "starting":
                 self._finish(op.id, "failed", error=Internal(
@@ -144,9 +151,8 @@ class Operations:
                     self._finish(op.id, "failed", error=DeadlineExceeded(
                         "the gateway stopped while delivering this call; it may have run (the service is not "
                         "idempotent, so it is not sent again)"))
-            else:
+            elif op.state == "running":
                 self._due.add(op.id)
-        self._task = asyncio.create_task(self._sweep(), name="operations-sweep")
 
     async def stop(self) -> None:
         """Stop the sweeper and the deliveries; wake waiters."""
@@ -264,6 +270,39 @@ class Operations:
     def info(self, op_id: str) -> dict[str, Any]:
         """What clients see of an operation."""
         return self._get_row(op_id).info(self)
+
+    # -- a federation's (ndn_edge.federation.opsync): rows as they are mirrored, and rows taken over
+
+    def changed_since(self, since: float) -> list[tuple[Any, ...]]:
+        """The rows updated at or after `since` (columns as `COLUMNS`)."""
+        return self._rows("WHERE updated_at >= ?", (since,))
+
+    def exists(self, op_id: Any) -> bool:
+        return isinstance(op_id, str) and bool(self._store.query("SELECT 1 FROM operations WHERE id = ?", (op_id,)))
+
+    def row_info(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """What clients see of a row (columns as `COLUMNS`) that another gateway keeps."""
+        return _Row(row).info(self)
+
+    def adopt(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        """Keep the rows another gateway kept (it died, and this one serves their device now): inserted as they
+        were, then recovered as after a restart. The ids of those inserted (a row known here already is not)."""
+        taken: list[str] = []
+        with self._store.transaction() as db:
+            for row in rows:
+                marks = ", ".join("?" * len(row))
+                cur = db.execute(f"INSERT OR IGNORE INTO operations ({_COLUMNS}) VALUES ({marks})", row)
+                if cur.rowcount:
+                    taken.append(row[0])
+        if taken:
+            self._recover([r for r in rows if r[0] in taken and r[6] in ("starting", "running")])
+            for op_id in taken:
+                self._changed(op_id)
+            queued = {r[3] for r in rows if r[0] in taken and r[6] == "queued"}
+            for device in queued:
+                if self._devices.is_online(device):
+                    self._deliver_soon(device)
+        return taken
 
     # -- device reports (in the intake's transaction) and directory events
 

@@ -520,8 +520,8 @@ class PubSub:
 
     # -- subscriptions (client verbs)
 
-    def subscribe(self, client: str, pattern: str, durable: str | None = None) -> dict[str, Any]:
-        """Create a subscription (or attach to the durable one of that name); its id and whether it is new."""
+    def check_subscription(self, client: str, pattern: str, durable: Any = None) -> tuple[str, ...]:
+        """The parsed pattern of a subscription `client` may make; InvalidArgument or PermissionDenied."""
         try:
             parts = acl.parse_pattern(pattern)
         except ValueError as err:
@@ -529,10 +529,23 @@ class PubSub:
         if not self._could_see(client, parts):
             raise PermissionDenied(f"client '{client}' may not see any topic matching {pattern!r}: no rule of "
                                    "its allows one (ndn-edge acl list)")
+        if durable is not None and (not isinstance(durable, str) or not _NAME.fullmatch(durable)):
+            raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
+                                  f"'-', got {durable!r}")
+        return parts
+
+    def visible(self, client: str, topic: tuple[str, ...]) -> bool:
+        """Whether `client` may see a message on `topic` now (its rules, re-read at most once a second)."""
+        return self._visible(client, topic)
+
+    def publishers(self, pattern: tuple[str, ...]) -> int:
+        """How many provisioned devices could publish on a topic `pattern` matches."""
+        return self._publishers(pattern)
+
+    def subscribe(self, client: str, pattern: str, durable: str | None = None) -> dict[str, Any]:
+        """Create a subscription (or attach to the durable one of that name); its id and whether it is new."""
+        parts = self.check_subscription(client, pattern, durable)
         if durable is not None:
-            if not isinstance(durable, str) or not _NAME.fullmatch(durable):
-                raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
-                                      f"'-', got {durable!r}")
             existing = self._subs.get((client, _durable_id(durable)))
             if existing is not None and not self._stored(existing):
                 self._forget(existing)  # removed with its client (`client remove`) since the sweeper last looked

@@ -264,9 +264,10 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                 # An operation kept by A (started through the standby), mirrored before A dies.
                 op = await client.start("a/1/slow", {"seconds": 3})
                 assert op.id.endswith(lan_tag)
-                for _ in range(100):  # mirrored within PUSH_S; each listing is a round trip
+                for _ in range(200):  # mirrored within PUSH_S (0.25 s): 10 s at the most
                     if any(o["op"] == op.id and o["state"] == "running" for o in await client.ops()):
                         break
+                    await asyncio.sleep(0.05)
                 else:
                     raise AssertionError(f"operation {op.id} is not listed by the standby")
                 values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A

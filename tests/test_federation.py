@@ -261,15 +261,17 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
 
             async with Client.connect(home=lan.home, client="alice", gateway=standby.address(),
                                       timeout=20) as client:
-                # An operation kept by A (started through the standby), mirrored before A dies.
-                op = await client.start("a/1/slow", {"seconds": 3})
-                assert op.id.endswith(lan_tag)
-                for _ in range(200):  # mirrored within PUSH_S (0.25 s): 10 s at the most
-                    if any(o["op"] == op.id and o["state"] == "running" for o in await client.ops()):
-                        break
+                # Two operations kept by A (started through the standby), mirrored before A dies: one ends
+                # before the standby takes a/1 over (it learns the end from `_op_get`, or from the device's final
+                # report sent again to the group), one after (its final report reaches the standby).
+                ops = {2: await client.start("a/1/slow", {"seconds": 2}),
+                       8: await client.start("a/1/slow", {"seconds": 8})}
+                assert all(op.id.endswith(lan_tag) for op in ops.values())
+                mirrored = time.monotonic() + 10  # mirrored within PUSH_S (0.25 s)
+                while not {op.id for op in ops.values()} <= {o["op"] for o in await client.ops()
+                                                            if o["state"] == "running"}:
+                    assert time.monotonic() < mirrored, "A's operations are not listed by the standby"
                     await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError(f"operation {op.id} is not listed by the standby")
                 values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A
                 in_flight = asyncio.create_task(client.call("a/1/counter"))
                 lan.kill_gateway()
@@ -277,19 +279,27 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                 values.append(await in_flight)
                 recovered = time.monotonic() - killed
                 values += [await client.call("a/1/counter") for _ in range(3)]
-                # The standby took the operation over with the device: its handle is read there.
-                assert (await client.operation(op.id)).id == op.id
-                assert any(o["op"] == op.id for o in await client.ops())
-                return values, recovered
+                # The standby took the operations over with the device, and finishes them with their results.
+                for seconds, op in ops.items():
+                    assert await (await client.operation(op.id)).result(timeout=20) == seconds
+                finished = time.monotonic() - killed
+                listed = {o["op"]: o for o in await client.ops()}
+                assert all(listed[op.id]["state"] == "done" for op in ops.values()), listed
+                return values, recovered, finished, {op.id for op in ops.values()}
         lan_tag = lan.state()["gateway"]
-        values, recovered_s = asyncio.run(through_failover())
+        values, recovered_s, finished_s, op_ids = asyncio.run(through_failover())
         assert values == list(range(values[0], values[0] + len(values))), values
         assert recovered_s < 10, f"the standby answered {recovered_s:.1f} s after A died"
+        # The 8 s operation ends about 7 s after A died; its report comes again within 0.3 s, then 0.6 s...
+        assert finished_s < 15, f"the adopted operations finished {finished_s:.1f} s after A died"
         wait_for(lambda: "/edge/a/1" in standby.state()["local"]["served"], 5, "the standby to say it serves a/1")
 
         # Partition B from NATS: it says so, serves its LAN with the rules it has, and catches up after.
         with _connect(lan.home, b.address()) as on_b:
             wait_for(lambda: _online(on_b, ["/edge/b/1"]), 30, "b/1 on B")
+            # B lists the operations the standby finished (the mirror, rewritten by their new keeper).
+            wait_for(lambda: {o["op"] for o in on_b.ops() if o["state"] == "done"} >= op_ids, 5,
+                     "the adopted operations listed done through B")
             wait_for(lambda: b.state()["local"]["state"] == "connected", 10, "B connected")
             relay.cut()
             wait_for(lambda: b.state()["local"]["state"] == "partitioned", 10, "B to say it is partitioned")

@@ -14,15 +14,18 @@ sealed with the federation key; entries expire after `link.OPS_TTL_S` (the 7 day
 Decisions:
 - The keeper's store stays the truth; the bucket is a copy, written by the keeper `PUSH_S` after a row changes
   (one query of the rows changed since the last pass: operations.py needs no hook). So a gateway that dies
-  less than `PUSH_S` after an operation changed leaves the previous state behind; the device's report of the
-  end (retransmitted for about 44 s) brings the new keeper up to date.
+  less than `PUSH_S` after an operation changed leaves the previous state behind. For a running operation the
+  new keeper catches up from the device: it asks with `_op_get` (again after a failure, until the device
+  answers) and takes the device's report of the end (resent to the group for about 44 s while unacknowledged);
+  what remains lost is in docs/operations.md ("Operations through failover").
 - An operation is routed to the gateway that keeps it now: the mirror's `gw` if it is alive, else the tag
   ending its id (its first keeper). A keeper that died and whose device nobody took over leaves its operations
   readable (their last mirrored state) but not cancellable.
 - Takeover: the placement's claim of a device from another gateway adopts that gateway's unfinished operations
   of the device (inserted in this store as they were, then recovered as after a restart: a running one is asked
-  about with `_op_get`, a queued call is delivered, one being started fails) and rewrites their mirror with
-  this gateway's tag, all before the device is served here, so the device's report of an end finds its row.
+  about with `_op_get` until the device answers, a queued call is delivered, one being started fails) and
+  rewrites their mirror with this gateway's tag at once (changed or not: every gateway routes them here), all
+  before the device is served here, so the device's report of an end finds its row.
 Rejected: one bucket write per state change from inside operations.py (a round trip to the cluster in the
 device report's transaction).
 """
@@ -32,7 +35,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ndn_edge.errors import InvalidArgument
@@ -152,7 +155,9 @@ class OpsSync:
         event(log, "federation_operations_adopted", device=device, previous=previous, count=len(taken))
         for op_id in taken:
             self._pushed.pop(op_id, None)
-        await self._push()
+        # Rewritten with this gateway's tag now, changed or not (a running one keeps its row until the device
+        # answers), so every gateway routes them here.
+        await self._push(self._ops.rows(taken))
 
     # -- the mirror
 
@@ -172,10 +177,11 @@ class OpsSync:
             except Exception as err:  # NATS went away, the table is not there yet: the next pass
                 self._throttle.event("ops", "federation_operations_not_mirrored", logging.DEBUG, error=repr(err))
 
-    async def _push(self) -> None:
+    async def _push(self, also: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Write the rows changed since the last pass, and `also` (rows to write whether changed or not)."""
         started = time.time()
         kv = self._link.kv("ops")
-        for row in self._ops.changed_since(self._mark - 1.0):
+        for row in [*also, *self._ops.changed_since(self._mark - 1.0)]:
             op_id, updated = row[0], float(row[13])
             if self._pushed.get(op_id) == updated:
                 continue

@@ -47,8 +47,9 @@ from ndn_edge import names as acl
 from ndn_edge.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ndn_edge.federation.config import kv_key, subject_token
 from ndn_edge.federation.keys import BadSeal, FederationKey
-from ndn_edge.logs import Throttle, event
-from ndn_edge.patterns.pubsub import IDLE_S, REPLY_BUDGET
+from ndn_edge.federation.link import BucketPart
+from ndn_edge.logs import event
+from ndn_edge.patterns.pubsub import IDLE_S, REPLY_BUDGET, poll_messages
 
 log = logging.getLogger("ndn_edge.federation")
 
@@ -111,22 +112,16 @@ class _Held:
                 "start": self.start, "acked": self.acked, "lost": self.lost, "created": self.created, "gw": tag}
 
 
-class SharedSubs:
+class SharedSubs(BucketPart):
     """The federation's durable subscriptions that clients of this gateway read."""
 
     def __init__(self, link: Any, key: FederationKey, pubsub: Any, *, tag: str) -> None:
-        self._link = link
-        self._key = key
+        super().__init__(link, key, "subs", tag=tag, counters=(
+            "created", "attached", "released", "read", "delivered", "withheld", "acks_saved", "ack_conflicts",
+            "bad_seal", "dropped"))
         self._pubsub = pubsub
-        self.tag = tag
-        self._bucket = link.config.bucket("subs")
         self._held: dict[tuple[str, str], _Held] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._throttle = Throttle(log)
-        self.lag_s: list[float] = []
-        self.counters: dict[str, int] = {"created": 0, "attached": 0, "released": 0, "read": 0, "delivered": 0,
-                                         "withheld": 0, "acks_saved": 0, "ack_conflicts": 0, "bad_seal": 0,
-                                         "dropped": 0}
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="federation-subs-sweep")
@@ -175,32 +170,10 @@ class SharedSubs:
         held = await self._attached(client, sub_id)
         held.last_poll = time.monotonic()
         await self._ack(held, ack)
-        if after is None:
-            held.epoch += 1
-        epoch = held.epoch
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
-            held.event.clear()
-            start = held.acked if after is None else max(after, held.acked, held.sent)
-            messages = [] if epoch != held.epoch else self._peek(held, max_messages, start)
-            left = deadline - time.monotonic()
-            if messages or left <= 0 or epoch != held.epoch or held.closed:
-                break
-            held.waiting += 1
-            try:
-                await asyncio.wait_for(held.event.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                held.waiting -= 1
-                held.last_poll = time.monotonic()
-        self.counters["delivered"] += len(messages)
-        if after is None:
-            held.sent = messages[-1]["pos"] if messages else held.acked
-            return {"messages": messages, "lost": held.lost}
-        if messages:
-            held.sent = max(held.sent, messages[-1]["pos"])
-        return {"messages": messages, "lost": held.lost, "from": start}
+        reply = await poll_messages(held, after=after, max_messages=max_messages, wait_ms=wait_ms,
+                                    peek=self._peek, ended=lambda: held.closed)
+        self.counters["delivered"] += len(reply["messages"])
+        return reply
 
     async def unsubscribe(self, client: str, sub_id: str) -> dict[str, Any]:
         held = await self._attached(client, sub_id)
@@ -451,7 +424,7 @@ class SharedSubs:
         if not self._pubsub.visible(held.client, parts):
             self.counters["withheld"] += 1
             return None
-        self.lag_s = [*self.lag_s[-255:], max(0.0, time.time() - at)]
+        self._lag(at)
         return seq, message, retain
 
     def _take(self, held: _Held, msg: Any) -> None:

@@ -199,6 +199,27 @@ class NatsLink:
 Take = Callable[[str, "dict[str, Any] | None", int, bool], None]
 
 
+class BucketPart:
+    """What every part that keeps one of the federation's buckets in step with this gateway holds (identity.py,
+    opsync.py, durable.py): the link, the federation key, this gateway's tag, the bucket's name, a log throttle,
+    the recent replication lags (reported by the metrics verb) and its counters, all at 0."""
+
+    LAGS = 256  # replication lags kept
+
+    def __init__(self, link: Any, key: FederationKey, what: str, *, tag: str, counters: tuple[str, ...]) -> None:
+        self._link = link
+        self._key = key
+        self.tag = tag
+        self._bucket = link.config.bucket(what)
+        self._throttle = Throttle(log)
+        self.lag_s: list[float] = []
+        self.counters: dict[str, int] = dict.fromkeys(counters, 0)
+
+    def _lag(self, at: float) -> None:
+        """A value written elsewhere at `at` (the writer's clock) is taken here now."""
+        self.lag_s = [*self.lag_s[-(self.LAGS - 1):], max(0.0, time.time() - at)]
+
+
 async def watch_bucket(link: NatsLink, what: str, key: FederationKey, take: Take, *, counters: dict[str, int],
                        throttle: Throttle, synced: Callable[[], None] | None = None) -> None:
     """Follow bucket `what` for ever: `take(key, record or None, revision, initial)` for each sealed JSON record

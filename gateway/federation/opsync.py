@@ -40,8 +40,8 @@ from typing import Any
 
 from ndn_edge.errors import InvalidArgument
 from ndn_edge.federation.keys import FederationKey
-from ndn_edge.federation.link import watch_bucket
-from ndn_edge.logs import Throttle, event
+from ndn_edge.federation.link import BucketPart, watch_bucket
+from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.federation")
 
@@ -62,25 +62,19 @@ def _decode(values: Any) -> tuple[Any, ...]:
     return tuple(bytes.fromhex(v) if i in _BYTES and v is not None else v for i, v in enumerate(values))
 
 
-class OpsSync:
+class OpsSync(BucketPart):
     """This gateway's operations in the federation's bucket, and everyone's as that bucket says."""
 
     def __init__(self, link: Any, key: FederationKey, operations: Any, *, tag: str,
                  alive: Callable[[str | None], bool] = lambda tag: False) -> None:
-        self._link = link
-        self._key = key
+        super().__init__(link, key, "ops", tag=tag, counters=("pushed", "mirrored", "adopted", "bad_seal",
+                                                               "pruned", "dropped"))
         self._ops = operations
-        self.tag = tag
         self.alive = alive
-        self._bucket = link.config.bucket("ops")
         self.records: dict[str, tuple[tuple[Any, ...], str]] = {}  # op id -> (row, keeper), as mirrored
         self._pushed: dict[str, float] = {}  # op id -> the updated_at last written by this gateway
         self._mark = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._throttle = Throttle(log)
-        self.lag_s: list[float] = []
-        self.counters: dict[str, int] = {"pushed": 0, "mirrored": 0, "adopted": 0, "bad_seal": 0, "pruned": 0,
-                                         "dropped": 0}
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._pushes(), name="federation-ops-out"),
@@ -224,4 +218,4 @@ class OpsSync:
         self.counters["mirrored"] += 1
         at = record.get("at")
         if not initial and gw != self.tag and isinstance(at, (int, float)):
-            self.lag_s = [*self.lag_s[-255:], max(0.0, time.time() - float(at))]
+            self._lag(float(at))

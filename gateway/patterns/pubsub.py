@@ -247,6 +247,41 @@ class _Batch:
         self.exported: list[tuple[dict[str, Any], bool]] = []  # for a federation's exporter (PubSub.exporter)
 
 
+async def poll_messages(sub: Any, *, after: int | None, max_messages: int, wait_ms: int,
+                        peek: Callable[[Any, int, int], list[dict[str, Any]]],
+                        ended: Callable[[], bool]) -> dict[str, Any]:
+    """A poll's reply, once its acknowledgement is applied (`PubSub.poll`, and a federation's durable
+    subscriptions, `ndn_edge.federation.durable`): the messages after the acknowledged position (or after
+    `after`, for pipelined polls), waiting up to `wait_ms` for some. `sub` holds the subscription's `acked`,
+    `sent`, `lost`, `epoch`, `waiting`, `last_poll` and the `event` set when messages arrive; `peek(sub, max,
+    start)` reads the messages after position `start`; `ended()` says the subscription went away meanwhile."""
+    if after is None:
+        sub.epoch += 1
+    epoch = sub.epoch
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        sub.event.clear()
+        start = sub.acked if after is None else max(after, sub.acked, sub.sent)
+        messages = [] if epoch != sub.epoch else peek(sub, max_messages, start)
+        left = deadline - time.monotonic()
+        if messages or left <= 0 or epoch != sub.epoch or ended():
+            break  # (woken with nothing new, as when another poll took the messages: wait on)
+        sub.waiting += 1
+        try:
+            await asyncio.wait_for(sub.event.wait(), left)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            sub.waiting -= 1
+            sub.last_poll = time.monotonic()
+    if after is None:  # pipelined polls go on from what this one returns
+        sub.sent = messages[-1]["pos"] if messages else sub.acked
+        return {"messages": messages, "lost": sub.lost}
+    if messages:
+        sub.sent = max(sub.sent, messages[-1]["pos"])
+    return {"messages": messages, "lost": sub.lost, "from": start}
+
+
 class PubSub:
     """Publications in, ordered and retained; subscriptions out, by long-polling."""
 
@@ -598,32 +633,8 @@ class PubSub:
         sub = self._sub(client, sub_id)
         sub.last_poll = time.monotonic()
         self._ack(sub, ack)
-        if after is None:
-            sub.epoch += 1
-        epoch = sub.epoch
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
-            sub.event.clear()
-            start = sub.acked if after is None else max(after, sub.acked, sub.sent)
-            messages = [] if epoch != sub.epoch else self._peek(sub, max_messages, start)
-            left = deadline - time.monotonic()
-            if (messages or left <= 0 or epoch != sub.epoch or self._stopped
-                    or self._subs.get((client, sub_id)) is not sub):
-                break  # (woken with nothing new, as when another poll took the messages: wait on)
-            sub.waiting += 1
-            try:
-                await asyncio.wait_for(sub.event.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                sub.waiting -= 1
-                sub.last_poll = time.monotonic()
-        if after is None:  # pipelined polls go on from what this one returns
-            sub.sent = messages[-1]["pos"] if messages else sub.acked
-            return {"messages": messages, "lost": sub.lost}
-        if messages:
-            sub.sent = max(sub.sent, messages[-1]["pos"])
-        return {"messages": messages, "lost": sub.lost, "from": start}
+        return await poll_messages(sub, after=after, max_messages=max_messages, wait_ms=wait_ms, peek=self._peek,
+                                   ended=lambda: self._stopped or self._subs.get((client, sub_id)) is not sub)
 
     def unsubscribe(self, client: str, sub_id: str) -> dict[str, Any]:
         """End a subscription; a durable one is deleted with its queue."""

@@ -137,28 +137,37 @@ class NatsLink:
             return
 
     async def _ensure_buckets(self) -> None:
-        from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+        """Open (or create) every bucket and the publications stream, all at once: each creation in a cluster
+        waits for a new replica group to elect its leader, and one after another they took seconds."""
+        results = await asyncio.gather(*(self._ensure_bucket(what) for what in BUCKETS if what not in self._kv),
+                                       self._ensure_stream(), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
-        for what in BUCKETS:
-            if what in self._kv:
-                continue
-            name = self.config.bucket(what)
+    async def _ensure_bucket(self, what: str) -> None:
+        from nats.js.api import KeyValueConfig, StorageType
+
+        name = self.config.bucket(what)
+        try:
+            self._kv[what] = await self.js.key_value(name)
+            return
+        except Exception:  # not there yet: create it
+            pass
+        ttl = CALLS_TTL_S if what == "calls" else OPS_TTL_S if what == "ops" else None
+        last: Exception | None = None
+        for replicas in (3, 1):
             try:
-                self._kv[what] = await self.js.key_value(name)
-                continue
-            except Exception:  # not there yet: create it
-                pass
-            ttl = CALLS_TTL_S if what == "calls" else OPS_TTL_S if what == "ops" else None
-            last: Exception | None = None
-            for replicas in (3, 1):
-                try:
-                    self._kv[what] = await self.js.create_key_value(KeyValueConfig(
-                        bucket=name, history=1, replicas=replicas, ttl=ttl, storage=StorageType.FILE))
-                    break
-                except Exception as err:  # fewer servers than replicas: try one
-                    last = err
-            else:
-                raise last or RuntimeError(f"cannot create bucket {name}")
+                self._kv[what] = await self.js.create_key_value(KeyValueConfig(
+                    bucket=name, history=1, replicas=replicas, ttl=ttl, storage=StorageType.FILE))
+                return
+            except Exception as err:  # fewer servers than replicas: try one
+                last = err
+        raise last or RuntimeError(f"cannot create bucket {name}")
+
+    async def _ensure_stream(self) -> None:
+        from nats.js.api import StorageType, StreamConfig
+
         last_err: Exception = RuntimeError(f"cannot create stream {self.config.stream}")
         for replicas in (3, 1):
             try:

@@ -65,6 +65,7 @@ log = logging.getLogger("ndn_edge.federation")
 DEVICE_VERBS = frozenset({cp.VERB_CALL, cp.VERB_NOTIFY, cp.VERB_START, cp.VERB_ENQUEUE})
 OP_VERBS = frozenset({cp.VERB_OP_GET, cp.VERB_OP_CANCEL})
 RETRY_S = 0.2
+TAKEOVER_CHECK_S = 0.25  # a relayed request looks this often whether this gateway took its device over
 VOUCH_WINDOW_MS = 60_000
 MAX_IN_FLIGHT = 1024
 RELAY, VOUCH = "relay", "vouch"
@@ -164,7 +165,10 @@ class Remote:
                                   "by another gateway")
             started = time.monotonic()
             try:
-                msg = await self._link.nc.request(subject, datagram, timeout=remaining)
+                msg = await self._answer(self._link.nc.request(subject, datagram, timeout=remaining), device)
+                if msg is None:
+                    self.counters["taken_over"] += 1
+                    return None  # this gateway serves it now
             except NoRespondersError:
                 self.counters["relay_retries"] += 1
                 await asyncio.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))
@@ -184,6 +188,23 @@ class Remote:
                 continue  # not a reply: dropped, the wait goes on
             self.latency_s = [*self.latency_s[-255:], time.monotonic() - started]
             return bytes(data)
+
+    async def _answer(self, request: Awaitable[Any], device: str | None) -> Any:
+        """The reply to a relayed request; None if this gateway took the device over while it waited (the request
+        reached a gateway that died before answering: no reply will ever come, and waiting for the deadline would
+        fail a call this gateway can now make itself)."""
+        pending = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=TAKEOVER_CHECK_S)
+                if done:
+                    return pending.result()
+                if device is not None and self._placement.route(device) is None:
+                    return None
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     # -- vouched requests
 

@@ -90,6 +90,7 @@ class Placement:
         self.gateways: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, float] = {}  # tag -> monotonic time its heartbeat was received
         self._published: dict[str, tuple[str, float, str | None]] = {}  # device -> (state, lease_until, desc)
+        self._descs: dict[str, tuple[str, dict[str, Any]]] = {}  # descriptions waiting for their device's record
         self._tasks: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
@@ -222,11 +223,19 @@ class Placement:
         self._wake.set()
 
     def _store_description(self, device: str, desc_hash: str, desc: dict[str, Any]) -> None:
+        """Store a description another gateway published; one of a device whose record has not reached this
+        store yet (identity sync runs beside the watch) is kept and stored at a later pass, not lost until the
+        server publishes again (a standby would otherwise ask the device for it in the middle of a takeover)."""
         try:
             record = self._store.device(device)
-            if record is not None and record.desc_hash != desc_hash:
+            if record is None:
+                self._descs[device] = (desc_hash, desc)
+                return
+            self._descs.pop(device, None)
+            if record.desc_hash != desc_hash:
                 self._store.set_description(device, desc_hash, desc)
-        except Exception as err:  # a store error, a device not replicated yet: the next record
+        except Exception as err:  # a store error: at a later pass
+            self._descs[device] = (desc_hash, desc)
             self._throttle.event("desc", "federation_description_not_stored", logging.DEBUG, error=repr(err))
 
     async def _passes(self) -> None:
@@ -247,6 +256,8 @@ class Placement:
 
     async def _pass(self) -> None:
         """Claim what this gateway should serve; refresh the records of what it serves."""
+        for device, (desc_hash, desc) in list(self._descs.items()):
+            self._store_description(device, desc_hash, desc)
         descs = dict(self._store.query("SELECT name, desc_hash FROM devices"))
         for device in descs:
             p = self._side.presence(device)

@@ -98,11 +98,14 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
             assert alice.call("b/1/echo", {"x": [1, "two"]}) == {"x": [1, "two"]}
             assert alice.call_ex("c/1/temperature").value == alice.call_ex("c/1/temperature").value
 
-            # A long-running operation started through A on C's device, its handle read through B.
+            # A long-running operation started through A on C's device, its handle read through B, and listed by
+            # every gateway (`ndn-edge ops`, GET /api/v1/operations: the federation's operations).
             op = alice.start("c/1/slow", {"seconds": 1})
             assert op.id.endswith(c.state()["gateway"])
             with _connect(a.home, b.address()) as via_b:
                 assert via_b.operation(op.id).result(timeout=15) == 1
+                wait_for(lambda: any(o["op"] == op.id and o["state"] == "done" for o in via_b.ops()), 5,
+                         "C's operation listed through B")
 
             # Scatter/gather over the three LANs.
             outcomes = alice.gather("*/*/temperature", deadline=5)
@@ -162,6 +165,20 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
                 raise
         assert wait_for(http_call, 5, "an HTTP call through A")["value"] == {"h": 1}
 
+        # Prometheus on A: forwarded calls by result, their round trip, gateways seen, not partitioned.
+        req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            scraped = resp.read().decode()
+        for line in ('ndn_edge_federation_forwarded_total{kind="relay",result="OK"}',
+                     'ndn_edge_federation_forwarded_total{kind="vouch",result="OK"}',
+                     "ndn_edge_federation_forward_seconds_count", "ndn_edge_federation_gateways 3.0",
+                     "ndn_edge_federation_partitioned 0.0", 'ndn_edge_federation_state{state="connected"} 1.0',
+                     'ndn_edge_federation_lag_seconds{quantile="0.5",what="identity"}'):
+            assert line in scraped, line
+        # `federation status`: NATS and JetStream health, and the devices each gateway serves.
+        status = a.ok("federation", "status")
+        assert "NATS: reachable" in status and "ident: leader" in status and "serves: /edge/c/1" in status
+
         # A NATS client without the federation key reads no secret: no device or client key, in any form.
         from ndn_edge.state.store import Store
 
@@ -182,15 +199,34 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
             assert counters["clients"]["drops"]["malformed"] >= 1  # a packet, relayed to the face, dropped there
             assert on_c.call("c/1/echo", {"ok": True}) == {"ok": True}
 
+        # A durable subscription held by B survives B's loss: resumed through A from its last acknowledgement.
+        async def durable(address: str, count: int) -> list:
+            from ndn_edge.client.api import Client
+
+            async with Client.connect(home=a.home, client="alice", gateway=address, timeout=10) as client:
+                sub = client.subscribe("c/*/tick", durable="dash")
+                got: list = []
+                async with asyncio.timeout(30):
+                    while len(got) < count:
+                        got.append(await sub.next())
+                return got
+        on_b = asyncio.run(durable(b.address(), 4))
+        assert on_b[0].retained and [m.seq for m in on_b[1:]] == list(range(on_b[1].seq, on_b[1].seq + 3))
+        b.kill_gateway()
+        on_a = asyncio.run(durable(a.address(), 3))
+        assert not on_a[0].retained and on_a[0].seq <= on_b[-1].seq + 1, (on_b, on_a)
+        assert [m.seq for m in on_a] == list(range(on_a[0].seq, on_a[0].seq + 3))
+
         # One NATS node killed: everything goes on.
         cluster.kill(1)
         with _connect(a.home, a.address()) as alice:
             value = wait_for(lambda: alice.call("c/1/counter", timeout=5), 20, "a call with a NATS node down")
             assert alice.call("c/1/counter") == value + 1
             a.ok("client", "add", "carol")
-            a.ok("acl", "grant", "carol", "b/**")
-        with _connect(a.home, b.address(), client="carol") as carol:
-            assert wait_for(lambda: carol.call("b/1/echo", {"c": 1}, timeout=2), 20, "carol on B") == {"c": 1}
+            a.ok("acl", "grant", "carol", "c/**")
+        with _connect(a.home, c.address(), client="carol") as carol:
+            assert wait_for(lambda: carol.call("c/1/echo", {"c": 1}, timeout=2), 20, "carol on C") == {"c": 1}
+
     finally:
         for site in sites:
             site.close()
@@ -225,6 +261,17 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
 
             async with Client.connect(home=lan.home, client="alice", gateway=standby.address(),
                                       timeout=20) as client:
+                # Two operations kept by A (started through the standby), mirrored before A dies: one ends
+                # before the standby takes a/1 over (it learns the end from `_op_get`, or from the device's final
+                # report sent again to the group), one after (its final report reaches the standby).
+                ops = {2: await client.start("a/1/slow", {"seconds": 2}),
+                       8: await client.start("a/1/slow", {"seconds": 8})}
+                assert all(op.id.endswith(lan_tag) for op in ops.values())
+                mirrored = time.monotonic() + 10  # mirrored within PUSH_S (0.25 s)
+                while not {op.id for op in ops.values()} <= {o["op"] for o in await client.ops()
+                                                            if o["state"] == "running"}:
+                    assert time.monotonic() < mirrored, "A's operations are not listed by the standby"
+                    await asyncio.sleep(0.05)
                 values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A
                 in_flight = asyncio.create_task(client.call("a/1/counter"))
                 lan.kill_gateway()
@@ -232,15 +279,27 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                 values.append(await in_flight)
                 recovered = time.monotonic() - killed
                 values += [await client.call("a/1/counter") for _ in range(3)]
-                return values, recovered
-        values, recovered_s = asyncio.run(through_failover())
+                # The standby took the operations over with the device, and finishes them with their results.
+                for seconds, op in ops.items():
+                    assert await (await client.operation(op.id)).result(timeout=20) == seconds
+                finished = time.monotonic() - killed
+                listed = {o["op"]: o for o in await client.ops()}
+                assert all(listed[op.id]["state"] == "done" for op in ops.values()), listed
+                return values, recovered, finished, {op.id for op in ops.values()}
+        lan_tag = lan.state()["gateway"]
+        values, recovered_s, finished_s, op_ids = asyncio.run(through_failover())
         assert values == list(range(values[0], values[0] + len(values))), values
         assert recovered_s < 10, f"the standby answered {recovered_s:.1f} s after A died"
+        # The 8 s operation ends about 7 s after A died; its report comes again within 0.3 s, then 0.6 s...
+        assert finished_s < 15, f"the adopted operations finished {finished_s:.1f} s after A died"
         wait_for(lambda: "/edge/a/1" in standby.state()["local"]["served"], 5, "the standby to say it serves a/1")
 
         # Partition B from NATS: it says so, serves its LAN with the rules it has, and catches up after.
         with _connect(lan.home, b.address()) as on_b:
             wait_for(lambda: _online(on_b, ["/edge/b/1"]), 30, "b/1 on B")
+            # B lists the operations the standby finished (the mirror, rewritten by their new keeper).
+            wait_for(lambda: {o["op"] for o in on_b.ops() if o["state"] == "done"} >= op_ids, 5,
+                     "the adopted operations listed done through B")
             wait_for(lambda: b.state()["local"]["state"] == "connected", 10, "B connected")
             relay.cut()
             wait_for(lambda: b.state()["local"]["state"] == "partitioned", 10, "B to say it is partitioned")

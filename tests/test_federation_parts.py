@@ -103,3 +103,60 @@ def test_a_single_gateway_never_imports_the_federation(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_adopted_operation_is_asked_about_until_its_device_answers(tmp_path):
+    """A takeover's running operation: its `_op_get` is tried again after a failure (the device busy, a lost
+    datagram), not left for RECONCILE_S; one recovered after a restart of a single gateway is asked once, as
+    before. The device's report of an end then finds the adopted row."""
+    import asyncio
+    import time
+
+    from ndn_edge.answers import Answer
+    from ndn_edge.errors import DeadlineExceeded
+    from ndn_edge.patterns.operations import Operations
+    from ndn_edge.state.store import Store
+
+    class Side:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def is_online(self, device: str) -> bool:
+            return True
+
+        async def call(self, device: str, service: str, args, *, timeout_s: float = 5.0, trace=None) -> Answer:
+            assert service == "_op_get"
+            self.asked.append(args["op"])
+            if self.asked.count(args["op"]) < 3:
+                raise DeadlineExceeded("no answer")
+            return Answer.of({"op": args["op"], "state": "done", "result": 7})
+
+    def row(op_id: str, device_op: str) -> tuple:
+        now = time.time() - 5
+        return (op_id, "op", "alice", "/edge/a/1", "slow", b"\xa0", "running", device_op, None, None, None, None,
+                now, now, None)
+
+    async def run() -> None:
+        with Store(tmp_path / "gateway.db") as store:
+            side = Side()
+            first = Operations(store, side, site="edge")
+            await first.start()
+            first.adopt([row("0190a1b2c3d4e5f6aaaa", "d2")])  # a row of this store, running at a restart
+            await first.stop()
+            ops = Operations(store, side, site="edge")
+            side.asked.clear()
+            await ops.start()
+            try:
+                assert ops.adopt([row("0190a1b2c3d4e5f61a2b", "d1")]) == ["0190a1b2c3d4e5f61a2b"]
+                assert ops.adopt([row("0190a1b2c3d4e5f61a2b", "d1")]) == []  # known already
+                info = await ops.get("0190a1b2c3d4e5f61a2b", wait_ms=1)
+                deadline = time.monotonic() + 10
+                while info["state"] == "running":
+                    assert time.monotonic() < deadline, (info, side.asked)
+                    info = await ops.get("0190a1b2c3d4e5f61a2b", wait_ms=1000)
+                assert info["state"] == "done" and info["result"] == 7
+                assert side.asked.count("d1") == 3 and side.asked.count("d2") == 1
+            finally:
+                await ops.stop()
+
+    asyncio.run(run())

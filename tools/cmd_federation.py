@@ -131,10 +131,16 @@ def do_federation_status(state: State, args: argparse.Namespace) -> int:
     print(f"NATS: {'reachable' if nats.get('reachable') else 'unreachable'}"
           + (f", server {nats.get('server')}, {nats.get('cluster_size')} in cluster, JetStream "
              f"{'on' if nats.get('jetstream') else 'off'}" if nats.get("reachable") else f" ({nats.get('error')})"))
+    for name, health in sorted((nats.get("buckets") or {}).items()):
+        print(f"  {name}: leader {health.get('leader') or '?'}, {health.get('current')}/{health.get('replicas')} "
+              f"replicas current, {health.get('messages')} values")
     rows = [(g["tag"], "yes" if g["alive"] else "no", g["devices"], g.get("listen") or "", g.get("home") or "")
             for g in sorted(view["gateways"], key=lambda g: g["tag"])]
     if rows:
         print_table(("GATEWAY", "ALIVE", "DEVICES", "CLIENTS ON", "HOME"), rows)
+    for tag, devices in sorted(view["devices"].items()):
+        shown = ", ".join(devices[:20]) + (f" and {len(devices) - 20} more" if len(devices) > 20 else "")
+        print(f"gateway {tag} serves: {shown}")
     return 0
 
 
@@ -182,6 +188,7 @@ async def _view(config: FederationConfig, timeout_s: float) -> dict[str, Any]:
                        "version": info.get("version"), "jetstream": bool(info.get("jetstream")),
                        "cluster_size": max(1, len(info.get("connect_urls") or []))}
         js = nc.jetstream()
+        out["nats"].update(await _jetstream_health(js, config))
         gw = await js.key_value(config.bucket("gw"))
         place = await js.key_value(config.bucket("place"))
         served: dict[str, list[str]] = {}
@@ -214,6 +221,25 @@ async def _view(config: FederationConfig, timeout_s: float) -> dict[str, Any]:
     finally:
         await nc.close()
     return out
+
+
+async def _jetstream_health(js: Any, config: FederationConfig) -> dict[str, Any]:
+    """Each of the federation's buckets and its stream as JetStream keeps them: leader, replicas, size."""
+    from ndn_edge.federation.link import BUCKETS
+
+    buckets: dict[str, Any] = {}
+    for name, stream in [*((b, f"KV_{config.bucket(b)}") for b in BUCKETS), ("pub", config.stream)]:
+        try:
+            info = await js.stream_info(stream)
+        except Exception as err:  # not made yet (no gateway has started), or the cluster has no leader
+            buckets[name] = {"error": str(err) or repr(err)}
+            continue
+        cluster = info.cluster
+        replicas = list(getattr(cluster, "replicas", None) or [])
+        buckets[name] = {"leader": getattr(cluster, "leader", None), "replicas": 1 + len(replicas),
+                         "current": 1 + sum(1 for r in replicas if getattr(r, "current", False)),
+                         "messages": info.state.messages}
+    return {"buckets": buckets}
 
 
 async def _keys(kv: Any) -> list[str]:

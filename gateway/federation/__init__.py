@@ -10,6 +10,8 @@ through a NATS cluster with JetStream (docs/operations.md "More than one gateway
     federation/journal.py    the signed device request of each non-idempotent call, for a takeover's retry
     federation/forward.py    calls across gateways: a client's signed request relayed, and vouched requests
     federation/bridge.py     publications across gateways (a JetStream stream)
+    federation/durable.py    durable subscriptions on JetStream, served by any gateway
+    federation/opsync.py     operations mirrored for listing, routing and takeover
     federation/node.py       `Federation`: all of the above for one gateway, behind the seams the gateway offers
 
 Only `node.py` and the modules it starts import `nats`; a gateway without `--federation` (and without an enrolled

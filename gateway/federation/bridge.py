@@ -18,8 +18,8 @@ Decisions:
   (its own directory emits them).
 - Publishing does not wait for the stream's acknowledgement (a plain NATS publish that the stream captures):
   messages leave in the order they were emitted, at the pace of the connection.
-Rejected (not built yet): durable subscriptions as JetStream consumers, which would survive the loss of the
-gateway that keeps them; today a durable subscription lives in its gateway's store.
+The stream is also what the federation's durable subscriptions read (`durable.py`): they survive the loss of the
+gateway that serves them.
 """
 from __future__ import annotations
 

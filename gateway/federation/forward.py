@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cbor2
@@ -55,6 +55,7 @@ from ndn_edge.errors import (
 )
 from ndn_edge.federation.keys import FederationKey
 from ndn_edge.logs import Throttle
+from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import split_components
 from ndn_edge.wire.tlv import T
@@ -64,8 +65,11 @@ log = logging.getLogger("ndn_edge.federation")
 DEVICE_VERBS = frozenset({cp.VERB_CALL, cp.VERB_NOTIFY, cp.VERB_START, cp.VERB_ENQUEUE})
 OP_VERBS = frozenset({cp.VERB_OP_GET, cp.VERB_OP_CANCEL})
 RETRY_S = 0.2
+TAKEOVER_CHECK_S = 0.25  # a relayed request looks this often whether this gateway took its device over
 VOUCH_WINDOW_MS = 60_000
 MAX_IN_FLIGHT = 1024
+RELAY, VOUCH = "relay", "vouch"
+OK, TAKEN_OVER = "OK", "taken_over"  # results besides wire error codes (taken over: served here after all)
 _NONCES = 16_384
 _MAC = 32
 _VOUCH, _ANSWER = b"V1", b"R1"
@@ -101,6 +105,9 @@ class Remote:
         self.tag = tag
         self._throttle = Throttle(log)
         self.latency_s: list[float] = []  # recent round trips of relayed requests
+        self.results: dict[tuple[str, str], int] = {}  # (RELAY or VOUCH, wire code, OK or TAKEN_OVER) -> count
+        self.latency = Histograms(RTT_BUCKETS_S, max_series=4)  # round trips by kind
+        self.keeper: Callable[[Any], str | None] = _first_keeper(tag, placement)  # the gateway keeping an op
         self.counters: dict[str, int] = {"relayed": 0, "relay_retries": 0, "relay_timeouts": 0, "vouched": 0,
                                          "vouch_errors": 0, "taken_over": 0}
 
@@ -120,13 +127,30 @@ class Remote:
                 return None
             return self._relay(self._link.config.device_subject(device), device, datagram, lifetime_ms)
         if verb in OP_VERBS:
-            owner = op_owner(_param(params, "op"))
-            if owner is None or owner == self.tag or owner not in self._placement.gateways:
+            owner = self.keeper(_param(params, "op"))
+            if owner is None:
                 return None
             return self._relay(self._link.config.gateway_subject(owner), None, datagram, lifetime_ms)
         return None
 
     async def _relay(self, subject: str, device: str | None, datagram: bytes, lifetime_ms: int) -> bytes | None:
+        started = time.monotonic()
+        try:
+            data = await self._relaying(subject, device, datagram, lifetime_ms)
+        except CallError as err:
+            self._count(RELAY, err.code, started)
+            raise
+        self._count(RELAY, TAKEN_OVER if data is None else OK, started)
+        return data
+
+    def _count(self, kind: str, result: str, started: float) -> None:
+        """One forwarded request's result and round trip (ndn_edge_federation_forwarded_* metrics)."""
+        key = (kind, result)
+        self.results[key] = self.results.get(key, 0) + 1
+        self.latency.observe(kind, time.monotonic() - started)
+
+    async def _relaying(self, subject: str, device: str | None, datagram: bytes,
+                        lifetime_ms: int) -> bytes | None:
         from nats.errors import NoRespondersError
 
         deadline = time.monotonic() + lifetime_ms / 1000
@@ -141,7 +165,10 @@ class Remote:
                                   "by another gateway")
             started = time.monotonic()
             try:
-                msg = await self._link.nc.request(subject, datagram, timeout=remaining)
+                msg = await self._answer(self._link.nc.request(subject, datagram, timeout=remaining), device)
+                if msg is None:
+                    self.counters["taken_over"] += 1
+                    return None  # this gateway serves it now
             except NoRespondersError:
                 self.counters["relay_retries"] += 1
                 await asyncio.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))
@@ -162,11 +189,39 @@ class Remote:
             self.latency_s = [*self.latency_s[-255:], time.monotonic() - started]
             return bytes(data)
 
+    async def _answer(self, request: Awaitable[Any], device: str | None) -> Any:
+        """The reply to a relayed request; None if this gateway took the device over while it waited (the request
+        reached a gateway that died before answering: no reply will ever come, and waiting for the deadline would
+        fail a call this gateway can now make itself)."""
+        pending = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=TAKEOVER_CHECK_S)
+                if done:
+                    return pending.result()
+                if device is not None and self._placement.route(device) is None:
+                    return None
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
     # -- vouched requests
 
     async def vouch(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any],
                     timeout_s: float) -> bytes:
         """The content (CBOR) another gateway answered for a request made for `caller`; CallError as it said."""
+        started = time.monotonic()
+        try:
+            content = await self._vouching(subject, caller, verb, target, params, timeout_s)
+        except CallError as err:
+            self._count(VOUCH, err.code, started)
+            raise
+        self._count(VOUCH, OK, started)
+        return content
+
+    async def _vouching(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...],
+                        params: dict[str, Any], timeout_s: float) -> bytes:
         if not self._link.connected:
             raise Unavailable("this gateway is cut off from its federation (partitioned)")
         nonce = os.urandom(12)
@@ -331,6 +386,14 @@ class Serve:
     def _drop(self, why: str) -> None:
         self.counters["dropped"] += 1
         self._throttle.event(why, "federation_request_dropped", logging.WARNING, reason=why)
+
+
+def _first_keeper(tag: str, placement: Any) -> Callable[[Any], str | None]:
+    """Operations routed by the tag ending their id (before `opsync.OpsSync.keeper` is plugged in)."""
+    def keeper(op_id: Any) -> str | None:
+        owner = op_owner(op_id)
+        return owner if owner is not None and owner != tag and placement.alive(owner) else None
+    return keeper
 
 
 def _param(params: bytes, key: str) -> Any:

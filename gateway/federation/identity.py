@@ -43,7 +43,8 @@ from typing import Any
 from ndn_edge.errors import StoreError
 from ndn_edge.federation.config import from_kv_key, kv_key
 from ndn_edge.federation.keys import BadSeal, FederationKey
-from ndn_edge.logs import Throttle, event
+from ndn_edge.federation.link import BucketPart
+from ndn_edge.logs import event
 
 log = logging.getLogger("ndn_edge.federation")
 
@@ -69,26 +70,23 @@ def _plain(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 
 
-class IdentitySync:
+class IdentitySync(BucketPart):
     """Keeps the identity tables of one store and the federation's identity bucket in step."""
+
+    LAGS = 100
 
     def __init__(self, store: Any, link: Any, key: FederationKey, *, site: str, tag: str,
                  on_change: Callable[[str, str], None] | None = None) -> None:
+        super().__init__(link, key, "ident", tag=tag, counters=("pushed", "applied", "bad_seal", "deferred",
+                                                                 "resyncs"))
         self._store = store
-        self._link = link
-        self._key = key
         self.site = site
-        self.tag = tag
         self.on_change = on_change
-        self._bucket = link.config.bucket("ident")
         self._remote: dict[str, bytes] = {}   # key -> plain record, as the bucket holds it
         self._task: asyncio.Task[None] | None = None
         self._resync = asyncio.Event()
-        self._throttle = Throttle(log)
         self._seen_rev = 0
         self.synced_at: float | None = None
-        self.lag_s: list[float] = []  # recent replication lags (put elsewhere -> applied here)
-        self.counters: dict[str, int] = {"pushed": 0, "applied": 0, "bad_seal": 0, "deferred": 0, "resyncs": 0}
 
     async def start(self) -> None:
         from ndn_edge.http.tokens import FEATURE as TOKENS
@@ -191,7 +189,7 @@ class IdentitySync:
                 return
             self._remote[key] = plain
             if not initial and wrapped.get("by") != self.tag:
-                self.lag_s = [*self.lag_s[-99:], max(0.0, time.time() - at)]
+                self._lag(at)
         if initial:
             return
         rows = self._store.query("SELECT digest FROM fed_synced WHERE key = ?", (key,))

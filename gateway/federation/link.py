@@ -19,12 +19,14 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ndn_edge.federation.config import FederationConfig
+from ndn_edge.federation.keys import BadSeal, FederationKey
 from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.federation")
@@ -35,7 +37,8 @@ CONNECT_TIMEOUT_S = 2
 CALLS_TTL_S = 180.0
 STREAM_MAX_AGE_S = 24 * 3600.0
 STREAM_MAX_BYTES = 64 << 20
-BUCKETS = ("ident", "place", "gw", "seq", "calls")
+BUCKETS = ("ident", "place", "gw", "seq", "calls", "ops", "subs")
+OPS_TTL_S = 7 * 86400.0  # finished operations are kept this long (patterns/operations.py KEEP_FINISHED_S)
 
 CONNECTING, CONNECTED, PARTITIONED = "connecting", "connected", "partitioned"
 
@@ -134,28 +137,37 @@ class NatsLink:
             return
 
     async def _ensure_buckets(self) -> None:
-        from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+        """Open (or create) every bucket and the publications stream, all at once: each creation in a cluster
+        waits for a new replica group to elect its leader, and one after another they took seconds."""
+        results = await asyncio.gather(*(self._ensure_bucket(what) for what in BUCKETS if what not in self._kv),
+                                       self._ensure_stream(), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
-        for what in BUCKETS:
-            if what in self._kv:
-                continue
-            name = self.config.bucket(what)
+    async def _ensure_bucket(self, what: str) -> None:
+        from nats.js.api import KeyValueConfig, StorageType
+
+        name = self.config.bucket(what)
+        try:
+            self._kv[what] = await self.js.key_value(name)
+            return
+        except Exception:  # not there yet: create it
+            pass
+        ttl = CALLS_TTL_S if what == "calls" else OPS_TTL_S if what == "ops" else None
+        last: Exception | None = None
+        for replicas in (3, 1):
             try:
-                self._kv[what] = await self.js.key_value(name)
-                continue
-            except Exception:  # not there yet: create it
-                pass
-            ttl = CALLS_TTL_S if what == "calls" else None
-            last: Exception | None = None
-            for replicas in (3, 1):
-                try:
-                    self._kv[what] = await self.js.create_key_value(KeyValueConfig(
-                        bucket=name, history=1, replicas=replicas, ttl=ttl, storage=StorageType.FILE))
-                    break
-                except Exception as err:  # fewer servers than replicas: try one
-                    last = err
-            else:
-                raise last or RuntimeError(f"cannot create bucket {name}")
+                self._kv[what] = await self.js.create_key_value(KeyValueConfig(
+                    bucket=name, history=1, replicas=replicas, ttl=ttl, storage=StorageType.FILE))
+                return
+            except Exception as err:  # fewer servers than replicas: try one
+                last = err
+        raise last or RuntimeError(f"cannot create bucket {name}")
+
+    async def _ensure_stream(self) -> None:
+        from nats.js.api import StorageType, StreamConfig
+
         last_err: Exception = RuntimeError(f"cannot create stream {self.config.stream}")
         for replicas in (3, 1):
             try:
@@ -191,6 +203,87 @@ class NatsLink:
               if state == PARTITIONED else "")
         if self.on_state is not None:
             self.on_state(state)
+
+
+Take = Callable[[str, "dict[str, Any] | None", int, bool], None]
+
+
+class BucketPart:
+    """What every part that keeps one of the federation's buckets in step with this gateway holds (identity.py,
+    opsync.py, durable.py): the link, the federation key, this gateway's tag, the bucket's name, a log throttle,
+    the recent replication lags (reported by the metrics verb) and its counters, all at 0."""
+
+    LAGS = 256  # replication lags kept
+
+    def __init__(self, link: Any, key: FederationKey, what: str, *, tag: str, counters: tuple[str, ...]) -> None:
+        self._link = link
+        self._key = key
+        self.tag = tag
+        self._bucket = link.config.bucket(what)
+        self._throttle = Throttle(log)
+        self.lag_s: list[float] = []
+        self.counters: dict[str, int] = dict.fromkeys(counters, 0)
+
+    def _lag(self, at: float) -> None:
+        """A value written elsewhere at `at` (the writer's clock) is taken here now."""
+        self.lag_s = [*self.lag_s[-(self.LAGS - 1):], max(0.0, time.time() - at)]
+
+
+async def watch_bucket(link: NatsLink, what: str, key: FederationKey, take: Take, *, counters: dict[str, int],
+                       throttle: Throttle, synced: Callable[[], None] | None = None) -> None:
+    """Follow bucket `what` for ever: `take(key, record or None, revision, initial)` for each sealed JSON record
+    (None: deleted), `synced()` once the values present at the start were taken. A value that does not open is
+    dropped and counted (`counters["bad_seal"]`); a watch that stalls (its consumer went with a NATS server) or
+    breaks with the connection is started again."""
+    bucket = link.config.bucket(what)
+    while True:
+        await link.wait_connected(3600.0)
+        watcher = None
+        try:
+            watcher = await link.kv(what).watchall()
+            initial = True
+            seen, stalled = 0, 0
+            while link.connected:
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except Exception as err:
+                    if "timeout" not in type(err).__name__.lower():
+                        raise
+                    # Quiet for a second: a watch whose consumer went with a NATS server stays quiet.
+                    stalled = stalled + 1 if await link.last_revision(what) > seen else 0
+                    if stalled >= 2:
+                        break
+                    continue
+                if entry is None:
+                    initial = False
+                    if synced is not None:
+                        synced()
+                    continue
+                seen = max(seen, int(entry.revision or 0))
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    take(entry.key, None, entry.revision, initial)
+                    continue
+                try:
+                    record = json.loads(key.open(f"{bucket}/{entry.key}", entry.value))
+                    if not isinstance(record, dict):
+                        raise ValueError("not a map")
+                except (BadSeal, ValueError) as err:
+                    counters["bad_seal"] = counters.get("bad_seal", 0) + 1
+                    throttle.event(f"seal-{what}", "federation_record_dropped", logging.WARNING, bucket=bucket,
+                                   key=entry.key, error=str(err))
+                    continue
+                take(entry.key, record, entry.revision, initial)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the connection went away: watch again once it is back
+            throttle.event(f"watch-{what}", "federation_watch_restarted", logging.INFO, error=repr(err))
+        finally:
+            if watcher is not None:
+                try:
+                    await watcher.stop()
+                except Exception:  # already gone with its connection
+                    pass
+        await asyncio.sleep(0.2)
 
 
 def _safe(url: str) -> str:

@@ -32,7 +32,7 @@ from ndn_edge import __version__, names
 from ndn_edge.answers import Answer
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
 from ndn_edge.federation.config import FederationConfig, remove_state, write_state
-from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, Remote, Serve, op_owner
+from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, Remote, Serve
 from ndn_edge.federation.identity import IdentitySync
 from ndn_edge.federation.journal import CallJournal
 from ndn_edge.federation.keys import FederationKey
@@ -73,6 +73,8 @@ class Federation:
         self.placement: Placement | None = None
         self.remote: Remote | None = None
         self.bridge: Any = None
+        self.ops: Any = None   # opsync.OpsSync, with the communication patterns
+        self.subs: Any = None  # durable.SharedSubs, with the communication patterns
         self._faces: list[Any] = []
         self._tokens: list[Any] = []
         self._side: Any = None
@@ -118,8 +120,17 @@ class Federation:
         if http is not None:
             info["http"] = http.url
         self.placement = Placement(self.store, side, self.link, self.key, tag=self.tag, info=info,
-                                   serve=self._serve, prime=self._prime)
+                                   serve=self._serve, prime=self._prime, takeover=self._takeover)
         self.remote = Remote(self.link, self.key, self.placement, site=self.site, tag=self.tag)
+        if patterns is not None:
+            from ndn_edge.federation.durable import SharedSubs
+            from ndn_edge.federation.opsync import OpsSync
+
+            self.ops = OpsSync(self.link, self.key, patterns.operations, tag=self.tag, alive=self.placement.alive)
+            self.subs = SharedSubs(self.link, self.key, patterns.pubsub, tag=self.tag)
+            self.remote.keeper = self.ops.keeper
+            await self.ops.start()
+            await self.subs.start()
         self.serve.face = face
         self.serve.store = self.store
         self.serve.verbs = Verbs(side, patterns, site=self.site)
@@ -150,8 +161,9 @@ class Federation:
         await asyncio.gather(*tasks, return_exceptions=True)
         for face in self._faces:
             face.forwarder = None
-        if self.bridge is not None:
-            await self.bridge.stop()
+        for part in (self.bridge, self.subs, self.ops):
+            if part is not None:
+                await part.stop()
         if self.placement is not None:
             await self.placement.stop()
         await self.serve.stop()
@@ -165,6 +177,10 @@ class Federation:
         record = self.store.device(device)
         if record is not None:
             await self.seqs.prime(record.key_name)
+
+    async def _takeover(self, device: str, previous: str) -> None:
+        if self.ops is not None:
+            await self.ops.adopt(device, previous)
 
     async def _serve(self, device: str, on: bool) -> None:
         await self.serve.serve(device, on)
@@ -255,7 +271,8 @@ class Federation:
         out: dict[str, Any] = {"state": self.link.state, "gateway": self.tag}
         for name, part in (("link", self.link), ("identity", self.identity), ("seqs", self.seqs),
                            ("journal", self.journal), ("serve", self.serve), ("placement", self.placement),
-                           ("remote", self.remote), ("bridge", self.bridge)):
+                           ("remote", self.remote), ("bridge", self.bridge), ("ops", self.ops),
+                           ("subs", self.subs)):
             if part is not None:
                 out.update({f"{name}_{k}": v for k, v in part.counters.items()})
         out.update(self.counters)
@@ -269,6 +286,8 @@ class Federation:
             out["identity_lag_ms"] = round(_quantile(self.identity.lag_s, 0.5) * 1000, 3)
         if self.bridge is not None and self.bridge.lag_s:
             out["pubsub_lag_ms"] = round(_quantile(self.bridge.lag_s, 0.5) * 1000, 3)
+        if self.ops is not None and self.ops.lag_s:
+            out["ops_lag_ms"] = round(_quantile(self.ops.lag_s, 0.5) * 1000, 3)
         return out
 
 
@@ -283,6 +302,10 @@ class FedRouter:
         fed = self._fed
         if verb == cp.VERB_METRICS:
             return {**self._verbs.counters(), "federation": fed.metrics()}
+        if fed.subs is not None:
+            shared = self._shared_subscription(caller, verb, params)
+            if shared is not None:
+                return shared
         if fed.placement is None or fed.remote is None or not fed.link.connected:
             return None
         if verb in DEVICE_VERBS:
@@ -291,10 +314,12 @@ class FedRouter:
                 return None
             timeout_s = cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1, cp.MAX_TIMEOUT_MS) / 1000
             return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s)
+        if verb == cp.VERB_OPS and fed.ops is not None:
+            return self._ops(caller, params)
         if verb in OP_VERBS:
-            owner = op_owner(params.get("op"))
-            if owner is None or owner == fed.tag or owner not in fed.placement.gateways:
-                return None
+            owner = fed.ops.keeper(params.get("op")) if fed.ops is not None else None
+            if owner is None:
+                return self._mirrored(caller, verb, params)
             wait_ms = cp.int_param(params, "wait_ms", 0, 0, cp.MAX_TIMEOUT_MS)
             timeout_s = max(wait_ms / 1000, cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                          cp.MAX_TIMEOUT_MS) / 1000)
@@ -302,6 +327,55 @@ class FedRouter:
         if verb == cp.VERB_GATHER and self._verbs.patterns is not None:
             return self._gather(caller, params)
         return None
+
+    def _shared_subscription(self, caller: Caller, verb: str, params: dict[str, Any]) -> Any:
+        """The federation's durable subscriptions (`durable.py`): a durable subscribe, and polls and
+        unsubscribes of their ids; None for anything else."""
+        from ndn_edge.clients.verbs import DEFAULT_POLL_MAX, MAX_POLL_MAX
+
+        subs = self._fed.subs
+        if verb == cp.VERB_SUBSCRIBE and params.get("durable") is not None:
+            pattern = params.get("pattern")
+            if not isinstance(pattern, str):
+                return None  # the verb's own error
+            return subs.subscribe(caller.name, pattern, params.get("durable"))
+        if verb not in (cp.VERB_POLL, cp.VERB_UNSUBSCRIBE) or not subs.owns(params.get("sub")):
+            return None
+        if verb == cp.VERB_UNSUBSCRIBE:
+            return subs.unsubscribe(caller.name, params["sub"])
+        after = cp.int_param(params, "after", -1, -1, 1 << 62)
+        return subs.poll(caller.name, params["sub"], ack=cp.int_param(params, "ack", 0, 0, 1 << 62),
+                         max_messages=cp.int_param(params, "max", DEFAULT_POLL_MAX, 1, MAX_POLL_MAX),
+                         wait_ms=cp.int_param(params, "wait_ms", 0, 0, cp.MAX_TIMEOUT_MS),
+                         after=None if after < 0 else after)
+
+    def _ops(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """The federation's operations (every gateway's, as mirrored), one page."""
+        page_size = cp.int_param(params, "page_size", cp.DEFAULT_PAGE_SIZE, 1, cp.MAX_PAGE_SIZE)
+        rules = caller.rules
+        verbs = self._verbs
+        items, token = self._fed.ops.page(
+            page_size, params.get("page_token"),
+            lambda device, service: names.allowed(rules, (*verbs.relative(device), service)))
+        return {"items": items, "next_page_token": token}
+
+    def _mirrored(self, caller: Caller, verb: str, params: dict[str, Any]) -> Any:
+        """An operation no live gateway keeps, read from the mirror (None: not mirrored, or kept here)."""
+        ops = self._fed.ops
+        op_id = params.get("op")
+        if ops is None or self._verbs.patterns is None or self._verbs.patterns.operations.exists(op_id):
+            return None
+        target = ops.target(op_id)
+        if target is None:
+            return None
+        device, service = target
+        self._verbs.check(caller, (*self._verbs.relative(device), service), f"see operation {op_id} of")
+        if verb == cp.VERB_OP_CANCEL:
+            from ndn_edge.errors import Unavailable
+
+            raise Unavailable(f"operation {op_id} is kept by a gateway that is not running, and no gateway has "
+                              "taken its device over; cancel it when one has")
+        return ops.info(op_id)
 
     async def _vouch(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...],
                      params: dict[str, Any], timeout_s: float) -> Encoded:

@@ -41,7 +41,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ndn_edge.federation.config import from_kv_key, kv_key
-from ndn_edge.federation.keys import BadSeal, FederationKey
+from ndn_edge.federation.keys import FederationKey
+from ndn_edge.federation.link import watch_bucket
 from ndn_edge.logs import Throttle, event
 
 log = logging.getLogger("ndn_edge.federation")
@@ -71,7 +72,8 @@ class Placement:
 
     def __init__(self, store: Any, side: Any, link: Any, key: FederationKey, *, tag: str, info: dict[str, Any],
                  serve: Callable[[str, bool], Awaitable[None]],
-                 prime: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 prime: Callable[[str], Awaitable[None]] | None = None,
+                 takeover: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self._store = store
         self._side = side
         self._link = link
@@ -80,6 +82,7 @@ class Placement:
         self.info = info
         self._serve = serve
         self._prime = prime
+        self._takeover = takeover  # (device, previous server): what it kept of the device becomes this gateway's
         self._place = link.config.bucket("place")
         self._gw_bucket = link.config.bucket("gw")
         self.served: set[str] = set()
@@ -87,6 +90,7 @@ class Placement:
         self.gateways: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, float] = {}  # tag -> monotonic time its heartbeat was received
         self._published: dict[str, tuple[str, float, str | None]] = {}  # device -> (state, lease_until, desc)
+        self._descs: dict[str, tuple[str, dict[str, Any]]] = {}  # descriptions waiting for their device's record
         self._tasks: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
@@ -181,55 +185,8 @@ class Placement:
         await self._watch("place", self._place_update)
 
     async def _watch(self, what: str, take: Callable[[str, dict[str, Any] | None, int, bool], None]) -> None:
-        bucket = self._link.config.bucket(what)
-        while True:
-            await self._link.wait_connected(3600.0)
-            watcher = None
-            try:
-                watcher = await self._link.kv(what).watchall()
-                initial = True
-                seen, stalled = 0, 0
-                while self._link.connected:
-                    try:
-                        entry = await watcher.updates(timeout=1.0)
-                    except Exception as err:
-                        if "timeout" not in type(err).__name__.lower():
-                            raise
-                        # Quiet for a second: a watch whose consumer went with a NATS server stays quiet.
-                        stalled = stalled + 1 if await self._link.last_revision(what) > seen else 0
-                        if stalled >= 2:
-                            break
-                        continue
-                    if entry is not None:
-                        seen = max(seen, int(entry.revision or 0))
-                    if entry is None:
-                        initial = False
-                        self._wake.set()
-                        continue
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        take(entry.key, None, entry.revision, initial)
-                        continue
-                    try:
-                        record = json.loads(self._key.open(f"{bucket}/{entry.key}", entry.value))
-                        if not isinstance(record, dict):
-                            raise ValueError("not a map")
-                    except (BadSeal, ValueError) as err:
-                        self.counters["bad_seal"] += 1
-                        self._throttle.event(f"seal-{what}", "federation_record_dropped", logging.WARNING,
-                                             bucket=bucket, key=entry.key, error=str(err))
-                        continue
-                    take(entry.key, record, entry.revision, initial)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the connection went away: watch again once it is back
-                self._throttle.event(f"watch-{what}", "federation_watch_restarted", logging.INFO, error=repr(err))
-            finally:
-                if watcher is not None:
-                    try:
-                        await watcher.stop()
-                    except Exception:  # already gone with its connection
-                        pass
-            await asyncio.sleep(0.2)
+        await watch_bucket(self._link, what, self._key, take, counters=self.counters, throttle=self._throttle,
+                           synced=self._wake.set)
 
     def _gateway_update(self, key: str, record: dict[str, Any] | None, rev: int, initial: bool) -> None:
         tag = key.partition(".")[2]
@@ -266,11 +223,19 @@ class Placement:
         self._wake.set()
 
     def _store_description(self, device: str, desc_hash: str, desc: dict[str, Any]) -> None:
+        """Store a description another gateway published; one of a device whose record has not reached this
+        store yet (identity sync runs beside the watch) is kept and stored at a later pass, not lost until the
+        server publishes again (a standby would otherwise ask the device for it in the middle of a takeover)."""
         try:
             record = self._store.device(device)
-            if record is not None and record.desc_hash != desc_hash:
+            if record is None:
+                self._descs[device] = (desc_hash, desc)
+                return
+            self._descs.pop(device, None)
+            if record.desc_hash != desc_hash:
                 self._store.set_description(device, desc_hash, desc)
-        except Exception as err:  # a store error, a device not replicated yet: the next record
+        except Exception as err:  # a store error: at a later pass
+            self._descs[device] = (desc_hash, desc)
             self._throttle.event("desc", "federation_description_not_stored", logging.DEBUG, error=repr(err))
 
     async def _passes(self) -> None:
@@ -291,6 +256,8 @@ class Placement:
 
     async def _pass(self) -> None:
         """Claim what this gateway should serve; refresh the records of what it serves."""
+        for device, (desc_hash, desc) in list(self._descs.items()):
+            self._store_description(device, desc_hash, desc)
         descs = dict(self._store.query("SELECT name, desc_hash FROM devices"))
         for device in descs:
             p = self._side.presence(device)
@@ -331,6 +298,12 @@ class Placement:
         if previous not in (None, self.tag):
             self.counters["takeovers"] += 1
         event(log, "federation_device_served", device=device, previous=previous)
+        if previous not in (None, self.tag) and self._takeover is not None:
+            try:
+                await self._takeover(device, previous)
+            except Exception as err:  # NATS away a moment: the device is served all the same
+                self._throttle.event("takeover", "federation_takeover_incomplete", logging.WARNING, device=device,
+                                     error=repr(err))
         await self._serve(device, True)
 
     async def _refresh(self, device: str, entry: _Entry, p: dict[str, Any] | None, desc_hash: str | None) -> None:

@@ -52,6 +52,7 @@ _REPORT_DROPS = {"unknown_key": "unknown_key", "digest": "digest", "bad_signatur
 _BREAKER_STATES = ("closed", "open", "half_open")
 _DEVICE_STATES = ("unknown", "online", "asleep", "offline", "left")
 _OP_KINDS = ("op", "call")
+_FED_STATES = ("connecting", "connected", "partitioned")
 _OP_STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
 
 
@@ -107,7 +108,56 @@ class MetricsView:
         obs = getattr(gw, "obs", None)
         if obs is not None:
             families += self._observability(obs, gw.devices)
+        fed = getattr(gw, "federation", None)
+        if fed is not None:
+            families += self._federation(fed)
         yield from families
+
+    def _federation(self, fed: Any) -> list[Any]:
+        """`ndn_edge.federation`'s parts: state, gateways, forwarded requests, lags, every part's counters."""
+        state = _gauge("federation_state", "This gateway's link to its federation: 1 for the current state.",
+                       ["state"])
+        for name in _FED_STATES:
+            state.add_metric([name], 1 if fed.link.state == name else 0)
+        partitioned = _gauge("federation_partitioned", "1 while this gateway is cut off from NATS after having "
+                             "been connected (it serves its own LAN with the rules it has).",
+                             value=1 if fed.link.state == "partitioned" else 0)
+        placement = fed.placement
+        gateways = _gauge("federation_gateways", "Gateways of the federation whose heartbeat is recent (this one "
+                          "included).", value=len(placement.live_gateways()) if placement is not None else 0)
+        served = _gauge("federation_devices_served", "Devices this gateway serves for the federation.",
+                        value=len(placement.served) if placement is not None else 0)
+        forwarded = _counter("federation_forwarded", "Requests forwarded to another gateway, by kind (relay: a "
+                             "client's signed request; vouch: one made for a client authenticated here) and result "
+                             "(OK, a wire error code, or taken_over: served here after its gateway died).",
+                             ["kind", "result"])
+        families = [state, partitioned, gateways, served, forwarded]
+        remote = fed.remote
+        if remote is not None:
+            for (kind, result), n in sorted(remote.results.items()):
+                forwarded.add_metric([kind, result], n)
+            families.append(self._histogram("federation_forward_seconds", "Round trip of forwarded requests, by kind.",
+                                            ["kind"], remote.latency, lambda label: [str(label)]))
+        lag = _gauge("federation_lag_seconds", "Replication lag of what other gateways wrote (recent values): "
+                     "identity records, publications, operations, durable subscriptions' reads.", ["what", "quantile"])
+        for what, part in (("identity", fed.identity), ("publications", fed.bridge), ("operations", fed.ops),
+                           ("subscriptions", fed.subs)):
+            values = sorted(getattr(part, "lag_s", None) or [])
+            for q in (0.5, 0.99):
+                if values:
+                    lag.add_metric([what, str(q)], values[min(len(values) - 1, int(q * len(values)))])
+        events = _counter("federation_events", "Every federation part's counters (claims, takeovers, records "
+                          "applied, values that did not open, ...), by part and event.", ["part", "event"])
+        for part_name, part in (("link", fed.link), ("identity", fed.identity), ("seqs", fed.seqs),
+                                ("journal", fed.journal), ("serve", fed.serve), ("placement", placement),
+                                ("remote", remote), ("bridge", fed.bridge), ("ops", fed.ops), ("subs", fed.subs)):
+            counters = getattr(part, "counters", None) if part is not None else None
+            for name, n in (counters or {}).items():
+                if _number(n):
+                    events.add_metric([part_name, name], n)
+        held = _gauge("federation_subscriptions_held", "Durable subscriptions of the federation this gateway "
+                      "serves now.", value=fed.subs.held() if fed.subs is not None else 0)
+        return [*families, lag, events, held]
 
     def _drops(self, gw: Any) -> Any:
         drops = _counter("packets_dropped", "Datagrams dropped unanswered, by face, part and reason.",

@@ -71,6 +71,7 @@ DEFAULT_TTL_S = 300.0
 MAX_TTL_S = 7 * 86400.0
 DELIVERY_TIMEOUT_S = 10.0
 RECONCILE_S = 30.0
+RECHECK_S = (0.5, 8.0)  # an adopted operation's `_op_get` that failed is tried again: first and longest wait
 KEEP_FINISHED_S = 7 * 86400.0
 SWEEP_S = 0.5
 CLEANUP_EVERY_S = 60.0
@@ -120,6 +121,10 @@ class Operations:
         self._delivering: dict[str, asyncio.Task[None]] = {}
         self._checking: dict[str, asyncio.Task[None]] = {}
         self._due: set[str] = set()  # running operations to ask the device about when it is online
+        # Adopted running operations (a takeover) not yet checked with their device: op id -> (next try, wait).
+        # Their `_op_get` is tried again until answered, not only after RECONCILE_S: the gateway that kept them
+        # died, so a report of their end may have been acknowledged by it and never reach this one.
+        self._recheck: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self.id_tag: str | None = None  # a federation's gateway tag (4 hex), ending every id: its owner is known
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
@@ -132,7 +137,14 @@ class Operations:
         if self._task is not None:
             return
         self._store.ensure_schema("operations", MIGRATIONS, adopt="operations")
-        for row in self._rows("WHERE state IN ('starting', 'running')"):
+        self._recover(self._rows("WHERE state IN ('starting', 'running')"))
+        self._task = asyncio.create_task(self._sweep(), name="operations-sweep")
+
+    def _recover(self, rows: list[tuple[Any, ...]]) -> None:
+        """Operations this gateway finds in the middle of something it did not see end (a restart, a takeover):
+        one being started fails, a call being delivered is queued again if idempotent (else fails), a running
+        operation is asked about as soon as its device is online."""
+        for row in rows:
             op = _Row(row)
             if op.state == "starting":
                 self._finish(op.id, "failed", error=Internal(
@@ -144,9 +156,8 @@ class Operations:
                     self._finish(op.id, "failed", error=DeadlineExceeded(
                         "the gateway stopped while delivering this call; it may have run (the service is not "
                         "idempotent, so it is not sent again)"))
-            else:
+            elif op.state == "running":
                 self._due.add(op.id)
-        self._task = asyncio.create_task(self._sweep(), name="operations-sweep")
 
     async def stop(self) -> None:
         """Stop the sweeper and the deliveries; wake waiters."""
@@ -264,6 +275,48 @@ class Operations:
     def info(self, op_id: str) -> dict[str, Any]:
         """What clients see of an operation."""
         return self._get_row(op_id).info(self)
+
+    # -- a federation's (ndn_edge.federation.opsync): rows as they are mirrored, and rows taken over
+
+    def changed_since(self, since: float) -> list[tuple[Any, ...]]:
+        """The rows updated at or after `since` (columns as `COLUMNS`)."""
+        return self._rows("WHERE updated_at >= ?", (since,))
+
+    def exists(self, op_id: Any) -> bool:
+        return isinstance(op_id, str) and bool(self._store.query("SELECT 1 FROM operations WHERE id = ?", (op_id,)))
+
+    def row_info(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """What clients see of a row (columns as `COLUMNS`) that another gateway keeps."""
+        return _Row(row).info(self)
+
+    def rows(self, ids: list[str]) -> list[tuple[Any, ...]]:
+        """The rows of these operations (columns as `COLUMNS`), those that exist."""
+        return [row for op_id in ids for row in self._rows("WHERE id = ?", (op_id,))]
+
+    def adopt(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        """Keep the rows another gateway kept (it died, and this one serves their device now): inserted as they
+        were, then recovered as after a restart: a running operation is asked about (`_op_get`) as soon as its
+        device is online, and again after a failure until the device answers; its device's reports find its row.
+        The ids of those inserted (a row known here already is not)."""
+        taken: list[str] = []
+        with self._store.transaction() as db:
+            for row in rows:
+                marks = ", ".join("?" * len(row))
+                cur = db.execute(f"INSERT OR IGNORE INTO operations ({_COLUMNS}) VALUES ({marks})", row)
+                if cur.rowcount:
+                    taken.append(row[0])
+        if taken:
+            now = self._clock()
+            self._recheck.update((r[0], (now, RECHECK_S[0])) for r in rows
+                                 if r[0] in taken and r[6] == "running" and r[1] == "op")
+            self._recover([r for r in rows if r[0] in taken and r[6] in ("starting", "running")])
+            for op_id in taken:
+                self._changed(op_id)
+            queued = {r[3] for r in rows if r[0] in taken and r[6] == "queued"}
+            for device in queued:
+                if self._devices.is_online(device):
+                    self._deliver_soon(device)
+        return taken
 
     # -- device reports (in the intake's transaction) and directory events
 
@@ -422,17 +475,24 @@ class Operations:
     async def _reconcile(self, op_id: str) -> None:
         op = self._get_row(op_id)
         if op.state != "running" or not op.device_op:
+            self._recheck.pop(op_id, None)
             return
         try:
             reply = await self._devices.call(op.device, "_op_get", {"op": op.device_op}, timeout_s=5.0)
         except NotFound:
+            self._recheck.pop(op_id, None)
             self._finish(op_id, "failed", error=Unavailable(
                 f"{self._rel(op.device)} no longer knows operation {op.device_op}: it restarted, or forgot it "
                 "(a device remembers its last 4 finished operations)"))
             return
         except CallError as err:
             event(log, "operation_not_reconciled", op=op_id, error=str(err))
+            again = self._recheck.get(op_id)
+            if again is not None:  # adopted: tried again after a wait that doubles
+                self._recheck[op_id] = (self._clock() + again[1], min(again[1] * 2, RECHECK_S[1]))
+                self._due.add(op_id)
             return
+        self._recheck.pop(op_id, None)
         self.counters["reconciled"] += 1
         if isinstance(reply.value, dict) and reply.value.get("state") in ("running", *FINAL):
             with self._store.transaction() as db:
@@ -479,9 +539,13 @@ class Operations:
                 op = self._get_row(op_id)
             except NotFound:
                 self._due.discard(op_id)
+                self._recheck.pop(op_id, None)
                 continue
             if op.state != "running":
                 self._due.discard(op_id)
+                self._recheck.pop(op_id, None)
+            elif op_id in self._recheck and self._recheck[op_id][0] > now:
+                continue
             elif self._devices.is_online(op.device):
                 self._due.discard(op_id)
                 self._check_soon(op_id)

@@ -248,6 +248,41 @@ class _Batch:
         self.exported: list[tuple[dict[str, Any], bool]] = []  # for a federation's exporter (PubSub.exporter)
 
 
+async def poll_messages(sub: Any, *, after: int | None, max_messages: int, wait_ms: int,
+                        peek: Callable[[Any, int, int], list[dict[str, Any]]],
+                        ended: Callable[[], bool]) -> dict[str, Any]:
+    """A poll's reply, once its acknowledgement is applied (`PubSub.poll`, and a federation's durable
+    subscriptions, `ndn_edge.federation.durable`): the messages after the acknowledged position (or after
+    `after`, for pipelined polls), waiting up to `wait_ms` for some. `sub` holds the subscription's `acked`,
+    `sent`, `lost`, `epoch`, `waiting`, `last_poll` and the `event` set when messages arrive; `peek(sub, max,
+    start)` reads the messages after position `start`; `ended()` says the subscription went away meanwhile."""
+    if after is None:
+        sub.epoch += 1
+    epoch = sub.epoch
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        sub.event.clear()
+        start = sub.acked if after is None else max(after, sub.acked, sub.sent)
+        messages = [] if epoch != sub.epoch else peek(sub, max_messages, start)
+        left = deadline - time.monotonic()
+        if messages or left <= 0 or epoch != sub.epoch or ended():
+            break  # (woken with nothing new, as when another poll took the messages: wait on)
+        sub.waiting += 1
+        try:
+            await asyncio.wait_for(sub.event.wait(), left)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            sub.waiting -= 1
+            sub.last_poll = time.monotonic()
+    if after is None:  # pipelined polls go on from what this one returns
+        sub.sent = messages[-1]["pos"] if messages else sub.acked
+        return {"messages": messages, "lost": sub.lost}
+    if messages:
+        sub.sent = max(sub.sent, messages[-1]["pos"])
+    return {"messages": messages, "lost": sub.lost, "from": start}
+
+
 class PubSub:
     """Publications in, ordered and retained; subscriptions out, by long-polling."""
 
@@ -533,8 +568,8 @@ class PubSub:
 
     # -- subscriptions (client verbs)
 
-    def subscribe(self, client: str, pattern: str, durable: str | None = None) -> dict[str, Any]:
-        """Create a subscription (or attach to the durable one of that name); its id and whether it is new."""
+    def check_subscription(self, client: str, pattern: str, durable: Any = None) -> tuple[str, ...]:
+        """The parsed pattern of a subscription `client` may make; InvalidArgument or PermissionDenied."""
         try:
             parts = acl.parse_pattern(pattern)
         except ValueError as err:
@@ -542,10 +577,23 @@ class PubSub:
         if not self._could_see(client, parts):
             raise PermissionDenied(f"client '{client}' may not see any topic matching {pattern!r}: no rule of "
                                    "its allows one (ndn-edge acl list)")
+        if durable is not None and (not isinstance(durable, str) or not _NAME.fullmatch(durable)):
+            raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
+                                  f"'-', got {durable!r}")
+        return parts
+
+    def visible(self, client: str, topic: tuple[str, ...]) -> bool:
+        """Whether `client` may see a message on `topic` now (its rules, re-read at most once a second)."""
+        return self._visible(client, topic)
+
+    def publishers(self, pattern: tuple[str, ...]) -> int:
+        """How many provisioned devices could publish on a topic `pattern` matches."""
+        return self._publishers(pattern)
+
+    def subscribe(self, client: str, pattern: str, durable: str | None = None) -> dict[str, Any]:
+        """Create a subscription (or attach to the durable one of that name); its id and whether it is new."""
+        parts = self.check_subscription(client, pattern, durable)
         if durable is not None:
-            if not isinstance(durable, str) or not _NAME.fullmatch(durable):
-                raise InvalidArgument(f"durable subscription name must be 1 to 64 letters, digits, '_', '.' or "
-                                      f"'-', got {durable!r}")
             existing = self._subs.get((client, _durable_id(durable)))
             if existing is not None and not self._stored(existing):
                 self._forget(existing)  # removed with its client (`client remove`) since the sweeper last looked
@@ -599,32 +647,8 @@ class PubSub:
         sub = self._sub(client, sub_id)
         sub.last_poll = time.monotonic()
         self._ack(sub, ack)
-        if after is None:
-            sub.epoch += 1
-        epoch = sub.epoch
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
-            sub.event.clear()
-            start = sub.acked if after is None else max(after, sub.acked, sub.sent)
-            messages = [] if epoch != sub.epoch else self._peek(sub, max_messages, start)
-            left = deadline - time.monotonic()
-            if (messages or left <= 0 or epoch != sub.epoch or self._stopped
-                    or self._subs.get((client, sub_id)) is not sub):
-                break  # (woken with nothing new, as when another poll took the messages: wait on)
-            sub.waiting += 1
-            try:
-                await asyncio.wait_for(sub.event.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                sub.waiting -= 1
-                sub.last_poll = time.monotonic()
-        if after is None:  # pipelined polls go on from what this one returns
-            sub.sent = messages[-1]["pos"] if messages else sub.acked
-            return {"messages": messages, "lost": sub.lost}
-        if messages:
-            sub.sent = max(sub.sent, messages[-1]["pos"])
-        return {"messages": messages, "lost": sub.lost, "from": start}
+        return await poll_messages(sub, after=after, max_messages=max_messages, wait_ms=wait_ms, peek=self._peek,
+                                   ended=lambda: self._stopped or self._subs.get((client, sub_id)) is not sub)
 
     def unsubscribe(self, client: str, sub_id: str) -> dict[str, Any]:
         """End a subscription; a durable one is deleted with its queue."""

@@ -109,6 +109,7 @@ class Gateway:
         self._refuse_second_gateway()
         self.home.ensure()
         self.store = store = self.home.open_store(check=True)
+        store.start_checkpoints()  # not in the commit of a batch of reports (state/store.py)
         self.home.back_up(store)
         try:
             self.site = store.claim_site(self._requested_site)

@@ -155,17 +155,15 @@ def _fill(folder: Path) -> Path:
     """Fill the file system of `folder` to the last byte; the file that did it."""
     junk = folder / "junk"
     chunk = b"\0" * 65536
-    with open(junk, "wb") as f:
+    with open(junk, "wb", buffering=0) as f:  # unbuffered: nothing left to write (and fail) at close
         try:
             for _ in range(100_000):
                 f.write(chunk)
-                f.flush()
         except OSError:
             pass
-    with contextlib.suppress(OSError), open(junk, "ab") as f:  # the last few bytes too
+    with contextlib.suppress(OSError), open(junk, "ab", buffering=0) as f:  # the last few bytes too
         for _ in range(65536):
             f.write(b"\0")
-            f.flush()
     return junk
 
 
@@ -193,7 +191,10 @@ def test_a_full_disk_keeps_the_gateway_serving_and_loses_nothing(tmp_path, mcast
                     time.sleep(0.1)
                 code, _, err = cluster.cli("client", "add", "bob")
                 assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-                assert "full" in err
+                # SQLite's "database or disk is full", or the credentials file's ENOSPC once the store's write found
+                # room in the log the checkpoint thread had emptied (either way nothing is left behind: bob is added
+                # below)
+                assert "full" in err or "No space left on device" in err
                 refused = [o for o in outcomes if isinstance(o, str)]
                 assert all("cannot record sequence numbers" in o for o in refused)
                 junk.unlink()

@@ -505,3 +505,29 @@ def test_two_counters_on_one_key_never_share_numbers(db_path):
         c1, c2 = SeqCounter(s1, "k", block=4), SeqCounter(s2, "k", block=4)
         got = [c.next() for _ in range(10) for c in (c1, c2)]
     assert len(got) == len(set(got))
+
+
+def test_checkpoints_run_in_their_own_thread_not_in_a_commit(db_path):
+    # Store.start_checkpoints: the owner's connection never checkpoints (SQLite's automatic checkpoint is off);
+    # the thread copies the log into the file within a second or two, and close() ends the thread.
+    import threading
+    import time
+
+    s = Store(db_path)
+    s.start_checkpoints(every_s=0.05)
+    try:
+        assert s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        s._db.execute("CREATE TABLE filler (b BLOB)")
+        before = os.path.getsize(db_path)
+        for _ in range(40):  # 40 commits of 64 KiB: more than SQLite's 1,000-page threshold would let pass
+            with s.transaction() as db:
+                db.execute("INSERT INTO filler VALUES (?)", (os.urandom(65536),))
+        deadline = time.monotonic() + 10
+        while os.path.getsize(db_path) < before + 40 * 65536 and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling a file size: the thread's progress has no other signal
+        assert os.path.getsize(db_path) >= before + 40 * 65536, "the log was not copied into the file"
+    finally:
+        s.close()
+    assert not any(t.name == "store-checkpoints" for t in threading.enumerate())
+    with Store(db_path) as again:
+        assert again._db.execute("SELECT count(*) FROM filler").fetchone()[0] == 40

@@ -58,9 +58,9 @@ class Options:
     subscribers: int = 10
     fanout: int = 100
     messages: int = 200      # per device
-    # ndn-edge: reports a device keeps unacknowledged while bursting (its outbox allows max_reports - 4 = 12; umqtt.simple
-    # waits for each PUBACK: 1). 3 measured on 2 cores: 2 gives about tuned MQTT's rate with p99 21-24 ms, 3 about 1.2
-    # times it with p99 17-26 ms, 4 more throughput at p99 27-37 ms (bench/README.md)
+    # ndn-edge: reports a device keeps unacknowledged while bursting (its outbox allows max_reports - 4 = 12;
+    # umqtt.simple waits for each PUBACK: 1). 3 measured on 2 cores: 2 gives about tuned MQTT's rate with p99 21-24
+    # ms, 3 about 1.2 times it with p99 17-26 ms, 4 more throughput at p99 27-37 ms (bench/README.md)
     window: int = 3
     rounds: int = 1
     scenarios: tuple[str, ...] = SCENARIOS

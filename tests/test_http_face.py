@@ -139,7 +139,7 @@ def test_beyond_loopback_without_tls_warns(tmp_path, monkeypatch, caplog):
     from tests.fakes import FakeDevices
 
     assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
-    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("192.168.1.2")
+    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("203.0.113.7")
     monkeypatch.setattr(server, "is_loopback", lambda host: False)
 
     async def scenario() -> None:

@@ -40,7 +40,7 @@ from ndn_edge import __version__
 from ndn_edge.errors import ConfigError, StoreError
 from ndn_edge.limits import Limits
 from ndn_edge.logs import event
-from ndn_edge.state.home import Home
+from ndn_edge.state.home import Home, reachable_host
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class Gateway:
             if self.federation is not None:
                 await self.federation.attach(self.devices, self.patterns, self.clients, self.http)
             # A wildcard bind is reached on this host through loopback; the record is for local clients.
-            reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            reach = reachable_host(host)
             self.home.write_gateway_record(reach, port, self.iface, self.group, self.port, self.site, os.getpid())
             self._record_written = True
             self._backups = asyncio.create_task(self._back_up_every(BACKUP_EVERY_S), name="store-backups")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ndn_edge.http.api import Api, neutral_server_header
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
+from ndn_edge.state.home import listener_url, remove_listener_record, write_listener_record
 
 log = logging.getLogger("ndn_edge.http")
 
@@ -192,30 +192,19 @@ class HttpFace:
     def url(self) -> str:
         """The base URL: http(s)://HOST:PORT (a wildcard address shown as loopback)."""
         host, port = self.address
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        shown = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.options.tls else 'http'}://{shown}:{port}"
+        return listener_url("https" if self.options.tls else "http", host, port)
 
     def write_record(self, home_path: Path) -> Path:
         """Record the URL in HOME/http.json (mode 0600)."""
         path = home_path / RECORD
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "pid": os.getpid()}, f)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_listener_record(path, self.url)
         self._record = path
         return path
 
     async def stop(self) -> None:
         """Close the event streams and the listener; remove the record (idempotent)."""
         if self._record is not None:
-            try:
-                if json.loads(self._record.read_text()).get("pid") == os.getpid():
-                    self._record.unlink()
-            except (OSError, ValueError):
-                pass
+            remove_listener_record(self._record)
             self._record = None
         streams = list(self.api.streams)
         for task in streams:

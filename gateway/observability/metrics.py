@@ -27,9 +27,7 @@ Rejected: the default global registry (two gateways in one process, as in tests,
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,7 @@ from ndn_edge import __version__, names
 from ndn_edge.errors import StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import Histograms
+from ndn_edge.state.home import listener_url, remove_listener_record, write_listener_record
 
 log = logging.getLogger("ndn_edge.metrics")
 
@@ -460,27 +459,17 @@ class MetricsFace:
     @property
     def url(self) -> str:
         host, port = self.address
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        return listener_url("http", host, port, "/metrics")
 
     def write_record(self, home_path: Path) -> None:
         """Record the URL in HOME/metrics.json (`{"url", "pid"}`, mode 0600)."""
         path = home_path / RECORD
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "pid": os.getpid()}, f)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_listener_record(path, self.url)
         self._record = path
 
     async def stop(self) -> None:
         if self._record is not None:
-            try:
-                if json.loads(self._record.read_text()).get("pid") == os.getpid():
-                    self._record.unlink()
-            except (OSError, ValueError):
-                pass
+            remove_listener_record(self._record)
             self._record = None
         runner, self._runner, self._site = self._runner, None, None
         if runner is not None:

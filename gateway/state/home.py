@@ -298,6 +298,31 @@ class Home:
         return True
 
 
+def reachable_host(host: str) -> str:
+    """The address this host reaches a listener bound to `host` at (a wildcard bind: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def listener_url(scheme: str, host: str, port: int, path: str = "") -> str:
+    """`scheme://HOST:PORT/path` for a listener bound to `host` (reachable_host; an IPv6 address in brackets)."""
+    host = reachable_host(host)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def write_listener_record(path: Path, url: str) -> None:
+    """Record a listener of this process: `{"url", "pid"}` in `path`, mode 0600, replaced atomically."""
+    _write_private(path, (json.dumps({"url": url, "pid": os.getpid()}) + "\n").encode(), replace=True)
+
+
+def remove_listener_record(path: Path) -> None:
+    """Delete a record `write_listener_record` wrote in this process; one another process wrote stays."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
     """Write `data` to `path` mode 0600 via a fresh temp file; FileExistsError if present and not `replace`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

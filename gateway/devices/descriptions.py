@@ -65,19 +65,20 @@ def check_args(svc: dict[str, Any] | None, args: dict[str, Any] | None, target: 
     given = args or {}
     for name, value in given.items():
         if name not in spec:
-            takes = ", ".join(f"{n} ({_type_of(s) or 'any'})" for n, s in spec.items()) or "no arguments"
+            takes = ", ".join(f"{n} ({type_of(s) or 'any'})" for n, s in spec.items()) or "no arguments"
             raise InvalidArgument(f"{target} takes no argument {name!r}; it takes: {takes}")
-        wanted = _type_of(spec[name])
+        wanted = type_of(spec[name])
         types = _TYPES.get(wanted or "")
         if types is not None and (not isinstance(value, types) or (wanted != "bool" and isinstance(value, bool))):
             raise InvalidArgument(f"argument {name!r} of {target} must be {wanted}, got "
                                   f"{type(value).__name__} {_short(value)}")
     for name, schema in spec.items():
         if isinstance(schema, dict) and schema.get("required") is True and name not in given:
-            raise InvalidArgument(f"{target} needs argument {name!r} ({_type_of(schema) or 'any'})")
+            raise InvalidArgument(f"{target} needs argument {name!r} ({type_of(schema) or 'any'})")
 
 
-def _type_of(schema: Any) -> str | None:
+def type_of(schema: Any) -> str | None:
+    """The type an argument's schema in a service description names ("int", "bytes", ...), or None."""
     if isinstance(schema, str):
         return schema
     if isinstance(schema, dict) and isinstance(schema.get("type"), str):

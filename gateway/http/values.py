@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ndn_edge.devices.descriptions import type_of
 from ndn_edge.errors import InvalidArgument
 from ndn_edge.wire.client_protocol import MAX_CBOR_DEPTH
 
@@ -77,7 +78,7 @@ def decode_bytes_args(args: dict[str, Any] | None, svc: Mapping[str, Any] | None
         return args
     out = dict(args)
     for name, value in args.items():
-        if _type_of(spec.get(name)) == "bytes" and isinstance(value, str):
+        if type_of(spec.get(name)) == "bytes" and isinstance(value, str):
             out[name] = _b64(value, name)
     return out
 
@@ -93,7 +94,7 @@ def query_args(query: Mapping[str, str], svc: Mapping[str, Any] | None, target: 
         values = query.getall(name) if hasattr(query, "getall") else [query[name]]
         if len(values) != 1 or name in out:
             raise InvalidArgument(f"query argument {name!r} of {target} is given {len(values)} times; give it once")
-        wanted = _type_of(spec.get(name)) if isinstance(spec, dict) else "any"
+        wanted = type_of(spec.get(name)) if isinstance(spec, dict) else "any"
         if isinstance(spec, dict) and name not in spec:
             takes = ", ".join(spec) or "no arguments"
             raise InvalidArgument(f"{target} takes no argument {name!r}; it takes: {takes}")
@@ -143,14 +144,6 @@ def _b64(text: str, name: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise InvalidArgument(f"argument {name!r} is declared bytes: give it as base64 text") from None
-
-
-def _type_of(schema: Any) -> str | None:
-    if isinstance(schema, str):
-        return schema
-    if isinstance(schema, dict) and isinstance(schema.get("type"), str):
-        return schema["type"]
-    return None
 
 
 def _json_type(value: Any) -> str:

@@ -45,7 +45,11 @@ async def _reader(dev, which, acks):
                     if sock is None:
                         return
                     await _readable(sock)
-                    dev.receive(which >> 1)  # the face's sockets (0, 1) or the outbox's (2)
+                    if which == 2:
+                        if dev._outbox.sock is not None:  # (a sleep may have closed it meanwhile)
+                            dev._acks(dev._outbox)  # the outbox's socket alone
+                    else:
+                        dev.receive()
                     _follow(dev, acks)
                 continue
             except Exception as e:

@@ -290,8 +290,11 @@ class Device:
                         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
                         # what poll names the outbox's socket by: the object (MicroPython), its number (CPython)
                         rkey = rs if rs is None or port.MICROPYTHON else rs.fileno()
-                    for ev in wait(w):  # read only the socket that woke: an acknowledgement is one read, not three
-                        self.receive(1 if ev[0] == rkey else 0)
+                    for ev in wait(w):  # an acknowledgement alone is one read, not three
+                        if ev[0] == rkey:
+                            self._acks(ob)
+                        else:
+                            self.receive()
                 except Exception as e:
                     self._fault(e)
             except Exception as e:  # what handling it raised: see _lost
@@ -392,19 +395,22 @@ class Device:
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
     # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
     # also the reused locals, and no try in this path: the serving loop catches (see _fault).
-    def receive(self, which=None):
-        # Handle what one read of the face's sockets returns (which=0), then one of the outbox's socket
-        # (acknowledgements, device/outbox.py; which=1); both when which is None. The serving loop
-        # catches what this raises (see _fault).
-        if which != 1:
-            self._next = 0
-            self._n = self._face.read()
-            self._walk()
+    def receive(self):
+        # Handle what one read of the face's sockets returns, then one of the outbox's socket
+        # (acknowledgements, device/outbox.py). The serving loop catches what this raises (see _fault).
+        self._next = 0
+        self._n = self._face.read()
+        self._walk()
         ob = self._outbox
-        if which != 0 and ob is not None and ob.sock is not None:
-            self._next = 0
-            self._n = ob.read()
-            self._walk()
+        if ob is not None and ob.sock is not None:
+            self._acks(ob)
+
+    def _acks(self, ob):
+        # What the outbox's socket holds (acknowledgements): a serving loop that knows only that socket
+        # woke calls this alone, one read instead of three.
+        self._next = 0
+        self._n = ob.read()
+        self._walk()
 
     def _walk(self):
         # The packets of the last read from self._next on: one read may hold several datagrams

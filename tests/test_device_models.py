@@ -210,7 +210,7 @@ for _ in range(3):  # the stand-in gateway reads the three reports, then acknowl
     acks.append(bytes([6, len(body)]) + body)
 gw.sendto(b"".join(acks), addr)
 for _ in range(1000):  # until that one datagram is read (bounded)
-    if dev.receive(1) is None and len(ob.items) < 3:
+    if dev._acks(ob) is None and len(ob.items) < 3:
         break
 print(len(ob.items), ob.acked)
 """

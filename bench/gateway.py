@@ -136,7 +136,19 @@ async def _timed(call: Any, inflight: int, opts: Options, pids: dict[str, int]) 
     return sample, {role: fleet.cpu_s(pid) - before[role] for role, pid in pids.items()}
 
 
-async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: CoapServer, echo: EchoServer,
+def add_sample(samples: dict, cpu_totals: dict, extras: dict, subject: str, n: int, sample: Any,
+               extra: dict[str, Any]) -> None:
+    """One timed run's sample into the round's collections: CPU seconds summed per role, counters summed, other
+    figures kept (bench/http.py uses it too)."""
+    samples[(subject, n)].append(sample)
+    cpu = cpu_totals.setdefault((subject, n), {})
+    for role, seconds in extra.pop("cpu_s").items():
+        cpu[role] = cpu.get(role, 0.0) + seconds
+    for k, v in extra.items():
+        extras[subject][k] = extras[subject].get(k, 0) + v if isinstance(v, int) else v
+
+
+async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: CoapServer, echo: EchoServer | None,
                echo_size: int, tag: int, pids: dict[str, int]) -> tuple[Sample, dict]:
     """One warm-up and one timed closed-loop run of `subject`; (the sample, extra facts).
 
@@ -147,6 +159,7 @@ async def _run(subject: str, inflight: int, opts: Options, home: Path, coap: Coa
 
     extra: dict[str, Any] = {}
     if subject == ECHO:
+        assert echo is not None, "the echo subject needs the echo server"
         roles = {k: v for k, v in pids.items() if k in ("client", "echo")}
         client = await EchoClient.open(echo.port, echo_size)
         try:
@@ -212,12 +225,7 @@ def measure_calls(opts: Options, scratch: Path) -> dict:
                     log(f"round {r + 1}/{opts.rounds}: {subject}, {n} in flight")
                     sample, extra = asyncio.run(_run(subject, n, opts, home, coap, echo, echo_size, r * 1000 + n,
                                                      pids))
-                    samples[(subject, n)].append(sample)
-                    cpu = cpu_totals.setdefault((subject, n), {})
-                    for role, seconds in extra.pop("cpu_s").items():
-                        cpu[role] = cpu.get(role, 0.0) + seconds
-                    for k, v in extra.items():
-                        extras[subject][k] = extras[subject].get(k, 0) + v if isinstance(v, int) else v
+                    add_sample(samples, cpu_totals, extras, subject, n, sample, extra)
             for p in procs:
                 if not p.alive():
                     raise StartFailed(p.failure())

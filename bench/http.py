@@ -33,7 +33,7 @@ from typing import Any
 from bench import fleet, report
 from bench.calls import StartFailed
 from bench.coap import CoapServer
-from bench.gateway import CACHED, COAP, DEVICE, UNCACHED, Options, _reply_size, _timed, _wait_online
+from bench.gateway import CACHED, COAP, DEVICE, UNCACHED, Options, _reply_size, _timed, _wait_online, add_sample
 from bench.gateway import _run as run_anchor
 from bench.load import closed_loop, summarize
 
@@ -219,13 +219,8 @@ def measure(opts: Options, scratch: Path) -> dict:
                     if subject in (HTTP_CACHED, HTTP_UNCACHED):
                         sample, extra = asyncio.run(_run_http(subject, n, opts, url, token, tag, pids))
                     else:
-                        sample, extra = asyncio.run(run_anchor(subject, n, opts, home, coap, tag, pids))
-                    samples[(subject, n)].append(sample)
-                    cpu = cpu_totals.setdefault((subject, n), {})
-                    for role, seconds in extra.pop("cpu_s").items():
-                        cpu[role] = cpu.get(role, 0.0) + seconds
-                    for k, v in extra.items():
-                        extras[subject][k] = extras[subject].get(k, 0) + v if isinstance(v, int) else v
+                        sample, extra = asyncio.run(run_anchor(subject, n, opts, home, coap, None, 0, tag, pids))
+                    add_sample(samples, cpu_totals, extras, subject, n, sample, extra)
             for p in procs:
                 if not p.alive():
                     raise StartFailed(p.failure())

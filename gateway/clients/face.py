@@ -674,12 +674,7 @@ class ClientFace:
         if wire is None:
             self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
             return
-        ex.reply = wire
-        if peer.recent.get(ex.seq) is ex:
-            peer.recent_bytes += len(wire)
-            peer.trim()
-        self.stats["replies"] += 1
-        self._send(wire, ex.addr)
+        self._answer(peer, ex, wire)
 
     # -- replies
 
@@ -728,6 +723,10 @@ class ClientFace:
             err = ResourceExhausted(f"the reply is {len(wire)} bytes, more than {cw.MAX_REPLY_BYTES}; ask for a "
                                     "smaller page_size or a smaller result")
             wire = cw.encode_reply(ex.name, cbor2.dumps(err.to_wire()), peer.signer, nack=True, pit_token=ex.pit)
+        self._answer(peer, ex, wire)
+
+    def _answer(self, peer: _Peer, ex: _Exchange, wire: bytes) -> None:
+        """Keep the reply for retransmissions of its request (within the peer's budget), then send it."""
         ex.reply = wire
         if peer.recent.get(ex.seq) is ex:
             peer.recent_bytes += len(wire)

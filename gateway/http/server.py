@@ -18,7 +18,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import ssl
@@ -35,7 +34,7 @@ from ndn_edge.http.api import Api, neutral_server_header
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
-from ndn_edge.state.home import listener_url, remove_listener_record, write_listener_record
+from ndn_edge.state.home import is_loopback, listener_url, remove_listener_record, write_listener_record
 
 log = logging.getLogger("ndn_edge.http")
 
@@ -89,16 +88,6 @@ def options_from_config(home_path: Path) -> HttpOptions | None:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f'{path}: "http.listen" must be HOST:PORT, got {http["listen"]!r}')
     return HttpOptions((host.strip("[]"), int(port)), cert=http.get("cert"), key=http.get("key"))
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this host can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _MalformedRequests(logging.Filter):

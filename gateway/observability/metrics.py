@@ -26,7 +26,6 @@ Rejected: the default global registry (two gateways in one process, as in tests,
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from ndn_edge import __version__, names
 from ndn_edge.errors import StoreError, Unavailable
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import Histograms
-from ndn_edge.state.home import listener_url, remove_listener_record, write_listener_record
+from ndn_edge.state.home import is_loopback, listener_url, remove_listener_record, write_listener_record
 
 log = logging.getLogger("ndn_edge.metrics")
 
@@ -401,16 +400,6 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None, *, value: float
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this host can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class MetricsFace:

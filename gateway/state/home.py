@@ -19,6 +19,7 @@ Decisions:
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -296,6 +297,16 @@ class Home:
         except FileNotFoundError:
             return False
         return True
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this host can reach (a listener there needs no TLS)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def reachable_host(host: str) -> str:

@@ -28,7 +28,8 @@ CACHED_SERVICE, UNCACHED_SERVICE = "cached", "uncached"
 
 
 async def _measure(scratch: Path, calls: int) -> dict[str, Any]:
-    from ndn.encoding import InterestParam, make_interest
+    from ndn.encoding import InterestParam, MetaInfo, Name, make_data, make_interest
+    from ndn.security import HmacSha256Signer
 
     from ndn_edge.clients.face import ClientFace
     from ndn_edge.devices.side import DeviceSide
@@ -52,8 +53,9 @@ async def _measure(scratch: Path, calls: int) -> dict[str, Any]:
     await face.start()
     replies: list[bytes] = []
     face._send = lambda packet, addr: replies.append(packet)  # type: ignore[method-assign]
-    device_signer = cw.ReplySigner(wire.key_name(DEVICE, device_key), device_key)
     value = cbor2.dumps(21.5)
+    device_key_name = wire.key_name(DEVICE, device_key)
+    cached_component = bytes(Name.from_str(CACHED_SERVICE)[0])
     loop = asyncio.get_running_loop()
     responder_s = [0.0]
     send_to_group = side.face.send
@@ -63,7 +65,10 @@ async def _measure(scratch: Path, calls: int) -> dict[str, Any]:
         t = time.process_time()
         name = framing.name_tlv(packet)
         if packet[0] == 0x05 and name is not None and b"_sd" not in name:
-            reply = cw.encode_reply(bytes(name), value, device_signer)
+            # as a device answers: a FreshnessPeriod of the service's cache_ms, so the cached service is cached
+            fresh = 600_000 if cached_component in bytes(name) else None
+            reply = bytes(make_data(Name.from_bytes(bytes(name)), MetaInfo(freshness_period=fresh), value,
+                                    signer=HmacSha256Signer(device_key_name, device_key)))
             loop.call_soon(side._dispatch, reply, ("127.0.0.1", port))
         responder_s[0] += time.process_time() - t
 

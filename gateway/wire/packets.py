@@ -32,6 +32,7 @@ from ndn_edge.wire.protocol import ENC_LABEL
 from ndn_edge.wire.tlv import (
     CONTENT_NACK,
     DIGEST_BYTES,
+    NUM_1,
     SIGNATURE_HMAC_SHA256,
     FramingError,
     T,
@@ -44,6 +45,8 @@ from ndn_edge.wire.tlv import (
 _INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTEREST_LIFETIME,
                     T.HOP_LIMIT, T.APPLICATION_PARAMETERS, T.INTEREST_SIGNATURE_INFO,
                     T.INTEREST_SIGNATURE_VALUE)  # in order
+_INTEREST_RANK = {t: k for k, t in enumerate(_INTEREST_FIELDS)}
+_FLAG_WIDTHS = {T.NONCE: 4, T.HOP_LIMIT: 1, T.CAN_BE_PREFIX: 0, T.MUST_BE_FRESH: 0}
 _DATA_FIELDS = (T.NAME, T.META_INFO, T.CONTENT, T.SIGNATURE_INFO, T.SIGNATURE_VALUE)  # in order
 _DATA_META_FIELDS = (T.CONTENT_TYPE, T.FRESHNESS_PERIOD, T.FINAL_BLOCK_ID)
 
@@ -189,35 +192,44 @@ def parse_signed_interest(packet: bytes) -> SignedRequest | None:
         t, i, e = read_tl(packet, 0, end)
         if t != T.INTEREST or e != end:
             return None
-        parts: dict[int, tuple[int, int, int]] = {}
+        name = app = isi = isv = life = None
         rank = 0
-        fields = _INTEREST_FIELDS
-        while i < end:
-            t, vs, ve = read_tl(packet, i, end)
-            try:
-                at = fields.index(t, rank)
-            except ValueError:  # unknown, repeated or out of order
+        while i < end:  # each element once, in order; one-byte TLV-TYPE and TLV-LENGTH read in place
+            t = packet[i]
+            n = packet[i + 1]
+            if t < NUM_1 and n < NUM_1:
+                vs = i + 2
+                ve = vs + n
+                if ve > end:
+                    return None
+            else:
+                t, vs, ve = read_tl(packet, i, end)
+            at = _INTEREST_RANK.get(t, -1)
+            if at < rank:  # unknown, repeated or out of order
                 return None
             rank = at + 1
-            parts[t] = (i, vs, ve)
-            i = ve
-        name = parts.get(T.NAME)
-        app = parts.get(T.APPLICATION_PARAMETERS)
-        isi = parts.get(T.INTEREST_SIGNATURE_INFO)
-        isv = parts.get(T.INTEREST_SIGNATURE_VALUE)
-        if name is None or app is None or isi is None or isv is None:
-            return None
-        for k, width in ((T.NONCE, 4), (T.HOP_LIMIT, 1), (T.CAN_BE_PREFIX, 0), (T.MUST_BE_FRESH, 0)):
-            if k in parts and parts[k][2] - parts[k][1] != width:
+            if t == T.NAME:
+                name = (i, vs, ve)
+            elif t == T.APPLICATION_PARAMETERS:
+                app = (i, vs, ve)
+            elif t == T.INTEREST_SIGNATURE_INFO:
+                isi = (vs, ve)
+            elif t == T.INTEREST_SIGNATURE_VALUE:
+                isv = (vs, ve)
+            elif t == T.INTEREST_LIFETIME:
+                if ve - vs not in _NNI_WIDTHS:
+                    return None
+                life = (vs, ve)
+            elif ve - vs != _FLAG_WIDTHS[t]:  # Nonce, HopLimit, CanBePrefix, MustBeFresh
                 return None
-        life = parts.get(T.INTEREST_LIFETIME)
-        if life is not None and life[2] - life[1] not in _NNI_WIDTHS:
+            i = ve
+        if name is None or app is None or isi is None or isv is None:
             return None
         n_at, ns, ne = name
         d = ne - DIGEST_BYTES - 2  # the digest component: last, 34 bytes
         if d < ns or packet[d] != T.DIGEST_COMPONENT or packet[d + 1] != DIGEST_BYTES:
             return None
-        _, ss, se = isi
+        ss, se = isi
         t, vs, ve = read_tl(packet, ss, se)
         if t != T.SIGNATURE_TYPE or ve - vs != 1:
             return None
@@ -239,11 +251,13 @@ def parse_signed_interest(packet: bytes) -> SignedRequest | None:
             numbers[found] = int.from_bytes(packet[vs:ve], "big")
             i = ve
         app_at, ps, pe = app
-        _, vs, ve = isv
+        vs, ve = isv
+        prefix = packet[ns:d]
         return SignedRequest(
-            packet[n_at:ne], packet[ns:d], packet[d + 2:ne], packet[ps:pe], sig_type, packet[ls:le],
-            numbers[0], numbers[1], numbers[2], packet[vs:ve], packet[ns:d] + packet[app_at:se],
-            packet[app_at:ve], int.from_bytes(packet[life[1]:life[2]], "big") if life else None)
+            packet[n_at:ne], prefix,
+            packet[d + 2:ne], packet[ps:pe], sig_type, packet[ls:le], numbers[0], numbers[1], numbers[2],
+            packet[vs:ve], prefix + packet[app_at:se], packet[app_at:ve],
+            int.from_bytes(packet[life[0]:life[1]], "big") if life else None)
     except (FramingError, IndexError):
         return None
 

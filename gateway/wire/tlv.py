@@ -56,7 +56,7 @@ CONTENT_NACK = 3            # ContentType of an error reply
 SIGNATURE_HMAC_SHA256 = 4   # SignatureType
 DIGEST_BYTES = 32
 
-_NUM_1 = 253  # below: the number is the byte itself
+NUM_1 = 253  # below: the number is the byte itself (a one-byte TLV-TYPE or TLV-LENGTH)
 _NUM_2, _NUM_4, _NUM_8 = 0xFD, 0xFE, 0xFF
 
 
@@ -69,7 +69,7 @@ def read_num(buf: Sequence[int], i: int) -> tuple[int, int]:
     if i >= len(buf):
         raise FramingError(f"number expected at offset {i} but the packet ends at {len(buf)}")
     first = buf[i]
-    if first < _NUM_1:
+    if first < NUM_1:
         return first, i + 1
     width = 2 if first == _NUM_2 else 4 if first == _NUM_4 else 8
     end = i + 1 + width
@@ -84,7 +84,7 @@ def read_tl(buf: Sequence[int], i: int, end: int | None = None) -> tuple[int, in
     if i + 1 < limit:  # the usual case, one-byte type and length, in one step: every packet read starts here
         t = buf[i]
         n = buf[i + 1]
-        if t < _NUM_1 and n < _NUM_1:
+        if t < NUM_1 and n < NUM_1:
             if i + 2 + n > limit:
                 raise FramingError(f"TLV type {t:#x} at offset {i} has length {n} but only {limit - i - 2} bytes "
                                    "follow")
@@ -98,7 +98,7 @@ def read_tl(buf: Sequence[int], i: int, end: int | None = None) -> tuple[int, in
 
 def var_num(n: int) -> bytes:
     """An NDN variable-size number."""
-    if n < _NUM_1:
+    if n < NUM_1:
         return bytes((n,))
     if n <= 0xFFFF:
         return b"\xfd" + n.to_bytes(2, "big")
@@ -109,7 +109,7 @@ def var_num(n: int) -> bytes:
 
 def tlv_head(typ: int, length: int) -> bytes:
     """TLV-TYPE and TLV-LENGTH as NDN variable-size numbers."""
-    if typ < _NUM_1 and length < _NUM_1:  # one byte each: nearly every element of a packet
+    if typ < NUM_1 and length < NUM_1:  # one byte each: nearly every element of a packet
         return bytes((typ, length))
     return var_num(typ) + var_num(length)
 
@@ -117,7 +117,7 @@ def tlv_head(typ: int, length: int) -> bytes:
 def tlv(typ: int, value: bytes) -> bytes:
     """One TLV element."""
     n = len(value)
-    if typ < _NUM_1 and n < _NUM_1:
+    if typ < NUM_1 and n < NUM_1:
         return bytes((typ, n)) + value
     return var_num(typ) + var_num(n) + value
 

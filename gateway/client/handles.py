@@ -246,13 +246,14 @@ class Subscription:
 
     async def _fill(self, wait: float) -> None:
         """Start the polls, and return when one of them is back (its messages in the buffer, or none) or failed (its
-        error raised)."""
+        error raised), or after `wait` seconds: a poll started earlier may wait longer at the gateway, and stays in
+        flight."""
         await self.open()
         self._pumping = True
         self._error = None  # of a poll that failed while nobody waited: the polls started now try again
         self._top_up(max(0.0, wait))
         if self._polls:
-            await asyncio.wait(set(self._polls), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(set(self._polls), timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
         if self._error is not None:
             err, self._error = self._error, None
             raise err

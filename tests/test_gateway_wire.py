@@ -174,6 +174,7 @@ def test_reply_mutations_never_raise_anything_but_bad_packet():
         flipped = bytearray(packet)
         flipped[rnd.randrange(len(flipped))] ^= 1 << rnd.randrange(8)
         variants.append(bytes(flipped))
+    variants += [b"\x06\x01\x07", b"\x06\x03\x07\x00\x16"]  # an element's head cut short by the packet's end
     for variant in variants:
         try:
             wire.verify_reply(variant, KEY)

@@ -48,6 +48,7 @@ _INTEREST_FIELDS = (T.NAME, T.CAN_BE_PREFIX, T.MUST_BE_FRESH, T.NONCE, T.INTERES
 _INTEREST_RANK = {t: k for k, t in enumerate(_INTEREST_FIELDS)}
 _FLAG_WIDTHS = {T.NONCE: 4, T.HOP_LIMIT: 1, T.CAN_BE_PREFIX: 0, T.MUST_BE_FRESH: 0}
 _DATA_FIELDS = (T.NAME, T.META_INFO, T.CONTENT, T.SIGNATURE_INFO, T.SIGNATURE_VALUE)  # in order
+_DATA_RANK = {t: k for k, t in enumerate(_DATA_FIELDS)}
 _DATA_META_FIELDS = (T.CONTENT_TYPE, T.FRESHNESS_PERIOD, T.FINAL_BLOCK_ID)
 
 
@@ -173,6 +174,31 @@ class SignedRequest:
         return None
 
 
+def _elements(buf: bytes, i: int, end: int, ranks: dict[int, int]) -> list[tuple[int, int, int, int]] | None:
+    """(type, element start, value start, value end) of each element in `buf[i:end]`, or None unless each type is
+    in `ranks` and they come at most once each in rank order. One-byte TLV-TYPE and TLV-LENGTH (nearly every
+    element) are read in place; FramingError or IndexError when an element runs past `end`."""
+    out = []
+    rank = 0
+    while i < end:
+        t = buf[i]
+        n = buf[i + 1]
+        if t < NUM_1 and n < NUM_1:
+            vs = i + 2
+            ve = vs + n
+            if ve > end:
+                raise FramingError(f"TLV type {t:#x} at offset {i} runs past offset {end}")
+        else:
+            t, vs, ve = read_tl(buf, i, end)
+        at = ranks.get(t, -1)
+        if at < rank:  # unknown, repeated or out of order
+            return None
+        rank = at + 1
+        out.append((t, i, vs, ve))
+        i = ve
+    return out
+
+
 _NNI_WIDTHS = frozenset((1, 2, 4, 8))  # the widths python-ndn's NonNegativeInteger fields accept
 
 
@@ -192,22 +218,11 @@ def parse_signed_interest(packet: bytes) -> SignedRequest | None:
         t, i, e = read_tl(packet, 0, end)
         if t != T.INTEREST or e != end:
             return None
+        elements = _elements(packet, i, end, _INTEREST_RANK)
+        if elements is None:
+            return None
         name = app = isi = isv = life = None
-        rank = 0
-        while i < end:  # each element once, in order; one-byte TLV-TYPE and TLV-LENGTH read in place
-            t = packet[i]
-            n = packet[i + 1]
-            if t < NUM_1 and n < NUM_1:
-                vs = i + 2
-                ve = vs + n
-                if ve > end:
-                    return None
-            else:
-                t, vs, ve = read_tl(packet, i, end)
-            at = _INTEREST_RANK.get(t, -1)
-            if at < rank:  # unknown, repeated or out of order
-                return None
-            rank = at + 1
+        for t, i, vs, ve in elements:
             if t == T.NAME:
                 name = (i, vs, ve)
             elif t == T.APPLICATION_PARAMETERS:
@@ -222,7 +237,6 @@ def parse_signed_interest(packet: bytes) -> SignedRequest | None:
                 life = (vs, ve)
             elif ve - vs != _FLAG_WIDTHS[t]:  # Nonce, HopLimit, CanBePrefix, MustBeFresh
                 return None
-            i = ve
         if name is None or app is None or isi is None or isv is None:
             return None
         n_at, ns, ne = name
@@ -358,32 +372,33 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
         t, start, end = read_tl(wire, 0)
         if t != T.DATA or end != len(wire):
             return None
-        parts: dict[int, tuple[int, int, int]] = {}  # type -> (element start, value start, value end)
-        i = start
-        while i < end:
-            t, vs, ve = read_tl(wire, i, end)
-            if t in parts or t not in _DATA_FIELDS:
-                return None
-            parts[t] = (i, vs, ve)
-            i = ve
-        if T.NAME not in parts or T.SIGNATURE_INFO not in parts or T.SIGNATURE_VALUE not in parts:
+        elements = _elements(wire, start, end, _DATA_RANK)
+        if elements is None:
             return None
-        order = sorted(parts, key=lambda k: parts[k][0])
-        if order != [k for k in _DATA_FIELDS if k in parts]:
+        name = meta = content = info = value = None
+        for t, i, vs, ve in elements:
+            if t == T.NAME:
+                name = (i, vs, ve)
+            elif t == T.META_INFO:
+                meta = (vs, ve)
+            elif t == T.CONTENT:
+                content = (vs, ve)
+            elif t == T.SIGNATURE_INFO:
+                info = (vs, ve)
+            else:
+                value = (vs, ve)
+        if name is None or info is None or value is None:
             return None
-        _, ss, se = parts[T.SIGNATURE_INFO]
+        ss, se = info
         st, sts, ste = read_tl(wire, ss, se)
         if st != T.SIGNATURE_TYPE or int.from_bytes(wire[sts:ste], "big") != SIGNATURE_HMAC_SHA256:
             return None
-        signed_from, signed_to = parts[T.NAME][0], se
-        _, vs, ve = parts[T.SIGNATURE_VALUE]
-        mac = hmac.new(key, wire[signed_from:signed_to], hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, wire[vs:ve]):
+        n_at, ns, ne = name
+        if not hmac.compare_digest(hmac.digest(key, wire[n_at:se], "sha256"), wire[value[0]:value[1]]):
             raise BadPacket("bad signature on a Data packet")
         content_type = fresh = None
-        if T.META_INFO in parts:
-            _, ms, me = parts[T.META_INFO]
-            i = ms
+        if meta is not None:
+            i, me = meta
             while i < me:
                 t, vs, ve = read_tl(wire, i, me)
                 if t == T.CONTENT_TYPE:
@@ -393,19 +408,14 @@ def _plain_data(wire: bytes, key: bytes) -> tuple[list, int | None, int | None, 
                 elif t not in _DATA_META_FIELDS:
                     return None
                 i = ve
-        _, ns, ne = parts[T.NAME]
-        name = []
+        components = []
         i = ns
         while i < ne:
             _, _, ce = read_tl(wire, i, ne)
-            name.append(wire[i:ce])
+            components.append(wire[i:ce])
             i = ce
-        content = b""
-        if T.CONTENT in parts:
-            _, cs, ce = parts[T.CONTENT]
-            content = wire[cs:ce]
-        return name, content_type, fresh, content
-    except FramingError:
+        return components, content_type, fresh, wire[content[0]:content[1]] if content is not None else b""
+    except (FramingError, IndexError):
         return None
 
 

@@ -91,18 +91,10 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    # Made by @dev.service (device/control.py); defined here, as objects keep their class's module alive.
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running, is_async):
-        self.fn = fn
-        self.name = name
-        self.cache_ms = cache_ms
-        self.doc = doc
-        self.args = args
-        self.result = result
-        self.idempotent = idempotent
-        self.private = private
-        self.long_running = long_running
-        self.is_async = is_async
+    # A declared service (@dev.service, device/control.py: its fields fn, name, cache_ms, doc, args, result,
+    # idempotent, private, long_running, is_async are set there). Defined here, as objects keep their class's module
+    # alive; no methods, so that its code is this.
+    pass
 
 
 def control():
@@ -126,10 +118,11 @@ def release():
     # stays alive through that reference.
     import sys
     import device
-    for name in ("control", "manage", "report", "rare", "netopen"):
+    for name in ("control", "derive", "manage", "report", "rare", "netopen"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
+    port.collect()
 
 
 class Conf:
@@ -147,7 +140,10 @@ class Device:
         # reply_cache). The buffers are allocated first, while the heap after the imports is still in one
         # piece; the control plane stays loaded for the @dev.service declarations that follow, until setup.
         n = kw.pop("mtu", 1500)
-        control().init(self, name, key, bytearray(n), bytearray(n), **kw)
+        port.collect()
+        rx = bytearray(n)
+        tx = bytearray(n)
+        control().init(self, name, key, rx, tx, **kw)
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
@@ -212,7 +208,8 @@ class Device:
         return self._outbox
 
     def describe(self):
-        d = control().describe(self)
+        from device import derive
+        d = derive.describe(self)
         release()
         return d
 
@@ -239,7 +236,9 @@ class Device:
     def setup(self):
         # Derive names and keys and allocate buffers and the face (once); open() calls it.
         if self._mac is None:
-            control().setup(self)
+            release()  # the declarations are over: their code (device/control.py) goes before setup's comes
+            from device import derive
+            derive.setup(self)
             release()
 
     def open(self):

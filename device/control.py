@@ -94,7 +94,7 @@ def service(dev, name, cache_ms=None, doc=None, args=None, result=None, idempote
         raise DeviceError("service name %r: must be one component not starting with '_'" % name)
 
     def register(fn):
-        is_async = port.is_async(fn)
+        is_async = _is_async(fn)
         if long_running and not is_async:
             raise DeviceError("long-running service %r must be a coroutine (async def)" % name)
         from device.runtime import Service
@@ -113,6 +113,13 @@ def service(dev, name, cache_ms=None, doc=None, args=None, result=None, idempote
         dev._async = dev._async or is_async
         return fn
     return register
+
+
+def _is_async(fn):
+    # An `async def` handler: a generator function on MicroPython, CO_COROUTINE on CPython.
+    if port.MICROPYTHON:
+        return type(fn).__name__ == "generator"
+    return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)
 
 
 def every(dev, period_ms):

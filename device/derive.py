@@ -7,6 +7,8 @@ from device.port import const, ticks_ms
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
+_HMAC_BLOCK = const(64)  # SHA-256's block size
+_ALL = const((1 << 30) - 1)  # replay.py's window (_WINDOW bits), all seen
 
 
 def encode_name(uri):
@@ -28,8 +30,6 @@ def tlv_bytes(t, value):
 
 def setup(dev):
     # Everything derived once from the name and key; buffers allocated once, before serving.
-    from device.replay import SeqState
-    from device.sign import Hmac, key_id
     c = dev.conf
     c.name_val = encode_name(dev.name)
     dev._ncomp = dev.name.count("/")
@@ -39,12 +39,59 @@ def setup(dev):
     dev._key_name = encode_name(dev.name + "/KEY/" + kid)
     c.sig_base = tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + tlv_bytes(tlv.T_KEY_LOCATOR, tlv_bytes(tlv.T_NAME, dev._key_name))
     dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, c.sig_base)
-    dev._mac = Hmac(c.key)
-    dev._seq = SeqState(c.state_dir.rstrip("/") + "/ndn_seq_" + kid, _SEQ_BLOCK)
+    dev._mac = hmac(c.key)
+    dev._seq = seq_state(c.state_dir.rstrip("/") + "/ndn_seq_" + kid)
     dev._pkt.prefixes = (c.name_val, dev._query_val)
     dev._room = len(dev._tx) - len(dev._sig_info) - 2 - 32  # the most content a reply can carry ends here
     c.boot = dev._renew_at = dev._due = ticks_ms()
     c.desc_hash = desc_hash(dev)
+
+
+def hmac(key):
+    # The key's HMAC-SHA256 (device/sign.py's Hmac) with its pads computed once (RFC 2104).
+    from device.sign import Hmac
+    if len(key) > _HMAC_BLOCK:
+        key = sha256(key)
+    ipad = bytearray(_HMAC_BLOCK)
+    opad = bytearray(_HMAC_BLOCK)
+    for i in range(len(key)):
+        ipad[i] = key[i]
+        opad[i] = key[i]
+    for i in range(_HMAC_BLOCK):
+        ipad[i] ^= 0x36
+        opad[i] ^= 0x5C
+    m = Hmac()
+    m._ipad = bytes(ipad)
+    m._opad = bytes(opad)
+    return m
+
+
+def key_id(key):
+    # First 4 bytes of SHA-256(key) as 8 lowercase hex characters.
+    d = sha256(key)
+    return "%02x%02x%02x%02x" % (d[0], d[1], d[2], d[3])
+
+
+def seq_state(path):
+    # The replay state of the device's key (device/replay.py) from its file "rx_mark tx_mark": after a reboot every
+    # number up to the marks counts as used.
+    from device.replay import SeqState
+    s = SeqState()
+    s.path = path
+    s.block = _SEQ_BLOCK
+    rx = tx = 0
+    try:
+        with open(path) as f:
+            parts = f.read().split()
+        rx = int(parts[0])
+        tx = int(parts[1])
+    except (OSError, ValueError, IndexError):
+        pass  # first boot, or a torn write: start from zero marks
+    s.rx_mark = s.high = rx
+    s.tx_mark = s.tx = tx
+    s.seen = _ALL  # every number up to the mark counts as seen
+    s.writes = 0
+    return s
 
 
 def desc_hash(dev):

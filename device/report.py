@@ -41,7 +41,7 @@ def build(dev, kind, params):
     n = len(base) + 20  # InterestSignatureInfo's value with the longest SignatureSeqNum
     if pe + n + 4 + 2 + _DIGEST_LEN > len(buf):
         raise ValueError("report of %d bytes does not fit the datagram buffer" % (pe - at))
-    seq = dev._seq.next_tx()
+    seq = next_tx(dev._seq)
     n -= 8 - tlv.size_nni(seq)
     sv = pe + n + (2 if n < 253 else 4)  # InterestSignatureValue, after the info that follows the parameters
     # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}, ending at sv
@@ -73,6 +73,15 @@ def build(dev, kind, params):
     return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
 
 
+def next_tx(s):
+    # The next number of the device's send counter (s: its replay.SeqState), leased in flash as received ones are.
+    s.tx += 1
+    if s.tx >= s.tx_mark:
+        s.tx_mark = s.tx + s.block
+        s._save()
+    return s.tx
+
+
 def _bytes_back(buf, e, t, value):
     n = len(value)
     buf[e - n:e] = value
@@ -83,7 +92,7 @@ def announce(dev, state, sleep_ms=None):
     # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
     import binascii
     c = dev.conf
-    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.rx_floor(),
+    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.high + 1,
          "desc": binascii.hexlify(c.desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), c.boot),
          "mem_free": port.mem_free()}
     if sleep_ms is not None:

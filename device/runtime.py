@@ -25,7 +25,7 @@
 # - setup (control.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
 #   _pkt.prefixes;
 # - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
-# - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py via _open_logs: _logs;
+# - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py (log.ring): _logs;
 #   _reports: _outbox;
 # - the serving loop and the receive path (this module): _running (also open/close/stop), _due, _renew_at,
 #   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
@@ -97,19 +97,9 @@ class Service:
     pass
 
 
-def control():
-    from device import control
-    return control
-
-
 def _rare():
     from device import rare
     return rare
-
-
-def manage():
-    from device import manage
-    return manage
 
 
 def release():
@@ -143,12 +133,14 @@ class Device:
         port.collect()
         rx = bytearray(n)
         tx = bytearray(n)
-        control().init(self, name, key, rx, tx, **kw)
+        from device import control
+        control.init(self, name, key, rx, tx, **kw)
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
         # The JSON file that `ndn-edge provision` writes; see docs/operations.md.
-        kw = manage().read_config(path, overrides)
+        from device import manage
+        kw = manage.read_config(path, overrides)
         release()
         return cls(**kw)
 
@@ -156,12 +148,14 @@ class Device:
     def service(self, name, **kw):
         # Decorator: @dev.service(name, cache_ms=None, doc=None, args=None, result=None, idempotent=True,
         # private=False, long_running=False); see control.service.
-        return control().service(self, name, **kw)
+        from device import control
+        return control.service(self, name, **kw)
 
     def every(self, period_ms):
         # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
         # a timer whose fn returns False stops. May be used while serving.
-        return control().every(self, period_ms)
+        from device import control
+        return control.every(self, period_ms)
 
     def publish(self, topic, value, retain=True):
         # Send value on topic (relative to the device); delivered at least once to the gateway.
@@ -170,28 +164,18 @@ class Device:
     def log(self, level, msg):
         # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
         # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
-        lg = self._logs or self._open_logs()
-        if lg is not None:
-            lg.add(level, msg, self._trace())
+        from device import log
+        log.entry(self, level, msg)
 
     def log_print(self, on=True):
         # Also log what the app prints, at INFO (print() still prints).
-        lg = self._logs or self._open_logs()
-        if lg is not None:
-            lg.capture(on)
+        from device import log
+        log.capture(self, on)
 
     def sleep(self, seconds):
         # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
         self._sleep_ms = int(seconds * 1000)
         self._wake()
-
-    def _open_logs(self):
-        # The log ring, made on first use; None when logs are off (log_bytes 0).
-        if self.conf.log_bytes <= 0:
-            return None
-        from device.log import Logs
-        self._logs = Logs(self, self.conf.log_bytes, self.conf.log_level)
-        return self._logs
 
     def _trace(self):
         # The trace context of the call whose handler is running (a view of the receive buffer), or None.
@@ -317,7 +301,8 @@ class Device:
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0
-            manage().sleep(self, ms)
+            from device import manage
+            manage.sleep(self, ms)
             release()
             now = ticks_ms()
         if self._last_query is not None and not 0 <= ticks_diff(now, self._last_query) < _QUERY_HOLDOFF_MS:
@@ -388,7 +373,7 @@ class Device:
             self._due = now
 
     # -- receive path --
-    # Per packet: receive -> _walk -> _packet -> _interest -> _check -> _verify -> _dispatch -> _call
+    # Per packet: receive -> _walk -> _interest -> _check -> _verify -> _dispatch -> _call
     # -> _value -> _send -> _encode, _sign -> _cache, _seal -> _emit. MicroPython puts a call's frame on the
     # heap when its state (arguments, locals, value stack, three words per active exception handler)
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
@@ -413,10 +398,16 @@ class Device:
 
     def _walk(self):
         # The packets of the last read from self._next on: one read may hold several datagrams
-        # back to back (each NDN packet is a complete TLV).
+        # back to back (each NDN packet is a complete TLV); self._next moves past each before it is handled.
         n = self._n
+        p = self._pkt
         while self._next < n:
-            self._next = self._packet(self._next, n)
+            t = p.parse(self._face.mv, self._next, n)
+            self._next = p.next
+            if t == tlv.T_INTEREST:
+                self._interest(p)
+            elif t == tlv.T_DATA and self._outbox is not None:
+                self._outbox.on_data(p, p.mv)
 
     def _fault(self, e):
         # What the receive path raised, caught by the serving loop, whose frame lives as long as the
@@ -458,16 +449,6 @@ class Device:
         self.oom += 1
         port.collect()
 
-    def _packet(self, i, n):
-        # The packet at the receive buffer's [i:n]; returns where the next one starts.
-        p = self._pkt
-        t = p.parse(self._face.mv, i, n)
-        if t == tlv.T_INTEREST:
-            self._interest(p)
-        elif t == tlv.T_DATA and self._outbox is not None:
-            self._outbox.on_data(p, p.mv)
-        return p.next
-
     def _interest(self, p):
         # The parser matched the name against (device name, query name); see control.setup.
         if p.match:
@@ -508,33 +489,9 @@ class Device:
         if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return self._resend(p)
+            return _rare().resend(self, p)  # a retransmission, or a replay
         self._seq.accept(p.seq)
         return _OK
-
-    def _resend(self, p):
-        # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
-        # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
-        tag = _sig_tag(p.mv, p.sv_s)
-        for k in range(len(self._c_seq)):
-            if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
-                data = self._c_data[k]
-                if data is None:
-                    self._slot = k
-                    return _OK
-                self._again(p, data)
-                return _RESENT
-        return _REPLAY
-
-    def _again(self, p, data):
-        # The kept reply to this retransmission: its MetaInfo and Content, in the Data that _seal makes around them
-        # again with the request's name (the same Interest: its signature verified) and a new signature (HMAC is
-        # deterministic: the same bytes as the first time).
-        self._cur_name = p.mv[p.name_s:p.name_e]
-        self._cur_pit = p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
-        i = _REPLY_AT + len(self._cur_name) + p.pit_n
-        self._tx[i:i + len(data)] = data
-        self._seal(i, i + len(data))
 
     def _dispatch(self, p):
         self.requests += 1
@@ -594,7 +551,8 @@ class Device:
         # answered by device/manage.py, loaded for the answer. Out of _dispatch, whose frame this would push onto
         # the heap.
         try:
-            value = manage().value(self, bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])  # None: answered
+            from device import manage
+            value = manage.value(self, bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])  # None: answered
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()

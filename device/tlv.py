@@ -46,10 +46,6 @@ def size_nni(n):
     return 1 if n <= 0xFF else 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
 
 
-def _critical(t):
-    return t < 32 or t & 1
-
-
 class Packet:
     # Offsets of one parsed datagram inside the receive buffer. One instance per device, reused:
     # parsing allocates nothing for names and payloads (they stay memoryview offsets).
@@ -134,14 +130,23 @@ class Packet:
         self.p = start
         t = self.tl(limit)
         self.next = self.p + self.n
-        if t == _T_LP_PACKET:
-            return self._lp(self.next)
         self.start = start
         self.end = self.next
-        return self._inner(t, self.next)
+        if t == _T_LP_PACKET:
+            t = self._lp(self.next)  # the fragment's type, now at [self.start, self.end); -1: none
+            if t < 0:
+                return 0
+        if t == T_INTEREST:
+            self._interest(self.end)
+        elif t == T_DATA:
+            self._data(self.end)
+        else:
+            raise MalformedError("tlv: not Interest or Data")
+        return t
 
     def _lp(self, length):
-        # NDNLPv2: the PIT token and the one Fragment; other known headers are skipped.
+        # NDNLPv2: the PIT token and the one Fragment; other known headers are skipped. Returns the
+        # fragment's type (its TLV at [self.start, self.end), self.p at its value), or -1 for an idle packet.
         frag_s = frag_e = -1
         while self.p < length:
             t = self.tl(length)
@@ -161,22 +166,13 @@ class Packet:
             else:
                 raise MalformedError("lp: unknown field")
         if frag_s < 0:
-            return 0
+            return -1
         self.p = frag_s
         t = self.tl(frag_e)
         if self.p + self.n != frag_e:
             raise MalformedError("lp: bytes after packet")
         self.start = frag_s
         self.end = frag_e
-        return self._inner(t, frag_e)
-
-    def _inner(self, t, end):
-        if t == T_INTEREST:
-            self._interest(end)
-        elif t == T_DATA:
-            self._data(end)
-        else:
-            raise MalformedError("tlv: not Interest or Data")
         return t
 
     def _data(self, end):
@@ -192,7 +188,7 @@ class Packet:
             elif t == _T_SIG_VALUE:
                 self.sv_s = self.p
                 self.sv_n = self.n
-            elif t not in (_T_META_INFO, _T_CONTENT) and _critical(t):
+            elif t not in (_T_META_INFO, _T_CONTENT) and (t < 32 or t & 1):  # critical
                 raise MalformedError("data: unknown critical")
             self.p = e
 
@@ -222,7 +218,7 @@ class Packet:
                 if self.n != 4:
                     raise MalformedError("interest: Nonce length")
             elif t not in (_T_CAN_BE_PREFIX, _T_MUST_BE_FRESH, _T_LIFETIME, _T_HOP_LIMIT, _T_FWD_HINT) \
-                    and _critical(t):
+                    and (t < 32 or t & 1):  # critical
                 raise MalformedError("interest: unknown critical")
             self.p = e
         if not seen_name:
@@ -271,7 +267,7 @@ class Packet:
                     raise MalformedError("siginfo: KeyLocator type")
             elif t == _T_SIG_SEQ:
                 self.seq = self.nni()
-            elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and _critical(t):
+            elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and (t < 32 or t & 1):  # critical
                 raise MalformedError("siginfo: unknown critical")
             self.p = e
 

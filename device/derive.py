@@ -7,6 +7,11 @@ from device.port import const, ticks_ms
 from device.sign import sha256
 
 _SEQ_BLOCK = const(64)
+_T_NAME = const(0x07)
+_T_GENERIC = const(0x08)
+_T_SIG_INFO = const(0x16)
+_T_SIG_TYPE = const(0x1B)
+_T_KEY_LOCATOR = const(0x1C)
 _HMAC_BLOCK = const(64)  # SHA-256's block size
 _ALL = const((1 << 30) - 1)  # replay.py's window (_WINDOW bits), all seen
 
@@ -16,7 +21,7 @@ def encode_name(uri):
     out = bytearray()
     for part in uri.split("/"):
         if part:
-            out += tlv_bytes(tlv.T_GENERIC, part.encode())
+            out += tlv_bytes(_T_GENERIC, part.encode())
     return bytes(out)
 
 
@@ -37,8 +42,8 @@ def setup(dev):
     c.site_val = encode_name("/" + c.site)
     kid = key_id(c.key)
     dev._key_name = encode_name(dev.name + "/KEY/" + kid)
-    c.sig_base = tlv_bytes(tlv.T_SIG_TYPE, b"\x04") + tlv_bytes(tlv.T_KEY_LOCATOR, tlv_bytes(tlv.T_NAME, dev._key_name))
-    dev._sig_info = tlv_bytes(tlv.T_SIG_INFO, c.sig_base)
+    c.sig_base = tlv_bytes(_T_SIG_TYPE, b"\x04") + tlv_bytes(_T_KEY_LOCATOR, tlv_bytes(_T_NAME, dev._key_name))
+    dev._sig_info = tlv_bytes(_T_SIG_INFO, c.sig_base)
     dev._mac = hmac(c.key)
     dev._seq = seq_state(c.state_dir.rstrip("/") + "/ndn_seq_" + kid)
     dev._pkt.prefixes = (c.name_val, dev._query_val)

@@ -5,6 +5,9 @@ from device import cbor, tlv, port
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
+_T_INTEREST = const(0x05)
+_T_NAME = const(0x07)
+_T_PARAMS_DIGEST = const(0x02)
 _T_NONCE = const(0x0A)
 _T_LIFETIME = const(0x0C)
 _T_APP_PARAMS = const(0x24)
@@ -55,7 +58,7 @@ def build(dev, kind, params):
     # Name{<site>, <kind>..., ParametersSha256DigestComponent}
     name_e = i
     digest_at = i - _DIGEST_LEN
-    i = tlv.tl_back(buf, digest_at, tlv.T_PARAMS_DIGEST, _DIGEST_LEN)
+    i = tlv.tl_back(buf, digest_at, _T_PARAMS_DIGEST, _DIGEST_LEN)
     comps_e = i
     n = len(kind)
     buf[i - n:i] = kind
@@ -64,13 +67,13 @@ def build(dev, kind, params):
     buf[i - n:i] = c.site_val
     i -= n
     comps_s = i
-    i = tlv.tl_back(buf, i, tlv.T_NAME, name_e - i)
+    i = tlv.tl_back(buf, i, _T_NAME, name_e - i)
     h = dev._mac.start()
     h.update(mv[comps_s:comps_e])
     h.update(mv[params_s:sv])
     e = tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
     buf[digest_at:digest_at + _DIGEST_LEN] = sha256(mv[params_s:e])
-    return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
+    return tlv.tl_back(buf, i, _T_INTEREST, e - i), e, digest_at
 
 
 def next_tx(s):

@@ -66,12 +66,14 @@ _TRACE_LEN = const(24)
 # Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
 # LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
 _REPLY_AT = const(40)
+_T_INTEREST = const(0x05)
 _T_NAME = const(0x07)
 _T_META_INFO = const(0x14)
 _T_CONTENT = const(0x15)
 _T_CONTENT_TYPE = const(0x18)
 _T_FRESHNESS = const(0x19)
 _T_DATA = const(0x06)
+_CONTENT_NACK = const(3)  # ContentType of an error answer
 _T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
@@ -404,9 +406,9 @@ class Device:
         while self._next < n:
             t = p.parse(self._face.mv, self._next, n)
             self._next = p.next
-            if t == tlv.T_INTEREST:
+            if t == _T_INTEREST:
                 self._interest(p)
-            elif t == tlv.T_DATA and self._outbox is not None:
+            elif t == _T_DATA and self._outbox is not None:
                 self._outbox.on_data(p, p.mv)
 
     def _fault(self, e):
@@ -607,7 +609,7 @@ class Device:
     def _error(self, code, message):
         if len(message) > 200:
             message = message[:200]
-        self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
+        self._send(_CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
         self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
@@ -628,7 +630,7 @@ class Device:
         self._at = _REPLY_AT + len(self._cur_name) + (0 if self._cur_pit is None else len(self._cur_pit))
         e = self._encode(value) if raw is None else self._at + len(raw)
         if e > self._room:
-            if ctype != tlv.CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
+            if ctype != _CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
                 self._fail("RESOURCE_EXHAUSTED", "reply exceeds the datagram buffer (mtu)")
         elif e:
             if raw is not None:

@@ -9,6 +9,7 @@ from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 from device import derive, sign, tlv
 from device.errors import MalformedError
 from ndn_edge.wire import packets as wire
+from ndn_edge.wire.tlv import T
 from tests.support import ROOT, lp_wrap
 
 DEV = "/edge/lab/b1"
@@ -59,7 +60,7 @@ def test_hmac_matches_stdlib():
 
 def parsed(w):
     p = tlv.Packet()
-    assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST
+    assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST
     return p
 
 
@@ -86,8 +87,8 @@ def test_interest_from_python_ndn_parses_to_offsets():
 def _with_broken_tail(w: bytes) -> bytes:
     """The Interest w with an unknown critical element (type 0x0F) appended: malformed after its name."""
     inner = w[2:] + b"\x0f\x00"  # make_call's Interests are short: one-byte outer length
-    assert w[0] == tlv.T_INTEREST and len(inner) < 253
-    return bytes([tlv.T_INTEREST, len(inner)]) + inner
+    assert w[0] == T.INTEREST and len(inner) < 253
+    return bytes([T.INTEREST, len(inner)]) + inner
 
 
 def test_with_prefixes_another_nodes_interest_stops_after_its_name():
@@ -97,11 +98,11 @@ def test_with_prefixes_another_nodes_interest_stops_after_its_name():
     own, _ = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 5, signer_owner=DEV)
     p = tlv.Packet((mine, query))
     for w, match, seq in ((other, -1, -1), (own, 0, 5)):
-        assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST
+        assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST
         assert (p.match, p.seq, p.next) == (match, seq, len(w))
     # another node's Interest is not checked past its name; ours is, and so is any without prefixes
     broken = _with_broken_tail(other)
-    assert p.parse(memoryview(broken), 0, len(broken)) == tlv.T_INTEREST and p.match == -1
+    assert p.parse(memoryview(broken), 0, len(broken)) == T.INTEREST and p.match == -1
     for packet, w in ((p, _with_broken_tail(own)), (tlv.Packet(), broken)):
         with pytest.raises(MalformedError):
             packet.parse(memoryview(w), 0, len(w))
@@ -291,8 +292,8 @@ def test_two_packets_back_to_back_parse_in_order():
     b, _ = wire.make_call(f"{DEV}/b", None, KEY, 2, signer_owner=DEV)
     buf = memoryview(a + b)
     p = tlv.Packet()
-    assert p.parse(buf, 0, len(buf)) == tlv.T_INTEREST and p.seq == 1 and p.next == len(a)
-    assert p.parse(buf, p.next, len(buf)) == tlv.T_INTEREST and p.seq == 2 and p.next == len(buf)
+    assert p.parse(buf, 0, len(buf)) == T.INTEREST and p.seq == 1 and p.next == len(a)
+    assert p.parse(buf, p.next, len(buf)) == T.INTEREST and p.seq == 2 and p.next == len(buf)
 
 
 def test_every_truncation_is_malformed():
@@ -319,7 +320,7 @@ def test_malformed_vectors(hexed, why):
     w = bytes.fromhex(hexed)
     p = tlv.Packet()
     if why.endswith("parses"):
-        assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST and p.digest_s == -1
+        assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST and p.digest_s == -1
     elif why.endswith("idle"):
         assert p.parse(memoryview(w), 0, len(w)) == 0
     else:
@@ -430,7 +431,7 @@ def test_every_tlv_type_the_device_uses_is_the_hosts():
         checked += 1
     assert checked >= 40
     consts = _device_constants()
-    assert consts[("tlv.py", "CONTENT_NACK")] == host.CONTENT_NACK
+    assert consts[("runtime.py", "_CONTENT_NACK")] == host.CONTENT_NACK
     assert consts[("tlv.py", "_DIGEST_LEN")] == consts[("report.py", "_DIGEST_LEN")] == host.DIGEST_BYTES
 
 

@@ -41,6 +41,10 @@ from device.tlv import tl_back, nni_back, put_sig, starts
 from device.cbor import encode, loads
 from device.sign import equal, sha256
 
+# Collected once more before this module's functions and classes are made: they fill what loading its code left.
+# (device/__init__.py has imported the modules above and collected before loading this one.)
+port.collect()
+
 _SIG_LEN = const(32)
 _QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)

@@ -119,7 +119,8 @@ def _is_async(fn):
     # An `async def` handler: a generator function on MicroPython, CO_COROUTINE on CPython.
     if port.MICROPYTHON:
         return type(fn).__name__ == "generator"
-    return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)
+    from device._cpython import is_coroutine
+    return is_coroutine(fn)
 
 
 def every(dev, period_ms):

@@ -68,7 +68,8 @@ def compile_runtime(out: Path, mpy_cross: str, flags: tuple[str, ...] = ()) -> P
     pkg = out / "device"
     pkg.mkdir(parents=True, exist_ok=True)
     for src in runtime_sources():
-        compile_module(mpy_cross, src, pkg / f"{src.stem}.mpy", module_name("device", src), (*flags, *RUNTIME_MPY_FLAGS))
+        compile_module(mpy_cross, src, pkg / f"{src.stem}.mpy", module_name("device", src),
+                       (*flags, *RUNTIME_MPY_FLAGS))
     return out
 
 

@@ -1,10 +1,10 @@
 # The device's boot-time control plane: Device() and declaring services and timers (setup and service descriptions
 # are device/derive.py's).
 # None of it is on the per-invocation path, so the runtime imports this module when it needs it and releases it
-# right after (runtime.control()/release()): its code does not sit in the heap while serving. (Device() loads it,
-# and the @dev.service declarations keep it, until setup.) Announcements are device/report.py's: a renewal loads
-# only that. What is needed later and rarely (_health, _desc, configuration, sleep) is in device/manage.py, so
-# that setup, the heap's busiest moment, loads only this.
+# right after (runtime.release()): its code does not sit in the heap while serving. (Device() loads it, and the
+# @dev.service declarations keep it, until setup, which releases it before loading device/derive.py.)
+# Announcements are device/report.py's: a renewal loads only that. What is needed later and rarely (_health,
+# _desc, configuration, sleep) is in device/manage.py.
 #
 # No class is defined here: an object of a class defined in a module keeps all of that module's code alive.
 from device import tlv, net, port

@@ -6,8 +6,10 @@
 # Heap is the user's, so:
 # - dev.run() serves from a select.poll loop and imports asyncio only when a handler is a coroutine
 #   (device/aio.py); `await dev.serve()` always uses asyncio.
-# - The control plane (setup, announcements) is in device/control.py, and _desc, _health, config
-#   and sleep in device/manage.py, imported when needed and released after.
+# - The control plane is in device/control.py (Device(), declarations) and device/derive.py (setup),
+#   announcements in device/report.py, _desc, _health, config and sleep in device/manage.py, rare data-plane
+#   paths (retransmissions, bad arguments, private services) in device/rare.py: each imported when needed and
+#   released after, with a collection (release()), so that the next one's code fills the holes it leaves.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
 # - A MemoryError is survived wherever the serving loop catches it (see _fault and _lost): counted
@@ -19,10 +21,10 @@
 #
 # Who writes what (issue 10, item 4). Cold state, one owner: `dev.conf` (Conf: key, site, state_dir, lease_ms,
 # log settings, and setup's name_val, site_val, sig_base, desc_hash, boot), written by control.init and
-# control.setup only, read by report.py and manage.py. Public: name, max_ops, max_reports (control.init) and the
+# derive.setup only, read by report.py and manage.py. Public: name, max_ops, max_reports (control.init) and the
 # counters requests, errors, oom, refused, drops (this module; ops.py counts refused). Hot fields, each with one
 # writer besides control.init, which creates them all (so the attribute table has its final size before serving):
-# - setup (control.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
+# - setup (derive.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
 #   _pkt.prefixes;
 # - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
 # - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py (log.ring): _logs;
@@ -111,7 +113,9 @@ def _rare():
 def release():
     # Drop the control and management planes (and report.py, which announcements load) so their code can be
     # collected until it is needed again; a module still imported elsewhere (outbox.py uses report.py)
-    # stays alive through that reference.
+    # stays alive through that reference. Collected at once: what is loaded next (the next cold module, or
+    # setup's and open()'s objects) then fills the holes this leaves rather than the heap's free end (about
+    # 1 KiB of the 32-bit smallest heap, firmware/README.md "Memory").
     import sys
     import device
     for name in ("control", "derive", "manage", "report", "rare", "netopen"):
@@ -123,7 +127,7 @@ def release():
 
 class Conf:
     # The device's cold state, one owner (issue 10, item 4): its key and settings (control.init), and the names and
-    # signature parts derived from them once (control.setup). Nothing on the per-packet path reads it; what that
+    # signature parts derived from them once (derive.setup). Nothing on the per-packet path reads it; what that
     # path needs is derived into Device's hot fields (see "Who writes what" above). No methods: its code is this.
     pass
 
@@ -133,8 +137,9 @@ class Device:
         # Device(name, key, *, iface="0.0.0.0", group="224.0.23.170", port=56363, state_dir=".", lease_ms=60000,
         # gateway=None, mtu=1500, reply_cache=8, max_ops=4, max_reports=16, log_bytes=512, log_level=20):
         # checked and set by control.init (docs/operations.md; firmware/README.md "Memory" sizes mtu and
-        # reply_cache). The buffers are allocated first, while the heap after the imports is still in one
-        # piece; the control plane stays loaded for the @dev.service declarations that follow, until setup.
+        # reply_cache). The buffers are allocated first, after a collection (what the app and the imports left is
+        # then filled by small objects, and the heap's free end stays in one piece for them); the control plane
+        # stays loaded for the @dev.service declarations that follow, until setup.
         n = kw.pop("mtu", 1500)
         port.collect()
         rx = bytearray(n)
@@ -456,7 +461,7 @@ class Device:
         port.collect()
 
     def _interest(self, p):
-        # The parser matched the name against (device name, query name); see control.setup.
+        # The parser matched the name against (device name, query name); see derive.setup.
         if p.match:
             if p.match == 1 and p.name_e - p.name_s == len(self._query_val):
                 self._on_query()

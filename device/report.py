@@ -17,6 +17,8 @@ _T_SIG_NONCE = const(0x26)
 _T_SIG_SEQ = const(0x2A)
 _DIGEST_LEN = const(32)
 _LIFETIME_MS = const(1000)
+_QUERY_WINDOW_MS = const(1000)  # a query is answered within this
+_QUERY_HOLDOFF_MS = const(500)  # at most one answer per this (runtime.py's _run_due forgets the last after it)
 # room in front of the parameters for the Interest's and Name's type and length (4 each at most), the digest
 # component (34), Nonce (6), InterestLifetime (4) and the parameters' type and length (4); plus site and kind
 _HEAD_ROOM = const(56)
@@ -106,3 +108,13 @@ def announce(dev, state, sleep_ms=None):
     dev._face.send(dev._txmv[s:e])
     third = c.lease_ms // 3
     dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))
+
+
+def on_query(dev):
+    # A discovery query (/<site>/_sd/query): answered by an announcement at a random time within _QUERY_WINDOW_MS
+    # (Device._run_due sends it), at most one answer per _QUERY_HOLDOFF_MS; a device that just booted answers too
+    # (its boot announcement may have gone out before the gateway listened).
+    now = ticks_ms()
+    if dev._query_at is None and (dev._last_query is None or ticks_diff(now, dev._last_query) >= _QUERY_HOLDOFF_MS):
+        dev._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
+        dev._due = now

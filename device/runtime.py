@@ -33,9 +33,9 @@
 #   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
 #   (_c_seq, _c_tag, _c_data, _cache_i) and the reply context _cur_seq, _cur_sig, _cur_name, _cur_pit, _cur_svc,
 #   _at, _ctype, _fresh. aio.py saves and restores the reply context around an awaited handler (_finish), and
-#   ops.py and aio.py set _calling around the handlers they run, and report.announce sets the next renewal
-#   (_renew_at): the only writes from outside.
-from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
+#   ops.py and aio.py set _calling around the handlers they run, report.announce sets the next renewal
+#   (_renew_at) and report.on_query when a query is answered (_query_at, _due): the only writes from outside.
+from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by derive.py; imported here so
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
@@ -48,7 +48,6 @@ from device.sign import equal, sha256
 port.collect()
 
 _SIG_LEN = const(32)
-_QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
 _MAX_WAIT_MS = const(1000)
 _RENEW_RETRY_MS = const(500)
@@ -374,15 +373,6 @@ class Device:
         report.announce(self, state)
         release()
 
-    def _on_query(self):
-        now = ticks_ms()
-        # At most one answer per _QUERY_HOLDOFF_MS; a device that just booted answers too (its boot
-        # announcement may have gone out before the gateway listened).
-        if self._query_at is None and (self._last_query is None
-                                       or ticks_diff(now, self._last_query) >= _QUERY_HOLDOFF_MS):
-            self._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
-            self._due = now
-
     # -- receive path --
     # Per packet: receive -> _walk -> _interest -> _check -> _verify -> _dispatch -> _call
     # -> _value -> _send -> _encode, _sign -> _cache, _seal -> _emit. MicroPython puts a call's frame on the
@@ -464,7 +454,8 @@ class Device:
         # The parser matched the name against (device name, query name); see derive.setup.
         if p.match:
             if p.match == 1 and p.name_e - p.name_s == len(self._query_val):
-                self._on_query()
+                from device import report  # answered by the serving loop (_run_due), which releases it
+                report.on_query(self)
             return
         r = self._check(p)
         if r == _OK:

@@ -32,8 +32,8 @@ def compile_package(mpy_cross: str, src: Path, lib: Path) -> dict[str, int]:
     """Compile every module of package directory `src` to `lib/<package>/*.mpy`; returns sizes by file.
 
     Every subject is compiled the way ndn-edge compiles its runtime for a board (ndn_edge.tools.micropython:
-    RUNTIME_MPY_FLAGS, without line-number tables), so code sizes and heaps compare like for like;
-    host-only modules (HOST_ONLY) are left out."""
+    RUNTIME_MPY_FLAGS, without line-number tables, each module recording its module's name as its file: see
+    module_name), so code sizes and heaps compare like for like; host-only modules (HOST_ONLY) are left out."""
     out_dir = lib / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {}
@@ -42,7 +42,7 @@ def compile_package(mpy_cross: str, src: Path, lib: Path) -> dict[str, int]:
             continue
         out = out_dir / f"{py.stem}.mpy"
         try:
-            mp.compile_module(mpy_cross, py, out, f"{src.name}/{py.name}", mp.RUNTIME_MPY_FLAGS)
+            mp.compile_module(mpy_cross, py, out, mp.module_name(src.name, py), mp.RUNTIME_MPY_FLAGS)
         except ToolsError as err:
             raise BuildFailed(str(err)) from None
         sizes[out.name] = out.stat().st_size

@@ -97,7 +97,7 @@ def compile_umqtt(mpy_cross: str, source: Path, lib: Path) -> int:
     out = lib / "umqtt" / "simple.mpy"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mp.compile_module(mpy_cross, source, out, "umqtt/simple.py", mp.RUNTIME_MPY_FLAGS)
+        mp.compile_module(mpy_cross, source, out, "umqtt.simple", mp.RUNTIME_MPY_FLAGS)
     except ToolsError as err:
         raise ToolMissing(f"mpy-cross could not compile {source}: {err}") from None
     return out.stat().st_size

@@ -21,3 +21,7 @@ def ticks_diff(a, b):
 def print_exc(e):
     import traceback
     traceback.print_exception(type(e), e, e.__traceback__)
+
+
+def is_coroutine(fn):
+    return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)  # CO_COROUTINE

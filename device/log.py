@@ -42,10 +42,32 @@ def level_of(level):
     return 40
 
 
+def ring(dev):
+    # The device's log ring, made on first use; None when logs are off (log_bytes 0).
+    c = dev.conf
+    if dev._logs is None and c.log_bytes > 0:
+        dev._logs = Logs(dev, c.log_bytes, c.log_level)
+    return dev._logs
+
+
+def entry(dev, level, msg):
+    # dev.log(level, msg): kept with the trace context of the call it is logged in.
+    lg = ring(dev)
+    if lg is not None:
+        lg.add(level, msg, dev._trace())
+
+
+def capture(dev, on):
+    # dev.log_print(on)
+    lg = ring(dev)
+    if lg is not None:
+        lg.capture(on)
+
+
 def failed(dev, e, tp, svc):
     # The entry of a handler that raised: ERROR, or WARNING for a ServiceError (an answer the app
     # chose), "service: CODE: message"; outside a handler (svc None): "uncaught: Type: text".
-    lg = dev._logs or dev._open_logs()
+    lg = ring(dev)
     if svc is None:
         text = "uncaught: %s: %s" % (type(e).__name__, e)
     else:

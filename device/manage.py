@@ -64,8 +64,8 @@ def value(dev, key, params):
 def framework(dev, name, args):
     # The value of a framework service, or None when there is no such service (or operation).
     if name == b"_desc":
-        from device import control
-        return control.describe(dev)
+        from device import derive
+        return derive.describe(dev)
     if name == b"_health":
         return health(dev)
     if name in (b"_op_get", b"_op_cancel") and dev._ops:

@@ -1,7 +1,6 @@
 # The device's face: the group's UDP socket (and, where the port needs one, a unicast socket), and one
 # preallocated receive buffer; sends to the group (and to a gateway address when set). Opened by
 # device/netopen.py, loaded only then: what stays in the heap while serving is reading and sending.
-from device.port import MICROPYTHON
 
 
 class MulticastFace:
@@ -16,21 +15,11 @@ class MulticastFace:
         self.usock = None  # the unicast socket, where sock cannot receive unicast (device/netopen.py)
         self._gw_addr = None
         self._dest = None
-        self._read = self._uread = None
+        self._read = self._uread = None  # the sockets' readinto (recv_into on CPython), set by netopen
 
     def open(self):
         from device import netopen
         netopen.open_face(self)
-
-    def opened(self, sock, usock, dest, gw_addr):
-        # What netopen.open_face made. MicroPython's readinto keeps reading while datagrams are queued, so
-        # one read may hold several packets back to back; the parser walks them by their TLV framing.
-        self.sock = sock
-        self.usock = usock
-        self._dest = dest
-        self._gw_addr = gw_addr
-        self._read = sock.readinto if MICROPYTHON else sock.recv_into
-        self._uread = None if usock is None else usock.readinto if MICROPYTHON else usock.recv_into
 
     def read(self):
         # Bytes now in self.buf (0 when nothing was waiting): the group's datagrams, then unicast ones.

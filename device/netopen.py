@@ -7,7 +7,7 @@
 # fallback where multicast does not get through, docs/protocol.md "Transport"). lwIP (ESP32, RP2) binds
 # the wildcard address only: its one socket receives the group and unicast alike.
 import socket
-from device.port import const
+from device.port import const, MICROPYTHON
 
 _IP_MULTICAST_ALL = const(49)  # Linux: 0 keeps a wildcard-bound socket out of the groups others joined
 
@@ -35,7 +35,14 @@ def open_face(face):
     if face.gateway:
         host, _, p = face.gateway.rpartition(":")
         gw = socket.getaddrinfo(host, int(p))[0][-1]
-    face.opened(s, u, dest, gw)
+    # MicroPython's readinto keeps reading while datagrams are queued, so one read may hold several packets back
+    # to back; the parser walks them by their TLV framing.
+    face.sock = s
+    face.usock = u
+    face._dest = dest
+    face._gw_addr = gw
+    face._read = s.readinto if MICROPYTHON else s.recv_into
+    face._uread = None if u is None else u.readinto if MICROPYTHON else u.recv_into
 
 
 def _unicast(face, ipproto):

@@ -1,5 +1,5 @@
-# What differs between MicroPython ports (unix, ESP32, RP2) and CPython: ticks, free heap, async
-# detection (the socket options are device/netopen.py's, needed only to open the face). CPython-only
+# What differs between MicroPython ports (unix, ESP32, RP2) and CPython: ticks, free heap (async detection is
+# device/control.py's, the socket options are device/netopen.py's: each is needed only there). CPython-only
 # code lives in device/_cpython.py so that its bytecode is never loaded on a board.
 import gc
 import os
@@ -40,13 +40,6 @@ def random_below(n):
     # Uniform-enough integer in [0, n) for jitter and query back-off; n < 2**16.
     b = urandom(2)
     return ((b[0] << 8) | b[1]) % n if n > 0 else 0
-
-
-def is_async(fn):
-    # An `async def` handler: a generator function on MicroPython, CO_COROUTINE on CPython.
-    if MICROPYTHON:
-        return type(fn).__name__ == "generator"
-    return bool(getattr(getattr(fn, "__code__", None), "co_flags", 0) & 0x80)
 
 
 def print_exc(e):

@@ -1,9 +1,43 @@
 # The data plane's rare paths, loaded when one is taken and released after (runtime.release()):
-# arguments that do not decode (the error answer says why), private services (sealed both ways,
-# device/seal.py) and results that do not encode. What a plain call runs stays in device/runtime.py.
+# retransmissions (answered from the reply cache), arguments that do not decode (the error answer says why),
+# private services (sealed both ways, device/seal.py) and results that do not encode. What a plain call runs
+# stays in device/runtime.py.
 from device import cbor
 from device.errors import MalformedError
-from device.runtime import _arg_map
+from device.port import const
+from device.runtime import _arg_map, _sig_tag
+
+# Device._check's results (device/runtime.py): run the call, answered from the cache, the replay drop reason.
+_OK = const(-1)
+_RESENT = const(-2)
+_REPLAY = const(6)
+_REPLY_AT = const(40)  # where runtime.py builds replies: see its _REPLY_AT
+
+
+def resend(dev, p):
+    # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
+    # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
+    tag = _sig_tag(p.mv, p.sv_s)
+    for k in range(len(dev._c_seq)):
+        if dev._c_seq[k] == p.seq and dev._c_tag[k] == tag:
+            data = dev._c_data[k]
+            if data is None:
+                dev._slot = k
+                return _OK
+            again(dev, p, data)
+            return _RESENT
+    return _REPLAY
+
+
+def again(dev, p, data):
+    # The kept reply to this retransmission: its MetaInfo and Content, in the Data that Device._seal makes around
+    # them again with the request's name (the same Interest: its signature verified) and a new signature (HMAC is
+    # deterministic: the same bytes as the first time).
+    dev._cur_name = p.mv[p.name_s:p.name_e]
+    dev._cur_pit = p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
+    i = _REPLY_AT + len(dev._cur_name) + p.pit_n
+    dev._tx[i:i + len(data)] = data
+    dev._seal(i, i + len(data))
 
 # A port built without an SSL library (the unix port's minimal builds) has no cryptolib: its AES is mbedtls'.
 _NO_AES = "private services need cryptolib (AES), which this firmware lacks"

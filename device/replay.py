@@ -6,27 +6,12 @@
 from device.port import const
 
 _WINDOW = const(30)  # bits kept in one small int on every port (31-bit small ints on 32-bit MCUs)
-_ALL = const((1 << 30) - 1)
 
 
 class SeqState:
-    def __init__(self, path, block=64):
-        self.path = path
-        self.block = block
-        rx = tx = 0
-        try:
-            with open(path) as f:
-                parts = f.read().split()
-            rx = int(parts[0])
-            tx = int(parts[1])
-        except (OSError, ValueError, IndexError):
-            pass  # first boot, or a torn write: start from zero marks
-        self.rx_mark = rx
-        self.tx_mark = tx
-        self.high = rx
-        self.seen = _ALL  # after a reboot every number up to the mark counts as seen
-        self.tx = tx
-        self.writes = 0
+    # Made by device/derive.py's seq_state, which reads the marks from the state file: path, block, rx_mark and
+    # tx_mark (the marks kept in flash), high (the highest accepted number), seen (the window below it, as bits),
+    # tx (the last number sent; report.py's next_tx counts it) and writes (of the state file).
 
     def fresh(self, seq):
         # True if seq was never accepted (and is not too old to tell).
@@ -46,16 +31,6 @@ class SeqState:
                 self._save()
         else:
             self.seen |= 1 << (self.high - seq)
-
-    def next_tx(self):
-        self.tx += 1
-        if self.tx >= self.tx_mark:
-            self.tx_mark = self.tx + self.block
-            self._save()
-        return self.tx
-
-    def rx_floor(self):
-        return self.high + 1
 
     def _save(self):
         tmp = self.path + ".tmp"

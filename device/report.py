@@ -5,6 +5,9 @@ from device import cbor, tlv, port
 from device.port import const, ticks_ms, ticks_add, ticks_diff
 from device.sign import sha256
 
+_T_INTEREST = const(0x05)
+_T_NAME = const(0x07)
+_T_PARAMS_DIGEST = const(0x02)
 _T_NONCE = const(0x0A)
 _T_LIFETIME = const(0x0C)
 _T_APP_PARAMS = const(0x24)
@@ -14,6 +17,8 @@ _T_SIG_NONCE = const(0x26)
 _T_SIG_SEQ = const(0x2A)
 _DIGEST_LEN = const(32)
 _LIFETIME_MS = const(1000)
+_QUERY_WINDOW_MS = const(1000)  # a query is answered within this
+_QUERY_HOLDOFF_MS = const(500)  # at most one answer per this (runtime.py's _run_due forgets the last after it)
 # room in front of the parameters for the Interest's and Name's type and length (4 each at most), the digest
 # component (34), Nonce (6), InterestLifetime (4) and the parameters' type and length (4); plus site and kind
 _HEAD_ROOM = const(56)
@@ -41,7 +46,7 @@ def build(dev, kind, params):
     n = len(base) + 20  # InterestSignatureInfo's value with the longest SignatureSeqNum
     if pe + n + 4 + 2 + _DIGEST_LEN > len(buf):
         raise ValueError("report of %d bytes does not fit the datagram buffer" % (pe - at))
-    seq = dev._seq.next_tx()
+    seq = next_tx(dev._seq)
     n -= 8 - tlv.size_nni(seq)
     sv = pe + n + (2 if n < 253 else 4)  # InterestSignatureValue, after the info that follows the parameters
     # InterestSignatureInfo{SignatureType, KeyLocator, SignatureNonce, SignatureSeqNum}, ending at sv
@@ -55,7 +60,7 @@ def build(dev, kind, params):
     # Name{<site>, <kind>..., ParametersSha256DigestComponent}
     name_e = i
     digest_at = i - _DIGEST_LEN
-    i = tlv.tl_back(buf, digest_at, tlv.T_PARAMS_DIGEST, _DIGEST_LEN)
+    i = tlv.tl_back(buf, digest_at, _T_PARAMS_DIGEST, _DIGEST_LEN)
     comps_e = i
     n = len(kind)
     buf[i - n:i] = kind
@@ -64,13 +69,22 @@ def build(dev, kind, params):
     buf[i - n:i] = c.site_val
     i -= n
     comps_s = i
-    i = tlv.tl_back(buf, i, tlv.T_NAME, name_e - i)
+    i = tlv.tl_back(buf, i, _T_NAME, name_e - i)
     h = dev._mac.start()
     h.update(mv[comps_s:comps_e])
     h.update(mv[params_s:sv])
     e = tlv.put_sig(buf, sv, _T_ISIG_VALUE, dev._mac.finish(h))
     buf[digest_at:digest_at + _DIGEST_LEN] = sha256(mv[params_s:e])
-    return tlv.tl_back(buf, i, tlv.T_INTEREST, e - i), e, digest_at
+    return tlv.tl_back(buf, i, _T_INTEREST, e - i), e, digest_at
+
+
+def next_tx(s):
+    # The next number of the device's send counter (s: its replay.SeqState), leased in flash as received ones are.
+    s.tx += 1
+    if s.tx >= s.tx_mark:
+        s.tx_mark = s.tx + s.block
+        s._save()
+    return s.tx
 
 
 def _bytes_back(buf, e, t, value):
@@ -83,7 +97,7 @@ def announce(dev, state, sleep_ms=None):
     # Signed announcement Interest /<site>/_sd/ann (docs/protocol.md "Discovery"), then the next renewal.
     import binascii
     c = dev.conf
-    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.rx_floor(),
+    p = {"state": state, "lease_ms": c.lease_ms, "rx_floor": dev._seq.high + 1,
          "desc": binascii.hexlify(c.desc_hash).decode(), "uptime_ms": ticks_diff(ticks_ms(), c.boot),
          "mem_free": port.mem_free()}
     if sleep_ms is not None:
@@ -94,3 +108,13 @@ def announce(dev, state, sleep_ms=None):
     dev._face.send(dev._txmv[s:e])
     third = c.lease_ms // 3
     dev._renew_at = ticks_add(ticks_ms(), third + port.random_below(third // 10 + 1))
+
+
+def on_query(dev):
+    # A discovery query (/<site>/_sd/query): answered by an announcement at a random time within _QUERY_WINDOW_MS
+    # (Device._run_due sends it), at most one answer per _QUERY_HOLDOFF_MS; a device that just booted answers too
+    # (its boot announcement may have gone out before the gateway listened).
+    now = ticks_ms()
+    if dev._query_at is None and (dev._last_query is None or ticks_diff(now, dev._last_query) >= _QUERY_HOLDOFF_MS):
+        dev._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
+        dev._due = now

@@ -6,8 +6,10 @@
 # Heap is the user's, so:
 # - dev.run() serves from a select.poll loop and imports asyncio only when a handler is a coroutine
 #   (device/aio.py); `await dev.serve()` always uses asyncio.
-# - The control plane (setup, announcements) is in device/control.py, and _desc, _health, config
-#   and sleep in device/manage.py, imported when needed and released after.
+# - The control plane is in device/control.py (Device(), declarations) and device/derive.py (setup),
+#   announcements in device/report.py, _desc, _health, config and sleep in device/manage.py, rare data-plane
+#   paths (retransmissions, bad arguments, private services) in device/rare.py: each imported when needed and
+#   released after, with a collection (release()), so that the next one's code fills the holes it leaves.
 # - MicroPython heap-allocates the frame of a call whose state exceeds 11 words, so the per-packet
 #   methods are small and keep what they share on self.
 # - A MemoryError is survived wherever the serving loop catches it (see _fault and _lost): counted
@@ -19,21 +21,21 @@
 #
 # Who writes what (issue 10, item 4). Cold state, one owner: `dev.conf` (Conf: key, site, state_dir, lease_ms,
 # log settings, and setup's name_val, site_val, sig_base, desc_hash, boot), written by control.init and
-# control.setup only, read by report.py and manage.py. Public: name, max_ops, max_reports (control.init) and the
+# derive.setup only, read by report.py and manage.py. Public: name, max_ops, max_reports (control.init) and the
 # counters requests, errors, oom, refused, drops (this module; ops.py counts refused). Hot fields, each with one
 # writer besides control.init, which creates them all (so the attribute table has its final size before serving):
-# - setup (control.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
+# - setup (derive.setup), then read-only: _mac, _seq, _key_name, _query_val, _sig_info, _ncomp, _room,
 #   _pkt.prefixes;
 # - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
-# - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py via _open_logs: _logs;
+# - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py (log.ring): _logs;
 #   _reports: _outbox;
 # - the serving loop and the receive path (this module): _running (also open/close/stop), _due, _renew_at,
 #   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
 #   (_c_seq, _c_tag, _c_data, _cache_i) and the reply context _cur_seq, _cur_sig, _cur_name, _cur_pit, _cur_svc,
 #   _at, _ctype, _fresh. aio.py saves and restores the reply context around an awaited handler (_finish), and
-#   ops.py and aio.py set _calling around the handlers they run, and report.announce sets the next renewal
-#   (_renew_at): the only writes from outside.
-from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by control.py; imported here so
+#   ops.py and aio.py set _calling around the handlers they run, report.announce sets the next renewal
+#   (_renew_at) and report.on_query when a query is answered (_query_at, _due): the only writes from outside.
+from device import cbor, tlv, port, net, replay  # noqa: F401 (replay is used by derive.py; imported here so
 #                                                  that its code sits with the data plane's, below the control plane's)
 from device.errors import DeviceError, MalformedError
 from device.port import const, ticks_ms, ticks_add, ticks_diff
@@ -41,8 +43,11 @@ from device.tlv import tl_back, nni_back, put_sig, starts
 from device.cbor import encode, loads
 from device.sign import equal, sha256
 
+# Collected once more before this module's functions and classes are made: they fill what loading its code left.
+# (device/__init__.py has imported the modules above and collected before loading this one.)
+port.collect()
+
 _SIG_LEN = const(32)
-_QUERY_WINDOW_MS = const(1000)
 _QUERY_HOLDOFF_MS = const(500)
 _MAX_WAIT_MS = const(1000)
 _RENEW_RETRY_MS = const(500)
@@ -66,12 +71,14 @@ _TRACE_LEN = const(24)
 # Replies are built around offset _REPLY_AT + len(name) + len(pit) of the transmit buffer: the
 # LpPacket, Data, Name, MetaInfo and Content headers in front of the content take at most this much.
 _REPLY_AT = const(40)
+_T_INTEREST = const(0x05)
 _T_NAME = const(0x07)
 _T_META_INFO = const(0x14)
 _T_CONTENT = const(0x15)
 _T_CONTENT_TYPE = const(0x18)
 _T_FRESHNESS = const(0x19)
 _T_DATA = const(0x06)
+_CONTENT_NACK = const(3)  # ContentType of an error answer
 _T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
@@ -91,23 +98,10 @@ class ServiceError(DeviceError):
 
 
 class Service:
-    # Made by @dev.service (device/control.py); defined here, as objects keep their class's module alive.
-    def __init__(self, fn, name, cache_ms, doc, args, result, idempotent, private, long_running, is_async):
-        self.fn = fn
-        self.name = name
-        self.cache_ms = cache_ms
-        self.doc = doc
-        self.args = args
-        self.result = result
-        self.idempotent = idempotent
-        self.private = private
-        self.long_running = long_running
-        self.is_async = is_async
-
-
-def control():
-    from device import control
-    return control
+    # A declared service (@dev.service, device/control.py: its fields fn, name, cache_ms, doc, args, result,
+    # idempotent, private, long_running, is_async are set there). Defined here, as objects keep their class's module
+    # alive; no methods, so that its code is this.
+    pass
 
 
 def _rare():
@@ -115,26 +109,24 @@ def _rare():
     return rare
 
 
-def manage():
-    from device import manage
-    return manage
-
-
 def release():
     # Drop the control and management planes (and report.py, which announcements load) so their code can be
     # collected until it is needed again; a module still imported elsewhere (outbox.py uses report.py)
-    # stays alive through that reference.
+    # stays alive through that reference. Collected at once: what is loaded next (the next cold module, or
+    # setup's and open()'s objects) then fills the holes this leaves rather than the heap's free end (about
+    # 1 KiB of the 32-bit smallest heap, firmware/README.md "Memory").
     import sys
     import device
-    for name in ("control", "manage", "report", "rare", "netopen"):
+    for name in ("control", "derive", "manage", "report", "rare", "netopen"):
         sys.modules.pop("device." + name, None)
         if name in device.__dict__:
             delattr(device, name)
+    port.collect()
 
 
 class Conf:
     # The device's cold state, one owner (issue 10, item 4): its key and settings (control.init), and the names and
-    # signature parts derived from them once (control.setup). Nothing on the per-packet path reads it; what that
+    # signature parts derived from them once (derive.setup). Nothing on the per-packet path reads it; what that
     # path needs is derived into Device's hot fields (see "Who writes what" above). No methods: its code is this.
     pass
 
@@ -144,15 +136,21 @@ class Device:
         # Device(name, key, *, iface="0.0.0.0", group="224.0.23.170", port=56363, state_dir=".", lease_ms=60000,
         # gateway=None, mtu=1500, reply_cache=8, max_ops=4, max_reports=16, log_bytes=512, log_level=20):
         # checked and set by control.init (docs/operations.md; firmware/README.md "Memory" sizes mtu and
-        # reply_cache). The buffers are allocated first, while the heap after the imports is still in one
-        # piece; the control plane stays loaded for the @dev.service declarations that follow, until setup.
+        # reply_cache). The buffers are allocated first, after a collection (what the app and the imports left is
+        # then filled by small objects, and the heap's free end stays in one piece for them); the control plane
+        # stays loaded for the @dev.service declarations that follow, until setup.
         n = kw.pop("mtu", 1500)
-        control().init(self, name, key, bytearray(n), bytearray(n), **kw)
+        port.collect()
+        rx = bytearray(n)
+        tx = bytearray(n)
+        from device import control
+        control.init(self, name, key, rx, tx, **kw)
 
     @classmethod
     def from_config(cls, path="ndn_config.json", **overrides):
         # The JSON file that `ndn-edge provision` writes; see docs/operations.md.
-        kw = manage().read_config(path, overrides)
+        from device import manage
+        kw = manage.read_config(path, overrides)
         release()
         return cls(**kw)
 
@@ -160,12 +158,14 @@ class Device:
     def service(self, name, **kw):
         # Decorator: @dev.service(name, cache_ms=None, doc=None, args=None, result=None, idempotent=True,
         # private=False, long_running=False); see control.service.
-        return control().service(self, name, **kw)
+        from device import control
+        return control.service(self, name, **kw)
 
     def every(self, period_ms):
         # Decorator: call fn() every period_ms from the serving loop (sensor sampling, publishing);
         # a timer whose fn returns False stops. May be used while serving.
-        return control().every(self, period_ms)
+        from device import control
+        return control.every(self, period_ms)
 
     def publish(self, topic, value, retain=True):
         # Send value on topic (relative to the device); delivered at least once to the gateway.
@@ -174,28 +174,18 @@ class Device:
     def log(self, level, msg):
         # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
         # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
-        lg = self._logs or self._open_logs()
-        if lg is not None:
-            lg.add(level, msg, self._trace())
+        from device import log
+        log.entry(self, level, msg)
 
     def log_print(self, on=True):
         # Also log what the app prints, at INFO (print() still prints).
-        lg = self._logs or self._open_logs()
-        if lg is not None:
-            lg.capture(on)
+        from device import log
+        log.capture(self, on)
 
     def sleep(self, seconds):
         # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
         self._sleep_ms = int(seconds * 1000)
         self._wake()
-
-    def _open_logs(self):
-        # The log ring, made on first use; None when logs are off (log_bytes 0).
-        if self.conf.log_bytes <= 0:
-            return None
-        from device.log import Logs
-        self._logs = Logs(self, self.conf.log_bytes, self.conf.log_level)
-        return self._logs
 
     def _trace(self):
         # The trace context of the call whose handler is running (a view of the receive buffer), or None.
@@ -212,7 +202,8 @@ class Device:
         return self._outbox
 
     def describe(self):
-        d = control().describe(self)
+        from device import derive
+        d = derive.describe(self)
         release()
         return d
 
@@ -239,7 +230,9 @@ class Device:
     def setup(self):
         # Derive names and keys and allocate buffers and the face (once); open() calls it.
         if self._mac is None:
-            control().setup(self)
+            release()  # the declarations are over: their code (device/control.py) goes before setup's comes
+            from device import derive
+            derive.setup(self)
             release()
 
     def open(self):
@@ -318,7 +311,8 @@ class Device:
         if self._sleep_ms:
             ms = self._sleep_ms
             self._sleep_ms = 0
-            manage().sleep(self, ms)
+            from device import manage
+            manage.sleep(self, ms)
             release()
             now = ticks_ms()
         if self._last_query is not None and not 0 <= ticks_diff(now, self._last_query) < _QUERY_HOLDOFF_MS:
@@ -379,17 +373,8 @@ class Device:
         report.announce(self, state)
         release()
 
-    def _on_query(self):
-        now = ticks_ms()
-        # At most one answer per _QUERY_HOLDOFF_MS; a device that just booted answers too (its boot
-        # announcement may have gone out before the gateway listened).
-        if self._query_at is None and (self._last_query is None
-                                       or ticks_diff(now, self._last_query) >= _QUERY_HOLDOFF_MS):
-            self._query_at = ticks_add(now, port.random_below(_QUERY_WINDOW_MS))
-            self._due = now
-
     # -- receive path --
-    # Per packet: receive -> _walk -> _packet -> _interest -> _check -> _verify -> _dispatch -> _call
+    # Per packet: receive -> _walk -> _interest -> _check -> _verify -> _dispatch -> _call
     # -> _value -> _send -> _encode, _sign -> _cache, _seal -> _emit. MicroPython puts a call's frame on the
     # heap when its state (arguments, locals, value stack, three words per active exception handler)
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
@@ -414,10 +399,16 @@ class Device:
 
     def _walk(self):
         # The packets of the last read from self._next on: one read may hold several datagrams
-        # back to back (each NDN packet is a complete TLV).
+        # back to back (each NDN packet is a complete TLV); self._next moves past each before it is handled.
         n = self._n
+        p = self._pkt
         while self._next < n:
-            self._next = self._packet(self._next, n)
+            t = p.parse(self._face.mv, self._next, n)
+            self._next = p.next
+            if t == _T_INTEREST:
+                self._interest(p)
+            elif t == _T_DATA and self._outbox is not None:
+                self._outbox.on_data(p, p.mv)
 
     def _fault(self, e):
         # What the receive path raised, caught by the serving loop, whose frame lives as long as the
@@ -459,21 +450,12 @@ class Device:
         self.oom += 1
         port.collect()
 
-    def _packet(self, i, n):
-        # The packet at the receive buffer's [i:n]; returns where the next one starts.
-        p = self._pkt
-        t = p.parse(self._face.mv, i, n)
-        if t == tlv.T_INTEREST:
-            self._interest(p)
-        elif t == tlv.T_DATA and self._outbox is not None:
-            self._outbox.on_data(p, p.mv)
-        return p.next
-
     def _interest(self, p):
-        # The parser matched the name against (device name, query name); see control.setup.
+        # The parser matched the name against (device name, query name); see derive.setup.
         if p.match:
             if p.match == 1 and p.name_e - p.name_s == len(self._query_val):
-                self._on_query()
+                from device import report  # answered by the serving loop (_run_due), which releases it
+                report.on_query(self)
             return
         r = self._check(p)
         if r == _OK:
@@ -509,33 +491,9 @@ class Device:
         if not equal(mv, p.sv_s, d):
             return _SIGNATURE
         if not self._seq.fresh(p.seq):
-            return self._resend(p)
+            return _rare().resend(self, p)  # a retransmission, or a replay
         self._seq.accept(p.seq)
         return _OK
-
-    def _resend(self, p):
-        # A retransmission of an answered request: its kept reply (_RESENT), or for an idempotent service's
-        # success, which is not kept, a second run (_OK) answered in the same slot; _REPLAY when not remembered.
-        tag = _sig_tag(p.mv, p.sv_s)
-        for k in range(len(self._c_seq)):
-            if self._c_seq[k] == p.seq and self._c_tag[k] == tag:
-                data = self._c_data[k]
-                if data is None:
-                    self._slot = k
-                    return _OK
-                self._again(p, data)
-                return _RESENT
-        return _REPLAY
-
-    def _again(self, p, data):
-        # The kept reply to this retransmission: its MetaInfo and Content, in the Data that _seal makes around them
-        # again with the request's name (the same Interest: its signature verified) and a new signature (HMAC is
-        # deterministic: the same bytes as the first time).
-        self._cur_name = p.mv[p.name_s:p.name_e]
-        self._cur_pit = p.mv[p.pit_s:p.pit_s + p.pit_n] if p.pit_n else None
-        i = _REPLY_AT + len(self._cur_name) + p.pit_n
-        self._tx[i:i + len(data)] = data
-        self._seal(i, i + len(data))
 
     def _dispatch(self, p):
         self.requests += 1
@@ -595,7 +553,8 @@ class Device:
         # answered by device/manage.py, loaded for the answer. Out of _dispatch, whose frame this would push onto
         # the heap.
         try:
-            value = manage().value(self, bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])  # None: answered
+            from device import manage
+            value = manage.value(self, bytes(p.mv[p.p:p.p + p.n]), p.mv[s:p.params_ve])  # None: answered
         except MemoryError:  # loading the management plane, or building its answer
             release()
             self._oom()
@@ -650,7 +609,7 @@ class Device:
     def _error(self, code, message):
         if len(message) > 200:
             message = message[:200]
-        self._send(tlv.CONTENT_NACK, 0, {"code": code, "message": message})
+        self._send(_CONTENT_NACK, 0, {"code": code, "message": message})
 
     def _value(self, svc, value):
         self._keep = not svc.idempotent  # long-running starts do not come here: their {"op": id} is kept
@@ -671,7 +630,7 @@ class Device:
         self._at = _REPLY_AT + len(self._cur_name) + (0 if self._cur_pit is None else len(self._cur_pit))
         e = self._encode(value) if raw is None else self._at + len(raw)
         if e > self._room:
-            if ctype != tlv.CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
+            if ctype != _CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
                 self._fail("RESOURCE_EXHAUSTED", "reply exceeds the datagram buffer (mtu)")
         elif e:
             if raw is not None:

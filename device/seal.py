@@ -18,7 +18,9 @@ def _cipher(key, iv):
 
 def key(mac):
     # The AES key of private services, derived from the device key: HMAC(key, "ndn-edge enc")[:16].
-    return mac.mac(b"ndn-edge enc")[:16]
+    h = mac.start()
+    h.update(b"ndn-edge enc")
+    return mac.finish(h)[:16]
 
 
 def seal(key, plain):

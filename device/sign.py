@@ -1,25 +1,10 @@
-# HMAC-SHA256 (RFC 2104) with the key pads computed once per key, key ids, constant-time compare.
+# HMAC-SHA256 (RFC 2104) with the key pads computed once per key (device/derive.py), constant-time compare.
 # MicroPython's sha256 objects cannot be copied, so the pads are kept, not hash states.
 import hashlib
-from device.port import const
-
-_BLOCK = const(64)
 
 
 class Hmac:
-    def __init__(self, key):
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        ipad = bytearray(_BLOCK)
-        opad = bytearray(_BLOCK)
-        for i in range(len(key)):
-            ipad[i] = key[i]
-            opad[i] = key[i]
-        for i in range(_BLOCK):
-            ipad[i] ^= 0x36
-            opad[i] ^= 0x5C
-        self._ipad = bytes(ipad)
-        self._opad = bytes(opad)
+    # Made by device/derive.py's hmac, which computes its pads _ipad and _opad from the key (once, at setup).
 
     def start(self):
         # Inner hash to feed with update(); close with finish().
@@ -30,20 +15,9 @@ class Hmac:
         h.update(inner.digest())
         return h.digest()
 
-    def mac(self, data):
-        h = self.start()
-        h.update(data)
-        return self.finish(h)
-
 
 def sha256(data):
     return hashlib.sha256(data).digest()
-
-
-def key_id(key):
-    # First 4 bytes of SHA-256(key) as 8 lowercase hex characters.
-    d = sha256(key)
-    return "%02x%02x%02x%02x" % (d[0], d[1], d[2], d[3])
 
 
 def equal(mv, start, ref):

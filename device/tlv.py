@@ -6,11 +6,11 @@
 from device.port import const
 from device.errors import MalformedError
 
-T_INTEREST = const(0x05)
-T_DATA = const(0x06)
-T_NAME = const(0x07)
-T_GENERIC = const(0x08)
-T_PARAMS_DIGEST = const(0x02)
+_T_INTEREST = const(0x05)
+_T_DATA = const(0x06)
+_T_NAME = const(0x07)
+_T_GENERIC = const(0x08)
+_T_PARAMS_DIGEST = const(0x02)
 _T_NONCE = const(0x0A)
 _T_LIFETIME = const(0x0C)
 _T_MUST_BE_FRESH = const(0x12)
@@ -22,12 +22,12 @@ _T_ISIG_INFO = const(0x2C)
 _T_ISIG_VALUE = const(0x2E)
 _T_META_INFO = const(0x14)
 _T_CONTENT = const(0x15)
-T_SIG_INFO = const(0x16)
+_T_SIG_INFO = const(0x16)
 _T_SIG_VALUE = const(0x17)
 _T_CONTENT_TYPE = const(0x18)
 _T_FRESHNESS = const(0x19)
-T_SIG_TYPE = const(0x1B)
-T_KEY_LOCATOR = const(0x1C)
+_T_SIG_TYPE = const(0x1B)
+_T_KEY_LOCATOR = const(0x1C)
 _T_KEY_DIGEST = const(0x1D)
 _T_SIG_NONCE = const(0x26)
 _T_SIG_TIME = const(0x28)
@@ -38,16 +38,11 @@ _T_LP_FRAG_INDEX = const(0x52)
 _T_LP_FRAG_COUNT = const(0x53)
 _T_LP_PIT_TOKEN = const(0x62)
 _T_LP_SEQUENCE = const(0x51)
-CONTENT_NACK = const(3)
 _DIGEST_LEN = const(32)
 
 
 def size_nni(n):
     return 1 if n <= 0xFF else 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
-
-
-def _critical(t):
-    return t < 32 or t & 1
 
 
 class Packet:
@@ -126,7 +121,7 @@ class Packet:
     # -- packets --
     def parse(self, mv, start, limit):
         # Parse the packet at mv[start:], which must end by limit; returns the inner packet type
-        # (T_INTEREST, T_DATA) or 0 for an idle LpPacket. The inner packet spans
+        # (0x05 Interest, 0x06 Data) or 0 for an idle LpPacket. The inner packet spans
         # [self.start, self.end); the next packet in the buffer starts at self.next.
         # (A stream read on MicroPython may hold several datagrams back to back: TLV frames them.)
         self.mv = mv
@@ -134,14 +129,23 @@ class Packet:
         self.p = start
         t = self.tl(limit)
         self.next = self.p + self.n
-        if t == _T_LP_PACKET:
-            return self._lp(self.next)
         self.start = start
         self.end = self.next
-        return self._inner(t, self.next)
+        if t == _T_LP_PACKET:
+            t = self._lp(self.next)  # the fragment's type, now at [self.start, self.end); -1: none
+            if t < 0:
+                return 0
+        if t == _T_INTEREST:
+            self._interest(self.end)
+        elif t == _T_DATA:
+            self._data(self.end)
+        else:
+            raise MalformedError("tlv: not Interest or Data")
+        return t
 
     def _lp(self, length):
-        # NDNLPv2: the PIT token and the one Fragment; other known headers are skipped.
+        # NDNLPv2: the PIT token and the one Fragment; other known headers are skipped. Returns the
+        # fragment's type (its TLV at [self.start, self.end), self.p at its value), or -1 for an idle packet.
         frag_s = frag_e = -1
         while self.p < length:
             t = self.tl(length)
@@ -161,22 +165,13 @@ class Packet:
             else:
                 raise MalformedError("lp: unknown field")
         if frag_s < 0:
-            return 0
+            return -1
         self.p = frag_s
         t = self.tl(frag_e)
         if self.p + self.n != frag_e:
             raise MalformedError("lp: bytes after packet")
         self.start = frag_s
         self.end = frag_e
-        return self._inner(t, frag_e)
-
-    def _inner(self, t, end):
-        if t == T_INTEREST:
-            self._interest(end)
-        elif t == T_DATA:
-            self._data(end)
-        else:
-            raise MalformedError("tlv: not Interest or Data")
         return t
 
     def _data(self, end):
@@ -185,14 +180,14 @@ class Packet:
         while self.p < end:
             t = self.tl(end)
             e = self.p + self.n
-            if t == T_NAME:
+            if t == _T_NAME:
                 self._name(e)
-            elif t == T_SIG_INFO:
+            elif t == _T_SIG_INFO:
                 self.sinfo_e = e
             elif t == _T_SIG_VALUE:
                 self.sv_s = self.p
                 self.sv_n = self.n
-            elif t not in (_T_META_INFO, _T_CONTENT) and _critical(t):
+            elif t not in (_T_META_INFO, _T_CONTENT) and (t < 32 or t & 1):  # critical
                 raise MalformedError("data: unknown critical")
             self.p = e
 
@@ -202,7 +197,7 @@ class Packet:
             s = self.p
             t = self.tl(end)
             e = self.p + self.n
-            if t == T_NAME:
+            if t == _T_NAME:
                 self._name(e)
                 seen_name = True
                 if self.prefixes is not None and self._match() < 0:
@@ -222,7 +217,7 @@ class Packet:
                 if self.n != 4:
                     raise MalformedError("interest: Nonce length")
             elif t not in (_T_CAN_BE_PREFIX, _T_MUST_BE_FRESH, _T_LIFETIME, _T_HOP_LIMIT, _T_FWD_HINT) \
-                    and _critical(t):
+                    and (t < 32 or t & 1):  # critical
                 raise MalformedError("interest: unknown critical")
             self.p = e
         if not seen_name:
@@ -237,7 +232,7 @@ class Packet:
             t = self.tl(end)
             if t == 0 or t > 0xFFFF:
                 raise MalformedError("name: component type")
-            if t == T_PARAMS_DIGEST:
+            if t == _T_PARAMS_DIGEST:
                 if self.n != _DIGEST_LEN:
                     raise MalformedError("name: digest length")
                 self.digest_s = self.p
@@ -260,18 +255,18 @@ class Packet:
         while self.p < end:
             t = self.tl(end)
             e = self.p + self.n
-            if t == T_SIG_TYPE:
+            if t == _T_SIG_TYPE:
                 self.sig_type = self.nni()
-            elif t == T_KEY_LOCATOR:
+            elif t == _T_KEY_LOCATOR:
                 t2 = self.tl(e)
-                if t2 == T_NAME:
+                if t2 == _T_NAME:
                     self.kl_s = self.p
                     self.kl_e = self.p + self.n
                 elif t2 != _T_KEY_DIGEST:
                     raise MalformedError("siginfo: KeyLocator type")
             elif t == _T_SIG_SEQ:
                 self.seq = self.nni()
-            elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and _critical(t):
+            elif t not in (_T_SIG_NONCE, _T_SIG_TIME) and (t < 32 or t & 1):  # critical
                 raise MalformedError("siginfo: unknown critical")
             self.p = e
 

@@ -43,6 +43,7 @@ package(
         "aio.py",
         "cbor.py",
         "control.py",
+        "derive.py",
         "errors.py",
         "log.py",
         "manage.py",

@@ -20,11 +20,11 @@ ECHO_ARGS = {"room": "kitchen", "level": 3, "on": True}
 
 # Every function a signed call runs through, by module (names as the .mpy records them).
 PER_PACKET = {
-    "runtime.py": ["Device._walk", "Device._packet", "Device._interest", "Device._check", "Device._verify",
+    "runtime.py": ["Device._walk", "Device._interest", "Device._check", "Device._verify",
                    "Device._dispatch", "Device._find", "Device._call", "Device._args", "Device._value",
                    "Device._send", "Device._encode", "Device._sign", "Device._cache", "Device._seal", "Device._emit",
                    "Device.tick", "_decode_args", "_arg_map", "_sig_tag"],
-    "tlv.py": ["Packet.parse", "Packet.tl", "Packet.num", "Packet.nni", "Packet._inner", "Packet._interest",
+    "tlv.py": ["Packet.parse", "Packet.tl", "Packet.num", "Packet.nni", "Packet._interest",
                "Packet._name", "Packet._match", "Packet._siginfo", "Packet.component", "starts", "tl_back",
                "nni_back", "put_sig"],
     "sign.py": ["Hmac.finish", "sha256", "equal"],

@@ -6,9 +6,10 @@ from hypothesis import strategies as st
 from ndn.encoding import Name, parse_data
 from ndn.encoding.ndnlp_v2 import parse_lp_packet_v2
 
-from device import control, sign, tlv
+from device import derive, sign, tlv
 from device.errors import MalformedError
 from ndn_edge.wire import packets as wire
+from ndn_edge.wire.tlv import T
 from tests.support import ROOT, lp_wrap
 
 DEV = "/edge/lab/b1"
@@ -38,12 +39,12 @@ def test_variable_size_numbers_are_byte_exact():
 
 
 def test_name_encoding_matches_python_ndn():
-    assert control.encode_name("/edge/kitchen/th1") == bytes(Name.to_bytes("/edge/kitchen/th1"))[2:]
-    assert control.encode_name("/edge") == bytes.fromhex("080465646765")
+    assert derive.encode_name("/edge/kitchen/th1") == bytes(Name.to_bytes("/edge/kitchen/th1"))[2:]
+    assert derive.encode_name("/edge") == bytes.fromhex("080465646765")
 
 
 def test_key_id_and_key_name():
-    assert sign.key_id(KEY) == wire.key_id(KEY) == "630dcd29"
+    assert derive.key_id(KEY) == wire.key_id(KEY) == "630dcd29"
     assert wire.key_name(DEV, KEY) == "/edge/lab/b1/KEY/630dcd29"
 
 
@@ -51,12 +52,15 @@ def test_hmac_matches_stdlib():
     import hashlib
     import hmac
     for key in (b"", b"k", KEY, bytes(100)):
-        assert sign.Hmac(key).mac(b"abc") == hmac.new(key, b"abc", hashlib.sha256).digest()
+        mac = derive.hmac(key)
+        h = mac.start()
+        h.update(b"abc")
+        assert mac.finish(h) == hmac.new(key, b"abc", hashlib.sha256).digest()
 
 
 def parsed(w):
     p = tlv.Packet()
-    assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST
+    assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST
     return p
 
 
@@ -65,14 +69,14 @@ def test_interest_from_python_ndn_parses_to_offsets():
     p = parsed(w)
     mv = memoryview(w)
     assert p.ncomp == 5 and p.seq == 77 and p.sig_type == 4
-    assert bytes(mv[p.kl_s:p.kl_e]) == control.encode_name(wire.key_name(DEV, KEY))
+    assert bytes(mv[p.kl_s:p.kl_e]) == derive.encode_name(wire.key_name(DEV, KEY))
     assert bytes(mv[p.digest_s:p.digest_s + 32]) == bytes(final[-1])[2:]
     assert bytes(mv[p.params_vs:p.params_ve]) == bytes.fromhex("a1616101")
     p.component(3)
     assert bytes(mv[p.p:p.p + p.n]) == b"echo"
     # the device's own check of python-ndn's digest and signature
     assert sign.sha256(mv[p.params_s:p.sv_s + p.sv_n]) == bytes(mv[p.digest_s:p.digest_s + 32])
-    mac = sign.Hmac(KEY)
+    mac = derive.hmac(KEY)
     h = mac.start()
     h.update(mv[p.name_s:p.last_s])
     h.update(mv[p.params_s:p.sinfo_e])
@@ -83,22 +87,22 @@ def test_interest_from_python_ndn_parses_to_offsets():
 def _with_broken_tail(w: bytes) -> bytes:
     """The Interest w with an unknown critical element (type 0x0F) appended: malformed after its name."""
     inner = w[2:] + b"\x0f\x00"  # make_call's Interests are short: one-byte outer length
-    assert w[0] == tlv.T_INTEREST and len(inner) < 253
-    return bytes([tlv.T_INTEREST, len(inner)]) + inner
+    assert w[0] == T.INTEREST and len(inner) < 253
+    return bytes([T.INTEREST, len(inner)]) + inner
 
 
 def test_with_prefixes_another_nodes_interest_stops_after_its_name():
-    mine = control.encode_name(DEV)
-    query = control.encode_name("/edge/_sd/query")
+    mine = derive.encode_name(DEV)
+    query = derive.encode_name("/edge/_sd/query")
     other, _ = wire.make_call("/edge/bench/b10/echo", {"a": 1}, KEY, 5, signer_owner="/edge/bench/b10")
     own, _ = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 5, signer_owner=DEV)
     p = tlv.Packet((mine, query))
     for w, match, seq in ((other, -1, -1), (own, 0, 5)):
-        assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST
+        assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST
         assert (p.match, p.seq, p.next) == (match, seq, len(w))
     # another node's Interest is not checked past its name; ours is, and so is any without prefixes
     broken = _with_broken_tail(other)
-    assert p.parse(memoryview(broken), 0, len(broken)) == tlv.T_INTEREST and p.match == -1
+    assert p.parse(memoryview(broken), 0, len(broken)) == T.INTEREST and p.match == -1
     for packet, w in ((p, _with_broken_tail(own)), (tlv.Packet(), broken)):
         with pytest.raises(MalformedError):
             packet.parse(memoryview(w), 0, len(w))
@@ -279,8 +283,8 @@ def test_backward_writers_match_the_spec():
         width = 1 if n < 256 else 2 if n < 1 << 16 else 4 if n < 1 << 32 else 8
         back = bytearray(12)
         assert back[tlv.nni_back(back, 12, 0x19, n):] == _tl_reference(0x19, width) + n.to_bytes(width, "big")
-    assert control.tlv_bytes(8, b"edge") == b"\x08\x04edge"
-    assert control.tlv_bytes(21, bytes(300))[:4] == b"\x15\xfd\x01\x2c"
+    assert derive.tlv_bytes(8, b"edge") == b"\x08\x04edge"
+    assert derive.tlv_bytes(21, bytes(300))[:4] == b"\x15\xfd\x01\x2c"
 
 
 def test_two_packets_back_to_back_parse_in_order():
@@ -288,8 +292,8 @@ def test_two_packets_back_to_back_parse_in_order():
     b, _ = wire.make_call(f"{DEV}/b", None, KEY, 2, signer_owner=DEV)
     buf = memoryview(a + b)
     p = tlv.Packet()
-    assert p.parse(buf, 0, len(buf)) == tlv.T_INTEREST and p.seq == 1 and p.next == len(a)
-    assert p.parse(buf, p.next, len(buf)) == tlv.T_INTEREST and p.seq == 2 and p.next == len(buf)
+    assert p.parse(buf, 0, len(buf)) == T.INTEREST and p.seq == 1 and p.next == len(a)
+    assert p.parse(buf, p.next, len(buf)) == T.INTEREST and p.seq == 2 and p.next == len(buf)
 
 
 def test_every_truncation_is_malformed():
@@ -316,7 +320,7 @@ def test_malformed_vectors(hexed, why):
     w = bytes.fromhex(hexed)
     p = tlv.Packet()
     if why.endswith("parses"):
-        assert p.parse(memoryview(w), 0, len(w)) == tlv.T_INTEREST and p.digest_s == -1
+        assert p.parse(memoryview(w), 0, len(w)) == T.INTEREST and p.digest_s == -1
     elif why.endswith("idle"):
         assert p.parse(memoryview(w), 0, len(w)) == 0
     else:
@@ -349,7 +353,7 @@ def test_fuzz_mutated_interests_only_raise_malformed(data):
         full = None
     # With prefixes (as a device parses), the same bytes only raise MalformedError too, and a packet that
     # parses fully gets the same offsets when its name is ours, or stops after the name when it is not.
-    for prefixes in ((control.encode_name(DEV),), (control.encode_name("/edge/other"),)):
+    for prefixes in ((derive.encode_name(DEV),), (derive.encode_name("/edge/other"),)):
         p = tlv.Packet(prefixes)
         try:
             p.parse(mv, 0, len(w))
@@ -366,15 +370,15 @@ def test_fuzz_mutated_interests_only_raise_malformed(data):
 def test_tlv_and_hmac_on_micropython(run_mp):
     w, _final = wire.make_call(f"{DEV}/echo", {"a": 1}, KEY, 77, signer_owner=DEV)
     out = run_mp(f"""
-from device import tlv, sign
+from device import tlv, derive
 from device.errors import MalformedError
 w = bytes.fromhex("{w.hex()}")
 p = tlv.Packet()
 print(p.parse(memoryview(w), 0, len(w)), p.seq, p.ncomp)
 mv = memoryview(w)
-mac = sign.Hmac(bytes(range(32)))
+mac = derive.hmac(bytes(range(32)))
 h = mac.start(); h.update(mv[p.name_s:p.last_s]); h.update(mv[p.params_s:p.sinfo_e])
-print(mac.finish(h) == bytes(mv[p.sv_s:p.sv_s + 32]), sign.key_id(bytes(range(32))))
+print(mac.finish(h) == bytes(mv[p.sv_s:p.sv_s + 32]), derive.key_id(bytes(range(32))))
 bad = 0
 for cut in range(len(w)):
     try:
@@ -382,7 +386,7 @@ for cut in range(len(w)):
     except MalformedError:
         bad += 1
 print(bad == len(w))
-p = tlv.Packet((bytes.fromhex("{control.encode_name('/edge/other').hex()}"), mv[p.name_s:p.name_e]))
+p = tlv.Packet((bytes.fromhex("{derive.encode_name('/edge/other').hex()}"), mv[p.name_s:p.name_e]))
 print(p.parse(mv, 0, len(w)), p.match, p.seq)
 p.prefixes = p.prefixes[:1]
 print(p.parse(mv, 0, len(w)), p.match, p.seq)
@@ -427,7 +431,7 @@ def test_every_tlv_type_the_device_uses_is_the_hosts():
         checked += 1
     assert checked >= 40
     consts = _device_constants()
-    assert consts[("tlv.py", "CONTENT_NACK")] == host.CONTENT_NACK
+    assert consts[("runtime.py", "_CONTENT_NACK")] == host.CONTENT_NACK
     assert consts[("tlv.py", "_DIGEST_LEN")] == consts[("report.py", "_DIGEST_LEN")] == host.DIGEST_BYTES
 
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 RUNTIME_DIR = "lib/device"
 CONFIG_FILE = "ndn_config.json"
-SEQ_PREFIX = "ndn_seq_"  # + key-id: the runtime's replay state of one key (device/control.py)
+SEQ_PREFIX = "ndn_seq_"  # + key-id: the runtime's replay state of one key (device/derive.py)
 APP_MODULE = "app"
 _BLOCK = 4096  # flash block size assumed for the free-space estimate (littlefs on ESP32 and RP2)
 _NATIVE = re.compile(rb"@micropython\.(native|viper|asm_\w+)")

@@ -68,8 +68,15 @@ def compile_runtime(out: Path, mpy_cross: str, flags: tuple[str, ...] = ()) -> P
     pkg = out / "device"
     pkg.mkdir(parents=True, exist_ok=True)
     for src in runtime_sources():
-        compile_module(mpy_cross, src, pkg / f"{src.stem}.mpy", f"device/{src.name}", (*flags, *RUNTIME_MPY_FLAGS))
+        compile_module(mpy_cross, src, pkg / f"{src.stem}.mpy", module_name("device", src),
+                       (*flags, *RUNTIME_MPY_FLAGS))
     return out
+
+
+def module_name(package: str, src: Path) -> str:
+    """What a compiled module of `package` records as its source file: its module's name ("device.runtime"), which
+    the interpreter interns for sys.modules anyway, so that a board's heap holds no name of its own per module."""
+    return package if src.stem == "__init__" else f"{package}.{src.stem}"
 
 
 def compile_module(mpy_cross: str, src: Path, out: Path, source_name: str, flags: tuple[str, ...] = ()) -> None:
@@ -257,7 +264,7 @@ def mip_package(mpy_cross: str, version: str) -> dict[str, Any]:
         old.unlink()
     urls, sources = [], {}
     for src in runtime_sources():
-        compile_module(mpy_cross, src, out / f"{src.stem}.mpy", f"device/{src.name}", RUNTIME_MPY_FLAGS)
+        compile_module(mpy_cross, src, out / f"{src.stem}.mpy", module_name("device", src), RUNTIME_MPY_FLAGS)
         urls.append([f"device/{src.stem}.mpy", f"{MIP_FOLDER}/{src.stem}.mpy"])
         sources[src.name] = hashlib.sha256(src.read_bytes()).hexdigest()
     package = {"version": version, "deps": [], "urls": urls, "sources": sources}

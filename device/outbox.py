@@ -20,6 +20,8 @@
 # doubtful (a pending report has been resent): then an acknowledgement from another address, a
 # gateway that took over and answered a resend, is followed at once. Otherwise acknowledgements are
 # read into the face's buffer. A third resend of a report forgets the address: nobody answers there.
+# An acknowledgement from a gateway newly heard from (restarted, or one that took over) sends every
+# report still waiting again at once, instead of at the end of its backoff (up to 5 s).
 # Where the port cannot open a second socket, reports go out on the group's socket as before.
 import binascii
 from device import report
@@ -138,6 +140,12 @@ class Outbox:
             del self.items[i]
             self.acked += 1
             if self._from is not None:
+                if self._from != self.gw:  # a gateway newly heard from: what still waits goes again now
+                    i = len(self.items)  # (a for loop's iterator would put this frame on the heap)
+                    while i:
+                        i -= 1
+                        self.items[i][3] = ticks_ms()
+                    self.dev._wake()
                 self.gw = self._from  # only a gateway signs with our key: it may be a new one
                 self._from = None
 

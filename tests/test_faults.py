@@ -81,7 +81,7 @@ def test_the_gateway_killed_under_load_loses_nothing(cluster, tmp_path, micropyt
             results = [await (await client.operation(q.id)).result(timeout=30) for q in queued]
             outcome = await op.result(timeout=30)
             while len(seen) < 40:
-                msg = await sub.next(10)
+                msg = await sub.next(20)  # the devices resend what the dead gateway did not acknowledge
                 assert msg is not None, "the durable subscription stalled"
                 seen.append(msg)
             await sub.unsubscribe()

@@ -82,6 +82,11 @@ class NatsLink:
     def connected(self) -> bool:
         return self.state == CONNECTED and self.nc is not None and self.nc.is_connected
 
+    def server(self) -> str | None:
+        """The NATS server this gateway is connected to now (host:port), or None."""
+        url = self.nc.connected_url if self.connected else None
+        return f"{url.hostname}:{url.port}" if url is not None else None
+
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once connected (within `timeout_s`)."""
         try:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,8 @@ class Federation:
         await asyncio.gather(*tasks, return_exceptions=True)
         for face in self._faces:
             face.forwarder = None
+        if self.remote is not None:
+            self.remote.close()
         for part in (self.bridge, self.subs, self.ops):
             if part is not None:
                 await part.stop()
@@ -262,7 +265,8 @@ class Federation:
     def status(self) -> dict[str, Any]:
         p = self.placement
         return {"federation": self.config.federation, "gateway": self.tag, "state": self.link.state,
-                "since": self.link.since, "nats": [_safe(u) for u in self.config.nats], "pid": os.getpid(),
+                "since": self.link.since, "nats": [_safe(u) for u in self.config.nats],
+                "server": self.link.server(), "pid": os.getpid(),
                 "served": sorted(p.served) if p is not None else [],
                 "gateways": p.live_gateways() if p is not None else [],
                 "identity_synced_at": self.identity.synced_at, "at": time.time()}
@@ -483,7 +487,7 @@ class _Remote:
         self.stale = bool(content.get("stale"))
 
 
-def _quantile(values: list[float], q: float) -> float:
+def _quantile(values: Iterable[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

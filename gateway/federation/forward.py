@@ -147,7 +147,7 @@ class Remote:
         self.latency = Histograms(RTT_BUCKETS_S, max_series=4)  # round trips by kind
         self.keeper: Callable[[Any], str | None] = _first_keeper(tag, placement)  # the gateway keeping an op
         self.counters: dict[str, int] = {"relayed": 0, "relay_retries": 0, "relay_timeouts": 0, "vouched": 0,
-                                         "vouch_errors": 0, "taken_over": 0, "relay_batches": 0}
+                                         "vouch_errors": 0, "taken_over": 0, "relay_messages": 0}
         self._subjects: dict[str, str] = {}  # device -> its subject
         self._pending: dict[str, _Relay] = {}  # reply token -> relayed request waiting for its reply
         self._out: list[_Relay] = []  # to publish
@@ -261,8 +261,8 @@ class Remote:
                     key = "b" + chunk[0].token
                     self._batches[key] = chunk
                     body, reply = pack(_BATCH, ((r.token.encode(), r.datagram) for r in chunk)), inbox + key
-                    self.counters["relay_batches"] += 1
                 try:
+                    self.counters["relay_messages"] += 1
                     await nc.publish(subject, body, reply=reply)
                 except Exception as err:
                     for relay in chunk:

@@ -47,6 +47,7 @@ from ndn_edge.wire.packets import parse_signed_interest, split_components
 log = logging.getLogger("ndn_edge.federation")
 
 STATE_EVERY_S = 2.0
+_SUBSCRIPTION_VERBS = frozenset({cp.VERB_SUBSCRIBE, cp.VERB_POLL, cp.VERB_UNSUBSCRIBE})
 _SLACK_S = 1.0
 
 
@@ -306,7 +307,7 @@ class FedRouter:
         fed = self._fed
         if verb == cp.VERB_METRICS:
             return {**self._verbs.counters(), "federation": fed.metrics()}
-        if fed.subs is not None:
+        if fed.subs is not None and verb in _SUBSCRIPTION_VERBS:
             shared = self._shared_subscription(caller, verb, params)
             if shared is not None:
                 return shared

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import urllib.request
 
@@ -250,12 +251,24 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
         with _connect(lan.home, lan.address()) as alice:
             wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
             wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
-        standby.start_gateway()
+        standby.start_gateway("--http", "127.0.0.1:0")
+        token = standby.ok("client", "token", "alice").strip().split()[-1]
         relay = Relay(cluster.ports[0])
         b.start_gateway("--federation", relay.url)
         b.start_sim(1, "b", "--tick", "0")
 
-        # Kill A: its standby takes a/1 over; every call, the one in flight included, runs exactly once.
+        def http_counter() -> int:
+            """`a/1/counter` through the standby's HTTP API: vouched to A while A serves a/1."""
+            url = json.loads((standby.home / "http.json").read_text())["url"]
+            req = urllib.request.Request(f"{url}/api/v1/call/a/1/counter?timeout_ms=20000", data=b"{}",
+                                         method="POST", headers={"Authorization": f"Bearer {token}",
+                                                                 "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())["value"]
+        wait_for(lambda: http_counter() > 0, 10, "the HTTP API on the standby")
+
+        # Freeze A, then kill it: its standby takes a/1 over; every call, the relayed one and the vouched one in
+        # flight to the frozen A included, runs exactly once, and none waits for its deadline.
         async def through_failover() -> tuple[list[int], float]:
             from ndn_edge.client.api import Client
 
@@ -273,11 +286,13 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                     assert time.monotonic() < mirrored, "A's operations are not listed by the standby"
                     await asyncio.sleep(0.05)
                 values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A
-                in_flight = asyncio.create_task(client.call("a/1/counter"))
-                lan.kill_gateway()
+                lan.gateway.send_signal(signal.SIGSTOP)  # what reaches A now gets no answer, and no "no responders"
                 killed = time.monotonic()
-                values.append(await in_flight)
+                in_flight = asyncio.create_task(client.call("a/1/counter"))
+                vouched = asyncio.create_task(asyncio.to_thread(http_counter))
+                values += sorted([await in_flight, await vouched])
                 recovered = time.monotonic() - killed
+                lan.kill_gateway()
                 values += [await client.call("a/1/counter") for _ in range(3)]
                 # The standby took the operations over with the device, and finishes them with their results.
                 for seconds, op in ops.items():

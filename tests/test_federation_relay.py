@@ -190,6 +190,59 @@ def test_hostile_bodies_on_both_sides_are_dropped_and_relaying_goes_on(nats_url)
     pair(nats_url, scenario)
 
 
+class Store:
+    def rules(self, client: str) -> list:
+        return []
+
+
+class Verbs:
+    """The serving gateway's verbs: answer with the request's REQUEST_ID (the journal's key), or never."""
+
+    def __init__(self) -> None:
+        self.silent = False
+        self.asked: list[bytes | None] = []
+
+    def run(self, caller, verb: str, target, params):
+        from ndn_edge.interfaces import REQUEST_ID
+
+        self.asked.append(REQUEST_ID.get())
+        if self.silent:
+            return asyncio.get_running_loop().create_future()  # never answered
+        return {"id": REQUEST_ID.get()}
+
+
+def test_a_vouched_request_ends_at_once_when_its_gateway_goes(nats_url):
+    """Nobody answering the subject, or the directory dropping the gateway while it holds the request, ends the
+    wait with Gone (the router then routes the request again) long before its deadline; the same nonce gives
+    the same journal identity wherever the request is served."""
+    async def scenario(remote, serve, face, placement, c) -> None:
+        import cbor2
+
+        from ndn_edge.clients.verbs import Caller
+
+        alice = Caller("alice", ())
+        serve.store, serve.verbs = Store(), Verbs()
+        started = time.monotonic()
+        with pytest.raises(forward.Gone):  # nobody subscribes to the subject
+            await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 20.0)
+        assert time.monotonic() - started < 2.0
+        await serve.serve(DEVICE, True)
+        nonce = os.urandom(12)
+        answer = await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 5.0, nonce=nonce)
+        assert cbor2.loads(answer) == {"id": forward.vouch_identity(nonce)}
+        serve.verbs.silent = True
+        left = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, left.set)  # the gateway leaves the directory in 0.3 s
+        started = time.monotonic()
+        with pytest.raises(forward.Gone):
+            await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 20.0, gone=left.is_set)
+        assert 0.25 < time.monotonic() - started < 2.0  # not the 20 s deadline
+        assert remote.counters["vouch_gone"] == 1
+        for task in list(serve._tasks):
+            task.cancel()
+    pair(nats_url, scenario)
+
+
 def test_packed_bodies_cut_anywhere_never_raise():
     items = [(b"7", b"\x05abc"), (b"123", bytes(300)), (b"9" * 20, b"")]
     body = forward.pack(b"B1", items)

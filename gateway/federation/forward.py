@@ -66,6 +66,7 @@ from ndn_edge.errors import (
     UnknownDevice,
 )
 from ndn_edge.federation.keys import FederationKey
+from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
 from ndn_edge.wire import client_protocol as cp
@@ -147,7 +148,8 @@ class Remote:
         self.latency = Histograms(RTT_BUCKETS_S, max_series=4)  # round trips by kind
         self.keeper: Callable[[Any], str | None] = _first_keeper(tag, placement)  # the gateway keeping an op
         self.counters: dict[str, int] = {"relayed": 0, "relay_retries": 0, "relay_timeouts": 0, "vouched": 0,
-                                         "vouch_errors": 0, "taken_over": 0, "relay_messages": 0}
+                                         "vouch_errors": 0, "vouch_gone": 0, "taken_over": 0,
+                                         "relay_messages": 0}
         self._subjects: dict[str, str] = {}  # device -> its subject
         self._pending: dict[str, _Relay] = {}  # reply token -> relayed request waiting for its reply
         self._out: list[_Relay] = []  # to publish
@@ -373,11 +375,17 @@ class Remote:
     # -- vouched requests
 
     async def vouch(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any],
-                    timeout_s: float) -> bytes:
-        """The content (CBOR) another gateway answered for a request made for `caller`; CallError as it said."""
+                    timeout_s: float, *, nonce: bytes | None = None,
+                    gone: Callable[[], bool] | None = None) -> bytes:
+        """The content (CBOR) another gateway answered for a request made for `caller`; CallError as it said.
+        `Gone` when nobody answers on `subject` (no responders) or, while it waits, when `gone()` says the gateway
+        it went to has left the directory: the caller routes it again rather than wait for its deadline. A
+        request sent again carries the same `nonce` (the serving gateway journals a non-idempotent call under
+        it, so a takeover's retry runs it once)."""
         started = time.monotonic()
         try:
-            content = await self._vouching(subject, caller, verb, target, params, timeout_s)
+            content = await self._vouching(subject, caller, verb, target, params, timeout_s,
+                                           nonce or os.urandom(12), gone)
         except CallError as err:
             self._count(VOUCH, err.code, time.monotonic() - started)
             raise
@@ -385,24 +393,29 @@ class Remote:
         return content
 
     async def _vouching(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...],
-                        params: dict[str, Any], timeout_s: float) -> bytes:
+                        params: dict[str, Any], timeout_s: float, nonce: bytes,
+                        gone: Callable[[], bool] | None) -> bytes:
         if not self._link.connected:
             raise Unavailable("this gateway is cut off from its federation (partitioned)")
-        nonce = os.urandom(12)
         body = cbor2.dumps({"c": caller.name, "v": verb, "t": list(target), "p": params,
                             "ts": int(time.time() * 1000), "n": nonce, "g": self.tag})
         from nats.errors import NoRespondersError
 
         self.counters["vouched"] += 1
         try:
-            msg = await self._link.nc.request(subject, _VOUCH + self._key.vouch(body) + body, timeout=timeout_s)
+            msg = await _unless_gone(
+                self._link.nc.request(subject, _VOUCH + self._key.vouch(body) + body, timeout=timeout_s), gone)
         except NoRespondersError as err:
-            raise Unavailable(f"no gateway of the federation answers for {subject.split('.', 3)[-1]} now; retry "
-                              "in a few seconds") from err
+            raise Gone(f"no gateway of the federation answers for {subject.split('.', 3)[-1]} now; retry "
+                       "in a few seconds") from err
         except Exception as err:
             if "timeout" in type(err).__name__.lower():
                 raise DeadlineExceeded(f"no answer through the federation within {timeout_s * 1000:.0f} ms") from err
             raise Unavailable(f"the federation could not carry the request: {err!r}") from err
+        if msg is None:
+            self.counters["vouch_gone"] += 1
+            raise Gone(f"the gateway serving {subject.split('.', 3)[-1]} left the federation's directory while "
+                       "it had the request; retry in a few seconds")
         data = bytes(msg.data)
         mac, answer = data[2:2 + _MAC], data[2 + _MAC:]
         if data[:2] != _ANSWER or not self._key.vouched(nonce + answer, mac):
@@ -413,6 +426,34 @@ class Remote:
             wire_err = reply["err"]
             raise CallError.from_wire(wire_err.get("code"), wire_err.get("message"))
         return bytes(reply["ok"])
+
+
+class Gone(Unavailable):
+    """A vouched request's gateway is gone: nobody answers its subject, or it left the directory while it had the
+    request (`Remote.vouch`)."""
+
+
+def vouch_identity(nonce: bytes) -> bytes:
+    """The `REQUEST_ID` of a vouched request (the invoker's journal key), the same on every gateway it reaches."""
+    return _VOUCH + nonce
+
+
+async def _unless_gone(request: Awaitable[Any], gone: Callable[[], bool] | None) -> Any:
+    """`request`'s result; None if `gone()` turns true first (looked at every TAKEOVER_CHECK_S)."""
+    if gone is None:
+        return await request
+    pending = asyncio.ensure_future(request)
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=TAKEOVER_CHECK_S)
+            if done:
+                return pending.result()
+            if gone():
+                return None
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
 
 
 class Serve:
@@ -549,6 +590,7 @@ class Serve:
         while len(self._nonces) > _NONCES or (self._nonces and next(iter(self._nonces.values())) < now - 120):
             self._nonces.popitem(last=False)
         self.counters["vouched_in"] += 1
+        REQUEST_ID.set(vouch_identity(nonce))  # this task's: the invoker journals a non-idempotent call under it
         try:
             rules = tuple(rule.parts for rule in self.store.rules(client))
             result = self.verbs.run(Caller(client, rules), verb, target, params)

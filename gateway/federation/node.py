@@ -22,6 +22,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -33,13 +34,14 @@ from ndn_edge import __version__, names
 from ndn_edge.answers import Answer
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
 from ndn_edge.federation.config import FederationConfig, remove_state, write_state
-from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, Remote, Serve
+from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, RETRY_S, Gone, Remote, Serve, vouch_identity
 from ndn_edge.federation.identity import IdentitySync
 from ndn_edge.federation.journal import CallJournal
 from ndn_edge.federation.keys import FederationKey
 from ndn_edge.federation.link import CONNECTED, NatsLink
 from ndn_edge.federation.placement import Placement
 from ndn_edge.federation.seqs import SharedSeqs
+from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import parse_signed_interest, split_components
@@ -318,7 +320,8 @@ class FedRouter:
             if fed.placement.route(device) is None:
                 return None
             timeout_s = cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1, cp.MAX_TIMEOUT_MS) / 1000
-            return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s)
+            return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s,
+                               device=device)
         if verb == cp.VERB_OPS and fed.ops is not None:
             return self._ops(caller, params)
         if verb in OP_VERBS:
@@ -328,7 +331,8 @@ class FedRouter:
             wait_ms = cp.int_param(params, "wait_ms", 0, 0, cp.MAX_TIMEOUT_MS)
             timeout_s = max(wait_ms / 1000, cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                          cp.MAX_TIMEOUT_MS) / 1000)
-            return self._vouch(fed.config.gateway_subject(owner), caller, verb, target, params, timeout_s)
+            return self._vouch(fed.config.gateway_subject(owner), caller, verb, target, params, timeout_s,
+                               owner=owner)
         if verb == cp.VERB_GATHER and self._verbs.patterns is not None:
             return self._gather(caller, params)
         return None
@@ -383,9 +387,47 @@ class FedRouter:
         return ops.info(op_id)
 
     async def _vouch(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...],
-                     params: dict[str, Any], timeout_s: float) -> Encoded:
-        assert self._fed.remote is not None
-        return Encoded(await self._fed.remote.vouch(subject, caller, verb, target, params, timeout_s + _SLACK_S))
+                     params: dict[str, Any], timeout_s: float, *, device: str | None = None,
+                     owner: str | None = None) -> Any:
+        """The answer of the gateway serving `device` (keeping the operation, for `owner`). When that gateway goes
+        (nobody answers its subject, or its directory lease lapses while it has the request), the request is
+        routed again at once rather than left to its deadline: to whichever gateway serves the device now
+        (the same subject, the same nonce), or here (this gateway took the device over, or nobody serves it: the
+        answer is what this gateway knows, UNAVAILABLE for a device it does not hear)."""
+        fed = self._fed
+        remote, placement = fed.remote, fed.placement
+        assert remote is not None and placement is not None
+        deadline = time.monotonic() + timeout_s + _SLACK_S
+        nonce = os.urandom(12)  # on every try: the serving gateway journals a non-idempotent call under it
+        while True:
+            sent_to = placement.route(device) if device is not None else owner
+
+            def gone(sent_to: str | None = sent_to) -> bool:
+                return placement.route(device) != sent_to if device is not None else not placement.alive(owner)
+            try:
+                return Encoded(await remote.vouch(subject, caller, verb, target, params,
+                                                  max(0.001, deadline - time.monotonic()), nonce=nonce, gone=gone))
+            except Gone:
+                if deadline - time.monotonic() <= RETRY_S:
+                    raise
+                if not gone():  # nobody answers while the directory still names the gateway: again shortly
+                    await asyncio.sleep(RETRY_S)
+                    if not gone():
+                        continue
+            if device is not None and placement.route(device) is not None:
+                continue  # another gateway serves it now: the device's subject reaches it
+            return await self._here(caller, verb, target, params, nonce)
+
+    async def _here(self, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any],
+                    nonce: bytes) -> Any:
+        """A vouched request whose gateway went, routed again (served here, or by an operation's new keeper or
+        its mirror), under the identity it had there, so the journal keeps a non-idempotent call to one run."""
+        token = REQUEST_ID.set(vouch_identity(nonce))
+        try:
+            result = self._verbs.run(caller, verb, target, params)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            REQUEST_ID.reset(token)
 
     async def _gather(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         from ndn_edge.patterns.gather import gather, split_pattern
@@ -434,9 +476,11 @@ class FederatedDevices:
         import cbor2
 
         target = (*names.relative(name, self.site), service)
+        sent_to = placement.route(name)
         content = await self._fed.remote.vouch(
             self._fed.config.device_subject(name), self._caller, cp.VERB_CALL, target,
-            {"args": args, "timeout_ms": max(1, int(timeout_s * 1000))}, timeout_s + _SLACK_S)
+            {"args": args, "timeout_ms": max(1, int(timeout_s * 1000))}, timeout_s + _SLACK_S,
+            gone=lambda: placement.route(name) != sent_to)
         return _Remote(cbor2.loads(content))
 
     def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:

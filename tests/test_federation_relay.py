@@ -180,12 +180,12 @@ def test_hostile_bodies_on_both_sides_are_dropped_and_relaying_goes_on(nats_url)
         token = next(iter(remote._pending))
         for body in (b"b1", b"b1\x01", forward.pack(b"b1", [(token.encode(), b"\x00not a Data")]),
                      forward.pack(b"b1", [(b"12345", b"\x06x")]), b"\x00", b""):
-            await c.publish(remote._inbox + token, body)
-            await c.publish(remote._inbox + "b" + token, body)
+            await c.publish(remote._replies.prefix + token, body)
+            await c.publish(remote._replies.prefix + "b" + token, body)
         await c.flush()
         assert not waiting.done()
         face.silent = False
-        await c.publish(remote._inbox + token, b"\x06" + face.received[-1][1:])
+        await c.publish(remote._replies.prefix + token, b"\x06" + face.received[-1][1:])
         assert await waiting == b"\x06" + face.received[-1][1:]
     pair(nats_url, scenario)
 

@@ -66,6 +66,7 @@ from ndn_edge.errors import (
     UnknownDevice,
 )
 from ndn_edge.federation.keys import FederationKey
+from ndn_edge.federation.link import ReplyInbox
 from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
@@ -157,8 +158,7 @@ class Remote:
         self._pump: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._inbox = ""
-        self._inbox_nc: Any = None
+        self._replies = ReplyInbox(self._on_reply)  # every reply to a relayed request
         self._batches: dict[str, list[_Relay]] = {}  # reply key of a batch -> its requests (for "no responders")
 
     # -- the client face's Forwarder
@@ -246,7 +246,7 @@ class Remote:
                 self._fail(relay, Unavailable(_PARTITIONED))
             return
         try:
-            inbox = await self._reply_inbox(nc)
+            inbox = await self._replies.on(nc)
         except Exception as err:  # the connection went away meanwhile
             for relay in batch:
                 self._fail(relay, Unavailable(f"the federation could not relay the request: {err!r}"))
@@ -270,17 +270,8 @@ class Remote:
                     for relay in chunk:
                         self._fail(relay, Unavailable(f"the federation could not relay the request: {err!r}"))
 
-    async def _reply_inbox(self, nc: Any) -> str:
-        """The prefix of the reply subjects of relayed requests on connection `nc`: one subscription, `<inbox>.*`,
-        takes every reply (nats-py resubscribes it after a reconnect)."""
-        if self._inbox_nc is not nc:
-            prefix = nc.new_inbox() + "."
-            await nc.subscribe(prefix + "*", cb=self._on_reply)
-            self._inbox, self._inbox_nc = prefix, nc
-        return self._inbox
-
     async def _on_reply(self, msg: Any) -> None:
-        key = msg.subject[len(self._inbox):]
+        key = self._replies.token(msg.subject)
         headers = msg.headers
         if headers and headers.get("Status") == _NO_RESPONDERS:
             # Nobody serves the subject now (the serving gateway died or gave the device up): again in RETRY_S,

@@ -210,6 +210,27 @@ class NatsLink:
             self.on_state(state)
 
 
+class ReplyInbox:
+    """One subscription, `<inbox>.*`, that takes every reply to a part's requests on the current connection
+    (nats-py subscribes it again after a reconnect); a reply's token is its subject after `prefix`."""
+
+    def __init__(self, cb: Callable[[Any], Any]) -> None:
+        self._cb = cb
+        self._nc: Any = None
+        self.prefix = ""
+
+    async def on(self, nc: Any) -> str:
+        """The prefix of reply subjects on connection `nc` (subscribed at its first use)."""
+        if self._nc is not nc:
+            prefix = nc.new_inbox() + "."
+            await nc.subscribe(prefix + "*", cb=self._cb)
+            self.prefix, self._nc = prefix, nc
+        return self.prefix
+
+    def token(self, subject: str) -> str:
+        return subject[len(self.prefix):]
+
+
 Take = Callable[[str, "dict[str, Any] | None", int, bool], None]
 
 

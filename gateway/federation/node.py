@@ -130,7 +130,8 @@ class Federation:
             from ndn_edge.federation.durable import SharedSubs
             from ndn_edge.federation.opsync import OpsSync
 
-            self.ops = OpsSync(self.link, self.key, patterns.operations, tag=self.tag, alive=self.placement.alive)
+            self.ops = OpsSync(self.link, self.key, patterns.operations, tag=self.tag, alive=self.placement.alive,
+                               intake=getattr(patterns, "intake", None))
             self.subs = SharedSubs(self.link, self.key, patterns.pubsub, tag=self.tag)
             self.remote.keeper = self.ops.keeper
             await self.ops.start()
@@ -152,7 +153,8 @@ class Federation:
                 side.on_report = self._reports_to(intake)
             from ndn_edge.federation.bridge import Bridge
 
-            self.bridge = Bridge(self.link, self.key, patterns.pubsub, self.placement, tag=self.tag, site=self.site)
+            self.bridge = Bridge(self.link, self.key, patterns.pubsub, self.placement, tag=self.tag, site=self.site,
+                                 intake=getattr(patterns, "intake", None))
             await self.bridge.start()
         await self.placement.start()
         self._task = asyncio.create_task(self._report_state(), name="federation-state")

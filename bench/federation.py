@@ -11,6 +11,9 @@ homes on three multicast groups, one simulated MicroPython device behind gateway
   Target (SPEC): cross cached >= 50 % of local cached.
 - fan-out: C's device publishes `--messages` on topic `burst`; one subscriber on each of A, B and C; messages
   per second delivered at each, and the latency from C's receipt of a publication to its delivery at A and B.
+Each call subject also reports the CPU each process spent per call (`cpu_us_per_call`: the bench's client,
+gateways A and C, the three NATS nodes together), summed over its rounds: the machine's load does not change
+it much, so it is the figure to judge a change of the relay by.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class Options:
     rounds: int = 3
     inflight: tuple[int, ...] = (1, 64)
     messages: int = 200
+    subjects: tuple[str, ...] = SUBJECTS
 
 
 def _port(kind: int = socket.SOCK_STREAM) -> int:
@@ -133,17 +137,27 @@ async def _until(predicate: Any, timeout_s: float, what: str) -> Any:
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-async def _calls(opts: Options, a: _Site, home: Path) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    from bench.fleet import cpu_s
+
+    try:
+        return cpu_s(pid)
+    except OSError:  # gone
+        return 0.0
+
+
+async def _calls(opts: Options, a: _Site, home: Path, roles: dict[str, list[int]]) -> dict[str, Any]:
     from ndn_edge.client.api import Client
 
-    samples: dict[str, dict[int, list[Any]]] = {s: {n: [] for n in opts.inflight} for s in SUBJECTS}
+    samples: dict[str, dict[int, list[Any]]] = {s: {n: [] for n in opts.inflight} for s in opts.subjects}
+    cpu: dict[str, dict[int, dict[str, float]]] = {s: {n: {} for n in opts.inflight} for s in opts.subjects}
     async with Client.connect(home=home, client="bench", gateway=a.address(), timeout=10) as client:
-        for name in TARGETS.values():
+        for name in (TARGETS[s] for s in opts.subjects):
             await _until(lambda name=name: client.call(name, {"warm": 1} if "echo" in name else None), 60,
                          f"a first answer from {name}")
         for _ in range(opts.rounds):
             for inflight in opts.inflight:
-                for subject in SUBJECTS:
+                for subject in opts.subjects:
                     target = TARGETS[subject]
                     uncached = "echo" in target
 
@@ -151,9 +165,20 @@ async def _calls(opts: Options, a: _Site, home: Path) -> dict[str, Any]:
                         if uncached:
                             return (await client.call(target, {"i": i}, timeout=5)) == {"i": i}
                         return isinstance(await client.call(target, timeout=5), float)
-                    samples[subject][inflight].append(await closed_loop(call, inflight, opts.seconds, 10.0))
+                    before = {role: sum(map(_cpu_s, pids)) for role, pids in roles.items()}
+                    sample = await closed_loop(call, inflight, opts.seconds, 10.0)
+                    samples[subject][inflight].append(sample)
+                    spent = cpu[subject][inflight]
+                    for role, pids in roles.items():
+                        spent[role] = spent.get(role, 0.0) + sum(map(_cpu_s, pids)) - before[role]
+                    spent["calls"] = spent.get("calls", 0) + sample.completed
         metrics = await client.metrics()
     out: dict[str, Any] = {s: {str(n): summarize(v) for n, v in per.items()} for s, per in samples.items()}
+    for subject, per in cpu.items():
+        for n, spent in per.items():
+            calls = spent.pop("calls", 0) or 1
+            out[subject][str(n)]["cpu_us_per_call"] = {role: round(sec / calls * 1e6, 1)
+                                                       for role, sec in spent.items()}
     out["relay"] = {k: v for k, v in metrics.get("federation", {}).items() if k.startswith(("relay", "remote_"))}
     return out
 
@@ -200,6 +225,15 @@ async def _fanout(opts: Options, sites: list[_Site], home: Path) -> dict[str, An
             await client.close()
 
 
+def _server(site: _Site) -> str | None:
+    """The NATS node a gateway is connected to (as its state file says): when A's and C's differ, every relayed
+    request and reply also crosses a route between two nodes, which costs the machine more CPU."""
+    from ndn_edge.federation.config import read_state
+
+    state = read_state(site.home) or {}
+    return state.get("server")
+
+
 def run(opts: Options) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="ndn-edge-bench-fed-"))
     cluster = _Cluster(scratch / "nats")
@@ -232,16 +266,25 @@ def run(opts: Options) -> dict[str, Any]:
                                                       and d["services"]}
         asyncio.run(_until(listed, 60, "both devices online on A"))
         log("calls")
-        calls = asyncio.run(_calls(opts, a, a.home))
-        log("fan-out")
-        fanout = asyncio.run(_fanout(opts, sites, a.home))
+        roles = {"client": [os.getpid()], "gateway a": [a.procs[0].pid], "gateway c": [c.procs[0].pid],
+                 "nats": [p.pid for p in cluster.procs]}
+        calls = asyncio.run(_calls(opts, a, a.home, roles))
+        servers = {site.name: _server(site) for site in (a, c)}
+        fanout: dict[str, Any] = {}
+        if opts.messages:
+            log("fan-out")
+            fanout = asyncio.run(_fanout(opts, sites, a.home))
     finally:
         for site in sites:
             site.close()
         cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
     out: dict[str, Any] = {"benchmark": "federation", "seconds": opts.seconds, "rounds": opts.rounds,
-                           "calls": calls, "fanout": fanout}
+                           "calls": calls, "fanout": fanout, "nats_servers": servers,
+                           "relay_crosses_a_route": servers["a"] != servers["c"]}
+    out["targets"] = {}
+    if "64" not in calls.get("local cached", {}) or "64" not in calls.get("cross cached", {}):
+        return out
     local = calls["local cached"]["64"]["calls_per_s"]
     cross = calls["cross cached"]["64"]["calls_per_s"]
     out["targets"] = {"cross cached >= 50% of local cached (64 in flight)": {
@@ -250,15 +293,18 @@ def run(opts: Options) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{'subject':<16}{'in flight':>10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"]
+    lines = [f"{'subject':<16}{'in flight':>10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}   CPU us per call"]
     for subject in SUBJECTS:
-        for n, s in result["calls"][subject].items():
-            lines.append(f"{subject:<16}{n:>10}{s['calls_per_s']:>10}{s['p50_ms']!s:>9}{s['p99_ms']!s:>9}")
+        for n, s in result["calls"].get(subject, {}).items():
+            cpu = " ".join(f"{role.split()[-1]} {us:g}" for role, us in s.get("cpu_us_per_call", {}).items())
+            lines.append(f"{subject:<16}{n:>10}{s['calls_per_s']:>10}{s['p50_ms']!s:>9}{s['p99_ms']!s:>9}   {cpu}")
     lines.append("")
     lines.append(f"{'fan-out at':<16}{'delivered':>10}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for where, f in result["fanout"].items():
         lines.append(f"{where:<16}{f['delivered']:>10}{f['messages_per_s']!s:>10}{f['p50_ms']!s:>9}"
                      f"{f['p99_ms']!s:>9}")
+    lines.append(f"NATS nodes: A on {result['nats_servers'].get('a')}, C on {result['nats_servers'].get('c')}"
+                 + (" (relays cross a route)" if result["relay_crosses_a_route"] else " (the same node)"))
     for name, t in result["targets"].items():
         lines.append(f"target: {name}: ratio {t['ratio']} ({'met' if t['met'] else 'NOT met'})")
     return "\n".join(lines)
@@ -270,9 +316,23 @@ def main(argv: list[str]) -> int:
     d = Options()
     p.add_argument("--seconds", type=float, default=d.seconds, help="length of each timed run (%(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="timed runs per subject and level (%(default)s)")
-    p.add_argument("--messages", type=int, default=d.messages, help="publications in the fan-out (%(default)s)")
+    p.add_argument("--messages", type=int, default=d.messages,
+                   help="publications in the fan-out; 0: no fan-out (%(default)s)")
+    p.add_argument("--subjects", default=",".join(d.subjects),
+                   help="call subjects, comma-separated (%(default)s)")
+    p.add_argument("--inflight", default=",".join(map(str, d.inflight)),
+                   help="calls in flight, comma-separated (%(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the JSON report to FILE")
     args = p.parse_args(argv)
-    result = run(Options(seconds=args.seconds, rounds=args.rounds, messages=args.messages))
+    subjects = tuple(s.strip() for s in args.subjects.split(",") if s.strip())
+    unknown = [s for s in subjects if s not in TARGETS]
+    if unknown:
+        p.error(f"unknown subject {unknown[0]!r}; choose from {', '.join(SUBJECTS)}")
+    try:
+        inflight = tuple(int(n) for n in args.inflight.split(","))
+    except ValueError:
+        p.error(f"--inflight takes numbers separated by commas, got {args.inflight!r}")
+    result = run(Options(seconds=args.seconds, rounds=args.rounds, messages=args.messages, subjects=subjects,
+                         inflight=inflight))
     report.emit(result, table(result), args.json)
     return 0

@@ -17,7 +17,8 @@ the double.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -108,9 +109,10 @@ class Forwarder(Protocol):
     """Relays a client's signed request to the gateway that serves its target (federation)."""
 
     def forward(self, prefix: bytes, params: bytes, datagram: bytes,
-                lifetime_ms: int) -> Awaitable[bytes | None] | None:
-        """None: serve it here. Else an awaitable of the serving gateway's reply datagram, passed to the client
-        unchanged; or of None when, meanwhile, this gateway became the one to serve it."""
+                lifetime_ms: int) -> asyncio.Future[bytes | None] | None:
+        """None: serve it here. Else a future of the serving gateway's reply datagram, passed to the client
+        unchanged; or of None when, meanwhile, this gateway became the one to serve it (a CallError when it
+        fails). Cancelling it gives the request up."""
         ...
 
 

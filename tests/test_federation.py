@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import urllib.request
 
@@ -234,28 +235,33 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
 
 
 def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
-    cluster = NatsCluster(tmp_path / "nats")
-    lan = Site(tmp_path, "a")
-    standby = Site(tmp_path, "a2", port=lan.port)  # the same multicast group: it hears the same devices
-    b = Site(tmp_path, "b")
+    cluster, lan, standby, b = _lan_with_standby(tmp_path)
     relay = None
     try:
-        cluster.start()
-        cluster.wait_ready()
-        enrol([lan, standby, b], cluster.urls)
-        lan.ok("client", "add", "alice")
-        lan.ok("acl", "grant", "alice", "**")
+        _enrolled(cluster, [lan, standby, b])
         lan.start_gateway()
         lan.start_sim(1, "a", "--tick", "0")
         with _connect(lan.home, lan.address()) as alice:
             wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
             wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
-        standby.start_gateway()
+        standby.start_gateway("--http", "127.0.0.1:0")
+        token = standby.ok("client", "token", "alice").strip().split()[-1]
         relay = Relay(cluster.ports[0])
         b.start_gateway("--federation", relay.url)
         b.start_sim(1, "b", "--tick", "0")
 
-        # Kill A: its standby takes a/1 over; every call, the one in flight included, runs exactly once.
+        def http_counter() -> int:
+            """`a/1/counter` through the standby's HTTP API: vouched to A while A serves a/1."""
+            url = json.loads((standby.home / "http.json").read_text())["url"]
+            req = urllib.request.Request(f"{url}/api/v1/call/a/1/counter?timeout_ms=20000", data=b"{}",
+                                         method="POST", headers={"Authorization": f"Bearer {token}",
+                                                                 "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())["value"]
+        wait_for(lambda: http_counter() > 0, 10, "the HTTP API on the standby")
+
+        # Freeze A, then kill it: its standby takes a/1 over; every call, the relayed one and the vouched one in
+        # flight to the frozen A included, runs exactly once, and none waits for its deadline.
         async def through_failover() -> tuple[list[int], float]:
             from ndn_edge.client.api import Client
 
@@ -273,11 +279,16 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                     assert time.monotonic() < mirrored, "A's operations are not listed by the standby"
                     await asyncio.sleep(0.05)
                 values = [await client.call("a/1/counter") for _ in range(3)]  # relayed to A
-                in_flight = asyncio.create_task(client.call("a/1/counter"))
-                lan.kill_gateway()
+                # One more, started a moment before A hangs: its handle is good on the standby all the same (A
+                # mirrored it before answering), and the device's report of its end is taken there.
+                ops[3] = await client.start("a/1/slow", {"seconds": 3})
+                lan.gateway.send_signal(signal.SIGSTOP)  # what reaches A now gets no answer, and no "no responders"
                 killed = time.monotonic()
-                values.append(await in_flight)
+                in_flight = asyncio.create_task(client.call("a/1/counter"))
+                vouched = asyncio.create_task(asyncio.to_thread(http_counter))
+                values += sorted([await in_flight, await vouched])
                 recovered = time.monotonic() - killed
+                lan.kill_gateway()
                 values += [await client.call("a/1/counter") for _ in range(3)]
                 # The standby took the operations over with the device, and finishes them with their results.
                 for seconds, op in ops.items():
@@ -316,3 +327,82 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
         for site in (lan, standby, b):
             site.close()
         cluster.close()
+
+
+def test_publications_a_gateway_could_not_put_on_the_stream_reach_the_others_after_it_dies(tmp_path):
+    """JetStream loses its quorum (two of three nodes stopped; core NATS goes on through the third): the gateway
+    serving a publishing device processes its reports but cannot get them onto the stream, so it does not
+    acknowledge them. It dies; JetStream comes back; its standby takes the device over and publishes what the device
+    sends again: a subscriber on another gateway gets every message (docs/operations.md "Failover on one LAN")."""
+    cluster, lan, standby, b = _lan_with_standby(tmp_path)
+    try:
+        _enrolled(cluster, [lan, standby, b])
+        node0 = f"nats://127.0.0.1:{cluster.ports[0]}"  # the node that stays up
+        lan.start_gateway("--federation", node0)
+        lan.start_sim(1, "a", "--tick", "0")
+        with _connect(lan.home, lan.address()) as alice:
+            wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
+            wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
+        standby.start_gateway("--federation", node0)
+        b.start_gateway("--federation", node0)
+
+        async def scenario() -> tuple[int, list[int]]:
+            from ndn_edge.client.api import Client
+            from tests.support import until
+
+            seqs: list[int] = []
+            async with Client.connect(home=lan.home, client="alice", gateway=b.address(), timeout=10) as on_b, \
+                    Client.connect(home=lan.home, client="alice", gateway=lan.address(), timeout=10) as on_a:
+                async def follow() -> None:
+                    async for msg in on_b.subscribe("a/1/burst", wait=1.0):
+                        if not msg.retained:
+                            seqs.append(msg.seq)
+                follower = asyncio.create_task(follow())
+                try:
+                    async def warm() -> bool:  # B delivers A's publications (its subscription is made at its poll)
+                        await on_a.call("a/1/burst", {"n": 1})
+                        await asyncio.sleep(0.5)
+                        return bool(seqs)
+                    await until(warm, 30, "a publication of a/1 through B", interval_s=0.5)
+                    last = max(seqs)
+                    processed = (await on_a.metrics())["patterns"]["reports_processed"]
+                    cluster.kill(1)
+                    cluster.kill(2)
+                    await on_a.call("a/1/burst", {"n": 10})
+                    # A takes the burst's reports (eight: the device's window) and holds their acknowledgements.
+                    await until(lambda: _processed(on_a, processed + 8), 20, "A processing the burst")
+                    lan.kill_gateway()
+                    cluster.start(1)
+                    cluster.start(2)
+                    await until(lambda: set(range(last + 1, last + 11)) <= set(seqs), 60,
+                                "every message of the burst through B")
+                finally:
+                    follower.cancel()
+                    await asyncio.gather(follower, return_exceptions=True)
+            return last, seqs
+        last, seqs = asyncio.run(scenario())
+        assert set(range(last + 1, last + 11)) <= set(seqs), seqs
+    finally:
+        for site in (lan, standby, b):
+            site.close()
+        cluster.close()
+
+
+async def _processed(client, at_least: int) -> bool:
+    return (await client.metrics())["patterns"]["reports_processed"] >= at_least
+
+
+def _lan_with_standby(tmp_path) -> tuple[NatsCluster, Site, Site, Site]:
+    """A cluster (not started), a LAN's gateway site `a`, its standby `a2` on the same multicast group (it hears the
+    same devices) and a gateway site `b` on another."""
+    lan = Site(tmp_path, "a")
+    return NatsCluster(tmp_path / "nats"), lan, Site(tmp_path, "a2", port=lan.port), Site(tmp_path, "b")
+
+
+def _enrolled(cluster: NatsCluster, sites: list[Site]) -> None:
+    """Start the cluster, enrol the sites, add client alice allowed everything."""
+    cluster.start()
+    cluster.wait_ready()
+    enrol(sites, cluster.urls)
+    sites[0].ok("client", "add", "alice")
+    sites[0].ok("acl", "grant", "alice", "**")

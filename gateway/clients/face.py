@@ -251,6 +251,7 @@ class ClientFace:
         self._clean: dict[str, int] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._relays: set[asyncio.Future[bytes | None]] = set()  # relayed to another gateway (forwarder)
         self._stopping = False
         self._throttle = Throttle(log, _WARN_EVERY_S)
         self._wrong_site_answered: dict[str, float] = {}
@@ -335,7 +336,10 @@ class ClientFace:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        relays = list(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*tasks, *relays, return_exceptions=True)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -344,7 +348,7 @@ class ClientFace:
 
     def metrics(self) -> dict[str, Any]:
         """Counters of the client face."""
-        return {**self.stats, "drops": dict(self.drops), "in_flight": len(self._tasks),
+        return {**self.stats, "drops": dict(self.drops), "in_flight": len(self._tasks) + len(self._relays),
                 "clients": len(self._peers)}
 
     # -- receive path
@@ -376,12 +380,13 @@ class ClientFace:
         if self.forwarder is not None and not isinstance(addr, Relayed):
             relay = self.forwarder.forward(request.parts.prefix, request.parts.params, data, request.lifetime_ms)
             if relay is not None:
-                if len(self._tasks) >= self._max_in_flight:
-                    _discard(relay)
-                    self._reply_error(peer, ex, ResourceExhausted(f"the gateway has {len(self._tasks)} requests in "
-                                                                  "flight; retry later"))
+                if len(self._tasks) + len(self._relays) >= self._max_in_flight:
+                    relay.cancel()
+                    self._reply_error(peer, ex, ResourceExhausted(
+                        f"the gateway has {len(self._tasks) + len(self._relays)} requests in flight; retry later"))
                     return
-                self._spawn(self._relay(peer, ex, request, relay))
+                self._relays.add(relay)
+                relay.add_done_callback(functools.partial(self._relayed, peer, ex, request))
                 return
         try:
             if log.isEnabledFor(logging.DEBUG):
@@ -655,26 +660,29 @@ class ClientFace:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _relay(self, peer: _Peer, ex: _Exchange, request: _Request, relay: Awaitable[bytes | None]) -> None:
-        """Wait for the serving gateway's reply and pass it on unchanged; serve here if this gateway became the
-        one to serve the target meanwhile (a takeover)."""
+    def _relayed(self, peer: _Peer, ex: _Exchange, request: _Request, relay: asyncio.Future[bytes | None]) -> None:
+        """The serving gateway's reply, passed on unchanged; served here if this gateway became the one to serve
+        the target meanwhile (a takeover). A done callback: no task per relayed request."""
+        self._relays.discard(relay)
         try:
-            wire = await relay
-        except CallError as err:
+            if relay.cancelled():
+                self._reply_error(peer, ex, Unavailable("the gateway is shutting down; retry when it is back"))
+                return
+            err = relay.exception()
+            if err is None:
+                wire = relay.result()
+                if wire is None:
+                    self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
+                else:
+                    self._answer(peer, ex, wire)
+                return
+            if not isinstance(err, CallError):
+                raise err
             self._reply_error(peer, ex, err)
-            return
-        except asyncio.CancelledError:
-            self._reply_error(peer, ex, Unavailable("the gateway is shutting down; retry when it is back"))
-            raise
         except Exception as err:  # the client must get an answer; the bug goes to the log
             self.stats["internal"] += 1
             self._throttle.fault("client-relay", err, client=peer.name)
             self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
-            return
-        if wire is None:
-            self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
-            return
-        self._answer(peer, ex, wire)
 
     # -- replies
 

@@ -204,6 +204,11 @@ class ReportIntake:
         self._locators: dict[bytes, str | None] = {}
         self._signers: dict[str, tuple[bytes, cw.ReplySigner]] = {}
         self._after: list[Callable[[], None]] = []
+        # A federation's (bridge.py, opsync.py): called after a batch's commit, each returns None or a future the
+        # batch's acknowledgements wait for (its publications in the federation's stream, its operations'
+        # changes in their mirror), so a report is acknowledged only once another gateway could take it over.
+        self.ack_gates: list[Callable[[], asyncio.Future[Any] | None]] = []
+        self._withheld: set[tuple[str, int]] = set()  # (key name, number) of reports whose acknowledgement waits
         self._gathered: dict[Address, list[bytes]] | None = None  # a batch's unicast acknowledgements, by address
         self._before: list[Callable[[Any], None]] = []
         self._seen_rows: list[tuple[str, int, bytes]] = []
@@ -214,7 +219,7 @@ class ReportIntake:
         self.counters: dict[str, int] = {
             "received": 0, "processed": 0, "duplicates": 0, "acks": 0, "later": 0, "unknown_key": 0,
             "digest": 0, "bad_signature": 0, "stale": 0, "malformed": 0, "queue_full": 0, "errors": 0,
-            "faults": 0, "acks_unicast": 0, "ack_datagrams": 0, "batches": 0,
+            "faults": 0, "acks_unicast": 0, "ack_datagrams": 0, "batches": 0, "acks_withheld": 0,
         }
         self._throttle = Throttle(log)
 
@@ -378,6 +383,25 @@ class ReportIntake:
                 fn()
             except Exception as err:
                 self._throttle.fault("report-after-commit", err)
+        if self._withheld:  # a resend of a report whose acknowledgement waits: it goes with that one
+            acks = [r for r in acks if (r.key_name, r.seq) not in self._withheld]
+        waits = [g for g in (gate() for gate in self.ack_gates) if g is not None and not g.done()] if acks else []
+        if not waits:
+            self._ack_all(acks)
+            return
+        gate = waits[0] if len(waits) == 1 else asyncio.gather(*waits, return_exceptions=True)
+        marks = [(r.key_name, r.seq) for r in acks]
+        self._withheld.update(marks)
+        self.counters["acks_withheld"] += len(marks)
+        gate.add_done_callback(lambda _: self._release(acks, marks))
+
+    def _release(self, acks: list[Report], marks: list[tuple[str, int]]) -> None:
+        """Send the acknowledgements the batch's gate held back."""
+        self._withheld.difference_update(marks)
+        if self._task is not None:  # (stopped: not acknowledged, the devices send them again)
+            self._ack_all(acks)
+
+    def _ack_all(self, acks: list[Report]) -> None:
         self._gathered = {}
         try:
             for report in acks:

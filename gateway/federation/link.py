@@ -82,6 +82,11 @@ class NatsLink:
     def connected(self) -> bool:
         return self.state == CONNECTED and self.nc is not None and self.nc.is_connected
 
+    def server(self) -> str | None:
+        """The NATS server this gateway is connected to now (host:port), or None."""
+        url = self.nc.connected_url if self.connected else None
+        return f"{url.hostname}:{url.port}" if url is not None else None
+
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once connected (within `timeout_s`)."""
         try:
@@ -203,6 +208,27 @@ class NatsLink:
               if state == PARTITIONED else "")
         if self.on_state is not None:
             self.on_state(state)
+
+
+class ReplyInbox:
+    """One subscription, `<inbox>.*`, that takes every reply to a part's requests on the current connection
+    (nats-py subscribes it again after a reconnect); a reply's token is its subject after `prefix`."""
+
+    def __init__(self, cb: Callable[[Any], Any]) -> None:
+        self._cb = cb
+        self._nc: Any = None
+        self.prefix = ""
+
+    async def on(self, nc: Any) -> str:
+        """The prefix of reply subjects on connection `nc` (subscribed at its first use)."""
+        if self._nc is not nc:
+            prefix = nc.new_inbox() + "."
+            await nc.subscribe(prefix + "*", cb=self._cb)
+            self.prefix, self._nc = prefix, nc
+        return self.prefix
+
+    def token(self, subject: str) -> str:
+        return subject[len(self.prefix):]
 
 
 Take = Callable[[str, "dict[str, Any] | None", int, bool], None]

@@ -22,9 +22,11 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,14 @@ from ndn_edge import __version__, names
 from ndn_edge.answers import Answer
 from ndn_edge.clients.verbs import Caller, Encoded, Verbs
 from ndn_edge.federation.config import FederationConfig, remove_state, write_state
-from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, Remote, Serve
+from ndn_edge.federation.forward import DEVICE_VERBS, OP_VERBS, RETRY_S, Gone, Remote, Serve, vouch_identity
 from ndn_edge.federation.identity import IdentitySync
 from ndn_edge.federation.journal import CallJournal
 from ndn_edge.federation.keys import FederationKey
 from ndn_edge.federation.link import CONNECTED, NatsLink
 from ndn_edge.federation.placement import Placement
 from ndn_edge.federation.seqs import SharedSeqs
+from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import parse_signed_interest, split_components
@@ -46,6 +49,7 @@ from ndn_edge.wire.packets import parse_signed_interest, split_components
 log = logging.getLogger("ndn_edge.federation")
 
 STATE_EVERY_S = 2.0
+_SUBSCRIPTION_VERBS = frozenset({cp.VERB_SUBSCRIBE, cp.VERB_POLL, cp.VERB_UNSUBSCRIBE})
 _SLACK_S = 1.0
 
 
@@ -126,7 +130,8 @@ class Federation:
             from ndn_edge.federation.durable import SharedSubs
             from ndn_edge.federation.opsync import OpsSync
 
-            self.ops = OpsSync(self.link, self.key, patterns.operations, tag=self.tag, alive=self.placement.alive)
+            self.ops = OpsSync(self.link, self.key, patterns.operations, tag=self.tag, alive=self.placement.alive,
+                               intake=getattr(patterns, "intake", None))
             self.subs = SharedSubs(self.link, self.key, patterns.pubsub, tag=self.tag)
             self.remote.keeper = self.ops.keeper
             await self.ops.start()
@@ -148,7 +153,8 @@ class Federation:
                 side.on_report = self._reports_to(intake)
             from ndn_edge.federation.bridge import Bridge
 
-            self.bridge = Bridge(self.link, self.key, patterns.pubsub, self.placement, tag=self.tag, site=self.site)
+            self.bridge = Bridge(self.link, self.key, patterns.pubsub, self.placement, tag=self.tag, site=self.site,
+                                 intake=getattr(patterns, "intake", None))
             await self.bridge.start()
         await self.placement.start()
         self._task = asyncio.create_task(self._report_state(), name="federation-state")
@@ -161,6 +167,8 @@ class Federation:
         await asyncio.gather(*tasks, return_exceptions=True)
         for face in self._faces:
             face.forwarder = None
+        if self.remote is not None:
+            self.remote.close()
         for part in (self.bridge, self.subs, self.ops):
             if part is not None:
                 await part.stop()
@@ -262,7 +270,8 @@ class Federation:
     def status(self) -> dict[str, Any]:
         p = self.placement
         return {"federation": self.config.federation, "gateway": self.tag, "state": self.link.state,
-                "since": self.link.since, "nats": [_safe(u) for u in self.config.nats], "pid": os.getpid(),
+                "since": self.link.since, "nats": [_safe(u) for u in self.config.nats],
+                "server": self.link.server(), "pid": os.getpid(),
                 "served": sorted(p.served) if p is not None else [],
                 "gateways": p.live_gateways() if p is not None else [],
                 "identity_synced_at": self.identity.synced_at, "at": time.time()}
@@ -302,7 +311,7 @@ class FedRouter:
         fed = self._fed
         if verb == cp.VERB_METRICS:
             return {**self._verbs.counters(), "federation": fed.metrics()}
-        if fed.subs is not None:
+        if fed.subs is not None and verb in _SUBSCRIPTION_VERBS:
             shared = self._shared_subscription(caller, verb, params)
             if shared is not None:
                 return shared
@@ -313,7 +322,8 @@ class FedRouter:
             if fed.placement.route(device) is None:
                 return None
             timeout_s = cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1, cp.MAX_TIMEOUT_MS) / 1000
-            return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s)
+            return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s,
+                               device=device)
         if verb == cp.VERB_OPS and fed.ops is not None:
             return self._ops(caller, params)
         if verb in OP_VERBS:
@@ -323,7 +333,8 @@ class FedRouter:
             wait_ms = cp.int_param(params, "wait_ms", 0, 0, cp.MAX_TIMEOUT_MS)
             timeout_s = max(wait_ms / 1000, cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1,
                                                          cp.MAX_TIMEOUT_MS) / 1000)
-            return self._vouch(fed.config.gateway_subject(owner), caller, verb, target, params, timeout_s)
+            return self._vouch(fed.config.gateway_subject(owner), caller, verb, target, params, timeout_s,
+                               owner=owner)
         if verb == cp.VERB_GATHER and self._verbs.patterns is not None:
             return self._gather(caller, params)
         return None
@@ -378,9 +389,47 @@ class FedRouter:
         return ops.info(op_id)
 
     async def _vouch(self, subject: str, caller: Caller, verb: str, target: tuple[str, ...],
-                     params: dict[str, Any], timeout_s: float) -> Encoded:
-        assert self._fed.remote is not None
-        return Encoded(await self._fed.remote.vouch(subject, caller, verb, target, params, timeout_s + _SLACK_S))
+                     params: dict[str, Any], timeout_s: float, *, device: str | None = None,
+                     owner: str | None = None) -> Any:
+        """The answer of the gateway serving `device` (keeping the operation, for `owner`). When that gateway goes
+        (nobody answers its subject, or its directory lease lapses while it has the request), the request is
+        routed again at once rather than left to its deadline: to whichever gateway serves the device now
+        (the same subject, the same nonce), or here (this gateway took the device over, or nobody serves it: the
+        answer is what this gateway knows, UNAVAILABLE for a device it does not hear)."""
+        fed = self._fed
+        remote, placement = fed.remote, fed.placement
+        assert remote is not None and placement is not None
+        deadline = time.monotonic() + timeout_s + _SLACK_S
+        nonce = os.urandom(12)  # on every try: the serving gateway journals a non-idempotent call under it
+        while True:
+            sent_to = placement.route(device) if device is not None else owner
+
+            def gone(sent_to: str | None = sent_to) -> bool:
+                return placement.route(device) != sent_to if device is not None else not placement.alive(owner)
+            try:
+                return Encoded(await remote.vouch(subject, caller, verb, target, params,
+                                                  max(0.001, deadline - time.monotonic()), nonce=nonce, gone=gone))
+            except Gone:
+                if deadline - time.monotonic() <= RETRY_S:
+                    raise
+                if not gone():  # nobody answers while the directory still names the gateway: again shortly
+                    await asyncio.sleep(RETRY_S)
+                    if not gone():
+                        continue
+            if device is not None and placement.route(device) is not None:
+                continue  # another gateway serves it now: the device's subject reaches it
+            return await self._here(caller, verb, target, params, nonce)
+
+    async def _here(self, caller: Caller, verb: str, target: tuple[str, ...], params: dict[str, Any],
+                    nonce: bytes) -> Any:
+        """A vouched request whose gateway went, routed again (served here, or by an operation's new keeper or
+        its mirror), under the identity it had there, so the journal keeps a non-idempotent call to one run."""
+        token = REQUEST_ID.set(vouch_identity(nonce))
+        try:
+            result = self._verbs.run(caller, verb, target, params)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            REQUEST_ID.reset(token)
 
     async def _gather(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         from ndn_edge.patterns.gather import gather, split_pattern
@@ -429,9 +478,11 @@ class FederatedDevices:
         import cbor2
 
         target = (*names.relative(name, self.site), service)
+        sent_to = placement.route(name)
         content = await self._fed.remote.vouch(
             self._fed.config.device_subject(name), self._caller, cp.VERB_CALL, target,
-            {"args": args, "timeout_ms": max(1, int(timeout_s * 1000))}, timeout_s + _SLACK_S)
+            {"args": args, "timeout_ms": max(1, int(timeout_s * 1000))}, timeout_s + _SLACK_S,
+            gone=lambda: placement.route(name) != sent_to)
         return _Remote(cbor2.loads(content))
 
     def devices(self, page_size: int = 50, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
@@ -483,7 +534,7 @@ class _Remote:
         self.stale = bool(content.get("stale"))
 
 
-def _quantile(values: list[float], q: float) -> float:
+def _quantile(values: Iterable[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

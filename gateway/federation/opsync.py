@@ -13,11 +13,15 @@ sealed with the federation key; entries expire after `link.OPS_TTL_S` (the 7 day
 
 Decisions:
 - The keeper's store stays the truth; the bucket is a copy, written by the keeper `PUSH_S` after a row changes
-  (one query of the rows changed since the last pass: operations.py needs no hook). So a gateway that dies
-  less than `PUSH_S` after an operation changed leaves the previous state behind. For a running operation the
-  new keeper catches up from the device: it asks with `_op_get` (again after a failure, until the device
-  answers) and takes the device's report of the end (resent to the group for about 44 s while unacknowledged);
-  what remains lost is in docs/operations.md ("Operations through failover").
+  (one query of the rows changed since the last pass), and at once where someone is told of a change: a
+  started operation's info is returned to its client only once its row is in the mirror (`Operations.mirror`),
+  and a device's report of an operation (its end) is acknowledged only once the rows the report's batch changed
+  are (`gate`, one of the report intake's `ack_gates`): a keeper that dies then leaves the device's report
+  unacknowledged, and the device sends it again to whoever takes it over. Each wait is bounded (`MIRROR_WAIT_S`;
+  a partitioned gateway does not wait). A change nobody was told of (progress, a cancel's request) may still
+  be lost with its keeper in the `PUSH_S` window: the new keeper catches up from the device, asking with
+  `_op_get` (again after a failure, until the device answers); what remains lost is in docs/operations.md
+  ("Failover on one LAN").
 - An operation is routed to the gateway that keeps it now: the mirror's `gw` if it is alive, else the tag
   ending its id (its first keeper). A keeper that died and whose device nobody took over leaves its operations
   readable (their last mirrored state) but not cancellable.
@@ -27,7 +31,7 @@ Decisions:
   rewrites their mirror with this gateway's tag at once (changed or not: every gateway routes them here), all
   before the device is served here, so the device's report of an end finds its row.
 Rejected: one bucket write per state change from inside operations.py (a round trip to the cluster in the
-device report's transaction).
+device report's transaction); the writes above happen after the commit, outside it.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ from ndn_edge.logs import event
 log = logging.getLogger("ndn_edge.federation")
 
 PUSH_S = 0.25
+MIRROR_WAIT_S = 2.0    # a change's mirror is waited for at most this long (an acknowledgement, a start's reply)
+NOTED_MAX = 50_000     # changed operations noted for the next gate; beyond, left to the periodic pass
 PRUNE_EVERY = 40       # passes between looks for rows deleted here (a start that failed, a cleanup)
 MAX_RECORDS = 200_000  # mirrored operations kept in memory
 _BYTES = (5, 10)       # columns that are bytes (args, result)
@@ -66,7 +72,7 @@ class OpsSync(BucketPart):
     """This gateway's operations in the federation's bucket, and everyone's as that bucket says."""
 
     def __init__(self, link: Any, key: FederationKey, operations: Any, *, tag: str,
-                 alive: Callable[[str | None], bool] = lambda tag: False) -> None:
+                 alive: Callable[[str | None], bool] = lambda tag: False, intake: Any = None) -> None:
         super().__init__(link, key, "ops", tag=tag, counters=("pushed", "mirrored", "adopted", "bad_seal",
                                                                "pruned", "dropped"))
         self._ops = operations
@@ -75,14 +81,23 @@ class OpsSync(BucketPart):
         self._pushed: dict[str, float] = {}  # op id -> the updated_at last written by this gateway
         self._mark = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._intake = intake
+        self._noted: set[str] = set()  # changed since the last gate
 
     async def start(self) -> None:
+        self._ops.on_change = self._note
+        self._ops.mirror = self.mirror
+        if self._intake is not None:
+            self._intake.ack_gates.append(self.gate)
         self._tasks = [asyncio.create_task(self._pushes(), name="federation-ops-out"),
                        asyncio.create_task(watch_bucket(self._link, "ops", self._key, self._take,
                                                         counters=self.counters, throttle=self._throttle),
                                            name="federation-ops-in")]
 
     async def stop(self) -> None:
+        self._ops.on_change = self._ops.mirror = None
+        if self._intake is not None and self.gate in self._intake.ack_gates:
+            self._intake.ack_gates.remove(self.gate)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -154,6 +169,34 @@ class OpsSync(BucketPart):
         await self._push(self._ops.rows(taken))
 
     # -- the mirror
+
+    def _note(self, op_id: str) -> None:
+        if len(self._noted) < NOTED_MAX:
+            self._noted.add(op_id)
+
+    def gate(self) -> asyncio.Future[None] | None:
+        """One of the report intake's `ack_gates`: None, or a future done once the operations changed since the
+        last call are in the mirror (or after MIRROR_WAIT_S), so a device's report of an end is acknowledged only
+        once the gateway that would take the device over knows it."""
+        noted, self._noted = self._noted, set()
+        if not noted or not self._link.connected:
+            return None
+        return asyncio.ensure_future(self._mirror(sorted(noted)))
+
+    async def mirror(self, op_id: str) -> None:
+        """Write `op_id`'s row to the mirror now (Operations.mirror: before a started operation's info is
+        returned, so its handle is good on every gateway even if this one dies at once)."""
+        await self._mirror([op_id])
+
+    async def _mirror(self, ids: list[str]) -> None:
+        if not self._link.connected:
+            return
+        try:
+            await asyncio.wait_for(self._push(self._ops.rows(ids)), MIRROR_WAIT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # NATS slow or gone: the periodic pass writes it
+            self._throttle.event("ops-now", "federation_operation_not_mirrored", logging.DEBUG, error=repr(err))
 
     async def _pushes(self) -> None:
         passes = 0

@@ -44,7 +44,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cbor2
@@ -127,6 +127,10 @@ class Operations:
         self._recheck: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self.id_tag: str | None = None  # a federation's gateway tag (4 hex), ending every id: its owner is known
+        # A federation's (opsync.py): told of every change (inside its transaction), and awaited before a started
+        # operation's info is returned, so another gateway knows the operation before its client does.
+        self.on_change: Callable[[str], None] | None = None
+        self.mirror: Callable[[str], Awaitable[None]] | None = None
         self.counters: dict[str, int] = {"started": 0, "queued": 0, "delivered": 0, "expired": 0, "reports": 0,
                                          "orphan_reports": 0, "reconciled": 0, "cancelled": 0, "over_quota": 0}
 
@@ -197,6 +201,8 @@ class Operations:
         else:
             self._update(op_id, state="running", device_op=device_op)
             self.counters["started"] += 1
+        if self.mirror is not None:
+            await self.mirror(op_id)
         return self.info(op_id)
 
     def enqueue(self, client: str, device: str, service: str, args: dict[str, Any] | None, *,
@@ -373,6 +379,8 @@ class Operations:
         self._changed(op_id)
 
     def _changed(self, op_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(op_id)
         ev = self._events.pop(op_id, None)
         if ev is not None:
             ev.set()

@@ -40,6 +40,7 @@ from ndn_edge import __version__
 from ndn_edge.errors import ConfigError, StoreError
 from ndn_edge.limits import Limits
 from ndn_edge.logs import event
+from ndn_edge.quiet_gc import QuietCollector
 from ndn_edge.state.home import Home, reachable_host
 from ndn_edge.wire.protocol import DEFAULT_GROUP, DEFAULT_IFACE, DEFAULT_PORT, DEFAULT_SITE
 
@@ -96,6 +97,7 @@ class Gateway:
         self.metrics: MetricsFace | None = None  # the metrics-only listener, when `metrics` is given
         self._record_written = False
         self._backups: asyncio.Task[None] | None = None
+        self._quiet_gc = QuietCollector()
         self.federation_config = federation
         self.federation: Federation | None = None  # when `federation` is given (ndn_edge.federation)
 
@@ -164,6 +166,7 @@ class Gateway:
         # took 34 ms, a pause every request waiting then pays, in `python -m bench pubsub` before).
         gc.collect()
         gc.freeze()
+        self._quiet_gc.start()  # and full collections of what serving makes at quiet moments (ndn_edge.quiet_gc)
         event(log, "gateway_started", version=__version__, home=str(self.home.path), site=self.site,
               listen=f"{host}:{port}", iface=self.iface, group=f"{self.group}:{self.port}", pid=os.getpid(),
               devices=store.count_devices(), clients=len(store.list_clients()))
@@ -180,6 +183,7 @@ class Gateway:
         if self._record_written:
             self.home.remove_gateway_record(pid=os.getpid())
             self._record_written = False
+        await self._quiet_gc.stop()
         backups, self._backups = self._backups, None
         if backups is not None:
             backups.cancel()

@@ -502,6 +502,10 @@ class Serve:
                 pass
         if on and self._link.connected:
             self._subs[subject] = await self._link.nc.subscribe(subject, queue="serve", cb=self._on_msg)
+            try:  # the server has the subscription before anyone is told this gateway serves the device
+                await self._link.nc.flush(timeout=2)
+            except Exception:  # (slow or gone: the subscription stands, and a requester retries)
+                pass
 
     async def _on_msg(self, msg: Any) -> None:
         data, reply = msg.data, msg.reply

@@ -179,6 +179,7 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
         # `federation status`: NATS and JetStream health, and the devices each gateway serves.
         status = a.ok("federation", "status")
         assert "NATS: reachable" in status and "ident: leader" in status and "serves: /edge/c/1" in status
+        assert "on NATS server 127.0.0.1:" in status  # the node this home's gateway is connected to
 
         # A NATS client without the federation key reads no secret: no device or client key, in any form.
         from ndn_edge.state.store import Store

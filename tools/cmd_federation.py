@@ -125,7 +125,9 @@ def do_federation_status(state: State, args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    here = local.get("state") if local else "not running"
+    here = str(local.get("state")) if local else "not running"
+    if local and local.get("server"):
+        here += f", on NATS server {local['server']}"
     print(f"federation {config.federation}, site /{config.site}; this home's gateway {config.gateway}: {here}")
     nats = view["nats"]
     print(f"NATS: {'reachable' if nats.get('reachable') else 'unreachable'}"

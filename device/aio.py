@@ -62,14 +62,17 @@ async def _reader(dev, which, acks):
 
 async def _timers(dev, acks):
     # Device.tick moves its due time a second ahead before it runs anything, so a tick that raised
-    # is retried a second later at most (a renewal out of memory is retried by tick itself).
+    # is retried a second later at most (a renewal out of memory is retried by tick itself). It
+    # yields after a failure too: a loop that went round without awaiting (starting the outbox's
+    # reader out of memory, again and again) kept the tasks that would free memory from running.
     while dev._running:
+        w = 0
         try:
             w = dev.tick()
             _follow(dev, acks)
-            await _sleep_ms(w)
         except Exception as e:
             dev._lost(e)
+        await _sleep_ms(w)
 
 
 def _follow(dev, acks):
@@ -118,8 +121,10 @@ async def _finish(dev, svc, coro, seq, sig, name, pit, tp):
         err = None
     except Exception as e:
         err = e
-    dev._cur_seq, dev._cur_sig, dev._cur_name, dev._cur_pit = seq, sig, name, pit
     try:
+        # two pairs: a 4-tuple would be allocated, and could fail outside this try
+        dev._cur_seq, dev._cur_sig = seq, sig
+        dev._cur_name, dev._cur_pit = name, pit
         if err is None:
             dev._value(svc, value)
         else:

@@ -124,6 +124,24 @@ def release():
     port.collect()
 
 
+def _forget_failed_imports():
+    # MicroPython (1.29, py/objmodule.c mp_obj_new_module) enters a module's name in sys.modules before it
+    # allocates the module: an import that runs out of memory right there leaves the name mapped to nothing,
+    # and every later import of it binds nothing (a NameError where the module is used, at once and forever;
+    # the renewal of the announcement stopped so). Such an entry reads as None; dropping it lets the next
+    # import load the module. Called for every MemoryError survived; allocates nothing (the loop's iterator
+    # is on the stack), and its frame is on the C stack.
+    import sys
+    m = sys.modules
+    while True:
+        for name in m:
+            if m.get(name) is None:
+                break
+        else:
+            return
+        m.pop(name, None)
+
+
 class Conf:
     # The device's cold state, one owner (issue 10, item 4): its key and settings (control.init), and the names and
     # signature parts derived from them once (derive.setup). Nothing on the per-packet path reads it; what that
@@ -448,6 +466,7 @@ class Device:
         # failed; collecting again frees what unwinding to here released (the failed call's frames
         # and partial results), so the error answer or the retry that follows finds it free.
         self.oom += 1
+        _forget_failed_imports()
         port.collect()
 
     def _interest(self, p):

@@ -6,7 +6,9 @@ homes on three multicast groups, one simulated MicroPython device behind gateway
 - calls, each subject at 1 and 64 in flight (closed loop, `bench.load`), rounds interleaved, all through a
   `ndn_edge.client.api.Client` connected to gateway A:
   `local cached` (`a/1/temperature`, served from A's cache), `cross cached` (`c/1/temperature`: A relays the
-  client's signed request to C over NATS, C answers from its cache, its signed reply passes back unchanged),
+  client's signed request to C over NATS, C answers from its cache, its signed reply passes back unchanged and
+  says how long C holds the value fresh; A keeps it that long and answers the calls after it itself,
+  ndn_edge.federation.results),
   `local uncached` and `cross uncached` (`echo` with a unique argument, through the gateway to the device).
   Target (SPEC): cross cached >= 50 % of local cached.
 - fan-out: C's device publishes `--messages` on topic `burst`; one subscriber on each of A, B and C; messages

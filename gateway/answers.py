@@ -12,15 +12,18 @@ import cbor2
 
 
 class Answer:
-    """A call's value (as CBOR) and where it came from: the cache (`cached`, `age_ms`), possibly `stale`."""
+    """A call's value (as CBOR) and where it came from: the cache (`cached`, `age_ms`), possibly `stale`; and how
+    much longer the gateway holds it fresh (`fresh_ms`, 0 when it does not cache it)."""
 
-    __slots__ = ("age_ms", "cached", "cbor", "stale")
+    __slots__ = ("age_ms", "cached", "cbor", "fresh_ms", "stale")
 
-    def __init__(self, cbor: bytes, cached: bool = False, age_ms: int = 0, stale: bool = False) -> None:
+    def __init__(self, cbor: bytes, cached: bool = False, age_ms: int = 0, stale: bool = False,
+                 fresh_ms: int = 0) -> None:
         self.cbor = cbor
         self.cached = cached
         self.age_ms = age_ms
         self.stale = stale
+        self.fresh_ms = fresh_ms
 
     @property
     def value(self) -> Any:

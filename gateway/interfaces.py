@@ -115,6 +115,10 @@ class Forwarder(Protocol):
         fails). Cancelling it gives the request up."""
         ...
 
+    def keep(self, prefix: bytes, params: bytes, content: bytes) -> None:
+        """The content of a successful reply `forward` brought (a call's value may be kept for the next call)."""
+        ...
+
 
 class Router(Protocol):
     """Routes a verb this gateway cannot serve alone (a device served elsewhere, a gather over the federation)."""

@@ -99,6 +99,19 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
             assert alice.call("b/1/echo", {"x": [1, "two"]}) == {"x": [1, "two"]}
             assert alice.call_ex("c/1/temperature").value == alice.call_ex("c/1/temperature").value
 
+            # A value C holds fresh (temperature: cache_ms 2000) is kept by A for what is left of it, and the same
+            # call is answered on A without a relay: C's value, cached, as old as it is at C plus its time on A.
+            def answered_on_a():
+                before = alice.metrics()["federation"]
+                first, again = alice.call_ex("c/1/temperature"), alice.call_ex("c/1/temperature")
+                after = alice.metrics()["federation"]
+                hits = after["kept_hits"] - before["kept_hits"]
+                return (first, again, after) if hits >= 1 and after["remote_relayed"] <= before["remote_relayed"] + 1 \
+                    else None
+            first, again, fed_metrics = wait_for(answered_on_a, 10, "a kept value answered on A")
+            assert again.cached and again.value == first.value and again.age_ms >= first.age_ms
+            assert fed_metrics["kept"] >= 1
+
             # A long-running operation started through A on C's device, its handle read through B, and listed by
             # every gateway (`ndn-edge ops`, GET /api/v1/operations: the federation's operations).
             op = alice.start("c/1/slow", {"seconds": 1})
@@ -135,6 +148,7 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
         # A rule revoked on B stops a call through A (to C's device) within a second.
         with _connect(a.home, a.address()) as alice:
             alice.call("c/1/echo", {"n": 1})
+            alice.call("c/1/temperature")  # kept on A for up to 2 s
             b.ok("acl", "revoke", "alice", "**")
             revoked = time.monotonic()
 
@@ -146,6 +160,8 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
                 return False
             wait_for(denied, 5, "the revoke to apply through A", interval_s=0.02)
             assert time.monotonic() - revoked < 1.0
+            with pytest.raises(PermissionDenied):  # A's rules apply to what it keeps, as C's to what C caches
+                alice.call("c/1/temperature", timeout=2)
             b.ok("acl", "grant", "alice", "**")
             wait_for(lambda: alice.call("c/1/echo", {"n": 3}, timeout=2) == {"n": 3}, 5, "the grant to apply")
 

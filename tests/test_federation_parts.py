@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import cbor2
 import pytest
 
 from ndn_edge.errors import ConfigError
@@ -160,3 +161,69 @@ def test_an_adopted_operation_is_asked_about_until_its_device_answers(tmp_path):
                 await ops.stop()
 
     asyncio.run(run())
+
+
+# -- values kept from relayed replies (ndn_edge.federation.results)
+
+
+def _result(value, *, fresh_ms=None, age_ms=0, stale=False, cached=True):
+    from ndn_edge.answers import Answer
+    from ndn_edge.wire.client_protocol import encode_call_result
+
+    return encode_call_result(Answer(cbor2.dumps(value), cached, age_ms, stale, fresh_ms or 0))
+
+
+def test_a_relayed_value_is_kept_as_long_as_its_gateway_holds_it_and_no_longer():
+    from ndn_edge.federation.results import RelayedResults
+
+    now = [100.0]
+    kept = RelayedResults(clock=lambda: now[0])
+    dev = "/edge/c/1"
+    kept.keep(dev, "temperature", None, _result(21.5, fresh_ms=1500, age_ms=250))
+    kept.keep(dev, "temperature", {"unit": "F"}, _result(70.7, fresh_ms=800))
+    answer = kept.answer(dev, "temperature", {})  # no arguments: the same call as None
+    assert answer is not None and answer.value == 21.5 and answer.cached and not answer.stale
+    assert answer.age_ms == 250 and answer.fresh_ms == 1500
+    assert kept.answer(dev, "temperature", {"unit": "F"}).value == 70.7
+    assert kept.answer(dev, "temperature", {"unit": "C"}) is None  # other arguments: another call
+    assert kept.answer("/edge/c/2", "temperature", None) is None
+    now[0] += 1.0
+    assert kept.answer(dev, "temperature", None).age_ms == 1250
+    assert kept.answer(dev, "temperature", {"unit": "F"}) is None  # its 800 ms are over
+    now[0] += 0.6
+    assert kept.answer(dev, "temperature", None) is None and not kept.may_hold(dev, "temperature")
+    assert kept.counters == {"kept": 2, "hits": 3}
+
+
+@pytest.mark.parametrize("content", [
+    _result(1, fresh_ms=0),                       # not held fresh by the serving gateway
+    _result(1, fresh_ms=500, stale=True),         # stale: never kept (and never carries fresh_ms)
+    _result(1),
+    cbor2.dumps({"value": 1, "fresh_ms": 500}),   # not laid out as a call result
+    cbor2.dumps({"code": "NOT_FOUND", "message": "x"}),
+    b"\xa5\x65value",                             # cut short
+    b"",
+    b"\xa5\x65value\x01\x66cached\xf5\x66age_ms\x20\x65stale\xf4\x68fresh_ms\x19\x01\xf4",  # negative age
+    b"\xa5\x65value\x01\x66cached\xf5\x66age_ms\x00\x65stale\xf4\x68fresh_ms\xf5",  # fresh_ms not a number
+])
+def test_what_is_not_a_fresh_call_result_is_not_kept(content):
+    from ndn_edge.federation.results import RelayedResults
+
+    kept = RelayedResults()
+    kept.keep("/edge/c/1", "t", None, content)
+    kept.keep("/edge/c/1", "t", {1: "not text-keyed"}, _result(1, fresh_ms=500))
+    assert len(kept) == 0 and kept.answer("/edge/c/1", "t", None) is None and kept.counters["kept"] == 0
+
+
+def test_the_value_is_kept_as_the_device_encoded_it_and_the_store_is_bounded():
+    from ndn_edge.federation.results import RelayedResults
+
+    half = b"\xf9\x3c\x00"  # 1.0 as a half-precision float, as MicroPython's encoder may write it
+    content = b"\xa5\x65value" + half + b"\x66cached\xf5\x66age_ms\x00\x65stale\xf4\x68fresh_ms\x19\x03\xe8"
+    assert cbor2.loads(content)["value"] == 1.0
+    kept = RelayedResults(max_entries=3)
+    kept.keep("/edge/c/1", "t", None, content)
+    assert kept.answer("/edge/c/1", "t", None).cbor == half
+    for n in range(10):
+        kept.keep("/edge/c/1", "t", {"n": n}, _result(n, fresh_ms=1000))
+    assert len(kept) == 3 and kept.answer("/edge/c/1", "t", {"n": 9}).value == 9

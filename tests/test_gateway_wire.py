@@ -183,10 +183,13 @@ def test_reply_mutations_never_raise_anything_but_bad_packet():
 
 
 @pytest.mark.parametrize("value", [21.5, None, {"x": [1, 2, {"y": b"z"}]}, "t" * 300, -(2 ** 40)])
-@pytest.mark.parametrize("cached, age_ms, stale", [(False, 0, False), (True, 1234567, True)])
-def test_call_result_splices_the_devices_cbor_byte_for_byte(value, cached, age_ms, stale):
+@pytest.mark.parametrize("cached, age_ms, stale, fresh_ms", [(False, 0, False, 0), (True, 1234567, True, 0),
+                                                             (True, 5, False, 995), (False, 0, False, 2 ** 33)])
+def test_call_result_splices_the_devices_cbor_byte_for_byte(value, cached, age_ms, stale, fresh_ms):
     from ndn_edge.answers import Answer
 
-    answer = Answer(cbor2.dumps(value), cached, age_ms, stale)
-    assert cw.encode_call_result(answer) == cbor2.dumps(
-        {"value": value, "cached": cached, "age_ms": age_ms, "stale": stale})
+    answer = Answer(cbor2.dumps(value), cached, age_ms, stale, fresh_ms)
+    expected = {"value": value, "cached": cached, "age_ms": age_ms, "stale": stale}
+    if fresh_ms:
+        expected["fresh_ms"] = fresh_ms
+    assert cw.encode_call_result(answer) == cbor2.dumps(expected)

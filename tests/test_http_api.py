@@ -77,7 +77,8 @@ def test_devices_services_and_calls(cluster):
     cold = cluster.get("/api/v1/call/sim/1/temperature").json()
     warm = cluster.get("/api/v1/call/sim/1/temperature").json()
     assert isinstance(cold["value"], float) and warm["cached"] is True and warm["value"] == cold["value"]
-    assert set(warm) == {"value", "cached", "age_ms", "stale"}
+    assert set(warm) == {"value", "cached", "age_ms", "stale", "fresh_ms"}  # temperature: cache_ms 2000
+    assert 0 < warm["fresh_ms"] <= 2000 - warm["age_ms"]
 
     echoed = cluster.post("/api/v1/call/sim/2/echo", {"text": "hi", "n": [1, 2.5, None, True], "m": {"k": "v"}})
     assert echoed.status == 200 and echoed.json()["value"] == {"text": "hi", "n": [1, 2.5, None, True],

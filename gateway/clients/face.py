@@ -104,6 +104,7 @@ _NONCES = 8192
 _NEGATIVE_CACHE = 4096
 _WARN_EVERY_S = 10.0
 _RCVBUF = 1 << 20
+_FRESH_MS = b"\x68fresh_ms"  # the CBOR key a call result carries when the gateway holds its value fresh
 
 
 class _Request:
@@ -675,6 +676,8 @@ class ClientFace:
                     self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
                 else:
                     self._answer(peer, ex, wire)
+                    if _FRESH_MS in wire:  # a call's value the serving gateway holds fresh: kept here too
+                        self._keep(peer, ex, request, wire)
                 return
             if not isinstance(err, CallError):
                 raise err
@@ -683,6 +686,18 @@ class ClientFace:
             self.stats["internal"] += 1
             self._throttle.fault("client-relay", err, client=peer.name)
             self._reply_error(peer, ex, Internal(f"gateway error: {type(err).__name__}: {err}"))
+
+    def _keep(self, peer: _Peer, ex: _Exchange, request: _Request, wire: bytes) -> None:
+        """Pass a relayed reply's content on to the forwarder (which keeps a call's value) once its HMAC, under
+        this client's key, verifies as the client will verify it."""
+        assert self.forwarder is not None
+        try:
+            data = framing.unwrap(wire)
+        except framing.FramingError:
+            return
+        found = cw.read_reply(data, ex.name, peer.signer) if data is not None else None
+        if found is not None and not found[0]:
+            self.forwarder.keep(request.parts.prefix, request.parts.params, found[1])
 
     # -- replies
 

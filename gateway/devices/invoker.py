@@ -142,7 +142,8 @@ class CacheEntry:
         """The cached answer, or the cached error raised again."""
         if self.error is not None:
             raise type(self.error)(self.error.message)
-        return Answer(self.cbor, True, max(0, int((now - self.stored_at) * 1000)), stale)
+        return Answer(self.cbor, True, max(0, int((now - self.stored_at) * 1000)), stale,
+                      0 if stale else max(0, int((self.fresh_until - now) * 1000)))
 
 
 class ResultCache:
@@ -190,14 +191,17 @@ class ResultCache:
             return None
         return entry
 
-    def put_answer(self, key: CacheKey, cbor: bytes, freshness_ms: int | None) -> None:
-        """Keep a value (its CBOR) the device marked fresh for `freshness_ms`; without freshness, forget the key."""
+    def put_answer(self, key: CacheKey, cbor: bytes, freshness_ms: int | None, *, age_ms: int = 0) -> int:
+        """Keep a value (its CBOR) the device marked fresh for `freshness_ms` from now, `age_ms` old already (a
+        value another gateway cached); without freshness, forget the key. Returns the milliseconds it is kept
+        fresh (the jitter's cut taken off), 0 when not kept."""
         if not freshness_ms or freshness_ms <= 0:
             self._entries.pop(key, None)
-            return
+            return 0
         now = self._clock()
         fresh_s = freshness_ms / 1000 * (1 - self.jitter * self._rng())
-        self._put(key, CacheEntry(cbor, None, now, now + fresh_s))
+        self._put(key, CacheEntry(cbor, None, now - max(0, age_ms) / 1000, now + fresh_s))
+        return int(fresh_s * 1000)
 
     def put_error(self, key: CacheKey, error: CallError) -> None:
         """Keep a negative answer for `negative_ttl_s`."""
@@ -752,8 +756,8 @@ class Invoker:
             raise
         link.breaker.record_success(permit)
         if reply.ok:
-            self.cache.put_answer(ticket.key, reply.content, reply.freshness_ms)
-            return Answer(reply.content)
+            fresh_ms = self.cache.put_answer(ticket.key, reply.content, reply.freshness_ms)
+            return Answer(reply.content, fresh_ms=fresh_ms)
         self.metrics["errors"] += 1
         err = CallError.from_wire(reply.code, reply.message)
         if err.code in NEGATIVE_CODES:

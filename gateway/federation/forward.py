@@ -67,9 +67,11 @@ from ndn_edge.errors import (
 )
 from ndn_edge.federation.keys import FederationKey
 from ndn_edge.federation.link import ReplyInbox
+from ndn_edge.federation.results import RelayedResults
 from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
 from ndn_edge.observability.stats import RTT_BUCKETS_S, Histograms
+from ndn_edge.observability.trace import TIMELINE
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import split_components
 from ndn_edge.wire.tlv import T
@@ -160,6 +162,7 @@ class Remote:
         self._ids = itertools.count(1)
         self._replies = ReplyInbox(self._on_reply)  # every reply to a relayed request
         self._batches: dict[str, list[_Relay]] = {}  # reply key of a batch -> its requests (for "no responders")
+        self.kept = RelayedResults()  # call results the serving gateways said they hold fresh (results.py)
 
     # -- the client face's Forwarder
 
@@ -175,6 +178,9 @@ class Remote:
             device = names.full(self.site, target[:-1])
             if self._placement.route(device) is None:
                 return None
+            if verb == cp.VERB_CALL and self.kept.may_hold(device, target[-1]) and self._kept(device, target[-1],
+                                                                                                 params):
+                return None  # answered here, from a value a relayed reply left (the router's `kept`)
             return self._relay(self._device_subject(device), device, datagram, lifetime_ms)
         if verb in OP_VERBS:
             owner = self.keeper(_param(params, "op"))
@@ -182,6 +188,23 @@ class Remote:
                 return None
             return self._relay(self._link.config.gateway_subject(owner), None, datagram, lifetime_ms)
         return None
+
+    def _kept(self, device: str, service: str, params: bytes) -> bool:
+        try:
+            value = cbor2.loads(params) if params else {}
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError):
+            return False  # relayed: the serving gateway answers what is wrong with it
+        if not isinstance(value, dict) or value.get(TIMELINE) is True:
+            return False
+        return self.kept.answer(device, service, value.get("args"), count=False) is not None
+
+    def keep(self, prefix: bytes, params: bytes, content: bytes) -> None:
+        """A relayed request's successful reply content: a call's value is kept as long as it says (results.py)."""
+        found = verb_and_target(prefix)
+        if found is None or found[0] != cp.VERB_CALL or len(found[1]) < 2:
+            return
+        target = found[1]
+        self.kept.keep(names.full(self.site, target[:-1]), target[-1], _param(params, "args"), content)
 
     def _device_subject(self, device: str) -> str:
         subject = self._subjects.get(device)

@@ -43,6 +43,8 @@ from ndn_edge.federation.placement import Placement
 from ndn_edge.federation.seqs import SharedSeqs
 from ndn_edge.interfaces import REQUEST_ID
 from ndn_edge.logs import Throttle
+from ndn_edge.observability.stats import OK
+from ndn_edge.observability.trace import TIMELINE
 from ndn_edge.wire import client_protocol as cp
 from ndn_edge.wire.packets import parse_signed_interest, split_components
 
@@ -288,6 +290,8 @@ class Federation:
         if self.placement is not None:
             out["served"] = len(self.placement.served)
             out["gateways"] = len(self.placement.live_gateways())
+        if self.remote is not None:
+            out.update({f"kept_{k}": v for k, v in self.remote.kept.counters.items()}, kept=len(self.remote.kept))
         if self.remote is not None and self.remote.latency_s:
             out["relay_p50_ms"] = round(_quantile(self.remote.latency_s, 0.5) * 1000, 3)
             out["relay_p99_ms"] = round(_quantile(self.remote.latency_s, 0.99) * 1000, 3)
@@ -321,6 +325,11 @@ class FedRouter:
             device = names.full(fed.site, target[:-1])
             if fed.placement.route(device) is None:
                 return None
+            if verb == cp.VERB_CALL and params.get(TIMELINE) is not True:
+                kept = fed.remote.kept.answer(device, target[-1], params.get("args"))
+                if kept is not None:  # a value a relayed reply left, still fresh (results.py)
+                    self._verbs.calls.record(device, target[-1], OK, 0.0)
+                    return Encoded(cp.encode_call_result(kept))
             timeout_s = cp.int_param(params, "timeout_ms", cp.DEFAULT_TIMEOUT_MS, 1, cp.MAX_TIMEOUT_MS) / 1000
             return self._vouch(fed.config.device_subject(device), caller, verb, target, params, timeout_s,
                                device=device)
@@ -407,8 +416,11 @@ class FedRouter:
             def gone(sent_to: str | None = sent_to) -> bool:
                 return placement.route(device) != sent_to if device is not None else not placement.alive(owner)
             try:
-                return Encoded(await remote.vouch(subject, caller, verb, target, params,
-                                                  max(0.001, deadline - time.monotonic()), nonce=nonce, gone=gone))
+                content = await remote.vouch(subject, caller, verb, target, params,
+                                             max(0.001, deadline - time.monotonic()), nonce=nonce, gone=gone)
+                if verb == cp.VERB_CALL and device is not None:
+                    remote.kept.keep(device, target[-1], params.get("args"), content)
+                return Encoded(content)
             except Gone:
                 if deadline - time.monotonic() <= RETRY_S:
                     raise

@@ -63,10 +63,15 @@ def args_schema(svc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_FRESH_MS = {"type": "integer", "minimum": 1,
+             "description": "how much longer the gateway serves this value from its cache (absent: not kept)"}
+
+
 def call_result_schema(svc: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["value", "cached", "age_ms", "stale"],
             "properties": {"value": schema_of(svc.get("result")), "cached": {"type": "boolean"},
-                           "age_ms": {"type": "integer", "minimum": 0}, "stale": {"type": "boolean"}}}
+                           "age_ms": {"type": "integer", "minimum": 0}, "stale": {"type": "boolean"},
+                           "fresh_ms": _FRESH_MS}}
 
 
 def etag_of(doc: dict[str, Any]) -> str:
@@ -249,7 +254,8 @@ def _components() -> dict[str, Any]:
             "Problem": problem,
             "CallResult": {"type": "object", "required": ["value", "cached", "age_ms", "stale"],
                            "properties": {"value": {}, "cached": {"type": "boolean"},
-                                          "age_ms": {"type": "integer"}, "stale": {"type": "boolean"}}},
+                                          "age_ms": {"type": "integer"}, "stale": {"type": "boolean"},
+                                          "fresh_ms": _FRESH_MS}},
             "Device": {"type": "object", "required": ["name", "state"],
                        "properties": {"name": {"type": "string"},
                                       "state": {"type": "string", "enum": ["unknown", "online", "offline",

@@ -226,18 +226,23 @@ def reply_digest(data: bytes) -> bytes | None:
 
 
 _CALL_RESULT_HEAD = b"\xa4" + cbor2.dumps("value")
+_FRESH_RESULT_HEAD = b"\xa5" + cbor2.dumps("value")
 _CACHED = cbor2.dumps("cached")
 _AGE_MS = cbor2.dumps("age_ms")
 _STALE = cbor2.dumps("stale")
+_FRESH_MS = cbor2.dumps("fresh_ms")
 _BOOL = (b"\xf4", b"\xf5")
 
 
 def encode_call_result(answer: Answer) -> bytes:
-    """The content of a call's reply, `{"value", "cached", "age_ms", "stale"}`, with the device's CBOR of the value
-    spliced in as it came: the cached hot path neither decodes nor encodes the value (a test pins the bytes to
-    `cbor2.dumps` of the same map)."""
-    return b"".join((_CALL_RESULT_HEAD, answer.cbor, _CACHED, _BOOL[bool(answer.cached)], _AGE_MS,
-                     cbor2.dumps(int(answer.age_ms)), _STALE, _BOOL[bool(answer.stale)]))
+    """The content of a call's reply, `{"value", "cached", "age_ms", "stale"}` and `"fresh_ms"` when the gateway
+    holds the value fresh (docs/gateway-protocol.md), with the device's CBOR of the value spliced in as it came: the
+    cached hot path neither decodes nor encodes the value (a test pins the bytes to `cbor2.dumps` of the same map)."""
+    tail = (_CACHED, _BOOL[bool(answer.cached)], _AGE_MS, cbor2.dumps(int(answer.age_ms)), _STALE,
+            _BOOL[bool(answer.stale)])
+    if answer.fresh_ms > 0:
+        return b"".join((_FRESH_RESULT_HEAD, answer.cbor, *tail, _FRESH_MS, cbor2.dumps(int(answer.fresh_ms))))
+    return b"".join((_CALL_RESULT_HEAD, answer.cbor, *tail))
 
 
 def int_param(params: dict[str, Any], key: str, default: int, low: int, high: int) -> int:

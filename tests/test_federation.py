@@ -114,6 +114,10 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
 
             # A long-running operation started through A on C's device, its handle read through B, and listed by
             # every gateway (`ndn-edge ops`, GET /api/v1/operations: the federation's operations).
+            # A call queued through A for C's device: kept by C, its handle usable from any gateway.
+            queued = alice.call("c/1/echo", {"queued": 1}, persist=True, ttl=20)
+            assert queued.id.endswith(c.state()["gateway"]) and queued.result(timeout=15) == {"queued": 1}
+
             op = alice.start("c/1/slow", {"seconds": 1})
             assert op.id.endswith(c.state()["gateway"])
             with _connect(a.home, b.address()) as via_b:

@@ -309,7 +309,18 @@ def _enqueue(verbs: Verbs, req: Request) -> Result:
 
     device, service = verbs.device_of(req.target)
     ttl_ms = req.int_param("ttl_ms", int(DEFAULT_TTL_S * 1000), 1, MAX_TTL_MS)
-    return verbs.patterns.operations.enqueue(req.caller.name, device, service, req.args(), ttl_s=ttl_ms / 1000)
+    ops = verbs.patterns.operations
+    info = ops.enqueue(req.caller.name, device, service, req.args(), ttl_s=ttl_ms / 1000)
+    if ops.mirror is None:
+        return info
+    return _mirrored(ops.mirror, info)
+
+
+async def _mirrored(mirror: Callable[[str], Awaitable[None]], info: dict[str, Any]) -> dict[str, Any]:
+    """A queued call's info once it is in the federation's mirror (as a started operation's): a gateway that dies
+    right after answering leaves it to the one that takes its devices over."""
+    await mirror(info["op"])
+    return info
 
 
 def _operation_target(verbs: Verbs, req: Request) -> str:

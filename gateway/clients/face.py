@@ -104,7 +104,6 @@ _NONCES = 8192
 _NEGATIVE_CACHE = 4096
 _WARN_EVERY_S = 10.0
 _RCVBUF = 1 << 20
-_FRESH_MS = b"\x68fresh_ms"  # the CBOR key a call result carries when the gateway holds its value fresh
 
 
 class _Request:
@@ -676,7 +675,7 @@ class ClientFace:
                     self._dispatch(peer, ex, request.parts.prefix, request.parts.params)
                 else:
                     self._answer(peer, ex, wire)
-                    if _FRESH_MS in wire:  # a call's value the serving gateway holds fresh: kept here too
+                    if cw.FRESH_MS in wire:  # a call's value the serving gateway holds fresh: kept here too
                         self._keep(peer, ex, request, wire)
                 return
             if not isinstance(err, CallError):

@@ -26,9 +26,10 @@ import cbor2
 from ndn_edge.answers import Answer
 from ndn_edge.devices.invoker import ResultCache, canonical_args
 from ndn_edge.errors import InvalidArgument
+from ndn_edge.wire.client_protocol import CALL_RESULT_HEADS
 
 MAX_KEEP_MS = 3_600_000  # a reply claiming longer is kept this long
-_HEADS = (b"\xa4" + cbor2.dumps("value"), b"\xa5" + cbor2.dumps("value"))  # client_protocol.encode_call_result
+_HEAD_LEN = len(CALL_RESULT_HEADS[0])  # both heads are as long (a one-byte map head, then "value")
 _BAD_CBOR = (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError, EOFError)
 
 
@@ -48,11 +49,11 @@ class RelayedResults:
     def keep(self, device: str, service: str, args: Any, content: bytes) -> None:
         """Keep the value of a call's reply `content` (CBOR, as `encode_call_result` writes it) if it says how much
         longer it is fresh; anything else is ignored."""
-        if not content.startswith(_HEADS):
+        if not content.startswith(CALL_RESULT_HEADS):
             return
         try:
             fp = io.BytesIO(content)
-            fp.seek(len(_HEADS[0]))
+            fp.seek(_HEAD_LEN)
             cbor2.CBORDecoder(fp).decode()  # the value: its bytes are kept as they came
             value_end = fp.tell()
             result = cbor2.loads(content)
@@ -63,7 +64,7 @@ class RelayedResults:
         if (not isinstance(fresh_ms, int) or isinstance(fresh_ms, bool) or fresh_ms <= 0 or result.get("stale")
                 or not isinstance(age_ms, int) or age_ms < 0):
             return
-        kept_ms = self._cache.put_answer(key, content[len(_HEADS[0]):value_end], min(fresh_ms, MAX_KEEP_MS),
+        kept_ms = self._cache.put_answer(key, content[_HEAD_LEN:value_end], min(fresh_ms, MAX_KEEP_MS),
                                          age_ms=age_ms)
         if kept_ms:
             self.counters["kept"] += 1

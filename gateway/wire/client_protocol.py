@@ -230,7 +230,8 @@ _FRESH_RESULT_HEAD = b"\xa5" + cbor2.dumps("value")
 _CACHED = cbor2.dumps("cached")
 _AGE_MS = cbor2.dumps("age_ms")
 _STALE = cbor2.dumps("stale")
-_FRESH_MS = cbor2.dumps("fresh_ms")
+FRESH_MS = cbor2.dumps("fresh_ms")  # the key of a call result whose value the gateway keeps
+CALL_RESULT_HEADS = (_CALL_RESULT_HEAD, _FRESH_RESULT_HEAD)  # how a call result begins: the map's head, "value"
 _BOOL = (b"\xf4", b"\xf5")
 
 
@@ -241,7 +242,7 @@ def encode_call_result(answer: Answer) -> bytes:
     tail = (_CACHED, _BOOL[bool(answer.cached)], _AGE_MS, cbor2.dumps(int(answer.age_ms)), _STALE,
             _BOOL[bool(answer.stale)])
     if answer.fresh_ms > 0:
-        return b"".join((_FRESH_RESULT_HEAD, answer.cbor, *tail, _FRESH_MS, cbor2.dumps(int(answer.fresh_ms))))
+        return b"".join((_FRESH_RESULT_HEAD, answer.cbor, *tail, FRESH_MS, cbor2.dumps(int(answer.fresh_ms))))
     return b"".join((_CALL_RESULT_HEAD, answer.cbor, *tail))
 
 

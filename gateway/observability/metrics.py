@@ -284,6 +284,9 @@ class MetricsView:
                 _counter("publications_held", "Publications held back until their predecessor arrived.",
                          value=ps["held"]),
                 _counter("publications_late", "Publications delivered after their successors.", value=ps["late"]),
+                _counter("publications_delivered_elsewhere", "Publications resent to this gateway after another "
+                         "gateway of the federation delivered them (acknowledged, not delivered again).",
+                         value=ps["delivered_elsewhere"]),
                 _counter("publications_withheld", "Messages withheld from subscribers whose rules no longer allow "
                                                   "them.", value=ps["withheld"]),
                 _counter("membership_events", "Membership events published (join, leave, offline, sleep).",

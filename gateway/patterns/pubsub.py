@@ -35,6 +35,10 @@ Decisions:
   way, except that skipping its first messages is a `gap` (those subscribers knew the publisher); messages
   before it that still arrive are `late`. A report of an earlier boot (a retransmission still on its way when
   the publisher restarted) takes that boot's stream up where it was (the last `PAST_BOOTS` boots, in memory).
+- In a federation, a message another gateway delivered (`deliver`) moves its publisher's position here too: a
+  standby that takes the device over follows on from it instead of holding what comes next for `HOLD_S`, waiting
+  for numbers it never hears, and a report resent to it that the other gateway had delivered is acknowledged
+  without being delivered again (`delivered_elsewhere`).
 - Retained values: the last message of each topic published with `retain`, in the store; a new subscription gets
   those its pattern and its client's rules match first, flagged `retained`.
 - Durable subscriptions (`durable=NAME`, per client) live in the store with their queue and acknowledged
@@ -164,7 +168,7 @@ _Queued = tuple[int, dict[str, Any], tuple[str, ...], int]  # position, message,
 class _Stream:
     """One publisher's numbering as the gateway follows it."""
 
-    __slots__ = ("boot", "held", "in_store", "last", "past", "pending_gap", "since")
+    __slots__ = ("boot", "followed", "held", "in_store", "last", "past", "pending_gap", "since")
 
     def __init__(self, boot: str, last: int) -> None:
         self.boot = boot
@@ -174,6 +178,7 @@ class _Stream:
         self.since = 0.0  # monotonic time the oldest held message arrived
         self.pending_gap = 0  # messages known lost, to report on the next one delivered
         self.past: dict[str, int] = {}  # boot -> last delivered, of the boots before this one (in memory)
+        self.followed = 0  # the last number of this boot another gateway of a federation delivered (`_follow`)
 
 
 class _Sub:
@@ -307,7 +312,8 @@ class PubSub:
         # A federation's (ndn_edge.federation.bridge): every message emitted here, after its transaction.
         self.exporter: Callable[[dict[str, Any], bool], None] | None = None
         self.counters: dict[str, int] = {"published": 0, "delivered": 0, "held": 0, "gaps": 0, "late": 0,
-                                         "malformed": 0, "membership": 0, "withheld": 0, "over_quota": 0}
+                                         "delivered_elsewhere": 0, "malformed": 0, "membership": 0, "withheld": 0,
+                                         "over_quota": 0}
 
     # -- lifecycle
 
@@ -367,6 +373,9 @@ class PubSub:
                batch: _Batch) -> str:
         """Deliver, hold back or release one publication of `device` by its number; the intake's verdict."""
         stream = self._stream(db, device, boot, seq, batch)
+        if seq <= stream.followed:  # (this gateway took the device over) another one delivered it already
+            self.counters["delivered_elsewhere"] += 1
+            return ACK
         if seq <= stream.last:
             self.counters["late"] += 1
             msg["late"] = True
@@ -414,6 +423,7 @@ class PubSub:
                 # (reordered on the way), a higher one starts the stream there, its predecessors a gap.
                 missed = 0 if seq <= FIRST_CONTACT_SEQ else seq - 1
                 stream.boot, stream.last, stream.pending_gap = boot, missed, missed
+            stream.followed = 0
         return stream
 
     def _load_stream(self, db: Any, device: str, last: int, boot: str) -> _Stream:
@@ -562,9 +572,44 @@ class PubSub:
         """A message another gateway of a federation emitted: retained and queued here (not exported again)."""
         batch = _Batch()
         with self._store.transaction() as db:
+            self._follow(db, msg, batch)
             self._emit(msg, retain, batch, export=False)
             self._write(db, batch)
         _run([functools.partial(self._deliver, batch)])
+
+    def _follow(self, db: Any, msg: dict[str, Any], batch: _Batch) -> None:
+        """Move a publisher's position to a message another gateway delivered, so that if this gateway takes the
+        device over (a standby on the same LAN), the reports it gets next follow on from there. Otherwise its first
+        contact would wait `HOLD_S` for the messages before them, which it never hears: the other gateway had them
+        acknowledged. A position already further, or held messages of another boot, are left as they are."""
+        publisher, boot, seq = msg.get("publisher"), msg.get("boot"), msg.get("seq")
+        if (publisher == GATEWAY_PUBLISHER or not isinstance(publisher, str) or not isinstance(boot, str)
+                or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
+            return
+        device = acl.full(self.site, publisher.split("/"))
+        stream = self._streams.get(device) or self._load_stream(db, device, seq, boot)
+        if stream.boot != boot:
+            if stream.held:
+                return
+            stream.past[stream.boot] = stream.last
+            while len(stream.past) > PAST_BOOTS:
+                del stream.past[next(iter(stream.past))]
+            stream.boot, stream.last, stream.pending_gap, stream.followed = boot, seq, 0, 0
+        elif seq > stream.last:
+            stream.last = seq
+            for s in [s for s in stream.held if s <= seq]:  # delivered by the other gateway already
+                del stream.held[s]
+            if stream.in_store:
+                db.execute("DELETE FROM pub_held WHERE device = ? AND seq <= ?", (device, seq))
+                stream.in_store = bool(stream.held)
+            stream.since = time.monotonic() if stream.held else 0.0
+            if stream.held:  # those that now follow on (this gateway serves the device too: a split)
+                self._release(db, device, stream, stream.last, batch)
+        elif stream.last != seq:
+            stream.followed = max(stream.followed, seq)
+            return
+        stream.followed = max(stream.followed, seq)
+        batch.positions[device] = (stream.boot, stream.last)
 
     # -- subscriptions (client verbs)
 

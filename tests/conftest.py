@@ -7,12 +7,16 @@ import pytest
 from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
 
 _FIRST = ("soak", "wheel", "long")  # the longest tests and the slowest set-up
+# Seconds each such test is expected to take here, for spreading them over the xdist workers; a mark may say its
+# own (`pytest.mark.soak(seconds=50)`). The wheel tests share one build behind a lock, so they go together.
+_EXPECTED_S = {"soak": 25, "wheel": 8, "long": 10}
 
 
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that run MicroPython (`-m micropython`: what CI runs again on its 32-bit frozen build).
-    Soak and wheel tests first: under xdist the longest ones then run beside the rest instead of after them.
-    The order stays deterministic (a stable sort), as xdist requires of every worker's collection."""
+    Soak, wheel and long tests first, and under xdist spread over the workers, so that they run beside the rest
+    instead of after them or after each other. The order stays deterministic, as xdist requires of every worker's
+    collection."""
     for item in items:
         if "micropython" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.micropython)
@@ -20,6 +24,45 @@ def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         return next((i for i, mark in enumerate(_FIRST) if item.get_closest_marker(mark)), len(_FIRST))
     items.sort(key=rank)
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers > 1:
+        items[:] = _spread(items, [i for i in items if rank(i) < len(_FIRST)], workers)
+
+
+def _expected_s(item) -> float:
+    mark = next(item.get_closest_marker(name) for name in _FIRST if item.get_closest_marker(name))
+    return float(mark.kwargs.get("seconds", _EXPECTED_S[mark.name]))
+
+
+def _spread(items: list, long: list, workers: int) -> list:
+    """`items` reordered for xdist's worksteal scheduler, which first hands its workers contiguous slices of the
+    collection (the k-th of n gets len // (n - k) of what is left) and later moves tests from the tail of a busy
+    worker's slice to an idle one: the long tests go at the heads of the slices, the longest first, each to the
+    slice expected to be least busy (the wheel tests as one), so that no worker runs two soaks back to back while
+    another has none."""
+    sizes, left = [], len(items)
+    for k in range(workers):
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    units: dict[str, list] = {}
+    for item in long:
+        units.setdefault("wheel" if item.get_closest_marker("wheel") else item.nodeid, []).append(item)
+    heads: list[list] = [[] for _ in range(workers)]
+    busy = [0.0] * workers
+    for unit in sorted(units.values(), key=lambda u: -sum(map(_expected_s, u))):
+        k = min(range(workers), key=lambda w: (busy[w], w))
+        heads[k].extend(unit)
+        busy[k] += sum(map(_expected_s, unit))
+    if any(len(head) > size for head, size in zip(heads, sizes)):
+        return items  # a run too small to spread
+    placed = {id(item) for item in long}
+    rest = iter([item for item in items if id(item) not in placed])
+    ordered = []
+    for head, size in zip(heads, sizes):
+        ordered.extend(head)
+        ordered.extend(next(rest) for _ in range(size - len(head)))
+    ordered.extend(rest)
+    return ordered
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def cluster(tmp_path, mcast_port, micropython):
     c.close()
 
 
-@pytest.mark.soak
+@pytest.mark.soak(seconds=9)
 def test_the_gateway_killed_under_load_loses_nothing(cluster, tmp_path, micropython):
     """kill -9 of the gateway while 32 callers call a non-idempotent service, a long-running operation runs, a
     durable subscriber reads and calls wait in the queue for a device that is away; then a restart. Every call

@@ -689,7 +689,7 @@ def test_e2e_hostile_input_while_serving(cluster):
     assert not [e for e in events if "key" in e and isinstance(e["key"], str)]  # no secrets in logs
 
 
-@pytest.mark.soak
+@pytest.mark.soak(seconds=8)
 def test_e2e_lossy_devices_run_each_call_once(cluster):
     """`--loss 0.2`: 100 `counter` calls through the gateway run once each; the device ends at exactly 100.
 

@@ -440,6 +440,7 @@ def test_interrupting_provision_resets_the_board_and_says_so(vboards, env, micro
 # -- robustness
 
 
+@pytest.mark.long(seconds=11)
 def test_reset_in_the_middle_of_a_copy_then_deploy_repairs(vboards, env, tmp_path):
     home = tmp_path / "home"
     fast = vboards("board")

@@ -724,6 +724,7 @@ def test_e2e_lossy_devices_run_each_call_once(cluster):
     assert "simulating 2000/10000 datagram loss, seed 2" in (cluster.home / "sim" / "1" / "device.log").read_text()
 
 
+@pytest.mark.long(seconds=10)
 def test_e2e_up_once_tours_and_exits(tmp_path, mcast_port, micropython):
     home = tmp_path / "home"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

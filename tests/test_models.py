@@ -375,6 +375,7 @@ def test_a_subscription_keeps_two_polls_in_flight_and_puts_replies_back_in_order
 # -- notification, long-running operations, scatter/gather, the CLI
 
 
+@pytest.mark.long(seconds=8)
 def test_notify_operations_gather_and_cli(fleet):
     fleet.clients(alice="sim/**", bob="sim/2/**")
     home = fleet.start_gateway()
@@ -475,6 +476,7 @@ def test_long_running_operation_survives_a_gateway_restart(fleet):
 # -- publish/subscribe
 
 
+@pytest.mark.long(seconds=12)
 def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_away(fleet):
     fleet.clients(alice="sim/**", bob="sim/2/**")
     fleet.start_gateway()
@@ -559,6 +561,7 @@ def test_sim_tick_sets_how_often_the_devices_publish(fleet, peer, tick, reports)
     peer.recv_until(report, 3.0 if reports else 2.0)
     assert len(seen) >= reports if reports else not seen
 
+@pytest.mark.long(seconds=9)
 def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expire(fleet):
     fleet.clients(alice="sim/**")
     fleet.start_gateway()

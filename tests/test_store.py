@@ -219,6 +219,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
     code = ("import sys, time\n"
             "from ndn_edge.state.store import Store\n"
             "t = float(sys.argv[2])\n"
+            "time.sleep(max(0.0, t - time.time() - 0.01))\n"  # asleep until 10 ms before, then spinning to t
             "while time.time() < t: pass\n"
             "s = Store(sys.argv[1]); s.close()\n")
     for attempt in range(3):

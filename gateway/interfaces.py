@@ -96,6 +96,10 @@ class SeqSource(Protocol):
 
     def next(self, floor: int = 0) -> int: ...
 
+    def ready(self) -> asyncio.Future[None] | None:
+        """What to await before the first signature (a lease above other gateways' numbers); None: sign now."""
+        ...
+
 
 class CallJournal(Protocol):
     """The signed device request of each non-idempotent client request, shared by the gateways of a federation."""

@@ -266,7 +266,8 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
             wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
             wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
         standby.start_gateway("--http", "127.0.0.1:0")
-        token = standby.ok("client", "token", "alice").strip().split()[-1]
+        # alice reaches the standby's store with the federation's identities, a moment after it connects
+        token = wait_for(lambda: _token(standby, "alice"), 15, "alice on the standby, to issue her a token")
         relay = Relay(cluster.ports[0])
         b.start_gateway("--federation", relay.url)
         b.start_sim(1, "b", "--tick", "0")
@@ -307,7 +308,13 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
                 killed = time.monotonic()
                 in_flight = asyncio.create_task(client.call("a/1/counter"))
                 vouched = asyncio.create_task(asyncio.to_thread(http_counter))
-                values += sorted([await in_flight, await vouched])
+                try:
+                    values += sorted([await in_flight, await vouched])
+                except Exception as err:  # say why (signing below A's numbers shows in `seqs_local_leases`)
+                    fed = (await client.metrics()).get("federation", {})
+                    shown = {k: v for k, v in fed.items() if k.startswith(("seqs_", "placement_", "remote_"))}
+                    raise AssertionError(f"no answer through the standby after A froze: {err}; its federation "
+                                         f"metrics: {shown}") from err
                 recovered = time.monotonic() - killed
                 lan.kill_gateway()
                 values += [await client.call("a/1/counter") for _ in range(3)]
@@ -413,6 +420,11 @@ def test_publications_a_gateway_could_not_put_on_the_stream_reach_the_others_aft
         for site in (lan, standby, b):
             site.close()
         cluster.close()
+
+
+def _token(site: Site, client: str) -> str | None:
+    done = site.cli("client", "token", client)
+    return done.stdout.strip().split()[-1] if done.returncode == 0 else None
 
 
 def _pubsub_metrics(site: Site, home) -> dict:

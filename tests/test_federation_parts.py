@@ -227,3 +227,43 @@ def test_the_value_is_kept_as_the_device_encoded_it_and_the_store_is_bounded():
     for n in range(10):
         kept.keep("/edge/c/1", "t", {"n": n}, _result(n, fresh_ms=1000))
     assert len(kept) == 3 and kept.answer("/edge/c/1", "t", {"n": 9}).value == 9
+
+
+def test_a_counter_on_a_local_block_moves_to_a_shared_one_as_soon_as_it_has_it():
+    """A standby's first numbers for a device come from a local block, which may lie below what the device's
+    previous gateway signed: the device drops them as replays. The counter says to await a shared lease before its
+    first signature (`ready`) and, once a shared block arrives, signs from it at once instead of finishing the local
+    block (1,024 numbers, every one dropped)."""
+    import asyncio
+    import logging
+
+    from ndn_edge.federation.seqs import BLOCK, FedCounter
+    from ndn_edge.logs import Throttle
+
+    class Seqs:
+        def __init__(self) -> None:
+            self.gate = asyncio.Event()
+            self.throttle = Throttle(logging.getLogger("test"))
+
+        def connected(self) -> bool:
+            return True
+
+        def lease_locally(self, key: str, want: int) -> int:
+            return want
+
+        async def lease_shared(self, key: str, floor: int) -> tuple[int, int]:
+            await self.gate.wait()
+            return 5000, 5000 + BLOCK - 1
+
+    async def scenario() -> None:
+        seqs = Seqs()
+        counter = FedCounter(seqs, "/edge/a/1/KEY/1")  # type: ignore[arg-type]
+        lease = counter.ready()
+        assert lease is not None and not lease.done()  # nothing shared yet: await the lease
+        assert [counter.next(9), counter.next()] == [9, 10]  # (a caller that could not wait: a local block)
+        seqs.gate.set()
+        await asyncio.wait_for(lease, 5)
+        assert counter.ready() is None
+        assert [counter.next(), counter.next()] == [5000, 5001]  # the shared block at once
+        assert counter.next(4000) == 5002 and counter.ready() is None
+    asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -87,6 +87,7 @@ FRAMEWORK_SERVICES = frozenset({"_desc", "_health", "_op_get", "_op_cancel"})
 DEFAULT_TIMEOUT_S = 5.0
 SEQ_BLOCK = 64
 REPLY_CACHE = 8  # replies a device keeps for retransmissions (docs/protocol.md, "Replay protection")
+SEQ_READY_WAIT_S = 2.0  # at most this long a request waits for its counter's first shared lease (federation)
 RECORD_REFRESH_S = 1.0  # device records (key, descriptions) are read from the store at most this often
 MAX_RECORDS = 20_000
 EARLY_REFRESH = 0.2  # the last share of an entry's freshness in which a hit refreshes it in the background
@@ -500,12 +501,12 @@ class _Link:
 
     __slots__ = ("_names", "breaker", "counter", "key_name", "signer", "window")
 
-    def __init__(self, record: DeviceRecord, counter: Any, breaker: CircuitBreaker, window: _Window) -> None:
+    def __init__(self, record: DeviceRecord, counter: SeqSource, breaker: CircuitBreaker, window: _Window) -> None:
         self.breaker = breaker
         self.window = window
         self.rekey(record, counter)
 
-    def rekey(self, record: DeviceRecord, counter: Any) -> None:
+    def rekey(self, record: DeviceRecord, counter: SeqSource) -> None:
         """A new key (the device was provisioned again): its own name and sequence space."""
         self.key_name = record.key_name
         self.signer = wire.InterestSigner(record.key, wire.encoded_name(record.key_name))
@@ -798,6 +799,15 @@ class Invoker:
             if identity is not None:
                 assert self.journal is not None
                 recalled = await self.journal.recall(identity)  # signed already by the device's previous gateway?
+            if recalled is None:
+                # A counter with no shared block yet (this gateway never signed for the device, or only from a
+                # local lease) leases one first: a local block may lie below the numbers the device's previous
+                # gateway used, and the device would drop the request as a replay.
+                lease = link.counter.ready()
+                if lease is not None:
+                    wait_s = min(SEQ_READY_WAIT_S, deadline - asyncio.get_running_loop().time())
+                    if wait_s > 0:
+                        await asyncio.wait({lease}, timeout=wait_s)
             packet = recalled if recalled is not None else sign()
             self.check_fits(record.name, packet, what)
             self.metrics["device_requests"] += 1

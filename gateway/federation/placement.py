@@ -19,7 +19,10 @@ Decisions:
   announcements) claims it when nobody serves it, when the server is dead, or when the server no longer hears it
   (the device moved); otherwise it stands by, hearing it too. A claim first leases a block of sequence numbers
   above anything any gateway used (`seqs.py`), then starts serving (the `serve` callback: subscribing to the
-  device's subject), so a takeover never signs below its predecessor.
+  device's subject), so a takeover never signs below its predecessor. Requests for a device whose server died are
+  served here only once this gateway has claimed it (`route` names the dead server until then, for at most
+  `CLAIM_GRACE_S`): served before, they were signed by a counter that had leased nothing above the predecessor's
+  numbers, and the device dropped them as replays until its next announcement.
 - A gateway that sees its tag replaced in a record stops serving that device at once (it was partitioned, and a
   standby took over). A clean stop gives every device up (its record is deleted with compare-and-set), so a
   standby takes over at its next pass instead of after `DEAD_AFTER_S`.
@@ -50,6 +53,7 @@ log = logging.getLogger("ndn_edge.federation")
 HEARTBEAT_S = 1.0
 DEAD_AFTER_S = 4.0
 PASS_S = 0.5          # how often this gateway looks for devices to claim or records to refresh
+CLAIM_GRACE_S = 3.0   # past DEAD_AFTER_S, how long requests for a device this gateway hears wait for its claim
 REFRESH_LEASE_S = 15.0  # a served device's record is rewritten when its lease moved this much
 HEARD = ("online", "asleep")
 
@@ -127,13 +131,28 @@ class Placement:
         return seen is not None and time.monotonic() - seen < DEAD_AFTER_S
 
     def route(self, device: str) -> str | None:
-        """None to serve `device` here; else the tag of the live gateway that serves it."""
+        """None to serve `device` here; else the tag of the live gateway that serves it, or of the dead one while
+        this gateway is about to take the device over (`claiming`)."""
         if device in self.served:
             return None
         entry = self.entries.get(device)
-        if entry is None or entry.gw in (None, self.tag) or not self.alive(entry.gw):
+        if entry is None or entry.gw in (None, self.tag):
+            return None
+        if not self.alive(entry.gw) and not self.claiming(device, entry.gw):
             return None
         return entry.gw
+
+    def claiming(self, device: str, server: str) -> bool:
+        """True while this gateway hears `device`, whose server `server` is dead, and its claim may still come
+        (CLAIM_GRACE_S). Requests for it wait for the claim rather than being served here before: the claim leases
+        sequence numbers above every gateway's first (a device drops a number at or below one it accepted), and
+        makes this gateway the only one that signs for the device (another standby may hear it too)."""
+        seen = self._seen.get(server)
+        if seen is None or not self._link.connected or not self.hears(device) or \
+                time.monotonic() - seen >= DEAD_AFTER_S + CLAIM_GRACE_S:
+            return False
+        self._wake.set()  # the claim at once, not at the next pass
+        return True
 
     def presence(self, device: str) -> dict[str, Any] | None:
         """The serving gateway's view of a device served elsewhere (None: served here, or by nobody alive)."""

@@ -17,6 +17,14 @@ Decisions:
   can: the gateway keeps serving its LAN. Only a standby that takes over during a partition can then sign below
   numbers this gateway used; the device drops those as replays (never runs anything twice) until its next
   announcement's `rx_floor` moves the standby above them.
+- A block leased locally may lie below numbers other gateways used (what this gateway knows of the shared mark
+  may be old, or nothing: a counter that never leased from the store starts at the device's last announced
+  `rx_floor`, and the serving gateway may have signed above it since). So while the store answers, a counter
+  on a local block leases a shared one in the background and moves to it as soon as it has it, without waiting
+  for the local block to run out; and before it signs for the first time (`ready`, which the invoker awaits,
+  bounded) it leases a shared block first. Otherwise the device would drop every request of the rest of the
+  local block as a replay until its next announcement (a third of its lease: 20 s by default), and four such
+  requests fill the invoker's window for the device.
 Rejected: one compare-and-set per call (a round trip to the cluster per signed request).
 """
 from __future__ import annotations
@@ -44,6 +52,7 @@ class FedCounter:
         self._key = key
         self._next = 0
         self._mark = 0      # last number of the block in use
+        self._shared = False  # the block in use was leased in the shared store (else locally, or none yet)
         self._ahead: tuple[int, int] | None = None  # the next block, leased in the shared store already
         self._refill: asyncio.Task[None] | None = None
 
@@ -54,17 +63,28 @@ class FedCounter:
     def next(self, floor: int = 0) -> int:
         """A number above every earlier one and at least `floor`, never used by any gateway."""
         want = max(self._next, floor)
-        if self._mark == 0 or want > self._mark:
-            ahead, self._ahead = self._ahead, None
-            if ahead is not None and ahead[1] >= want:
-                want, self._mark = max(want, ahead[0]), ahead[1]
-            else:
-                want = self._seqs.lease_locally(self._key, want)
-                self._mark = want + BLOCK - 1
+        ahead = self._ahead
+        if ahead is not None and ahead[1] < want:  # below the floor a device announced: of no use
+            ahead = self._ahead = None
+        if ahead is not None and (want > self._mark or not self._shared):
+            # the block in use is spent, or was leased locally (it may lie below other gateways' numbers)
+            self._ahead = None
+            want, self._mark, self._shared = max(want, ahead[0]), ahead[1], True
+        elif self._mark == 0 or want > self._mark:
+            self._ahead = None
+            want = self._seqs.lease_locally(self._key, want)
+            self._mark, self._shared = want + BLOCK - 1, False
         self._next = want + 1
-        if self._ahead is None and self._refill is None and self._mark - want < BLOCK // 2:
+        if self._ahead is None and self._refill is None and (not self._shared or self._mark - want < BLOCK // 2):
             self.refill()
         return want
+
+    def ready(self) -> asyncio.Task[None] | None:
+        """What to wait for before signing: the lease of a shared block when none is at hand (the counter never
+        signed, or signs from a local lease) and the store answers; None when the counter may sign now."""
+        if self._shared or self._ahead is not None:
+            return None
+        return self.refill()
 
     def refill(self) -> asyncio.Task[None] | None:
         """Lease the next block in the background (once at a time)."""

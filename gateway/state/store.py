@@ -633,6 +633,10 @@ class SeqCounter:
         self._next = want + 1
         return want
 
+    def ready(self) -> None:
+        """Nothing to await: this gateway alone signs for the key."""
+        return None
+
 
 # -- helpers
 

@@ -180,6 +180,12 @@ class _Stream:
         self.past: dict[str, int] = {}  # boot -> last delivered, of the boots before this one (in memory)
         self.followed = 0  # the last number of this boot another gateway of a federation delivered (`_follow`)
 
+    def leave_boot(self) -> None:
+        """Remember where the current boot was (its late reports take it up there), before another one starts."""
+        self.past[self.boot] = self.last
+        while len(self.past) > PAST_BOOTS:
+            del self.past[next(iter(self.past))]
+
 
 class _Sub:
     """One subscription: in memory, or durable (its queue in the store, `db_id` its row)."""
@@ -413,9 +419,7 @@ class PubSub:
             db, device, 0 if seq <= FIRST_CONTACT_SEQ else seq - 1, boot)
         if stream.boot != boot:  # the publisher restarted: what is held of the old boot will not be completed
             self._release(db, device, stream, math.inf, batch)
-            stream.past[stream.boot] = stream.last
-            while len(stream.past) > PAST_BOOTS:
-                del stream.past[next(iter(stream.past))]
+            stream.leave_boot()
             if boot in stream.past:  # back to a boot met before (a late report of it): where it was
                 stream.boot, stream.last, stream.pending_gap = boot, stream.past.pop(boot), 0
             else:
@@ -591,9 +595,7 @@ class PubSub:
         if stream.boot != boot:
             if stream.held:
                 return
-            stream.past[stream.boot] = stream.last
-            while len(stream.past) > PAST_BOOTS:
-                del stream.past[next(iter(stream.past))]
+            stream.leave_boot()
             stream.boot, stream.last, stream.pending_gap, stream.followed = boot, seq, 0, 0
         elif seq > stream.last:
             stream.last = seq

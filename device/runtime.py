@@ -297,14 +297,17 @@ class Device:
                     ob = self._outbox
                     if self._face.sock is not sock or (ob is not None and ob.sock is not rs):
                         # Opened (again, after a sleep), or the outbox opened its socket: poll what is open now.
-                        sock, rs = self._face.sock, None if ob is None else ob.sock
+                        # Which sockets are polled is noted last: a poller left half-made by a MemoryError is
+                        # made again on the next turn, not used.
+                        rs = None if ob is None else ob.sock
                         poller = select.poll()
-                        for s in (sock, self._face.usock, rs):  # group, unicast (device/net.py), reports
+                        for s in (self._face.sock, self._face.usock, rs):  # group, unicast (device/net.py), reports
                             if s is not None:
                                 poller.register(s, select.POLLIN)
                         wait = getattr(poller, "ipoll", poller.poll)  # ipoll reuses its result: no allocation
                         # what poll names the outbox's socket by: the object (MicroPython), its number (CPython)
                         rkey = rs if rs is None or port.MICROPYTHON else rs.fileno()
+                        sock = self._face.sock
                     for ev in wait(w):  # an acknowledgement alone is one read, not three
                         if ev[0] == rkey:
                             self._acks(ob)

@@ -1,8 +1,10 @@
 # A board app with plain-function services only (served from the poll loop, without asyncio) into which
 # MemoryErrors are injected, as a heap that the app fills for a while would raise them: `oom` raises MemoryError, and
 # every send of the device (its error answer, announcement renewals, replies) raises it too until an app timer sees
-# that `ms` have passed and frees the heap. argv: name key_hex port state_dir lease_ms
+# that `ms` have passed and frees the heap. Before any of that, the serving loop's first poller cannot be made:
+# select.poll() runs out of memory once. argv: name key_hex port state_dir lease_ms
 import sys
+import select
 from device import Device
 from device.port import ticks_ms, ticks_add, ticks_diff
 
@@ -20,6 +22,22 @@ def failing_send(data):
 
 
 dev._face.send = failing_send
+
+
+class FailingSelect:
+    # The select module as the serving loop imports it (sys.modules is looked in first), whose first poll() fails.
+    POLLIN = select.POLLIN
+    failed = False
+
+    def poll(self):
+        sys.modules["select"] = select
+        if FailingSelect.failed:
+            return select.poll()
+        FailingSelect.failed = True
+        raise MemoryError("injected")
+
+
+sys.modules["select"] = FailingSelect()
 
 
 @dev.service("temperature", cache_ms=2000)

@@ -160,8 +160,9 @@ def test_a_board_out_of_memory_keeps_serving_and_announcing(micropython, peer, t
 
 def test_a_plain_board_survives_memory_errors_in_its_poll_loop(micropython, peer, tmp_path):
     # Served without asyncio (tests/apps/oom.py). Injected: the serving loop's first poller runs out of memory (it
-    # is made again, not left half-made); a handler's MemoryError whose error answer runs out of memory too, as does every send (announcement renewals, replies) until an app timer frees the heap 0.3 s
-    # later; then an app timer's own MemoryError.
+    # is made again, not left half-made); a handler's MemoryError whose error answer runs out of memory too, as
+    # does every send (announcement renewals, replies) until an app timer frees the heap 0.3 s later; then an app
+    # timer's own MemoryError.
     from tests.support import ROOT
     b = Board(micropython, peer.port, tmp_path / "flash", heap="96K", lease_ms=600,
               app=ROOT / "tests" / "apps" / "oom.py")

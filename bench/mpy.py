@@ -6,6 +6,7 @@ files compiled here (as a board carries them) plus the interpreter's frozen modu
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -73,7 +74,7 @@ class App:
         env = dict(os.environ, MICROPYPATH=path)
         self._out = open(workdir / "stdout.txt", "w+")
         self._err = open(workdir / "stderr.txt", "w+")
-        self.proc = subprocess.Popen([micropython, "-X", f"heapsize={heap_kib}K", str(APPS / script), *args],
+        self.proc = subprocess.Popen([micropython, "-X", f"heapsize={heap_kib}K", script, *args],
                                      cwd=workdir, env=env, stdout=self._out, stderr=self._err)
 
     def alive(self) -> bool:
@@ -138,5 +139,13 @@ class Env:
         self.libs[key] = lib
 
     def launch(self, script: str, args: list[str], heap_kib: int, lib_key: str | None = None) -> App:
+        """Run apps/`script` as a board runs its app: `main.py` in the working folder, the library under `lib/`
+        there. Every name a module is loaded by (its __file__, the script's folder on sys.path) is interned into
+        the heap, so the bench's own long scratch paths would cost heap that a board does not pay."""
         workdir = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}-{heap_kib}k-", dir=self.scratch))
-        return App(self.micropython, script, args, heap_kib, self.path(lib_key), workdir)
+        shutil.copyfile(APPS / script, workdir / "main.py")
+        path = self.path(lib_key)
+        if lib_key is not None and lib_key not in self.frozen:
+            (workdir / "lib").symlink_to(self.libs[lib_key], target_is_directory=True)
+            path = "lib:.frozen"
+        return App(self.micropython, "main.py", args, heap_kib, path, workdir)

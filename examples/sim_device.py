@@ -51,7 +51,7 @@ burst = [0, 0, 0, 0, 0, _WINDOW]
 del cfg, kw
 
 
-@dev.service("temperature", cache_ms=2000, result="float",
+@dev.service("temperature", cache_ms=2000, args={}, result="float",
              doc="Temperature in degrees Celsius; drifts over a minute")
 def temperature():
     # A saw-tooth over 60 s, offset per device, so cached and fresh readings differ.
@@ -63,7 +63,7 @@ def echo(**kw):
     return kw
 
 
-@dev.service("counter", idempotent=False, result="int",
+@dev.service("counter", idempotent=False, args={}, result="int",
              doc="Increments and returns a counter (runs once per call, even when retried)")
 def counter():
     count[0] += 1
@@ -88,7 +88,7 @@ def note(**kw):
         notes.pop(0)
 
 
-@dev.service("notes", result="list", doc="The arguments `note` received, oldest first")
+@dev.service("notes", args={}, result="list", doc="The arguments `note` received, oldest first")
 def get_notes():
     return notes
 

@@ -14,6 +14,8 @@ import time
 import urllib.parse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ndn_edge.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
 from tests.httpclient import EventStream, HttpCluster, request
@@ -186,3 +188,33 @@ def test_query_arguments_are_typed_by_the_description():
     with pytest.raises(InvalidArgument, match="given 2 times"):
         values.query_args(MultiDict([("n", "1"), ("n", "2")]), svc, "t")
     assert values.to_json({"b": b"\x01", 1: float("nan"), "t": (1, 2)}) == b'{"b":"AQ==","1":null,"t":[1,2]}'
+
+
+@given(st.text(alphabet="ab_*/", max_size=12))
+def test_the_documented_gather_pattern_is_what_gather_accepts(text):
+    # The document's GatherRequest says what split_pattern takes, so that a tool generating requests from it
+    # (Schemathesis) sends gathers the gateway runs, not 400s.
+    import re
+
+    from ndn_edge.http.openapi import _GATHER_PATTERN
+    from ndn_edge.patterns.gather import split_pattern
+
+    try:
+        split_pattern(text)
+        accepted = True
+    except InvalidArgument:
+        accepted = False
+    assert (re.search(_GATHER_PATTERN, text) is not None) == accepted, text
+
+
+def test_the_framework_routes_name_what_the_caller_sees():
+    from ndn_edge.http import openapi
+
+    doc = openapi.document([("sim/2", [{"name": "note"}, {"name": "_desc"}]), ("sim/1", [{"name": "temperature"}])],
+                           version="0", site="edge", client="bob")
+    device = doc["paths"]["/devices/{device}/health"]["get"]["parameters"][0]
+    name = doc["paths"]["/notify/{name}"]["post"]["parameters"][0]
+    assert device["schema"]["enum"] == ["sim/1", "sim/2"]
+    assert name["schema"]["enum"] == ["sim/1/temperature", "sim/2/note"]
+    nothing = openapi.document([], version="0", site="edge", client="eve")  # sees nothing: any name, 403 or 404
+    assert "enum" not in nothing["paths"]["/notify/{name}"]["post"]["parameters"][0]["schema"]

@@ -7,7 +7,7 @@ One operation per service the caller may call: `POST /call/<device>/<service>` (
 services, its arguments as typed query parameters), or `POST /start/<device>/<service>` for a long-running one;
 its request schema from the description's `args`, its response schema from `result`, its `doc` as the
 description. Then the framework's routes (devices, services, health, notifications, queued calls, operations,
-gather, events), which take any name.
+gather, events), whose device and DEVICE/SERVICE parameters list the caller's devices and services.
 
 Decisions:
 - Built from what the caller's rules let it see (the `devices` and `services` verbs, as any client lists them),
@@ -42,6 +42,9 @@ _ERRORS = {"400": "The request is malformed, or the arguments are not what the s
            "503": "The device cannot be reached now (UNAVAILABLE)",
            "504": "No answer within the deadline (DEADLINE_EXCEEDED)"}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+# A gather's pattern (ndn_edge.patterns.gather.split_pattern): components joined by single slashes, each `*`, `**` or
+# a name without `*`; at least two, the last a service's name (not starting with `_`).
+_GATHER_PATTERN = r"^/?(\*\*?|[^/*]+)(/(\*\*?|[^/*]+))*/[^/*_][^/*]*$"
 
 
 def schema_of(spec: Any) -> dict[str, Any]:
@@ -155,7 +158,7 @@ def document(devices: list[tuple[str, list[dict[str, Any]]]], *, version: str, s
         for svc in sorted(services, key=lambda s: str(s.get("name"))):
             if isinstance(svc.get("name"), str) and not svc["name"].startswith("_"):
                 paths.update(_service_ops(device, svc))
-    paths.update(_framework_paths())
+    paths.update(_framework_paths(devices))
     return {
         "openapi": "3.1.0",
         "info": {"title": f"ndn-edge gateway, site /{site}", "version": version,
@@ -168,9 +171,17 @@ def document(devices: list[tuple[str, list[dict[str, Any]]]], *, version: str, s
     }
 
 
-def _framework_paths() -> dict[str, Any]:
+def _framework_paths(devices: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """The framework's routes; their `device` and `name` parameters list what the caller sees (`enum`), so that a
+    client generated from the document offers those, and a tool that generates requests from it sends those."""
     name = _path("name", "DEVICE/SERVICE under the site, e.g. sim/1/note")
     device = _path("device", "a device name under the site, e.g. sim/1")
+    names = sorted({f"{d}/{svc['name']}" for d, services in devices for svc in services
+                    if isinstance(svc.get("name"), str) and not svc["name"].startswith("_")})
+    if names:
+        name["schema"] = {"type": "string", "enum": names}
+    if devices:
+        device["schema"] = {"type": "string", "enum": sorted({d for d, _ in devices})}
     any_args = {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "/devices": {"get": {"operationId": "devices", "summary": "list the devices the caller may reach",
@@ -187,7 +198,9 @@ def _framework_paths() -> dict[str, Any]:
             "responses": _responses("202", "sent", "Notification")}},
         "/enqueue/{name}": {"post": {
             "operationId": "enqueue", "summary": "queue a call for a device that sleeps or is away",
-            "parameters": [name, _query("ttl_s", {"type": "number", "exclusiveMinimum": 0, "maximum": 604800},
+            "description": "The body is the arguments, those the named service takes (its `args` in "
+                           "/devices/{device}/services; checked when the call is queued).",
+            "parameters": [name, _query("ttl_s", {"type": "number", "minimum": 0.001, "maximum": 604800},
                                         "seconds the call may wait (default 300)")],
             "requestBody": any_args,
             "responses": _responses("202", "the queued call", "Operation", headers=_LOCATION)}},
@@ -276,8 +289,10 @@ def _components() -> dict[str, Any]:
                               "properties": {"items": {"type": "array",
                                                        "items": {"$ref": "#/components/schemas/Operation"}},
                                              "next_page_token": page_token}},
-            "GatherRequest": {"type": "object", "required": ["pattern"],
-                              "properties": {"pattern": {"type": "string", "description": "e.g. sim/*/temperature"},
+            "GatherRequest": {"type": "object", "required": ["pattern"], "additionalProperties": False,
+                              "properties": {"pattern": {"type": "string", "pattern": _GATHER_PATTERN,
+                                                         "description": "devices, then one service: e.g. "
+                                                                        "sim/*/temperature"},
                                              "args": {"type": ["object", "null"]},
                                              "deadline_s": {"type": "number", "exclusiveMinimum": 0,
                                                             "maximum": 120}}},

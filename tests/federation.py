@@ -65,7 +65,9 @@ class NatsCluster:
             self.procs[i] = None
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Until JetStream places a three-replica bucket (the cluster has its meta leader and every peer)."""
+        """Until JetStream places a three-replica bucket (the cluster has its meta leader and every peer). Each try's
+        JetStream request waits 1 s, not nats-py's 5: one sent before the cluster has elected its meta leader gets no
+        answer, and under load that cost 5 s every time; a bucket a timed-out try made is found by the next."""
         import asyncio
 
         import nats
@@ -79,7 +81,7 @@ class NatsCluster:
             try:
                 from nats.js.api import KeyValueConfig
 
-                kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket="ready", replicas=3))
+                kv = await nc.jetstream(timeout=1.0).create_key_value(KeyValueConfig(bucket="ready", replicas=3))
                 await kv.put("k", b"v")
                 return True
             except Exception:
@@ -224,6 +226,16 @@ class Site:
         return f"{record.host}:{record.port}"
 
     def state(self) -> dict:
+        """The part of `status()` that is this home's own, read here: its gateway's tag (`gateway`) and what its
+        running gateway last wrote of itself (`local`, HOME/federation.state.json: state, devices served). The
+        command reads the same file; polled in a wait, a command a poll cost a process start, and NATS reads."""
+        from ndn_edge.federation.config import read_config, read_state
+
+        config = read_config(self.home)
+        return {"gateway": config.gateway if config is not None else None, "local": read_state(self.home) or {}}
+
+    def status(self) -> dict:
+        """`ndn-edge federation status --json`."""
         return json.loads(self.ok("federation", "status", "--json", "--timeout", "1"))
 
     def kill_gateway(self) -> None:

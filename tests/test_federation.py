@@ -90,7 +90,7 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
             # Clients and rules made on A reach every gateway; devices of every LAN are listed on A.
             wait_for(lambda: _online(alice, ["/edge/a/1", "/edge/b/1", "/edge/c/1"]), 40, "every device on A")
             listed = {d["name"]: d for d in alice.devices()}
-            assert listed["/edge/c/1"]["gateway"] == c.state()["gateway"]
+            assert listed["/edge/c/1"]["gateway"] == c.status()["gateway"]
 
             # Request/response across gateways: a non-idempotent counter moves by one per call.
             first = wait_for(lambda: alice.call("c/1/counter"), 10, "a call through A to C")
@@ -264,7 +264,7 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
         lan.start_sim(1, "a", "--tick", "0")
         with _connect(lan.home, lan.address()) as alice:
             wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
-            wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
+            wait_for(lambda: "/edge/a/1" in lan.state()["local"].get("served", ()), 10, "A serving a/1")
         standby.start_gateway("--http", "127.0.0.1:0")
         # alice reaches the standby's store with the federation's identities, a moment after it connects
         token = wait_for(lambda: _token(standby, "alice"), 15, "alice on the standby, to issue her a token")
@@ -331,7 +331,8 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
         assert recovered_s < 10, f"the standby answered {recovered_s:.1f} s after A died"
         # The 8 s operation ends about 7 s after A died; its report comes again within 0.3 s, then 0.6 s...
         assert finished_s < 15, f"the adopted operations finished {finished_s:.1f} s after A died"
-        wait_for(lambda: "/edge/a/1" in standby.state()["local"]["served"], 5, "the standby to say it serves a/1")
+        wait_for(lambda: "/edge/a/1" in standby.state()["local"].get("served", ()), 5, "the standby serving a/1")
+        assert "/edge/a/1" in standby.status()["local"]["served"]  # and `federation status` says so
 
         # Partition B from NATS: it says so, serves its LAN with the rules it has, and catches up after.
         with _connect(lan.home, b.address()) as on_b:
@@ -339,14 +340,15 @@ def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
             # B lists the operations the standby finished (the mirror, rewritten by their new keeper).
             wait_for(lambda: {o["op"] for o in on_b.ops() if o["state"] == "done"} >= op_ids, 5,
                      "the adopted operations listed done through B")
-            wait_for(lambda: b.state()["local"]["state"] == "connected", 10, "B connected")
+            wait_for(lambda: b.state()["local"].get("state") == "connected", 10, "B connected")
             relay.cut()
-            wait_for(lambda: b.state()["local"]["state"] == "partitioned", 10, "B to say it is partitioned")
+            wait_for(lambda: b.state()["local"].get("state") == "partitioned", 10, "B partitioned")
+            assert b.status()["local"]["state"] == "partitioned"  # `federation status` says so
             assert on_b.call("b/1/echo", {"p": 1}) == {"p": 1}
             standby.ok("client", "add", "bob")
             standby.ok("acl", "grant", "bob", "b/**")
             relay.heal()
-            wait_for(lambda: b.state()["local"]["state"] == "connected", 15, "B to reconnect")
+            wait_for(lambda: b.state()["local"].get("state") == "connected", 15, "B to reconnect")
         with _connect(standby.home, b.address(), client="bob") as bob:
             assert wait_for(lambda: bob.call("b/1/echo", {"bob": 1}, timeout=2), 15, "bob on B") == {"bob": 1}
     finally:
@@ -371,7 +373,7 @@ def test_publications_a_gateway_could_not_put_on_the_stream_reach_the_others_aft
         lan.start_sim(1, "a", "--tick", "0")
         with _connect(lan.home, lan.address()) as alice:
             wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
-            wait_for(lambda: "/edge/a/1" in lan.state()["local"]["served"], 10, "A serving a/1")
+            wait_for(lambda: "/edge/a/1" in lan.state()["local"].get("served", ()), 10, "A serving a/1")
         standby.start_gateway("--federation", node0)
         b.start_gateway("--federation", node0)
 

@@ -10,6 +10,7 @@ duplicated. Each test has its own home and multicast port; every wait has a dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -482,7 +483,9 @@ def test_long_running_operation_survives_a_gateway_restart(fleet):
 def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_away(fleet):
     fleet.clients(alice="sim/**", bob="sim/2/**")
     fleet.start_gateway()
-    fleet.start_sim(2)
+    # a tick every 0.5 s, not 1: most of this test waits for ticks. The gateway's restart below must stay well
+    # within what a device holds unacknowledged (16 reports, 8 s at this pace)
+    fleet.start_sim(2, "--tick", "0.5")
     with fleet.connect("alice") as alice, fleet.connect("bob") as bob:
         fleet.wait_online(alice, ["/edge/sim/1", "/edge/sim/2"])
         wait_until(lambda: alice.call("sim/1/echo") == {} and _ticked(alice, 2), 10, what="ticks")
@@ -515,7 +518,7 @@ def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_
         got = []
         with alice.subscribe("sim/*/tick", durable="dash") as sub:
             got += [sub.next(5) for _ in range(4)]
-        away_until = time.monotonic() + 2.5  # ticks keep coming meanwhile
+        away_until = time.monotonic() + 1.25  # ticks keep coming meanwhile (two or three of each device)
         wait_until(lambda: time.monotonic() > away_until, 5, what="time away")
     assert fleet.stop(fleet.gateway) == 130  # and the gateway restarts while the subscriber is away
     fleet.start_gateway()
@@ -533,6 +536,34 @@ def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_
         assert not any(m.gap or m.late for m in mine[1:])
     positions = [m.pos for m in got]
     assert positions == sorted(set(positions))
+
+
+@contextlib.contextmanager
+def _querying(port: int, every_s: float = 1.0):
+    """Discovery queries (`/edge/_sd/query`, as a gateway sends at its start, at 0, 1 and 3 s) on the group every
+    `every_s` while the block runs: under loss, a device whose boot announcement and answers to those queries were
+    all dropped is otherwise first heard at its renewal, a third of its lease later (10 s of a 30 s lease)."""
+    import threading
+
+    from ndn.encoding import InterestParam, make_interest
+
+    from tests.support import McastPeer
+
+    peer, done = McastPeer(port), threading.Event()
+
+    def query() -> None:
+        for _ in range(120):  # a query a second for two minutes at most
+            peer.send(bytes(make_interest("/edge/_sd/query", InterestParam(lifetime=1000))))
+            if done.wait(every_s):
+                return
+    thread = threading.Thread(target=query, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        peer.close()
 
 
 def _ticked(client: BlockingClient, n: int) -> bool:
@@ -606,7 +637,7 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     # the lease lapse for a moment; a call then fails fast with UNAVAILABLE, which means nothing was sent to the
     # device, so the callers below retry it.
     fleet.start_sim(1, "--loss", "0.3", "--seed", "1", "--lease-ms", "30000")
-    with fleet.connect("alice", timeout=20) as alice:
+    with fleet.connect("alice", timeout=20) as alice, _querying(fleet.port):
         fleet.wait_online(alice, ["/edge/sim/1"], timeout_s=40)
         with alice.subscribe("sim/1/burst", durable="all") as sub:
             assert sub.next(0.5) is None  # created before the burst: nothing retained yet

@@ -69,7 +69,7 @@ async def _hostile(urls: str, subject: str) -> None:
         await nc.close()
 
 
-@pytest.mark.soak(seconds=30)
+@pytest.mark.soak(seconds=22)
 def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
     cluster = NatsCluster(tmp_path / "nats")
     a, b, c = sites = [Site(tmp_path, name) for name in ("a", "b", "c")]
@@ -254,7 +254,7 @@ def test_three_gateways_serve_every_model_across_the_federation(tmp_path):
         cluster.close()
 
 
-@pytest.mark.soak(seconds=25)
+@pytest.mark.soak(seconds=20)
 def test_failover_on_one_lan_and_a_gateway_partitioned_from_nats(tmp_path):
     cluster, lan, standby, b = _lan_with_standby(tmp_path)
     relay = None

@@ -479,7 +479,7 @@ def test_long_running_operation_survives_a_gateway_restart(fleet):
 # -- publish/subscribe
 
 
-@pytest.mark.long(seconds=12)
+@pytest.mark.long(seconds=8)
 def test_pubsub_retained_first_acl_membership_and_a_durable_subscriber_that_was_away(fleet):
     fleet.clients(alice="sim/**", bob="sim/2/**")
     fleet.start_gateway()
@@ -625,7 +625,7 @@ def test_calls_queued_for_a_sleeping_device_are_delivered_when_it_wakes_or_expir
 # -- exactly once under loss
 
 
-@pytest.mark.soak(seconds=30)
+@pytest.mark.soak(seconds=22)
 def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     """`--loss 0.3` on the device (seeded: the same drops on every run): 60 `counter` calls run exactly 60 times,
     while 200 messages published in a burst reach a durable subscriber (away for a while in the middle) all, once

@@ -126,7 +126,7 @@ class IdentitySync(BucketPart):
 
     async def _session(self) -> None:
         kv = self._link.kv("ident")
-        watcher = await kv.watchall()
+        watcher = await self._link.watch("ident")
         try:
             self._remote = {}
             self._seen_rev = 0

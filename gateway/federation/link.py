@@ -33,6 +33,11 @@ log = logging.getLogger("ndn_edge.federation")
 
 RETRY_S = 1.0
 PING_S = 1
+# The JetStream requests a watch makes (its consumer, its stream's last sequence) wait this long for an answer, not
+# nats-py's 5 s: while a stream elects a new leader after a NATS server died they get none, and a watch that asks
+# again sooner follows the bucket again about when the election ends (seconds earlier).
+WATCH_REQUEST_TIMEOUT_S = 1.5
+WATCH_INACTIVE_S = 60.0  # a watch's consumer that nobody reads any more (its request timed out) goes after this
 CONNECT_TIMEOUT_S = 2
 CALLS_TTL_S = 180.0
 STREAM_MAX_AGE_S = 24 * 3600.0
@@ -55,7 +60,9 @@ class NatsLink:
         self.since = time.time()
         self.nc: Any = None
         self.js: Any = None
+        self._watch_js: Any = None  # JetStream with WATCH_REQUEST_TIMEOUT_S, for watches
         self._kv: dict[str, Any] = {}
+        self._watch_kv: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._throttle = Throttle(log)
@@ -98,8 +105,17 @@ class NatsLink:
     async def last_revision(self, what: str) -> int:
         """The last revision written to bucket `what` (its stream's last sequence): a watcher that saw less for
         a while has stalled (its consumer lost with a NATS server) and is started again by its owner."""
-        info = await self.js.stream_info(f"KV_{self.config.bucket(what)}")
+        info = await self._watch_js.stream_info(f"KV_{self.config.bucket(what)}")
         return int(info.state.last_seq)
+
+    async def watch(self, what: str) -> Any:
+        """A watcher of every key of bucket `what` (nats-py's KeyWatcher), once connected; its requests time out
+        after WATCH_REQUEST_TIMEOUT_S, so that a watch started again during a leader election fails fast and its
+        owner tries again."""
+        kv = self._watch_kv.get(what)
+        if kv is None:
+            kv = self._watch_kv[what] = await self._watch_js.key_value(self.config.bucket(what))
+        return await kv.watchall(inactive_threshold=WATCH_INACTIVE_S)
 
     def kv(self, what: str) -> Any:
         """The bucket `what` (one of BUCKETS), once connected."""
@@ -126,6 +142,8 @@ class NatsLink:
                 continue
             self.nc = nc
             self.js = nc.jetstream()
+            self._watch_js = nc.jetstream(timeout=WATCH_REQUEST_TIMEOUT_S)
+            self._watch_kv = {}
             try:
                 await self._ensure_buckets()
             except asyncio.CancelledError:
@@ -266,7 +284,7 @@ async def watch_bucket(link: NatsLink, what: str, key: FederationKey, take: Take
         await link.wait_connected(3600.0)
         watcher = None
         try:
-            watcher = await link.kv(what).watchall()
+            watcher = await link.watch(what)
             initial = True
             seen, stalled = 0, 0
             while link.connected:

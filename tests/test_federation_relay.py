@@ -225,7 +225,8 @@ def test_a_vouched_request_ends_at_once_when_its_gateway_goes(nats_url):
         started = time.monotonic()
         with pytest.raises(forward.Gone):  # nobody subscribes to the subject
             await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 20.0)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 5.0  # not the 20 s deadline (NATS says "no responders" at once; 5 s
+        #                                          leaves room for a machine busy with the suite's NATS clusters)
         await serve.serve(DEVICE, True)
         nonce = os.urandom(12)
         answer = await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 5.0, nonce=nonce)
@@ -236,7 +237,7 @@ def test_a_vouched_request_ends_at_once_when_its_gateway_goes(nats_url):
         started = time.monotonic()
         with pytest.raises(forward.Gone):
             await remote.vouch(SUBJECT, alice, "call", ("c", "1", "counter"), {}, 20.0, gone=left.is_set)
-        assert 0.25 < time.monotonic() - started < 2.0  # not the 20 s deadline
+        assert 0.25 < time.monotonic() - started < 5.0  # not the 20 s deadline
         assert remote.counters["vouch_gone"] == 1
         for task in list(serve._tasks):
             task.cancel()

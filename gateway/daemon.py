@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from ndn_edge.devices.side import DeviceSide
     from ndn_edge.federation.config import FederationConfig
     from ndn_edge.federation.node import Federation
-    from ndn_edge.http.server import HttpFace, HttpOptions
+    from ndn_edge.http.options import HttpOptions
+    from ndn_edge.http.server import HttpFace
     from ndn_edge.observability.hub import Observability, ObservabilityOptions
     from ndn_edge.observability.metrics import MetricsFace
     from ndn_edge.patterns.hub import Patterns

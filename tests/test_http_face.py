@@ -137,6 +137,7 @@ def test_the_dashboard_is_served_without_a_token(tmp_path):
 def test_beyond_loopback_without_tls_warns(tmp_path, monkeypatch, caplog):
     """The warning, on a listener the face takes for non-loopback (the test binds 127.0.0.1 only)."""
     from ndn_edge.http import server
+    from ndn_edge.http.options import HttpOptions
     from ndn_edge.state.store import Store
     from tests.fakes import FakeDevices
 
@@ -147,7 +148,7 @@ def test_beyond_loopback_without_tls_warns(tmp_path, monkeypatch, caplog):
     async def scenario() -> None:
         store = Store(tmp_path / "gateway.db")
         face = server.HttpFace.build(store, FakeDevices(), None, site="edge",
-                                     options=server.HttpOptions(("127.0.0.1", 0)))
+                                     options=HttpOptions(("127.0.0.1", 0)))
         try:
             await face.start()
         finally:

@@ -26,7 +26,7 @@ from ndn_edge.tools.netargs import add_network_args, listen_arg
 if TYPE_CHECKING:
     from ndn_edge.daemon import Gateway
     from ndn_edge.federation.config import FederationConfig
-    from ndn_edge.http.server import HttpOptions
+    from ndn_edge.http.options import HttpOptions
     from ndn_edge.tools.cli import State
 
 LOG_FILE = "gateway.log"
@@ -95,7 +95,7 @@ def resolve_site(state: State, site: str | None) -> str:
 
 def http_options(state: State, args: argparse.Namespace) -> HttpOptions | None:
     """Where to serve HTTP: --http (with --http-cert/--http-key), else the home's config.json, else None."""
-    from ndn_edge.http.server import HttpOptions, options_from_config
+    from ndn_edge.http.options import HttpOptions, options_from_config
     from ndn_edge.tools.errors import UsageError
 
     if args.http is None:

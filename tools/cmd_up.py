@@ -94,7 +94,7 @@ async def _up(state: State, args: argparse.Namespace, fleet: SimFleet, site: str
 
     cancel_on_sigterm()
     home = state.home
-    from ndn_edge.http.server import HttpOptions
+    from ndn_edge.http.options import HttpOptions
 
     gateway = Gateway(home, iface=args.iface, group=args.group[0], port=args.group[1], listen=args.listen, site=site,
                       http=HttpOptions(args.http))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ndn_edge.clients.verbs import Verbs
-from ndn_edge.errors import ConfigError, Unavailable
+from ndn_edge.errors import Unavailable
 from ndn_edge.http.api import Api, neutral_server_header
+from ndn_edge.http.options import HttpOptions
 from ndn_edge.http.tokens import Tokens
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
@@ -39,55 +38,8 @@ from ndn_edge.state.home import is_loopback, listener_url, remove_listener_recor
 log = logging.getLogger("ndn_edge.http")
 
 RECORD = "http.json"
-CONFIG = "config.json"
 SHUTDOWN_S = 1.0
 MALFORMED_LOG_EVERY_S = 60.0  # one line a minute about requests the HTTP parser refused (they are counted)
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    """Where and how the HTTP face listens."""
-
-    listen: tuple[str, int]
-    cert: str | None = None
-    key: str | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.cert is not None
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The server's TLS context, or None for plain HTTP; ConfigError naming the file that fails to load."""
-        if self.cert is None:
-            return None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(self.cert, self.key)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"cannot load the HTTPS certificate {self.cert} and key {self.key or self.cert}: "
-                              f"{err}; give a PEM certificate with --http-cert and its key with --http-key") from err
-        return ctx
-
-
-def options_from_config(home_path: Path) -> HttpOptions | None:
-    """The `"http"` entry of HOME/config.json (`{"http": {"listen": "HOST:PORT", "cert", "key"}}`), or None."""
-    path = home_path / CONFIG
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); fix or remove it") from err
-    http = obj.get("http") if isinstance(obj, dict) else None
-    if http is None:
-        return None
-    if not isinstance(http, dict) or not isinstance(http.get("listen"), str):
-        raise ConfigError(f'{path}: "http" must be {{"listen": "HOST:PORT", "cert": PATH, "key": PATH}}')
-    host, _, port = http["listen"].rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f'{path}: "http.listen" must be HOST:PORT, got {http["listen"]!r}')
-    return HttpOptions((host.strip("[]"), int(port)), cert=http.get("cert"), key=http.get("key"))
 
 
 class _MalformedRequests(logging.Filter):

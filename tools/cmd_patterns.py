@@ -125,7 +125,9 @@ def do_sub(state: State, args: argparse.Namespace) -> None:
         with_client(state, args, lambda c: c.subscribe(args.pattern, durable=args.durable).unsubscribe())
         return
 
-    idle_s, args.timeout = args.timeout, args.timeout or DEFAULT_TIMEOUT_S
+    # --timeout is the longest wait without a message; the requests to the gateway (subscribing, unsubscribing)
+    # keep the default deadline: under load a subscribe answered in 1.2 s must not fail a `--timeout 1`.
+    idle_s, args.timeout = args.timeout, DEFAULT_TIMEOUT_S
 
     async def run(client: Client) -> None:
         from ndn_edge.errors import DeadlineExceeded

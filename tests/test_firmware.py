@@ -67,6 +67,28 @@ def test_a_build_is_cached_by_its_inputs(tmp_path, monkeypatch):
     assert mp.unix_build_key(archive, bits=32, frozen=True) != keys[32, True]
 
 
+def test_the_compiled_runtime_is_cached_by_its_compiler_flags_and_sources(tmp_path, monkeypatch):
+    # deploy, sim and up compile the runtime's 20 modules (0.8 s of CPU) once; then they copy them.
+    mpy_cross = find_mpy_cross()
+    assert mpy_cross is not None
+    monkeypatch.setenv(mp.CACHE_ENV, str(tmp_path / "cache"))
+    first = mp.compile_runtime(tmp_path / "a", mpy_cross)
+    names = sorted(p.name for p in (first / "device").iterdir())
+    assert names == sorted(f"{src.stem}.mpy" for src in mp.runtime_sources())
+
+    def no_compiler(*args, **kw):
+        raise AssertionError("compiled again")
+    monkeypatch.setattr(mp, "compile_module", no_compiler)
+    second = mp.compile_runtime(tmp_path / "b", mpy_cross)
+    assert all((second / "device" / n).read_bytes() == (first / "device" / n).read_bytes() for n in names)
+    with pytest.raises(AssertionError, match="compiled again"):  # other flags: another entry, compiled
+        mp.compile_runtime(tmp_path / "c", mpy_cross, ("-march=armv6m",))
+    assert not list((tmp_path / "cache" / "mpy").glob("*/compiling-*"))  # the failed one left nothing half-made
+    monkeypatch.undo()  # the compiler back
+    monkeypatch.setenv(mp.CACHE_ENV, "/proc/no-cache-here")  # no writable cache: compiled in place
+    assert sorted(p.name for p in (mp.compile_runtime(tmp_path / "d", mpy_cross) / "device").iterdir()) == names
+
+
 def test_a_build_says_what_is_wrong_with_its_source(tmp_path, monkeypatch):
     monkeypatch.setenv(mp.CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(mp.BuildFailed, match="does not exist"):

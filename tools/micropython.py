@@ -80,10 +80,13 @@ def compile_runtime(out: Path, mpy_cross: str, flags: tuple[str, ...] = ()) -> P
     pkg = out / "device"
     pkg.mkdir(parents=True, exist_ok=True)
     for src in sources:
-        if cached is None:
-            _compile_runtime_module(mpy_cross, src, pkg, flags)
-        else:
-            shutil.copyfile(cached / f"{src.stem}.mpy", pkg / f"{src.stem}.mpy")
+        try:
+            if cached is not None:
+                shutil.copyfile(cached / f"{src.stem}.mpy", pkg / f"{src.stem}.mpy")
+                continue
+        except OSError:  # the entry pruned meanwhile by a process that compiled other sources
+            cached = None
+        _compile_runtime_module(mpy_cross, src, pkg, flags)
     return out
 
 

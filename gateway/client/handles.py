@@ -156,6 +156,9 @@ class Operation:
         self.info = info
 
 
+_new_tuple = tuple.__new__
+
+
 class Message(NamedTuple):
     """One pub/sub message as a subscriber gets it (see gateway/patterns/pubsub.py)."""
 
@@ -172,9 +175,11 @@ class Message(NamedTuple):
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Message:
-        return cls(str(m.get("topic")), str(m.get("publisher")), m.get("value"), int(m.get("seq") or 0),
-                   str(m.get("boot")), float(m.get("time") or 0.0), int(m.get("pos") or 0),
-                   bool(m.get("retained")), int(m.get("gap") or 0), bool(m.get("late")))
+        # (tuple.__new__ directly: the named tuple's own __new__ is one more Python call per message)
+        get = m.get
+        return _new_tuple(cls, (str(get("topic")), str(get("publisher")), get("value"), int(get("seq") or 0),
+                                str(get("boot")), float(get("time") or 0.0), int(get("pos") or 0),
+                                bool(get("retained")), int(get("gap") or 0), bool(get("late"))))
 
     def as_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -236,6 +241,10 @@ class Subscription:
 
     async def next(self, timeout: float | None = None) -> Message | None:
         """The next message, or None if none came within `timeout` seconds (None: wait as long as it takes)."""
+        if self._buffer:  # one that came with the last reply: at once (a reply brings up to `batch` of them)
+            msg = self._buffer.popleft()
+            self._last = msg.pos
+            return msg
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._buffer:
             left = self._wait if deadline is None else min(self._wait, deadline - time.monotonic())

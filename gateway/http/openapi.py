@@ -156,7 +156,7 @@ def document(devices: list[tuple[str, list[dict[str, Any]]]], *, version: str, s
     paths: dict[str, Any] = {}
     for device, services in sorted(devices):
         for svc in sorted(services, key=lambda s: str(s.get("name"))):
-            if isinstance(svc.get("name"), str) and not svc["name"].startswith("_"):
+            if _documented(svc):
                 paths.update(_service_ops(device, svc))
     paths.update(_framework_paths(devices))
     return {
@@ -171,13 +171,17 @@ def document(devices: list[tuple[str, list[dict[str, Any]]]], *, version: str, s
     }
 
 
+def _documented(svc: dict[str, Any]) -> bool:
+    """A service of the device's own (framework services, `_desc`, `_health`..., have routes of their own)."""
+    return isinstance(svc.get("name"), str) and not svc["name"].startswith("_")
+
+
 def _framework_paths(devices: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """The framework's routes; their `device` and `name` parameters list what the caller sees (`enum`), so that a
     client generated from the document offers those, and a tool that generates requests from it sends those."""
     name = _path("name", "DEVICE/SERVICE under the site, e.g. sim/1/note")
     device = _path("device", "a device name under the site, e.g. sim/1")
-    names = sorted({f"{d}/{svc['name']}" for d, services in devices for svc in services
-                    if isinstance(svc.get("name"), str) and not svc["name"].startswith("_")})
+    names = sorted({f"{d}/{svc['name']}" for d, services in devices for svc in services if _documented(svc)})
     if names:
         name["schema"] = {"type": "string", "enum": names}
     if devices:

@@ -235,16 +235,12 @@ class Subscription:
     async def __anext__(self) -> Message:
         while not self._buffer:
             await self._fill(self._wait)
-        msg = self._buffer.popleft()
-        self._last = msg.pos
-        return msg
+        return self._hand_out()
 
     async def next(self, timeout: float | None = None) -> Message | None:
         """The next message, or None if none came within `timeout` seconds (None: wait as long as it takes)."""
         if self._buffer:  # one that came with the last reply: at once (a reply brings up to `batch` of them)
-            msg = self._buffer.popleft()
-            self._last = msg.pos
-            return msg
+            return self._hand_out()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._buffer:
             left = self._wait if deadline is None else min(self._wait, deadline - time.monotonic())
@@ -252,6 +248,12 @@ class Subscription:
                 return None
             await self._fill(left)
         return await self.__anext__()
+
+    def _hand_out(self) -> Message:
+        """The first buffered message, now handed to the application (the next poll acknowledges it)."""
+        msg = self._buffer.popleft()
+        self._last = msg.pos
+        return msg
 
     async def _fill(self, wait: float) -> None:
         """Start the polls, and return when one of them is back (its messages in the buffer, or none) or failed (its

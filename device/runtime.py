@@ -82,6 +82,8 @@ _CONTENT_NACK = const(3)  # ContentType of an error answer
 _T_SIG_VALUE = const(0x17)
 
 _NO_ARGS = {}  # shared, never mutated: fn(**_NO_ARGS) builds the handler's own dict
+_MAX_NAMES = const(32)  # distinct argument names taken without declared args (_take_names)
+_names = None  # those names, a set once the first is taken
 
 CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAVAILABLE",
          "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL")
@@ -729,13 +731,29 @@ def _decode_args(params, spec):
 
 
 def _arg_map(args, spec):
-    # args must be a map of text names (within spec, when the service declares one).
+    # args must be a map of text names, within spec when the service declares its arguments (an empty map: none).
     if not isinstance(args, dict):
         raise MalformedError("not a map")
     for k in args:
-        if not isinstance(k, str) or (spec and k not in spec):
+        if not isinstance(k, str) or (spec is not None and k not in spec):
             raise MalformedError("argument %r is not text or not declared" % (k,))
+    if spec is None and args:
+        _take_names(args)
     return args
+
+
+def _take_names(args):
+    # MicroPython interns every keyword name a call passes with ** (py/runtime.c), for as long as it runs, and a
+    # declared service's names are the app's own. A service without declared arguments takes at most _MAX_NAMES
+    # distinct ones, all such services together: new names beyond would fill the heap a few bytes at a time.
+    global _names
+    if _names is None:
+        _names = set()
+    for k in args:
+        if k not in _names:
+            if len(_names) >= _MAX_NAMES:
+                raise MalformedError("argument %r: over %d names, declare args" % (k, _MAX_NAMES))
+            _names.add(k)
 
 
 def _sig_tag(mv, i):

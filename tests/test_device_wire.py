@@ -345,3 +345,27 @@ def test_the_face_sets_only_the_multicast_options_a_port_implements(monkeypatch,
         # Linux: the group socket bound to the group; unicast on a second socket, bound to the interface
         assert fake.calls == [*group_options, (1, 4, 1)]
         assert fake.bound == [("224.0.23.170", 56363), ("127.0.0.1", 56363)] and face.usock is not None
+
+
+def test_argument_names_cannot_fill_the_heap(micropython, peer, tmp_path):
+    """MicroPython interns every keyword name passed with ** for good: a caller sending new names to a service
+    without declared arguments grew the device's heap by about 20 bytes a call. At most 32 distinct names are
+    taken (then INVALID_ARGUMENT), and a service that declares no arguments (args={}) refuses any."""
+    from tests.support import ROOT
+    b = Board(micropython, peer.port, tmp_path / "flash", heap="128K", app=ROOT / "tests" / "apps" / "names.py")
+    b.start(peer)
+    try:
+        refused = b.call(peer, "none", {"x": 1})
+        assert (refused.ok, refused.code) == (False, "INVALID_ARGUMENT") and "'x'" in refused.message
+        for i in range(32):
+            assert b.call(peer, "free", {f"name{i}": i}).value == 1
+        heap = []
+        for i in range(32, 432):
+            r = b.call(peer, "free", {f"name{i}": i})
+            assert (r.ok, r.code) == (False, "INVALID_ARGUMENT") and "declare args" in r.message
+            if i % 200 == 31:  # after 200 and 400 new names, the reply cache full of refusals both times
+                heap.append(b.call(peer, "heap").value)
+        assert b.call(peer, "free", {"name0": 0, "name31": 31}).value == 2  # the names taken stay usable
+        assert heap[0] - heap[1] < 128, f"200 more new names took {heap[0] - heap[1]} bytes"
+    finally:
+        b.stop()

@@ -90,6 +90,11 @@ class DeviceAccess(Protocol):
 # client face around the task that serves it when a federation is plugged in; None otherwise.
 REQUEST_ID: ContextVar[bytes | None] = ContextVar("ndn_edge_request_id", default=None)
 
+# More answers to the client request being served: `more(content)` sends one more signed answer (a Data of the
+# request's name) to where the request came from, True if it went. Set by the client face around the task that
+# serves a request from a UDP address (a poll with `push`, docs/gateway-protocol.md); None otherwise.
+REPLY_MORE: ContextVar[Callable[[Any], bool] | None] = ContextVar("ndn_edge_reply_more", default=None)
+
 
 class SeqSource(Protocol):
     """Sequence numbers of one device key (`state.store.SeqCounter`, or a federation's shared leases)."""

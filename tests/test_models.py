@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -316,50 +317,91 @@ def test_pipelined_polls_share_messages_out_once_and_a_new_start_silences_the_wa
     run(scenario)
 
 
+def test_an_answered_poll_takes_pushes_at_each_commit_until_they_run_out_or_a_new_start(tmp_path):
+    # gateway/patterns/pubsub.py `poll(push=n, more=...)`: a poll answered with messages takes up to n more
+    # answers, each sent by `more` right after the commit that brought messages, saying where they start
+    # (`from`); a waiting pipelined poll then gets none of them; a poll without `after` ends the pushes.
+    key = os.urandom(32)
+
+    async def scenario() -> None:
+        store = store_with_alice(tmp_path / "store.db", key)
+        intake, pubsub = await intake_and_pubsub(store)
+        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+        pushed: list[dict] = []
+        intake.on_interest(publication(key, 10, 1))
+        await drain(intake)
+        page = await pubsub.poll("alice", sub, wait_ms=5000, push=2, more=lambda c: pushed.append(c) or True)
+        assert [m["value"] for m in page["messages"]] == [1] and page["push"] == 2
+        waiting = asyncio.create_task(pubsub.poll("alice", sub, after=1, wait_ms=5000))
+        for seq in (2, 3, 4):
+            intake.on_interest(publication(key, 10 + seq, seq))
+            await drain(intake)
+        assert [([m["value"] for m in c["messages"]], c["from"]) for c in pushed] == [([2], 1), ([3], 2)]
+        page = await asyncio.wait_for(waiting, 5)  # the pushes ran out: the waiting poll takes what came next
+        assert [m["value"] for m in page["messages"]] == [4] and page["from"] == 3
+        page = await pubsub.poll("alice", sub, wait_ms=5000, push=8, more=lambda c: pushed.append(c) or True)
+        again = await pubsub.poll("alice", sub, ack=4, wait_ms=0)  # a new start: no more pushes to that one
+        assert again["messages"] == [] and not pubsub._subs[("alice", sub)].streams
+        intake.on_interest(publication(key, 15, 5))
+        await drain(intake)
+        assert len(pushed) == 2 and pubsub.counters["pushed"] == 2
+        await pubsub.stop()
+        await intake.stop()
+        store.close()
+
+    run(scenario)
+
+
+def _wire_message(pos: int) -> dict:
+    """A message as the gateway's poll answers carry it, at position `pos`."""
+    return {"topic": "sim/1/t", "publisher": "sim/1", "value": pos, "seq": pos, "boot": "b", "time": 0.0, "pos": pos}
+
+
+class _PollingGateway:
+    """The client side of the gateway for a Subscription: records each poll (its parameters, the future that answers
+    it, and its `more`, which pushes further answers) and answers it when the test says."""
+
+    timeout = 5.0
+
+    def __init__(self) -> None:
+        self.polls: list[tuple[dict, asyncio.Future, Any]] = []
+
+    async def request(self, verb: str, target: tuple, params: dict, timeout_s: float, *, more: Any = None) -> dict:
+        from ndn_edge.wire import client_protocol as cw
+
+        if verb == cw.VERB_SUBSCRIBE:
+            return {"sub": "m:1", "created": True}
+        fut = asyncio.get_running_loop().create_future()
+        self.polls.append((params, fut, more))
+        return await fut
+
+    async def wait_polls(self, n: int, timeout_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.polls) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.polls)} polls, {n} expected")
+            await asyncio.sleep(0.005)
+
+
 def test_a_subscription_keeps_two_polls_in_flight_and_puts_replies_back_in_order(tmp_path):
     # gateway/client/handles.py: once a poll succeeded, two are in flight, the second saying how far the client
     # got (`after`); a reply that overtakes the one before it (its `from` not reached yet) is held until that one
     # is in, so messages come out in order, each once.
     from ndn_edge.client.handles import Subscription
-    from ndn_edge.wire import client_protocol as cw
 
-    def msg(pos: int) -> dict:
-        return {"topic": "sim/1/t", "publisher": "sim/1", "value": pos, "seq": pos, "boot": "b", "time": 0.0,
-                "pos": pos}
-
-    class Gateway:
-        """The client side of the gateway: records each poll and answers it when the test says."""
-
-        timeout = 5.0
-
-        def __init__(self) -> None:
-            self.polls: list[tuple[dict, asyncio.Future]] = []
-
-        async def request(self, verb: str, target: tuple, params: dict, timeout_s: float) -> dict:
-            if verb == cw.VERB_SUBSCRIBE:
-                return {"sub": "m:1", "created": True}
-            fut = asyncio.get_running_loop().create_future()
-            self.polls.append((params, fut))
-            return await fut
-
-    async def polls(gw: Gateway, n: int) -> None:
-        for _ in range(100):
-            if len(gw.polls) >= n:
-                return
-            await asyncio.sleep(0)
-        raise AssertionError(f"{len(gw.polls)} polls, {n} expected")
+    msg = _wire_message
 
     async def scenario() -> None:
-        gw = Gateway()
+        gw = _PollingGateway()
         sub = Subscription(gw, "sim/1/*")
         reader = asyncio.create_task(sub.next(5))
-        await polls(gw, 1)
+        await gw.wait_polls(1)
         assert "after" not in gw.polls[0][0]  # alone and from the acknowledged position
         gw.polls[0][1].set_result({"messages": [msg(1)], "lost": 0})
         assert (await reader).value == 1
         reader = asyncio.create_task(sub.next(5))
-        await polls(gw, 3)
-        (p2, f2), (p3, f3) = gw.polls[1:3]
+        await gw.wait_polls(3)
+        (p2, f2, _), (p3, f3, _) = gw.polls[1:3]
         assert p2["after"] == p3["after"] == 1  # (started as 1 came in: fetched ahead, acknowledged by the next)
         f3.set_result({"messages": [msg(4)], "lost": 0, "from": 3})  # overtook the reply with 2 and 3
         for _ in range(5):
@@ -368,6 +410,46 @@ def test_a_subscription_keeps_two_polls_in_flight_and_puts_replies_back_in_order
         f2.set_result({"messages": [msg(2), msg(3)], "lost": 0, "from": 1})
         got = [(await reader).value, (await sub.next(5)).value, (await sub.next(5)).value]
         assert got == [2, 3, 4]
+        await sub._stop_polls()
+
+    run(scenario)
+
+
+def test_pushed_answers_are_taken_in_order_and_a_lost_one_starts_the_subscription_again(monkeypatch):
+    # gateway/client/handles.py: an answered poll takes the gateway's pushes (more answers to it); one real poll
+    # stays waiting besides; an answer lost on the way leaves a hole (`from` beyond what came), and after GAP_S
+    # the subscription starts again from the acknowledged position: nothing lost, nothing twice.
+    from ndn_edge.client import handles
+    from ndn_edge.client.handles import Subscription
+
+    monkeypatch.setattr(handles, "GAP_S", 0.1)
+    msg = _wire_message
+
+    async def scenario() -> None:
+        gw = _PollingGateway()
+        sub = Subscription(gw, "sim/1/*")
+        reader = asyncio.create_task(sub.next(5))
+        await gw.wait_polls(1)
+        first, fut, push = gw.polls[0]
+        assert first["push"] == handles.PUSH and first["wait_ms"] <= handles.LIVE_S * 1000
+        fut.set_result({"messages": [msg(1)], "lost": 0, "push": handles.PUSH})
+        assert (await reader).value == 1
+        await gw.wait_polls(2)
+        assert not gw.polls[1][1].done()  # one real poll waits besides the pushes
+        push({"messages": [msg(2), msg(3)], "lost": 0, "from": 1})
+        assert [(await sub.next(5)).value, (await sub.next(5)).value] == [2, 3]
+        push({"messages": [msg(6)], "lost": 0, "from": 5})  # 4 and 5 were lost on the way
+        reader = asyncio.create_task(sub.next(5))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not reader.done()  # 6 is held: it must not come before 4 and 5
+        await gw.wait_polls(3)  # after GAP_S: again from the acknowledged position
+        again, fut, _ = gw.polls[-1]
+        assert "after" not in again and again["ack"] == 3
+        fut.set_result({"messages": [msg(4), msg(5), msg(6)], "lost": 0, "push": handles.PUSH})
+        assert [(await reader).value, (await sub.next(5)).value, (await sub.next(5)).value] == [4, 5, 6]
+        push({"messages": [msg(7)], "lost": 0, "from": 6})  # a push to a poll of the earlier start: ignored
+        assert await sub.next(0.05) is None
         await sub._stop_polls()
 
     run(scenario)
@@ -692,4 +774,5 @@ def test_under_loss_calls_run_once_and_publications_arrive_once_in_order(fleet):
     with fleet.connect("admin") as admin:
         models = admin.metrics()["patterns"]
     assert models["reports_duplicates"] > 0  # acknowledgements were lost, and the retransmissions recognised
+    assert models["pubsub_pushed"] > 0  # the subscriber took messages pushed to its answered polls
     assert "simulating 3000/10000 datagram loss, seed 1" in (fleet.home / "sim" / "1" / "device.log").read_text()

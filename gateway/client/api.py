@@ -38,11 +38,12 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 import cbor2
@@ -107,6 +108,7 @@ class _Face(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.waiting: dict[bytes, asyncio.Future] = {}
+        self.more: dict[bytes, Callable[[bytes], None]] = {}  # requests answered more than once (a poll's pushes)
         self.error: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,9 +116,15 @@ class _Face(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         digest = cw.reply_digest(data) or _reply_digest(data)
-        fut = self.waiting.get(digest) if digest is not None else None
+        if digest is None:
+            return
+        fut = self.waiting.get(digest)
         if fut is not None and not fut.done():
             fut.set_result(data)
+            return
+        more = self.more.get(digest)
+        if more is not None:
+            more(data)
 
     def error_received(self, exc: Exception) -> None:
         for fut in self.waiting.values():
@@ -400,10 +408,13 @@ class Client:
         return value
 
     async def request(self, verb: str, target: tuple[str, ...], params: dict[str, Any], timeout_s: float, *,
-                      events: list[tuple[float, str, str]] | None = None) -> Any:
+                      events: list[tuple[float, str, str]] | None = None,
+                      more: Callable[[Any], None] | None = None) -> Any:
         """One signed request to the gateway (a verb of docs/gateway-protocol.md with its parameters), sent
         again on silence until a verified reply or the deadline: what every method above is built on. `events`
-        collects (ms since the first send, what, detail) of each transmission and the reply."""
+        collects (ms since the first send, what, detail) of each transmission and the reply. `more` gets the
+        content of every further verified answer to the request that comes until its deadline (a poll's pushes;
+        a retransmitted first answer too), or the error one raises."""
         if self._face is None:
             await self.open()
         face = self._face
@@ -430,6 +441,9 @@ class Client:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
+        if more is not None:
+            face.more[digest] = functools.partial(self._more, name_tlv, more)
+            loop.call_later(timeout_s, face.more.pop, digest, None)
         interval = _RETRY_FIRST_S
         attempts = 0
         try:
@@ -474,6 +488,14 @@ class Client:
                 interval = min(interval * 2, _RETRY_MAX_S)
         finally:
             face.waiting.pop(digest, None)
+
+    def _more(self, name_tlv: bytes, more: Callable[[Any], None], data: bytes) -> None:
+        try:
+            content = self._reply(data, name_tlv)
+        except CallError as err:
+            content = err
+        if content is not _IGNORED:
+            more(content)
 
     def _reply(self, data: bytes, name_tlv: bytes) -> Any:
         """The decoded content of a verified reply to the request named `name_tlv`, raising its error;

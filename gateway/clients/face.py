@@ -77,7 +77,7 @@ from ndn_edge.errors import (
     Unavailable,
     UnknownDevice,
 )
-from ndn_edge.interfaces import REQUEST_ID, DeviceAccess, Forwarder
+from ndn_edge.interfaces import REPLY_MORE, REQUEST_ID, DeviceAccess, Forwarder
 from ndn_edge.limits import Limits
 from ndn_edge.logs import Throttle, event
 from ndn_edge.state.store import Store, key_id
@@ -257,7 +257,7 @@ class ClientFace:
         self._wrong_site_answered: dict[str, float] = {}
         self.stats: dict[str, int] = {"received": 0, "accepted": 0, "replies": 0, "errors": 0, "denied": 0,
                                       "retransmissions": 0, "idle": 0, "send_errors": 0, "internal": 0,
-                                      "over_quota": 0, "wrong_site": 0}
+                                      "over_quota": 0, "wrong_site": 0, "pushed": 0}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.forwarder: Forwarder | None = None  # set by a federation (ndn_edge.federation)
 
@@ -632,6 +632,15 @@ class ClientFace:
     # -- verbs
 
     def _dispatch(self, peer: _Peer, ex: _Exchange, prefix: bytes, app_params: bytes) -> None:
+        # A verb may send more answers than one (a poll with `push`), to a client on this face's socket
+        more = None if isinstance(ex.addr, Relayed) else REPLY_MORE.set(functools.partial(self._more, peer, ex))
+        try:
+            self._run_verb(peer, ex, prefix, app_params)
+        finally:
+            if more is not None:
+                REPLY_MORE.reset(more)
+
+    def _run_verb(self, peer: _Peer, ex: _Exchange, prefix: bytes, app_params: bytes) -> None:
         try:
             verb, target = _verb_and_target(prefix)
             result = self._verbs.run(peer.caller, verb, target, _decode_params(app_params))
@@ -746,6 +755,19 @@ class ClientFace:
                                     "smaller page_size or a smaller result")
             wire = cw.encode_reply(ex.name, cbor2.dumps(err.to_wire()), peer.signer, nack=True, pit_token=ex.pit)
         self._answer(peer, ex, wire)
+
+    def _more(self, peer: _Peer, ex: _Exchange, content: Any) -> bool:
+        """One more answer to an answered request (REPLY_MORE): a Data of its name, signed as its reply was, sent
+        to where it came from; False (nothing sent) when the face is stopping or the answer is too large. Not
+        kept for retransmissions: a retransmitted request gets its first answer again."""
+        if self._stopping or self._transport is None:
+            return False
+        wire = cw.encode_reply(ex.name, cbor2.dumps(content), peer.signer, nack=False, pit_token=ex.pit)
+        if len(wire) > cw.MAX_REPLY_BYTES:
+            return False
+        self.stats["pushed"] += 1
+        self._transport.sendto(wire, ex.addr)
+        return True
 
     def _answer(self, peer: _Peer, ex: _Exchange, wire: bytes) -> None:
         """Keep the reply for retransmissions of its request (within the peer's budget), then send it."""

@@ -35,7 +35,7 @@ import cbor2
 from ndn_edge import names
 from ndn_edge.answers import Answer
 from ndn_edge.errors import CallError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, UnknownDevice
-from ndn_edge.interfaces import DeviceAccess, Router
+from ndn_edge.interfaces import REPLY_MORE, DeviceAccess, Router
 from ndn_edge.logs import event
 from ndn_edge.observability.stats import OK, CallStats
 from ndn_edge.observability.trace import TIMELINE, TRACEPARENT, CallTrace, Tracer
@@ -50,6 +50,7 @@ RULE_METRICS = "metrics"
 RULE_PER_ITEM = "per item"
 DEFAULT_POLL_MAX = 100
 MAX_POLL_MAX = 1000
+MAX_PUSH = 64  # answers a poll may ask the gateway to push after its reply (docs/gateway-protocol.md)
 DEADLINE_SLACK_S = 0.05  # the device side's own deadline ends first; this only bounds a bug
 MAX_TTL_MS = 7 * 86400 * 1000
 
@@ -376,10 +377,12 @@ def _subscribe(verbs: Verbs, req: Request) -> dict[str, Any]:
 
 def _poll(verbs: Verbs, req: Request) -> Result:
     after = req.int_param("after", -1, -1, 1 << 62)
+    push = req.int_param("push", 0, 0, MAX_PUSH)
+    more = REPLY_MORE.get() if push else None
     return verbs.patterns.pubsub.poll(req.caller.name, req.params.get("sub"), ack=req.int_param("ack", 0, 0, 1 << 62),
                                       max_messages=req.int_param("max", DEFAULT_POLL_MAX, 1, MAX_POLL_MAX),
                                       wait_ms=req.int_param("wait_ms", 0, 0, cp.MAX_TIMEOUT_MS),
-                                      after=None if after < 0 else after)
+                                      after=None if after < 0 else after, push=push if more else 0, more=more)
 
 
 def _unsubscribe(verbs: Verbs, req: Request) -> dict[str, Any]:

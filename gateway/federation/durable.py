@@ -49,7 +49,7 @@ from ndn_edge.federation.config import kv_key, subject_token
 from ndn_edge.federation.keys import BadSeal, FederationKey
 from ndn_edge.federation.link import BucketPart
 from ndn_edge.logs import event
-from ndn_edge.patterns.pubsub import IDLE_S, REPLY_BUDGET, poll_messages
+from ndn_edge.patterns.pubsub import IDLE_S, REPLY_BUDGET, Wakeup, poll_messages
 
 log = logging.getLogger("ndn_edge.federation")
 
@@ -93,7 +93,7 @@ class _Held:
         self.preamble = self.acked < self.start - 1    # retained values before `start` still to read
         self.preamble_tries = 0
         self.buffer: collections.deque[tuple[int, dict[str, Any], int]] = collections.deque()  # pos, msg, size
-        self.event = asyncio.Event()
+        self.event = Wakeup()
         self.space = asyncio.Event()
         self.last_poll = time.monotonic()
         self.waiting = 0

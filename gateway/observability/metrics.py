@@ -242,6 +242,8 @@ class MetricsView:
                _counter("client_accepted", "Client requests authenticated and accepted.", value=m["accepted"]),
                _counter("client_replies", "Replies sent to clients.", value=m["replies"]),
                _counter("client_error_replies", "Error replies sent to clients.", value=m["errors"]),
+               _counter("client_pushed_answers", "More answers pushed to answered polls (docs/gateway-protocol.md).",
+                        value=m["pushed"]),
                _counter("client_denied", "Client requests denied by the access rules.", value=m["denied"]),
                _counter("client_retransmissions", "Client retransmissions answered from the reply cache.",
                         value=m["retransmissions"]),

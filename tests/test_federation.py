@@ -425,6 +425,41 @@ def test_publications_a_gateway_could_not_put_on_the_stream_reach_the_others_aft
         cluster.close()
 
 
+@pytest.mark.soak(seconds=15)
+def test_a_device_provisioned_elsewhere_is_heard_as_soon_as_its_record_arrives(tmp_path):
+    """A standby drops a device's announcements while the device's record has not reached its store (an unknown
+    key). When the record arrives it asks the LAN's devices at once, instead of waiting for the device's renewal, a
+    third of its lease later: in CI a standby whose sync came after its start-up queries did not know the device it
+    had to take over (the failover test's "has not announced itself since it was provisioned")."""
+    cluster, lan, standby, _ = _lan_with_standby(tmp_path)
+    relay = Relay(cluster.ports[0])
+    try:
+        _enrolled(cluster, [lan, standby])
+        lan.start_gateway()
+        standby.start_gateway("--federation", relay.url)
+        wait_for(lambda: _token(standby, "alice"), 15, "alice on the standby")
+
+        def directory(name: str) -> int:
+            with _connect(lan.home, standby.address()) as on_standby:
+                return on_standby.metrics()["devices"][f"directory_{name}"]
+        relay.cut()
+        wait_for(lambda: standby.state()["local"].get("state") != "connected", 10, "the standby cut off")
+        wait_for(lambda: directory("queries") >= 3, 10, "the standby's start-up queries (at 0, 1 and 3 s) sent")
+        lan.start_sim(1, "a", "--tick", "0", "--lease-ms", "120000")  # its renewal comes 40 s after its boot
+        with _connect(lan.home, lan.address()) as alice:
+            wait_for(lambda: _online(alice, ["/edge/a/1"]), 30, "a/1 on A")
+        wait_for(lambda: directory("unknown_key") > 0, 10, "the standby dropping a/1's announcement")
+        heard = directory("announcements")
+        relay.heal()
+        wait_for(lambda: directory("announcements") > heard, 12, "the standby hearing a/1 after its record came")
+        assert directory("queries") >= 4  # its start-up queries, and one when the record came
+    finally:
+        for site in (lan, standby):
+            site.close()
+        relay.close()
+        cluster.close()
+
+
 def _token(site: Site, client: str) -> str | None:
     done = site.cli("client", "token", client)
     return done.stdout.strip().split()[-1] if done.returncode == 0 else None

@@ -51,6 +51,8 @@ from ndn_edge.wire.packets import parse_signed_interest, split_components
 log = logging.getLogger("ndn_edge.federation")
 
 STATE_EVERY_S = 2.0
+QUERY_AFTER_RECORD_S = 0.2  # a device record applied from the bucket: the LAN is asked this much later (one query
+#                             for the many records of one sync)
 _SUBSCRIPTION_VERBS = frozenset({cp.VERB_SUBSCRIBE, cp.VERB_POLL, cp.VERB_UNSUBSCRIBE})
 _SLACK_S = 1.0
 
@@ -85,6 +87,7 @@ class Federation:
         self._tokens: list[Any] = []
         self._side: Any = None
         self._pending_desc: set[str] = set()
+        self._query_due = False  # a discovery query is due after device records applied (_identity_changed)
         self._report_keys: dict[bytes, str | None] = {}
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Future[Any]] = set()
@@ -242,6 +245,18 @@ class Federation:
                 face.invalidate(who or None)
             for tokens in self._tokens:
                 tokens.invalidate()
+        elif kind == "d" and self._side is not None and not self._query_due:
+            # A device record new here (provisioned at another gateway): the device's announcements were dropped
+            # until now as an unknown key, and its next comes at its renewal, a third of its lease later (20 s by
+            # default). A standby whose sync came after its start-up queries did not know a device it had to take
+            # over. Ask the LAN's devices now.
+            self._query_due = True
+            asyncio.get_running_loop().call_later(QUERY_AFTER_RECORD_S, self._query_devices)
+
+    def _query_devices(self) -> None:
+        self._query_due = False
+        if self._side is not None:
+            self._background(self._side.query())
 
     def _state_changed(self, state: str) -> None:
         if state == CONNECTED:

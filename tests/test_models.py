@@ -455,6 +455,35 @@ def test_pushed_answers_are_taken_in_order_and_a_lost_one_starts_the_subscriptio
     run(scenario)
 
 
+def test_polls_a_restarted_gateway_dropped_start_the_subscription_again_once_before_an_error():
+    # gateway/client/handles.py: a restarted gateway drops the polls that were waiting at the one that died (their
+    # retransmissions are replays there), so they all end DEADLINE_EXCEEDED together. That is one failure: the
+    # subscription starts again without raising; only a poll sent since that fails too is raised.
+    from ndn_edge.client.handles import Subscription
+    from ndn_edge.errors import DeadlineExceeded
+
+    async def scenario() -> None:
+        gw = _PollingGateway()
+        sub = Subscription(gw, "sim/1/*")
+        reader = asyncio.create_task(sub.next(5))
+        await gw.wait_polls(1)
+        gw.polls[0][1].set_result({"messages": [_wire_message(1)], "lost": 0})
+        assert (await reader).value == 1
+        reader = asyncio.create_task(sub.next(5))
+        await gw.wait_polls(3)
+        for _, fut, _ in gw.polls[1:3]:  # both in flight when the gateway died
+            fut.set_exception(DeadlineExceeded("no reply"))
+        await gw.wait_polls(4)  # started again, from the acknowledged position
+        again, fut, _ = gw.polls[3]
+        assert "after" not in again and not reader.done()
+        fut.set_exception(DeadlineExceeded("no reply"))  # and that one fails too: said
+        with pytest.raises(DeadlineExceeded):
+            await reader
+        await sub._stop_polls()
+
+    run(scenario)
+
+
 # -- notification, long-running operations, scatter/gather, the CLI
 
 

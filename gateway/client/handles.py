@@ -390,6 +390,8 @@ class Subscription:
             else:
                 reply = await self._client.request(cw.VERB_POLL, (), params, wait_ms / 1000 + REQUEST_MARGIN_S)
         except Exception as err:
+            if background and epoch != self._epoch:
+                return  # sent before the subscription started again: its failure is the one already handled
             self._restart()  # what that poll was answered with may be lost: start again from `ack`
             if not background:
                 raise

@@ -331,8 +331,7 @@ class Subscription:
 
     async def _stop_polls(self) -> None:
         self._pumping = False
-        self._streams.clear()
-        self._epoch += 1
+        self._restart()  # pushes to the polls stopped now are ignored; the next poll starts from `ack`
         polls, self._polls = self._polls, set()
         for task in polls:
             task.cancel()

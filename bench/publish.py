@@ -76,7 +76,8 @@ def until_acked():
 
 gc.collect()
 before = gc.mem_alloc()
-ob = dev._reports()
+from device.outbox import reports
+ob = reports(dev)
 ob._open()
 ob.gw = gw_addr  # as if learned: reports go to the stand-in
 dev.publish("t", [0, 0])

@@ -127,6 +127,6 @@ def every(dev, period_ms):
     # @dev.every(period_ms): a timer, run by the serving loop (Device._run_due).
     def register(fn):
         dev._timers.append([ticks_add(ticks_ms(), period_ms), period_ms, fn])
-        dev._wake()
+        dev._due = ticks_ms()
         return fn
     return register

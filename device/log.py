@@ -123,7 +123,7 @@ class Logs:
         if self.sent is None and ticks_diff(self.next_ms, now) <= 0:
             self.tick(now)  # nothing in flight: send now (a serving loop in asyncio ticks up to 1 s later)
         else:
-            self.dev._wake()
+            self.dev._due = now  # the serving loop looks at the log now
 
     def _make_room(self, size):
         # Drop the oldest records until `size` bytes are free; one move of what is kept.
@@ -176,7 +176,8 @@ class Logs:
                 e.append(bytes(mv[i + _HEAD:i + _HEAD + t]))
             entries.append(e)
             i += n
-        ob = self.dev._reports()
+        from device.outbox import reports
+        ob = reports(self.dev)
         self.sent = ob.send(report.LOG, {"boot": ob.boot, "dropped": self.dropped, "entries": entries})
         self._cut(i)
 

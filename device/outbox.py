@@ -35,6 +35,16 @@ _DIGEST_LEN = const(32)
 _ACK_MAX = const(512)  # an acknowledgement is about 130 bytes; the gateway sends up to 512 back to back
 
 
+def reports(dev):
+    # The device's outbox, made for its first report (after setup: a report's name needs it), for a report about to
+    # be queued: the serving loop looks at the outbox at once.
+    if dev._outbox is None:
+        dev.setup()
+        dev._outbox = Outbox(dev, dev.max_reports)
+    dev._due = ticks_ms()
+    return dev._outbox
+
+
 class Outbox:
     def __init__(self, dev, capacity=16):
         self.dev = dev
@@ -100,7 +110,7 @@ class Outbox:
         s = self.sock = netopen.report_socket(self.dev._face)
         runtime.release()
         if s is not None:
-            self.dev._wake()
+            self.dev._due = ticks_ms()  # the serving loop looks at the outbox now
         return s
 
     def close(self):
@@ -145,7 +155,7 @@ class Outbox:
                     while i:
                         i -= 1
                         self.items[i][3] = ticks_ms()
-                    self.dev._wake()
+                    self.dev._due = ticks_ms()  # the serving loop looks at the outbox now
                 self.gw = self._from  # only a gateway signs with our key: it may be a new one
                 self._from = None
 

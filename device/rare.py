@@ -1,7 +1,7 @@
 # The data plane's rare paths, loaded when one is taken and released after (runtime.release()):
 # retransmissions (answered from the reply cache), arguments that do not decode (the error answer says why),
-# private services (sealed both ways, device/seal.py) and results that do not encode. What a plain call runs
-# stays in device/runtime.py.
+# private services (sealed both ways, device/seal.py), results that do not encode and the start of a long-running
+# operation (device/ops.py). What a plain call runs stays in device/runtime.py.
 from device import cbor
 from device.errors import MalformedError
 from device.port import const
@@ -83,3 +83,9 @@ def encode_failed(dev, value):
             return len(dev._tx) + 1
         dev._fail("INTERNAL", "result not encodable: %s" % e)
     return 0
+
+
+def begin(dev, svc, args):
+    # A call of a long-running service: the operation starts (or is refused at max_ops) and its id is answered.
+    from device import ops
+    ops.begin(dev, svc, args)

@@ -6,7 +6,8 @@
 # Heap is the user's, so:
 # - dev.run() serves from a select.poll loop and imports asyncio only when a handler is a coroutine
 #   (device/aio.py); `await dev.serve()` always uses asyncio.
-# - The control plane is in device/control.py (Device(), declarations) and device/derive.py (setup),
+# - The control plane is in device/control.py (Device(), declarations), device/api.py (the app's other calls,
+#   found by Device.__getattr__) and device/derive.py (setup),
 #   announcements in device/report.py, _desc, _health, config and sleep in device/manage.py, rare data-plane
 #   paths (retransmissions, bad arguments, private services) in device/rare.py: each imported when needed and
 #   released after, with a collection (release()), so that the next one's code fills the holes it leaves.
@@ -17,7 +18,7 @@
 #   is retried (the announcement renewal on the next tick) or left to the gateway's retransmission.
 # - Long-running operations and pending reports are capped (max_ops, max_reports): their state lives
 #   as long as they do, so without a cap a client could fill the heap. Both checks are off the
-#   plain-call path (in _start_op and the outbox).
+#   plain-call path (in ops.begin and the outbox).
 #
 # Who writes what (issue 10, item 4). Cold state, one owner: `dev.conf` (Conf: key, site, state_dir, lease_ms,
 # log settings, and setup's name_val, site_val, sig_base, desc_hash, boot), written by control.init and
@@ -28,7 +29,7 @@
 #   _pkt.prefixes;
 # - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
 # - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py (log.ring): _logs;
-#   _reports: _outbox;
+#   outbox.reports: _outbox;
 # - the serving loop and the receive path (this module): _running (also open/close/stop), _due, _renew_at,
 #   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
 #   (_c_seq, _c_tag, _c_data, _cache_i) and the reply context _cur_seq, _cur_sig, _cur_name, _cur_pit, _cur_svc,
@@ -121,7 +122,7 @@ def release():
     import sys
     import device
     m = sys.modules
-    for name in ("control", "derive", "manage", "report", "rare", "netopen"):
+    for name in ("control", "api", "derive", "manage", "report", "rare", "netopen"):
         if name == "report" and ("device.outbox" in m or "device.ops" in m or "device.log" in m):
             continue
         m.pop("device." + name, None)
@@ -191,45 +192,17 @@ class Device:
         from device import control
         return control.every(self, period_ms)
 
-    def publish(self, topic, value, retain=True):
-        # Send value on topic (relative to the device); delivered at least once to the gateway.
-        self._reports().publish(topic, value, retain)
-
-    def log(self, level, msg):
-        # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
-        # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
-        from device import log
-        log.entry(self, level, msg)
-
-    def log_print(self, on=True):
-        # Also log what the app prints, at INFO (print() still prints).
-        from device import log
-        log.capture(self, on)
-
-    def sleep(self, seconds):
-        # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
-        self._sleep_ms = int(seconds * 1000)
-        self._wake()
+    def __getattr__(self, name):
+        # The rest of the app's API (publish, log, log_print, sleep, describe, stop) is
+        # device/api.py's: this is called only for a name the class and the object lack, and loads that module.
+        from device import api
+        return api.method(self, name)
 
     def _trace(self):
         # The trace context of the call whose handler is running (a view of the receive buffer), or None.
         if self._calling and self._tp >= 0:
             return self._face.mv[self._tp:self._tp + _TRACE_LEN]
         return None
-
-    def _reports(self):
-        if self._outbox is None:
-            from device.outbox import Outbox
-            self.setup()
-            self._outbox = Outbox(self, self.max_reports)
-        self._wake()  # the caller is about to queue a report
-        return self._outbox
-
-    def describe(self):
-        from device import derive
-        d = derive.describe(self)
-        release()
-        return d
 
     # -- running --
     def run(self):
@@ -282,11 +255,6 @@ class Device:
             finally:
                 face.close()
         self._running = False
-
-    def stop(self):
-        self._running = False
-        if self._face.sock is not None:
-            self._face.send(b"")  # wake the receive loop through multicast loopback
 
     def _poll_loop(self):
         import select
@@ -356,7 +324,12 @@ class Device:
         for t in self._timers:
             if ticks_diff(t[0], now) <= 0:
                 t[0] = ticks_add(now, t[1])
-                if self._timer(t[2]) is False:
+                try:
+                    r = t[2]()
+                except Exception as e:  # an app timer's bug, or its MemoryError, must not stop serving
+                    r = None
+                    self._lost(e)
+                if r is False:
                     self._timers.remove(t)
                     wait = 0  # the list changed: the rest run on the next tick
                     break
@@ -372,16 +345,6 @@ class Device:
         wait = max(0, min(wait, _MAX_WAIT_MS))
         self._due = ticks_add(now, wait)
         return wait
-
-    def _wake(self):
-        # Something was scheduled (a timer, a query answer, a report, a sleep): tick() looks again now.
-        self._due = ticks_ms()
-
-    def _timer(self, fn):
-        try:
-            return fn()
-        except Exception as e:  # an app timer's bug, or its MemoryError, must not stop serving
-            self._lost(e)
 
     def _renew(self):
         # An "up" announcement from tick (a renewal, a query's answer). One that runs out of memory
@@ -558,7 +521,7 @@ class Device:
             if args is None:
                 return  # answered INVALID_ARGUMENT
         if svc.long_running:
-            self._start_op(svc, args)
+            _rare().begin(self, svc, args)
             return
         self._cur_svc = svc
         self._calling = True  # what the handler raises reaches _fault
@@ -571,10 +534,6 @@ class Device:
         else:
             self._calling = False
             self._value(svc, value)
-
-    def _start_op(self, svc, args):
-        from device import ops
-        ops.begin(self, svc, args)
 
     def _framework(self, p, s):
         # A framework service (_desc, _health, ...) or none (NOT_FOUND): its name and its arguments from offset s,
@@ -657,6 +616,8 @@ class Device:
         self._fresh = fresh_ms
         self._at = _REPLY_AT + len(self._cur_name) + (0 if self._cur_pit is None else len(self._cur_pit))
         e = self._encode(value) if raw is None else self._at + len(raw)
+        if e < 0:
+            e = _rare().encode_failed(self, value)
         if e > self._room:
             if ctype != _CONTENT_NACK:  # an error reply always fits a sane MTU; never loop
                 self._fail("RESOURCE_EXHAUSTED", "reply exceeds the datagram buffer (mtu)")
@@ -666,14 +627,11 @@ class Device:
             self._sign(e)
 
     def _encode(self, value):
-        # The content's end; len(tx) + 1 when it does not fit, 0 after answering an unencodable result.
+        # The content's end, or -1 when it does not encode (for device/rare.py's encode_failed to tell why).
         try:
             return encode(self._tx, self._at, value)
-        except Exception:  # one type keeps this frame off the heap
-            return self._encode_failed(value)
-
-    def _encode_failed(self, value):
-        return _rare().encode_failed(self, value)  # device/rare.py says why
+        except Exception:  # one type keeps this frame off the heap; _send asks device/rare.py why
+            return -1
 
     def _sign(self, e):
         # Headers in front of the content at tx[self._at:e]; kept (_cache) and sent (_seal).

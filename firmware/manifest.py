@@ -41,6 +41,7 @@ package(
     files=[
         "__init__.py",
         "aio.py",
+        "api.py",
         "cbor.py",
         "control.py",
         "derive.py",

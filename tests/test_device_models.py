@@ -199,7 +199,8 @@ def sign(data):
     h.update(data)
     return mac.finish(h)
 content = b"\\x15\\x05\\xa1\\x62ok\\xf5"
-ob = dev._reports()
+from device.outbox import reports
+ob = reports(dev)
 ob._open()
 ob.gw = gw_addr
 for i in range(3):

@@ -364,8 +364,8 @@ class Device:
         release()
 
     # -- receive path --
-    # Per packet: receive -> _walk -> _interest -> _check -> _verify -> _dispatch -> _call
-    # -> _value -> _send -> _encode, _sign -> _cache, _seal -> _emit. MicroPython puts a call's frame on the
+    # Per packet: receive -> _walk -> _interest -> _check -> _dispatch -> _call
+    # -> _value -> _send -> _encode, _sign -> _seal -> _emit. MicroPython puts a call's frame on the
     # heap when its state (arguments, locals, value stack, three words per active exception handler)
     # exceeds 11 words; these stay within that (bench/frames.py lists every function's frame, and
     # tests/test_device_budget.py checks them), so a call allocates little beyond its data. Hence
@@ -468,9 +468,6 @@ class Device:
             return _KEY
         if p.kl_e - p.kl_s != len(self._key_name) or not starts(p.mv, p.kl_s, p.kl_e, self._key_name):
             return _KEY
-        return self._verify(p)
-
-    def _verify(self, p):
         mv = p.mv
         d = sha256(mv[p.params_s:p.sv_s + p.sv_n])
         if p.digest_s < 0 or not equal(mv, p.digest_s, d):
@@ -634,7 +631,7 @@ class Device:
             return -1
 
     def _sign(self, e):
-        # Headers in front of the content at tx[self._at:e]; kept (_cache) and sent (_seal).
+        # Headers in front of the content at tx[self._at:e]; kept in the reply cache, and sent (_seal).
         i = tl_back(self._tx, self._at, _T_CONTENT, e - self._at)
         s = i
         if self._fresh:
@@ -642,12 +639,8 @@ class Device:
         if self._ctype:
             i = nni_back(self._tx, i, _T_CONTENT_TYPE, self._ctype)
         i = tl_back(self._tx, i, _T_META_INFO, s - i)
-        self._cache(i, e)
-        self._seal(i, e)
-
-    def _cache(self, i, e):
         # Remember the reply's MetaInfo and Content (tx[i:e], a few bytes: the name and signature are made again
-        # for a retransmission, see _again), or None when it is not kept.
+        # for a retransmission, see rare.again), or None when it is not kept.
         k = self._slot
         if k < 0:
             k = self._cache_i
@@ -657,6 +650,7 @@ class Device:
         self._c_data[k] = bytes(self._txmv[i:e]) if self._keep else None
         self._slot = -1
         self._keep = True
+        self._seal(i, e)
 
     def _seal(self, i, e):
         # The Data around MetaInfo and Content at tx[i:e]: the request's name in front, SignatureInfo and

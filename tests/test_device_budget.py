@@ -20,9 +20,9 @@ ECHO_ARGS = {"room": "kitchen", "level": 3, "on": True}
 
 # Every function a signed call runs through, by module (names as the .mpy records them).
 PER_PACKET = {
-    "runtime.py": ["Device._walk", "Device._interest", "Device._check", "Device._verify",
+    "runtime.py": ["Device._walk", "Device._interest", "Device._check",
                    "Device._dispatch", "Device._find", "Device._call", "Device._args", "Device._value",
-                   "Device._send", "Device._encode", "Device._sign", "Device._cache", "Device._seal", "Device._emit",
+                   "Device._send", "Device._encode", "Device._sign", "Device._seal", "Device._emit",
                    "Device.tick", "_decode_args", "_arg_map", "_sig_tag"],
     "tlv.py": ["Packet.parse", "Packet.tl", "Packet.num", "Packet.nni", "Packet._interest",
                "Packet._name", "Packet._match", "Packet._siginfo", "Packet.component", "starts", "tl_back",

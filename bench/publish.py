@@ -76,8 +76,7 @@ def until_acked():
 
 gc.collect()
 before = gc.mem_alloc()
-from device.outbox import reports
-ob = reports(dev)
+ob = dev._reports()
 ob._open()
 ob.gw = gw_addr  # as if learned: reports go to the stand-in
 dev.publish("t", [0, 0])

@@ -176,8 +176,7 @@ class Logs:
                 e.append(bytes(mv[i + _HEAD:i + _HEAD + t]))
             entries.append(e)
             i += n
-        from device.outbox import reports
-        ob = reports(self.dev)
+        ob = self.dev._reports()
         self.sent = ob.send(report.LOG, {"boot": ob.boot, "dropped": self.dropped, "entries": entries})
         self._cut(i)
 

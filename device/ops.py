@@ -9,7 +9,6 @@
 import asyncio
 import binascii
 from device import report
-from device.outbox import reports as _reports
 from device.port import const, urandom
 
 _KEEP_FINISHED = const(4)
@@ -37,7 +36,7 @@ class Operation:
             info = self.info()
             if note is not None:
                 info["note"] = note
-            _reports(self._dev).send(report.OPERATION, info, False)
+            self._dev._reports().send(report.OPERATION, info, False)
         except MemoryError:
             self._dev._oom()
 
@@ -126,7 +125,7 @@ async def _run(dev, svc, op, args):
                     dev._log_error(err, op.tp, svc)
                 err = None
             _prune(dev, op)
-            _reports(dev).send(report.OPERATION, op.info())
+            dev._reports().send(report.OPERATION, op.info())
             return
         except MemoryError:
             dev._oom()

@@ -35,16 +35,6 @@ _DIGEST_LEN = const(32)
 _ACK_MAX = const(512)  # an acknowledgement is about 130 bytes; the gateway sends up to 512 back to back
 
 
-def reports(dev):
-    # The device's outbox, made for its first report (after setup: a report's name needs it), for a report about to
-    # be queued: the serving loop looks at the outbox at once.
-    if dev._outbox is None:
-        dev.setup()
-        dev._outbox = Outbox(dev, dev.max_reports)
-    dev._due = ticks_ms()
-    return dev._outbox
-
-
 class Outbox:
     def __init__(self, dev, capacity=16):
         self.dev = dev

@@ -6,8 +6,7 @@
 # Heap is the user's, so:
 # - dev.run() serves from a select.poll loop and imports asyncio only when a handler is a coroutine
 #   (device/aio.py); `await dev.serve()` always uses asyncio.
-# - The control plane is in device/control.py (Device(), declarations), device/api.py (the app's other calls,
-#   found by Device.__getattr__) and device/derive.py (setup),
+# - The control plane is in device/control.py (Device(), declarations) and device/derive.py (setup),
 #   announcements in device/report.py, _desc, _health, config and sleep in device/manage.py, rare data-plane
 #   paths (retransmissions, bad arguments, private services) in device/rare.py: each imported when needed and
 #   released after, with a collection (release()), so that the next one's code fills the holes it leaves.
@@ -29,7 +28,7 @@
 #   _pkt.prefixes;
 # - the face and buffers (control.init): _face (net.py; netopen.py opens it), _tx, _txmv, _pkt;
 # - declarations (control.service/every): _svc, _async, _timers; ops.py: _ops; log.py (log.ring): _logs;
-#   outbox.reports: _outbox;
+#   _reports: _outbox;
 # - the serving loop and the receive path (this module): _running (also open/close/stop), _due, _renew_at,
 #   _query_at, _last_query, _sleep_ms, _next, _n, _calling, _quiet, _tp, _slot, _keep, the reply cache
 #   (_c_seq, _c_tag, _c_data, _cache_i) and the reply context _cur_seq, _cur_sig, _cur_name, _cur_pit, _cur_svc,
@@ -122,7 +121,7 @@ def release():
     import sys
     import device
     m = sys.modules
-    for name in ("control", "api", "derive", "manage", "report", "rare", "netopen"):
+    for name in ("control", "derive", "manage", "report", "rare", "netopen"):
         if name == "report" and ("device.outbox" in m or "device.ops" in m or "device.log" in m):
             continue
         m.pop("device." + name, None)
@@ -192,11 +191,42 @@ class Device:
         from device import control
         return control.every(self, period_ms)
 
-    def __getattr__(self, name):
-        # The rest of the app's API (publish, log, log_print, sleep, describe, stop) is
-        # device/api.py's: this is called only for a name the class and the object lack, and loads that module.
-        from device import api
-        return api.method(self, name)
+    def publish(self, topic, value, retain=True):
+        # Send value on topic (relative to the device); delivered at least once to the gateway.
+        self._reports().publish(topic, value, retain)
+
+    def log(self, level, msg):
+        # Keep msg for the gateway at level (10 debug, 20 info, 30 warning, 40 error, or the name):
+        # `ndn-edge logs` shows it, with the trace id of the call it was logged in (device/log.py).
+        from device import log
+        log.entry(self, level, msg)
+
+    def log_print(self, on=True):
+        # Also log what the app prints, at INFO (print() still prints).
+        from device import log
+        log.capture(self, on)
+
+    def sleep(self, seconds):
+        # Announce sleeping, close the socket, sleep, wake and announce; done by the serving loop.
+        self._sleep_ms = int(seconds * 1000)
+        self._due = ticks_ms()
+
+    def _reports(self):
+        # The outbox (device/outbox.py), made for the first report; the serving loop looks at it now (a report is
+        # about to be queued).
+        if self._outbox is None:
+            from device.outbox import Outbox
+            self.setup()
+            self._outbox = Outbox(self, self.max_reports)
+        self._due = ticks_ms()
+        return self._outbox
+
+    def describe(self):
+        # The service descriptions, as `_desc` answers them (device/derive.py).
+        from device import derive
+        d = derive.describe(self)
+        release()
+        return d
 
     def _trace(self):
         # The trace context of the call whose handler is running (a view of the receive buffer), or None.
@@ -255,6 +285,12 @@ class Device:
             finally:
                 face.close()
         self._running = False
+
+    def stop(self):
+        # End run() or serve(): the serving loop leaves at its next wake-up, which this causes.
+        self._running = False
+        if self._face.sock is not None:
+            self._face.send(b"")  # wake the receive loop through multicast loopback
 
     def _poll_loop(self):
         import select

@@ -22,7 +22,6 @@ import time
 import asyncio
 from device import Device
 from device.port import ticks_ms, ticks_add, ticks_diff, random_below
-from device.outbox import reports
 
 _LOSS_SCALE = 10000
 _PACE_MS = 5  # a burst's timer until it starts
@@ -103,7 +102,7 @@ def start_burst(n=100, stamp=False, at=0, window=_WINDOW):
     if burst[0] >= burst[1]:
         dev.every(_PACE_MS)(pace_start)  # until the burst starts; idle devices keep no timer
         if not burst[4]:
-            _pace_on_ack(reports(dev))
+            _pace_on_ack(dev._reports())
     burst[0], burst[1], burst[2], burst[3], burst[5] = 0, n, stamp, at, max(1, min(window, dev.max_reports - 4))
     return n
 
@@ -238,7 +237,7 @@ def _lossy(face, outbox, permille, draw):
 
 if loss > 0:
     # dev._face and the outbox now (run() reuses both), so that their datagrams can be lost
-    _lossy(dev._face, reports(dev), loss, random_below if seed is None else _seeded(int(seed)))
+    _lossy(dev._face, dev._reports(), loss, random_below if seed is None else _seeded(int(seed)))
     print("simulating %d/%d datagram loss%s" % (loss, _LOSS_SCALE, "" if seed is None else ", seed %d" % seed))
 
 gc.collect()  # the parser's and json's garbage, before the runtime preallocates its buffers

@@ -41,7 +41,6 @@ package(
     files=[
         "__init__.py",
         "aio.py",
-        "api.py",
         "cbor.py",
         "control.py",
         "derive.py",

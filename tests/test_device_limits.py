@@ -1,15 +1,12 @@
 """Caps and memory exhaustion on the real MicroPython device: long-running operations beyond `max_ops` are refused
 with RESOURCE_EXHAUSTED, pending reports stay within `max_reports`, and a board whose heap runs out keeps serving
 and announcing (docs/protocol.md "Long-running operations", "Reports", "Memory")."""
-import subprocess
-import sys
-
 import cbor2
 import pytest
 from ndn.encoding import parse_interest
 
 from ndn_edge.wire import packets as wire
-from tests.support import ROOT, Board, is_data_for, mp_env, mp_features, report_of, wait_until
+from tests.support import Board, is_data_for, mp_features, report_of, wait_until
 
 DEFAULT_MAX_OPS = 4  # Device(max_ops=...), docs/operations.md
 
@@ -258,41 +255,3 @@ def test_release_drops_the_report_module_unless_a_loaded_module_uses_it(run_mp):
     # outbox.py keeps report.py alive through its own import: dropping it from sys.modules freed nothing, and every
     # announcement loaded a second copy of it (1.5 KB on 32 bits) beside the first.
     assert run_mp(RELEASE).split() == ["False", "True"]
-
-
-COLD_API = """
-import sys
-from device import Device
-dev = Device("/edge/t/1", "00" * 32, state_dir=".")
-
-@dev.service("ping")
-def ping():
-    return "pong"
-
-dev.setup()
-print("device.api" in sys.modules)  # not loaded by declaring, setting up or serving
-d = dev.describe()  # loaded for the call, released after it
-print(sorted(s["name"] for s in d["services"]), "device.api" in sys.modules)
-dev.sleep(0.25)
-print(dev._sleep_ms)
-dev.stop()
-print(dev._running)
-try:
-    dev.no_such_call
-except AttributeError as e:
-    print("AttributeError", e)
-print(hasattr(dev, "publish"), hasattr(dev, "_private"), getattr(dev, "nope", None))
-"""
-
-
-@pytest.mark.parametrize("where", ["micropython", "cpython"])
-def test_the_apps_rarer_calls_load_their_module_only_when_called(where, micropython, tmp_path):
-    # dev.publish, log, log_print, sleep, describe and stop are device/api.py's, found through Device.__getattr__:
-    # a board's heap holds their code only while an app uses them. Any other missing name is an AttributeError.
-    exe = micropython if where == "micropython" else sys.executable
-    (tmp_path / "snippet.py").write_text(COLD_API)
-    done = subprocess.run([exe, "snippet.py"], cwd=tmp_path, env=dict(mp_env(), PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines() == ["False", "['ping'] False", "250", "False", "AttributeError no_such_call",
-                                        "True False None"]

@@ -199,8 +199,7 @@ def sign(data):
     h.update(data)
     return mac.finish(h)
 content = b"\\x15\\x05\\xa1\\x62ok\\xf5"
-from device.outbox import reports
-ob = reports(dev)
+ob = dev._reports()
 ob._open()
 ob.gw = gw_addr
 for i in range(3):

@@ -274,7 +274,6 @@ def test_plain_services_are_served_without_asyncio_in_a_small_heap(micropython, 
             assert b.call(peer, "counter").value == i
         loaded = b.call(peer, "modules").value
         assert "asyncio" not in loaded and "device.control" not in loaded and "device.aio" not in loaded
-        assert "device.api" not in loaded
         assert b.call(peer, "_health").value["requests"] == 202
         assert b.alive()
     finally:

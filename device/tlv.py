@@ -175,14 +175,16 @@ class Packet:
         return t
 
     def _data(self, end):
-        # Offsets of a Data's name and signature; its signed portion is [self.signed_s, self.sinfo_e).
+        # Offsets of a Data's name and signature; its signed portion is [self.signed_s, self.sinfo_e). The Name is
+        # its first element (a second one, a critical type out of place, is malformed).
         self.signed_s = self.p
+        if self.tl(end) != _T_NAME:
+            raise MalformedError("data: Name not first")
+        self._name(self.p + self.n)
         while self.p < end:
             t = self.tl(end)
             e = self.p + self.n
-            if t == _T_NAME:
-                self._name(e)
-            elif t == _T_SIG_INFO:
+            if t == _T_SIG_INFO:
                 self.sinfo_e = e
             elif t == _T_SIG_VALUE:
                 self.sv_s = self.p
@@ -192,18 +194,19 @@ class Packet:
             self.p = e
 
     def _interest(self, end):
-        seen_name = False
+        # The Name is the first element (NDN packet format 0.3); a second one, a critical type out of place, is
+        # malformed: it must not move the name's offsets after a parse that stopped at the first would have ended.
+        if self.tl(end) != _T_NAME:
+            raise MalformedError("interest: Name not first")
+        self._name(self.p + self.n)
+        if self.prefixes is not None and self._match() < 0:
+            self.p = end  # another node's Interest: the rest is not ours to check
+            return
         while self.p < end:
             s = self.p
             t = self.tl(end)
             e = self.p + self.n
-            if t == _T_NAME:
-                self._name(e)
-                seen_name = True
-                if self.prefixes is not None and self._match() < 0:
-                    self.p = end  # another node's Interest: the rest is not ours to check
-                    return
-            elif t == _T_APP_PARAMS:
+            if t == _T_APP_PARAMS:
                 self.params_s = s
                 self.params_vs = self.p
                 self.params_ve = e
@@ -220,8 +223,6 @@ class Packet:
                     and (t < 32 or t & 1):  # critical
                 raise MalformedError("interest: unknown critical")
             self.p = e
-        if not seen_name:
-            raise MalformedError("interest: no Name")
 
     def _name(self, end):
         self.name_s = self.p

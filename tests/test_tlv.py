@@ -315,6 +315,10 @@ def test_every_truncation_is_malformed():
     ("6406530102500100", "fragmented"),
     ("64036f0100", "unknown lp field"),
     ("0900", "not interest or data"),
+    ("050607020800" + "0700", "a second Name"),
+    ("05080a0401020304" + "0700", "Name not first"),
+    ("060607020800" + "0700", "a Data's second Name"),
+    ("06041500" + "0700", "a Data's Name not first"),
 ])
 def test_malformed_vectors(hexed, why):
     w = bytes.fromhex(hexed)

@@ -3,8 +3,16 @@ import os
 import subprocess
 
 import pytest
+from hypothesis import settings
 
 from tests.support import ROOT, compile_runtime, find_micropython, free_udp_port, micropython_required, mp_env
+
+# Property tests and fuzzers draw the same examples on every run, so that a failure reproduces and a run never
+# fails on an example no earlier run drew. HYPOTHESIS_PROFILE=explore draws new ones each time: the way to fuzz
+# longer, away from the suite (it found the Interest with a second Name, tests/test_tlv.py).
+settings.register_profile("seeded", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "seeded"))
 
 _FIRST = ("soak", "wheel", "long")  # the longest tests and the slowest set-up
 # Seconds each such test is expected to take here, for spreading them over the xdist workers; a mark may say its

@@ -1,6 +1,6 @@
 """Harness for the report intake and pub/sub in-process, over a real store: device publications made as a
 device makes them (`publication`), a face that keeps what is sent (`SentFace`), the parts wired as the gateway
-wires them (`intake_and_pubsub`)."""
+wires them (`intake_and_pubsub`, and `alice_and_pubsub` over a store of its own)."""
 from __future__ import annotations
 
 import asyncio
@@ -53,6 +53,21 @@ def store_with_alice(path, key: bytes):
     store.add_client("alice", os.urandom(32))
     store.grant("alice", "sim/**")
     return store
+
+
+@contextlib.asynccontextmanager
+async def alice_and_pubsub(path, key: bytes, face=None):
+    """(intake, pubsub) started over a fresh store_with_alice(path, key); stopped and the store closed after."""
+    store = store_with_alice(path, key)
+    try:
+        intake, pubsub = await intake_and_pubsub(store, face)
+        try:
+            yield intake, pubsub
+        finally:
+            await pubsub.stop()
+            await intake.stop()
+    finally:
+        store.close()
 
 
 async def drain(intake) -> None:

@@ -22,7 +22,16 @@ import pytest
 from ndn_edge.client.api import BlockingClient, Client
 from ndn_edge.client.handles import OperationCancelled
 from ndn_edge.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from tests.intake import GroupFace, SentFace, drain, intake_and_pubsub, publication, reporting_device, store_with_alice
+from tests.intake import (
+    GroupFace,
+    SentFace,
+    alice_and_pubsub,
+    drain,
+    intake_and_pubsub,
+    publication,
+    reporting_device,
+    store_with_alice,
+)
 from tests.support import Cluster, wait_until
 from tests.support import run_scenario as run
 
@@ -103,27 +112,23 @@ def test_a_standby_follows_on_from_what_another_gateway_delivered(tmp_path):
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = store_with_alice(tmp_path / "store.db", key)
-        intake, pubsub = await intake_and_pubsub(store, SentFace())
-        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
-        for n in (1, 2):  # through the federation, as the bridge hands them over
-            pubsub.deliver({"topic": "sim/1/t", "publisher": "sim/1", "value": n, "seq": n, "boot": "b00710ad",
-                            "time": 0.0}, True)
-        intake.on_interest(publication(key, 10, 2))  # resent: the other gateway died before it saw the ack go
-        intake.on_interest(publication(key, 11, 3))
-        await drain(intake)
-        page = await pubsub.poll("alice", sub, wait_ms=0)
-        assert [(m["value"], m.get("gap", 0), m.get("late", False)) for m in page["messages"]] == [
-            (1, 0, False), (2, 0, False), (3, 0, False)]
-        assert pubsub.counters["delivered_elsewhere"] == 1 and pubsub.counters["held"] == 0
-        # Malformed messages from the stream move nothing.
-        for bad in ({"publisher": 7, "seq": 9, "boot": "b00710ad"}, {"publisher": "sim/1", "seq": True},
-                    {"publisher": "sim/1", "seq": 9, "boot": None}, {"publisher": "sim/1", "seq": -1, "boot": "x"}):
-            pubsub.deliver({"topic": "sim/1/t", "value": 0, "time": 0.0, **bad}, False)
-        assert (pubsub._streams["/edge/sim/1"].boot, pubsub._streams["/edge/sim/1"].last) == ("b00710ad", 3)
-        await pubsub.stop()
-        await intake.stop()
-        store.close()
+        async with alice_and_pubsub(tmp_path / "store.db", key, SentFace()) as (intake, pubsub):
+            sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+            for n in (1, 2):  # through the federation, as the bridge hands them over
+                pubsub.deliver({"topic": "sim/1/t", "publisher": "sim/1", "value": n, "seq": n, "boot": "b00710ad",
+                                "time": 0.0}, True)
+            intake.on_interest(publication(key, 10, 2))  # resent: the other gateway died before it saw the ack go
+            intake.on_interest(publication(key, 11, 3))
+            await drain(intake)
+            page = await pubsub.poll("alice", sub, wait_ms=0)
+            assert [(m["value"], m.get("gap", 0), m.get("late", False)) for m in page["messages"]] == [
+                (1, 0, False), (2, 0, False), (3, 0, False)]
+            assert pubsub.counters["delivered_elsewhere"] == 1 and pubsub.counters["held"] == 0
+            # Malformed messages from the stream move nothing.
+            for bad in ({"publisher": 7, "seq": 9, "boot": "b00710ad"}, {"publisher": "sim/1", "seq": True},
+                        {"publisher": "sim/1", "seq": 9, "boot": None}, {"publisher": "sim/1", "seq": -1, "boot": "x"}):
+                pubsub.deliver({"topic": "sim/1/t", "value": 0, "time": 0.0, **bad}, False)
+            assert (pubsub._streams["/edge/sim/1"].boot, pubsub._streams["/edge/sim/1"].last) == ("b00710ad", 3)
     run(scenario, timeout_s=20)
 
 
@@ -133,31 +138,27 @@ def test_a_new_boot_met_mid_stream_starts_there_and_a_small_number_waits(tmp_pat
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = store_with_alice(tmp_path / "store.db", key)
-        intake, pubsub = await intake_and_pubsub(store)
-        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
-        intake.on_interest(publication(key, 10, 1, boot="aaaa0001"))
-        intake.on_interest(publication(key, 11, 2, boot="aaaa0001"))
-        intake.on_interest(publication(key, 12, 5, boot="bbbb0002"))  # restarted: 1..4 of this boot may come
-        await drain(intake)
-        page = await pubsub.poll("alice", sub, wait_ms=0)
-        assert [m["value"] for m in page["messages"]] == [1, 2]
-        intake.on_interest(publication(key, 13, 40, boot="cccc0003"))  # a new boot met at 40: starts there
-        await drain(intake)
-        page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
-        assert [(m["value"], m["boot"], m.get("gap")) for m in page["messages"]] == [
-            (5, "bbbb0002", 4), (40, "cccc0003", 39)]
-        intake.on_interest(publication(key, 14, 41, boot="cccc0003"))
-        intake.on_interest(publication(key, 15, 6, boot="bbbb0002"))  # late, of a boot met before: where it was
-        intake.on_interest(publication(key, 16, 3, boot="aaaa0001"))
-        intake.on_interest(publication(key, 17, 42, boot="cccc0003"))
-        await drain(intake)
-        page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
-        assert [(m["value"], m.get("gap")) for m in page["messages"]] == [(41, None), (6, None), (3, None),
-                                                                         (42, None)]
-        await pubsub.stop()
-        await intake.stop()
-        store.close()
+        async with alice_and_pubsub(tmp_path / "store.db", key) as (intake, pubsub):
+            sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+            intake.on_interest(publication(key, 10, 1, boot="aaaa0001"))
+            intake.on_interest(publication(key, 11, 2, boot="aaaa0001"))
+            intake.on_interest(publication(key, 12, 5, boot="bbbb0002"))  # restarted: 1..4 of this boot may come
+            await drain(intake)
+            page = await pubsub.poll("alice", sub, wait_ms=0)
+            assert [m["value"] for m in page["messages"]] == [1, 2]
+            intake.on_interest(publication(key, 13, 40, boot="cccc0003"))  # a new boot met at 40: starts there
+            await drain(intake)
+            page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
+            assert [(m["value"], m["boot"], m.get("gap")) for m in page["messages"]] == [
+                (5, "bbbb0002", 4), (40, "cccc0003", 39)]
+            intake.on_interest(publication(key, 14, 41, boot="cccc0003"))
+            intake.on_interest(publication(key, 15, 6, boot="bbbb0002"))  # late, of a boot met before: where it was
+            intake.on_interest(publication(key, 16, 3, boot="aaaa0001"))
+            intake.on_interest(publication(key, 17, 42, boot="cccc0003"))
+            await drain(intake)
+            page = await pubsub.poll("alice", sub, ack=page["messages"][-1]["pos"], wait_ms=0)
+            assert [(m["value"], m.get("gap")) for m in page["messages"]] == [(41, None), (6, None), (3, None),
+                                                                             (42, None)]
     run(scenario, timeout_s=20)
 
 
@@ -279,40 +280,36 @@ def test_pipelined_polls_share_messages_out_once_and_a_new_start_silences_the_wa
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = store_with_alice(tmp_path / "store.db", key)
-        intake, pubsub = await intake_and_pubsub(store)
-        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+        async with alice_and_pubsub(tmp_path / "store.db", key) as (intake, pubsub):
+            sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
 
-        def pipelined(after: int) -> asyncio.Task:
-            return asyncio.create_task(pubsub.poll("alice", sub, after=after, wait_ms=5000))
+            def pipelined(after: int) -> asyncio.Task:
+                return asyncio.create_task(pubsub.poll("alice", sub, after=after, wait_ms=5000))
 
-        async def waiting(*tasks: asyncio.Task) -> None:
-            for _ in range(100):  # until each waits at the gateway (bounded)
-                if pubsub._subs[("alice", sub)].waiting == len(tasks):
-                    return
-                await asyncio.sleep(0)
-            raise AssertionError("the polls are not waiting")
+            async def waiting(*tasks: asyncio.Task) -> None:
+                for _ in range(100):  # until each waits at the gateway (bounded)
+                    if pubsub._subs[("alice", sub)].waiting == len(tasks):
+                        return
+                    await asyncio.sleep(0)
+                raise AssertionError("the polls are not waiting")
 
-        a, b = pipelined(0), pipelined(0)
-        await waiting(a, b)
-        intake.on_interest(publication(key, 10, 1))
-        page = await asyncio.wait_for(a, 5)
-        assert [m["value"] for m in page["messages"]] == [1] and page["from"] == 0
-        assert not b.done()  # woken too, with nothing new for it: waiting on
-        intake.on_interest(publication(key, 11, 2))
-        page = await asyncio.wait_for(b, 5)
-        assert [m["value"] for m in page["messages"]] == [2] and page["from"] == 1
-        c = pipelined(2)
-        await waiting(c)
-        again = await pubsub.poll("alice", sub, ack=1, wait_ms=0)  # starts again after the acknowledged 1
-        assert [m["value"] for m in again["messages"]] == [2] and "from" not in again
-        intake.on_interest(publication(key, 12, 3))
-        assert (await asyncio.wait_for(c, 5))["messages"] == []  # of the epoch before: silent
-        page = await pubsub.poll("alice", sub, after=2, wait_ms=5000)
-        assert [m["value"] for m in page["messages"]] == [3] and page["from"] == 2
-        await pubsub.stop()
-        await intake.stop()
-        store.close()
+            a, b = pipelined(0), pipelined(0)
+            await waiting(a, b)
+            intake.on_interest(publication(key, 10, 1))
+            page = await asyncio.wait_for(a, 5)
+            assert [m["value"] for m in page["messages"]] == [1] and page["from"] == 0
+            assert not b.done()  # woken too, with nothing new for it: waiting on
+            intake.on_interest(publication(key, 11, 2))
+            page = await asyncio.wait_for(b, 5)
+            assert [m["value"] for m in page["messages"]] == [2] and page["from"] == 1
+            c = pipelined(2)
+            await waiting(c)
+            again = await pubsub.poll("alice", sub, ack=1, wait_ms=0)  # starts again after the acknowledged 1
+            assert [m["value"] for m in again["messages"]] == [2] and "from" not in again
+            intake.on_interest(publication(key, 12, 3))
+            assert (await asyncio.wait_for(c, 5))["messages"] == []  # of the epoch before: silent
+            page = await pubsub.poll("alice", sub, after=2, wait_ms=5000)
+            assert [m["value"] for m in page["messages"]] == [3] and page["from"] == 2
 
     run(scenario)
 
@@ -324,30 +321,26 @@ def test_an_answered_poll_takes_pushes_at_each_commit_until_they_run_out_or_a_ne
     key = os.urandom(32)
 
     async def scenario() -> None:
-        store = store_with_alice(tmp_path / "store.db", key)
-        intake, pubsub = await intake_and_pubsub(store)
-        sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
-        pushed: list[dict] = []
-        intake.on_interest(publication(key, 10, 1))
-        await drain(intake)
-        page = await pubsub.poll("alice", sub, wait_ms=5000, push=2, more=lambda c: pushed.append(c) or True)
-        assert [m["value"] for m in page["messages"]] == [1] and page["push"] == 2
-        waiting = asyncio.create_task(pubsub.poll("alice", sub, after=1, wait_ms=5000))
-        for seq in (2, 3, 4):
-            intake.on_interest(publication(key, 10 + seq, seq))
+        async with alice_and_pubsub(tmp_path / "store.db", key) as (intake, pubsub):
+            sub = pubsub.subscribe("alice", "sim/1/*")["sub"]
+            pushed: list[dict] = []
+            intake.on_interest(publication(key, 10, 1))
             await drain(intake)
-        assert [([m["value"] for m in c["messages"]], c["from"]) for c in pushed] == [([2], 1), ([3], 2)]
-        page = await asyncio.wait_for(waiting, 5)  # the pushes ran out: the waiting poll takes what came next
-        assert [m["value"] for m in page["messages"]] == [4] and page["from"] == 3
-        page = await pubsub.poll("alice", sub, wait_ms=5000, push=8, more=lambda c: pushed.append(c) or True)
-        again = await pubsub.poll("alice", sub, ack=4, wait_ms=0)  # a new start: no more pushes to that one
-        assert again["messages"] == [] and not pubsub._subs[("alice", sub)].streams
-        intake.on_interest(publication(key, 15, 5))
-        await drain(intake)
-        assert len(pushed) == 2 and pubsub.counters["pushed"] == 2
-        await pubsub.stop()
-        await intake.stop()
-        store.close()
+            page = await pubsub.poll("alice", sub, wait_ms=5000, push=2, more=lambda c: pushed.append(c) or True)
+            assert [m["value"] for m in page["messages"]] == [1] and page["push"] == 2
+            waiting = asyncio.create_task(pubsub.poll("alice", sub, after=1, wait_ms=5000))
+            for seq in (2, 3, 4):
+                intake.on_interest(publication(key, 10 + seq, seq))
+                await drain(intake)
+            assert [([m["value"] for m in c["messages"]], c["from"]) for c in pushed] == [([2], 1), ([3], 2)]
+            page = await asyncio.wait_for(waiting, 5)  # the pushes ran out: the waiting poll takes what came next
+            assert [m["value"] for m in page["messages"]] == [4] and page["from"] == 3
+            page = await pubsub.poll("alice", sub, wait_ms=5000, push=8, more=lambda c: pushed.append(c) or True)
+            again = await pubsub.poll("alice", sub, ack=4, wait_ms=0)  # a new start: no more pushes to that one
+            assert again["messages"] == [] and not pubsub._subs[("alice", sub)].streams
+            intake.on_interest(publication(key, 15, 5))
+            await drain(intake)
+            assert len(pushed) == 2 and pubsub.counters["pushed"] == 2
 
     run(scenario)
 
